@@ -1,0 +1,316 @@
+"""The agent's configuration: one TOML file, validated completely at start.
+
+A mistake in the file stops the agent before it touches a bus, with an error
+naming the file, the line and the key (``agent.toml:12: bus[0].bitrate:
+expected an integer``). `docs/agent.example.toml` is the commented reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from carledger.tomlfile import FieldError, TomlDocument, read_toml
+
+DEFAULT_PATH = "/etc/carledger/agent.toml"
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
+
+
+class ConfigError(FieldError):
+    """Invalid configuration; str() is FILE:LINE: key: problem."""
+
+
+@dataclass(frozen=True)
+class BusConfig:
+    """One CAN bus: a live python-can interface, or a recorded log replayed as one."""
+
+    name: str
+    dbc: tuple[str, ...]
+    vss: tuple[str, ...] = ()
+    interface: str | None = None
+    channel: str | None = None
+    bitrate: int | None = None
+    fd: bool = False
+    data_bitrate: int | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    replay: str | None = None
+    replay_channels: tuple[str, ...] = ()
+    speed: float = 1.0
+    j1939: bool | None = None
+
+    @property
+    def is_replay(self) -> bool:
+        return self.replay is not None
+
+
+@dataclass(frozen=True)
+class StreamConfig:
+    """A stream: a named chain of blocks holding the signals its patterns match."""
+
+    name: str
+    signals: tuple[str, ...]
+    min_interval: float | None = None
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """On-change sampling with a minimum interval, per signal pattern (first match wins)."""
+
+    min_interval: float = 0.0
+    overrides: tuple[tuple[str, float], ...] = ()
+
+
+@dataclass(frozen=True)
+class Config:
+    path: str
+    store: str
+    vehicle: str | None
+    buses: tuple[BusConfig, ...]
+    streams: tuple[StreamConfig, ...]
+    sampling: SamplingConfig = SamplingConfig()
+    seal_max_age: float = 1.0
+    seal_max_records: int = 5000
+    health_interval: float = 60.0
+
+    def policy_digest(self) -> bytes:
+        """SHA-256 of what decides which data is kept: streams and sampling.
+
+        Every block records it, so a verifier can tell which rules produced it.
+        """
+        from carledger.ledger.cbor import encode
+
+        document = {
+            "streams": [[s.name, list(s.signals), s.min_interval] for s in self.streams],
+            "sampling": [self.sampling.min_interval, [list(o) for o in self.sampling.overrides]],
+        }
+        return hashlib.sha256(encode(document)).digest()
+
+    def describe(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class _Fields:
+    """Typed access to one table of the document, reporting errors with their line."""
+
+    def __init__(self, doc: TomlDocument, table: dict[str, Any], prefix: str, allowed: set[str]):
+        self.doc, self.table, self.prefix = doc, table, prefix
+        for key in table:
+            if key not in allowed:
+                hint = ", ".join(sorted(allowed))
+                raise self.error(key, f"unknown key (expected one of: {hint})")
+
+    def error(self, key: str, message: str) -> ConfigError:
+        name = f"{self.prefix}.{key}" if self.prefix else key
+        base = self.doc.error(name, message)
+        return ConfigError(base.file, base.line, base.field, base.message)
+
+    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
+        if key not in self.table:
+            if required:
+                raise self.error(key, "required key is missing")
+            return default
+        value = self.table[key]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        if isinstance(value, bool) and bool not in kinds:
+            raise self.error(key, f"expected {_kind_name(kinds)}, got a boolean")
+        if not isinstance(value, kinds):
+            raise self.error(key, f"expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
+        return value
+
+    def number(self, key: str, default: float | None, *, minimum: float = 0.0) -> float | None:
+        value = self.get(key, (int, float), default)
+        if value is not None and value < minimum:
+            raise self.error(key, f"must be at least {minimum}, got {value}")
+        return None if value is None else float(value)
+
+    def strings(self, key: str, *, required: bool = False) -> tuple[str, ...]:
+        value = self.get(key, (str, list), [], required=required)
+        items = [value] if isinstance(value, str) else value
+        for item in items:
+            if not isinstance(item, str) or not item:
+                raise self.error(key, "expected a non-empty string or a list of them")
+        return tuple(items)
+
+    def name(self, key: str) -> str:
+        value = self.get(key, str, required=True)
+        if not _NAME.match(value):
+            raise self.error(key, f"{value!r} is not a valid name (letters, digits, _ . -; at most 63)")
+        return value
+
+    def path(self, value: str) -> str:
+        base = Path(self.doc.path).resolve().parent
+        return str((base / Path(value).expanduser()).resolve()) if not Path(value).is_absolute() else value
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    if set(kinds) == {int, float}:
+        return "a number"
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+_TOP = {"agent", "seal", "sampling", "bus", "stream"}
+_AGENT = {"store", "vehicle", "health_interval"}
+_SEAL = {"max_age", "max_records"}
+_SAMPLING = {"min_interval", "signals"}
+_BUS = {
+    "name", "interface", "channel", "bitrate", "fd", "data_bitrate", "options",
+    "dbc", "vss", "replay", "replay_channels", "speed", "j1939",
+}
+_STREAM = {"name", "signals", "min_interval"}
+
+
+def load_config(path: str | Path = DEFAULT_PATH) -> Config:
+    """Read and validate the configuration file; raise ConfigError on the first problem."""
+    try:
+        doc = read_toml(path)
+    except FieldError as exc:
+        raise ConfigError(exc.file, exc.line, exc.field, exc.message) from None
+    return parse_config(doc)
+
+
+def parse_config(doc: TomlDocument) -> Config:
+    top = _Fields(doc, doc.data, "", _TOP)
+    agent = _Fields(doc, top.get("agent", dict, {}), "agent", _AGENT)
+    seal = _Fields(doc, top.get("seal", dict, {}), "seal", _SEAL)
+    sampling = _parse_sampling(doc, top.get("sampling", dict, {}))
+
+    store = agent.get("store", str, "/var/lib/carledger")
+    vehicle = agent.get("vehicle", str)
+    if vehicle is not None and not _NAME.match(vehicle):
+        raise agent.error("vehicle", f"{vehicle!r} is not a valid identifier (letters, digits, _ . -)")
+
+    buses = tuple(_parse_bus(doc, i, table) for i, table in enumerate(_array(top, "bus")))
+    if not buses:
+        raise top.error("bus", "at least one [[bus]] is required")
+    _unique(doc, [b.name for b in buses], "bus")
+    streams = tuple(_parse_stream(doc, i, table) for i, table in enumerate(_array(top, "stream")))
+    _unique(doc, [s.name for s in streams], "stream")
+
+    max_records = seal.get("max_records", int, 5000)
+    if max_records < 1:
+        raise seal.error("max_records", "must be at least 1")
+    return Config(
+        path=doc.path,
+        store=agent.path(store),
+        vehicle=vehicle,
+        buses=buses,
+        streams=streams,
+        sampling=sampling,
+        seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
+        seal_max_records=max_records,
+        health_interval=agent.number("health_interval", 60.0, minimum=1.0),  # type: ignore[arg-type]
+    )
+
+
+def _array(top: _Fields, key: str) -> list[dict[str, Any]]:
+    items = top.get(key, list, [])
+    for item in items:
+        if not isinstance(item, dict):
+            raise top.error(key, f"use [[{key}]] tables")
+    return items
+
+
+def _unique(doc: TomlDocument, names: list[str], kind: str) -> None:
+    seen: set[str] = set()
+    for index, name in enumerate(names):
+        if name in seen:
+            base = doc.error(f"{kind}[{index}].name", f"duplicate {kind} name {name!r}")
+            raise ConfigError(base.file, base.line, base.field, base.message)
+        seen.add(name)
+
+
+def _parse_sampling(doc: TomlDocument, table: dict[str, Any]) -> SamplingConfig:
+    fields = _Fields(doc, table, "sampling", _SAMPLING)
+    default = fields.number("min_interval", 0.0)
+    overrides = []
+    for pattern, value in fields.get("signals", dict, {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+            raise fields.error(f"signals.{pattern}", "expected a minimum interval in seconds (a number >= 0)")
+        overrides.append((pattern, float(value)))
+    return SamplingConfig(default or 0.0, tuple(overrides))
+
+
+def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfig:
+    f = _Fields(doc, table, f"bus[{index}]", _BUS)
+    name = f.name("name")
+    replay = f.get("replay", str)
+    interface = f.get("interface", str)
+    if replay is None and interface is None:
+        raise f.error("interface", "a bus needs `interface` (a python-can interface) or `replay` (a log file)")
+    if replay is not None and interface is not None:
+        raise f.error("replay", "give either `interface` or `replay`, not both")
+    dbc = tuple(f.path(p) for p in f.strings("dbc", required=True))
+    for i, p in enumerate(dbc):
+        if not Path(p).is_file():
+            raise f.error("dbc", f"DBC file not found: {p}")
+    vss = tuple(f.path(p) for p in f.strings("vss"))
+    for p in vss:
+        if not Path(p).is_file():
+            raise f.error("vss", f"VSS mapping file not found: {p}")
+    bitrate = f.get("bitrate", int)
+    if bitrate is not None and bitrate <= 0:
+        raise f.error("bitrate", "must be a positive number of bit/s")
+    if replay is not None and not Path(f.path(replay)).is_file():
+        raise f.error("replay", f"log file not found: {f.path(replay)}")
+    return BusConfig(
+        name=name,
+        dbc=dbc,
+        vss=vss,
+        interface=interface,
+        channel=f.get("channel", (str, int)),
+        bitrate=bitrate,
+        fd=f.get("fd", bool, False),
+        data_bitrate=f.get("data_bitrate", int),
+        options=dict(f.get("options", dict, {})),
+        replay=f.path(replay) if replay is not None else None,
+        replay_channels=f.strings("replay_channels"),
+        speed=f.number("speed", 1.0) or 0.0,
+        j1939=f.get("j1939", bool),
+    )
+
+
+def _parse_stream(doc: TomlDocument, index: int, table: dict[str, Any]) -> StreamConfig:
+    f = _Fields(doc, table, f"stream[{index}]", _STREAM)
+    return StreamConfig(
+        name=f.name("name"),
+        signals=f.strings("signals", required=True),
+        min_interval=f.number("min_interval", None),
+    )
+
+
+def replay_config(
+    log_path: str,
+    dbc: list[str],
+    store: str,
+    streams: dict[str, list[str]] | None = None,
+    *,
+    fast: bool = False,
+    vss: list[str] | None = None,
+    vehicle: str | None = None,
+    channels: list[str] | None = None,
+) -> Config:
+    """The configuration `carledger run --replay` builds from its options, validated the same way."""
+    for path in dbc:
+        if not Path(path).is_file():
+            raise ConfigError("--dbc", None, "", f"DBC file not found: {path}")
+    if not Path(log_path).is_file():
+        raise ConfigError("--replay", None, "", f"log file not found: {log_path}")
+    stream_configs = tuple(
+        StreamConfig(name=name, signals=tuple(patterns)) for name, patterns in (streams or {"all": ["*"]}).items()
+    )
+    for stream in stream_configs:
+        if not _NAME.match(stream.name):
+            raise ConfigError("--stream", None, "", f"{stream.name!r} is not a valid stream name")
+    bus = BusConfig(
+        name="replay",
+        dbc=tuple(str(Path(p).resolve()) for p in dbc),
+        vss=tuple(str(Path(p).resolve()) for p in (vss or [])),
+        replay=str(Path(log_path).resolve()),
+        replay_channels=tuple(channels or ()),
+        speed=0.0 if fast else 1.0,
+    )
+    return Config(path="(command line)", store=str(Path(store).resolve()), vehicle=vehicle, buses=(bus,), streams=stream_configs)

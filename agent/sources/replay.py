@@ -1,0 +1,114 @@
+"""Recorded logs replayed as a frame source, at recorded speed or as fast as possible.
+
+candump ``.log`` files go through our fast reader; everything else python-can
+reads (``.asc``, ``.blf``, ``.trc``, ``.mf4`` with asammdf) goes through its
+LogReader, with the same filter applied before the frame is handed on.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from carledger.sources.base import EventSink, FrameSource
+from carledger.sources.candump import open_text, read_candump
+from carledger.sources.frame import Frame, FrameFilter, frame_key
+
+log = logging.getLogger(__name__)
+_MAX_REPORTED_LINES = 10
+
+
+class LogSource(FrameSource):
+    """A recorded log as a source. `speed` 1.0 is recorded speed, 0 as fast as possible."""
+
+    def __init__(
+        self,
+        name: str,
+        path: str,
+        frame_filter: FrameFilter | None,
+        *,
+        speed: float = 0.0,
+        channels: Iterable[str] = (),
+        on_event: EventSink | None = None,
+    ):
+        super().__init__(name, frame_filter, on_event)
+        self.path = path
+        self.speed = speed
+        self.channels = tuple(str(c) for c in channels)
+        self.malformed = 0
+
+    def batches(self, stop: threading.Event) -> Iterator[list[Frame]]:
+        raw = self._read()
+        paced = self._paced(raw, stop) if self.speed > 0 else raw
+        for batch in paced:
+            if stop.is_set():
+                return
+            self.frames_read += len(batch)
+            yield batch
+
+    def _read(self) -> Iterator[list[Frame]]:
+        suffix = Path(self.path).suffix.lower()
+        if suffix == ".log":
+            with open_text(self.path) as lines:
+                yield from read_candump(lines, self.frame_filter, self.channels, self._malformed)
+        else:
+            yield from self._read_with_python_can(suffix)
+
+    def _malformed(self, number: int, line: str, reason: str) -> None:
+        self.malformed += 1
+        if self.malformed <= _MAX_REPORTED_LINES:
+            log.warning("%s:%d: skipped malformed line (%s): %s", self.path, number, reason, line.strip()[:80])
+            self.on_event("malformed-input", {"file": self.path, "line": number, "reason": reason})
+        elif self.malformed == _MAX_REPORTED_LINES + 1:
+            log.warning("%s: more malformed lines; not reporting each", self.path)
+
+    def _read_with_python_can(self, suffix: str) -> Iterator[list[Frame]]:
+        import can
+
+        if suffix == ".mf4":
+            from carledger._imports import enable_mf4
+
+            enable_mf4()
+        wanted: dict[int, bool] = {}
+        flt = self.frame_filter
+        batch: list[Frame] = []
+        for msg in can.LogReader(self.path):
+            if msg.is_error_frame or msg.is_remote_frame:
+                continue
+            if self.channels and str(msg.channel) not in self.channels:
+                continue
+            key = frame_key(msg.arbitration_id, msg.is_extended_id)
+            ok = wanted.get(key)
+            if ok is None:
+                ok = wanted[key] = flt is None or flt.matches(key)
+            if ok:
+                batch.append((msg.timestamp, key, bytes(msg.data)))
+                if len(batch) >= 2048:
+                    yield batch
+                    batch = []
+        if batch:
+            yield batch
+
+    def _paced(self, raw: Iterator[list[Frame]], stop: threading.Event) -> Iterator[list[Frame]]:
+        """Re-cut batches so each frame is handed on when its recorded time has come."""
+        start_wall: float | None = None
+        start_t = 0.0
+        for batch in raw:
+            out: list[Frame] = []
+            for frame in batch:
+                if start_wall is None:
+                    start_wall, start_t = time.monotonic(), frame[0]
+                due = start_wall + (frame[0] - start_t) / self.speed
+                delay = due - time.monotonic()
+                if delay > 0.005:
+                    if out:
+                        yield out
+                        out = []
+                    if stop.wait(delay):
+                        return
+                out.append(frame)
+            if out:
+                yield out
