@@ -1,0 +1,288 @@
+"""carledger-sim: drive a simulated car onto a CAN bus, record it, replay logs."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from datetime import datetime, timezone
+
+#: default start of recorded drives: 2023-11-15 12:00:00 UTC (daytime in Munich)
+DEFAULT_RECORD_EPOCH = 1_700_049_600.0
+
+EPILOG = """\
+examples:
+  carledger-sim scenarios
+  carledger-sim run --interface socketcan --channel vcan0 --scenario city --seed 1
+  carledger-sim run --interface virtual --channel test --scenario highway --duration 60 --speed 10
+  carledger-sim run --channel vcan0 --scenario city --drop-ecu ABS@20:30 --flood 40:45
+  carledger-sim record --scenario harsh_brake --seed 2 --duration 45 -o drive.log
+  carledger-sim replay drive.log --interface socketcan --channel vcan0 --fast
+
+in-process, without a bus at all (python-can plug-in):
+  can.Bus(interface="carledger-sim", channel="city", seed=1, speed=10.0)
+"""
+
+
+def _scenario_name(value: str) -> str:
+    from .scenarios import SCENARIOS
+
+    if value not in SCENARIOS:
+        raise argparse.ArgumentTypeError(f"unknown scenario {value!r} (choose from {', '.join(SCENARIOS)})")
+    return value
+
+
+def _positive(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not (v > 0 and math.isfinite(v)):
+        raise argparse.ArgumentTypeError(f"must be a positive number: {value!r}")
+    return v
+
+
+def _speed(value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if v < 0 or math.isnan(v):
+        raise argparse.ArgumentTypeError(f"must be >= 0 (0 = as fast as possible): {value!r}")
+    return v
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+
+
+def _start_time(value: str) -> float:
+    if value == "now":
+        import time
+
+        return time.time()
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a POSIX time, ISO 8601 time or 'now': {value!r}") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt.timestamp()
+
+
+def _window(text: str, what: str) -> tuple[float, float]:
+    start, _, end = text.partition(":")
+    try:
+        a = float(start) if start else 0.0
+        b = float(end) if end else math.inf
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"bad time window for {what}: {text!r} (use START:END seconds)") from None
+    if a < 0 or b <= a:
+        raise argparse.ArgumentTypeError(f"bad time window for {what}: {text!r}")
+    return a, b
+
+
+def _drop_ecu(value: str):
+    from .ecus import SilentEcu
+
+    name, _, window = value.partition("@")
+    if not name:
+        raise argparse.ArgumentTypeError("--drop-ecu needs an ECU name, e.g. ABS or ABS@10:20")
+    a, b = _window(window, "--drop-ecu") if window else (0.0, math.inf)
+    return SilentEcu(name, a, b)
+
+
+def _malformed(value: str):
+    from .ecus import MalformedFrame
+
+    name, sep, rest = value.partition("@")
+    at, _, dlc = rest.partition(":")
+    try:
+        if not (name and sep):
+            raise ValueError
+        t = float(at)
+        d = int(dlc) if dlc else None
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"use MESSAGE@SECONDS[:DLC], e.g. ABS_SPEED@5:3, not {value!r}") from None
+    if t < 0 or (d is not None and not 0 <= d <= 8):
+        raise argparse.ArgumentTypeError(f"bad --malformed value {value!r} (time >= 0, DLC 0..8)")
+    return MalformedFrame(name, t, d)
+
+
+def _flood(value: str):
+    from .ecus import UnknownIdFlood
+
+    parts = value.split(":")
+    if len(parts) > 3:
+        raise argparse.ArgumentTypeError(f"use START:END[:PERIOD_MS], not {value!r}")
+    a, b = _window(":".join(parts[:2]), "--flood")
+    period = 1.0
+    if len(parts) == 3:
+        try:
+            period = float(parts[2])
+        except ValueError:
+            period = -1.0
+        if not period > 0:
+            raise argparse.ArgumentTypeError(f"bad flood period in {value!r}")
+    return UnknownIdFlood(a, b, period / 1000.0)
+
+
+def _add_drive_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenario", type=_scenario_name, default="city", help="city, highway or harsh_brake (default city)")
+    p.add_argument("--seed", type=_int, default=0, help="random seed; same seed, same drive (default 0)")
+    p.add_argument("--duration", type=_positive, help="seconds to drive (default: the scenario's)")
+    p.add_argument("--dbc", help="DBC to encode (default: the shipped carledger_demo.dbc)")
+    p.add_argument(
+        "--drop-ecu", metavar="ECU[@START:END]", type=_drop_ecu, action="append", default=[],
+        help="fault: the ECU (ECM, ABS, TCM, BCM, GPS, ACU, EPS) sends nothing, the whole drive or a window",
+    )
+    p.add_argument(
+        "--malformed", metavar="MESSAGE@T[:DLC]", type=_malformed, action="append", default=[],
+        help="fault: one extra frame of MESSAGE at T seconds with a wrong DLC (default: 3 bytes short)",
+    )
+    p.add_argument(
+        "--flood", metavar="START:END[:PERIOD_MS]", type=_flood, action="append", default=[],
+        help="fault: frames with unknown identifiers (0x600-0x6FF), one per PERIOD_MS (default 1 ms)",
+    )
+
+
+def _add_bus_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--interface", default="socketcan", help="python-can interface (default socketcan)")
+    p.add_argument("--channel", default="vcan0", help="python-can channel (default vcan0)")
+    p.add_argument("--bitrate", type=_int, help="bitrate, for interfaces that need one")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="carledger-sim",
+        description="A simulated car for carledger: ECUs broadcasting a DBC's frames from one drive model.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    sub.add_parser("scenarios", help="list the scenarios")
+
+    p = sub.add_parser("run", help="drive onto a CAN bus in (warped) real time", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_bus_options(p)
+    _add_drive_options(p)
+    p.add_argument("--speed", type=_speed, default=1.0, help="time-warp factor, 0 = as fast as possible (default 1)")
+
+    p = sub.add_parser("record", help="write a drive to a log file, as fast as possible", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_drive_options(p)
+    p.add_argument("-o", "--output", required=True, help="log file; format by suffix (.log candump, .asc, .blf, .trc, .csv)")
+    p.add_argument("--start-time", type=_start_time, default=DEFAULT_RECORD_EPOCH,
+                   help="timestamp of the drive's start: POSIX seconds, ISO 8601 or 'now' (default 2023-11-15T12:00:00Z)")
+    p.add_argument("--log-channel", default="can0", help="channel name written in the log (default can0)")
+
+    p = sub.add_parser("replay", help="replay a recorded log onto a CAN bus", epilog=EPILOG,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("log", help="log file (.log candump, .asc, .blf, .trc, .csv, ...)")
+    _add_bus_options(p)
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--fast", action="store_true", help="as fast as possible")
+    g.add_argument("--speed", type=_speed, default=1.0, help="time-warp factor (default 1 = recorded pace)")
+    return parser
+
+
+def _faults(args) -> list:
+    return [*args.drop_ecu, *args.malformed, *args.flood]
+
+
+def _open_bus(args):
+    import can
+
+    if args.interface == "carledger-sim":
+        raise ValueError("carledger-sim is the simulated car itself; send onto a real or virtual bus instead")
+    kwargs = {}
+    if args.bitrate:
+        kwargs["bitrate"] = args.bitrate
+    try:
+        return can.Bus(interface=args.interface, channel=args.channel, **kwargs)
+    except (OSError, can.CanError, NotImplementedError, ImportError, ValueError) as exc:
+        raise OSError(f"cannot open {args.interface} bus {args.channel!r}: {exc}") from None
+
+
+def _cmd_scenarios(args) -> int:
+    from .scenarios import SCENARIOS
+
+    width = max(len(n) for n in SCENARIOS)
+    for s in SCENARIOS.values():
+        print(f"{s.name:<{width}}  {s.default_duration:5.0f} s  {s.description}")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    from .car import SimulatedCar
+
+    car = SimulatedCar(args.scenario, seed=args.seed, dbc=args.dbc, duration=args.duration, faults=_faults(args))
+    bus = _open_bus(args)
+    try:
+        n = car.run(bus, realtime_factor=args.speed)
+    finally:
+        bus.shutdown()
+    print(f"sent {n} frames ({car.duration:g} s of {car.scenario.name}, seed {car.seed}) to {args.interface}:{args.channel}",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_record(args) -> int:
+    import can
+
+    from .car import SimulatedCar
+
+    car = SimulatedCar(
+        args.scenario, seed=args.seed, dbc=args.dbc, duration=args.duration,
+        start_time=args.start_time, channel=args.log_channel, faults=_faults(args),
+    )
+    n = 0
+    with can.Logger(args.output) as writer:
+        for msg in car.frames():
+            writer.on_message_received(msg)
+            n += 1
+    print(f"wrote {n} frames ({car.duration:g} s of {car.scenario.name}, seed {car.seed}) to {args.output}",
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_replay(args) -> int:
+    from .replay import read_log, replay
+
+    next(iter(read_log(args.log)), None)  # fail early on a missing or unreadable file
+    bus = _open_bus(args)
+    try:
+        n = replay(args.log, bus, realtime_factor=0.0 if args.fast else args.speed)
+    finally:
+        bus.shutdown()
+    print(f"replayed {n} frames from {args.log} to {args.interface}:{args.channel}", file=sys.stderr)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    import can
+    import cantools
+
+    commands = {"scenarios": _cmd_scenarios, "run": _cmd_run, "record": _cmd_record, "replay": _cmd_replay}
+    try:
+        return commands[args.command](args)
+    except KeyboardInterrupt:
+        return 130
+    except (ValueError, OSError, can.CanError, cantools.database.Error, NotImplementedError, ImportError) as exc:
+        print(f"carledger-sim: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
