@@ -1,0 +1,7 @@
+"""python -m carledger"""
+
+import sys
+
+from carledger.cli import main
+
+sys.exit(main())

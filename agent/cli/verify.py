@@ -1,0 +1,122 @@
+"""`carledger verify STORE`: check every chain of a store, like a third party would."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+EPILOG = """\
+exit status: 0 every chain is intact, 1 a problem was found, 2 the store cannot be read.
+
+examples:
+  carledger verify ./ledger
+  carledger verify ./ledger --key keys/vehicle.pub --json
+"""
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "verify",
+        help="verify the signatures, Merkle roots and chains of a store",
+        description="Verify every block of a store: COSE_Sign1 signatures against the pinned key, payloads, "
+        "records against their Merkle roots, and each stream's chain (gaps, forks, duplicates, order, head).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("store", metavar="STORE", help="store directory (holding ledger.sqlite)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    parser.add_argument(
+        "--key",
+        metavar="PUBKEY",
+        help="pin the vehicle's public key (64 hex digits or a file such as keys/vehicle.pub); "
+        "default: the key the store records",
+    )
+    parser.set_defaults(func=run)
+
+
+class _TtyProgress:
+    """`verifying 12000/50000 blocks` on stderr, at most a few times a second, only on a TTY."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.last = 0.0
+        self.shown = False
+
+    def __call__(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if done >= total and not self.shown:
+            return  # small store: done before the first update, nothing to show
+        if done < total and now - self.last < 0.25:
+            return
+        self.last = now
+        self.shown = True
+        self.stream.write(f"\rverifying {done}/{total} blocks")
+        self.stream.flush()
+
+    def clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
+
+def _table(report) -> str:
+    lines = []
+    rows = [("stream", "blocks", "records", "seq", "head")]
+    for name, s in sorted(report.streams.items()):
+        seqs = "-" if s.first_seq is None else f"{s.first_seq}..{s.last_seq}"
+        rows.append((name, str(s.blocks), str(s.records), seqs, (s.head or "-")[:16]))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        lines.append(
+            "  ".join(
+                cell.ljust(widths[i]) if i in (0, 3, 4) else cell.rjust(widths[i]) for i, cell in enumerate(r)
+            ).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    from carledger.ledger import KeyFileError, StoreError
+    from carledger.verify import verify_store
+
+    progress = _TtyProgress() if sys.stderr.isatty() else None
+    try:
+        report = verify_store(args.store, key=args.key, progress=progress)
+    except (StoreError, KeyFileError) as exc:
+        if progress:
+            progress.clear()
+        print(f"carledger verify: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"carledger verify: {args.store}: {exc}", file=sys.stderr)
+        return 2
+    if progress:
+        progress.clear()
+
+    if args.json:
+        json.dump(report.to_json(), sys.stdout, sort_keys=False)
+        sys.stdout.write("\n")
+        return 0 if report.ok else 1
+
+    if report.vehicle is not None:
+        print(f"vehicle {report.vehicle}, key {report.key_id or 'none'}")
+    if report.streams:
+        print(_table(report))
+    else:
+        print("no streams")
+    if report.problems:
+        print()
+        print(f"problems ({len(report.problems)}):")
+        for p in report.problems:
+            print(f"  {p}")
+    blocks = sum(s.blocks for s in report.streams.values())
+    n = len(report.streams)
+    if report.ok:
+        print(f"OK: {n} stream{'s' * (n != 1)}, {blocks} blocks, every chain intact")
+        return 0
+    affected = len({p.stream for p in report.problems})
+    print(f"FAILED: {len(report.problems)} problem{'s' * (len(report.problems) != 1)} in {affected} "
+          f"{'place' if affected == 1 else 'places'} ({', '.join(sorted(report.kinds()))})")
+    return 1

@@ -1,0 +1,161 @@
+"""The vehicle's Ed25519 signing key in STORE/keys/, and public keys for verifiers."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+from pathlib import Path
+
+import nacl.exceptions
+import nacl.signing
+
+from carledger.ledger.errors import KeyFileError
+
+__all__ = [
+    "KEY_DIR",
+    "KEY_FILE",
+    "PUB_FILE",
+    "SigningKey",
+    "VerifyKey",
+    "key_path",
+    "load_or_create_signing_key",
+    "load_signing_key",
+    "load_verify_key",
+    "kid",
+]
+
+SigningKey = nacl.signing.SigningKey
+VerifyKey = nacl.signing.VerifyKey
+
+KEY_DIR = "keys"
+KEY_FILE = "vehicle.key"
+PUB_FILE = "vehicle.pub"
+
+
+def key_path(store_dir: str | os.PathLike) -> Path:
+    return Path(store_dir) / KEY_DIR / KEY_FILE
+
+
+def kid(verify_key: VerifyKey | bytes) -> bytes:
+    """Key id: the first 8 bytes of SHA-256 of the raw 32-byte public key."""
+    raw = bytes(verify_key)
+    return hashlib.sha256(raw).digest()[:8]
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _parse_hex_key(text: str, what: str) -> bytes:
+    text = text.strip()
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        raise KeyFileError(f"{what}: not hex") from None
+    if len(raw) != 32:
+        raise KeyFileError(f"{what}: {len(raw)} bytes, expected 32")
+    return raw
+
+
+def load_signing_key(path: str | os.PathLike, *, check_mode: bool = True) -> SigningKey:
+    """Read a hex seed file; refuse one that group or others can read (unless check_mode=False)."""
+    path = Path(path)
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise KeyFileError(f"{path}: no such key file") from None
+    if check_mode and st.st_mode & 0o077:
+        raise KeyFileError(
+            f"{path}: the signing key is accessible to group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"run: chmod 600 {path}"
+        )
+    try:
+        text = path.read_text(encoding="ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{path}: cannot read the signing key: {exc}") from None
+    return SigningKey(_parse_hex_key(text, str(path)))
+
+
+def _write_private(path: Path, data: bytes) -> bool:
+    """Create `path` atomically with mode 0600; False when it already exists."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        os.link(tmp, path)  # atomic and never replaces: a concurrent first run keeps one key
+        return True
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(tmp)
+
+
+def load_or_create_signing_key(store_dir: str | os.PathLike) -> SigningKey:
+    """The vehicle key in STORE/keys/vehicle.key, created (mode 0600, dir 0700) on first use.
+
+    Also writes STORE/keys/vehicle.pub (hex public key) when it is missing.
+    """
+    kdir = Path(store_dir) / KEY_DIR
+    if not kdir.exists():
+        kdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(kdir, 0o700)
+        _fsync_dir(kdir.parent)
+    path = kdir / KEY_FILE
+    if not path.exists():
+        new = SigningKey.generate()
+        if _write_private(path, bytes(new).hex().encode("ascii") + b"\n"):
+            _fsync_dir(kdir)
+    key = load_signing_key(path)
+    pub = kdir / PUB_FILE
+    want = bytes(key.verify_key).hex()
+    try:
+        have = pub.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError):
+        have = None
+    if have != want:
+        tmp = pub.with_name(f".{PUB_FILE}.{os.getpid()}.tmp")
+        tmp.write_text(want + "\n", encoding="ascii")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, pub)
+        _fsync_dir(kdir)
+    return key
+
+
+def load_verify_key(path_or_hex: str | os.PathLike | bytes | VerifyKey) -> VerifyKey:
+    """A public key from 64 hex digits, raw 32 bytes, or a file holding hex (vehicle.pub).
+
+    A private key file (vehicle.key) is accepted too: its public half is used.
+    """
+    if isinstance(path_or_hex, VerifyKey):
+        return path_or_hex
+    if isinstance(path_or_hex, (bytes, bytearray)):
+        if len(path_or_hex) != 32:
+            raise KeyFileError(f"public key: {len(path_or_hex)} bytes, expected 32")
+        return VerifyKey(bytes(path_or_hex))
+    text = os.fspath(path_or_hex)
+    stripped = text.strip()
+    if len(stripped) == 64 and all(c in "0123456789abcdefABCDEF" for c in stripped) and not os.path.exists(text):
+        return VerifyKey(bytes.fromhex(stripped))
+    path = Path(text)
+    try:
+        content = path.read_text(encoding="ascii")
+    except FileNotFoundError:
+        raise KeyFileError(f"{text}: neither 64 hex digits nor a key file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeyFileError(f"{text}: cannot read the key: {exc}") from None
+    raw = _parse_hex_key(content, str(path))
+    if path.name == KEY_FILE or path.suffix == ".key":
+        return SigningKey(raw).verify_key
+    try:
+        return VerifyKey(raw)
+    except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:  # pragma: no cover - 32 bytes always load
+        raise KeyFileError(f"{path}: not an Ed25519 public key: {exc}") from None

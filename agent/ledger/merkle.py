@@ -1,0 +1,183 @@
+"""RFC 6962 / RFC 9162 Merkle trees over SHA-256.
+
+leaf hash = SHA-256(0x00 || data), node hash = SHA-256(0x01 || left || right),
+the root of the empty tree is SHA-256(""). `root` is iterative (one pass per
+level, an odd last node moves up unchanged), which gives exactly RFC 6962's
+recursive MTH. Proof verification follows RFC 9162 §2.1.3.2 and §2.1.4.2 and
+returns False (never raises) for anything that does not verify, including
+hashes of the wrong length.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Sequence
+
+__all__ = [
+    "EMPTY_ROOT",
+    "HASH_SIZE",
+    "leaf_hash",
+    "node_hash",
+    "leaf_hashes",
+    "root",
+    "root_from_hashes",
+    "inclusion_proof",
+    "verify_inclusion",
+    "consistency_proof",
+    "verify_consistency",
+]
+
+HASH_SIZE = 32
+_sha256 = hashlib.sha256
+EMPTY_ROOT = _sha256(b"").digest()
+
+
+def leaf_hash(data: bytes) -> bytes:
+    return _sha256(b"\x00" + data).digest()
+
+
+def node_hash(left: bytes, right: bytes) -> bytes:
+    return _sha256(b"\x01" + left + right).digest()
+
+
+def leaf_hashes(leaves: Sequence[bytes]) -> list[bytes]:
+    sha = _sha256
+    return [sha(b"\x00" + d).digest() for d in leaves]
+
+
+def root_from_hashes(hashes: Sequence[bytes]) -> bytes:
+    """Tree head over already hashed leaves."""
+    n = len(hashes)
+    if n == 0:
+        return EMPTY_ROOT
+    sha = _sha256
+    level = hashes
+    while n > 1:
+        nxt = [sha(b"\x01" + level[i] + level[i + 1]).digest() for i in range(0, n - 1, 2)]
+        if n & 1:
+            nxt.append(level[n - 1])
+        level = nxt
+        n = len(level)
+    return level[0]
+
+
+def root(leaves: Sequence[bytes]) -> bytes:
+    """RFC 6962 Merkle tree head (MTH) over the leaves' bytes."""
+    return root_from_hashes(leaf_hashes(leaves))
+
+
+def _split(n: int) -> int:
+    """Largest power of two strictly less than n (n >= 2)."""
+    return 1 << ((n - 1).bit_length() - 1)
+
+
+def _path(index: int, hashes: Sequence[bytes]) -> list[bytes]:
+    n = len(hashes)
+    if n <= 1:
+        return []
+    k = _split(n)
+    if index < k:
+        return _path(index, hashes[:k]) + [root_from_hashes(hashes[k:])]
+    return _path(index - k, hashes[k:]) + [root_from_hashes(hashes[:k])]
+
+
+def inclusion_proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
+    """Audit path (RFC 6962 §2.1.1) of leaf `index` in the tree of `leaves` (raw bytes)."""
+    if not 0 <= index < len(leaves):
+        raise IndexError(f"leaf index {index} outside a tree of {len(leaves)} leaves")
+    return _path(index, leaf_hashes(leaves))
+
+
+def _subproof(m: int, hashes: Sequence[bytes], complete: bool) -> list[bytes]:
+    n = len(hashes)
+    if m == n:
+        return [] if complete else [root_from_hashes(hashes)]
+    k = _split(n)
+    if m <= k:
+        return _subproof(m, hashes[:k], complete) + [root_from_hashes(hashes[k:])]
+    return _subproof(m - k, hashes[k:], False) + [root_from_hashes(hashes[:k])]
+
+
+def consistency_proof(leaves: Sequence[bytes], m: int) -> list[bytes]:
+    """Consistency proof (RFC 6962 §2.1.2) between the first `m` leaves and all of them."""
+    n = len(leaves)
+    if not 0 < m <= n:
+        raise ValueError(f"consistency proof needs 0 < m <= {n}, got m={m}")
+    if m == n:
+        return []
+    return _subproof(m, leaf_hashes(leaves), True)
+
+
+def _all_hashes(items: Sequence[bytes]) -> bool:
+    return all(isinstance(h, (bytes, bytearray)) and len(h) == HASH_SIZE for h in items)
+
+
+def verify_inclusion(
+    leaf_hash: bytes, index: int, size: int, proof: Sequence[bytes] | None, root: bytes
+) -> bool:
+    """True when `proof` shows the leaf with hash `leaf_hash` at `index` in the tree of `size` with `root`.
+
+    Takes the leaf *hash*; for raw leaf bytes pass `merkle.leaf_hash(data)`.
+    """
+    proof = list(proof or [])
+    if not (isinstance(index, int) and isinstance(size, int)) or not 0 <= index < size:
+        return False
+    if not _all_hashes([leaf_hash, root]) or not _all_hashes(proof):
+        return False
+    fn, sn = index, size - 1
+    r = bytes(leaf_hash)
+    for p in proof:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            r = node_hash(p, r)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            r = node_hash(r, p)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and r == root
+
+
+def verify_consistency(
+    size1: int, size2: int, root1: bytes, root2: bytes, proof: Sequence[bytes] | None
+) -> bool:
+    """True when `proof` shows the tree (size1, root1) is a prefix of the tree (size2, root2).
+
+    A proof from the empty tree is meaningless and is rejected; equal sizes
+    need an empty proof and equal roots.
+    """
+    proof = list(proof or [])
+    if not (isinstance(size1, int) and isinstance(size2, int)):
+        return False
+    if size1 < 0 or size2 < size1 or size1 == 0:
+        return False
+    if size1 == size2:
+        return not proof and root1 == root2
+    if not proof or not _all_hashes(proof) or not _all_hashes([root1, root2]):
+        return False
+    if size1 & (size1 - 1) == 0:  # a power of two: the proof starts implicitly with root1
+        proof = [bytes(root1)] + proof
+    fn, sn = size1 - 1, size2 - 1
+    while fn & 1:
+        fn >>= 1
+        sn >>= 1
+    fr = sr = proof[0]
+    for c in proof[1:]:
+        if sn == 0:
+            return False
+        if fn & 1 or fn == sn:
+            fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            if not fn & 1:
+                while fn and not fn & 1:
+                    fn >>= 1
+                    sn >>= 1
+        else:
+            sr = node_hash(sr, c)
+        fn >>= 1
+        sn >>= 1
+    return sn == 0 and fr == root1 and sr == root2

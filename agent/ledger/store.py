@@ -1,0 +1,418 @@
+"""The local SQLite store (docs/store-format.md)."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Iterator, NamedTuple, Sequence
+
+from carledger.ledger import block as _block
+from carledger.ledger.errors import KeyFileError, StoreError
+from carledger.ledger.keys import VerifyKey, kid, load_or_create_signing_key
+
+__all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
+
+DB_FILE = "ledger.sqlite"
+STORE_FORMAT = 1
+BUSY_TIMEOUT_MS = 10_000
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value BLOB);
+CREATE TABLE IF NOT EXISTS streams(
+  name TEXT PRIMARY KEY,
+  head_seq INTEGER,
+  head_digest BLOB
+);
+CREATE TABLE IF NOT EXISTS blocks(
+  id INTEGER PRIMARY KEY,
+  stream TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  digest BLOB NOT NULL,
+  t0 INTEGER NOT NULL, t1 INTEGER NOT NULL, count INTEGER NOT NULL,
+  sign1 BLOB NOT NULL,
+  records BLOB,
+  synced INTEGER NOT NULL DEFAULT 0,
+  acked INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS blocks_stream_seq ON blocks(stream, seq);
+"""
+
+_COLUMNS = "id, stream, seq, digest, t0, t1, count, sign1, records, synced, acked"
+
+
+class BlockRow(NamedTuple):
+    """One row of `blocks`, as stored (nothing here is trusted by the verifier but sign1)."""
+
+    id: int
+    stream: str
+    seq: int
+    digest: bytes
+    t0: int
+    t1: int
+    count: int
+    sign1: bytes
+    records: bytes | None  # CBOR array of record byte strings; None once dropped
+    synced: int
+    acked: int
+
+
+class Store:
+    """The ledger database and, for the writer, the vehicle key.
+
+    Use `Store.open` in the agent (creates what is missing) and
+    `Store.open_readonly` in readers (verify, log): several processes may read
+    while the agent writes (WAL).
+    """
+
+    def __init__(self, path: Path, conn: sqlite3.Connection, *, readonly: bool):
+        self.path = path
+        self.db_path = path / DB_FILE
+        self.readonly = readonly
+        self._conn = conn
+        self._lock = threading.RLock()
+        self.signing_key = None
+        self.verify_key = None
+        meta = self.meta()
+        self.vehicle_id: str | None = _text(meta.get("vehicle"))
+        pk = meta.get("public_key")
+        self.public_key: bytes | None = bytes(pk) if isinstance(pk, (bytes, bytearray)) else None
+
+    # -- opening -----------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, vehicle_id: str | None = None, create: bool = True) -> "Store":
+        """Open (and with `create`, initialise) the store at directory `path` for writing.
+
+        Creates the directory, the signing key and the schema. The vehicle id
+        comes from the store; `vehicle_id` sets it on a new store and must match
+        an existing one. A new store without a vehicle id gets the key id (hex).
+        """
+        path = Path(path)
+        if not create and not (path / DB_FILE).exists():
+            raise StoreError(f"{path}: no carledger store here ({DB_FILE} missing)")
+        if vehicle_id is not None and (type(vehicle_id) is not str or not vehicle_id):
+            raise StoreError("vehicle id must be non-empty text")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            signing_key = load_or_create_signing_key(path)
+        except KeyFileError as exc:
+            raise StoreError(str(exc)) from None
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the store: {exc}") from None
+        conn = _connect(path / DB_FILE, readonly=False)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"{path}: SQLite refused WAL mode (got {mode})")
+            conn.execute("PRAGMA synchronous=FULL")
+            pub = bytes(signing_key.verify_key)
+            with _transaction(conn):
+                _create_schema(conn)
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                fmt = meta.get("format")
+                if fmt is not None and fmt != STORE_FORMAT:
+                    raise StoreError(f"{path}: store format {fmt!r}, this carledger reads {STORE_FORMAT}")
+                have_vid = _text(meta.get("vehicle"))
+                if have_vid is not None and vehicle_id is not None and have_vid != vehicle_id:
+                    raise StoreError(
+                        f"{path}: this store belongs to vehicle {have_vid!r}, not {vehicle_id!r}"
+                    )
+                have_pk = meta.get("public_key")
+                if have_pk is not None and bytes(have_pk) != pub:
+                    raise StoreError(
+                        f"{path}: keys/vehicle.key does not match the public key recorded in the store "
+                        f"(kid {kid(pub).hex()} vs {kid(bytes(have_pk)).hex() if len(bytes(have_pk)) == 32 else '?'}); "
+                        "the chain cannot be continued with another key"
+                    )
+                if fmt is None:
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES('format', ?)", (STORE_FORMAT,))
+                if have_vid is None:
+                    conn.execute(
+                        "INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle_id or kid(pub).hex(),)
+                    )
+                if have_pk is None:
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{path / DB_FILE}: not a usable SQLite database: {exc}") from None
+        store = cls(path, conn, readonly=False)
+        store.signing_key = signing_key
+        store.verify_key = signing_key.verify_key
+        return store
+
+    @classmethod
+    def open_readonly(cls, path: str | os.PathLike) -> "Store":
+        """Open an existing store for reading; StoreError with the reason when it is not one."""
+        path = Path(path)
+        if not path.exists():
+            raise StoreError(f"{path}: no such directory")
+        if not path.is_dir():
+            raise StoreError(f"{path}: not a directory (a store is a directory holding {DB_FILE})")
+        db = path / DB_FILE
+        if not db.is_file():
+            raise StoreError(f"{path}: not a carledger store ({DB_FILE} missing)")
+        try:
+            conn = _connect(db, readonly=True)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{db}: cannot open: {exc}") from None
+        try:
+            tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            missing = {"meta", "streams", "blocks"} - tables
+            if missing:
+                raise StoreError(f"{db}: not a carledger store (no table {sorted(missing)[0]!r})")
+            fmt = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
+            if fmt is None:
+                raise StoreError(f"{db}: not a carledger store (no format in meta)")
+            if fmt[0] != STORE_FORMAT:
+                raise StoreError(f"{db}: store format {fmt[0]!r}, this carledger reads {STORE_FORMAT}")
+        except StoreError:
+            conn.close()
+            raise
+        except sqlite3.Error as exc:
+            conn.close()
+            raise StoreError(f"{db}: not a readable SQLite database: {exc}") from None
+        store = cls(path, conn, readonly=True)
+        if store.public_key is not None and len(store.public_key) == 32:
+            store.verify_key = VerifyKey(store.public_key)  # the recorded key: what the store claims, not proof
+        return store
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def meta(self) -> dict:
+        with self._lock:
+            return dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
+
+    def stream_head(self, name: str) -> tuple[int, bytes] | None:
+        """(seq, digest) of the stream's newest sealed block, None before its first."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT head_seq, head_digest FROM streams WHERE name = ?", (name,)
+            ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return int(row[0]), bytes(row[1])
+
+    def heads(self) -> dict[str, tuple[int | None, bytes | None]]:
+        """Every row of `streams` as stored: name -> (head_seq, head_digest)."""
+        with self._lock:
+            rows = self._conn.execute("SELECT name, head_seq, head_digest FROM streams").fetchall()
+        return {name: (seq, digest) for name, seq, digest in rows}
+
+    def streams(self) -> list[str]:
+        """Names of every stream in the streams table or with blocks, sorted."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT name FROM streams UNION SELECT DISTINCT stream FROM blocks"
+            ).fetchall()
+        return sorted({r[0] for r in rows if isinstance(r[0], str)})
+
+    def block_count(self, stream: str | None = None) -> int:
+        with self._lock:
+            if stream is None:
+                return self._conn.execute("SELECT count(*) FROM blocks").fetchone()[0]
+            return self._conn.execute("SELECT count(*) FROM blocks WHERE stream = ?", (stream,)).fetchone()[0]
+
+    def iter_blocks(
+        self,
+        stream: str | None = None,
+        *,
+        after_id: int | None = None,
+        unacked: bool = False,
+        batch: int = 256,
+    ) -> Iterator[BlockRow]:
+        """Rows in storage order (id), fetched in batches: never the whole table in memory."""
+        where, args = [], []
+        if stream is not None:
+            where.append("stream = ?")
+            args.append(stream)
+        if unacked:
+            where.append("acked = 0")
+        last = after_id if after_id is not None else -(1 << 63)
+        while True:
+            cond = " AND ".join(where + ["id > ?"])
+            with self._lock:
+                rows = self._conn.execute(
+                    f"SELECT {_COLUMNS} FROM blocks WHERE {cond} ORDER BY id LIMIT ?", (*args, last, batch)
+                ).fetchall()
+            if not rows:
+                return
+            for row in rows:
+                yield BlockRow(*row)
+            last = rows[-1][0]
+
+    def summaries(self) -> list[tuple]:
+        """Per stream, from the row columns (an index, not verified): (stream, blocks, records,
+        first_seq, last_seq, t0, t1, blocks with records dropped, synced, acked)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT stream, count(*), sum(count), min(seq), max(seq), min(t0), max(t1), "
+                "sum(records IS NULL), sum(synced), sum(acked) FROM blocks GROUP BY stream ORDER BY stream"
+            ).fetchall()
+
+    def get_block(self, block_id: int) -> BlockRow | None:
+        with self._lock:
+            row = self._conn.execute(f"SELECT {_COLUMNS} FROM blocks WHERE id = ?", (block_id,)).fetchone()
+        return BlockRow(*row) if row else None
+
+    def records(self, block_row: BlockRow) -> list[bytes]:
+        """The row's records ([] when they were dropped by retention: check `row.records is None`)."""
+        if block_row.records is None:
+            return []
+        return _block.decode_records(block_row.records)
+
+    def message(self, block_row: BlockRow, include_records: bool = True) -> bytes:
+        """The COSE message to publish for a row (with its records when it still has them)."""
+        if include_records and block_row.records is not None:
+            return _block.with_records(block_row.sign1, self.records(block_row))
+        return bytes(block_row.sign1)
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, blocks: Sequence["_block.SealedBlock"]) -> list[int]:
+        """Insert blocks (any streams) and move their heads in ONE durable transaction.
+
+        Each block must continue its stream's head (seq = head + 1, prev = head
+        digest), else StoreError and nothing is written. Returns the row ids.
+        """
+        self._writable()
+        if not blocks:
+            return []
+        ids = []
+        with self._lock:
+            conn = self._conn
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                heads: dict[str, tuple[int, bytes] | None] = {}
+                for blk in blocks:
+                    h = blk.header
+                    if h.stream not in heads:
+                        row = conn.execute(
+                            "SELECT head_seq, head_digest FROM streams WHERE name = ?", (h.stream,)
+                        ).fetchone()
+                        heads[h.stream] = None if row is None or row[0] is None else (row[0], bytes(row[1]))
+                    head = heads[h.stream]
+                    want_seq, want_prev = (0, _block.ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
+                    if h.seq != want_seq or h.prev != want_prev:
+                        raise StoreError(
+                            f"stream {h.stream!r}: block seq {h.seq} does not continue the head "
+                            f"(expected seq {want_seq} linking to {want_prev.hex()[:16]}…)"
+                        )
+                    cur = conn.execute(
+                        "INSERT INTO blocks(stream, seq, digest, t0, t1, count, sign1, records) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            h.stream,
+                            h.seq,
+                            blk.digest,
+                            h.t0,
+                            h.t1,
+                            h.count,
+                            blk.sign1,
+                            _block.encode_records(blk.records),
+                        ),
+                    )
+                    ids.append(cur.lastrowid)
+                    heads[h.stream] = (h.seq, blk.digest)
+                for name, head in heads.items():
+                    conn.execute(
+                        "INSERT INTO streams(name, head_seq, head_digest) VALUES (?, ?, ?) "
+                        "ON CONFLICT(name) DO UPDATE SET head_seq = excluded.head_seq, "
+                        "head_digest = excluded.head_digest",
+                        (name, head[0], head[1]),
+                    )
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        return ids
+
+    def mark_synced(self, block_ids: Sequence[int]) -> None:
+        self._update_flag("synced", block_ids)
+
+    def mark_acked(self, stream: str, upto_seq: int) -> int:
+        """Mark every block of `stream` with seq <= upto_seq acked (and synced); returns rows changed."""
+        self._writable()
+        with self._lock, _transaction(self._conn):
+            cur = self._conn.execute(
+                "UPDATE blocks SET acked = 1, synced = 1 WHERE stream = ? AND seq <= ? AND acked = 0",
+                (stream, upto_seq),
+            )
+            return cur.rowcount
+
+    def drop_records(self, block_ids: Sequence[int]) -> None:
+        """Retention: forget the records of these blocks (their signed headers stay and still link)."""
+        self._writable()
+        with self._lock, _transaction(self._conn):
+            self._conn.executemany("UPDATE blocks SET records = NULL WHERE id = ?", [(i,) for i in block_ids])
+
+    def _update_flag(self, column: str, block_ids: Sequence[int]) -> None:
+        self._writable()
+        with self._lock, _transaction(self._conn):
+            self._conn.executemany(f"UPDATE blocks SET {column} = 1 WHERE id = ?", [(i,) for i in block_ids])
+
+    def _writable(self) -> None:
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None  # type: ignore[assignment]
+
+    def __enter__(self) -> "Store":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _text(value) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bytes, bytearray)):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError:
+            return None
+    return None
+
+
+def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:
+    if readonly:
+        conn = sqlite3.connect(
+            f"{db.resolve().as_uri()}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+        )
+    else:
+        conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    return conn
+
+
+def _create_schema(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+
+
+class _transaction:
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+
+    def __enter__(self):
+        self.conn.execute("BEGIN IMMEDIATE")
+        return self.conn
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.conn.execute("COMMIT")
+        elif self.conn.in_transaction:
+            self.conn.execute("ROLLBACK")
+        return False

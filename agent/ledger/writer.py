@@ -1,0 +1,311 @@
+"""Stream writers (cheap appends on the hot path) and the Ledger facade that seals and commits."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import numbers
+import os
+import re
+import threading
+from typing import Any, Iterable, Mapping
+
+import cbor2
+
+from carledger.ledger import merkle
+from carledger.ledger.block import ZERO_DIGEST, SealedBlock, encode_event, seal_block
+from carledger.ledger.errors import LedgerError
+from carledger.ledger.keys import kid
+from carledger.ledger.store import Store
+
+__all__ = ["StreamWriter", "Ledger", "valid_stream_name"]
+
+log = logging.getLogger(__name__)
+
+_EVENT = object()  # marks an event in the `source` slot of a pending tuple
+_VALUE_TYPES = frozenset({int, float, str})
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+
+
+def valid_stream_name(name: Any) -> bool:
+    """1-64 characters of [A-Za-z0-9._:-], starting alphanumeric (a stream is an MQTT topic level)."""
+    return type(name) is str and _STREAM_NAME.match(name) is not None
+
+
+class _Slow(Exception):
+    pass
+
+
+def _encode_fast(recs: list) -> tuple[list[bytes], list[int]]:
+    dumps = cbor2.dumps
+    okv = _VALUE_TYPES
+    out: list[bytes] = []
+    tus: list[int] = []
+    put = out.append
+    put_t = tus.append
+    for t, name, value, src in recs:
+        tu = round(t * 1e6)
+        put_t(tu)
+        if src is None:
+            if type(value) not in okv or type(name) is not str:
+                raise _Slow
+            put(dumps((0, tu, name, value), canonical=True))
+        elif src is _EVENT:
+            put(encode_event(tu, name, value))
+        else:
+            if type(value) not in okv or type(name) is not str or type(src) is not str:
+                raise _Slow
+            put(dumps((0, tu, name, value) if src == name else (0, tu, name, value, src), canonical=True))
+    return out, tus
+
+
+def _coerce_value(value: Any) -> int | float | str:
+    t = type(value)
+    if t in _VALUE_TYPES:
+        return value
+    if t is bool:
+        return int(value)
+    inner = getattr(value, "value", None)  # cantools NamedSignalValue and similar
+    if inner is not None and type(inner) in (int, float) and not isinstance(value, numbers.Number):
+        return inner
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    raise TypeError(f"value of type {t.__name__} is not int, float or text")
+
+
+def _encode_careful(recs: list, stream: str) -> tuple[list[bytes], list[int]]:
+    """Slow path: coerce what can be coerced; declare (event `bad-record`) what cannot. Never raises."""
+    out: list[bytes] = []
+    tus: list[int] = []
+    last_t = None
+    for t, name, value, src in recs:
+        try:
+            tu = round(t * 1e6)
+            if type(tu) is not int:
+                raise TypeError("time is not a number")
+        except Exception:
+            tu = None
+        try:
+            if tu is None:
+                raise ValueError(f"invalid time {t!r}")
+            if src is _EVENT:
+                rec = encode_event(tu, name, value)
+            else:
+                if type(name) is not str or not name:
+                    raise TypeError(f"name {name!r} is not text")
+                v = _coerce_value(value)
+                if src is not None and type(src) is not str:
+                    raise TypeError(f"source {src!r} is not text")
+                rec = cbor2.dumps(
+                    (0, tu, name, v) if src is None or src == name else (0, tu, name, v, src), canonical=True
+                )
+        except Exception as exc:
+            tu = tu if tu is not None else (last_t if last_t is not None else 0)
+            detail = {"name": str(name)[:64], "error": str(exc)[:160]}
+            rec = encode_event(tu, "bad-record", detail)
+            log.warning("stream %s: record %s replaced by a bad-record event: %s", stream, str(name)[:64], exc)
+        last_t = tu
+        out.append(rec)
+        tus.append(tu)
+    return out, tus
+
+
+class StreamWriter:
+    """Pending records of one stream and its chain head. Obtain through `Ledger.writer(name)`.
+
+    `add_sample` / `add_event` only append a tuple: call them from the hot path.
+    """
+
+    __slots__ = ("name", "policy_digest", "_ledger", "_recs", "_head", "_built")
+
+    def __init__(self, ledger: "Ledger", name: str, head: tuple[int, bytes] | None):
+        self.name = name
+        self.policy_digest: bytes | None = None  # None: the ledger's policy_digest
+        self._ledger = ledger
+        self._recs: list[tuple] = []
+        self._head = head
+        self._built: tuple[SealedBlock, int] | None = None
+
+    def add_sample(self, t: float, name: str, value: int | float | str, source: str | None = None) -> None:
+        """A sample at `t` seconds. `source` is the `Message.Signal` it came from, when it differs from `name`."""
+        self._recs.append((t, name, value, source))
+
+    def add_event(self, t: float, kind: str, detail: Mapping | None = None) -> None:
+        """A declared event (`policy`, `gap`, `retention`, `pause`, ...) with a detail map."""
+        self._recs.append((t, kind, dict(detail) if detail else {}, _EVENT))
+
+    @property
+    def pending(self) -> int:
+        return len(self._recs)
+
+    @property
+    def first_time(self) -> float | None:
+        """Time (seconds) of the oldest pending record."""
+        recs = self._recs
+        return recs[0][0] if recs else None
+
+    @property
+    def last_time(self) -> float | None:
+        recs = self._recs
+        return recs[-1][0] if recs else None
+
+    @property
+    def head(self) -> tuple[int, bytes] | None:
+        """(seq, digest) of the last committed block of this stream."""
+        return self._head
+
+    def build(self, policy_digest: bytes | None = None) -> SealedBlock | None:
+        """Seal the pending records into the next block of the chain, without committing it.
+
+        None when nothing is pending. Records added meanwhile stay pending.
+        `Ledger.seal` commits the block and then calls `committed(block)`;
+        until then the records stay pending and the head does not move.
+        """
+        n = len(self._recs)
+        if n == 0:
+            return None
+        recs = self._recs[:n]
+        try:
+            encoded, tus = _encode_fast(recs)
+        except Exception:
+            encoded, tus = _encode_careful(recs, self.name)
+        policy = policy_digest or self.policy_digest or self._ledger.policy_digest
+        head = self._head
+        seq, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
+        led = self._ledger
+        block = seal_block(
+            vid=led.vehicle_id,
+            stream=self.name,
+            seq=seq,
+            prev=prev,
+            t0=min(tus),
+            t1=max(tus),
+            policy=policy,
+            records=encoded,
+            signing_key=led.signing_key,
+            root=merkle.root(encoded),
+        )
+        self._built = (block, n)
+        return block
+
+    def committed(self, block: SealedBlock) -> None:
+        """`block` (the last one built) is durable: drop its records from pending, move the head."""
+        built = self._built
+        if built is None or built[0] is not block:
+            raise LedgerError(f"stream {self.name}: committed() for a block this writer did not just build")
+        self._built = None
+        del self._recs[: built[1]]
+        self._head = (block.header.seq, block.digest)
+
+    def __repr__(self) -> str:
+        return f"<StreamWriter {self.name} pending={len(self._recs)} head={self._head and self._head[0]}>"
+
+
+class Ledger:
+    """The store, the vehicle key and id, and one StreamWriter per stream.
+
+    `seal()` builds a block for every writer with pending records and commits
+    them all in one store transaction; heads move only once it is durable.
+    """
+
+    def __init__(self, store: Store, *, policy_digest: bytes | None = None):
+        if store.readonly or store.signing_key is None:
+            raise LedgerError("the ledger needs a store opened for writing (Store.open)")
+        self.store = store
+        self.signing_key = store.signing_key
+        self.verify_key = store.verify_key
+        self.kid = kid(self.verify_key)
+        self.vehicle_id: str = store.vehicle_id  # type: ignore[assignment]
+        self._policy_digest = ZERO_DIGEST
+        if policy_digest is not None:
+            self.policy_digest = policy_digest
+        self._writers: dict[str, StreamWriter] = {}
+        self._lock = threading.RLock()
+
+    @classmethod
+    def open(
+        cls, path: str | os.PathLike, vehicle_id: str | None = None, *, policy_digest: bytes | None = None
+    ) -> "Ledger":
+        return cls(Store.open(path, vehicle_id), policy_digest=policy_digest)
+
+    @property
+    def policy_digest(self) -> bytes:
+        """SHA-256 of the policy version in force; written into every block sealed from now on."""
+        return self._policy_digest
+
+    @policy_digest.setter
+    def policy_digest(self, value: bytes) -> None:
+        if type(value) is not bytes or len(value) != 32:
+            raise ValueError("policy digest must be 32 bytes (SHA-256)")
+        self._policy_digest = value
+
+    @staticmethod
+    def digest_policy(data: bytes) -> bytes:
+        return hashlib.sha256(data).digest()
+
+    def writer(self, name: str) -> StreamWriter:
+        """The writer of stream `name` (created on first use, continuing the stored chain)."""
+        w = self._writers.get(name)
+        if w is None:
+            with self._lock:
+                w = self._writers.get(name)
+                if w is None:
+                    if not valid_stream_name(name):
+                        raise ValueError(f"invalid stream name {name!r}: 1-64 of [A-Za-z0-9._:-], alphanumeric first")
+                    w = StreamWriter(self, name, self.store.stream_head(name))
+                    self._writers[name] = w
+        return w
+
+    @property
+    def writers(self) -> list[StreamWriter]:
+        return list(self._writers.values())
+
+    def due(self, now: float, max_age_s: float, max_records: int) -> list[StreamWriter]:
+        """Writers that must be sealed: oldest pending record at least `max_age_s` old, or `max_records` pending."""
+        out = []
+        for w in list(self._writers.values()):
+            n = len(w._recs)
+            if n and (n >= max_records or now - w._recs[0][0] >= max_age_s):
+                out.append(w)
+        return out
+
+    def seal(self, writers: Iterable[StreamWriter] | None = None, now: float | None = None) -> list[SealedBlock]:
+        """Seal every given writer (default: all) that has pending records, in ONE transaction.
+
+        Returns the committed blocks, in commit order. On a store error
+        nothing moves: the records stay pending and the exception propagates.
+        `now` is accepted for symmetry with `due` and is not needed.
+        """
+        with self._lock:
+            targets = list(self._writers.values()) if writers is None else list(writers)
+            built = []
+            for w in targets:
+                if w._ledger is not self:
+                    raise LedgerError(f"writer {w.name!r} belongs to another ledger")
+                block = w.build()
+                if block is not None:
+                    built.append((w, block))
+            if not built:
+                return []
+            self.store.append([b for _, b in built])
+            for w, b in built:
+                w.committed(b)
+            return [b for _, b in built]
+
+    def close(self, seal: bool = True) -> None:
+        """Seal what is pending (unless seal=False) and close the store."""
+        try:
+            if seal and self.store._conn is not None:
+                self.seal()
+        finally:
+            self.store.close()
+
+    def __enter__(self) -> "Ledger":
+        return self
+
+    def __exit__(self, exc_type, *rest) -> None:
+        self.close(seal=exc_type is None)
