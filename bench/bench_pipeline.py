@@ -1,0 +1,146 @@
+"""Full-pipeline throughput and memory on the real RAV4 log, against a plain python-can + cantools loop.
+
+    python bench/bench_pipeline.py [--frames 1000000] [--runs 3]
+
+Builds a candump log of at least --frames frames by repeating the real 2017
+RAV4 powertrain log (timestamps shifted so time keeps increasing), then, in
+the same run, measures in separate child processes (so each has its own peak
+RSS):
+
+- baseline: python-can `LogReader` + cantools `decode_message` on every frame;
+- pipeline: carledger's read, filter, decode, sample, seal, sign and store,
+  recording a realistic set of 16 signals (motion, driver inputs, powertrain) in two streams.
+
+It prints frames/s, peak RSS and the ratio pipeline/baseline. Not a test:
+nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RAV4 = REPO.parent / "shared" / "data" / "logs" / "comma2k19_rav4_2017"
+LOG = RAV4 / "comma2k19_rav4_2017_seg40_bus0.log"
+DBC = RAV4 / "toyota_rav4_2017_pt_generated.dbc"
+
+# What a fleet recorder would keep of this car: motion, driver inputs, powertrain.
+STREAMS = {
+    "chassis": [
+        "WHEEL_SPEEDS.*", "SPEED.SPEED", "STEER_ANGLE_SENSOR.STEER_ANGLE", "KINEMATICS.YAW_RATE",
+        "ACCELEROMETER.ACCEL_X", "BRAKE_MODULE.BRAKE_PRESSED", "BRAKE_MODULE.BRAKE_PRESSURE",
+    ],
+    "powertrain": [
+        "ENGINE_RPM.RPM", "GAS_PEDAL.GAS_PEDAL", "GEAR_PACKET.GEAR", "PCM_CRUISE.CRUISE_STATE",
+        "PCM_CRUISE_2.SET_SPEED", "UI_SETTING.ODOMETER",
+    ],
+}
+
+BASELINE = """
+import json, resource, sys, time
+import can, cantools
+path, dbc = sys.argv[1], sys.argv[2]
+t0 = time.perf_counter()
+db = cantools.database.load_file(dbc, strict=False)
+frames = decoded = 0
+for msg in can.LogReader(path):
+    frames += 1
+    try:
+        db.decode_message(msg.arbitration_id, msg.data)
+        decoded += 1
+    except KeyError:
+        pass
+seconds = time.perf_counter() - t0
+print(json.dumps({"frames": frames, "decoded": decoded, "seconds": seconds,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+PIPELINE = """
+import json, resource, sys, time
+from carledger.config import replay_config
+from carledger.pipeline import Pipeline
+path, dbc, store, streams = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+t0 = time.perf_counter()
+pipeline = Pipeline(replay_config(path, [dbc], store, streams, fast=True))
+summary = pipeline.run()
+seconds = time.perf_counter() - t0
+print(json.dumps({"frames": summary.frames, "samples": summary.samples, "blocks": summary.blocks,
+                  "seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def build_log(target_frames: int, out: Path) -> int:
+    """Repeat the RAV4 log until it has at least target_frames frames."""
+    lines = LOG.read_text().splitlines()
+    first = float(lines[0].split()[0][1:-1])
+    last = float(lines[-1].split()[0][1:-1])
+    span = last - first + 0.01
+    repeats = -(-target_frames // len(lines))
+    with out.open("w") as f:
+        for r in range(repeats):
+            offset = r * span
+            for line in lines:
+                stamp, rest = line.split(" ", 1)
+                f.write(f"({float(stamp[1:-1]) + offset:.6f}) {rest}\n")
+    return repeats * len(lines)
+
+
+def child(code: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"bench child failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--frames", type=int, default=1_000_000)
+    parser.add_argument("--runs", type=int, default=3, help="alternating runs of each; the best is reported")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if not LOG.exists():
+        print(f"reference data not available: {LOG}", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory(prefix="carledger-bench-") as tmp:
+        log = Path(tmp) / "rav4_repeated.log"
+        frames = build_log(args.frames, log)
+        print(f"log: {frames:,} frames ({log.stat().st_size / 1e6:.0f} MB), RAV4 x{frames // 53800}", file=sys.stderr)
+        baselines, pipelines = [], []
+        for run in range(args.runs):
+            baselines.append(child(BASELINE, str(log), str(DBC)))
+            store = Path(tmp) / f"store{run}"
+            pipelines.append(child(PIPELINE, str(log), str(DBC), str(store), json.dumps(STREAMS)))
+            print(f"run {run + 1}: baseline {baselines[-1]['seconds']:.2f} s, "
+                  f"pipeline {pipelines[-1]['seconds']:.2f} s", file=sys.stderr)
+    base = min(baselines, key=lambda r: r["seconds"])
+    pipe = min(pipelines, key=lambda r: r["seconds"])
+    result = {
+        "frames": frames,
+        "baseline_fps": frames / base["seconds"],
+        "pipeline_fps": frames / pipe["seconds"],
+        "ratio": base["seconds"] / pipe["seconds"],
+        "baseline_rss_mb": max(r["rss_mb"] for r in baselines),
+        "pipeline_rss_mb": max(r["rss_mb"] for r in pipelines),
+        "samples": pipe["samples"],
+        "blocks": pipe["blocks"],
+    }
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"baseline (LogReader + decode_message): {result['baseline_fps']:>10,.0f} frames/s, "
+              f"peak RSS {result['baseline_rss_mb']:.0f} MB")
+        print(f"pipeline (read..store, 2 streams)    : {result['pipeline_fps']:>10,.0f} frames/s, "
+              f"peak RSS {result['pipeline_rss_mb']:.0f} MB, {result['samples']:,} samples, {result['blocks']} blocks")
+        print(f"ratio pipeline/baseline: {result['ratio']:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
