@@ -108,8 +108,10 @@ def test_sigkill_during_fast_replay(long_log, tmp_path, capsys):
         time.sleep(rng.uniform(0.0, 0.8))  # the random moment is the point of this test
         if proc.poll() is None:
             killed_mid_run += 1
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait() == -signal.SIGKILL
+        else:
+            assert proc.returncode == 0
 
         report = verify(store, capsys)
         wheels = report["streams"]["wheels"]
