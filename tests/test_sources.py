@@ -22,6 +22,8 @@ garbage line here
 (1.000600) can0 XYZ#00
 (bad) can0 123#00
 (1.000700) can0 123#0G
+(1.000800) can0 124#01 R
+(1.000900) can0 125#02 X
 """
 
 
@@ -35,13 +37,14 @@ def test_reads_standard_extended_and_fd_frames():
         (1.0001, 0x1ABCDEF0 | EFF_FLAG, b"\x01\x02"),
         (1.0002, 0x123, b"\x00"),
         (1.0005, 0x456, bytes.fromhex("112233445566778899AABBCC")),  # '##' + flags nibble '1'
+        (1.0008, 0x124, b"\x01"),  # python-can's writer adds the direction
     ]
 
 
 def test_malformed_lines_are_reported_with_line_numbers_and_skipped():
     seen = []
     frames_of(SAMPLE, malformed=lambda n, line, reason: seen.append((n, reason)))
-    assert [n for n, _ in seen] == [7, 8, 9, 10]
+    assert [n for n, _ in seen] == [7, 8, 9, 10, 12]
     assert "bad identifier" in seen[1][1]
 
 

@@ -49,6 +49,7 @@ class BusSource(FrameSource):
         self.backoff = backoff
         self.error_frames = 0
         self.reopens = 0
+        self.opened = threading.Event()  # set while the bus is open: tests and health checks wait on it
         self._random = random.Random()
 
     def bus_kwargs(self) -> dict[str, Any]:
@@ -90,6 +91,7 @@ class BusSource(FrameSource):
                 self.on_event("bus-reopened", {"bus": self.name})
                 log.info("bus %s: reopened", self.name)
             opened_before = True
+            self.opened.set()
             try:
                 yield from self._receive(bus, stop)
                 delay = self.backoff[0]
@@ -99,6 +101,7 @@ class BusSource(FrameSource):
                     return
                 delay = min(delay * 2, self.backoff[1])
             finally:
+                self.opened.clear()
                 try:
                     bus.shutdown()
                 except Exception:  # already broken; nothing more to release
@@ -107,21 +110,25 @@ class BusSource(FrameSource):
     def _receive(self, bus, stop: threading.Event) -> Iterator[list[Frame]]:
         recv = bus.recv
         while not stop.is_set():
-            msg = recv(_RECV_TIMEOUT)
-            if msg is None:
-                continue
             batch: list[Frame] = []
-            while msg is not None:
-                if msg.is_error_frame:
-                    self.error_frames += 1
-                elif not msg.is_remote_frame:
-                    batch.append((msg.timestamp, frame_key(msg.arbitration_id, msg.is_extended_id), bytes(msg.data)))
-                if len(batch) >= _MAX_BATCH:
-                    break
-                msg = recv(0)
+            failure: Exception | None = None
+            try:
+                msg = recv(_RECV_TIMEOUT)
+                while msg is not None:
+                    if msg.is_error_frame:
+                        self.error_frames += 1
+                    elif not msg.is_remote_frame:
+                        batch.append((msg.timestamp, frame_key(msg.arbitration_id, msg.is_extended_id), bytes(msg.data)))
+                    if len(batch) >= _MAX_BATCH:
+                        break
+                    msg = recv(0)
+            except Exception as exc:  # hand on what was read before the failure, then report it
+                failure = exc
             if batch:
                 self.frames_read += len(batch)
                 yield batch
+            if failure is not None:
+                raise failure
 
     def _report(self, kind: str, message: str, delay: float) -> None:
         log.warning("bus %s (%s %s): %s; retrying in %.1f s", self.name, self.interface, self.channel, message, delay)

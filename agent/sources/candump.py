@@ -53,9 +53,13 @@ def read_candump(
     for number, line in enumerate(lines, start=1):
         parts = line.split()
         if len(parts) != 3:
-            if parts and not parts[0].startswith("#") and on_malformed:
-                on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
-            continue
+            # python-can's writer appends the direction (R received, T transmitted)
+            if len(parts) == 4 and parts[3] in ("R", "T"):
+                del parts[3]
+            else:
+                if parts and not parts[0].startswith("#") and on_malformed:
+                    on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
+                continue
         stamp, channel, text = parts
         if wanted_channels and channel not in wanted_channels:
             continue
