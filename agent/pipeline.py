@@ -9,6 +9,7 @@ problems arrive here as health events and go into the `health` stream.
 
 from __future__ import annotations
 
+import collections
 import fnmatch
 import logging
 import queue
@@ -16,7 +17,7 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from carledger import __version__
 from carledger.config import BusConfig, Config, StreamConfig
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 HEALTH_STREAM = "health"
 _TICK = 0.25  # seconds the pipeline waits for frames before checking seals, stop and watchdog
-_QUEUE_BATCHES = 64  # bounds memory when a replay reads faster than the pipeline keeps up
+_QUEUE_BATCHES = 8  # bounds memory (a batch is up to 2048 frames) when a replay reads faster than the pipeline keeps up
 
 
 class PipelineError(Exception):
@@ -47,11 +48,11 @@ class BusStats:
 @dataclass
 class RunSummary:
     frames: int = 0
-    samples: int = 0
+    records: int = 0
     blocks: int = 0
     seconds: float = 0.0
     buses: dict[str, BusStats] = field(default_factory=dict)
-    streams: dict[str, int] = field(default_factory=dict)  # samples per stream
+    streams: dict[str, int] = field(default_factory=dict)  # records sealed per data stream
 
 
 class StreamSelector:
@@ -112,13 +113,14 @@ class Pipeline:
         self.stop_event = threading.Event()
         self.summary = RunSummary()
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
+        self._events: collections.deque = collections.deque()  # (bus index, kind, detail) from any thread
         self._selectors = [StreamSelector(s) for s in config.streams]
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle)
         try:
             self.ledger.policy_digest = config.policy_digest()
             self._writers = {s.name: self.ledger.writer(s.name) for s in config.streams}
             self._health = self.ledger.writer(HEALTH_STREAM)
-            self._sample_counts = {s.name: 0 for s in config.streams}
+            self._record_counts = {s.name: 0 for s in config.streams}  # records sealed per data stream
             self.buses = [self._build_bus(bus) for bus in config.buses]
             self._warn_unmatched_streams()
         except BaseException:
@@ -127,6 +129,7 @@ class Pipeline:
         self.sources = [self._make_source(i, bus) for i, bus in enumerate(self.buses)]
         self._last_t: float | None = None
         self._last_wall = time.monotonic()
+        self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
 
     # -- building -----------------------------------------------------------------
 
@@ -157,7 +160,7 @@ class Pipeline:
                         stream = selector.stream
                         taps.append(
                             Tap(
-                                self._sink(stream.name),
+                                self._writers[stream.name].add_sample,
                                 name,
                                 source if name != source else None,
                                 self._min_interval(stream, name, source),
@@ -173,16 +176,6 @@ class Pipeline:
             bus.name, len(table.keys()), len(table.signals()), ", ".join(bus.dbc),
         )
         return built
-
-    def _sink(self, stream: str) -> Callable[[float, str, Any, str | None], None]:
-        add = self._writers[stream].add_sample
-        counts = self._sample_counts
-
-        def sink(t: float, name: str, value: Any, source: str | None) -> None:
-            add(t, name, value, source)
-            counts[stream] += 1
-
-        return sink
 
     def _min_interval(self, stream: StreamConfig, name: str, source: str) -> float:
         if stream.min_interval is not None:
@@ -202,7 +195,7 @@ class Pipeline:
         cfg = bus.config
 
         def on_event(kind: str, detail: dict, index: int = index) -> None:
-            self._queue.put((index, (kind, detail)))
+            self._events.append((index, kind, detail))
 
         if cfg.is_replay:
             return LogSource(
@@ -230,41 +223,38 @@ class Pipeline:
         """Run until every source is exhausted, `stop()` is called, or `duration` seconds pass."""
         started = time.monotonic()
         deadline = started + duration if duration else None
-        threads = [
-            threading.Thread(target=self._feed, args=(i, s), name=f"source-{s.name}", daemon=True)
-            for i, s in enumerate(self.sources)
-        ]
         self._health_event("agent-start", {
             "version": __version__, "config": self.config.path,
             "policy": self.ledger.policy_digest.hex(), "buses": [b.config.name for b in self.buses],
         })
+        # A single fast replay runs in this thread: handing batches across threads
+        # would only add GIL hand-offs. Everything else gets a reader thread per source.
+        inline = len(self.sources) == 1 and isinstance(self.sources[0], LogSource) and self.sources[0].speed <= 0
+        threads = [] if inline else [
+            threading.Thread(target=self._feed, args=(i, s), name=f"source-{s.name}", daemon=True)
+            for i, s in enumerate(self.sources)
+        ]
         for thread in threads:
             thread.start()
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
         next_health = time.monotonic() + self.config.health_interval
-        get = self._queue.get
+        items = self._inline_items() if inline else self._queued_items()
         try:
-            while active and not self.stop_event.is_set():
-                try:
-                    index, item = get(timeout=_TICK)
-                except queue.Empty:
-                    item = index = None
+            for index, item in items:
                 if item is None and index is not None:
                     active -= 1
-                elif isinstance(item, list):
-                    self.buses[index].process(item)
-                    self._last_t = item[-1][0]
-                    self._last_wall = time.monotonic()
-                elif isinstance(item, tuple):
-                    self._bus_event(index, *item)
+                elif item is not None:
+                    self._process(index, item)
+                while self._events:
+                    self._bus_event(*self._events.popleft())
                 self._seal_due()
                 wall = time.monotonic()
                 self.notifier.alive()
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
                     self._health_event("counters", self._counters())
-                if deadline is not None and wall >= deadline:
+                if not active or self.stop_event.is_set() or (deadline is not None and wall >= deadline):
                     break
         finally:
             self.stop_event.set()
@@ -279,26 +269,72 @@ class Pipeline:
         for bus in self.buses:
             self.summary.buses[bus.config.name] = bus.stats
         self.summary.frames = sum(b.stats.frames for b in self.buses)
-        self.summary.streams = dict(self._sample_counts)
-        self.summary.samples = sum(self._sample_counts.values())
+        self.summary.streams = dict(self._record_counts)
+        self.summary.records = sum(self._record_counts.values())
         return self.summary
 
-    def _feed(self, index: int, source: FrameSource) -> None:
-        put = self._queue.put
-        stop = self.stop_event
+    def _queued_items(self) -> Iterator[tuple[int | None, list | None]]:
+        """Batches from the reader threads; (None, None) every tick without one."""
+        get = self._queue.get
+        while True:
+            try:
+                yield get(timeout=_TICK)
+            except queue.Empty:
+                yield None, None
+
+    def _inline_items(self) -> Iterator[tuple[int | None, list | None]]:
+        yield from self._batches_of(0, self.sources[0])
+
+    def _batches_of(self, index: int, source: FrameSource) -> Iterator[tuple[int, list | None]]:
+        """(index, batch) for every batch of a source, then (index, None); never raises."""
         try:
-            for batch in source.batches(stop):
-                while not stop.is_set():
-                    try:
-                        put((index, batch), timeout=_TICK)
-                        break
-                    except queue.Full:
-                        continue
+            for batch in source.batches(self.stop_event):
+                yield index, batch
         except Exception as exc:  # a source must never take the agent down
             log.exception("source %s failed", source.name)
-            self._queue.put((index, ("source-failed", {"bus": source.name, "error": str(exc)})))
-        finally:
-            self._queue.put((index, None))
+            self._events.append((index, "source-failed", {"bus": source.name, "error": str(exc)}))
+        yield index, None
+
+    def _process(self, index: int, batch: list) -> None:
+        """Hand a batch to its bus, sealing at the right points inside it.
+
+        A fast replay delivers seconds of log time in one batch; checking the
+        seals only between batches would make blocks span several seconds.
+        So a batch that crosses the next check time is split there.
+        """
+        bus = self.buses[index]
+        check_at = self._check_at
+        if batch[-1][0] >= check_at:
+            step = self.config.seal_max_age / 4
+            start = 0
+            for i, frame in enumerate(batch):
+                t = frame[0]
+                if t >= check_at:
+                    if i > start:
+                        bus.process(batch[start:i])
+                        self._last_t = batch[i - 1][0]
+                    start = i
+                    self._last_wall = time.monotonic()
+                    self._seal_due()
+                    check_at = t + step
+            batch = batch[start:]
+            self._check_at = check_at
+        bus.process(batch)
+        self._last_t = batch[-1][0]
+        self._last_wall = time.monotonic()
+
+    def _feed(self, index: int, source: FrameSource) -> None:
+        """A reader thread: hands the source's batches to the pipeline thread."""
+        put = self._queue.put
+        stop = self.stop_event
+        for item in self._batches_of(index, source):
+            while True:
+                try:
+                    put(item, timeout=_TICK)
+                    break
+                except queue.Full:
+                    if stop.is_set() and item[1] is not None:
+                        break
 
     def _drain(self, threads: list[threading.Thread]) -> None:
         """Let source threads finish, recording what they already read."""
@@ -310,11 +346,10 @@ class Pipeline:
                 if not any(t.is_alive() for t in threads) or time.monotonic() >= deadline:
                     break
                 continue
-            if isinstance(item, list):
-                self.buses[index].process(item)
-                self._last_t = item[-1][0]
-            elif isinstance(item, tuple):
-                self._bus_event(index, *item)
+            if item is not None:
+                self._process(index, item)
+        while self._events:
+            self._bus_event(*self._events.popleft())
 
     def _bus_event(self, index: int, kind: str, detail: dict) -> None:
         stats = self.buses[index].stats
@@ -332,7 +367,7 @@ class Pipeline:
     def _counters(self) -> dict:
         return {
             "frames": {b.config.name: b.stats.frames for b in self.buses},
-            "samples": sum(self._sample_counts.values()),
+            "records": sum(self._record_counts.values()),
             "blocks": self.summary.blocks,
         }
 
@@ -349,3 +384,7 @@ class Pipeline:
     def _seal(self, writers: list | None) -> None:
         blocks = self.ledger.seal(writers)
         self.summary.blocks += len(blocks)
+        counts = self._record_counts
+        for block in blocks:
+            if block.header.stream in counts:
+                counts[block.header.stream] += block.header.count

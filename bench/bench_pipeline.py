@@ -71,7 +71,7 @@ t0 = time.perf_counter()
 pipeline = Pipeline(replay_config(path, [dbc], store, streams, fast=True))
 summary = pipeline.run()
 seconds = time.perf_counter() - t0
-print(json.dumps({"frames": summary.frames, "samples": summary.samples, "blocks": summary.blocks,
+print(json.dumps({"frames": summary.frames, "records": summary.records, "blocks": summary.blocks,
                   "seconds": seconds, "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -128,7 +128,7 @@ def main() -> int:
         "ratio": base["seconds"] / pipe["seconds"],
         "baseline_rss_mb": max(r["rss_mb"] for r in baselines),
         "pipeline_rss_mb": max(r["rss_mb"] for r in pipelines),
-        "samples": pipe["samples"],
+        "records": pipe["records"],
         "blocks": pipe["blocks"],
     }
     if args.json:
@@ -137,7 +137,7 @@ def main() -> int:
         print(f"baseline (LogReader + decode_message): {result['baseline_fps']:>10,.0f} frames/s, "
               f"peak RSS {result['baseline_rss_mb']:.0f} MB")
         print(f"pipeline (read..store, 2 streams)    : {result['pipeline_fps']:>10,.0f} frames/s, "
-              f"peak RSS {result['pipeline_rss_mb']:.0f} MB, {result['samples']:,} samples, {result['blocks']} blocks")
+              f"peak RSS {result['pipeline_rss_mb']:.0f} MB, {result['records']:,} records, {result['blocks']} blocks")
         print(f"ratio pipeline/baseline: {result['ratio']:.2f}")
     return 0
 

@@ -163,3 +163,27 @@ def test_open_block_on_random_mutations_raises_only_malformed_block():
             open_block(bytes(data), KEY.verify_key)
         except MalformedBlock:
             pass
+
+
+def test_fast_record_encoding_is_byte_identical_to_cbor2_canonical():
+    import random
+
+    import cbor2
+
+    from carledger.ledger.writer import _encode_fast
+
+    rng = random.Random(7)
+    values = [0, 1, -1, 23, 24, 255, 256, 65535, 65536, 2**32, -(2**40), 0.0, -0.0, 1.5, 0.1, 1e300,
+              float("inf"), float("-inf"), float("nan"), 3.4028234663852886e38, 65504.0, "x", "", "Ω"]
+    names = ["Vehicle.Speed", "A.B", "x" * 30]
+    recs = []
+    for _ in range(3000):
+        t = rng.choice([0.0, 1.5, 46408.589503, 1_700_000_000.123456, rng.uniform(0, 2e9), -5.0])
+        name = rng.choice(names)
+        src = rng.choice([None, name, "MSG.SIG"])
+        recs.append((t, name, rng.choice(values + [rng.uniform(-1e6, 1e6), rng.randint(-2**63, 2**64 - 1)]), src))
+    for _ in range(2):  # the second pass hits the cache
+        encoded, tus = _encode_fast(recs)
+        for (t, name, value, src), data, tu in zip(recs, encoded, tus):
+            expected = cbor2.dumps((0, tu, name, value) if src in (None, name) else (0, tu, name, value, src), canonical=True)
+            assert data == expected, (t, name, value, src)

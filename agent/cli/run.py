@@ -97,9 +97,9 @@ def run(args: argparse.Namespace) -> int:
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"read {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.0f} frames/s), "
-        f"recorded {summary.samples} samples in {summary.blocks} blocks into {config.store}",
+        f"sealed {summary.records} records in {summary.blocks} blocks into {config.store}",
         file=sys.stderr,
     )
     for name, count in summary.streams.items():
-        print(f"  stream {name}: {count} samples", file=sys.stderr)
+        print(f"  stream {name}: {count} records", file=sys.stderr)
     return 0

@@ -36,9 +36,24 @@ class _Slow(Exception):
     pass
 
 
+_TAILS: dict[tuple, tuple[bytes, bytes]] = {}
+_TAILS_LIMIT = 1 << 13
+
+
 def _encode_fast(recs: list) -> tuple[list[bytes], list[int]]:
+    """Encode pending records, the seal's hot loop.
+
+    A sample encodes as array header, 0, time, then name, value and source.
+    Everything after the time repeats a lot (the same signal at the same
+    value), so that part is cached per (name, type, value, source); only the
+    time is encoded per record. The result is byte-identical to
+    cbor2.dumps(record, canonical=True), which the tests check.
+    """
     dumps = cbor2.dumps
     okv = _VALUE_TYPES
+    tails = _TAILS
+    if len(tails) > _TAILS_LIMIT:
+        tails.clear()
     out: list[bytes] = []
     tus: list[int] = []
     put = out.append
@@ -46,16 +61,26 @@ def _encode_fast(recs: list) -> tuple[list[bytes], list[int]]:
     for t, name, value, src in recs:
         tu = round(t * 1e6)
         put_t(tu)
-        if src is None:
-            if type(value) not in okv or type(name) is not str:
-                raise _Slow
-            put(dumps((0, tu, name, value), canonical=True))
-        elif src is _EVENT:
+        if src is _EVENT:
             put(encode_event(tu, name, value))
-        else:
-            if type(value) not in okv or type(name) is not str or type(src) is not str:
+            continue
+        key = (name, type(value), value, src)
+        cached = tails.get(key)
+        if cached is None:
+            if type(value) not in okv or type(name) is not str or (src is not None and type(src) is not str):
                 raise _Slow
-            put(dumps((0, tu, name, value) if src == name else (0, tu, name, value, src), canonical=True))
+            if src == name:
+                src = None
+            if type(value) is float and value == 0.0 or value != value:
+                # 0.0 == -0.0 and NaN != NaN: keys that cannot tell values apart are not cached
+                put(dumps((0, tu, name, value) if src is None else (0, tu, name, value, src), canonical=True))
+                continue
+            whole = dumps((0, 0, name, value) if src is None else (0, 0, name, value, src), canonical=True)
+            cached = tails[key] = (whole[:2], whole[3:])
+        if 0xFFFFFFFF < tu <= 0xFFFFFFFFFFFFFFFF:
+            put(cached[0] + b"\x1b" + tu.to_bytes(8, "big") + cached[1])
+        else:
+            put(cached[0] + dumps(tu, canonical=True) + cached[1])
     return out, tus
 
 
