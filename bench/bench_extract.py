@@ -21,6 +21,7 @@ from pathlib import Path
 import cantools
 
 from carledger.decode.extract import compile_message
+from carledger.sources.candump import read_candump_file
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDER = ROOT.parent / "shared" / "data" / "logs" / "comma2k19_rav4_2017"
@@ -36,16 +37,7 @@ FEW = {
 
 
 def read_candump(path: Path) -> list[tuple[float, int, bytes]]:
-    frames = []
-    with open(path) as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) < 3 or "#" not in parts[2]:
-                continue
-            ident, _, payload = parts[2].partition("#")
-            key = int(ident, 16) | (0x80000000 if len(ident) > 3 else 0)
-            frames.append((float(parts[0].strip("()")), key, bytes.fromhex(payload)))
-    return frames
+    return list(read_candump_file(str(path)))
 
 
 def key_of(msg) -> int:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -21,3 +23,12 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared_data() -> Path:
     return shared_path()
+
+
+def wait_until(condition: Callable[[], object], timeout: float = 30.0, interval: float = 0.01) -> None:
+    """Poll until `condition()` is true; fail the test if it is not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not reached within {timeout} s")
+        time.sleep(interval)

@@ -21,19 +21,10 @@ import pytest
 
 from carledger.cli import main
 from carledger.ledger import decode_record, decode_records
-from conftest import shared_path
+from conftest import shared_path, wait_until
 
 KILLS = 20
 pytestmark = pytest.mark.slow
-
-
-def wait_until(condition, timeout: float = 30.0, interval: float = 0.01) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(interval)
-    return False
 
 
 def stream_records(store: Path, stream: str, after_id: int = 0) -> tuple[list[tuple], int]:
@@ -104,7 +95,7 @@ def test_sigkill_during_fast_replay(long_log, tmp_path, capsys):
     for attempt in range(KILLS):
         before = block_count(store)
         proc = agent(log, dbc, store)
-        assert wait_until(lambda: block_count(store) > before or proc.poll() is not None)
+        wait_until(lambda: block_count(store) > before or proc.poll() is not None)
         time.sleep(rng.uniform(0.0, 0.8))  # the random moment is the point of this test
         if proc.poll() is None:
             killed_mid_run += 1

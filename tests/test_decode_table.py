@@ -11,6 +11,7 @@ import pytest
 from cantools.j1939 import pgn_from_frame_id
 
 from carledger.decode.table import EFF_FLAG, DecodeTable
+from carledger.sources.candump import read_candump_file
 
 try:
     from conftest import shared_path
@@ -41,14 +42,7 @@ def _load(*parts: str):
 
 
 def _candump(path: Path):
-    with open(path) as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) < 3 or "#" not in parts[2]:
-                continue
-            ident, _, payload = parts[2].partition("#")
-            key = int(ident, 16) | (EFF_FLAG if len(ident) > 3 else 0)
-            yield float(parts[0].strip("()")), key, bytes.fromhex(payload)
+    return read_candump_file(str(path))
 
 
 def _passes(filters, key: int) -> bool:

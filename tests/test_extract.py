@@ -20,6 +20,7 @@ from cantools.database.errors import DecodeError
 from cantools.database.utils import decode_data
 
 from carledger.decode.extract import compile_message
+from carledger.sources.candump import read_candump_file
 try:
     from conftest import SHARED_DATA, shared_path
 except ImportError:  # tests/ imported as a package
@@ -328,18 +329,8 @@ def test_float_signals_give_floats() -> None:
 
 
 def _parse_candump(path: Path):
-    with open(path) as fh:
-        for line in fh:
-            parts = line.split()
-            if len(parts) < 3 or "#" not in parts[2]:
-                continue
-            ident, _, payload = parts[2].partition("#")
-            if payload.startswith("R"):
-                continue
-            key = int(ident, 16)
-            if len(ident) > 3:
-                key |= 0x80000000
-            yield key, bytes.fromhex(payload)
+    for _t, key, data in read_candump_file(str(path)):
+        yield key, data
 
 
 def test_rav4_log_frame_by_frame() -> None:

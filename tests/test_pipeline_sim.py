@@ -17,16 +17,9 @@ from carledger.config import load_config
 from carledger.dbc import path as dbc_path
 from carledger.pipeline import Pipeline
 from carledger_sim.car import SimulatedCar
+from conftest import wait_until
 
 START = 1_700_000_000.0
-
-
-def wait_until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(0.01)
 
 
 def write_config(tmp_path: Path, buses: str, streams: str) -> Path:

@@ -105,3 +105,10 @@ def format_candump(t: float, channel: str, key: int, data: bytes, fd: bool = Fal
 
 def open_text(path: str) -> TextIO:
     return open(path, "r", encoding="ascii", errors="replace", newline=None)
+
+
+def read_candump_file(path: str, frame_filter: FrameFilter | None = None) -> Iterator[Frame]:
+    """Every wanted frame of a candump file, one by one (for tools and tests; the agent uses batches)."""
+    with open_text(path) as lines:
+        for batch in read_candump(lines, frame_filter):
+            yield from batch
