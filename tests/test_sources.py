@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import can
+import pytest
 
 from carledger.sources import EFF_FLAG, FrameFilter, LogSource
 from carledger.sources.candump import format_candump, read_candump
@@ -96,3 +97,41 @@ def test_log_source_paces_at_recorded_speed(tmp_path):
     for wall, t in arrivals:
         assert wall >= (t - 10.0) / 2.0 - 0.006
     assert len(arrivals) == 4
+
+
+def _python_can_frames(path):
+    return [
+        (m.timestamp, m.arbitration_id | (EFF_FLAG if m.is_extended_id else 0), bytes(m.data))
+        for m in can.LogReader(str(path)) if not (m.is_error_frame or m.is_remote_frame)
+    ]
+
+
+def test_every_python_can_format_sample_replays_like_python_can_reads_it():
+    folder = shared_path("formats", "python-can")
+    checked = 0
+    for path in sorted(folder.iterdir()):
+        if path.suffix.lower() not in (".asc", ".blf", ".trc"):
+            continue
+        frames = [f for b in LogSource(path.name, str(path), None, speed=0).batches(threading.Event()) for f in b]
+        assert frames == _python_can_frames(path), path.name
+        checked += 1
+    assert checked >= 10
+
+
+def test_mf4_replays_through_asammdf_on_demand():
+    pytest.importorskip("asammdf", reason="MF4 needs asammdf (pip install 'carledger[mf4]')")
+    path = shared_path("logs", "css_obd2_gnss", "00000164_00000001-60FE3F04.MF4")
+    only_obd = FrameFilter.of([(0x7E8, 0x7FF, False)])
+    source = LogSource("mf4", str(path), only_obd, speed=0)
+    frames = [f for b in source.batches(threading.Event()) for f in b]
+    assert len(frames) > 1000 and {k for _, k, _ in frames} == {0x7E8}
+    assert all(d[1] == 0x41 for _, _, d in frames if d[0] <= 7)  # mode 01 positive responses
+
+
+def test_importing_the_agent_does_not_drag_in_asammdf():
+    import subprocess
+    import sys
+
+    code = "import sys, carledger.pipeline, can; print('asammdf' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
