@@ -235,3 +235,22 @@ def test_retention_drop_records_still_verifies(tmp_path):
         assert row.records is None and ledger.store.records(row) == []
     report = verify_store(path)
     assert report.ok and report.streams["a"].dropped == 2 and report.streams["a"].records == 30
+
+
+def test_one_writer_per_store_and_the_lock_dies_with_its_holder(tmp_path):
+    import subprocess
+    import sys
+
+    from carledger.ledger import Store, StoreError
+
+    first = Store.open(tmp_path / "s", "car")
+    with pytest.raises(StoreError, match="being written by pid"):
+        Store.open(tmp_path / "s", "car")
+    reader = Store.open_readonly(tmp_path / "s")  # readers need no lock
+    reader.close()
+    first.close()
+    Store.open(tmp_path / "s", "car").close()  # released on close
+    # a process that dies holding the lock (SIGKILL) leaves no stale lock behind
+    code = f"from carledger.ledger import Store; s = Store.open({str(tmp_path / 's')!r}, 'car'); import os; os.kill(os.getpid(), 9)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == -9
+    Store.open(tmp_path / "s", "car").close()

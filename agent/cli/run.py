@@ -73,6 +73,7 @@ def _load(args: argparse.Namespace):
 
 def run(args: argparse.Namespace) -> int:
     from carledger.decode import DbcError
+    from carledger.ledger import LedgerError
     from carledger.notify import Notifier
     from carledger.pipeline import Pipeline
     from carledger.tomlfile import FieldError
@@ -80,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = _load(args)
         pipeline = Pipeline(config, notifier=Notifier())
-    except (ConfigError, FieldError, DbcError) as exc:
+    except (ConfigError, FieldError, DbcError, LedgerError) as exc:
         print(f"carledger: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -96,6 +97,20 @@ class Store:
             raise StoreError("vehicle id must be non-empty text")
         try:
             path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the store: {exc}") from None
+        writer_lock = _take_writer_lock(path)
+        try:
+            store = cls._open_locked(path, vehicle_id)
+        except BaseException:
+            writer_lock.close()
+            raise
+        store._writer_lock = writer_lock
+        return store
+
+    @classmethod
+    def _open_locked(cls, path: Path, vehicle_id: str | None) -> "Store":
+        try:
             signing_key = load_or_create_signing_key(path)
         except KeyFileError as exc:
             raise StoreError(str(exc)) from None
@@ -366,6 +381,10 @@ class Store:
             if self._conn is not None:
                 self._conn.close()
                 self._conn = None  # type: ignore[assignment]
+            lock = getattr(self, "_writer_lock", None)
+            if lock is not None:
+                lock.close()  # releases the flock
+                self._writer_lock = None
 
     def __enter__(self) -> "Store":
         return self
@@ -383,6 +402,30 @@ def _text(value) -> str | None:
         except UnicodeDecodeError:
             return None
     return None
+
+
+LOCK_FILE = "writer.lock"
+
+
+def _take_writer_lock(path: Path):
+    """One writing process per store: a second agent on the same store would fork its chains.
+
+    An flock on STORE/writer.lock, released by the kernel when the holder dies
+    (so a SIGKILLed agent never leaves a stale lock). Readers need no lock.
+    """
+    handle = open(path / LOCK_FILE, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise StoreError(f"{path}: the store is being written by {holder}; stop it first") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"pid {os.getpid()}")
+    handle.flush()
+    return handle
 
 
 def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:
