@@ -47,30 +47,63 @@ def _split_key(key: str) -> list[str]:
     return parts
 
 
+def _bracket_depth(text: str) -> int:
+    """Net [ and { opened on a line, outside strings and comments."""
+    depth, quote = 0, ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "\"'":
+            quote = ch
+        elif ch == "#":
+            break
+        elif ch in "[{":
+            depth += 1
+        elif ch in "]}":
+            depth -= 1
+    return depth
+
+
 class KeyLocator:
-    """Maps field paths such as ``stream[2].signals`` to 1-based line numbers."""
+    """Maps field paths such as ``stream[2].signals`` to 1-based line numbers.
+
+    Sub-tables of array tables belong to the newest element (``[stream.metrics]``
+    after the second ``[[stream]]`` is ``stream[1].metrics``), and the lines of
+    a multi-line array are values, not table headers.
+    """
 
     def __init__(self, text: str):
         self._lines: dict[str, int] = {}
         table: list[str] = []
         counts: dict[str, int] = {}
+        depth = 0
         for number, line in enumerate(text.splitlines(), start=1):
+            if depth > 0:
+                depth = max(0, depth + _bracket_depth(line))
+                continue
             header = _HEADER.match(line)
             if header:
                 parts = _split_key(header.group(2))
-                if header.group(1) == "[[":
-                    base = ".".join(parts)
+                array = header.group(1) == "[["
+                resolved: list[str] = []
+                for part in parts[:-1] if array else parts:
+                    resolved.append(part)
+                    count = counts.get(".".join(resolved))
+                    if count:
+                        resolved[-1] = f"{part}[{count - 1}]"
+                if array:
+                    base = ".".join([*resolved, parts[-1]])
                     index = counts.get(base, 0)
                     counts[base] = index + 1
-                    table = parts[:-1] + [f"{parts[-1]}[{index}]"]
-                else:
-                    table = parts
+                    resolved.append(f"{parts[-1]}[{index}]")
+                table = resolved
                 self._lines.setdefault(".".join(table), number)
                 continue
             key = _KEY.match(line)
             if key:
-                path = ".".join(table + _split_key(key.group(1)))
-                self._lines.setdefault(path, number)
+                self._lines.setdefault(".".join(table + _split_key(key.group(1))), number)
+                depth = max(0, _bracket_depth(line[key.end():]))
 
     def line(self, field: str) -> int | None:
         """The line of `field`, or of its nearest enclosing table."""

@@ -118,3 +118,14 @@ def test_policy_digest_changes_with_streams(tmp_path):
     b = load_config(write(tmp_path, GOOD.replace('signals = ["*"]', 'signals = ["Vehicle.*"]')))
     assert a.policy_digest() != b.policy_digest()
     assert a.policy_digest() == load_config(write(tmp_path, GOOD)).policy_digest()
+
+
+def test_lines_after_sub_tables_and_multi_line_arrays_are_right(tmp_path):
+    text = GOOD + (
+        '\n[[bus]]\nname = "b2"\ninterface = "virtual"\ndbc = ["car.dbc"]\n'
+        '[bus.options]\nwhat = [\n  [1, 2],\n]\n'
+        '[[stream]]\nname = "s2"\nsignals = "x"\nmin_interval = "slow"\n'
+    )
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r":32: stream\[1\]\.min_interval: expected a number"):
+        load_config(path)

@@ -13,7 +13,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-from carledger.policy.classes import CLASSES, DESCRIPTIONS, LOCATION, PERSONAL, TECHNICAL
+from carledger.policy.classes import CLASSES, DESCRIPTIONS, LOCATION, PERSONAL
 from carledger.policy.document import (
     Aggregate,
     LocationPrecision,
@@ -23,8 +23,6 @@ from carledger.policy.document import (
     PolicyUnreadable,
     Stream,
     Zone,
-    check_policy,
-    format_time,
     load_policy,
     plain,
     vehicle_signals,
@@ -174,13 +172,7 @@ def _run(args: argparse.Namespace, body: Any, default_dbc: bool) -> int:
 
 def _check(args: argparse.Namespace) -> int:
     def body(known: Any) -> int:
-        problems = check_policy(args.file, known, now=_at(args))
-        unreadable = len(problems) == 1 and problems[0].line is None and not problems[0].message.startswith("TOML syntax")
-        if unreadable:
-            raise PolicyUnreadable(problems)
-        if problems:
-            raise PolicyError(problems)
-        policy = load_policy(args.file, known, now=_at(args))
+        policy = load_policy(args.file, known, now=_at(args))  # PolicyError: every problem, handled by _run
         summary = f"version {policy.version}, {len(policy.streams)} stream{'s' if len(policy.streams) != 1 else ''}"
         if args.json:
             print(json.dumps({"file": args.file, "valid": True, "version": policy.version,
@@ -284,7 +276,10 @@ def describe_stream(policy: Policy, s: Stream, known: list[tuple[str, str]] | No
                 matched = _matched(known, pattern)
                 sent = [n for n, src in matched if classifier.classify(n, src) in s.classes()]
                 held = len(matched) - len(sent)
-                if pattern != (sent[0] if len(sent) == 1 else None):
+                if len(sent) == 1 and not any(c in pattern for c in "*?["):
+                    if sent[0] != pattern:
+                        notes.append(f"= {sent[0]}")
+                else:
                     notes.append(f"{len(sent)} signal{'s' if len(sent) != 1 else ''}")
                 if held:
                     notes.append(f"{held} more not sent: class not allowed")
@@ -296,7 +291,7 @@ def describe_stream(policy: Policy, s: Stream, known: list[tuple[str, str]] | No
             if pattern not in s.signals:
                 lines.append(f"precision: {pattern} rounded to {quantum:g}")
         allowed = [c for c in CLASSES if c in s.classes()]
-        lines.append("classes: " + (" and ".join(allowed) if len(allowed) > 1 else "technical only"))
+        lines.append("classes: " + (", ".join(allowed[:-1]) + " and " + allowed[-1] if len(allowed) > 1 else "technical only"))
         rate = "every change" if not s.min_interval else f"at most one value per signal every {format_duration(s.min_interval)}"
         lines.append(f"rate: {rate}")
     if LOCATION in s.allow:
@@ -338,7 +333,7 @@ def never_leaves(policy: Policy) -> tuple[list[str], list[str]]:
             never.append(f"location, trip start and trip end inside privacy zone {_zone_text(zone)}")
     if located and all(s.location is not None for s in located):
         finest = min(located, key=lambda s: s.location.cell_m())  # type: ignore[union-attr]
-        never.append(f"location more precise than {describe_location(finest.location)}")
+        never.append(f"location more precise than {describe_location(finest.location).split(' ', 1)[1]}")
     if outbound and not any(s.identity == "vin" for s in outbound):
         never.append("the VIN: each recipient gets its own pseudonym, which no other recipient can link")
     elif outbound:
@@ -458,7 +453,7 @@ def diff_streams(old: Stream, new: Stream) -> list[dict[str, Any]]:
         trend = "coarser" if cb > ca else "finer"
         add("location", old.location, new.location,
             f"location: {describe_location(old.location)} -> {describe_location(new.location)} ({trend})")
-    if old.zones != new.zones:
+    if old.zones != new.zones and (LOCATION in old.allow or LOCATION in new.allow):
         gained_z = [z for z in new.zones if z not in old.zones]
         lost_z = [z for z in old.zones if z not in new.zones]
         parts = []

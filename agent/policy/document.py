@@ -24,7 +24,7 @@ from typing import Any, Iterable
 from carledger.config import _NAME
 from carledger.policy.classes import CLASSES, LOCATION, PERSONAL, TECHNICAL, Classifier
 from carledger.policy.duration import DurationError, parse_duration
-from carledger.tomlfile import _HEADER, _KEY, FieldError, KeyLocator, TomlDocument, _split_key, read_toml
+from carledger.tomlfile import FieldError, KeyLocator, TomlDocument, read_toml
 
 #: The longest consent the policy accepts: consent must be renewed at least this often.
 MAX_CONSENT = timedelta(days=731)
@@ -301,65 +301,6 @@ def vehicle_signals(dbc_paths: Iterable[str | Path], vss_paths: Iterable[str | P
 # -- line numbers ---------------------------------------------------------------------
 
 
-def _bracket_depth(text: str) -> int:
-    """Net [ and { opened on a line, outside strings and comments."""
-    depth, quote = 0, ""
-    for ch in text:
-        if quote:
-            if ch == quote:
-                quote = ""
-        elif ch in "\"'":
-            quote = ch
-        elif ch == "#":
-            break
-        elif ch in "[{":
-            depth += 1
-        elif ch in "]}":
-            depth -= 1
-    return depth
-
-
-class _Locator(KeyLocator):
-    """KeyLocator that also places sub-tables of array tables.
-
-    ``[stream.metrics]`` and ``[[stream.aggregate]]`` after the second
-    ``[[stream]]`` belong to ``stream[1]``; and a ``[lat, lon]`` line that ends
-    a multi-line array is not a table header.
-    """
-
-    def __init__(self, text: str):  # noqa: D107 - same scan as KeyLocator, with array-aware headers
-        self._lines: dict[str, int] = {}
-        table: list[str] = []
-        counts: dict[str, int] = {}
-        depth = 0
-        for number, line in enumerate(text.splitlines(), start=1):
-            if depth > 0:
-                depth = max(0, depth + _bracket_depth(line))
-                continue
-            header = _HEADER.match(line)
-            if header:
-                parts = _split_key(header.group(2))
-                array = header.group(1) == "[["
-                resolved: list[str] = []
-                for part in parts[:-1] if array else parts:
-                    resolved.append(part)
-                    count = counts.get(".".join(resolved))
-                    if count:
-                        resolved[-1] = f"{part}[{count - 1}]"
-                if array:
-                    base = ".".join([*resolved, parts[-1]])
-                    index = counts.get(base, 0)
-                    counts[base] = index + 1
-                    resolved.append(f"{parts[-1]}[{index}]")
-                table = resolved
-                self._lines.setdefault(".".join(table), number)
-                continue
-            key = _KEY.match(line)
-            if key:
-                self._lines.setdefault(".".join(table + _split_key(key.group(1))), number)
-                depth = max(0, _bracket_depth(line[key.end():]))
-
-
 # -- validation ---------------------------------------------------------------------
 
 _TOP = ("version", "paused", "classes", "zone", "stream")
@@ -373,10 +314,10 @@ _LOCATION = ("decimals", "geohash")
 _AGGREGATE = ("signals", "window", "functions")
 _METRICS = (*METRICS, "every")
 
-Path_ = tuple  # a field path: keys and list indices, e.g. ("stream", 1, "consent", "expires")
+FieldPath = tuple  # keys and list indices, e.g. ("stream", 1, "consent", "expires")
 
 
-def _field_name(path: Path_) -> str:
+def _field_name(path: FieldPath) -> str:
     out = ""
     for part in path:
         if isinstance(part, int):
@@ -387,7 +328,7 @@ def _field_name(path: Path_) -> str:
     return out
 
 
-def _lookup_name(path: Path_) -> str:
+def _lookup_name(path: FieldPath) -> str:
     out = ""
     for part in path:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
@@ -397,11 +338,13 @@ def _lookup_name(path: Path_) -> str:
 class _Problems:
     def __init__(self, doc: TomlDocument):
         self.doc = doc
-        self.locator = _Locator(doc.text)
+        self.locator = KeyLocator(doc.text)
         self.items: list[FieldError] = []
 
-    def add(self, path: Path_, message: str) -> None:
-        self.items.append(FieldError(self.doc.path, self.locator.line(_lookup_name(path)), _field_name(path), message))
+    def add(self, path: FieldPath, message: str) -> None:
+        # A missing top-level field has no line of its own: point at the top of the file.
+        line = self.locator.line(_lookup_name(path)) or 1
+        self.items.append(FieldError(self.doc.path, line, _field_name(path), message))
 
     def sorted(self) -> list[FieldError]:
         order = {id(p): i for i, p in enumerate(self.items)}
@@ -427,7 +370,7 @@ def _type_name(value: Any) -> str:
 class _Table:
     """Typed access to one table; each problem is recorded and the value read as absent."""
 
-    def __init__(self, problems: _Problems, data: dict[str, Any], path: Path_, allowed: tuple[str, ...], what: str = "field"):
+    def __init__(self, problems: _Problems, data: dict[str, Any], path: FieldPath, allowed: tuple[str, ...], what: str = "field"):
         self.p, self.data, self.path = problems, data, path
         for key in data:
             if key not in allowed:
@@ -435,7 +378,7 @@ class _Table:
                 hint = f"did you mean {close[0]!r}? " if close else ""
                 problems.add((*path, key), f"unknown {what} ({hint}expected one of: {', '.join(allowed)})")
 
-    def at(self, key: str | int, *more: str | int) -> Path_:
+    def at(self, key: str | int, *more: str | int) -> FieldPath:
         return (*self.path, key, *more)
 
     def error(self, key: str, message: str) -> None:
@@ -540,7 +483,7 @@ class _Table:
     def table(self, key: str) -> dict[str, Any] | None:
         return self.typed(key, (dict,), "a table")
 
-    def tables(self, key: str, header: str) -> list[dict[str, Any]]:
+    def tables(self, key: str, header: str) -> list[tuple[int, dict[str, Any]]]:
         value = self.typed(key, (list,), f"[[{header}]] tables")
         if value is None:
             return []
@@ -550,7 +493,7 @@ class _Table:
                 good.append((i, item))
             else:
                 self.p.add(self.at(key, i), f"expected a [[{header}]] table, got {_type_name(item)}")
-        return good  # type: ignore[return-value]
+        return good
 
 
 class _Validator:
@@ -568,7 +511,7 @@ class _Validator:
         assert self.known is not None
         return [(n, s) for n, s in self.known if _matches(pattern, n, s)]
 
-    def check_known(self, path: Path_, pattern: str) -> bool:
+    def check_known(self, path: FieldPath, pattern: str) -> bool:
         """Report a pattern that names no signal of the vehicle; True when it names some (or we cannot tell)."""
         if self.known is None or self.matching(pattern):
             return True
@@ -578,7 +521,7 @@ class _Validator:
         self.p.add(path, f"unknown signal pattern {pattern!r}: it matches no signal the vehicle's DBC/VSS mapping knows{hint}")
         return False
 
-    def check_class(self, path: Path_, pattern: str, allowed: frozenset[str], stream_name: str) -> None:
+    def check_class(self, path: FieldPath, pattern: str, allowed: frozenset[str], stream_name: str) -> None:
         """A pattern that names only signals of classes the stream does not allow is a mistake."""
         if self.known is not None:
             matched = self.matching(pattern)
@@ -613,7 +556,9 @@ class _Validator:
         classes = self.classes(top)
         self.classifier = Classifier(classes)
         zones = self.zones(top)
-        zone_names = tuple(z.name for z in zones)
+        # Names of every [[zone]], valid or not: a zone's own mistake is not also an "unknown zone" in streams.
+        declared = [t.get("name") for t in data.get("zone", []) if isinstance(t, dict)] if isinstance(data.get("zone"), list) else []
+        zone_names = tuple(dict.fromkeys([z.name for z in zones] + [n for n in declared if isinstance(n, str)]))
         streams = []
         seen: dict[str, int] = {}
         for index, table in top.tables("stream", "stream"):
