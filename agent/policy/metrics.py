@@ -380,7 +380,7 @@ class HarshEvents(_Windowed):
 
     An event starts when the longitudinal acceleration reaches the threshold
     (braking: a <= -threshold, default 4.0 m/s^2; acceleration: a >= threshold,
-    default 3.5 m/s^2), counts once it has lasted min_duration_s (a sample holds
+    default 3.0 m/s^2), counts once it has lasted min_duration_s (a sample holds
     until the next one, so one spike does not count), and ends when the
     acceleration comes back past threshold - hysteresis. A new start within
     refractory_s of a counted event's end belongs to the same manoeuvre (ABS
@@ -400,7 +400,7 @@ class HarshEvents(_Windowed):
             threshold = 4.0 if threshold is None else threshold
         elif kind == "acceleration":
             self._sign = 1.0
-            threshold = 3.5 if threshold is None else threshold
+            threshold = 3.0 if threshold is None else threshold
         else:
             raise ValueError(f"kind must be braking or acceleration, not {kind!r}")
         self.kind = kind
