@@ -7,7 +7,6 @@ expected an integer``). `docs/agent.example.toml` is the commented reference.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -47,15 +46,6 @@ class BusConfig:
 
 
 @dataclass(frozen=True)
-class StreamConfig:
-    """A stream: a named chain of blocks holding the signals its patterns match."""
-
-    name: str
-    signals: tuple[str, ...]
-    min_interval: float | None = None
-
-
-@dataclass(frozen=True)
 class SamplingConfig:
     """On-change sampling with a minimum interval, per signal pattern (first match wins)."""
 
@@ -69,24 +59,13 @@ class Config:
     store: str
     vehicle: str | None
     buses: tuple[BusConfig, ...]
-    streams: tuple[StreamConfig, ...]
+    policy: str | None = None  # the owner's policy file, applied at start when its version is newer
+    policy_text: str | None = None  # a policy made up by `carledger run --stream`, applied likewise
     sampling: SamplingConfig = SamplingConfig()
     seal_max_age: float = 1.0
     seal_max_records: int = 5000
     health_interval: float = 60.0
-
-    def policy_digest(self) -> bytes:
-        """SHA-256 of what decides which data is kept: streams and sampling.
-
-        Every block records it, so a verifier can tell which rules produced it.
-        """
-        from carledger.ledger.cbor import encode
-
-        document = {
-            "streams": [[s.name, list(s.signals), s.min_interval] for s in self.streams],
-            "sampling": [self.sampling.min_interval, [list(o) for o in self.sampling.overrides]],
-        }
-        return hashlib.sha256(encode(document)).digest()
+    timezone: str | None = None  # IANA name for local time (night driving); None: the system's
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -153,14 +132,13 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 _TOP = {"agent", "seal", "sampling", "bus", "stream"}
-_AGENT = {"store", "vehicle", "health_interval"}
+_AGENT = {"store", "vehicle", "health_interval", "policy", "timezone"}
 _SEAL = {"max_age", "max_records"}
 _SAMPLING = {"min_interval", "signals"}
 _BUS = {
     "name", "interface", "channel", "bitrate", "fd", "data_bitrate", "options",
     "dbc", "vss", "replay", "replay_channels", "speed", "j1939",
 }
-_STREAM = {"name", "signals", "min_interval"}
 
 
 def load_config(path: str | Path = DEFAULT_PATH) -> Config:
@@ -187,8 +165,15 @@ def parse_config(doc: TomlDocument) -> Config:
     if not buses:
         raise top.error("bus", "at least one [[bus]] is required")
     _unique(doc, [b.name for b in buses], "bus")
-    streams = tuple(_parse_stream(doc, i, table) for i, table in enumerate(_array(top, "stream")))
-    _unique(doc, [s.name for s in streams], "stream")
+    if "stream" in doc.data:
+        raise top.error(
+            "stream[0]", "streams are the owner's to decide: they moved to the policy file "
+            "([agent] policy = \"policy.toml\"; see docs/policy.md)",
+        )
+    policy = agent.get("policy", str)
+    timezone = agent.get("timezone", str)
+    if timezone is not None:
+        _check_timezone(agent, timezone)
 
     max_records = seal.get("max_records", int, 5000)
     if max_records < 1:
@@ -198,7 +183,8 @@ def parse_config(doc: TomlDocument) -> Config:
         store=agent.path(store),
         vehicle=vehicle,
         buses=buses,
-        streams=streams,
+        policy=agent.path(policy) if policy is not None else None,
+        timezone=timezone,
         sampling=sampling,
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,
@@ -273,13 +259,13 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
     )
 
 
-def _parse_stream(doc: TomlDocument, index: int, table: dict[str, Any]) -> StreamConfig:
-    f = _Fields(doc, table, f"stream[{index}]", _STREAM)
-    return StreamConfig(
-        name=f.name("name"),
-        signals=f.strings("signals", required=True),
-        min_interval=f.number("min_interval", None),
-    )
+def _check_timezone(fields: _Fields, name: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise fields.error("timezone", f"unknown time zone {name!r} (an IANA name such as \"Europe/Berlin\" or \"UTC\")") from None
 
 
 def replay_config(
@@ -288,23 +274,27 @@ def replay_config(
     store: str,
     streams: dict[str, list[str]] | None = None,
     *,
+    policy: str | None = None,
     fast: bool = False,
     vss: list[str] | None = None,
     vehicle: str | None = None,
     channels: list[str] | None = None,
 ) -> Config:
-    """The configuration `carledger run --replay` builds from its options, validated the same way."""
+    """The configuration `carledger run --replay` builds from its options, validated the same way.
+
+    `streams` ({name: patterns}) makes up a policy of local streams (they never
+    leave the car) for working on a log; `policy` names a policy file instead.
+    """
     for path in dbc:
         if not Path(path).is_file():
             raise ConfigError("--dbc", None, "", f"DBC file not found: {path}")
     if not Path(log_path).is_file():
         raise ConfigError("--replay", None, "", f"log file not found: {log_path}")
-    stream_configs = tuple(
-        StreamConfig(name=name, signals=tuple(patterns)) for name, patterns in (streams or {"all": ["*"]}).items()
-    )
-    for stream in stream_configs:
-        if not _NAME.match(stream.name):
-            raise ConfigError("--stream", None, "", f"{stream.name!r} is not a valid stream name")
+    if policy is not None and not Path(policy).is_file():
+        raise ConfigError("--policy", None, "", f"policy file not found: {policy}")
+    for name in streams or {}:
+        if not _NAME.match(name):
+            raise ConfigError("--stream", None, "", f"{name!r} is not a valid stream name")
     bus = BusConfig(
         name="replay",
         dbc=tuple(str(Path(p).resolve()) for p in dbc),
@@ -313,4 +303,34 @@ def replay_config(
         replay_channels=tuple(channels or ()),
         speed=0.0 if fast else 1.0,
     )
-    return Config(path="(command line)", store=str(Path(store).resolve()), vehicle=vehicle, buses=(bus,), streams=stream_configs)
+    return Config(
+        path="(command line)", store=str(Path(store).resolve()), vehicle=vehicle, buses=(bus,),
+        policy=str(Path(policy).resolve()) if policy else None,
+        policy_text=local_streams_policy(streams) if streams else None,
+    )
+
+
+def local_streams_policy(streams: dict[str, list[str]]) -> str:
+    """Policy text for command-line streams: local (never sent), every class allowed.
+
+    Its version is a placeholder: the agent applies it as the next version
+    when it differs from the policy in force.
+    """
+    lines = ["version = 1", ""]
+    for name, patterns in streams.items():
+        lines += [
+            "[[stream]]",
+            f"name = {_toml_string(name)}",
+            "local = true",
+            'purpose = "streams given on the command line"',
+            "signals = [" + ", ".join(_toml_string(p) for p in patterns) + "]",
+            'allow = ["location", "personal"]',
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _toml_string(text: str) -> str:
+    import json
+
+    return json.dumps(text)

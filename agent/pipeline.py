@@ -1,10 +1,13 @@
-"""The composition root: wires sources, decoding, sampling and the ledger from a Config.
+"""The composition root: wires sources, decoding, the owner's policy and the ledger from a Config.
 
-Each bus runs in its own thread, reading only the frames its filter lets
-through and handing them over in batches. One pipeline thread decodes,
-samples and appends records, and seals blocks when they are due (by age or
-record count), one SQLite transaction for all streams due at once. Bus
-problems arrive here as health events and go into the `health` stream.
+Each bus runs in its own thread, reading only the frames some stream of the
+policy could need and handing them over in batches. One pipeline thread
+decodes, hands each new value to the consumers the policy engine attached
+(taps, location filters, metrics, aggregates), and seals blocks when they
+are due (by age or record count), one SQLite transaction for all streams due
+at once. Between batches it applies the owner's requests (queued by the CLI)
+and starts or stops streams as consents begin and end. Bus problems arrive
+here as health events and go into the `health` stream.
 """
 
 from __future__ import annotations
@@ -13,23 +16,31 @@ import collections
 import fnmatch
 import logging
 import queue
-import re
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Iterator
+from zoneinfo import ZoneInfo
 
 from carledger import __version__
-from carledger.config import BusConfig, Config, StreamConfig
+from carledger.config import BusConfig, Config
 from carledger.decode import DecodeTable, VssMapping, load_dbc
-from carledger.ledger import Ledger
+from carledger.ledger import Ledger, load_or_create_secret
 from carledger.notify import Notifier
+from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
+from carledger.owner.actions import AUDIT_STREAM
+from carledger.policy import PolicyError, policy_from_text
+from carledger.policy.engine import EngineSettings
 from carledger.sampling import MessageHandler, Tap
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
 
 log = logging.getLogger(__name__)
 
 HEALTH_STREAM = "health"
+_OWN_STREAMS = frozenset({HEALTH_STREAM, AUDIT_STREAM})  # the agent's and the owner's: not data streams
+_SPOOL_INTERVAL = 0.2  # wall seconds between looks at the owner's queued requests
+_RETENTION_INTERVAL = 600.0  # seconds of the data's clock between retention runs
 _TICK = 0.25  # seconds the pipeline waits for frames before checking seals, stop and watchdog
 _QUEUE_BATCHES = 8  # bounds memory (a batch is up to 2048 frames) when a replay reads faster than the pipeline keeps up
 
@@ -55,39 +66,54 @@ class RunSummary:
     streams: dict[str, int] = field(default_factory=dict)  # records sealed per data stream
 
 
-class StreamSelector:
-    """Does a stream want a signal? Glob patterns over the VSS name or Message.Signal."""
-
-    def __init__(self, stream: StreamConfig):
-        self.stream = stream
-        self._regex = re.compile("|".join(fnmatch.translate(p) for p in stream.signals))
-
-    def wants(self, name: str, source: str) -> bool:
-        return bool(self._regex.match(name) or self._regex.match(source))
-
-
 class _Bus:
-    """One bus's decode state: which frames to read, and a handler per wanted message."""
+    """One bus's decode state: its DBCs, which frames to read, and a handler per wanted message."""
 
-    def __init__(
-        self, config: BusConfig, table: DecodeTable, mapping: VssMapping,
-        make_handler: Callable[[Any], MessageHandler],
-    ):
+    def __init__(self, config: BusConfig):
         self.config = config
-        self.table = table
-        self.mapping = mapping
-        self.frame_filter = FrameFilter.of(table.filters())
-        self._make_handler = make_handler
-        self._by_extractor: dict[int, MessageHandler] = {}
+        self.databases = []
+        for path in config.dbc:
+            loaded = load_dbc(path)
+            for warning in loaded.warnings:
+                log.warning("%s", warning)
+            self.databases.append(loaded.database)
+        self.mapping = VssMapping.load(config.vss or VssMapping.beside(config.dbc))
+        self.table = DecodeTable(self.databases, lambda source: False)
+        self.frame_filter = FrameFilter.of(())
+        self._make_handler: Callable[[Any], MessageHandler | None] = lambda extractor: None
+        self._by_extractor: dict[int, MessageHandler | None] = {}
         self.handlers: dict[int, MessageHandler | None] = {}
         self.stats = BusStats()
+
+    def signals(self) -> list[tuple[str, str]]:
+        """(name, Message.Signal) of every signal the DBCs define: what a policy may name."""
+        out = []
+        for database in self.databases:
+            for message in database.messages:
+                for signal in message.signals:
+                    source = f"{message.name}.{signal.name}"
+                    out.append((self.mapping.name(source), source))
+        return out
+
+    def plan(self, wanted: Callable[[str], bool], make_handler: Callable[[Any], MessageHandler | None]) -> None:
+        """Decode what `wanted` (by Message.Signal) says some stream could need; handlers made on demand."""
+        self.table = DecodeTable(self.databases, wanted, j1939=self.config.j1939)
+        self.frame_filter = FrameFilter.of(self.table.filters())
+        self._make_handler = make_handler
+        self.reset_handlers()
+
+    def reset_handlers(self) -> None:
+        """Streams started or stopped: build every message's handler afresh on its next frame."""
+        self._by_extractor = {}
+        self.handlers = {}
 
     def resolve(self, key: int) -> MessageHandler | None:
         extractor = self.table.lookup(key)
         handler = None
         if extractor is not None:
-            handler = self._by_extractor.get(id(extractor))
-            if handler is None:
+            if id(extractor) in self._by_extractor:
+                handler = self._by_extractor[id(extractor)]
+            else:
                 handler = self._by_extractor[id(extractor)] = self._make_handler(extractor)
         self.handlers[key] = handler
         return handler
@@ -105,7 +131,7 @@ class _Bus:
 
 
 class Pipeline:
-    """Sources -> decode -> sampling -> ledger, for one configuration."""
+    """Sources -> decode -> the owner's policy -> ledger, for one configuration."""
 
     def __init__(self, config: Config, *, notifier: Notifier | None = None):
         self.config = config
@@ -114,70 +140,113 @@ class Pipeline:
         self.summary = RunSummary()
         self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self._events: collections.deque = collections.deque()  # (bus index, kind, detail) from any thread
-        self._selectors = [StreamSelector(s) for s in config.streams]
+        self._last_t: float | None = None
+        self._last_wall = time.monotonic()
+        self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
+        self._record_counts: dict[str, int] = {}  # records sealed per data stream
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle)
         try:
-            self.ledger.policy_digest = config.policy_digest()
-            self._writers = {s.name: self.ledger.writer(s.name) for s in config.streams}
             self._health = self.ledger.writer(HEALTH_STREAM)
-            self._record_counts = {s.name: 0 for s in config.streams}  # records sealed per data stream
-            self.buses = [self._build_bus(bus) for bus in config.buses]
-            self._warn_unmatched_streams()
+            self.buses = [_Bus(bus) for bus in config.buses]
+            self.owner_state = OwnerState.load(config.store)
+            known = [pair for bus in self.buses for pair in bus.signals()]
+            self.actions = OwnerActions(self.ledger, self.owner_state, known_signals=known, clock=self.now)
+            self.spool = Spool(config.store)
+            self._apply_configured_policy()
+            settings = EngineSettings(
+                min_interval=self._min_interval,
+                timezone=_timezone(config.timezone),
+                pseudonym_secret=load_or_create_secret(config.store),
+                on_event=self._health_event,
+            )
+            self.streams = StreamManager(self.ledger, self.owner_state, settings, seal=self._seal)
+            self._plan()
         except BaseException:
             self.ledger.close()
             raise
         self.sources = [self._make_source(i, bus) for i, bus in enumerate(self.buses)]
-        self._last_t: float | None = None
-        self._last_wall = time.monotonic()
-        self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
+        self._started = False  # streams are started at the first frame's time (a replay's clock)
+        self._generation = -1
+        self._next_change: float | None = None
+        self._next_retention = float("-inf")
+        self._next_spool = 0.0
 
-    # -- building -----------------------------------------------------------------
+    # -- building -----------------------------------------------------------------------------
 
-    def _build_bus(self, bus: BusConfig) -> _Bus:
-        databases = []
-        for path in bus.dbc:
-            loaded = load_dbc(path)
-            for warning in loaded.warnings:
-                log.warning("%s", warning)
-            databases.append(loaded.database)
-        mapping = VssMapping.load(bus.vss or VssMapping.beside(bus.dbc))
-        selectors = self._selectors
+    def _apply_configured_policy(self) -> None:
+        """The policy named in the configuration (or made up on the command line) goes in force if newer."""
+        config, current = self.config, self.owner_state.policy
+        if config.policy is not None:
+            name, text = config.policy, _read_text(config.policy)
+        elif config.policy_text is not None:
+            name, text = "--stream", config.policy_text
+            try:
+                candidate = policy_from_text(name, text, check_expiry=False)
+            except PolicyError as exc:
+                raise PipelineError(str(exc)) from None
+            if candidate.streams == current.streams:
+                return
+            text = text.replace("version = 1", f"version = {current.version + 1}", 1)
+        else:
+            return
+        try:
+            outcome = self.actions.apply_policy(text, origin="config", name=name, now=time.time())
+        except OwnerError as exc:
+            if "is not higher than" not in str(exc):
+                raise PipelineError(str(exc)) from None
+            log.warning("%s; keeping the policy in force (version %d)", exc, current.version)
+            self._health_event("policy-rejected", {"file": name, "error": str(exc)[:300]})
+            return
+        if outcome.changed:
+            log.info("%s", outcome.message)
 
-        def wanted(source: str) -> bool:
-            name = mapping.name(source)
-            return any(s.wants(name, source) for s in selectors)
+    def _plan(self) -> None:
+        """Decode tables for what any stream of the policy could take; handlers for the running ones."""
+        streams = self.streams
+        for bus in self.buses:
+            mapping = bus.mapping
 
-        table = DecodeTable(databases, wanted, j1939=bus.j1939)
+            def wanted(source: str, mapping: VssMapping = mapping) -> bool:
+                return streams.wants(mapping.name(source), source)
 
-        def make_handler(extractor: Any) -> MessageHandler:
-            handler = MessageHandler(extractor.extract, [])
+            bus.plan(wanted, self._handler_maker(mapping))
+            log.info(
+                "bus %s: %d messages, %d signals the policy could need from %s",
+                bus.config.name, len(bus.table.keys()), len(bus.table.signals()), ", ".join(bus.config.dbc),
+            )
+            source = getattr(self, "sources", None)
+            if source is not None:
+                index = self.buses.index(bus)
+                setter = getattr(self.sources[index], "set_filter", None)
+                if setter is not None:
+                    setter(bus.frame_filter)
+        self._warn_unmatched_streams()
+
+    def _handler_maker(self, mapping: VssMapping) -> Callable[[Any], MessageHandler | None]:
+        streams = self.streams
+
+        def make_handler(extractor: Any) -> MessageHandler | None:
+            consumers = []
             for signal in extractor.names:
                 source = f"{extractor.message.name}.{signal}"
-                name = mapping.name(source)
-                taps = []
-                for selector in selectors:
-                    if selector.wants(name, source):
-                        stream = selector.stream
-                        taps.append(
-                            Tap(
-                                self._writers[stream.name].add_sample,
-                                name,
-                                source if name != source else None,
-                                self._min_interval(stream, name, source),
-                                owner=handler,
-                            )
-                        )
-                handler.taps.append(taps)
+                consumers.append(streams.consumers(mapping.name(source), source))
+            if not any(consumers):
+                return None  # no running stream takes anything from this message now
+            handler = MessageHandler(extractor.extract, consumers)
+            adopted: set[int] = set()
+            for taps in consumers:
+                for tap in taps:
+                    for each in (tap, *getattr(tap, "dependents", {}).values()):
+                        if id(each) not in adopted:
+                            adopted.add(id(each))
+                            each.owner = handler
+                            if getattr(each, "pending", False):
+                                handler.pending += 1
             return handler
 
-        built = _Bus(bus, table, mapping, make_handler)
-        log.info(
-            "bus %s: %d messages, %d signals needed from %s",
-            bus.name, len(table.keys()), len(table.signals()), ", ".join(bus.dbc),
-        )
-        return built
+        return make_handler
 
-    def _min_interval(self, stream: StreamConfig, name: str, source: str) -> float:
+    def _min_interval(self, stream: Any, name: str, source: str) -> float:
         if stream.min_interval is not None:
             return stream.min_interval
         for pattern, interval in self.config.sampling.overrides:
@@ -186,10 +255,10 @@ class Pipeline:
         return self.config.sampling.min_interval
 
     def _warn_unmatched_streams(self) -> None:
-        signals = [(bus.mapping.name(s), s) for bus in self.buses for s in bus.table.signals()]
-        for selector in self._selectors:
-            if not any(selector.wants(n, s) for n, s in signals):
-                log.warning("stream %s: its patterns match no signal of the configured DBCs", selector.stream.name)
+        signals = [pair for bus in self.buses for pair in bus.signals()]
+        for stream in self.owner_state.policy.streams:
+            if stream.raw and stream.signals and not any(stream.selects(n, s) for n, s in signals):
+                log.warning("stream %s: its patterns match no signal of the configured DBCs", stream.name)
 
     def _make_source(self, index: int, bus: _Bus) -> FrameSource:
         cfg = bus.config
@@ -224,8 +293,8 @@ class Pipeline:
         started = time.monotonic()
         deadline = started + duration if duration else None
         self._health_event("agent-start", {
-            "version": __version__, "config": self.config.path,
-            "policy": self.ledger.policy_digest.hex(), "buses": [b.config.name for b in self.buses],
+            "version": __version__, "config": self.config.path, "policy": self.ledger.policy_digest.hex(),
+            "policy_version": self.owner_state.policy.version, "buses": [b.config.name for b in self.buses],
         })
         # A single fast replay runs in this thread: handing batches across threads
         # would only add GIL hand-offs. Everything else gets a reader thread per source.
@@ -248,8 +317,11 @@ class Pipeline:
                     self._process(index, item)
                 while self._events:
                     self._bus_event(*self._events.popleft())
-                self._seal_due()
                 wall = time.monotonic()
+                if wall >= self._next_spool:
+                    self._next_spool = wall + _SPOOL_INTERVAL
+                    self._owner_requests()
+                self._checkpoint(self.now())
                 self.notifier.alive()
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
@@ -261,6 +333,8 @@ class Pipeline:
             self.notifier.stopping()
             self._drain(threads)
             self._health_event("agent-stop", self._counters())
+            if self._started:
+                self.streams.close(self._last_t if self._last_t is not None else self.now())
             self._seal(None)
             self.ledger.close()
             for source in self.sources:
@@ -302,7 +376,6 @@ class Pipeline:
         seals only between batches would make blocks span several seconds.
         So a batch that crosses the next check time is split there.
         """
-        bus = self.buses[index]
         check_at = self._check_at
         if batch[-1][0] >= check_at:
             step = self.config.seal_max_age / 4
@@ -311,15 +384,17 @@ class Pipeline:
                 t = frame[0]
                 if t >= check_at:
                     if i > start:
-                        bus.process(batch[start:i])
+                        self.buses[index].process(batch[start:i])
                         self._last_t = batch[i - 1][0]
                     start = i
                     self._last_wall = time.monotonic()
-                    self._seal_due()
+                    self._checkpoint(t)
                     check_at = t + step
+                    if self._next_change is not None and self._next_change < check_at:
+                        check_at = max(self._next_change, t)
             batch = batch[start:]
             self._check_at = check_at
-        bus.process(batch)
+        self.buses[index].process(batch)
         self._last_t = batch[-1][0]
         self._last_wall = time.monotonic()
 
@@ -381,10 +456,78 @@ class Pipeline:
         if due:
             self._seal(due)
 
-    def _seal(self, writers: list | None) -> None:
+    def _seal(self, writers: list | None) -> list:
         blocks = self.ledger.seal(writers)
         self.summary.blocks += len(blocks)
         counts = self._record_counts
         for block in blocks:
-            if block.header.stream in counts:
-                counts[block.header.stream] += block.header.count
+            stream = block.header.stream
+            if stream not in _OWN_STREAMS:
+                counts[stream] = counts.get(stream, 0) + block.header.count
+        return blocks
+
+    # -- the owner's policy at work ---------------------------------------------------------
+
+    def _checkpoint(self, t: float) -> None:
+        """At a point in the data's time: streams that start or stop, timers of metrics, due seals."""
+        streams = self.streams
+        if not self._started:
+            self._started = True
+            streams.refresh(t)
+            self._next_change = streams.next_change(t)
+        while self._next_change is not None and t >= self._next_change:
+            at = self._next_change
+            streams.refresh(at)
+            self._next_change = streams.next_change(at)
+        if streams.generation != self._generation:
+            self._generation = streams.generation
+            for bus in self.buses:
+                bus.reset_handlers()
+        streams.poll(t)
+        if t >= self._next_retention:
+            self._next_retention = t + _RETENTION_INTERVAL
+            self._owner_action(lambda: self.actions.retention(now=t))
+        self._seal_due()
+
+    def _owner_requests(self) -> None:
+        """Requests the CLI queued while this agent holds the store (consent, pause, a new policy ...)."""
+        for request_id, request in self.spool.take():
+            now = self.now()
+            request["at"] = now  # the agent's clock decides when a stream stops (a replay's clock in tests)
+            answer = self._owner_action(lambda: self.actions.execute(request))
+            self.spool.answer(request_id, answer)
+
+    def _owner_action(self, action: Callable[[], Any]) -> dict:
+        """Run an owner action, then put the owner's new state in force at once."""
+        old_policy = self.owner_state.policy
+        try:
+            outcome = action()
+        except (OwnerError, KeyError, ValueError, TypeError) as exc:
+            log.warning("owner request refused: %s", exc)
+            return {"ok": False, "error": str(exc)}
+        if outcome.changed:
+            log.info("%s", outcome.message)
+            now = self.now()
+            self.streams.reload(self.owner_state)
+            if self.owner_state.policy is not old_policy:
+                self._plan()  # another policy: other signals may be needed
+            if self._started:
+                self.streams.refresh(now)
+                self._next_change = self.streams.next_change(now)
+        self._seal([self.actions.audit])
+        return outcome.to_json()
+
+
+def _read_text(path: str) -> str:
+    try:
+        return open(path, encoding="utf-8").read()
+    except OSError as exc:
+        raise PipelineError(f"{path}: cannot read the policy: {exc}") from None
+
+
+def _timezone(name: str | None) -> tzinfo:
+    """The car's local time zone: the configured one, else the system's."""
+    if name:
+        return ZoneInfo(name)
+    local = datetime.now().astimezone().tzinfo
+    return local or timezone.utc

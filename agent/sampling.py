@@ -13,6 +13,12 @@ from typing import Any, Callable
 SampleSink = Callable[[float, str, Any, "str | None"], None]
 
 
+class _Unowned:
+    """Stands in for a message handler until one adopts the tap."""
+
+    pending = 0
+
+
 class Tap:
     """On-change, minimum-interval sampling of one signal into one stream."""
 
@@ -26,7 +32,7 @@ class Tap:
         self.last: Any = None
         self.last_t = float("-inf")
         self.pending = False
-        self.owner = owner  # the message handler, which counts taps waiting for their interval
+        self.owner = owner if owner is not None else _Unowned()  # the handler counting taps waiting for their interval
 
     def offer(self, t: float, value: Any) -> None:
         if value == self.last and not self.pending:

@@ -135,6 +135,11 @@ def read_toml(path: str | Path) -> TomlDocument:
         raise FieldError(name, None, "", "no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise FieldError(name, None, "", f"cannot read: {exc}") from None
+    return parse_toml(name, text)
+
+
+def parse_toml(name: str, text: str) -> TomlDocument:
+    """Parse TOML text that came from `name` (a file, a message); syntax errors as FieldError."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

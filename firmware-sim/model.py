@@ -154,7 +154,9 @@ class DriveModel:
         self._rng = random.Random(f"{seed}/model")
         driver_rng = random.Random(f"{seed}/driver")
         route_rng = random.Random(f"{seed}/route")
-        if route is None:
+        if route is None and self.scenario.round_trip_m:
+            route = Route.round_trip(self.scenario.route_kind, self.scenario.round_trip_m, route_rng)
+        elif route is None:
             length = min(MAX_ROUTE_M, duration * self.scenario.max_speed_kmh / 3.6 * 1.1 + 1000.0)
             route = Route.generate(self.scenario.route_kind, length, route_rng)
         self.route = route
@@ -198,6 +200,8 @@ class DriveModel:
         for i in range(n):
             k = abs(self.route.curvature(i * self._LIMIT_STEP))
             lim.append(math.sqrt(lat / k) if k > 1e-6 else 70.0)
+        if self.route.destination:  # the drive ends there: stop at the last waypoint
+            lim[-1] = lim[-2] = 0.0
         two_a_ds = 2.0 * self._COMFORT_DECEL * self._LIMIT_STEP
         for i in range(n - 2, -1, -1):
             reach = math.sqrt(lim[i + 1] * lim[i + 1] + two_a_ds)
@@ -207,7 +211,9 @@ class DriveModel:
 
     def _speed_limit(self, s: float) -> float:
         i = int(s / self._LIMIT_STEP)
-        return self._limits[i] if 0 <= i < len(self._limits) else 70.0
+        if 0 <= i < len(self._limits):
+            return self._limits[i]
+        return 0.0 if self.route.destination else 70.0
 
     @staticmethod
     def _steering_for(kappa: float) -> float:

@@ -93,6 +93,7 @@ class Route:
             raise ValueError("need one curvature value per route segment")
         self._kappa = [float(k) for k in curvature]
         self.length_m = self._cum[-1]
+        self.destination = False  # True: the drive ends at the last waypoint (the car stops there)
 
     def _estimate_curvature(self) -> list[float]:
         """Curvature of a plain waypoint list: heading change over the mean segment length."""
@@ -179,6 +180,21 @@ class Route:
                 pts.append((lat0 + y / m_per_deg_lat, lon0 + x / m_per_deg_lon))
                 kap.append(k)
         return cls(pts, kap)
+
+    @classmethod
+    def round_trip(cls, kind: str, length_m: float, rng: random.Random, start=HOME, heading=HOME_HEADING) -> "Route":
+        """Out along a generated road of `length_m` / 2, a U-turn, and back the same way to `start`.
+
+        The car stops where it started, which is what tests of privacy zones
+        around home need: leaving the zone and coming back.
+        """
+        out = cls.generate(kind, length_m / 2.0, rng, start=start, heading=heading)
+        back = out.waypoints[-2::-1]
+        u_turn = 1.0 / 4.0  # a tight turn, so the driver slows to walking pace for it
+        curvature = out._kappa + [u_turn] + [-k for k in reversed(out._kappa)][1:]
+        route = cls(out.waypoints + back, curvature)
+        route.destination = True
+        return route
 
     @classmethod
     def generate(cls, kind: str, length_m: float, rng: random.Random, start=HOME, heading=HOME_HEADING) -> "Route":

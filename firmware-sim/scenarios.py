@@ -42,6 +42,7 @@ class Scenario:
     max_speed_kmh: float  # for sizing the generated route
     lateral_limit: float  # m/s^2 the driver accepts in bends
     _phases: Callable[[random.Random], Iterator[Phase]]
+    round_trip_m: float | None = None  # out and back to home along a road this long, then parked
 
     def phases(self, rng: random.Random) -> Iterator[Phase]:
         return self._phases(rng)
@@ -122,6 +123,16 @@ SCENARIOS: dict[str, Scenario] = {
             135.0,
             2.5,
             _highway,
+        ),
+        Scenario(
+            "errand",
+            "from home through town and back (2-3 km), then parked at home: privacy zones around home",
+            600.0,
+            "city",
+            55.0,
+            2.5,
+            _city,
+            round_trip_m=2000.0,
         ),
         Scenario(
             "harsh_brake",

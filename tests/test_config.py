@@ -13,6 +13,7 @@ GOOD = """\
 [agent]
 store = "ledger"
 vehicle = "car-1"
+policy = "policy.toml"
 
 [seal]
 max_age = 2.0
@@ -25,10 +26,6 @@ name = "pt"
 interface = "virtual"
 channel = "x"
 dbc = ["car.dbc"]
-
-[[stream]]
-name = "all"
-signals = ["*"]
 """
 
 
@@ -45,7 +42,8 @@ def test_valid_config_resolves_paths_relative_to_the_file(tmp_path):
     assert config.buses[0].dbc == (str(tmp_path / "car.dbc"),)
     assert config.seal_max_age == 2.0
     assert config.sampling.overrides == (("Vehicle.CurrentLocation.*", 1.0),)
-    assert config.streams[0].signals == ("*",)
+    assert config.policy == str(tmp_path / "policy.toml")
+    assert config.timezone is None
 
 
 def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
@@ -57,23 +55,24 @@ def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
     if not dbc.exists():
         pytest.skip("demo DBC not built yet")
     config = load_config(path)
-    assert [s.name for s in config.streams] == ["driving", "trips"]
+    assert config.policy == "/etc/carledger/policy.toml"
+    assert config.timezone == "Europe/Berlin"
 
 
 @pytest.mark.parametrize(
     "old, new, line, key, words",
     [
-        ('max_age = 2.0', 'max_age = "soon"', 6, "seal.max_age", "expected a number"),
-        ('max_age = 2.0', 'max_age = -1', 6, "seal.max_age", "at least"),
-        ('channel = "x"', 'channel = "x"\nbitrate = true', 15, "bus[0].bitrate", "got a boolean"),
-        ('channel = "x"', 'chanel = "x"', 14, "bus[0].chanel", "unknown key"),
-        ('dbc = ["car.dbc"]', 'dbc = ["missing.dbc"]', 15, "bus[0].dbc", "not found"),
-        ('dbc = ["car.dbc"]', '', 11, "bus[0].dbc", "required"),
-        ('signals = ["*"]', 'signals = [1]', 19, "stream[0].signals", "non-empty string"),
-        ('name = "all"', 'name = "a b"', 18, "stream[0].name", "not a valid name"),
-        ('interface = "virtual"', '', 11, "bus[0].interface", "interface"),
+        ('max_age = 2.0', 'max_age = "soon"', 7, "seal.max_age", "expected a number"),
+        ('max_age = 2.0', 'max_age = -1', 7, "seal.max_age", "at least"),
+        ('channel = "x"', 'channel = "x"\nbitrate = true', 16, "bus[0].bitrate", "got a boolean"),
+        ('channel = "x"', 'chanel = "x"', 15, "bus[0].chanel", "unknown key"),
+        ('dbc = ["car.dbc"]', 'dbc = ["missing.dbc"]', 16, "bus[0].dbc", "not found"),
+        ('dbc = ["car.dbc"]', '', 12, "bus[0].dbc", "required"),
+        ('interface = "virtual"', '', 12, "bus[0].interface", "interface"),
         ('vehicle = "car-1"', 'vehicle = "car 1"', 3, "agent.vehicle", "identifier"),
-        ('"Vehicle.CurrentLocation.*" = 1.0', '"Vehicle.CurrentLocation.*" = "x"', 9, "sampling.signals", "minimum interval"),
+        ('policy = "policy.toml"', 'policy = 3', 4, "agent.policy", "expected a string"),
+        ('policy = "policy.toml"', 'timezone = "Mars/Base"', 4, "agent.timezone", "unknown time zone"),
+        ('"Vehicle.CurrentLocation.*" = 1.0', '"Vehicle.CurrentLocation.*" = "x"', 10, "sampling.signals", "minimum interval"),
     ],
 )
 def test_mistakes_name_line_and_key(tmp_path, old, new, line, key, words):
@@ -86,15 +85,21 @@ def test_mistakes_name_line_and_key(tmp_path, old, new, line, key, words):
     assert words in message
 
 
-def test_duplicate_stream_names_point_at_the_second(tmp_path):
+def test_streams_in_the_agent_config_point_to_the_policy(tmp_path):
     path = write(tmp_path, GOOD + '\n[[stream]]\nname = "all"\nsignals = ["x"]\n')
-    with pytest.raises(ConfigError, match=r":22: stream\[1\]\.name: duplicate stream name"):
+    with pytest.raises(ConfigError, match=r":18: stream\[0\]: streams are the owner's to decide: they moved to the policy"):
+        load_config(path)
+
+
+def test_duplicate_bus_names_point_at_the_second(tmp_path):
+    path = write(tmp_path, GOOD + '\n[[bus]]\nname = "pt"\ninterface = "virtual"\ndbc = ["car.dbc"]\n')
+    with pytest.raises(ConfigError, match=r":19: bus\[1\]\.name: duplicate bus name"):
         load_config(path)
 
 
 def test_toml_syntax_error_has_line(tmp_path):
     path = write(tmp_path, GOOD.replace("[seal]", "[seal"))
-    with pytest.raises(ConfigError, match=rf"^{path}:5: TOML syntax"):
+    with pytest.raises(ConfigError, match=rf"^{path}:6: TOML syntax"):
         load_config(path)
 
 
@@ -103,29 +108,28 @@ def test_missing_file(tmp_path):
         load_config(tmp_path / "nope.toml")
 
 
-def test_replay_config_defaults_to_one_stream_of_everything(tmp_path):
+def test_replay_config_streams_become_a_policy_of_local_streams(tmp_path):
+    from carledger.policy import policy_from_text
+
     (tmp_path / "a.dbc").write_text('VERSION ""\n')
     (tmp_path / "a.log").write_text("")
     config = replay_config(str(tmp_path / "a.log"), [str(tmp_path / "a.dbc")], str(tmp_path / "s"), fast=True)
-    assert [(s.name, s.signals) for s in config.streams] == [("all", ("*",))]
+    assert config.policy is None and config.policy_text is None  # no streams: nothing is collected
     assert config.buses[0].speed == 0.0
+    config = replay_config(str(tmp_path / "a.log"), [str(tmp_path / "a.dbc")], str(tmp_path / "s"),
+                           {"all": ["*"], "gps": ["Vehicle.CurrentLocation.*"]})
+    policy = policy_from_text("--stream", config.policy_text)
+    assert [(s.name, s.signals, s.local) for s in policy.streams] == [("all", ("*",), True), ("gps", ("Vehicle.CurrentLocation.*",), True)]
     with pytest.raises(ConfigError, match="not found"):
         replay_config(str(tmp_path / "none.log"), [str(tmp_path / "a.dbc")], str(tmp_path / "s"))
-
-
-def test_policy_digest_changes_with_streams(tmp_path):
-    a = load_config(write(tmp_path, GOOD))
-    b = load_config(write(tmp_path, GOOD.replace('signals = ["*"]', 'signals = ["Vehicle.*"]')))
-    assert a.policy_digest() != b.policy_digest()
-    assert a.policy_digest() == load_config(write(tmp_path, GOOD)).policy_digest()
 
 
 def test_lines_after_sub_tables_and_multi_line_arrays_are_right(tmp_path):
     text = GOOD + (
         '\n[[bus]]\nname = "b2"\ninterface = "virtual"\ndbc = ["car.dbc"]\n'
         '[bus.options]\nwhat = [\n  [1, 2],\n]\n'
-        '[[stream]]\nname = "s2"\nsignals = "x"\nmin_interval = "slow"\n'
+        '[[bus]]\nname = "b3"\ninterface = "virtual"\ndbc = ["car.dbc"]\nbitrate = "slow"\n'
     )
     path = write(tmp_path, text)
-    with pytest.raises(ConfigError, match=r":32: stream\[1\]\.min_interval: expected a number"):
+    with pytest.raises(ConfigError, match=r":30: bus\[2\]\.bitrate: expected an integer"):
         load_config(path)

@@ -20,6 +20,7 @@ def test_sigterm_seals_the_tail_and_systemd_hears_ready_watchdog_stopping(tmp_pa
     config.write_text(textwrap.dedent(f"""
         [agent]
         store = "ledger"
+        policy = "policy.toml"
         [seal]
         max_age = 3600          # nothing is sealed by age: only SIGTERM can seal the tail
         max_records = 1000000
@@ -29,10 +30,8 @@ def test_sigterm_seals_the_tail_and_systemd_hears_ready_watchdog_stopping(tmp_pa
         channel = "city"
         options = {{ seed = 2, speed = 5 }}
         dbc = ["{dbc_path('carledger_demo.dbc')}"]
-        [[stream]]
-        name = "driving"
-        signals = ["Vehicle.Speed"]
     """))
+    (tmp_path / "policy.toml").write_text('version = 1\n[[stream]]\nname = "driving"\nlocal = true\nsignals = ["Vehicle.Speed"]\n')
     notify_path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     sock.bind(notify_path)

@@ -59,7 +59,7 @@ def test_the_ledger_verifies_and_holds_every_stream(rav4_store, capsys):
     assert main(["verify", str(store), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["ok"] is True and report["problems"] == []
-    assert set(report["streams"]) == {"wheels", "all", "health"}
+    assert set(report["streams"]) == {"wheels", "all", "health", "audit"}  # audit: the --stream policy applied
     assert report["streams"]["wheels"]["records"] > 4 * 1000
     assert report["streams"]["all"]["records"] > report["streams"]["wheels"]["records"]
 

@@ -23,13 +23,16 @@ START = 1_700_000_000.0
 
 
 def write_config(tmp_path: Path, buses: str, streams: str) -> Path:
+    """An agent configuration, and a policy of local streams (every class allowed) from `streams`."""
+    local = '[[stream]]\nlocal = true\nallow = ["location", "personal"]'
+    (tmp_path / "policy.toml").write_text("version = 1\n" + textwrap.dedent(streams).replace("[[stream]]", local))
     path = tmp_path / "agent.toml"
     path.write_text(textwrap.dedent(f"""
         [agent]
         store = "ledger"
         vehicle = "test-car"
+        policy = "policy.toml"
         {textwrap.dedent(buses)}
-        {textwrap.dedent(streams)}
     """))
     return path
 

@@ -103,6 +103,23 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     common(diff, default_dbc=False)
     diff.set_defaults(func=_diff)
 
+    apply = actions.add_parser(
+        "apply",
+        help="put a new policy version in force (the running agent picks it up at once)",
+        description="Validate FILE against the car's signals (from the agent's configuration) and put it in force "
+        "atomically. Its version must be higher than the version in force. The ledger records the new "
+        "version's digest, and every block sealed under it names that digest. Works whether the agent runs or not.",
+        epilog="examples:\n  carledger policy apply /etc/carledger/policy.toml\n"
+        "  carledger policy apply new.toml --store /var/lib/carledger\n\n"
+        "exit status: 0 in force (or already was), 1 refused (invalid, or the version is not higher), 2 usage or store problem.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    apply.add_argument("file", metavar="FILE", help="policy file (TOML)")
+    from carledger.cli._owner import add_store_options
+
+    add_store_options(apply)
+    apply.set_defaults(func=_apply)
+
     def usage(_args: argparse.Namespace) -> int:
         parser.print_help()
         return 2
@@ -559,6 +576,17 @@ def diff_policies(old: Policy, new: Policy) -> list[dict[str, Any]]:
             whom = "nothing is recorded for it any more" if s.local else f"{s.recipient} no longer receives anything from it"
             out.append(_change("stream", name, "stream", s, None, f'stream "{name}" removed: {whom}'))
     return out
+
+
+def _apply(args: argparse.Namespace) -> int:
+    from carledger.cli._owner import EXIT_USAGE, fail, run_request
+
+    try:
+        with open(args.file, encoding="utf-8") as handle:
+            text = handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        return fail(args, f"{args.file}: cannot read: {exc}", EXIT_USAGE)
+    return run_request(args, {"action": "apply-policy", "text": text, "name": args.file, "origin": "cli"}, known=True)
 
 
 def _diff(args: argparse.Namespace) -> int:

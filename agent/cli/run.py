@@ -75,13 +75,15 @@ def run(args: argparse.Namespace) -> int:
     from carledger.decode import DbcError
     from carledger.ledger import LedgerError
     from carledger.notify import Notifier
-    from carledger.pipeline import Pipeline
+    from carledger.owner import OwnerError, OwnerStateError
+    from carledger.pipeline import Pipeline, PipelineError
+    from carledger.policy import PolicyError
     from carledger.tomlfile import FieldError
 
     try:
         config = _load(args)
         pipeline = Pipeline(config, notifier=Notifier())
-    except (ConfigError, FieldError, DbcError, LedgerError) as exc:
+    except (ConfigError, FieldError, DbcError, LedgerError, PipelineError, PolicyError, OwnerError, OwnerStateError) as exc:
         print(f"carledger: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:

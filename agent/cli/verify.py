@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
+
+from carledger.cli._display import TtyProgress, table
 
 EPILOG = """\
 exit status: 0 every chain is intact, 1 a problem was found, 2 the store cannot be read.
@@ -36,52 +37,19 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-class _TtyProgress:
-    """`verifying 12000/50000 blocks` on stderr, at most a few times a second, only on a TTY."""
-
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
-        self.last = 0.0
-        self.shown = False
-
-    def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total and not self.shown:
-            return  # small store: done before the first update, nothing to show
-        if done < total and now - self.last < 0.25:
-            return
-        self.last = now
-        self.shown = True
-        self.stream.write(f"\rverifying {done}/{total} blocks")
-        self.stream.flush()
-
-    def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
-
-
 def _table(report) -> str:
-    lines = []
     rows = [("stream", "blocks", "records", "seq", "head")]
     for name, s in sorted(report.streams.items()):
         seqs = "-" if s.first_seq is None else f"{s.first_seq}..{s.last_seq}"
         rows.append((name, str(s.blocks), str(s.records), seqs, (s.head or "-")[:16]))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        lines.append(
-            "  ".join(
-                cell.ljust(widths[i]) if i in (0, 3, 4) else cell.rjust(widths[i]) for i, cell in enumerate(r)
-            ).rstrip()
-        )
-    return "\n".join(lines)
+    return table(rows, right=(1, 2))
 
 
 def run(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, StoreError
     from carledger.verify import verify_store
 
-    progress = _TtyProgress() if sys.stderr.isatty() else None
+    progress = TtyProgress.if_tty("verifying")
     try:
         report = verify_store(args.store, key=args.key, progress=progress)
     except (StoreError, KeyFileError) as exc:

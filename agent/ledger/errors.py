@@ -39,3 +39,7 @@ class KeyFileError(LedgerError):
 
 class StoreError(LedgerError):
     """A store that cannot be opened, is not a carledger store, or refuses a write."""
+
+
+class StoreLocked(StoreError):
+    """Another process (normally the running agent) holds the store's writer lock."""

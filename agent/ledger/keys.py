@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import stat
 from pathlib import Path
 
@@ -19,6 +20,7 @@ __all__ = [
     "SigningKey",
     "VerifyKey",
     "key_path",
+    "load_or_create_secret",
     "load_or_create_signing_key",
     "load_signing_key",
     "load_verify_key",
@@ -31,6 +33,7 @@ VerifyKey = nacl.signing.VerifyKey
 KEY_DIR = "keys"
 KEY_FILE = "vehicle.key"
 PUB_FILE = "vehicle.pub"
+PSEUDONYM_FILE = "pseudonym.key"  # the secret behind each recipient's pseudonym of the VIN
 
 
 def key_path(store_dir: str | os.PathLike) -> Path:
@@ -64,21 +67,24 @@ def _parse_hex_key(text: str, what: str) -> bytes:
 
 def load_signing_key(path: str | os.PathLike, *, check_mode: bool = True) -> SigningKey:
     """Read a hex seed file; refuse one that group or others can read (unless check_mode=False)."""
-    path = Path(path)
+    return SigningKey(_read_private_hex(Path(path), "the signing key", check_mode))
+
+
+def _read_private_hex(path: Path, what: str, check_mode: bool = True) -> bytes:
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise KeyFileError(f"{path}: no such key file") from None
     if check_mode and st.st_mode & 0o077:
         raise KeyFileError(
-            f"{path}: the signing key is accessible to group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
+            f"{path}: {what} is accessible to group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
             f"run: chmod 600 {path}"
         )
     try:
         text = path.read_text(encoding="ascii")
     except (OSError, UnicodeDecodeError) as exc:
-        raise KeyFileError(f"{path}: cannot read the signing key: {exc}") from None
-    return SigningKey(_parse_hex_key(text, str(path)))
+        raise KeyFileError(f"{path}: cannot read {what}: {exc}") from None
+    return _parse_hex_key(text, str(path))
 
 
 def _write_private(path: Path, data: bytes) -> bool:
@@ -99,21 +105,35 @@ def _write_private(path: Path, data: bytes) -> bool:
         os.unlink(tmp)
 
 
-def load_or_create_signing_key(store_dir: str | os.PathLike) -> SigningKey:
-    """The vehicle key in STORE/keys/vehicle.key, created (mode 0600, dir 0700) on first use.
-
-    Also writes STORE/keys/vehicle.pub (hex public key) when it is missing.
-    """
+def _key_dir(store_dir: str | os.PathLike) -> Path:
     kdir = Path(store_dir) / KEY_DIR
     if not kdir.exists():
         kdir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(kdir, 0o700)
         _fsync_dir(kdir.parent)
-    path = kdir / KEY_FILE
-    if not path.exists():
-        new = SigningKey.generate()
-        if _write_private(path, bytes(new).hex().encode("ascii") + b"\n"):
-            _fsync_dir(kdir)
+    return kdir
+
+
+def _create_private_hex(kdir: Path, name: str, raw: bytes) -> Path:
+    path = kdir / name
+    if not path.exists() and _write_private(path, raw.hex().encode("ascii") + b"\n"):
+        _fsync_dir(kdir)
+    return path
+
+
+def load_or_create_secret(store_dir: str | os.PathLike, name: str = PSEUDONYM_FILE) -> bytes:
+    """A 32-byte secret in STORE/keys/NAME (mode 0600), created on first use; it never leaves the car."""
+    path = _create_private_hex(_key_dir(store_dir), name, secrets.token_bytes(32))
+    return _read_private_hex(path, "the secret")
+
+
+def load_or_create_signing_key(store_dir: str | os.PathLike) -> SigningKey:
+    """The vehicle key in STORE/keys/vehicle.key, created (mode 0600, dir 0700) on first use.
+
+    Also writes STORE/keys/vehicle.pub (hex public key) when it is missing.
+    """
+    kdir = _key_dir(store_dir)
+    path = _create_private_hex(kdir, KEY_FILE, bytes(SigningKey.generate()))
     key = load_signing_key(path)
     pub = kdir / PUB_FILE
     want = bytes(key.verify_key).hex()

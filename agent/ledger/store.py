@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from carledger.ledger import block as _block
-from carledger.ledger.errors import KeyFileError, StoreError
+from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
 from carledger.ledger.keys import VerifyKey, kid, load_or_create_signing_key
 
 __all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
@@ -361,6 +361,14 @@ class Store:
             )
             return cur.rowcount
 
+    def expired(self, stream: str, before_us: int) -> list[tuple[int, int, int]]:
+        """(id, seq, count) of the stream's blocks that still hold records and end before `before_us`, by seq."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT id, seq, count FROM blocks WHERE stream = ? AND t1 < ? AND records IS NOT NULL ORDER BY seq",
+                (stream, before_us),
+            ).fetchall()
+
     def drop_records(self, block_ids: Sequence[int]) -> None:
         """Retention: forget the records of these blocks (their signed headers stay and still link)."""
         self._writable()
@@ -420,7 +428,7 @@ def _take_writer_lock(path: Path):
         handle.seek(0)
         holder = handle.read().strip() or "another process"
         handle.close()
-        raise StoreError(f"{path}: the store is being written by {holder}; stop it first") from None
+        raise StoreLocked(f"{path}: the store is being written by {holder}; stop it first") from None
     handle.seek(0)
     handle.truncate()
     handle.write(f"pid {os.getpid()}")

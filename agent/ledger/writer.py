@@ -145,11 +145,12 @@ class StreamWriter:
     `add_sample` / `add_event` only append a tuple: call them from the hot path.
     """
 
-    __slots__ = ("name", "policy_digest", "_ledger", "_recs", "_head", "_built")
+    __slots__ = ("name", "policy_digest", "vid", "_ledger", "_recs", "_head", "_built")
 
     def __init__(self, ledger: "Ledger", name: str, head: tuple[int, bytes] | None):
         self.name = name
         self.policy_digest: bytes | None = None  # None: the ledger's policy_digest
+        self.vid: str | None = None  # the vehicle as this stream's recipient knows it; None: the ledger's
         self._ledger = ledger
         self._recs: list[tuple] = []
         self._head = head
@@ -162,6 +163,17 @@ class StreamWriter:
     def add_event(self, t: float, kind: str, detail: Mapping | None = None) -> None:
         """A declared event (`policy`, `gap`, `retention`, `pause`, ...) with a detail map."""
         self._recs.append((t, kind, dict(detail) if detail else {}, _EVENT))
+
+    def discard_from(self, t: float) -> int:
+        """Drop pending records at or after `t` seconds (collected after consent ended); returns how many."""
+        recs = self._recs
+        keep = [r for r in recs if r[0] < t]
+        dropped = len(recs) - len(keep)
+        if dropped:
+            if self._built is not None:
+                raise LedgerError(f"stream {self.name}: discard_from() between build() and committed()")
+            recs[:] = keep
+        return dropped
 
     @property
     def pending(self) -> int:
@@ -203,7 +215,7 @@ class StreamWriter:
         seq, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
         led = self._ledger
         block = seal_block(
-            vid=led.vehicle_id,
+            vid=self.vid or led.vehicle_id,
             stream=self.name,
             seq=seq,
             prev=prev,

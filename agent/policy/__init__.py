@@ -22,6 +22,7 @@ from carledger.policy.document import (
     check_policy,
     load_policy,
     parse_policy,
+    policy_from_text,
     vehicle_signals,
 )
 from carledger.policy.duration import DurationError, parse_duration
@@ -32,5 +33,5 @@ __all__ = [
     "AGGREGATE_FUNCTIONS", "CLASSES", "LOCATION", "MAX_CONSENT", "METRICS", "PERSONAL", "TECHNICAL",
     "Aggregate", "Classifier", "Consent", "DurationError", "FieldError", "LocationPrecision", "Metrics", "Policy",
     "PolicyError", "PolicyUnreadable", "Stream", "Zone", "check_policy", "default_class", "load_policy",
-    "new_secret", "parse_duration", "parse_policy", "pseudonym", "vehicle_signals",
+    "new_secret", "parse_duration", "parse_policy", "policy_from_text", "pseudonym", "vehicle_signals",
 ]

@@ -24,13 +24,13 @@ from typing import Any, Iterable
 from carledger.config import _NAME
 from carledger.policy.classes import CLASSES, LOCATION, PERSONAL, TECHNICAL, Classifier
 from carledger.policy.duration import DurationError, parse_duration
-from carledger.tomlfile import FieldError, KeyLocator, TomlDocument, read_toml
+from carledger.tomlfile import FieldError, KeyLocator, TomlDocument, parse_toml, read_toml
 
 #: The longest consent the policy accepts: consent must be renewed at least this often.
 MAX_CONSENT = timedelta(days=731)
 MAX_CONSENT_TEXT = "2 years"
 #: Streams the agent writes itself (carledger.pipeline.HEALTH_STREAM); a policy cannot define them.
-RESERVED_STREAMS = frozenset({"health"})
+RESERVED_STREAMS = frozenset({"health", "audit"})
 AGGREGATE_FUNCTIONS = ("min", "max", "mean", "count")
 METRICS = ("distance", "harsh_braking", "harsh_acceleration", "night_driving", "over_speed")
 IDENTITIES = ("pseudonym", "vin")
@@ -521,6 +521,12 @@ class _Validator:
         self.p.add(path, f"unknown signal pattern {pattern!r}: it matches no signal the vehicle's DBC/VSS mapping knows{hint}")
         return False
 
+    def classes_named(self, pattern: str) -> set[str]:
+        """The classes of the signals a pattern names (of the pattern itself when signals are unknown)."""
+        if self.known is None:
+            return {self.classifier.classify(pattern)}
+        return {self.classifier.classify(n, s) for n, s in self.matching(pattern)}
+
     def check_class(self, path: FieldPath, pattern: str, allowed: frozenset[str], stream_name: str) -> None:
         """A pattern that names only signals of classes the stream does not allow is a mistake."""
         if self.known is not None:
@@ -727,6 +733,9 @@ class _Validator:
                 where = a.at("signals", j) if isinstance(table.get("signals"), list) else a.at("signals")
                 if self.check_known(where, pattern):
                     self.check_class(where, pattern, classes, label)
+                    if LOCATION in self.classes_named(pattern):
+                        self.p.add(where, f"location signals cannot be aggregated ({pattern!r}): a mean position would show "
+                                          "where the car spends its time, privacy zones included; send coarsened location instead")
             window = a.duration("window", positive=True)
             if not a.has("window"):
                 a.error("window", 'required: the window length, e.g. 60 or "1m"')
@@ -897,9 +906,9 @@ def parse_policy(
     return (None if problems else policy), problems
 
 
-def _read(path: str | Path) -> TomlDocument:
+def _read(path: str | Path, text: str | None = None) -> TomlDocument:
     try:
-        return read_toml(path)
+        return read_toml(path) if text is None else parse_toml(str(path), text)
     except FieldError as exc:
         if exc.message.startswith("TOML syntax"):
             raise PolicyError([exc]) from None
@@ -924,7 +933,19 @@ def load_policy(
     """
     if missing_ok and not Path(path).exists():
         return Policy.empty(str(path))
-    policy, problems = parse_policy(_read(path), known_signals, now=now, check_expiry=check_expiry)
+    return policy_from_text(path, None, known_signals, now=now, check_expiry=check_expiry)
+
+
+def policy_from_text(
+    name: str | Path,
+    text: str | None,
+    known_signals: KnownSignals | None = None,
+    *,
+    now: datetime | None = None,
+    check_expiry: bool = True,
+) -> Policy:
+    """Like `load_policy`, for policy text that came from `name` (read from the file when text is None)."""
+    policy, problems = parse_policy(_read(name, text), known_signals, now=now, check_expiry=check_expiry)
     if problems:
         raise PolicyError(problems)
     assert policy is not None

@@ -575,7 +575,7 @@ class TripDetector:
 
     __slots__ = (
         "location", "start_kmh", "stop_kmh", "end_after_s", "max_fix_age_s", "speed", "ignition",
-        "in_trip", "_start_t", "_start_pending", "_stop_t",
+        "in_trip", "trips_ended", "_start_t", "_start_pending", "_stop_t",
     )
 
     def __init__(
@@ -607,6 +607,7 @@ class TripDetector:
         self.speed = speed
         self.ignition = ignition
         self.in_trip = False
+        self.trips_ended = 0  # trips that ended so far, whether or not their end could be recorded
         self._start_t = 0.0
         self._start_pending = False
         self._stop_t: float | None = None
@@ -664,6 +665,7 @@ class TripDetector:
 
     def _end(self, t_end: float) -> list:
         self.in_trip = False
+        self.trips_ended += 1
         self._start_pending = False
         self._stop_t = None
         loc = self.location

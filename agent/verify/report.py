@@ -32,6 +32,7 @@ DUPLICATE = "duplicate"  # the same block stored twice
 FORK = "fork"  # two different blocks with one seq, or the recorded head names another block
 OUT_OF_ORDER = "out-of-order"  # a block stored after a later block of its stream
 TRUNCATED = "truncated"  # blocks up to the recorded head are missing at the end
+UNDECLARED_DROP = "undeclared-drop"  # a block's records are gone with no retention/eviction event declaring it
 KEY_MISMATCH = "key-mismatch"  # the store's recorded key disagrees with the pinned or private key
 
 KINDS = (

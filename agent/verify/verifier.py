@@ -19,6 +19,7 @@ from typing import Any, Callable
 from carledger.ledger import cose
 from carledger.ledger.block import (
     ZERO_DIGEST,
+    Event,
     Header,
     decode_record,
     decode_records,
@@ -39,6 +40,7 @@ from carledger.verify.report import (
     OUT_OF_ORDER,
     ROW_MISMATCH,
     TRUNCATED,
+    UNDECLARED_DROP,
     Problem,
     Report,
     StreamSummary,
@@ -48,6 +50,9 @@ __all__ = ["verify_store", "Progress"]
 
 Progress = Callable[[int, int], None]
 PROGRESS_EVERY = 500
+#: Declared events that allow a block's records to be gone (docs/owner-state.md): its detail names
+#: the stream (default: the event's own) and "seqs", a list of [first, last] ranges.
+DROP_EVENTS = frozenset({"retention", "eviction"})
 _sha256 = hashlib.sha256
 
 
@@ -124,6 +129,9 @@ class _Verifier:
         self.key: VerifyKey | None = None
         self.kid: bytes | None = None
         self.meta_vid: str | None = None
+        self.stream_vids: dict[str, str] = {}
+        self.dropped: list[tuple[str, int, int]] = []  # (stream, seq, row) of blocks whose records are gone
+        self.declared: dict[str, list[tuple[int, int]]] = {}  # stream -> seq ranges a retention/eviction event declared
         self._pin_key(key)
 
     # -- helpers -----------------------------------------------------------------------------
@@ -244,11 +252,15 @@ class _Verifier:
         ]
         if bad:
             self.problem(stream, seq, ROW_MISMATCH, f"row {row.id}: columns disagree with the signed payload: " + ", ".join(bad))
-        if self.meta_vid is not None and header.vid != self.meta_vid:
-            self.problem(stream, seq, ROW_MISMATCH, f"row {row.id}: vehicle {header.vid!r} is not the store's {self.meta_vid!r}")
+        # A stream for a recipient names the vehicle by that recipient's pseudonym, so the
+        # vehicle id may differ from the store's; it may never change within a stream.
+        first_vid = self.stream_vids.setdefault(stream, header.vid)
+        if header.vid != first_vid:
+            self.problem(stream, seq, ROW_MISMATCH, f"row {row.id}: vehicle {header.vid!r} differs from the stream's {first_vid!r}")
 
         if row.records is None:
             summ.dropped += 1
+            self.dropped.append((stream, seq, row.id))
         else:
             self.check_block_records(row, header)
 
@@ -269,10 +281,13 @@ class _Verifier:
         lo = hi = None
         for i, rec in enumerate(records):
             try:
-                t = decode_record(rec).t
+                decoded = decode_record(rec)
             except MalformedBlock as exc:
                 self.problem(stream, seq, MALFORMED, f"row {row.id}: record {i}: {exc}")
                 return
+            t = decoded.t
+            if isinstance(decoded, Event) and decoded.kind in DROP_EVENTS:
+                self.declare(stream, decoded.detail)
             if lo is None or t < lo:
                 lo = t
             if hi is None or t > hi:
@@ -281,6 +296,21 @@ class _Verifier:
             self.problem(
                 stream, seq, MALFORMED, f"row {row.id}: records span {lo}..{hi}, the header says {header.t0}..{header.t1}"
             )
+
+    def declare(self, stream: str, detail: Any) -> None:
+        """A retention or eviction event: the seq ranges of `detail["stream"]` whose records may be gone."""
+        target = detail.get("stream", stream)
+        seqs = detail.get("seqs")
+        if not isinstance(target, str) or not isinstance(seqs, (list, tuple)):
+            return
+        for item in seqs:
+            if isinstance(item, (list, tuple)) and len(item) == 2 and all(type(x) is int for x in item):
+                self.declared.setdefault(target, []).append((item[0], item[1]))
+
+    def check_drops(self) -> None:
+        for stream, seq, row_id in self.dropped:
+            if not any(lo <= seq <= hi for lo, hi in self.declared.get(stream, ())):
+                self.problem(stream, seq, UNDECLARED_DROP, f"row {row_id}: its records are gone and no retention or eviction event declares it")
 
     # -- chains ------------------------------------------------------------------------------
 
@@ -341,6 +371,8 @@ class _Verifier:
                 s.first_seq, s.last_seq = ch.min_seq, ch.max_seq
                 s.head = ch.max_digest.hex() if ch.max_digest else None
         self.check_heads()
+        if self.check_records:
+            self.check_drops()
         self.report.problems.sort(key=lambda p: (p.stream is not None, p.stream or "", p.seq if p.seq is not None else -1))
 
     def check_heads(self) -> None:

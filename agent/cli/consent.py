@@ -1,0 +1,91 @@
+"""`carledger consent list|grant|revoke`: the owner's consent for each stream that leaves the car."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from carledger.cli._display import table
+from carledger.cli._owner import EXIT_OK, EXIT_USAGE, add_store_options, fail, parse_when, run_request, target
+
+EPILOG = """\
+examples:
+  carledger consent list                      who gets what, until when
+  carledger consent revoke insurer            stop the insurer stream now (before its next block)
+  carledger consent grant fleet --until 90d   renew the fleet stream's consent for 90 days
+  carledger consent grant fleet --until 2027-06-01 --store /var/lib/carledger
+
+A revocation or grant works whether the agent runs or not: a running agent
+applies it within a second; otherwise the command does it itself. Either way
+the ledger records it (`carledger audit`).
+exit status: 0 done, 1 refused (the message says why), 2 usage or store problem."""
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "consent", help="list, grant or revoke the consent of streams that leave the car",
+        description="The owner's consent per outbound stream: every stream for a recipient needs one, "
+        "with an expiry (no consent lasts forever).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(title="consent commands", metavar="ACTION")
+    p = sub.add_parser("list", help="every outbound stream: recipient, purpose, consent, state")
+    add_store_options(p)
+    p.set_defaults(func=list_consents)
+    p = sub.add_parser("grant", help="grant (or renew) a stream's consent until a date")
+    p.add_argument("stream")
+    p.add_argument("--until", required=True, metavar="WHEN", help="date/time (ISO 8601) or duration from now (90d); at most 2 years")
+    add_store_options(p)
+    p.set_defaults(func=grant)
+    p = sub.add_parser("revoke", help="revoke a stream's consent now: it stops before its next block")
+    p.add_argument("stream")
+    add_store_options(p)
+    p.set_defaults(func=revoke)
+    parser.set_defaults(func=lambda args: parser.print_help() or EXIT_USAGE)
+
+
+def grant(args: argparse.Namespace) -> int:
+    try:
+        until = parse_when(args.until, now=time.time())
+    except ValueError as exc:
+        return fail(args, f"--until: {exc}", EXIT_USAGE)
+    return run_request(args, {"action": "grant", "stream": args.stream, "until": until})
+
+
+def revoke(args: argparse.Namespace) -> int:
+    return run_request(args, {"action": "revoke", "stream": args.stream})
+
+
+def list_consents(args: argparse.Namespace) -> int:
+    from carledger.config import ConfigError
+    from carledger.owner import OwnerState, OwnerStateError
+    from carledger.owner.state import iso, seconds
+
+    try:
+        state = OwnerState.load(target(args).store)
+    except (ConfigError, OwnerStateError, OSError) as exc:
+        return fail(args, str(exc), EXIT_USAGE)
+    now = time.time()
+    rows = []
+    for stream in state.policy.streams:
+        if stream.local:
+            continue
+        consent, revoked = state.consent(stream)
+        why = state.why_inactive(stream, now)
+        rows.append({
+            "stream": stream.name, "recipient": stream.recipient, "purpose": stream.purpose,
+            "granted": iso(seconds(consent.granted)) if consent else None,
+            "expires": iso(seconds(consent.expires)) if consent else None,
+            "state": "active" if why is None else why,
+            "days_left": round((seconds(consent.expires) - now) / 86400, 1) if consent and why is None else None,
+        })
+    if args.json:
+        print(json.dumps({"policy_version": state.policy.version, "streams": rows}, sort_keys=True))
+        return EXIT_OK
+    if not rows:
+        print("no stream leaves the car (policy version %d)" % state.policy.version)
+        return EXIT_OK
+    header = ("stream", "recipient", "purpose", "granted", "expires", "state")
+    print(table([header] + [tuple(str(r[k] or "-") for k in header) for r in rows]))
+    return EXIT_OK

@@ -1,0 +1,66 @@
+"""`carledger wipe`: for a change of owner, delete the previous owner's data and rotate the keys."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from carledger.cli._owner import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, fail, target
+
+EPILOG = """\
+What it does: deletes every block of every stream, the policy, the consents
+and the pseudonym secret; creates a new vehicle key; and starts a new ledger
+whose audit stream holds a statement signed by the old key: when, which key
+takes over, where each old chain ended. The new owner starts with no policy:
+nothing is collected until `carledger policy apply`.
+
+Stop the agent first (systemctl stop carledger). It asks for confirmation
+unless --yes is given.
+exit status: 0 wiped, 1 refused or not confirmed, 2 usage or store problem."""
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "wipe", help="change of owner: delete all personal data, rotate the keys",
+        description="Wipe the store for a new owner.", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--yes", action="store_true", help="do not ask for confirmation")
+    add_store_options(parser)
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from carledger.config import ConfigError
+    from carledger.ledger import LedgerError, StoreLocked
+    from carledger.ledger.store import DB_FILE
+    from carledger.owner.wipe import wipe
+
+    try:
+        store = target(args).store
+    except ConfigError as exc:
+        return fail(args, str(exc), EXIT_USAGE)
+    from pathlib import Path
+
+    if not (Path(store) / DB_FILE).exists():
+        return fail(args, f"{store}: no carledger store here", EXIT_USAGE)
+    if not args.yes:
+        if not sys.stdin.isatty():
+            return fail(args, "wipe deletes all recorded data: confirm with --yes (no terminal to ask on)", EXIT_REFUSED)
+        answer = input(f"This deletes ALL data in {store} and replaces the vehicle key. Type WIPE to go on: ")
+        if answer.strip() != "WIPE":
+            return fail(args, "not confirmed; nothing changed", EXIT_REFUSED)
+    try:
+        result = wipe(store)
+    except StoreLocked:
+        return fail(args, f"the agent is running on {store}: stop it first (systemctl stop carledger), then wipe", EXIT_REFUSED)
+    except (LedgerError, OSError) as exc:
+        return fail(args, str(exc), EXIT_USAGE)
+    if args.json:
+        print(json.dumps({"ok": True, "blocks_deleted": result.blocks, "streams": result.streams,
+                          "old_key": result.old_kid, "new_key": result.new_kid}))
+    else:
+        print(f"wiped {result.blocks} blocks of {result.streams} streams; vehicle key {result.old_kid} replaced by "
+              f"{result.new_kid}. Nothing is collected until the new owner applies a policy (carledger policy apply).")
+    return EXIT_OK
