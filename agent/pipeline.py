@@ -27,7 +27,7 @@ from carledger import __version__
 from carledger.config import BusConfig, Config
 from carledger.decode import DecodeTable, VssMapping, load_dbc
 from carledger.ledger import Ledger, load_or_create_secret
-from carledger.notify import Notifier
+from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
 from carledger.owner.actions import AUDIT_STREAM
 from carledger.policy import PolicyError, policy_from_text
@@ -165,6 +165,7 @@ class Pipeline:
             self.ledger.close()
             raise
         self.sources = [self._make_source(i, bus) for i, bus in enumerate(self.buses)]
+        self.watchdog = Watchdog(self.notifier, self.sources)  # fed only while loop, sources and store are alive
         self._started = False  # streams are started at the first frame's time (a replay's clock)
         self._generation = -1
         self._next_change: float | None = None
@@ -322,7 +323,7 @@ class Pipeline:
                     self._next_spool = wall + _SPOOL_INTERVAL
                     self._owner_requests()
                 self._checkpoint(self.now())
-                self.notifier.alive()
+                self.watchdog.beat()
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
                     self._health_event("counters", self._counters())
@@ -458,6 +459,7 @@ class Pipeline:
 
     def _seal(self, writers: list | None) -> list:
         blocks = self.ledger.seal(writers)
+        self.watchdog.sealed()
         self.summary.blocks += len(blocks)
         counts = self._record_counts
         for block in blocks:

@@ -13,7 +13,7 @@ import logging
 import sys
 
 # Subcommand modules, in the order `carledger --help` lists them.
-SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "wipe")
+SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "wipe", "doctor")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,22 +3,37 @@
 A bus that errors or disappears (USB adapter unplugged, interface set down) is
 reported as a health event and reopened with exponential backoff and jitter,
 in its own thread, so the agent and its other buses carry on.
+
+On SocketCAN the kernel filters (CAN_RAW_FILTER) keep unneeded identifiers out
+of the socket, and the socket is read directly (`carledger.sources.socketcan`):
+large receive buffer, kernel drop counts, hardware timestamps. Error frames
+from any interface become rate-limited "bus-error" events
+(`carledger.sources.canerror`). The filter can be swapped while the bus runs
+(`set_filter`), e.g. when the owner's policy changes which signals are needed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import random
+import socket
 import threading
+import time
 from typing import Any, Iterator
 
 from carledger.sources.base import EventSink, FrameSource
+from carledger.sources.canerror import CAN_ERR_FLAG, ErrorFrameLog
 from carledger.sources.frame import Frame, FrameFilter, frame_key
+from carledger.sources.socketcan import RECEIVE_BUFFER, SocketReader
 
 log = logging.getLogger(__name__)
 
 _RECV_TIMEOUT = 0.2
 _MAX_BATCH = 512
+_DROP_REPORT_INTERVAL = 1.0
+_OPEN_ALLOWANCE = 10.0  # seconds a driver may take to open a bus before the watchdog calls it stalled
 
 
 class BusSource(FrameSource):
@@ -41,16 +56,42 @@ class BusSource(FrameSource):
         options: dict[str, Any] | None = None,
         on_event: EventSink | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
+        receive_buffer: int = RECEIVE_BUFFER,
+        error_interval: float = 1.0,
     ):
         super().__init__(name, frame_filter, on_event)
         self.interface, self.channel = interface, channel
         self.bitrate, self.fd, self.data_bitrate = bitrate, fd, data_bitrate
         self.options = dict(options or {})
         self.backoff = backoff
+        self.receive_buffer = receive_buffer  # SocketCAN: bytes asked for (SO_RCVBUF)
+        self.receive_buffer_granted = 0  # SocketCAN: what the kernel granted (it reports twice the request)
         self.error_frames = 0
+        self.dropped = 0  # SocketCAN: frames the kernel dropped for a full receive buffer
+        self.hardware_timestamps = 0  # SocketCAN: frames timed by the interface's clock
         self.reopens = 0
         self.opened = threading.Event()  # set while the bus is open: tests and health checks wait on it
+        # monotonic time by which the reader thread promises its next sign of life (None: not running);
+        # carledger.notify.Watchdog withholds systemd's watchdog once it is long past (a hung driver call)
+        self.alive_until: float | None = None
+        self._errors = ErrorFrameLog(error_interval)
+        self._filter_changed = threading.Event()
         self._random = random.Random()
+
+    @property
+    def error_state(self) -> str | None:
+        """The controller state the last error frames told of (error-active/-warning/-passive, bus-off), if any."""
+        return self._errors.state
+
+    def set_filter(self, frame_filter: FrameFilter | None) -> None:
+        """Read only what `frame_filter` lets through from now on: on the open bus and after reopens.
+
+        Safe from any thread: the reader thread applies it within a receive
+        timeout (0.2 s). An empty filter closes the bus until a filter needs
+        it again; `None` reads everything.
+        """
+        self.frame_filter = frame_filter
+        self._filter_changed.set()
 
     def bus_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = dict(self.options)
@@ -70,21 +111,37 @@ class BusSource(FrameSource):
 
         return can.Bus(**self.bus_kwargs())
 
+    def _needed(self) -> bool:
+        return self.frame_filter is None or bool(self.frame_filter.rules)
+
     def batches(self, stop: threading.Event) -> Iterator[list[Frame]]:
-        if self.frame_filter is not None and not self.frame_filter.rules:
-            log.info("bus %s: no signal of it is needed; not opening it", self.name)
-            stop.wait()
-            return
+        try:
+            yield from self._batches(stop)
+        finally:
+            self.alive_until = None
+
+    def _expect(self, seconds: float) -> None:
+        self.alive_until = time.monotonic() + seconds
+
+    def _batches(self, stop: threading.Event) -> Iterator[list[Frame]]:
         delay = self.backoff[0]
         opened_before = False
         while not stop.is_set():
+            self._filter_changed.clear()
+            if not self._needed():
+                log.info("bus %s: no signal of it is needed; not opening it", self.name)
+                while not self._filter_changed.is_set():
+                    self._expect(_RECV_TIMEOUT)
+                    if stop.wait(_RECV_TIMEOUT):
+                        return
+                continue
+            self._expect(_OPEN_ALLOWANCE)
             try:
-                bus = self._open()
+                bus, reader = self._connect()
             except Exception as exc:  # any driver error: report, back off, retry
-                self._report("bus-error", f"cannot open: {exc}", delay)
-                if stop.wait(self._jitter(delay)):
+                delay = self._back_off(stop, f"cannot open: {exc}", delay)
+                if delay is None:
                     return
-                delay = min(delay * 2, self.backoff[1])
                 continue
             if opened_before:
                 self.reopens += 1
@@ -92,14 +149,15 @@ class BusSource(FrameSource):
                 log.info("bus %s: reopened", self.name)
             opened_before = True
             self.opened.set()
+            log.info("bus %s: %s %s open%s", self.name, self.interface, self.channel,
+                     f", receive buffer {self.receive_buffer_granted} bytes" if reader else "")
             try:
-                yield from self._receive(bus, stop)
+                yield from self._receive(bus, stop) if reader is None else self._receive_socket(bus, reader, stop)
                 delay = self.backoff[0]
             except Exception as exc:  # the interface failed under us
-                self._report("bus-error", f"receive failed: {exc}", delay)
-                if stop.wait(self._jitter(delay)):
+                delay = self._back_off(stop, f"receive failed: {exc}", delay)
+                if delay is None:
                     return
-                delay = min(delay * 2, self.backoff[1])
             finally:
                 self.opened.clear()
                 try:
@@ -107,16 +165,54 @@ class BusSource(FrameSource):
                 except Exception:  # already broken; nothing more to release
                     pass
 
+    def _connect(self):
+        """The open bus, and on SocketCAN its direct reader; raises when the interface is absent or down."""
+        bus = self._open()
+        sock = getattr(bus, "socket", None)
+        if self.interface != "socketcan" or sock is None:
+            return bus, None
+        try:
+            pending = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if pending:  # bound to an interface that is down: the kernel says ENETDOWN at once
+                raise OSError(pending, f"{self.channel}: {os.strerror(pending)}")
+            reader = SocketReader(sock, self.receive_buffer)
+        except BaseException:
+            bus.shutdown()
+            raise
+        self.receive_buffer_granted = reader.receive_buffer
+        return bus, reader
+
+    def _back_off(self, stop: threading.Event, message: str, delay: float) -> float | None:
+        """Reports a failure and waits before the next try; the delay after that, or None once stopped."""
+        self._report("bus-error", message, delay)
+        wait = self._jitter(delay)
+        self._expect(wait)
+        if stop.wait(wait):
+            return None
+        return min(delay * 2, self.backoff[1])
+
+    def _filter_applied(self, bus) -> bool:
+        """Applies a filter set by `set_filter` to the open bus; False when the bus is no longer needed."""
+        if not self._filter_changed.is_set():
+            return True
+        self._filter_changed.clear()
+        if not self._needed():
+            return False
+        frame_filter = self.frame_filter
+        bus.set_filters(frame_filter.to_can_filters() if frame_filter is not None else None)
+        return True
+
     def _receive(self, bus, stop: threading.Event) -> Iterator[list[Frame]]:
         recv = bus.recv
-        while not stop.is_set():
+        while not stop.is_set() and self._filter_applied(bus):
             batch: list[Frame] = []
             failure: Exception | None = None
+            self._expect(_RECV_TIMEOUT)
             try:
                 msg = recv(_RECV_TIMEOUT)
                 while msg is not None:
                     if msg.is_error_frame:
-                        self.error_frames += 1
+                        self._error_frame(msg.timestamp, msg.arbitration_id | CAN_ERR_FLAG, bytes(msg.data))
                     elif not msg.is_remote_frame:
                         batch.append((msg.timestamp, frame_key(msg.arbitration_id, msg.is_extended_id), bytes(msg.data)))
                     if len(batch) >= _MAX_BATCH:
@@ -124,11 +220,48 @@ class BusSource(FrameSource):
                     msg = recv(0)
             except Exception as exc:  # hand on what was read before the failure, then report it
                 failure = exc
+            self._flush_errors()
             if batch:
                 self.frames_read += len(batch)
+                self.alive_until = math.inf  # time the consumer takes is not the reader's
                 yield batch
             if failure is not None:
                 raise failure
+
+    def _receive_socket(self, bus, reader: SocketReader, stop: threading.Event) -> Iterator[list[Frame]]:
+        read, on_error = reader.read, self._error_frame
+        reported, next_report = 0, 0.0  # drops already reported for this socket
+        stamped_before = self.hardware_timestamps
+        while not stop.is_set() and self._filter_applied(bus):
+            self._expect(_RECV_TIMEOUT)
+            batch = read(_RECV_TIMEOUT, _MAX_BATCH, on_error)
+            self._flush_errors()
+            if reader.dropped > reported and time.monotonic() >= next_report:
+                next_report = time.monotonic() + _DROP_REPORT_INTERVAL
+                newly, reported = reader.dropped - reported, reader.dropped
+                self.dropped += newly
+                log.warning("bus %s: the kernel dropped %d frames (receive buffer full)", self.name, newly)
+                self.on_event("frames-dropped", {"bus": self.name, "dropped": newly, "total": self.dropped})
+            if batch:
+                self.hardware_timestamps = stamped_before + reader.hardware_timestamps
+                self.frames_read += len(batch)
+                self.alive_until = math.inf  # time the consumer takes is not the reader's
+                yield batch
+
+    def _error_frame(self, t: float, can_id: int, data: bytes) -> None:
+        self.error_frames += 1
+        for detail in self._errors.add(time.monotonic(), can_id, data):
+            self._report_error_frame(detail)
+
+    def _flush_errors(self) -> None:
+        self._report_error_frame(self._errors.flush(time.monotonic()))
+
+    def _report_error_frame(self, detail: dict | None) -> None:
+        if detail is None:
+            return
+        summary = ", ".join(detail["classes"]) + (f" ({detail['state']})" if "state" in detail else "")
+        log.warning("bus %s: %d error frame(s): %s", self.name, detail["count"], summary)
+        self.on_event("bus-error", {"bus": self.name, "error": f"error frame: {summary}", "error_frame": detail})
 
     def _report(self, kind: str, message: str, delay: float) -> None:
         log.warning("bus %s (%s %s): %s; retrying in %.1f s", self.name, self.interface, self.channel, message, delay)
