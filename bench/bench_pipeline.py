@@ -112,16 +112,27 @@ def main() -> int:
         log = Path(tmp) / "rav4_repeated.log"
         frames = build_log(args.frames, log)
         print(f"log: {frames:,} frames ({log.stat().st_size / 1e6:.0f} MB), RAV4 x{frames // 53800}", file=sys.stderr)
-        baselines, pipelines = [], []
-        for run in range(args.runs):
-            baselines.append(child(BASELINE, str(log), str(DBC)))
-            store = Path(tmp) / f"store{run}"
-            pipelines.append(child(PIPELINE, str(log), str(DBC), str(store), json.dumps(STREAMS)))
-            print(f"run {run + 1}: baseline {baselines[-1]['seconds']:.2f} s, "
-                  f"pipeline {pipelines[-1]['seconds']:.2f} s", file=sys.stderr)
+        result = measure(log, DBC, PIPELINE, [json.dumps(STREAMS)], args.runs)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        report(result, "read..store, 2 streams")
+    return 0
+
+
+def measure(log: Path, dbc: Path, pipeline_code: str, pipeline_args: list[str], runs: int) -> dict:
+    """Alternate baseline and pipeline child processes on the same log; the best run of each."""
+    frames = sum(1 for _ in log.open())
+    baselines, pipelines = [], []
+    for run in range(runs):
+        baselines.append(child(BASELINE, str(log), str(dbc)))
+        store = log.parent / f"store{run}"
+        pipelines.append(child(pipeline_code, str(log), str(dbc), str(store), *pipeline_args))
+        print(f"run {run + 1}: baseline {baselines[-1]['seconds']:.2f} s, "
+              f"pipeline {pipelines[-1]['seconds']:.2f} s", file=sys.stderr)
     base = min(baselines, key=lambda r: r["seconds"])
     pipe = min(pipelines, key=lambda r: r["seconds"])
-    result = {
+    return {
         "frames": frames,
         "baseline_fps": frames / base["seconds"],
         "pipeline_fps": frames / pipe["seconds"],
@@ -131,15 +142,14 @@ def main() -> int:
         "records": pipe["records"],
         "blocks": pipe["blocks"],
     }
-    if args.json:
-        print(json.dumps(result))
-    else:
-        print(f"baseline (LogReader + decode_message): {result['baseline_fps']:>10,.0f} frames/s, "
-              f"peak RSS {result['baseline_rss_mb']:.0f} MB")
-        print(f"pipeline (read..store, 2 streams)    : {result['pipeline_fps']:>10,.0f} frames/s, "
-              f"peak RSS {result['pipeline_rss_mb']:.0f} MB, {result['records']:,} records, {result['blocks']} blocks")
-        print(f"ratio pipeline/baseline: {result['ratio']:.2f}")
-    return 0
+
+
+def report(result: dict, what: str) -> None:
+    print(f"baseline (LogReader + decode_message): {result['baseline_fps']:>10,.0f} frames/s, "
+          f"peak RSS {result['baseline_rss_mb']:.0f} MB")
+    print(f"pipeline ({what}): {result['pipeline_fps']:>10,.0f} frames/s, "
+          f"peak RSS {result['pipeline_rss_mb']:.0f} MB, {result['records']:,} records, {result['blocks']} blocks")
+    print(f"ratio pipeline/baseline: {result['ratio']:.2f}")
 
 
 if __name__ == "__main__":

@@ -227,14 +227,19 @@ def test_retention_drop_records_still_verifies(tmp_path):
             _fill(ledger.writer("a"), 10, start=k)
             ledger.seal()
         ids = [r.id for r in ledger.store.iter_blocks("a")]
+        ledger.writer("audit").add_event(100.0, "retention", {"stream": "a", "seqs": [[0, 1]]})  # declared first
+        ledger.seal()
         ledger.store.drop_records(ids[:2])
         ledger.store.mark_synced(ids)
         assert ledger.store.mark_acked("a", 1) == 2
-        assert [r.seq for r in ledger.store.iter_blocks(unacked=True)] == [2]
+        assert [r.seq for r in ledger.store.iter_blocks("a", unacked=True)] == [2]
         row = ledger.store.get_block(ids[0])
         assert row.records is None and ledger.store.records(row) == []
     report = verify_store(path)
     assert report.ok and report.streams["a"].dropped == 2 and report.streams["a"].records == 30
+    with Ledger.open(path, "VIN") as ledger:
+        ledger.store.drop_records([ids[2]])  # not declared: verify says so
+    assert [(p.stream, p.seq, p.kind) for p in verify_store(path).problems] == [("a", 2, "undeclared-drop")]
 
 
 def test_one_writer_per_store_and_the_lock_dies_with_its_holder(tmp_path):
