@@ -95,6 +95,20 @@ MISTAKES = {
         retension = "30d"  #!
         {CONSENT}
         """, "stream[0].retension", "did you mean 'retention'"),
+    "aggregate of location": (
+        f"""version = 1
+        [[stream]]
+        name = "a"
+        recipient = "R"
+        purpose = "p"
+        signals = ["Vehicle.Speed"]
+        allow = ["location"]
+        {CONSENT}
+        [[stream.aggregate]]
+        signals = ["Vehicle.CurrentLocation.Latitude"]  #!
+        window = 60
+        functions = ["mean"]
+        """, "stream[0].aggregate[0].signals[0]", "location signals cannot be aggregated"),
     "unknown top-level field": ('version = 1\ncolour = "red"  #!\n', "colour", "unknown top-level field"),
     "bad type": (
         """version = 1

@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any, Iterator, TextIO
 
+from carledger.cli._display import TtyProgress
+
 EPILOG = """\
 examples:
   carledger log list ./ledger
@@ -188,7 +190,11 @@ def export_stream(args: argparse.Namespace) -> int:
             writer = csv.writer(out) if args.format == "csv" else None
             if writer:
                 writer.writerow(["t", "name", "message", "signal", "value"])
-            for row, records in _checked_blocks(store, args.stream, problems):
+            progress = TtyProgress.if_tty("exporting") if args.output or not sys.stdout.isatty() else None
+            total = store.block_count(args.stream)
+            for done, (row, records) in enumerate(_checked_blocks(store, args.stream, problems), start=1):
+                if progress is not None and done % 64 == 0:
+                    progress(done, total)
                 for raw in records:
                     rec = decode_record(raw)
                     if isinstance(rec, Sample):
@@ -199,6 +205,8 @@ def export_stream(args: argparse.Namespace) -> int:
                             out.write(json.dumps(fields) + "\n")
                     elif args.events and not writer:
                         out.write(json.dumps({"t": rec.t / 1e6, "event": rec.kind, "detail": rec.detail}, default=_json_default) + "\n")
+            if progress is not None:
+                progress.clear()
     finally:
         if args.output:
             out.close()

@@ -14,7 +14,7 @@ log = logging.getLogger("carledger")
 EPILOG = """\
 examples:
   carledger run -c /etc/carledger/agent.toml
-  carledger run --replay drive.log --dbc car.dbc --store ./ledger --fast
+  carledger run --replay drive.log --dbc car.dbc --store ./ledger --policy policy.toml --fast
   carledger run --replay drive.log --dbc car.dbc --store ./ledger \\
       --stream speed=Vehicle.Speed,WHEEL_SPEEDS.* --stream gps=Vehicle.CurrentLocation.* --fast
 """
@@ -35,9 +35,11 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     quick.add_argument("--dbc", metavar="DBC", action="append", default=[], help="DBC file (repeatable)")
     quick.add_argument("--vss", metavar="MAP", action="append", default=[], help="VSS mapping file (repeatable)")
     quick.add_argument("--store", metavar="DIR", help="ledger directory")
+    quick.add_argument("--policy", metavar="FILE", help="the owner's policy to apply (docs/policy.md)")
     quick.add_argument(
         "--stream", metavar="NAME=PATTERN,...", action="append", default=[],
-        help="a stream and its signal patterns (VSS paths or Message.Signal, globs); default: all=*",
+        help="a local stream and its signal patterns (VSS paths or Message.Signal, globs), instead of --policy; "
+        "without either nothing is recorded but the agent's health",
     )
     quick.add_argument("--channel", action="append", default=[], help="replay only these log channels")
     quick.add_argument("--vehicle", help="vehicle identifier recorded in every block")
@@ -64,8 +66,10 @@ def _load(args: argparse.Namespace):
             raise ConfigError("run", None, "", "give either -c CONFIG or --replay, not both")
         if not args.dbc or not args.store:
             raise ConfigError("--replay", None, "", "--replay needs --dbc and --store")
+        if args.policy and args.stream:
+            raise ConfigError("--stream", None, "", "give either --policy FILE or --stream, not both")
         return replay_config(
-            args.replay, args.dbc, args.store, _parse_streams(args.stream),
+            args.replay, args.dbc, args.store, _parse_streams(args.stream), policy=args.policy,
             fast=args.fast, vss=args.vss, vehicle=args.vehicle, channels=args.channel,
         )
     return load_config(args.config or DEFAULT_PATH)

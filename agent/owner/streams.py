@@ -2,7 +2,7 @@
 
 `StreamManager.refresh(t)` compares what the owner's state allows at t with
 the streams running and starts or stops streams to match. Each change goes
-into the stream's own chain as a signed event (docs/policy-engine.md), so a
+into the stream's own chain as a signed event (docs/owner-state.md), so a
 recipient's chain says why it ends, pauses or resumes; a stopping stream's
 tail is sealed at once, so nothing collected after the end of its consent is
 ever in a block. The manager remembers each stream's status in the owner

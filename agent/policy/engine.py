@@ -18,7 +18,7 @@ revoked) costs nothing at all. Per stream (`StreamRuntime`):
 The engine starts and stops streams as the owner's state says (consent
 bounds, revocations, the pause switch, a new policy) and declares each change
 as a signed event in the stream's own chain, so a recipient can tell why its
-chain ends, pauses or resumes. docs/policy-engine.md says which events.
+chain ends, pauses or resumes. docs/owner-state.md says which events.
 """
 
 from __future__ import annotations
