@@ -210,7 +210,7 @@ class Pipeline:
             def wanted(source: str, mapping: VssMapping = mapping) -> bool:
                 return streams.wants(mapping.name(source), source)
 
-            bus.plan(wanted, self._handler_maker(mapping))
+            bus.plan(wanted, self._handler_maker(mapping, bus.config.name))
             log.info(
                 "bus %s: %d messages, %d signals the policy could need from %s",
                 bus.config.name, len(bus.table.keys()), len(bus.table.signals()), ", ".join(bus.config.dbc),
@@ -223,14 +223,14 @@ class Pipeline:
                     setter(bus.frame_filter)
         self._warn_unmatched_streams()
 
-    def _handler_maker(self, mapping: VssMapping) -> Callable[[Any], MessageHandler | None]:
+    def _handler_maker(self, mapping: VssMapping, bus: str) -> Callable[[Any], MessageHandler | None]:
         streams = self.streams
 
         def make_handler(extractor: Any) -> MessageHandler | None:
             consumers = []
             for signal in extractor.names:
                 source = f"{extractor.message.name}.{signal}"
-                consumers.append(streams.consumers(mapping.name(source), source))
+                consumers.append(streams.consumers(mapping.name(source), source, bus))
             if not any(consumers):
                 return None  # no running stream takes anything from this message now
             handler = MessageHandler(extractor.extract, consumers)

@@ -77,8 +77,9 @@ class StreamManager:
         """Could any stream of the policy take this signal (now or once its consent starts)?"""
         return any(p.consumers(name, source) for p in self._probes)
 
-    def consumers(self, name: str, source: str) -> list:
-        return [c for rt in self.runtimes.values() for c in rt.consumers(name, source)]
+    def consumers(self, name: str, source: str, scope: Any = None) -> list:
+        """Every running stream's taps and feeds for a signal; `scope` keeps buses apart (StreamRuntime.consumers)."""
+        return [c for rt in self.runtimes.values() for c in rt.consumers(name, source, scope)]
 
     def next_change(self, t: float) -> float | None:
         return self.state.next_change(t)

@@ -141,7 +141,7 @@ class StreamRuntime:
         self.writer = writer
         self.settings = settings
         self._classify = policy.classifier().classify
-        self._taps: dict[tuple[str, str], Tap] = {}
+        self._taps: dict[tuple[Any, str, str], Tap] = {}
         self._quanta: dict[str, Callable[[Any], Any] | None] = {}
         loc = stream.location
         decimals = loc.decimals if loc else None
@@ -193,8 +193,11 @@ class StreamRuntime:
 
     # -- what the stream takes from a signal ------------------------------------------------
 
-    def consumers(self, name: str, source: str) -> list:
-        """The taps and feeds this stream attaches to one decoded signal (empty: it takes nothing)."""
+    def consumers(self, name: str, source: str, scope: Any = None) -> list:
+        """The taps and feeds this stream attaches to one decoded signal (empty: it takes nothing).
+
+        `scope` tells apart the same signal arriving on different buses (each gets its own tap).
+        """
         out: list = []
         stream = self.stream
         if stream.raw and stream.selects(name, source):
@@ -204,15 +207,15 @@ class StreamRuntime:
                     pass  # recorded from the location filter's fixes, below
                 elif cls == LOCATION:
                     if self.location is not None:  # else its position is unknown: nothing to guard it with
-                        out.append(self._tap(name, source, GuardedTap, self.location))
+                        out.append(self._tap(name, source, scope, GuardedTap, self.location))
                 else:
-                    out.append(self._tap(name, source))
+                    out.append(self._tap(name, source, scope))
         if self.location is not None and name in _LOCATION_INPUTS:
             out.append(Feed(self._on_position, name, self._location_taps))
             if stream.selects(name, source):
-                self._location_taps[name] = self._tap(name, source)
+                self._location_taps[name] = self._tap(name, source, "position")
                 if self.location.geohash is not None:
-                    self._location_taps[GEOHASH] = self._tap(GEOHASH, GEOHASH)
+                    self._location_taps[GEOHASH] = self._tap(GEOHASH, GEOHASH, "position")
         if self.trips is not None and name in (SPEED, IGNITION):
             out.append(Feed(self._on_trip_input, name))
         if self.metrics is not None and (name in self.metrics.inputs or (self._trip_bounds and name in (SPEED, IGNITION))):
@@ -222,9 +225,9 @@ class StreamRuntime:
                 out.append(Feed(self._aggregate_feed(aggregator), name))
         return out
 
-    def _tap(self, name: str, source: str, kind: type = Tap, *pre: Any) -> Tap:
+    def _tap(self, name: str, source: str, scope: Any, kind: type = Tap, *pre: Any) -> Tap:
         """The stream's tap for a signal; kept across plan rebuilds so on-change state survives."""
-        key = (name, source)
+        key = (scope, name, source)
         tap = self._taps.get(key)
         if tap is None:
             interval = self.settings.min_interval(self.stream, name, source)
