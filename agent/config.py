@@ -10,9 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from carledger.tomlfile import FieldError, TomlDocument, read_toml
+
+if TYPE_CHECKING:
+    from carledger.obd.config import ObdConfig
 
 DEFAULT_PATH = "/etc/carledger/agent.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -39,6 +42,8 @@ class BusConfig:
     replay_channels: tuple[str, ...] = ()
     speed: float = 1.0
     j1939: bool | None = None
+    obd: "ObdConfig | None" = None  # poll OBD-II on this bus ([bus.obd]); the only thing the agent ever sends
+    obd_listen: bool = False  # decode OBD-II answers another tester's polling puts on the bus (or a log)
 
     @property
     def is_replay(self) -> bool:
@@ -66,6 +71,7 @@ class Config:
     seal_max_records: int = 5000
     health_interval: float = 60.0
     timezone: str | None = None  # IANA name for local time (night driving); None: the system's
+    elm327: tuple["ObdConfig", ...] = ()  # OBD-II through ELM327 adapters ([[elm327]])
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,13 +137,13 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_TOP = {"agent", "seal", "sampling", "bus", "stream"}
+_TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327"}
 _AGENT = {"store", "vehicle", "health_interval", "policy", "timezone"}
 _SEAL = {"max_age", "max_records"}
 _SAMPLING = {"min_interval", "signals"}
 _BUS = {
     "name", "interface", "channel", "bitrate", "fd", "data_bitrate", "options",
-    "dbc", "vss", "replay", "replay_channels", "speed", "j1939",
+    "dbc", "vss", "replay", "replay_channels", "speed", "j1939", "obd", "obd_listen",
 }
 
 
@@ -161,9 +167,14 @@ def parse_config(doc: TomlDocument) -> Config:
     if vehicle is not None and not _NAME.match(vehicle):
         raise agent.error("vehicle", f"{vehicle!r} is not a valid identifier (letters, digits, _ . -)")
 
+    from carledger.obd.config import elm327_config_from_table  # carledger.obd.config uses ConfigError
+
     buses = tuple(_parse_bus(doc, i, table) for i, table in enumerate(_array(top, "bus")))
-    if not buses:
-        raise top.error("bus", "at least one [[bus]] is required")
+    elm327 = tuple(
+        elm327_config_from_table(doc, table, f"elm327[{i}]") for i, table in enumerate(_array(top, "elm327"))
+    )
+    if not buses and not elm327:
+        raise top.error("bus", "at least one [[bus]] (or [[elm327]] adapter) is required")
     _unique(doc, [b.name for b in buses], "bus")
     if "stream" in doc.data:
         raise top.error(
@@ -185,6 +196,7 @@ def parse_config(doc: TomlDocument) -> Config:
         buses=buses,
         policy=agent.path(policy) if policy is not None else None,
         timezone=timezone,
+        elm327=elm327,
         sampling=sampling,
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,
@@ -229,7 +241,8 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
         raise f.error("interface", "a bus needs `interface` (a python-can interface) or `replay` (a log file)")
     if replay is not None and interface is not None:
         raise f.error("replay", "give either `interface` or `replay`, not both")
-    dbc = tuple(f.path(p) for p in f.strings("dbc", required=True))
+    obd_only = "obd" in table or table.get("obd_listen") is True  # a bus on the OBD-II port needs no DBC
+    dbc = tuple(f.path(p) for p in f.strings("dbc", required=not obd_only))
     for i, p in enumerate(dbc):
         if not Path(p).is_file():
             raise f.error("dbc", f"DBC file not found: {p}")
@@ -242,6 +255,11 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
         raise f.error("bitrate", "must be a positive number of bit/s")
     if replay is not None and not Path(f.path(replay)).is_file():
         raise f.error("replay", f"log file not found: {f.path(replay)}")
+    from carledger.obd.config import obd_config_from_table
+
+    obd = obd_config_from_table(doc, table["obd"], f"bus[{index}].obd") if "obd" in table else None
+    if obd is not None and replay is not None:
+        raise f.error("obd", "a replayed log cannot be polled; use obd_listen = true to decode the polling it recorded")
     return BusConfig(
         name=name,
         dbc=dbc,
@@ -256,6 +274,8 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
         replay_channels=f.strings("replay_channels"),
         speed=f.number("speed", 1.0) or 0.0,
         j1939=f.get("j1939", bool),
+        obd=obd,
+        obd_listen=f.get("obd_listen", bool, False),
     )
 
 

@@ -13,6 +13,7 @@ here as health events and go into the `health` stream.
 from __future__ import annotations
 
 import collections
+import functools
 import fnmatch
 import logging
 import queue
@@ -80,6 +81,9 @@ class _Bus:
         self.mapping = VssMapping.load(config.vss or VssMapping.beside(config.dbc))
         self.table = DecodeTable(self.databases, lambda source: False)
         self.frame_filter = FrameFilter.of(())
+        self.obd: Any = None  # a PassiveDecoder when the bus's OBD-II answers are decoded (obd_listen)
+        self._obd_filter: FrameFilter | None = None
+        self._obd_sink: Callable[..., None] = lambda *sample: None
         self._make_handler: Callable[[Any], MessageHandler | None] = lambda extractor: None
         self._by_extractor: dict[int, MessageHandler | None] = {}
         self.handlers: dict[int, MessageHandler | None] = {}
@@ -98,16 +102,28 @@ class _Bus:
     def plan(self, wanted: Callable[[str], bool], make_handler: Callable[[Any], MessageHandler | None]) -> None:
         """Decode what `wanted` (by Message.Signal) says some stream could need; handlers made on demand."""
         self.table = DecodeTable(self.databases, wanted, j1939=self.config.j1939)
-        self.frame_filter = FrameFilter.of(self.table.filters())
+        rules = list(self.table.filters())
+        if self.obd is not None:
+            self._obd_filter = self.obd.frame_filter()
+            rules += self._obd_filter.rules
+        self.frame_filter = FrameFilter.of(rules)
         self._make_handler = make_handler
         self.reset_handlers()
+
+    def listen_obd(self, decoder: Any, sink: Callable[..., None]) -> None:
+        """Decode the OBD-II requests and answers seen on this bus; samples go to `sink(t, name, value, source)`."""
+        self.obd = decoder
+        self._obd_sink = sink
 
     def reset_handlers(self) -> None:
         """Streams started or stopped: build every message's handler afresh on its next frame."""
         self._by_extractor = {}
         self.handlers = {}
 
-    def resolve(self, key: int) -> MessageHandler | None:
+    def resolve(self, key: int) -> Any:
+        if self._obd_filter is not None and self._obd_filter.matches(key):
+            frames = self.handlers[key] = _ObdFrames(self.obd, key, self._obd_sink)
+            return frames
         extractor = self.table.lookup(key)
         handler = None
         if extractor is not None:
@@ -130,6 +146,19 @@ class _Bus:
         self.stats.frames += len(batch)
 
 
+class _ObdFrames:
+    """The handler of one OBD-II identifier on a listened-to bus: frames to the passive decoder."""
+
+    __slots__ = ("decoder", "key", "sink")
+
+    def __init__(self, decoder: Any, key: int, sink: Callable[..., None]):
+        self.decoder, self.key, self.sink = decoder, key, sink
+
+    def handle(self, t: float, data: bytes) -> None:
+        for sample in self.decoder.feed(t, self.key, data):
+            self.sink(*sample)
+
+
 class Pipeline:
     """Sources -> decode -> the owner's policy -> ledger, for one configuration."""
 
@@ -150,6 +179,8 @@ class Pipeline:
             self.buses = [_Bus(bus) for bus in config.buses]
             self.owner_state = OwnerState.load(config.store)
             known = [pair for bus in self.buses for pair in bus.signals()]
+            if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
+                known += [(name, source) for name, source, _ in _obd_signals()]
             self.actions = OwnerActions(self.ledger, self.owner_state, known_signals=known, clock=self.now)
             self.spool = Spool(config.store)
             self._apply_configured_policy()
@@ -160,6 +191,9 @@ class Pipeline:
                 on_event=self._health_event,
             )
             self.streams = StreamManager(self.ledger, self.owner_state, settings, seal=self._seal)
+            self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
+            self._sample_consumers: dict[tuple, list] = {}
+            self.obd_pollers = self._make_obd_sources()
             self._plan()
         except BaseException:
             self.ledger.close()
@@ -257,9 +291,86 @@ class Pipeline:
 
     def _warn_unmatched_streams(self) -> None:
         signals = [pair for bus in self.buses for pair in bus.signals()]
+        if self.config.elm327 or any(b.config.obd or b.config.obd_listen for b in self.buses):
+            signals += [(name, source) for name, source, _ in _obd_signals()]
         for stream in self.owner_state.policy.streams:
             if stream.raw and stream.signals and not any(stream.selects(n, s) for n, s in signals):
                 log.warning("stream %s: its patterns match no signal of the configured DBCs", stream.name)
+
+    # -- OBD-II ---------------------------------------------------------------------------------
+
+    def _make_obd_sources(self) -> list[tuple[str, Any]]:
+        """Pollers for buses with [bus.obd] and ELM327 adapters; passive decoders for obd_listen buses."""
+        out: list[tuple[str, Any]] = []
+        if not self.config.elm327 and not any(b.config.obd or b.config.obd_listen for b in self.buses):
+            return out
+        from carledger.obd import Elm327Source, ObdPoller, PassiveDecoder
+
+        for index, bus in enumerate(self.buses):
+            cfg = bus.config
+            events = self._event_sink(index)
+            if cfg.obd_listen:
+                bus.listen_obd(PassiveDecoder(events), self._sample_sink(f"{cfg.name}/obd"))
+            if cfg.obd is not None:
+                out.append((cfg.name, ObdPoller(self._bus_opener(cfg), cfg.obd, self._sample_sink(f"{cfg.name}/obd"), events)))
+        for index, adapter in enumerate(self.config.elm327):
+            name = f"elm327-{index}"
+            out.append((name, Elm327Source(adapter, self._sample_sink(name), self._event_sink(None))))
+        return out
+
+    @staticmethod
+    def _bus_opener(cfg: BusConfig) -> Callable[[], Any]:
+        """A second handle on the bus for OBD requests: polling transmits, the BusSource only listens."""
+        def open_bus() -> Any:
+            import can
+
+            kwargs = dict(cfg.options)
+            if cfg.bitrate is not None:
+                kwargs["bitrate"] = cfg.bitrate
+            if cfg.fd:
+                kwargs["fd"] = True
+            return can.Bus(interface=cfg.interface, channel=cfg.channel, **kwargs)
+
+        return open_bus
+
+    def _event_sink(self, index: int | None) -> Callable[[str, dict], None]:
+        def on_event(kind: str, detail: dict | None = None) -> None:
+            self._events.append((index, kind, dict(detail or {})))
+
+        return on_event
+
+    def _sample_sink(self, scope: str) -> Callable[..., None]:
+        samples = self._samples
+
+        def on_sample(t: float, name: str, value: Any, source: str | None = None) -> None:
+            samples.append((scope, t, name, value, source or name))
+
+        return on_sample
+
+    def _route_samples(self) -> None:
+        """OBD-II samples (from poller threads, or passive decoders): to the running streams' consumers."""
+        samples = self._samples
+        cache = self._sample_consumers
+        while samples:
+            scope, t, name, value, source = samples.popleft()
+            key = (scope, name, source)
+            consumers = cache.get(key)
+            if consumers is None:
+                consumers = cache[key] = self.streams.consumers(name, source, scope)
+            for consumer in consumers:
+                consumer.offer(t, value)
+
+    def _poll_what_streams_take(self) -> None:
+        """Poll the PIDs a running stream takes: the configured interval, else 1 s. Nothing else."""
+        from carledger.obd.session import pid_intervals
+
+        if not self.obd_pollers:
+            return
+        taken = [(name, source) for name, source, pid in _obd_signals() if pid >= 0 and self.streams.consumers(name, source, "obd-plan")]
+        for bus_name, poller in self.obd_pollers:
+            configured = dict(poller.config.pids)
+            pids = pid_intervals((name, 1.0) for name, _ in taken)
+            poller.set_pids({pid: configured.get(pid, interval) for pid, interval in pids.items()})
 
     def _make_source(self, index: int, bus: _Bus) -> FrameSource:
         cfg = bus.config
@@ -304,6 +415,10 @@ class Pipeline:
             threading.Thread(target=self._feed, args=(i, s), name=f"source-{s.name}", daemon=True)
             for i, s in enumerate(self.sources)
         ]
+        threads += [
+            threading.Thread(target=poller.run, args=(self.stop_event,), name=f"obd-{name}", daemon=True)
+            for name, poller in self.obd_pollers
+        ]
         for thread in threads:
             thread.start()
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
@@ -318,6 +433,7 @@ class Pipeline:
                     self._process(index, item)
                 while self._events:
                     self._bus_event(*self._events.popleft())
+                self._route_samples()
                 wall = time.monotonic()
                 if wall >= self._next_spool:
                     self._next_spool = wall + _SPOOL_INTERVAL
@@ -327,7 +443,8 @@ class Pipeline:
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
                     self._health_event("counters", self._counters())
-                if not active or self.stop_event.is_set() or (deadline is not None and wall >= deadline):
+                done = not active and not self.obd_pollers  # pollers run until stopped, like a live bus
+                if done or self.stop_event.is_set() or (deadline is not None and wall >= deadline):
                     break
         finally:
             self.stop_event.set()
@@ -427,7 +544,10 @@ class Pipeline:
         while self._events:
             self._bus_event(*self._events.popleft())
 
-    def _bus_event(self, index: int, kind: str, detail: dict) -> None:
+    def _bus_event(self, index: int | None, kind: str, detail: dict) -> None:
+        if index is None:  # an ELM327 adapter: no bus of ours
+            self._health_event(kind, detail)
+            return
         stats = self.buses[index].stats
         if kind == "malformed-input":
             stats.malformed += 1
@@ -485,6 +605,8 @@ class Pipeline:
             self._generation = streams.generation
             for bus in self.buses:
                 bus.reset_handlers()
+            self._sample_consumers = {}
+            self._poll_what_streams_take()
         streams.poll(t)
         if t >= self._next_retention:
             self._next_retention = t + _RETENTION_INTERVAL
@@ -518,6 +640,16 @@ class Pipeline:
                 self._next_change = self.streams.next_change(now)
         self._seal([self.actions.audit])
         return outcome.to_json()
+
+
+@functools.lru_cache(maxsize=1)
+def _obd_signals() -> tuple[tuple[str, str, int], ...]:
+    """(sample name, source, PID) of every OBD-II signal carledger decodes: service 01 PIDs, DTCs, the VIN."""
+    from carledger.obd.messages import DTC_SERVICES, VIN
+    from carledger.obd.pids import PIDS
+
+    pids = tuple((sig.sample_name, pid.source, pid.pid) for pid in PIDS.values() for sig in pid.signals)
+    return pids + tuple((name, source, -1) for name, source in (*DTC_SERVICES.values(), VIN))
 
 
 def _read_text(path: str) -> str:

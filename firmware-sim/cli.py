@@ -192,7 +192,25 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fast", action="store_true", help="as fast as possible")
     g.add_argument("--speed", type=_speed, default=1.0, help="time-warp factor (default 1 = recorded pace)")
+
+    for name, text in (("obd", "an OBD-II ECU answering J1979 requests from the drive, on a CAN bus"),
+                       ("elm327", "an ELM327 adapter on a pseudo-terminal, with the OBD-II ECU behind it")):
+        p = sub.add_parser(name, help=text, description=text)
+        _add_bus_options(p)
+        if name == "elm327":
+            p.set_defaults(interface="virtual", channel="carledger-sim-elm327")
+        _add_drive_options(p)
+        _add_obd_options(p)
     return parser
+
+
+def _add_obd_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--speed", type=_positive, default=1.0, help="time-warp factor of the drive (default 1)")
+    p.add_argument("--dtc", action="append", default=[], metavar="CODE", help="a stored DTC such as P0301 (repeatable)")
+    p.add_argument("--mode", choices=("normal", "slow", "pending", "silent"), default="normal",
+                   help="answer at once, after --delay, with 7F xx 78 first, or not at all")
+    p.add_argument("--delay", type=_positive, default=0.2, help="seconds for slow and pending answers (default 0.2)")
+    p.add_argument("--extended", action="store_true", help="29-bit identifiers (0x18DB33F1 / 0x18DAF110)")
 
 
 def _faults(args) -> list:
@@ -268,13 +286,48 @@ def _cmd_replay(args) -> int:
     return 0
 
 
+def _cmd_obd(args) -> int:
+    import threading
+
+    from .car import SimulatedCar
+    from .elm327 import Elm327Emulator
+    from .obd_responder import DriveClock, ObdResponder
+
+    car = SimulatedCar(args.scenario, seed=args.seed, dbc=args.dbc, duration=args.duration, faults=_faults(args))
+    car.history()
+    buses = [_open_bus(args) for _ in range(2 if args.command == "elm327" else 1)]
+    ident = 0x18DAF110 if args.extended else 0x7E8
+    clock = DriveClock(car, speed=args.speed)
+    responder = ObdResponder(buses[0], clock, response_id=ident, extended=args.extended, mode=args.mode, delay=args.delay)
+    elm = None
+    try:
+        for code in args.dtc:
+            responder.inject_dtc(code)
+        responder.start()
+        if args.command == "elm327":
+            elm = Elm327Emulator(buses[1], voltage=lambda: clock().battery_voltage)
+            elm.start()
+            print(f"ELM327 on {elm.port} (python-OBD: obd.OBD({elm.port!r}))", flush=True)
+        print(f"OBD-II ECU 0x{ident:X} on {args.interface}:{args.channel}, {car.duration:g} s of {car.scenario.name}",
+              file=sys.stderr, flush=True)
+        threading.Event().wait(car.duration / args.speed)
+    finally:
+        if elm is not None:
+            elm.stop()
+        responder.stop()
+        for bus in buses:
+            bus.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     import can
     import cantools
 
-    commands = {"scenarios": _cmd_scenarios, "run": _cmd_run, "record": _cmd_record, "replay": _cmd_replay}
+    commands = {"scenarios": _cmd_scenarios, "run": _cmd_run, "record": _cmd_record, "replay": _cmd_replay,
+                "obd": _cmd_obd, "elm327": _cmd_obd}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:
