@@ -31,6 +31,7 @@ from carledger_sim.car import SimulatedCar
 from carledger_sim.elm327 import Elm327Emulator
 from carledger_sim.obd_responder import DriveClock, ObdResponder
 from conftest import shared_path, wait_until
+from test_obd_poll import Spy
 
 
 def agent(tmp_path: Path, buses: str, streams: str) -> Path:
@@ -101,28 +102,6 @@ def test_a_recorded_obd_polling_log_replays_through_the_agent(tmp_path, capsys):
     pairs = [(v, held(gnss, times, t)) for t, v in obd if t >= max(times[0], valid_times[0]) and held(valid, valid_times, t)]
     assert len(pairs) > 1000
     assert statistics.correlation([a for a, _ in pairs], [b for _, b in pairs]) >= 0.99
-
-
-class Spy:
-    """Every frame on a virtual channel, as another node sees it."""
-
-    def __init__(self, channel: str):
-        self.bus = can.Bus(interface="virtual", channel=channel)
-        self.frames: list[can.Message] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            msg = self.bus.recv(0.05)
-            if msg is not None:
-                self.frames.append(msg)
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.bus.shutdown()
 
 
 @pytest.fixture
