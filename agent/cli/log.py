@@ -46,7 +46,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="one decoded sample per line: time, name, message, signal, value")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--stream", required=True)
-    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    p.add_argument("--format", choices=("jsonl", "csv", "candump"), default="jsonl",
+                   help="candump: the samples re-encoded into CAN frames (needs --dbc), for canplayer")
+    p.add_argument("--dbc", action="append", default=[], metavar="FILE", help="DBC to encode frames with (--format candump)")
+    p.add_argument("--channel", default="can0", help="interface name written into candump lines (default can0)")
     p.add_argument("--events", action="store_true", help="also export declared events (jsonl only)")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=export_stream)
@@ -168,6 +171,45 @@ def show_block(args: argparse.Namespace) -> int:
     return 0 if status.startswith("signature") else 1
 
 
+def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -> int:
+    """The stream's samples as candump lines: frames re-encoded with the DBC (carledger.decode.encode)."""
+    from carledger.decode import DbcError, load_dbc
+    from carledger.decode.encode import FrameEncoder
+    from carledger.ledger import Sample, decode_record
+    from carledger.sources.candump import format_candump
+
+    if not args.dbc:
+        print("carledger: --format candump needs --dbc (the DBC to encode the frames with)", file=sys.stderr)
+        return 2
+    try:
+        encoder = FrameEncoder(load_dbc(path).database for path in args.dbc)
+    except DbcError as exc:
+        print(f"carledger: {exc}", file=sys.stderr)
+        return 2
+
+    def samples() -> Iterator[tuple[float, str, Any]]:
+        for _, records in _checked_blocks(store, args.stream, problems):
+            for raw in records:
+                rec = decode_record(raw)
+                if isinstance(rec, Sample):
+                    yield rec.t / 1e6, rec.source or rec.name, rec.value
+
+    with store:
+        if args.stream not in store.streams():
+            print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
+            return 1
+        out: TextIO = open(args.output, "w") if args.output else sys.stdout
+        try:
+            for t, key, data in encoder.frames(samples()):
+                out.write(format_candump(t, args.channel, key, data, fd=len(data) > 8) + "\n")
+        finally:
+            if args.output:
+                out.close()
+    if encoder.skipped:
+        print(f"carledger: {encoder.skipped} samples are not signals of {', '.join(args.dbc)}; left out", file=sys.stderr)
+    return 1 if problems else 0
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
@@ -181,6 +223,8 @@ def export_stream(args: argparse.Namespace) -> int:
     if store is None:
         return 2
     problems: list[str] = []
+    if args.format == "candump":
+        return _export_candump(args, store, problems)
     out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         with store:
