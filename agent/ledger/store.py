@@ -6,6 +6,7 @@ import fcntl
 import os
 import sqlite3
 import threading
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
@@ -38,6 +39,7 @@ CREATE TABLE IF NOT EXISTS blocks(
   acked INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS blocks_stream_seq ON blocks(stream, seq);
+CREATE INDEX IF NOT EXISTS blocks_unacked ON blocks(stream, seq) WHERE acked = 0;
 """
 
 _COLUMNS = "id, stream, seq, digest, t0, t1, count, sign1, records, synced, acked"
@@ -75,6 +77,7 @@ class Store:
         self._lock = threading.RLock()
         self.signing_key = None
         self.verify_key = None
+        self.marks_only = False  # open_marks: delivery marks only
         meta = self.meta()
         self.vehicle_id: str | None = _text(meta.get("vehicle"))
         pk = meta.get("public_key")
@@ -117,12 +120,8 @@ class Store:
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the store: {exc}") from None
         conn = _connect(path / DB_FILE, readonly=False)
-        try:
-            conn.execute("PRAGMA journal_mode=WAL")
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise StoreError(f"{path}: SQLite refused WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous=FULL")
+        with _closing_on_error(conn, path):
+            _durable_wal(conn, path)
             pub = bytes(signing_key.verify_key)
             with _transaction(conn):
                 _create_schema(conn)
@@ -150,12 +149,6 @@ class Store:
                     )
                 if have_pk is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
-        except StoreError:
-            conn.close()
-            raise
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(f"{path / DB_FILE}: not a usable SQLite database: {exc}") from None
         store = cls(path, conn, readonly=False)
         store.signing_key = signing_key
         store.verify_key = signing_key.verify_key
@@ -164,6 +157,53 @@ class Store:
     @classmethod
     def open_readonly(cls, path: str | os.PathLike) -> "Store":
         """Open an existing store for reading; StoreError with the reason when it is not one."""
+        return cls._open_existing(path, readonly=True)
+
+    @classmethod
+    def open_marks(cls, path: str | os.PathLike) -> "Store":
+        """A second connection for the sync thread: reads blocks, writes only their delivery marks.
+
+        It takes no writer lock (the pipeline holds it): `mark_synced` and
+        `mark_acked` work, `append` and `drop_records` refuse. SQLite (WAL,
+        busy timeout) serialises its short flag updates with the writer's seals.
+        """
+        store = cls._open_existing(path, readonly=False)
+        store.marks_only = True
+        return store
+
+    @classmethod
+    def open_replica(cls, path: str | os.PathLike, vehicle_id: str, public_key: bytes) -> "Store":
+        """A collector's copy of one vehicle's chains: created on first use, no signing key, no lock.
+
+        Several collector processes may append to one replica: `append` checks
+        continuity inside its BEGIN IMMEDIATE transaction, so they cannot fork
+        it. `meta.public_key` is the enrolled key, which `carledger verify` pins.
+        """
+        path = Path(path)
+        if type(public_key) is not bytes or len(public_key) != 32:
+            raise StoreError("a replica needs the vehicle's raw 32-byte public key")
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            conn = _connect(path / DB_FILE, readonly=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{path}: cannot create the replica: {exc}") from None
+        with _closing_on_error(conn, path):
+            _durable_wal(conn, path)
+            with _transaction(conn):
+                _create_schema(conn)
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+                if meta.get("public_key") is not None and bytes(meta["public_key"]) != public_key:
+                    raise StoreError(f"{path}: this replica holds another key than the one enrolled for {vehicle_id!r}")
+                if meta.get("vehicle") is not None and _text(meta["vehicle"]) != vehicle_id:
+                    raise StoreError(f"{path}: this replica belongs to vehicle {_text(meta['vehicle'])!r}")
+                for key, value in (("format", STORE_FORMAT), ("vehicle", vehicle_id), ("public_key", public_key)):
+                    conn.execute("INSERT OR IGNORE INTO meta VALUES(?, ?)", (key, value))
+        store = cls(path, conn, readonly=False)
+        store.verify_key = VerifyKey(public_key)
+        return store
+
+    @classmethod
+    def _open_existing(cls, path: str | os.PathLike, *, readonly: bool) -> "Store":
         path = Path(path)
         if not path.exists():
             raise StoreError(f"{path}: no such directory")
@@ -173,10 +213,10 @@ class Store:
         if not db.is_file():
             raise StoreError(f"{path}: not a carledger store ({DB_FILE} missing)")
         try:
-            conn = _connect(db, readonly=True)
+            conn = _connect(db, readonly=readonly)
         except sqlite3.Error as exc:
             raise StoreError(f"{db}: cannot open: {exc}") from None
-        try:
+        with _closing_on_error(conn, path, "not a readable SQLite database"):
             tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
             missing = {"meta", "streams", "blocks"} - tables
             if missing:
@@ -186,13 +226,7 @@ class Store:
                 raise StoreError(f"{db}: not a carledger store (no format in meta)")
             if fmt[0] != STORE_FORMAT:
                 raise StoreError(f"{db}: store format {fmt[0]!r}, this carledger reads {STORE_FORMAT}")
-        except StoreError:
-            conn.close()
-            raise
-        except sqlite3.Error as exc:
-            conn.close()
-            raise StoreError(f"{db}: not a readable SQLite database: {exc}") from None
-        store = cls(path, conn, readonly=True)
+        store = cls(path, conn, readonly=readonly)
         if store.public_key is not None and len(store.public_key) == 32:
             store.verify_key = VerifyKey(store.public_key)  # the recorded key: what the store claims, not proof
         return store
@@ -294,6 +328,8 @@ class Store:
 
         Each block must continue its stream's head (seq = head + 1, prev = head
         digest), else StoreError and nothing is written. Returns the row ids.
+        A block received without its records (count > 0, records []) is stored
+        with records NULL, as retention leaves one.
         """
         self._writable()
         if not blocks:
@@ -329,7 +365,7 @@ class Store:
                             h.t1,
                             h.count,
                             blk.sign1,
-                            _block.encode_records(blk.records),
+                            _block.encode_records(blk.records) if blk.records or not h.count else None,
                         ),
                     )
                     ids.append(cur.lastrowid)
@@ -349,11 +385,14 @@ class Store:
         return ids
 
     def mark_synced(self, block_ids: Sequence[int]) -> None:
-        self._update_flag("synced", block_ids)
+        """The broker has these blocks (PUBACK); not proof that a recipient does."""
+        self._writable(marks=True)
+        with self._lock, _transaction(self._conn):
+            self._conn.executemany("UPDATE blocks SET synced = 1 WHERE id = ?", [(i,) for i in block_ids])
 
     def mark_acked(self, stream: str, upto_seq: int) -> int:
         """Mark every block of `stream` with seq <= upto_seq acked (and synced); returns rows changed."""
-        self._writable()
+        self._writable(marks=True)
         with self._lock, _transaction(self._conn):
             cur = self._conn.execute(
                 "UPDATE blocks SET acked = 1, synced = 1 WHERE stream = ? AND seq <= ? AND acked = 0",
@@ -361,11 +400,15 @@ class Store:
             )
             return cur.rowcount
 
-    def expired(self, stream: str, before_us: int) -> list[tuple[int, int, int]]:
-        """(id, seq, count) of the stream's blocks that still hold records and end before `before_us`, by seq."""
+    def expired(self, stream: str, before_us: int, *, acked_only: bool = False) -> list[tuple[int, int, int]]:
+        """(id, seq, count) of the stream's blocks that still hold records and end before `before_us`, by seq.
+
+        `acked_only`: only blocks the recipient acked (an outbound stream keeps what has not reached it).
+        """
+        acked = " AND acked = 1" if acked_only else ""
         with self._lock:
             return self._conn.execute(
-                "SELECT id, seq, count FROM blocks WHERE stream = ? AND t1 < ? AND records IS NOT NULL ORDER BY seq",
+                f"SELECT id, seq, count FROM blocks WHERE stream = ? AND t1 < ? AND records IS NOT NULL{acked} ORDER BY seq",
                 (stream, before_us),
             ).fetchall()
 
@@ -375,14 +418,73 @@ class Store:
         with self._lock, _transaction(self._conn):
             self._conn.executemany("UPDATE blocks SET records = NULL WHERE id = ?", [(i,) for i in block_ids])
 
-    def _update_flag(self, column: str, block_ids: Sequence[int]) -> None:
-        self._writable()
-        with self._lock, _transaction(self._conn):
-            self._conn.executemany(f"UPDATE blocks SET {column} = 1 WHERE id = ?", [(i,) for i in block_ids])
-
-    def _writable(self) -> None:
+    def _writable(self, marks: bool = False) -> None:
         if self.readonly:
             raise StoreError(f"{self.path}: opened read-only")
+        if self.marks_only and not marks:
+            raise StoreError(f"{self.path}: opened for delivery marks only (Store.open_marks)")
+
+    # -- delivery: what the sync sends and what it may forget --------------------------------
+
+    def unacked_blocks(self, stream: str, from_seq: int = 0, limit: int = 64) -> list[BlockRow]:
+        """Up to `limit` blocks of `stream` not acked by the recipient, from `from_seq`, in seq order.
+
+        Served by the partial index `blocks_unacked`: cheap however many acked blocks the store holds.
+        """
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM blocks WHERE stream = ? AND acked = 0 AND seq >= ? ORDER BY seq LIMIT ?",
+                (stream, from_seq, limit),
+            ).fetchall()
+        return [BlockRow(*r) for r in rows]
+
+    def digest_at(self, stream: str, seq: int) -> bytes | None:
+        """Digest of the (first stored) block `seq` of `stream`, None when there is none."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT digest FROM blocks WHERE stream = ? AND seq = ? ORDER BY id LIMIT 1", (stream, seq)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def acked_seq(self, stream: str) -> int | None:
+        """Highest seq of `stream` below which every block is acked (None: nothing acked yet)."""
+        with self._lock:
+            first = self._conn.execute(
+                "SELECT min(seq) FROM blocks WHERE stream = ? AND acked = 0", (stream,)
+            ).fetchone()[0]
+            if first is not None:
+                return first - 1 if first > 0 else None
+            last = self._conn.execute("SELECT max(seq) FROM blocks WHERE stream = ?", (stream,)).fetchone()[0]
+        return last
+
+    def backlog(self) -> dict[str, tuple[int, int]]:
+        """Per stream with unacked blocks: (blocks, bytes of their COSE messages and records)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT stream, count(*), sum(length(sign1) + ifnull(length(records), 0)) "
+                "FROM blocks WHERE acked = 0 GROUP BY stream"
+            ).fetchall()
+        return {name: (n, size or 0) for name, n, size in rows}
+
+    def stored_bytes(self) -> int:
+        """Bytes of every stored COSE message and record list: what a disk quota counts."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT ifnull(sum(length(sign1) + ifnull(length(records), 0)), 0) FROM blocks"
+            ).fetchone()[0]
+
+    def oldest_with_records(
+        self, *, acked: bool, exclude: Sequence[str] = (), after_id: int = 0, limit: int = 256
+    ) -> list[tuple]:
+        """Oldest blocks (append order, id > after_id) still holding records: (id, stream, seq, count, bytes of records)."""
+        marks = ",".join("?" * len(exclude))
+        skip = f" AND stream NOT IN ({marks})" if exclude else ""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT id, stream, seq, count, length(records) FROM blocks "
+                f"WHERE records IS NOT NULL AND acked = ? AND id > ?{skip} ORDER BY id LIMIT ?",
+                (1 if acked else 0, after_id, *exclude, limit),
+            ).fetchall()
 
     def close(self) -> None:
         with self._lock:
@@ -445,6 +547,28 @@ def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+@contextmanager
+def _closing_on_error(conn: sqlite3.Connection, path: Path, what: str = "not a usable SQLite database"):
+    """Close `conn` when opening a store fails; a damaged database becomes a StoreError naming it."""
+    try:
+        yield conn
+    except StoreError:
+        conn.close()
+        raise
+    except sqlite3.Error as exc:
+        conn.close()
+        raise StoreError(f"{path / DB_FILE}: {what}: {exc}") from None
+
+
+def _durable_wal(conn: sqlite3.Connection, path: Path) -> None:
+    """WAL mode (readers beside the writer) and synchronous=FULL (a commit is on disk when it returns)."""
+    conn.execute("PRAGMA journal_mode=WAL")
+    mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+    if str(mode).lower() != "wal":
+        raise StoreError(f"{path}: SQLite refused WAL mode (got {mode})")
+    conn.execute("PRAGMA synchronous=FULL")
 
 
 def _create_schema(conn: sqlite3.Connection) -> None:

@@ -8,7 +8,7 @@ import numbers
 import os
 import re
 import threading
-from typing import Any, Iterable, Mapping
+from typing import Any, Callable, Iterable, Mapping
 
 import cbor2
 
@@ -145,12 +145,14 @@ class StreamWriter:
     `add_sample` / `add_event` only append a tuple: call them from the hot path.
     """
 
-    __slots__ = ("name", "policy_digest", "vid", "_ledger", "_recs", "_head", "_built")
+    __slots__ = ("name", "policy_digest", "vid", "sealer", "_ledger", "_recs", "_head", "_built")
 
     def __init__(self, ledger: "Ledger", name: str, head: tuple[int, bytes] | None):
         self.name = name
         self.policy_digest: bytes | None = None  # None: the ledger's policy_digest
         self.vid: str | None = None  # the vehicle as this stream's recipient knows it; None: the ledger's
+        # (records, t0_us, t1_us) -> the records to sign instead, e.g. ledger.encrypt.RecordSealer
+        self.sealer: Callable[[list[bytes], int, int], list[bytes]] | None = None
         self._ledger = ledger
         self._recs: list[tuple] = []
         self._head = head
@@ -211,6 +213,9 @@ class StreamWriter:
         except Exception:
             encoded, tus = _encode_careful(recs, self.name)
         policy = policy_digest or self.policy_digest or self._ledger.policy_digest
+        t0, t1 = min(tus), max(tus)
+        if self.sealer is not None:
+            encoded = self.sealer(encoded, t0, t1)
         head = self._head
         seq, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
         led = self._ledger
@@ -219,8 +224,8 @@ class StreamWriter:
             stream=self.name,
             seq=seq,
             prev=prev,
-            t0=min(tus),
-            t1=max(tus),
+            t0=t0,
+            t1=t1,
             policy=policy,
             records=encoded,
             signing_key=led.signing_key,

@@ -1,0 +1,157 @@
+"""`carledger collect`: the receiving side. Enrol vehicles, run the collector, show what it holds."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+
+EPILOG = """\
+examples:
+  carledger collect enroll ./collected car-1 car-1.pub      # the vehicle's keys/vehicle.pub
+  carledger collect run ./collected --host broker.example --ca ca.crt --cert collector.crt --key collector.key
+  carledger collect status ./collected --json
+  carledger verify ./collected/vehicles/car-1               # each vehicle's chains are a carledger store
+"""
+
+
+def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
+    """Broker options shared by the commands that talk MQTT."""
+    g = parser.add_argument_group("broker")
+    g.add_argument("--host", default="localhost", help="broker host (default: localhost)")
+    g.add_argument("--port", type=int, help="broker port (default: 8883 with TLS, else 1883)")
+    g.add_argument("--protocol", choices=("5", "3.1.1"), default="5", help="MQTT version (default: 5)")
+    g.add_argument("--client-id", help="MQTT client id (stable across restarts: it names the persistent session)")
+    g.add_argument("--username")
+    g.add_argument("--password-file", metavar="FILE", help="file holding the MQTT password")
+    g.add_argument("--ca", metavar="FILE", help="CA certificate of the broker (turns TLS on)")
+    g.add_argument("--cert", metavar="FILE", help="client certificate")
+    g.add_argument("--key", dest="tls_key", metavar="FILE", help="client certificate key")
+    g.add_argument("--tls", action="store_true", help="TLS with the system CAs")
+
+
+def mqtt_config_from_args(args: argparse.Namespace):
+    from carledger.sync import MqttConfig
+
+    password = None
+    if args.password_file:
+        with open(args.password_file, encoding="utf-8") as fh:
+            password = fh.read().strip()
+    return MqttConfig(
+        host=args.host, port=args.port, protocol=args.protocol, client_id=args.client_id, username=args.username,
+        password=password, tls_ca=args.ca, tls_cert=args.cert, tls_key=args.tls_key, tls=args.tls,
+        backoff_initial=0.5, backoff_max=30.0,
+    )
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "collect", help="the collector: enrol vehicles, receive and verify their blocks, show its state",
+        description="Receive blocks over MQTT (a shared subscription), verify each against the vehicle's enrolled "
+        "key, chain, sequence and Merkle root, store the accepted ones and ack them. Problems (forks, gaps, replays, "
+        "bad signatures, malformed payloads, unknown vehicles) are recorded, never fatal.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(title="collect commands", metavar="COMMAND")
+
+    p = sub.add_parser("enroll", help="enrol a vehicle's Ed25519 public key (its keys/vehicle.pub)")
+    p.add_argument("dir", metavar="DIR", help="collector directory (created if missing)")
+    p.add_argument("vehicle", metavar="VEHICLE", help="vehicle id: its topic level carledger/v1/VEHICLE/")
+    p.add_argument("public_key", metavar="PUBKEY", help="64 hex digits or a file holding them")
+    p.set_defaults(func=enroll)
+
+    p = sub.add_parser("run", help="receive, verify, store and ack until SIGTERM/SIGINT")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--group", default="carledger", help="shared subscription group (default: carledger); '' for a plain subscription")
+    p.add_argument("--gap-wait", type=float, default=30.0, metavar="S", help="report a gap after waiting this long (default 30 s)")
+    p.add_argument("--session-expiry", type=int, default=0, metavar="S",
+                   help="keep this collector's MQTT session S seconds after it disconnects (default 0: a member of a "
+                        "shared subscription that is gone for good would otherwise keep receiving its share)")
+    add_mqtt_arguments(p)
+    p.set_defaults(func=run)
+
+    p = sub.add_parser("status", help="vehicles, streams and heads, blocks waiting behind gaps, problems")
+    p.add_argument("dir", metavar="DIR")
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(func=status)
+    parser.set_defaults(func=lambda args: parser.print_help() or 2)
+
+
+def enroll(args: argparse.Namespace) -> int:
+    from carledger.collect import Registry
+    from carledger.ledger import KeyFileError, StoreError, kid
+
+    try:
+        registry = Registry(args.dir)
+    except StoreError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
+    try:
+        key = registry.enroll(args.vehicle, args.public_key)
+    except (ValueError, KeyFileError) as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        registry.close()
+    print(f"enrolled vehicle {args.vehicle} (key id {kid(key).hex()})")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    from carledger.collect import CollectorService
+    from carledger.ledger import StoreError
+
+    try:
+        cfg = mqtt_config_from_args(args).with_(session_expiry=args.session_expiry)
+        service = CollectorService(args.dir, cfg, group=args.group or None, gap_wait=args.gap_wait)
+    except (StoreError, OSError) as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    service.start()
+    while not done.wait(0.5):
+        pass
+    service.stop()
+    stats = service.collector.stats
+    print(f"received {stats.received}, accepted {stats.accepted}, duplicates {stats.duplicates}, "
+          f"rejected {stats.rejected}", file=sys.stderr)
+    return 0
+
+
+def status(args: argparse.Namespace) -> int:
+    from carledger.collect import collector_state
+    from carledger.ledger import StoreError
+
+    try:
+        state = collector_state(args.dir)
+    except StoreError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(state))
+        return 0
+    if not state["vehicles"]:
+        print("no vehicles enrolled (carledger collect enroll DIR VEHICLE PUBKEY)")
+    for vehicle, v in state["vehicles"].items():
+        print(f"vehicle {vehicle} (key id {v['kid']})")
+        for name, s in v["streams"].items():
+            head = "-" if s["head_seq"] is None else f"seq {s['head_seq']} {s['head'][:16]}"
+            extra = ""
+            if s.get("waiting"):
+                w = s["waiting"]
+                extra = f", {w['blocks']} waiting (seq {w['first_seq']}..{w['last_seq']})"
+            print(f"  {name:<24} {s['blocks']:>7} blocks {s['records']:>9} records  head {head}"
+                  f"  duplicates {s.get('duplicates', 0)}{extra}")
+    problems = state["problems"]
+    if problems:
+        print(f"\nproblems ({len(problems)}):")
+        for p in problems:
+            where = " ".join(str(x) for x in (p["vehicle"], p["stream"], p["seq"] is not None and f"seq {p['seq']}") if x)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["last"]))
+            print(f"  {where or 'broker'}: {p['kind']}: {p['detail']} (x{p['count']}, last {when})")
+    return 0

@@ -1,0 +1,115 @@
+"""`carledger read`: a recipient reads its streams, decrypting what was encrypted to its key.
+
+Every block is checked first (signature with the pinned vehicle key, Merkle
+root over the ciphertext), then opened with the recipient's X25519 key and
+its plaintext checked against the block's time range. Works on an agent's
+store and on a collector's copy (COLLECTOR/vehicles/<vehicle>).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import sys
+from typing import Any, TextIO
+
+from carledger.cli.log import _json_default, _sample_fields
+
+EPILOG = """\
+exit status: 0 everything verified and decrypted, 1 a block failed (or is encrypted and no --key fits), 2 unreadable.
+
+examples:
+  carledger keygen recipient -o insurer.key            # prints the public key for the owner's policy
+  carledger read ./collected/vehicles/car-1 --key insurer.key --stream insurer
+  carledger read ./ledger --key insurer.key --format csv > insurer.csv
+"""
+
+
+def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "read", help="read (and decrypt) streams as their recipient, verifying every block",
+        description="Print the records of a store's streams, one per line, after checking each block's signature "
+        "and Merkle root; blocks encrypted to the recipient are decrypted with --key.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("store", metavar="STORE", help="an agent store or a collector's vehicles/VEHICLE directory")
+    parser.add_argument("--key", metavar="RECIPIENT_KEY", help="the recipient's X25519 private key (file or 64 hex digits)")
+    parser.add_argument("--stream", action="append", help="stream to read (repeatable; default: all)")
+    parser.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
+    parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    parser.add_argument("--events", action="store_true", help="also print declared events (jsonl only)")
+    parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    parser.set_defaults(func=run)
+
+
+def _rows(store, stream: str, vkey, key, problems: list[str]):
+    """(seq, records) of each block of `stream` that verifies (and decrypts); problems for the rest."""
+    from carledger.ledger import MalformedBlock, open_block
+    from carledger.ledger.encrypt import DecryptError, is_sealed, open_sealed
+
+    for row in store.iter_blocks(stream):
+        try:
+            block = open_block(store.message(row), vkey)
+            records = block.records
+            if records and is_sealed(records):
+                if key is None:
+                    raise DecryptError("encrypted; pass --key with a recipient's key")
+                records = open_sealed(block.header, records, key)
+        except (MalformedBlock, DecryptError) as exc:
+            problems.append(f"stream {stream} seq {row.seq}: {exc}")
+            continue
+        yield row.seq, records
+
+
+def run(args: argparse.Namespace) -> int:
+    from carledger.ledger import KeyFileError, Sample, Store, StoreError, decode_record, load_verify_key
+    from carledger.ledger.encrypt import load_private_key
+
+    try:
+        store = Store.open_readonly(args.store)
+    except StoreError as exc:
+        print(f"carledger read: {exc}", file=sys.stderr)
+        return 2
+    try:
+        key = load_private_key(args.key) if args.key else None
+        vkey = load_verify_key(args.vehicle_key) if args.vehicle_key else store.verify_key
+    except KeyFileError as exc:
+        store.close()
+        print(f"carledger read: {exc}", file=sys.stderr)
+        return 2
+    if vkey is None:
+        store.close()
+        print(f"carledger read: {args.store} records no vehicle key; pass --vehicle-key", file=sys.stderr)
+        return 2
+    problems: list[str] = []
+    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        with store:
+            names = args.stream or store.streams()
+            missing = [n for n in names if n not in store.streams()]
+            if missing:
+                print(f"carledger read: no stream {missing[0]!r} in {args.store}", file=sys.stderr)
+                return 1
+            writer = csv.writer(out) if args.format == "csv" else None
+            if writer:
+                writer.writerow(["stream", "seq", "t", "name", "message", "signal", "value"])
+            for name in names:
+                for seq, records in _rows(store, name, vkey, key, problems):
+                    for raw in records:
+                        rec = decode_record(raw)
+                        if isinstance(rec, Sample):
+                            f = _sample_fields(rec)
+                            if writer:
+                                writer.writerow([name, seq, f"{f['t']:.6f}", f["name"], f["message"], f["signal"], f["value"]])
+                            else:
+                                out.write(json.dumps({"stream": name, "seq": seq, **f}) + "\n")
+                        elif args.events and not writer:
+                            doc: dict[str, Any] = {"stream": name, "seq": seq, "t": rec.t / 1e6, "event": rec.kind, "detail": rec.detail}
+                            out.write(json.dumps(doc, default=_json_default) + "\n")
+    finally:
+        if args.output:
+            out.close()
+    for p in problems:
+        print(f"carledger read: {p}", file=sys.stderr)
+    return 1 if problems else 0

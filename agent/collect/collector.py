@@ -1,0 +1,292 @@
+"""The receiving side: verify each block, extend the vehicle's chains, report everything else (docs/collector.md).
+
+`Collector` has no network code: `receive(topic, payload)` queues a message,
+`flush()` verifies and stores the queue in one transaction per vehicle and
+returns the acks to publish. That keeps the checks testable without a broker
+and lets `CollectorService` batch what arrives between two network turns.
+
+Checks reuse the ledger's: `open_block` (COSE_Sign1 signature against the
+enrolled key, header format, Merkle root and count, every record) and the
+store's `append`, which refuses a block that does not continue its chain.
+Problem kinds are the verifier's (`bad-signature`, `bad-merkle-root`,
+`malformed`, `fork`, `gap`) plus `replay`, `unknown-vehicle` and `overflow`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from carledger.collect.registry import Registry
+from carledger.ledger import ZERO_DIGEST, MalformedBlock, SealedBlock, StoreError, cose, open_block
+from carledger.ledger.errors import BadSignature
+from carledger.sync import topics
+from carledger.sync.wire import encode_ack, unpack_block
+from carledger.verify.report import FORK, GAP, MALFORMED
+
+__all__ = ["Collector", "CollectorStats", "REPLAY", "UNKNOWN_VEHICLE", "OVERFLOW"]
+
+log = logging.getLogger(__name__)
+
+REPLAY = "replay"  # a valid block presented where it does not belong (another vehicle's or stream's topic)
+UNKNOWN_VEHICLE = "unknown-vehicle"  # blocks under the topic of a vehicle that is not enrolled
+OVERFLOW = "overflow"  # too many blocks held behind a gap: dropped (the vehicle sends them again)
+
+
+@dataclass
+class CollectorStats:
+    received: int = 0
+    accepted: int = 0
+    duplicates: int = 0
+    held: int = 0
+    rejected: int = 0
+    acks: int = 0
+
+
+@dataclass
+class _Batch:
+    """What one flush appends to one vehicle's replica, and the heads as they will be."""
+
+    blocks: list[SealedBlock] = field(default_factory=list)
+    heads: dict[str, tuple[int, bytes] | None] = field(default_factory=dict)
+    acks: set[str] = field(default_factory=set)
+
+
+class Collector:
+    """Verifies and stores blocks for the vehicles enrolled in the collector directory `path`."""
+
+    def __init__(self, path: str | os.PathLike, *, gap_wait: float = 30.0, clock: Callable[[], float] = time.time):
+        self.registry = Registry(path)
+        self.gap_wait = gap_wait
+        self.clock = clock
+        self.stats = CollectorStats()
+        self._queue: list[tuple[str, bytes]] = []
+
+    def close(self) -> None:
+        self.registry.close()
+
+    # -- intake ------------------------------------------------------------------------------
+
+    def receive(self, topic: str, payload: bytes) -> None:
+        """Queue one message from the broker (verified at the next flush)."""
+        self._queue.append((topic, bytes(payload)))
+        self.stats.received += 1
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def flush(self) -> list[tuple[str, bytes]]:
+        """Verify and store what was received; returns the acks to publish (topic, payload), retained."""
+        queue, self._queue = self._queue, []
+        now = self.clock()
+        batches: dict[str, _Batch] = {}
+        for topic, payload in queue:
+            try:
+                self._one(topic, payload, batches, now)
+            except StoreError:
+                raise
+            except Exception as exc:  # hostile input must never stop the collector
+                log.exception("collect: unexpected error on %s", topic)
+                self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
+        acks = []
+        for vehicle, batch in batches.items():
+            self._commit(vehicle, batch, now)
+            acks += self._acks(vehicle, batch.acks)
+        self.stats.acks += len(acks)
+        return acks
+
+    def _problem(self, topic: topics.Topic | None, seq: int | None, kind: str, detail: str, now: float) -> None:
+        self.stats.rejected += 1
+        vehicle = topic.vehicle if topic else None
+        stream = topic.stream if topic else None
+        log.warning("collect: %s %s seq %s: %s: %s", vehicle, stream, seq, kind, detail)
+        self.registry.problem(vehicle, stream, seq, kind, detail, now)
+
+    def _one(self, topic_name: str, payload: bytes, batches: dict[str, _Batch], now: float) -> None:
+        topic = topics.parse(topic_name)
+        if topic is None or topic.kind != topics.BLOCK:
+            self._problem(None, None, MALFORMED, f"not a block topic: {topic_name[:120]!r}", now)
+            return
+        key = self.registry.key(topic.vehicle)
+        if key is None:
+            self._problem(topic, None, UNKNOWN_VEHICLE, f"a block from vehicle {topic.vehicle!r}, which is not enrolled", now)
+            return
+        try:
+            message = unpack_block(payload)
+            block = open_block(message, key)
+        except BadSignature as exc:
+            self._bad_signature(topic, message, str(exc), now)
+            return
+        except MalformedBlock as exc:
+            self._problem(topic, None, exc.kind, str(exc), now)
+            return
+        if block.header.stream != topic.stream:
+            self._problem(topic, block.seq, REPLAY, f"a block of stream {block.header.stream!r} published as {topic.stream!r}", now)
+            return
+        self._place(topic.vehicle, block, message, batches.setdefault(topic.vehicle, _Batch()), now)
+
+    def _bad_signature(self, topic: topics.Topic, message: bytes, detail: str, now: float) -> None:
+        """Another enrolled vehicle's valid block under this topic is a replay; anything else a bad signature."""
+        try:
+            key_id = cose.decode_sign1(message).protected.get(cose.HDR_KID)
+            other = self.registry.vehicle_of_kid(key_id) if isinstance(key_id, bytes) else None
+            if other is not None and other[0] != topic.vehicle:
+                blk = open_block(message, other[1])
+                self._problem(topic, blk.seq, REPLAY, f"a block of vehicle {other[0]!r} (stream {blk.stream!r}) "
+                                                      f"published as {topic.vehicle!r}", now)
+                return
+        except MalformedBlock:
+            pass
+        self._problem(topic, None, BadSignature.kind, detail, now)
+
+    # -- chains ------------------------------------------------------------------------------
+
+    def _head(self, vehicle: str, batch: _Batch, stream: str) -> tuple[int, bytes] | None:
+        if stream not in batch.heads:
+            batch.heads[stream] = self.registry.replica(vehicle).stream_head(stream)
+        return batch.heads[stream]
+
+    def _stored_digest(self, vehicle: str, batch: _Batch, stream: str, seq: int) -> bytes | None:
+        for blk in batch.blocks:
+            if blk.stream == stream and blk.seq == seq:
+                return blk.digest
+        return self.registry.replica(vehicle).digest_at(stream, seq)
+
+    def _place(self, vehicle: str, block: SealedBlock, message: bytes, batch: _Batch, now: float) -> None:
+        """Append, count as duplicate, hold behind a gap, or keep as fork evidence."""
+        stream, seq = block.stream, block.seq
+        head = self._head(vehicle, batch, stream)
+        head_seq = -1 if head is None else head[0]
+        topic = topics.Topic(vehicle, stream, topics.BLOCK)
+        if seq <= head_seq:
+            stored = self._stored_digest(vehicle, batch, stream, seq)
+            if stored == block.digest:
+                self.stats.duplicates += 1
+                self.registry.count(vehicle, stream, duplicates=1, now=now)
+                batch.acks.add(stream)  # its ack may have been lost: say it again
+                return
+            self._fork(topic, block, message, f"seq {seq} differs from the stored block "
+                                              f"({(stored or b'').hex()[:16]}…): two blocks with one sequence number", now)
+            return
+        if seq == head_seq + 1:
+            expected = ZERO_DIGEST if head is None else head[1]
+            if block.header.prev != expected:
+                self._fork(topic, block, message, f"seq {seq} links to {block.header.prev.hex()[:16]}…, not to the "
+                                                  f"stored seq {head_seq} ({expected.hex()[:16]}…)", now)
+                return
+            batch.blocks.append(block)
+            batch.heads[stream] = (seq, block.digest)
+            batch.acks.add(stream)
+            self._link_held(vehicle, stream, batch, now)
+            return
+        held = self.registry.pending_digest(vehicle, stream, seq)
+        if held == block.digest:
+            self.stats.duplicates += 1
+            return
+        if held is not None:
+            self._fork(topic, block, message, f"seq {seq} differs from the block already held for it", now)
+            return
+        if self.registry.hold(vehicle, stream, seq, block.digest, message, now):
+            self.stats.held += 1
+        else:
+            self._problem(topic, seq, OVERFLOW, "too many blocks held behind a gap; dropped (the vehicle sends it again)", now)
+
+    def _fork(self, topic: topics.Topic, block: SealedBlock, message: bytes, detail: str, now: float) -> None:
+        kept = self.registry.keep_evidence(topic.vehicle, topic.stream, block.seq, block.digest, message, now)
+        self._problem(topic, block.seq, FORK, detail + ("; kept as evidence" if kept else ""), now)
+
+    def _link_held(self, vehicle: str, stream: str, batch: _Batch, now: float) -> None:
+        """Move held blocks that now continue the chain into the batch."""
+        key = self.registry.key(vehicle)
+        while True:
+            head = batch.heads[stream]
+            nxt, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
+            message = self.registry.pending_message(vehicle, stream, nxt)
+            if message is None:
+                return
+            self.registry.release(vehicle, stream, nxt)
+            try:
+                block = open_block(message, key)
+            except MalformedBlock as exc:  # it verified when held: only a damaged database gets here
+                self._problem(topics.Topic(vehicle, stream, topics.BLOCK), nxt, exc.kind, f"held block: {exc}", now)
+                return
+            if block.header.prev != prev:
+                self._fork(topics.Topic(vehicle, stream, topics.BLOCK), block, message,
+                           f"held seq {nxt} does not link to seq {nxt - 1} ({prev.hex()[:16]}…)", now)
+                return
+            batch.blocks.append(block)
+            batch.heads[stream] = (nxt, block.digest)
+
+    def _commit(self, vehicle: str, batch: _Batch, now: float) -> None:
+        """Append the batch in one transaction; if another collector moved a head meanwhile, place block by block."""
+        if not batch.blocks:
+            return
+        replica = self.registry.replica(vehicle)
+        try:
+            replica.append(batch.blocks)
+            done = batch.blocks
+        except StoreError:
+            done = []
+            for block in batch.blocks:
+                try:
+                    replica.append([block])
+                    done.append(block)
+                except StoreError:
+                    if replica.digest_at(block.stream, block.seq) == block.digest:
+                        self.stats.duplicates += 1  # the other collector stored the very same block
+                    else:
+                        self.registry.hold(vehicle, block.stream, block.seq, block.digest, block.message(), now)
+        per_stream: dict[str, int] = {}
+        for block in done:
+            per_stream[block.stream] = per_stream.get(block.stream, 0) + 1
+        for stream, n in per_stream.items():
+            self.registry.count(vehicle, stream, accepted=n, now=now)
+            head = replica.stream_head(stream)
+            if head is not None:
+                self.registry.release(vehicle, stream, head[0])
+        self.stats.accepted += len(done)
+
+    def _acks(self, vehicle: str, streams: set[str]) -> list[tuple[str, bytes]]:
+        replica = self.registry.replica(vehicle)
+        out = []
+        for stream in sorted(streams):
+            head = replica.stream_head(stream)
+            if head is not None:
+                out.append((topics.ack(vehicle, stream), encode_ack(head[0], head[1])))
+        return out
+
+    # -- gaps --------------------------------------------------------------------------------
+
+    def check_gaps(self) -> list[tuple[str, bytes]]:
+        """Link held blocks another collector's append made linkable; report gaps older than `gap_wait`.
+
+        Returns the acks to publish for streams that moved.
+        """
+        now = self.clock()
+        acks = []
+        for vehicle, stream, low, high, oldest, count in self.registry.waiting():
+            try:
+                replica = self.registry.replica(vehicle)
+            except StoreError:
+                continue
+            head = replica.stream_head(stream)
+            head_seq = -1 if head is None else head[0]
+            if low <= head_seq + 1:
+                self.registry.release(vehicle, stream, head_seq)
+                batch = _Batch(heads={stream: head})
+                self._link_held(vehicle, stream, batch, now)
+                self._commit(vehicle, batch, now)
+                if batch.blocks:
+                    acks += self._acks(vehicle, {stream})
+                continue
+            if now - oldest >= self.gap_wait:
+                missing = f"seq {head_seq + 1}" if low == head_seq + 2 else f"seq {head_seq + 1}..{low - 1}"
+                self.registry.problem(vehicle, stream, head_seq + 1, GAP,
+                                      f"missing {missing}; {count} later blocks (up to seq {high}) wait since "
+                                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}", now)
+        self.stats.acks += len(acks)
+        return acks

@@ -1,0 +1,221 @@
+"""The collector's own database, COLLECTOR/collector.sqlite (docs/collector.md).
+
+Enrolled vehicles and their keys, blocks waiting for a gap to close, fork
+evidence, problems and per-stream counters. The accepted chains themselves are
+carledger stores (COLLECTOR/vehicles/<vehicle>/), one per vehicle, that
+`carledger verify` and `carledger read` open like the agent's own.
+Several collector processes may share one directory (WAL, busy timeout).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from carledger.ledger import Store, StoreError, VerifyKey, kid, load_verify_key
+from carledger.sync import topics
+
+__all__ = ["Registry", "DB_FILE", "VEHICLES_DIR", "MAX_PROBLEMS", "MAX_PENDING", "MAX_EVIDENCE"]
+
+DB_FILE = "collector.sqlite"
+VEHICLES_DIR = "vehicles"
+MAX_PROBLEMS = 10_000  # distinct problem rows; beyond, problems are counted per kind only
+MAX_PENDING = 4096  # blocks held per stream while waiting for a gap to close
+MAX_EVIDENCE = 1000  # fork evidence messages kept per stream
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS vehicles(
+  vehicle TEXT PRIMARY KEY, public_key BLOB NOT NULL, kid BLOB NOT NULL, enrolled REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS pending(
+  vehicle TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, digest BLOB NOT NULL,
+  message BLOB NOT NULL, received REAL NOT NULL, PRIMARY KEY(vehicle, stream, seq));
+CREATE TABLE IF NOT EXISTS evidence(
+  id INTEGER PRIMARY KEY, vehicle TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL,
+  digest BLOB NOT NULL, message BLOB NOT NULL, received REAL NOT NULL, UNIQUE(vehicle, stream, seq, digest));
+CREATE TABLE IF NOT EXISTS problems(
+  id INTEGER PRIMARY KEY, vehicle TEXT NOT NULL, stream TEXT NOT NULL, seq INTEGER NOT NULL, kind TEXT NOT NULL,
+  detail TEXT NOT NULL, first REAL NOT NULL, last REAL NOT NULL, count INTEGER NOT NULL,
+  UNIQUE(vehicle, stream, seq, kind));
+CREATE TABLE IF NOT EXISTS counters(
+  vehicle TEXT NOT NULL, stream TEXT NOT NULL, accepted INTEGER NOT NULL DEFAULT 0,
+  duplicates INTEGER NOT NULL DEFAULT 0, last REAL, PRIMARY KEY(vehicle, stream));
+"""
+
+
+class Registry:
+    """collector.sqlite, and the replica store of each enrolled vehicle."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        try:
+            (self.path / VEHICLES_DIR).mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(self.path / DB_FILE, isolation_level=None, check_same_thread=False)
+            self.conn.execute("PRAGMA busy_timeout=10000")
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=FULL")
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self.conn.execute(statement)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{self.path}: cannot open the collector database: {exc}") from None
+        self._lock = threading.RLock()
+        self._replicas: dict[str, Store] = {}
+
+    # -- vehicles ----------------------------------------------------------------------------
+
+    def enroll(self, vehicle: str, public_key: Any) -> VerifyKey:
+        """Enrol (or confirm) a vehicle's Ed25519 public key; refuses to replace a different one."""
+        if not topics.valid_vehicle_id(vehicle):
+            raise ValueError(f"vehicle id {vehicle!r}: 1-64 of [A-Za-z0-9._:-], alphanumeric first")
+        key = load_verify_key(public_key)
+        raw = bytes(key)
+        with self._lock:
+            row = self.conn.execute("SELECT public_key FROM vehicles WHERE vehicle = ?", (vehicle,)).fetchone()
+            if row is not None and bytes(row[0]) != raw:
+                raise ValueError(
+                    f"vehicle {vehicle!r} is enrolled with another key (kid {kid(bytes(row[0])).hex()}); "
+                    "a vehicle's key never changes: enrol the new one under a new vehicle id"
+                )
+            if row is None:
+                self.conn.execute("INSERT INTO vehicles VALUES (?, ?, ?, ?)", (vehicle, raw, kid(raw), time.time()))
+        self.replica(vehicle)
+        return key
+
+    def key(self, vehicle: str) -> VerifyKey | None:
+        with self._lock:
+            row = self.conn.execute("SELECT public_key FROM vehicles WHERE vehicle = ?", (vehicle,)).fetchone()
+        return VerifyKey(bytes(row[0])) if row else None
+
+    def vehicle_of_kid(self, key_id: bytes) -> tuple[str, VerifyKey] | None:
+        with self._lock:
+            row = self.conn.execute("SELECT vehicle, public_key FROM vehicles WHERE kid = ?", (key_id,)).fetchone()
+        return (row[0], VerifyKey(bytes(row[1]))) if row else None
+
+    def vehicles(self) -> list[tuple[str, bytes, float]]:
+        with self._lock:
+            return [(v, bytes(k), t) for v, k, t in self.conn.execute("SELECT vehicle, public_key, enrolled FROM vehicles ORDER BY vehicle")]
+
+    def replica(self, vehicle: str) -> Store:
+        """The vehicle's chains as a carledger store (COLLECTOR/vehicles/<vehicle>/)."""
+        store = self._replicas.get(vehicle)
+        if store is None:
+            key = self.key(vehicle)
+            if key is None:
+                raise StoreError(f"vehicle {vehicle!r} is not enrolled")
+            store = Store.open_replica(self.path / VEHICLES_DIR / vehicle, vehicle, bytes(key))
+            self._replicas[vehicle] = store
+        return store
+
+    # -- blocks waiting for a gap ------------------------------------------------------------
+
+    def pending_digest(self, vehicle: str, stream: str, seq: int) -> bytes | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT digest FROM pending WHERE vehicle = ? AND stream = ? AND seq = ?", (vehicle, stream, seq)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def pending_message(self, vehicle: str, stream: str, seq: int) -> bytes | None:
+        with self._lock:
+            row = self.conn.execute(
+                "SELECT message FROM pending WHERE vehicle = ? AND stream = ? AND seq = ?", (vehicle, stream, seq)
+            ).fetchone()
+        return bytes(row[0]) if row else None
+
+    def hold(self, vehicle: str, stream: str, seq: int, digest: bytes, message: bytes, now: float) -> bool:
+        """Keep a verified block that does not link yet; False when the stream already holds MAX_PENDING."""
+        with self._lock:
+            n = self.conn.execute(
+                "SELECT count(*) FROM pending WHERE vehicle = ? AND stream = ?", (vehicle, stream)
+            ).fetchone()[0]
+            if n >= MAX_PENDING:
+                return False
+            self.conn.execute(
+                "INSERT OR IGNORE INTO pending VALUES (?, ?, ?, ?, ?, ?)", (vehicle, stream, seq, digest, message, now)
+            )
+        return True
+
+    def release(self, vehicle: str, stream: str, upto_seq: int) -> None:
+        """Forget held blocks the chain has reached."""
+        with self._lock:
+            self.conn.execute(
+                "DELETE FROM pending WHERE vehicle = ? AND stream = ? AND seq <= ?", (vehicle, stream, upto_seq)
+            )
+
+    def waiting(self) -> list[tuple[str, str, int, int, float, int]]:
+        """Per stream with held blocks: (vehicle, stream, lowest seq, highest seq, oldest arrival, count)."""
+        with self._lock:
+            return self.conn.execute(
+                "SELECT vehicle, stream, min(seq), max(seq), min(received), count(*) FROM pending GROUP BY vehicle, stream"
+            ).fetchall()
+
+    # -- evidence, problems, counters --------------------------------------------------------
+
+    def keep_evidence(self, vehicle: str, stream: str, seq: int, digest: bytes, message: bytes, now: float) -> bool:
+        with self._lock:
+            n = self.conn.execute(
+                "SELECT count(*) FROM evidence WHERE vehicle = ? AND stream = ?", (vehicle, stream)
+            ).fetchone()[0]
+            if n >= MAX_EVIDENCE:
+                return False
+            cur = self.conn.execute(
+                "INSERT OR IGNORE INTO evidence(vehicle, stream, seq, digest, message, received) VALUES (?, ?, ?, ?, ?, ?)",
+                (vehicle, stream, seq, digest, message, now),
+            )
+            return cur.rowcount > 0
+
+    def evidence(self, vehicle: str, stream: str, seq: int) -> list[bytes]:
+        with self._lock:
+            return [bytes(r[0]) for r in self.conn.execute(
+                "SELECT message FROM evidence WHERE vehicle = ? AND stream = ? AND seq = ? ORDER BY id", (vehicle, stream, seq))]
+
+    def problem(self, vehicle: str | None, stream: str | None, seq: int | None, kind: str, detail: str, now: float) -> None:
+        """Record a problem; the same (vehicle, stream, seq, kind) again only counts up and keeps the last detail."""
+        key = (vehicle or "", stream or "", -1 if seq is None else seq, kind)
+        with self._lock:
+            cur = self.conn.execute(
+                "UPDATE problems SET count = count + 1, last = ?, detail = ? "
+                "WHERE vehicle = ? AND stream = ? AND seq = ? AND kind = ?", (now, detail[:500], *key))
+            if cur.rowcount:
+                return
+            n = self.conn.execute("SELECT count(*) FROM problems").fetchone()[0]
+            if n >= MAX_PROBLEMS:
+                key = ("", "", -1, kind)  # a flood: count it under the kind alone
+                cur = self.conn.execute(
+                    "UPDATE problems SET count = count + 1, last = ?, detail = ? "
+                    "WHERE vehicle = ? AND stream = ? AND seq = ? AND kind = ?", (now, detail[:500], *key))
+                if cur.rowcount:
+                    return
+            self.conn.execute(
+                "INSERT INTO problems(vehicle, stream, seq, kind, detail, first, last, count) VALUES (?, ?, ?, ?, ?, ?, ?, 1)",
+                (*key, detail[:500], now, now))
+
+    def problems(self) -> Iterator[dict]:
+        with self._lock:
+            rows = self.conn.execute(
+                "SELECT vehicle, stream, seq, kind, detail, count, first, last FROM problems ORDER BY first, id").fetchall()
+        for v, s, q, k, d, c, f, l in rows:
+            yield {"vehicle": v or None, "stream": s or None, "seq": None if q < 0 else q, "kind": k, "detail": d,
+                   "count": c, "first": f, "last": l}
+
+    def count(self, vehicle: str, stream: str, *, accepted: int = 0, duplicates: int = 0, now: float) -> None:
+        with self._lock:
+            self.conn.execute(
+                "INSERT INTO counters VALUES (?, ?, ?, ?, ?) ON CONFLICT(vehicle, stream) DO UPDATE SET "
+                "accepted = accepted + excluded.accepted, duplicates = duplicates + excluded.duplicates, last = excluded.last",
+                (vehicle, stream, accepted, duplicates, now))
+
+    def counters(self) -> dict[tuple[str, str], tuple[int, int, float | None]]:
+        with self._lock:
+            return {(v, s): (a, d, t) for v, s, a, d, t in self.conn.execute("SELECT * FROM counters")}
+
+    def close(self) -> None:
+        with self._lock:
+            for store in self._replicas.values():
+                store.close()
+            self._replicas.clear()
+            self.conn.close()

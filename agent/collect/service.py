@@ -1,0 +1,115 @@
+"""`carledger collect run`: the Collector on an MQTT 5 shared subscription, with acks back to the vehicles.
+
+Messages are verified in batches: what arrives between two network turns (up
+to BATCH) is stored in one transaction per vehicle, then acked. An ack is
+published only after that transaction is durable, so a vehicle forgets
+nothing the collector could still lose.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+
+import paho.mqtt.client as paho
+
+from carledger.collect.collector import Collector
+from carledger.sync import topics
+from carledger.sync.config import MqttConfig
+from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
+
+__all__ = ["CollectorService", "DEFAULT_GROUP", "subscription"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "carledger"
+BATCH = 256  # messages verified and stored per transaction, at most
+BATCH_WAIT = 0.02  # seconds a partial batch may wait for more
+GAP_CHECK = 1.0
+
+
+def subscription(group: str | None) -> str:
+    """The topic filter: a shared subscription of `group` (several collectors split the messages), or plain."""
+    base = f"{topics.PREFIX}/+/+/{topics.BLOCK}"
+    return f"$share/{group}/{base}" if group else base
+
+
+class CollectorService:
+    """Runs a Collector against a broker until stop(); reconnects with backoff, keeps a persistent session."""
+
+    def __init__(self, path: str | os.PathLike, mqtt: MqttConfig, *, group: str | None = DEFAULT_GROUP,
+                 gap_wait: float = 30.0):
+        self.collector = Collector(path, gap_wait=gap_wait)
+        self.cfg = mqtt
+        self.group = group
+        self.client_id = mqtt.client_id or f"carledger-collector-{group or 'all'}-{os.uname().nodename}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="carledger-collect", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def run(self) -> None:
+        """Serve until stop() (or SIGTERM in the CLI); never returns on a broker or message problem."""
+        backoff = Backoff(self.cfg.backoff_initial, self.cfg.backoff_max)
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._session()
+                    backoff.reset()
+                    continue
+                except ConnectError as exc:
+                    log.info("collect: %s", exc)
+                except Exception:
+                    log.exception("collect: unexpected error; reconnecting")
+                self.connected.clear()
+                self._stop.wait(backoff.next())
+        finally:
+            self.collector.close()
+
+    def _session(self) -> None:
+        client = make_client(self.cfg, self.client_id)
+        client.on_message = lambda _c, _u, msg: self.collector.receive(msg.topic, msg.payload)
+        try:
+            connect(client, self.cfg, self._stop.is_set)
+            client.subscribe(subscription(self.group), qos=1)
+            self.connected.set()
+            log.info("collect: connected to %s:%s as %s, subscribed to %s", self.cfg.host, self.cfg.effective_port,
+                     self.client_id, subscription(self.group))
+            first_wait = None
+            last_gaps = time.monotonic()
+            while not self._stop.is_set():
+                rc = client.loop(timeout=BATCH_WAIT if self.collector.queued else 0.2)
+                now = time.monotonic()
+                if self.collector.queued:
+                    first_wait = first_wait or now
+                    if self.collector.queued >= BATCH or now - first_wait >= BATCH_WAIT or rc != paho.MQTT_ERR_SUCCESS:
+                        self._send(client, self.collector.flush())
+                        first_wait = None
+                if now - last_gaps >= GAP_CHECK:
+                    self._send(client, self.collector.check_gaps())
+                    last_gaps = now
+                if rc != paho.MQTT_ERR_SUCCESS:
+                    raise ConnectError(f"connection lost: {paho.error_string(rc)}")
+            if self.collector.queued:
+                self._send(client, self.collector.flush())
+            client.disconnect()
+            client.loop(timeout=0.1)
+        finally:
+            self.connected.clear()
+            close(client)
+
+    @staticmethod
+    def _send(client: paho.Client, acks: list[tuple[str, bytes]]) -> None:
+        for topic, payload in acks:
+            client.publish(topic, payload, qos=1, retain=True)

@@ -1,0 +1,154 @@
+"""Owner-signed policy documents arriving over MQTT (docs/sync.md, "Remote policy updates").
+
+A policy update is a COSE_Sign1 message (the same profile as blocks: EdDSA,
+deterministic CBOR) whose payload is the policy TOML file's bytes, signed with
+the owner's Ed25519 key; the protected header is {1: -8, 3: "application/toml",
+4: kid}. The agent accepts it only when it verifies with the owner key
+enrolled at STORE/keys/owner.pub, then hands the TOML to the policy code,
+which applies it only if its version is higher. The outcome goes out on the
+status topic.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+from carledger.ledger import cose
+from carledger.ledger.errors import KeyFileError, MalformedBlock
+from carledger.ledger.keys import KEY_DIR, SigningKey, VerifyKey, kid, load_verify_key
+
+__all__ = [
+    "OWNER_PUB",
+    "CONTENT_TYPE",
+    "PolicyRejected",
+    "sign_policy",
+    "open_policy",
+    "enroll_owner",
+    "load_owner_key",
+    "submit_policy",
+    "PolicyHandler",
+]
+
+log = logging.getLogger(__name__)
+
+OWNER_PUB = "owner.pub"
+CONTENT_TYPE = "application/toml"
+HDR_CONTENT_TYPE = 3
+MAX_POLICY = 1 << 20
+
+
+class PolicyRejected(ValueError):
+    """A policy document that is not the enrolled owner's (or not one at all); the message says why."""
+
+
+def sign_policy(document: bytes, owner_key: SigningKey) -> bytes:
+    """The COSE_Sign1 policy update for `document` (the policy file's bytes)."""
+    protected = {cose.HDR_ALG: cose.ALG_EDDSA, HDR_CONTENT_TYPE: CONTENT_TYPE, cose.HDR_KID: kid(owner_key.verify_key)}
+    return cose.sign1(bytes(document), owner_key, protected, {})
+
+
+def open_policy(message: bytes, owner_key: VerifyKey) -> bytes:
+    """The policy file's bytes, if `message` is a policy update signed by `owner_key`; else PolicyRejected."""
+    if len(message) > MAX_POLICY:
+        raise PolicyRejected(f"{len(message)} bytes, more than {MAX_POLICY}")
+    try:
+        msg = cose.decode_sign1(message)
+    except MalformedBlock as exc:
+        raise PolicyRejected(f"not a COSE_Sign1 policy update: {exc}") from None
+    if msg.protected.get(HDR_CONTENT_TYPE) != CONTENT_TYPE:
+        raise PolicyRejected(f"content type {msg.protected.get(HDR_CONTENT_TYPE)!r}, expected {CONTENT_TYPE!r}")
+    if msg.protected.get(cose.HDR_KID) != kid(owner_key):
+        raise PolicyRejected("signed by another key than the enrolled owner's")
+    if not cose.verify_sign1(msg, owner_key):
+        raise PolicyRejected("the owner's signature does not verify")
+    return msg.payload
+
+
+def enroll_owner(store_dir: str | os.PathLike, public_key: str | bytes | VerifyKey) -> Path:
+    """Write the owner's public key to STORE/keys/owner.pub (hex): the only key policy updates are taken from."""
+    key = load_verify_key(public_key)
+    kdir = Path(store_dir) / KEY_DIR
+    kdir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = kdir / OWNER_PUB
+    tmp = path.with_name(f".{OWNER_PUB}.{os.getpid()}.tmp")
+    tmp.write_text(bytes(key).hex() + "\n", encoding="ascii")
+    os.replace(tmp, path)
+    return path
+
+
+def load_owner_key(store_dir: str | os.PathLike) -> VerifyKey | None:
+    """The enrolled owner key, None when no owner is enrolled (remote updates are then refused)."""
+    path = Path(store_dir) / KEY_DIR / OWNER_PUB
+    if not path.exists():
+        return None
+    return load_verify_key(path)
+
+
+def submit_policy(store_dir: str | os.PathLike, document: bytes, origin: str = "mqtt") -> dict:
+    """Hand a verified policy to the agent's owner actions, which check and apply it (the version must be higher).
+
+    The one place the sync calls into the policy code: carledger.control's
+    `submit_policy` where it exists, else an `apply-policy` request through
+    carledger.owner (the running agent takes it from its spool).
+    """
+    try:
+        from carledger.control import submit_policy as submit  # type: ignore[import-not-found]
+    except ImportError:
+        pass
+    else:
+        return dict(submit(store_dir, document, origin=origin))
+    try:
+        from carledger.owner import OwnerError
+        from carledger.owner.client import submit as owner_submit
+    except ImportError:
+        return {"ok": False, "error": "this agent cannot apply policies (no carledger.control or carledger.owner)"}
+    try:
+        text = document.decode("utf-8")
+    except UnicodeDecodeError:
+        return {"ok": False, "error": "the policy is not UTF-8 text"}
+    try:
+        return dict(owner_submit(store_dir, {"action": "apply-policy", "text": text, "origin": origin, "name": "remote"}))
+    except OwnerError as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+class PolicyHandler:
+    """Verifies each policy update, submits the good ones once, and remembers the last outcome for the status."""
+
+    def __init__(self, store_dir: Path, submit: Callable[[bytes], dict]):
+        self.store_dir = store_dir
+        self.submit = submit
+        self.last: dict | None = None
+        self._seen: set[str] = set()
+
+    def receive(self, message: bytes) -> dict | None:
+        """The outcome published on the status topic; None for a document already handled."""
+        digest = hashlib.sha256(message).hexdigest()
+        if digest in self._seen:
+            return None
+        self._seen.add(digest)
+        outcome: dict = {"t": round(time.time(), 3), "digest": digest}
+        try:
+            owner = load_owner_key(self.store_dir)
+            if owner is None:
+                raise PolicyRejected(f"no owner key enrolled ({KEY_DIR}/{OWNER_PUB})")
+            document = open_policy(message, owner)
+        except (PolicyRejected, KeyFileError) as exc:
+            outcome.update(ok=False, error=str(exc))
+            log.warning("sync: policy update rejected: %s", exc)
+        else:
+            try:
+                result = self.submit(document)
+            except Exception as exc:  # the policy code's failure is an outcome, never a dead sync thread
+                log.exception("sync: applying the policy update failed")
+                result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+            outcome.update(result)
+            outcome.setdefault("ok", False)
+            log.info("sync: policy update %s: %s", digest[:16], result)
+        self.last = outcome
+        return outcome

@@ -1,0 +1,472 @@
+"""Store-and-forward: the agent's sync thread, from the local store to the broker (docs/sync.md).
+
+The pipeline thread owns the Store that appends blocks. The sync thread has
+its own SQLite connection (`Store.open_marks`): it reads unacked blocks a
+window at a time and writes only the `synced` (broker PUBACK) and `acked`
+(the collector's ack) marks. Nothing but the window is ever held in memory,
+whatever the backlog.
+
+Per outbound stream, blocks leave in seq order; at most `window` of them are
+out without the collector's ack (`max_inflight` over all streams). After a
+reconnect, or when the collector's ack does not come within `ack_timeout`
+(mosquitto drops QoS 1 messages for a full subscriber queue), the stream is
+sent again from its first unacked block. Only the collector's ack counts.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+import paho.mqtt.client as paho
+
+from carledger.ledger import BlockRow, Store, StoreError
+from carledger.sync import topics
+from carledger.sync.config import MqttConfig
+from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
+from carledger.sync.policy_update import PolicyHandler, submit_policy
+from carledger.sync.wire import BlockPacker, decode_ack
+
+__all__ = ["Syncer", "OutboundStream", "Disclosure", "SyncStats"]
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # seconds between looks for new blocks when idle
+LOOP = 0.05  # longest wait for the network in one turn
+MARK_EVERY = 0.5  # seconds between writes of batched `synced` marks
+
+
+@dataclass(frozen=True)
+class OutboundStream:
+    """A stream the policy sends: to whom, and until when (epoch seconds; blocks ending later never leave)."""
+
+    recipient: str
+    until: float | None = None
+
+
+@dataclass(frozen=True)
+class Disclosure:
+    """The collector acked blocks first_seq..last_seq of `stream`: what the audit trail records."""
+
+    stream: str
+    recipient: str
+    first_seq: int
+    last_seq: int
+    records: int
+    t: float
+
+
+@dataclass
+class SyncStats:
+    connected: bool = False
+    connects: int = 0
+    published: int = 0  # block messages handed to the broker (resends included)
+    resent: int = 0  # of which sent again (reconnect or ack timeout)
+    payload_bytes: int = 0  # bytes of block payloads published
+    wire_bytes: int = 0  # payload + topic + MQTT PUBLISH header
+    records: int = 0  # records in the blocks published (first sends only)
+    acked_blocks: int = 0
+    last_sync: float | None = None  # time of the last collector ack that advanced a stream
+
+
+class _Out:
+    """One outbound stream's send state: the window between the collector's ack and the cursor."""
+
+    __slots__ = ("name", "spec", "acked", "cursor", "buffer", "inflight", "last_progress", "timeout", "sent_max", "last_fetch")
+
+    def __init__(self, name: str, spec: OutboundStream, acked: int | None, ack_timeout: float):
+        self.name, self.spec = name, spec
+        self.acked = -1 if acked is None else acked  # highest seq the collector acked
+        self.cursor = self.acked + 1  # next seq to send
+        self.buffer: deque[BlockRow] = deque()  # fetched, not yet sent
+        self.inflight: dict[int, tuple[int, int]] = {}  # seq -> (row id, records)
+        self.last_progress = time.monotonic()
+        self.timeout = ack_timeout
+        self.sent_max = self.acked  # highest seq ever sent: a lower one sent again is a resend
+        self.last_fetch = 0.0  # when the store was last asked for blocks from the cursor on
+
+    def rewind(self) -> None:
+        self.cursor = self.acked + 1
+        self.buffer.clear()
+        self.inflight.clear()
+        self.last_fetch = 0.0
+        self.last_progress = time.monotonic()
+
+
+class Syncer:
+    """Sends the outbound streams of the store at `store_dir` to the broker, and takes acks and policies back.
+
+    `streams()` is asked every second which streams are outbound (stream name
+    -> OutboundStream); a stream it does not name is never sent. Local
+    streams, the audit trail and `health` belong to it only if the policy
+    gives them a recipient. `on_policy(toml_bytes) -> dict` receives an
+    owner-signed policy (default: carledger.control.submit_policy);
+    `on_disclosure(Disclosure)` is called (from the sync thread) whenever the
+    collector acks blocks. Call `notify()` after sealing to send at once.
+    """
+
+    def __init__(
+        self,
+        store_dir: str | Path,
+        vehicle_id: str,
+        mqtt: MqttConfig,
+        streams: Callable[[], Mapping[str, OutboundStream]],
+        *,
+        on_policy: Callable[[bytes], dict] | None = None,
+        on_disclosure: Callable[[Disclosure], None] | None = None,
+    ):
+        if not topics.valid_vehicle_id(vehicle_id):
+            raise ValueError(f"vehicle id {vehicle_id!r} cannot be an MQTT topic level (1-64 of [A-Za-z0-9._:-])")
+        self.store_dir = Path(store_dir)
+        self.vehicle = vehicle_id
+        self.cfg = mqtt
+        self.client_id = mqtt.client_id or f"carledger-{vehicle_id}"
+        self._streams_fn = streams
+        self._policy = PolicyHandler(self.store_dir, on_policy or (lambda doc: submit_policy(self.store_dir, doc, origin="mqtt")))
+        self._on_disclosure = on_disclosure
+        self.stats = SyncStats()
+        self._stop = threading.Event()
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._packer = BlockPacker(mqtt.compression)
+        self._store: Store | None = None
+        self._client: paho.Client | None = None
+        self._out: dict[str, _Out] = {}
+        self._mids: dict[int, tuple[str, int, int]] = {}  # mid -> (stream, seq, row id)
+        self._synced: list[int] = []
+        self._last_mark = 0.0
+        self._last_status = 0.0
+        self._last_streams = 0.0
+        self._status_due = True
+        self._tokens = 0.0
+        self._last_tokens = time.monotonic()
+        self._subscribed = False
+        self.problems: deque[str] = deque(maxlen=20)
+
+    # -- the public surface ------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("the syncer is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="carledger-sync", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Publish the offline status, disconnect cleanly and end the thread."""
+        self._stop.set()
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def notify(self) -> None:
+        """New blocks were sealed: look at once instead of at the next poll."""
+        self._wake.set()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    # -- the thread --------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        backoff = Backoff(self.cfg.backoff_initial, self.cfg.backoff_max)
+        try:
+            while not self._stop.is_set():
+                try:
+                    if self._store is None:
+                        self._store = Store.open_marks(self.store_dir)
+                    self._session()
+                    backoff.reset()
+                    continue
+                except StoreError as exc:
+                    log.warning("sync: store not readable yet: %s", exc)
+                except ConnectError as exc:
+                    log.info("sync: %s", exc)
+                except Exception:  # never let the sync thread die: log, back off, try again
+                    log.exception("sync: unexpected error; reconnecting")
+                self._drop_connection()
+                self._stop.wait(backoff.next())
+        finally:
+            self._drop_connection()
+            if self._store is not None:
+                self._store.close()
+                self._store = None
+
+    def _session(self) -> None:
+        """One connection, from CONNACK until it breaks (then return, to reconnect) or stop()."""
+        will = (topics.status(self.vehicle), self._status_json("offline", reason="connection lost"))
+        client = make_client(self.cfg, self.client_id, will=will)
+        client.on_publish = self._on_puback
+        client.on_message = self._on_message
+        client.on_subscribe = lambda *_: setattr(self, "_subscribed", True)
+        connect(client, self.cfg, self._stop.is_set)
+        self._client = client
+        self.stats.connected = True
+        self.stats.connects += 1
+        self._subscribed = False
+        self._mids.clear()
+        for out in self._out.values():
+            out.rewind()  # resume from the first unacked block: the broker may have lost anything after it
+        client.subscribe([(topics.ack(self.vehicle, "+"), 1), (topics.policy(self.vehicle), 1)])
+        self._status_due = True
+        log.info("sync: connected to %s:%s as %s", self.cfg.host, self.cfg.effective_port, self.client_id)
+        deadline_sub = time.monotonic() + self.cfg.connect_timeout
+        while not self._stop.is_set():
+            woken = self._wake.is_set()
+            self._wake.clear()
+            self._step(woken, time.monotonic() > deadline_sub)
+            rc = client.loop(timeout=LOOP)
+            if rc != paho.MQTT_ERR_SUCCESS:
+                raise ConnectError(f"connection lost: {paho.error_string(rc)}")
+        self._goodbye(client)
+
+    def _step(self, woken: bool, subscribed_anyway: bool) -> None:
+        """Everything between two network turns: marks, timeouts, status, and sending."""
+        now = time.monotonic()
+        if now - self._last_streams >= 1.0 or not self._out:
+            self._refresh_streams()
+            self._last_streams = now
+        if self._synced and (now - self._last_mark >= MARK_EVERY or len(self._synced) >= 512):
+            self._flush_marks()
+        self._check_timeouts(now)
+        if self._status_due or now - self._last_status >= self.cfg.status_interval:
+            self._publish_status("online")
+        if self._subscribed or subscribed_anyway:  # retained acks come with the SUBACK: wait for them first
+            self._fill(now, woken)
+
+    # -- streams and windows -----------------------------------------------------------------
+
+    def _refresh_streams(self) -> None:
+        try:
+            wanted = dict(self._streams_fn())
+        except Exception:
+            log.exception("sync: the streams callback failed; keeping the previous set")
+            return
+        for name in list(self._out):
+            if name not in wanted:
+                del self._out[name]
+        for name, spec in wanted.items():
+            out = self._out.get(name)
+            if out is None:
+                self._out[name] = _Out(name, spec, self._store.acked_seq(name), self.cfg.ack_timeout)
+            elif out.spec != spec:
+                out.spec = spec
+
+    def _fill(self, now: float, woken: bool) -> None:
+        """Publish the oldest sendable block over all streams while windows and the bandwidth allow."""
+        total_inflight = sum(len(o.inflight) for o in self._out.values())
+        while total_inflight < self.cfg.max_inflight:
+            best: _Out | None = None
+            for out in self._out.values():
+                if len(out.inflight) >= self.cfg.window:
+                    continue
+                if not out.buffer and (woken or now - out.last_fetch >= POLL):
+                    self._fetch(out, now)
+                if out.buffer and (best is None or out.buffer[0].id < best.buffer[0].id):
+                    best = out
+            if best is None:
+                return
+            row = best.buffer[0]
+            payload = self._packer.pack(self._store.message(row))
+            if not self._take_tokens(len(payload)):
+                return
+            best.buffer.popleft()
+            self._publish_block(best, row, payload)
+            total_inflight += 1
+
+    def _fetch(self, out: _Out, now: float) -> None:
+        out.last_fetch = now
+        rows = self._store.unacked_blocks(out.name, out.cursor, self.cfg.window - len(out.inflight))
+        until = out.spec.until
+        for row in rows:
+            if until is not None and row.t1 > until * 1e6:
+                break  # sealed after consent ended: never leaves (and nothing after it)
+            out.buffer.append(row)
+        if len(out.buffer) == len(rows) and rows:
+            out.last_fetch = 0.0  # a full window: there may be more right behind it
+
+    def _publish_block(self, out: _Out, row: BlockRow, payload: bytes) -> None:
+        topic = topics.block(self.vehicle, out.name)
+        info = self._client.publish(topic, payload, qos=1)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
+            raise ConnectError(f"publish failed: {paho.error_string(info.rc)}")
+        self._mids[info.mid] = (out.name, row.seq, row.id)
+        out.inflight[row.seq] = (row.id, row.count)
+        out.cursor = row.seq + 1
+        if row.seq <= out.sent_max:
+            self.stats.resent += 1
+        else:
+            out.sent_max = row.seq
+            self.stats.records += row.count
+        self.stats.published += 1
+        self.stats.payload_bytes += len(payload)
+        self.stats.wire_bytes += publish_size(topic, len(payload), self.cfg.protocol == "5")
+
+    def _take_tokens(self, size: int) -> bool:
+        rate = self.cfg.bandwidth
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        burst = max(rate, size)
+        self._tokens = min(burst, self._tokens + (now - self._last_tokens) * rate)
+        self._last_tokens = now
+        if self._tokens < size:
+            return False
+        self._tokens -= size
+        return True
+
+    def _check_timeouts(self, now: float) -> None:
+        for out in self._out.values():
+            if out.inflight and now - out.last_progress > out.timeout:
+                log.info("sync: stream %s: no ack for %.0f s; sending again from seq %d", out.name, out.timeout, out.acked + 1)
+                out.rewind()
+                out.timeout = min(out.timeout * 2, self.cfg.ack_timeout * 16)
+
+    # -- broker events -----------------------------------------------------------------------
+
+    def _on_puback(self, _client, _userdata, mid, reason_code, _properties) -> None:
+        entry = self._mids.pop(mid, None)
+        if entry is None:
+            return
+        if getattr(reason_code, "is_failure", False):
+            self.problems.append(f"broker refused {entry[0]} seq {entry[1]}: {reason_code}")
+            log.warning("sync: the broker refused %s seq %d: %s", entry[0], entry[1], reason_code)
+            return
+        self._synced.append(entry[2])
+
+    def _on_message(self, _client, _userdata, msg) -> None:
+        topic = topics.parse(msg.topic)
+        if topic is None or topic.vehicle != self.vehicle:
+            return
+        try:
+            if topic.kind == topics.ACK:
+                self._on_ack(topic.stream, msg.payload)
+            elif topic.kind == topics.POLICY:
+                outcome = self._policy.receive(bytes(msg.payload))
+                if outcome is not None:
+                    self._status_due = True
+        except StoreError:
+            raise
+        except Exception:
+            log.exception("sync: could not handle a message on %s", msg.topic)
+
+    def _on_ack(self, stream: str, payload: bytes) -> None:
+        try:
+            seq, digest = decode_ack(payload)
+        except ValueError as exc:
+            self.problems.append(f"stream {stream}: {exc}")
+            return
+        mine = self._store.digest_at(stream, seq)
+        if mine is None:
+            return  # not a block we have (yet): a stale retained ack of a store that was reset
+        if mine != digest:
+            msg = f"stream {stream}: the collector acked seq {seq} with digest {digest.hex()[:16]}…, ours is {mine.hex()[:16]}…"
+            self.problems.append(msg)
+            log.error("sync: %s; not marking it acked", msg)
+            return
+        out = self._out.get(stream)
+        stored = self._store.acked_seq(stream) if out is None else None
+        known = out.acked if out is not None else (-1 if stored is None else stored)
+        if seq <= known:
+            return
+        self._flush_marks()
+        self._store.mark_acked(stream, seq)
+        now = time.time()
+        self.stats.last_sync = now
+        if out is None:
+            return
+        first = out.acked + 1
+        records = sum(r for s, (_, r) in out.inflight.items() if s <= seq)
+        for s in [s for s in out.inflight if s <= seq]:
+            del out.inflight[s]
+        self.stats.acked_blocks += seq - out.acked
+        out.acked = seq
+        out.last_progress = time.monotonic()
+        out.timeout = self.cfg.ack_timeout
+        if out.cursor <= seq:
+            out.cursor = seq + 1
+            out.buffer.clear()
+            out.last_fetch = 0.0
+        while out.buffer and out.buffer[0].seq <= seq:
+            out.buffer.popleft()
+        if self._on_disclosure is not None:
+            try:
+                self._on_disclosure(Disclosure(stream, out.spec.recipient, first, seq, records, now))
+            except Exception:
+                log.exception("sync: the disclosure callback failed")
+
+    def _flush_marks(self) -> None:
+        if self._synced:
+            ids, self._synced = self._synced, []
+            self._store.mark_synced(ids)
+        self._last_mark = time.monotonic()
+
+    # -- status ------------------------------------------------------------------------------
+
+    def _status_json(self, state: str, **extra) -> bytes:
+        doc = {"vehicle": self.vehicle, "state": state, "t": round(time.time(), 3)}
+        doc.update(extra)
+        return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
+
+    def status(self, state: str = "online") -> dict:
+        """What the retained status says: backlog, last sync, the last policy outcome."""
+        backlog = self._store.backlog() if self._store is not None else {}
+        return {
+            "backlog": {
+                "blocks": sum(n for n, _ in backlog.values()),
+                "bytes": sum(b for _, b in backlog.values()),
+                "streams": {name: n for name, (n, _) in sorted(backlog.items()) if name in self._out},
+            },
+            "last_sync": None if self.stats.last_sync is None else round(self.stats.last_sync, 3),
+            "policy": self._policy.last,
+            "problems": list(self.problems)[-5:],
+        }
+
+    def _publish_status(self, state: str, **extra) -> paho.MQTTMessageInfo:
+        payload = self._status_json(state, **self.status(state), **extra)
+        info = self._client.publish(topics.status(self.vehicle), payload, qos=1, retain=True)
+        self._last_status = time.monotonic()
+        self._status_due = False
+        return info
+
+    def _goodbye(self, client: paho.Client) -> None:
+        """On stop(): the last marks, a retained offline status, then a clean DISCONNECT (no will)."""
+        try:
+            self._flush_marks()
+            info = self._publish_status("offline", reason="stopped")
+            deadline = time.monotonic() + 2.0
+            while not info.is_published() and time.monotonic() < deadline:
+                client.loop(timeout=0.05)
+            self._flush_marks()
+            client.disconnect()
+            client.loop(timeout=0.05)
+        except Exception:
+            log.debug("sync: goodbye failed", exc_info=True)
+
+    def _drop_connection(self) -> None:
+        if self._client is not None:
+            close(self._client)
+            self._client = None
+        self.stats.connected = False
+        if self._store is not None and self._synced:
+            try:
+                self._flush_marks()
+            except StoreError:
+                log.warning("sync: could not write the synced marks", exc_info=True)
+
+
+def publish_size(topic: str, payload: int, v5: bool) -> int:
+    """Bytes of a QoS 1 PUBLISH packet: fixed header, topic, packet id, (v5) empty properties, payload."""
+    rest = 2 + len(topic.encode()) + 2 + (1 if v5 else 0) + payload
+    length = 1
+    while rest >= 128 ** length:
+        length += 1
+    return 1 + length + rest

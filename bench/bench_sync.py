@@ -1,0 +1,216 @@
+"""Sync throughput, bytes on the wire and memory, on the real RAV4 log, through a real mosquitto on loopback.
+
+    python bench/bench_sync.py [--minutes 60]
+
+1. Repeats the real 2017 RAV4 powertrain log to --minutes of driving and runs
+   it through the pipeline (the same 16 signals in two streams as
+   bench_pipeline.py), which leaves a store of sealed blocks: the backlog of a
+   car that was offline that long.
+2. Starts Debian's mosquitto on a free loopback port and the collector
+   (`carledger collect run`, its own process), and drains the backlog with the
+   agent's Syncer in a child process: blocks/s and samples/s until the
+   collector has acked every block, as a multiple of real time (minutes of
+   driving / drain time).
+3. Bytes on the wire (PUBLISH packets of block payloads) per sample, against
+   the same frames as candump text: every frame of the log, and only the
+   frames of the messages the recorded signals come from.
+4. Peak RSS of the sync process draining the whole backlog, against the sync
+   process of an agent online (a writer appends the same blocks while it
+   syncs, so its backlog stays small).
+
+Not a test: nothing here passes or fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO / "tests"))
+
+from bench_pipeline import DBC, LOG, PIPELINE, STREAMS, build_log, child  # noqa: E402
+
+SYNC = """
+import json, resource, sys, time
+from carledger.ledger import Store
+from carledger.sync import MqttConfig, OutboundStream, Syncer
+store, port, streams, wait_for = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
+cfg = MqttConfig(host="127.0.0.1", port=port, client_id="bench-agent", status_interval=5.0)
+syncer = Syncer(store, "rav4", cfg, lambda: {name: OutboundStream("bench") for name in streams})
+t0 = time.perf_counter()
+syncer.start()
+marks = Store.open_readonly(store)
+def drained():  # every outbound block acked (the store's local streams, audit and health, never leave)
+    return not set(marks.backlog()) & set(streams) and (wait_for == "-" or __import__("os").path.exists(wait_for))
+while not drained():
+    time.sleep(0.05)
+seconds = time.perf_counter() - t0
+syncer.stop()
+s = syncer.stats
+print(json.dumps({"seconds": seconds, "blocks": s.acked_blocks, "records": s.records, "published": s.published,
+                  "payload_bytes": s.payload_bytes, "wire_bytes": s.wire_bytes,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def candump_bytes(log: Path) -> tuple[int, int]:
+    """(bytes of every frame as candump text, bytes of the frames of the messages the streams record from)."""
+    import cantools
+
+    db = cantools.database.load_file(str(DBC), strict=False)
+    names = {p.split(".")[0] for patterns in STREAMS.values() for p in patterns}
+    ids = {f"{db.get_message_by_name(n).frame_id:03X}" for n in names}
+    total = recorded = 0
+    with log.open("rb") as f:
+        for line in f:
+            total += len(line)
+            parts = line.split(b" ", 2)
+            if len(parts) == 3 and parts[2].split(b"#", 1)[0].decode() in ids:
+                recorded += len(line)
+    return total, recorded
+
+
+def run_sync(store: Path, port: int, wait_for: str = "-") -> dict:
+    return child(SYNC, str(store), str(port), json.dumps(list(STREAMS)), wait_for)
+
+
+def online(source: Path, target: Path, port: int, collector_dir: Path, blocks_per_s: float) -> dict:
+    """The sync process of an agent online: a writer appends the source's blocks at a steady pace while it syncs."""
+    from carledger.collect import Registry
+    from carledger.ledger import Store, open_block
+
+    done = target.with_suffix(".done")
+    with Store.open_readonly(source) as src:
+        rows = list(src.iter_blocks())  # the bench's own process, not the measured one
+        key = src.verify_key
+        blocks = [open_block(src.message(r), key) for r in rows]
+    from carledger.ledger.keys import KEY_DIR
+
+    (target / KEY_DIR).mkdir(parents=True, exist_ok=True)
+    for name in ("vehicle.key", "vehicle.pub"):
+        (target / KEY_DIR / name).write_bytes((source / KEY_DIR / name).read_bytes())
+    (target / KEY_DIR / "vehicle.key").chmod(0o600)
+    writer = Store.open(target, "rav4")
+    writer.append(blocks[:2])
+    registry = Registry(collector_dir)
+    registry.enroll("rav4", bytes(key))
+    registry.close()
+    result: dict = {}
+    thread = threading.Thread(target=lambda: result.update(run_sync(target, port, str(done))))
+    thread.start()
+    for i in range(2, len(blocks), 2):
+        writer.append(blocks[i:i + 2])
+        time.sleep(2 / blocks_per_s)
+    writer.close()
+    done.touch()
+    thread.join()
+    return result
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=int, default=60, help="minutes of driving offline (default 60)")
+    parser.add_argument("--online-minutes", type=int, default=3, help="minutes of driving synced online (default 3)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if not LOG.exists():
+        print(f"reference data not available: {LOG}", file=sys.stderr)
+        return 2
+    from broker import Broker
+
+    from carledger.ledger import Store
+
+    with tempfile.TemporaryDirectory(prefix="carledger-bench-sync-") as tmp:
+        tmp = Path(tmp)
+        span = float(LOG.read_text().splitlines()[-1].split()[0][1:-1]) - float(LOG.read_text().split()[0][1:-1]) + 0.01
+        log = tmp / "drive.log"
+        frames = build_log(args.minutes * 60 * 53_800 // int(span), log)
+        repeats = -(-frames // 53_800)
+        seconds_driven = repeats * span
+        print(f"log: {frames:,} frames, {seconds_driven / 60:.1f} minutes of driving", file=sys.stderr)
+        store = tmp / "agent"
+        made = child(PIPELINE, str(log), str(DBC), str(store), json.dumps(STREAMS))
+        with Store.open_readonly(store) as s:
+            backlog = {name: v for name, v in s.backlog().items() if name in STREAMS}
+            blocks, backlog_bytes = sum(n for n, _ in backlog.values()), sum(b for _, b in backlog.values())
+        print(f"backlog: {blocks} blocks, {made['records']:,} samples, {backlog_bytes / 1e6:.1f} MB", file=sys.stderr)
+        all_text, recorded_text = candump_bytes(log)
+
+        broker = Broker(tmp / "broker", max_queued=100_000).start()  # sized for the collector (docs/sync.md)
+        collectors = []
+        try:
+            def collector(path: Path, client_id: str) -> subprocess.Popen:
+                proc = subprocess.Popen([sys.executable, "-m", "carledger", "collect", "run", str(path), "--host", "127.0.0.1",
+                                         "--port", str(broker.port), "--client-id", client_id],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                collectors.append(proc)
+                return proc
+
+            from carledger.collect import Registry
+
+            registry = Registry(tmp / "collected")
+            with Store.open_readonly(store) as s:
+                registry.enroll("rav4", bytes(s.verify_key))
+            registry.close()
+            collector(tmp / "collected", "bench-collector")
+            time.sleep(1.0)
+            drain = run_sync(store, broker.port)
+            print(f"drain: {drain['blocks']} blocks in {drain['seconds']:.1f} s", file=sys.stderr)
+
+            collectors.pop().terminate()  # collectors of one group share one directory: the next one has its own
+            collector(tmp / "collected-online", "bench-collector-online")
+            small = tmp / "agent-small"
+            small_log = tmp / "small.log"
+            build_log(args.online_minutes * 60 * 53_800 // int(span), small_log)
+            child(PIPELINE, str(small_log), str(DBC), str(small), json.dumps(STREAMS))
+            live = online(small, tmp / "agent-online", broker.port, tmp / "collected-online", blocks_per_s=40)
+        finally:
+            for proc in collectors:
+                proc.terminate()
+                proc.wait(20)
+            broker.stop()
+
+    samples = made["records"]
+    result = {
+        "minutes_driven": seconds_driven / 60,
+        "blocks": drain["blocks"],
+        "samples": samples,
+        "drain_seconds": drain["seconds"],
+        "blocks_per_s": drain["blocks"] / drain["seconds"],
+        "samples_per_s": samples / drain["seconds"],
+        "real_time_multiple": seconds_driven / drain["seconds"],
+        "wire_bytes": drain["wire_bytes"],
+        "wire_bytes_per_sample": drain["wire_bytes"] / samples,
+        "candump_bytes_all_frames": all_text,
+        "candump_bytes_recorded_messages": recorded_text,
+        "wire_vs_candump_all": drain["wire_bytes"] / all_text,
+        "wire_vs_candump_recorded": drain["wire_bytes"] / recorded_text,
+        "backlog_mb": backlog_bytes / 1e6,
+        "rss_mb_draining_backlog": drain["rss_mb"],
+        "rss_mb_online": live["rss_mb"],
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"drain to mosquitto on loopback, acked by the collector: {result['blocks']} blocks, {samples:,} samples "
+          f"in {result['drain_seconds']:.1f} s")
+    print(f"  {result['blocks_per_s']:,.0f} blocks/s, {result['samples_per_s']:,.0f} samples/s, "
+          f"{result['real_time_multiple']:,.0f}x real time")
+    print(f"bytes on the wire: {result['wire_bytes_per_sample']:.2f} per sample; "
+          f"{100 * result['wire_vs_candump_recorded']:.1f}% of the recorded messages' frames as candump text, "
+          f"{100 * result['wire_vs_candump_all']:.1f}% of all frames")
+    print(f"peak RSS of the sync process: {result['rss_mb_draining_backlog']:.0f} MB draining a "
+          f"{result['backlog_mb']:.0f} MB backlog, {result['rss_mb_online']:.0f} MB online")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,314 @@
+"""A real Debian mosquitto for the tests: a free loopback port, a generated configuration in tmp_path.
+
+    broker = Broker(tmp_path / "broker").start()              # plain TCP, anonymous
+    broker = Broker(dir, ca=TestCA(dir / "ca")).start()       # TLS, client certificates, ACL by CN
+    broker.kill(); broker.start()                             # SIGKILL and restart on the same port
+    broker.pause(); broker.resume()                           # SIGSTOP / SIGCONT
+
+The TLS set-up is the one docs/sync.md documents (deploy/mosquitto/): a test
+CA, a server certificate for 127.0.0.1, one client certificate per vehicle
+whose CN is the vehicle id (`use_identity_as_username`), and the ACL patterns
+of deploy/mosquitto/acl so a vehicle reaches only carledger/v1/<its id>/.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, wait_until
+
+MOSQUITTO = "/usr/sbin/mosquitto"
+ACL = REPO / "deploy" / "mosquitto" / "acl"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+class TestCA:
+    """A throw-away certificate authority (openssl), its server certificate, and client certificates by name."""
+
+    __test__ = False
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.cert = self.path / "ca.crt"
+        if not self.cert.exists():
+            _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                     "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=carledger test CA",
+                     cwd=self.path)
+        self.server = self.issue("127.0.0.1", server=True)
+
+    def issue(self, name: str, *, server: bool = False) -> tuple[Path, Path]:
+        """(certificate, key) for CN=name, signed by this CA; a server certificate also gets IP:name as SAN."""
+        crt, key = self.path / f"{name}.crt", self.path / f"{name}.key"
+        if crt.exists():
+            return crt, key
+        _openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                 "-keyout", key.name, "-out", f"{name}.csr", "-subj", f"/CN={name}", cwd=self.path)
+        ext = self.path / f"{name}.ext"
+        ext.write_text(f"subjectAltName=IP:{name}\n" if server else "extendedKeyUsage=clientAuth\n")
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-out", crt.name, "-days", "2", "-extfile", ext.name, cwd=self.path)
+        os.chmod(key, 0o600)
+        return crt, key
+
+
+class Broker:
+    """One mosquitto process; persistence on, so a restart keeps sessions and retained messages."""
+
+    def __init__(self, path: Path, *, ca: TestCA | None = None, max_queued: int = 1000, extra: str = ""):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.ca = ca
+        self.port = free_port()
+        self.host = "127.0.0.1"
+        self.proc: subprocess.Popen | None = None
+        self.log = self.path / "mosquitto.log"
+        lines = [
+            "per_listener_settings false",
+            f"user {pwd.getpwuid(os.getuid()).pw_name}",  # as root, mosquitto would drop to a user that cannot read tmp_path
+            f"listener {self.port} 127.0.0.1",
+            "persistence true",
+            f"persistence_location {self.path}/",
+            "autosave_interval 1",
+            f"max_queued_messages {max_queued}",
+            f"log_dest file {self.log}",
+            "log_type error",
+            "log_type warning",
+            "log_type notice",
+            "log_type information",
+            "connection_messages true",
+        ]
+        if ca is None:
+            lines.append("allow_anonymous true")
+        else:
+            crt, key = ca.server
+            lines += [
+                f"cafile {ca.cert}",
+                f"certfile {crt}",
+                f"keyfile {key}",
+                "require_certificate true",
+                "use_identity_as_username true",
+                "allow_anonymous false",
+                f"acl_file {ACL}",
+            ]
+        self.conf = self.path / "mosquitto.conf"
+        self.conf.write_text("\n".join(lines) + "\n" + extra)
+
+    def start(self) -> "Broker":
+        assert self.proc is None, "already running"
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE)
+        try:
+            wait_until(lambda: _port_open(self.port) or self.proc.poll() is not None, timeout=10)
+        except AssertionError:
+            self.kill()
+            raise
+        if self.proc.poll() is not None:
+            err = self.proc.stderr.read().decode(errors="replace")
+            self.proc = None
+            raise RuntimeError(f"mosquitto did not start: {err}\n{self.log_text()}")
+        return self
+
+    def _signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    def kill(self) -> None:
+        """SIGKILL: what a crash or a power cut does to the broker."""
+        if self.proc is not None:
+            self._signal(signal.SIGCONT)
+            self._signal(signal.SIGKILL)
+            self.proc.wait(10)
+            self.proc.stderr.close()
+            self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self._signal(signal.SIGCONT)
+            self._signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+            self.proc.stderr.close()
+            self.proc = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the broker keeps its sockets and says nothing, like a dead network path."""
+        self._signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self._signal(signal.SIGCONT)
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def __enter__(self) -> "Broker":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def require_mosquitto() -> None:
+    if not os.path.exists(MOSQUITTO):
+        pytest.skip(f"{MOSQUITTO} is not installed (scripts/setup installs Debian's mosquitto)")
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+
+
+@pytest.fixture
+def broker(tmp_path):
+    require_mosquitto()
+    b = Broker(tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    require_mosquitto()
+    b = Broker(tmp_path / "broker", ca=TestCA(tmp_path / "ca")).start()
+    yield b
+    b.stop()
+
+
+# -- the agent's and the collector's side, for the tests that need both ------------------------
+
+T0 = 1_700_000_000.0
+
+
+def mqtt_for(broker: Broker, **changes):
+    """An MqttConfig for `broker` with test timings: quick reconnects, short ack timeout, frequent status."""
+    from carledger.sync import MqttConfig
+
+    cfg = MqttConfig(host=broker.host, port=broker.port, keepalive=5, connect_timeout=2.0, backoff_initial=0.05,
+                     backoff_max=0.5, ack_timeout=2.0, status_interval=1.0)
+    return cfg.with_(**changes)
+
+
+def tls_for(broker: Broker, name: str, **changes):
+    """The MqttConfig of the client certificate CN=name (a vehicle id, "collector", or an owner)."""
+    crt, key = broker.ca.issue(name)
+    return mqtt_for(broker, tls_ca=str(broker.ca.cert), tls_cert=str(crt), tls_key=str(key), **changes)
+
+
+class Drive:
+    """Seals blocks into an agent store the way the pipeline does: one seal per tick, every stream."""
+
+    def __init__(self, store: Path, vehicle: str = "car-1", streams: tuple[str, ...] = ("speed", "gps"), per_block: int = 20):
+        from carledger.ledger import Ledger
+
+        self.ledger = Ledger.open(store, vehicle)
+        self.streams = streams
+        self.per_block = per_block
+        self.blocks = 0  # ticks sealed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def tick(self) -> None:
+        t = T0 + self.blocks
+        for s in self.streams:
+            w = self.ledger.writer(s)
+            for i in range(self.per_block):
+                w.add_sample(t + i / self.per_block, f"Vehicle.{s}", float((self.blocks * 7 + i) % 50), "ECU.SIG")
+        self.ledger.seal()
+        self.blocks += 1
+
+    def start(self, period: float) -> "Drive":
+        def loop():
+            while not self._stop.wait(period):
+                self.tick()
+
+        self._thread = threading.Thread(target=loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(10)
+            self._thread = None
+
+    def close(self) -> None:
+        self.stop()
+        self.ledger.close()
+
+
+def start_collector(path: Path, cfg, *, group: str | None = "carledger", gap_wait: float = 30.0):
+    """A CollectorService in a thread, connected and subscribed."""
+    from carledger.collect import CollectorService
+
+    service = CollectorService(path, cfg, group=group, gap_wait=gap_wait)
+    service.start()
+    wait_until(service.connected.is_set, timeout=10)
+    return service
+
+
+def enroll(collector_dir: Path, vehicle: str, store: Path) -> None:
+    from carledger.collect import Registry
+
+    registry = Registry(collector_dir)
+    registry.enroll(vehicle, store / "keys" / "vehicle.pub")
+    registry.close()
+
+
+def chains(store: Path) -> dict[str, list[tuple[int, bytes]]]:
+    """Every stream's blocks as stored, in storage order: [(seq, digest)]."""
+    from carledger.ledger import Store
+
+    with Store.open_readonly(store) as s:
+        out: dict[str, list[tuple[int, bytes]]] = {}
+        for row in s.iter_blocks():
+            out.setdefault(row.stream, []).append((row.seq, bytes(row.digest)))
+        return out
+
+
+def all_acked(store: Path) -> bool:
+    from carledger.ledger import Store
+
+    with Store.open_readonly(store) as s:
+        return s.block_count() > 0 and not s.backlog()
+
+
+def assert_same_ledgers(store: Path, collector_dir: Path, vehicle: str, streams: set[str] | None = None) -> None:
+    """The collector holds every sealed block of every (outbound) stream once, in order, and its copy verifies."""
+    from carledger.verify import verify_store
+
+    agent, copy = chains(store), chains(collector_dir / "vehicles" / vehicle)
+    if streams is not None:
+        agent = {name: blocks for name, blocks in agent.items() if name in streams}
+    assert set(copy) == set(agent)
+    for stream, blocks in agent.items():
+        assert copy[stream] == blocks, f"stream {stream}: {len(copy[stream])} blocks collected of {len(blocks)}"
+        assert [seq for seq, _ in blocks] == list(range(len(blocks)))
+    report = verify_store(collector_dir / "vehicles" / vehicle, key=store / "keys" / "vehicle.pub")
+    assert report.ok, report.problems

@@ -1,0 +1,181 @@
+"""The collector's checks, without a broker: chains, duplicates, gaps, forks, replays and junk."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from carledger.cli import main
+from carledger.collect import REPLAY, UNKNOWN_VEHICLE, Collector, collector_state
+from carledger.ledger import Ledger, SealedBlock, Store, cose, seal_block
+from carledger.ledger.keys import SigningKey
+from carledger.sync import topics
+from carledger.sync.wire import BlockPacker, decode_ack
+from carledger.verify import verify_store
+
+T0 = 1_700_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_blocks(store: Path, vid: str, stream: str, n: int, start: int = 0) -> list[bytes]:
+    """Seal n blocks of `stream` and return their messages (what the agent publishes), in order."""
+    with Ledger.open(store, vid) as ledger:
+        w = ledger.writer(stream)
+        out = []
+        for b in range(start, start + n):
+            for i in range(10):
+                w.add_sample(T0 + b + i / 10, "Vehicle.Speed", float(i))
+            out.append(ledger.seal()[0].message())
+    return out
+
+
+@pytest.fixture
+def car(tmp_path):
+    """(messages of 6 blocks of stream `speed` of car-1, its store, a collector with car-1 enrolled, its clock)."""
+    store = tmp_path / "car-1"
+    messages = make_blocks(store, "car-1", "speed", 6)
+    clock = Clock()
+    collector = Collector(tmp_path / "collected", gap_wait=30.0, clock=clock)
+    collector.registry.enroll("car-1", store / "keys" / "vehicle.pub")
+    yield messages, store, collector, clock
+    collector.close()
+
+
+def send(collector: Collector, messages, vid: str = "car-1", stream: str = "speed", pack: bool = True):
+    packer = BlockPacker(9 if pack else 0)
+    for m in messages:
+        collector.receive(topics.block(vid, stream), packer.pack(m))
+    return collector.flush()
+
+
+def kinds(collector: Collector) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for p in collector.registry.problems():
+        out[p["kind"]] = out.get(p["kind"], 0) + p["count"]
+    return out
+
+
+def test_a_chain_is_stored_acked_and_verifies_as_a_store(car, tmp_path):
+    messages, store, collector, _ = car
+    acks = send(collector, messages[:4]) + send(collector, messages[4:], pack=False)
+    assert [t for t, _ in acks] == [topics.ack("car-1", "speed")] * 2
+    seq, digest = decode_ack(acks[-1][1])
+    with Store.open_readonly(store) as agent:
+        assert (seq, digest) == agent.stream_head("speed")
+    report = verify_store(tmp_path / "collected" / "vehicles" / "car-1", key=store / "keys" / "vehicle.pub")
+    assert report.ok and report.streams["speed"].blocks == 6 and report.streams["speed"].records == 60
+    assert collector.stats.accepted == 6 and kinds(collector) == {}
+
+
+def test_duplicates_are_idempotent_and_acked_again(car):
+    messages, _, collector, _ = car
+    send(collector, messages)
+    acks = send(collector, [messages[2], messages[5], messages[5]])
+    assert collector.stats.accepted == 6 and collector.stats.duplicates == 3
+    assert decode_ack(acks[0][1])[0] == 5  # said again: the vehicle may have missed it
+    assert kinds(collector) == {}
+    state = collector_state(collector.registry.path)
+    assert state["vehicles"]["car-1"]["streams"]["speed"]["duplicates"] == 3
+
+
+def test_a_gap_waits_then_is_reported_and_closes_when_the_block_comes(car):
+    messages, _, collector, clock = car
+    acks = send(collector, [messages[0], messages[1], messages[3], messages[4]])
+    assert decode_ack(acks[0][1])[0] == 1 and collector.stats.held == 2
+    assert collector.check_gaps() == [] and kinds(collector) == {}  # not yet: it may be on its way
+    clock.t += 31
+    collector.check_gaps()
+    gap = [p for p in collector.registry.problems() if p["kind"] == "gap"]
+    assert len(gap) == 1 and gap[0]["seq"] == 2 and "missing seq 2" in gap[0]["detail"]
+    state = collector_state(collector.registry.path)["vehicles"]["car-1"]["streams"]["speed"]
+    assert state["waiting"] == {"blocks": 2, "first_seq": 3, "last_seq": 4} and state["head_seq"] == 1
+    acks = send(collector, [messages[2]])
+    assert decode_ack(acks[0][1])[0] == 4  # the held blocks linked behind it
+    send(collector, [messages[5]])
+    state = collector_state(collector.registry.path)["vehicles"]["car-1"]["streams"]["speed"]
+    assert state["head_seq"] == 5 and "waiting" not in state
+
+
+def test_forged_signatures_forks_and_replays_are_rejected_kept_and_reported(car, tmp_path):
+    messages, store, collector, _ = car
+    send(collector, messages[:3])
+    # a forged block: right format, someone else's key, claiming to be car-1's seq 3
+    forger = SigningKey.generate()
+    header = open_header(messages[3])
+    forged = seal_block(vid="car-1", stream="speed", seq=3, prev=header.prev, t0=header.t0, t1=header.t1,
+                        policy=header.policy, records=[], signing_key=forger).message()
+    # equivocation: car-1's own key signs a different block 2 (its store restored from an old backup, say)
+    with Store.open(store) as s:
+        key = s.signing_key
+    h2 = open_header(messages[2])
+    fork = seal_block(vid="car-1", stream="speed", seq=2, prev=h2.prev, t0=h2.t0, t1=h2.t1 + 1, policy=h2.policy,
+                      records=[], signing_key=key).message()
+    # replays: car-2's valid block under car-1's topic; car-1's block of stream speed published as gps
+    car2 = make_blocks(tmp_path / "car-2", "car-2", "speed", 1)
+    collector.registry.enroll("car-2", tmp_path / "car-2" / "keys" / "vehicle.pub")
+    send(collector, [forged, fork])
+    send(collector, car2, vid="car-1")
+    send(collector, [messages[3]], stream="gps")
+    found = kinds(collector)
+    assert found == {"bad-signature": 1, "fork": 1, REPLAY: 2}, found
+    assert collector.registry.evidence("car-1", "speed", 2) == [fork]
+    # nothing of it was stored; the real chain goes on
+    send(collector, messages[3:])
+    assert verify_store(collector.registry.path / "vehicles" / "car-1").streams["speed"].blocks == 6
+
+
+def test_junk_truncated_and_unknown_vehicles_never_stop_the_collector(car):
+    messages, _, collector, _ = car
+    rng = os.urandom
+    junk = [b"", rng(1), rng(300), messages[0][: len(messages[0]) // 2], messages[1][:-1] + b"\x00",
+            b"\x28\xb5\x2f\xfd" + rng(40), zstandard.ZstdCompressor().compress(bytes(100 << 20)),
+            zstandard.ZstdCompressor().compress(b"\xd2\x84" + rng(50))]
+    for payload in junk:
+        collector.receive(topics.block("car-1", "speed"), payload)
+    collector.receive("carledger/v1/car-1/speed/other", messages[0])
+    collector.receive("carledger/v1/car+1/speed/block", messages[0])
+    collector.receive(topics.block("car-9", "speed"), messages[0])
+    collector.receive(topics.block("car-9", "speed"), messages[1])
+    assert collector.flush() == []
+    found = kinds(collector)
+    assert found.get(UNKNOWN_VEHICLE) == 2 and found.get("malformed", 0) + found.get("bad-signature", 0) + found.get("bad-merkle-root", 0) == len(junk) + 2, found
+    send(collector, messages)
+    assert collector.stats.accepted == 6
+
+
+def test_enrolment_and_status_on_the_command_line(car, tmp_path, capsys):
+    messages, store, collector, _ = car
+    send(collector, messages)
+    collector.close()
+    where = str(tmp_path / "collected")
+    assert main(["collect", "enroll", where, "car-1", str(store / "keys" / "vehicle.pub")]) == 0  # same key: fine
+    assert main(["collect", "enroll", where, "car-1", "00" * 32]) == 1
+    assert "enrolled with another key" in capsys.readouterr().err
+    assert main(["collect", "enroll", where, "car/1", "00" * 32]) == 1
+    assert main(["collect", "status", where, "--json"]) == 0
+    state = json.loads(capsys.readouterr().out.splitlines()[-1])
+    speed = state["vehicles"]["car-1"]["streams"]["speed"]
+    with Store.open_readonly(store) as agent:
+        assert (speed["head_seq"], bytes.fromhex(speed["head"])) == agent.stream_head("speed")
+    assert speed["blocks"] == 6 and speed["records"] == 60 and state["problems"] == []
+    assert main(["collect", "status", where]) == 0
+    assert "speed" in capsys.readouterr().out
+    assert main(["verify", where + "/vehicles/car-1"]) == 0
+
+
+def open_header(message: bytes):
+    from carledger.ledger import Header, split_records
+
+    bare, _ = split_records(message)
+    return Header.decode(cose.decode_sign1(bare).payload)
