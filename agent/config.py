@@ -16,6 +16,7 @@ from carledger.tomlfile import FieldError, TomlDocument, read_toml
 
 if TYPE_CHECKING:
     from carledger.obd.config import ObdConfig
+    from carledger.sync.config import MqttConfig
 
 DEFAULT_PATH = "/etc/carledger/agent.toml"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
@@ -72,6 +73,7 @@ class Config:
     health_interval: float = 60.0
     timezone: str | None = None  # IANA name for local time (night driving); None: the system's
     elm327: tuple["ObdConfig", ...] = ()  # OBD-II through ELM327 adapters ([[elm327]])
+    mqtt: "MqttConfig | None" = None  # sync to a broker ([mqtt], docs/sync.md); None: the ledger stays local
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -137,7 +139,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327"}
+_TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt"}
 _AGENT = {"store", "vehicle", "health_interval", "policy", "timezone"}
 _SEAL = {"max_age", "max_records"}
 _SAMPLING = {"min_interval", "signals"}
@@ -173,6 +175,11 @@ def parse_config(doc: TomlDocument) -> Config:
     elm327 = tuple(
         elm327_config_from_table(doc, table, f"elm327[{i}]") for i, table in enumerate(_array(top, "elm327"))
     )
+    mqtt = None
+    if "mqtt" in doc.data:
+        from carledger.sync.config import mqtt_config_from_table
+
+        mqtt = mqtt_config_from_table(doc, top.get("mqtt", dict, {}), "mqtt")
     if not buses and not elm327:
         raise top.error("bus", "at least one [[bus]] (or [[elm327]] adapter) is required")
     _unique(doc, [b.name for b in buses], "bus")
@@ -197,6 +204,7 @@ def parse_config(doc: TomlDocument) -> Config:
         policy=agent.path(policy) if policy is not None else None,
         timezone=timezone,
         elm327=elm327,
+        mqtt=mqtt,
         sampling=sampling,
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,

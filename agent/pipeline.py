@@ -200,6 +200,9 @@ class Pipeline:
             raise
         self.sources = [self._make_source(i, bus) for i, bus in enumerate(self.buses)]
         self.watchdog = Watchdog(self.notifier, self.sources)  # fed only while loop, sources and store are alive
+        self.syncer: Any = None  # started by run() when the configuration has [mqtt]
+        self._outbound: dict[str, Any] = {}  # what the syncer may send: read from its thread, replaced whole
+        self._disclosures: collections.deque = collections.deque()  # acked by the collector, for the audit
         self._started = False  # streams are started at the first frame's time (a replay's clock)
         self._generation = -1
         self._next_change: float | None = None
@@ -296,6 +299,38 @@ class Pipeline:
         for stream in self.owner_state.policy.streams:
             if stream.raw and stream.signals and not any(stream.selects(n, s) for n, s in signals):
                 log.warning("stream %s: its patterns match no signal of the configured DBCs", stream.name)
+
+    # -- sync ---------------------------------------------------------------------------------
+
+    def _start_sync(self) -> None:
+        if self.config.mqtt is None:
+            return
+        from carledger.sync import Syncer
+
+        self._outbound = self._outbound_streams()
+        self.syncer = Syncer(
+            self.config.store, self.ledger.vehicle_id, self.config.mqtt, lambda: self._outbound,
+            on_disclosure=self._disclosures.append,
+        )
+        self.syncer.start()
+
+    def _outbound_streams(self) -> dict[str, Any]:
+        """The policy's streams for a recipient, each until its consent ends: all the syncer may send."""
+        from carledger.sync import OutboundStream
+
+        out = {}
+        for stream in self.owner_state.effective_policy().streams:
+            if stream.local or not stream.recipient or stream.consent is None:
+                continue
+            out[stream.name] = OutboundStream(stream.recipient, until=stream.consent.expires.timestamp())
+        return out
+
+    def _audit_disclosure(self, disclosure: Any) -> None:
+        """The collector acked blocks of a stream: the audit stream says who got which blocks."""
+        self.actions.audit.add_event(disclosure.t, "disclosure", {
+            "stream": disclosure.stream, "recipient": disclosure.recipient,
+            "seqs": [[disclosure.first_seq, disclosure.last_seq]], "records": disclosure.records,
+        })
 
     # -- OBD-II ---------------------------------------------------------------------------------
 
@@ -421,6 +456,7 @@ class Pipeline:
         ]
         for thread in threads:
             thread.start()
+        self._start_sync()
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
         next_health = time.monotonic() + self.config.health_interval
@@ -434,6 +470,8 @@ class Pipeline:
                 while self._events:
                     self._bus_event(*self._events.popleft())
                 self._route_samples()
+                while self._disclosures:
+                    self._audit_disclosure(self._disclosures.popleft())
                 wall = time.monotonic()
                 if wall >= self._next_spool:
                     self._next_spool = wall + _SPOOL_INTERVAL
@@ -457,6 +495,8 @@ class Pipeline:
             self.ledger.close()
             for source in self.sources:
                 source.close()
+            if self.syncer is not None:
+                self.syncer.stop()
         self.summary.seconds = time.monotonic() - started
         for bus in self.buses:
             self.summary.buses[bus.config.name] = bus.stats
@@ -580,6 +620,8 @@ class Pipeline:
     def _seal(self, writers: list | None) -> list:
         blocks = self.ledger.seal(writers)
         self.watchdog.sealed()
+        if blocks and self.syncer is not None:
+            self.syncer.notify()
         self.summary.blocks += len(blocks)
         counts = self._record_counts
         for block in blocks:
@@ -603,6 +645,7 @@ class Pipeline:
             self._next_change = streams.next_change(at)
         if streams.generation != self._generation:
             self._generation = streams.generation
+            self._outbound = self._outbound_streams()
             for bus in self.buses:
                 bus.reset_handlers()
             self._sample_consumers = {}

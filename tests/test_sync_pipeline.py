@@ -59,3 +59,86 @@ def test_a_simulated_drive_is_synced_while_it_runs_and_the_collector_has_it_all(
         assert len(local) > 50
         assert [{k: v for k, v in json.loads(line).items() if k not in ("stream", "seq")} for line in remote] == \
             [json.loads(line) for line in local]
+
+
+def test_the_agent_syncs_what_the_policy_sends_encrypted_and_audits_the_disclosure(broker, tmp_path, capsys):
+    """[mqtt] in the agent's configuration: outbound streams leave (encrypted where the policy says), local ones never."""
+    import textwrap
+    import time
+    from datetime import datetime, timezone
+
+    from carledger.config import load_config
+    from carledger.ledger.encrypt import create_private_key
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    now = time.time()
+    key = create_private_key(tmp_path / "insurer.key")
+    drive = tmp_path / "drive.log"
+    with can.Logger(str(drive)) as logger:
+        for msg in SimulatedCar("city", seed=3, duration=20.0, start_time=now - 60).frames():
+            logger.on_message_received(msg)
+    (tmp_path / "policy.toml").write_text(textwrap.dedent(f"""
+        version = 1
+        [[stream]]
+        name = "fleet"
+        recipient = "Fleet Ops"
+        purpose = "maintenance"
+        signals = ["Vehicle.Speed"]
+        encrypt_to = "{bytes(key.public_key).hex()}"
+        consent = {{ granted = {iso(now - 86400)}, expires = {iso(now + 86400)} }}
+        [[stream]]
+        name = "vault"
+        local = true
+        signals = ["Vehicle.*"]
+    """))
+    (tmp_path / "agent.toml").write_text(textwrap.dedent(f"""
+        [agent]
+        store = "ledger"
+        vehicle = "car-2"
+        policy = "policy.toml"
+        [mqtt]
+        host = "127.0.0.1"
+        port = {broker.port}
+        [[bus]]
+        name = "car"
+        replay = "{drive}"
+        speed = 0
+        dbc = ["{dbc_path('carledger_demo.dbc')}"]
+    """))
+    store = tmp_path / "ledger"
+    pipeline = Pipeline(load_config(tmp_path / "agent.toml"))
+    enroll(tmp_path / "collected", "car-2", store)
+    collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-2"))
+    try:
+        runner = threading.Thread(target=pipeline.run, daemon=True)
+        runner.start()
+
+        def acked() -> bool:
+            with Store.open_readonly(store) as s:
+                return "fleet" in s.streams() and not s.backlog().get("fleet")
+
+        wait_until(lambda: not runner.is_alive(), timeout=60)
+        pipeline2 = Pipeline(load_config(tmp_path / "agent.toml"))  # a second start drains what is left
+        runner = threading.Thread(target=pipeline2.run, daemon=True)
+        runner.start()
+        wait_until(acked, timeout=30)
+        pipeline2.stop()
+        runner.join(20)
+    finally:
+        collector.stop()
+    assert_same_ledgers(store, tmp_path / "collected", "car-2", {"fleet"})
+    copy = tmp_path / "collected" / "vehicles" / "car-2"
+    with Store.open_readonly(copy) as s:
+        assert set(s.streams()) == {"fleet"}  # the vault, health and audit never leave the car
+    capsys.readouterr()
+    assert main(["read", str(copy), "--stream", "fleet"]) != 0  # encrypted: unreadable without the key
+    capsys.readouterr()
+    assert main(["read", str(copy), "--stream", "fleet", "--key", str(tmp_path / "insurer.key")]) == 0
+    speeds = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(speeds) > 20 and {r["name"] for r in speeds if "name" in r} == {"Vehicle.Speed"}
+    capsys.readouterr()
+    assert main(["audit", str(store), "--json"]) == 0
+    disclosures = [d for d in json.loads(capsys.readouterr().out)["decisions"] if d["kind"] == "disclosure"]
+    assert disclosures and {d["detail"]["recipient"] for d in disclosures} == {"Fleet Ops"}

@@ -141,6 +141,7 @@ class StreamManager:
         writer = self.ledger.writer(stream.name)
         writer.policy_digest = self.ledger.policy_digest
         writer.vid = stream_identity(stream, self.ledger.vehicle_id, self.settings.pseudonym_secret)
+        writer.sealer = _sealer(stream)
         return writer
 
     def _start(self, stream: Stream, t: float, kind: str | None) -> None:
@@ -213,6 +214,15 @@ class StreamManager:
         """The agent stops: record what is in progress. The streams' status stays active."""
         for runtime in self.runtimes.values():
             runtime.close(t)
+
+
+def _sealer(stream: Stream) -> Any:
+    """Records of a stream with `encrypt_to` are encrypted to the recipient's key before they are signed."""
+    if not stream.encrypt_to:
+        return None
+    from carledger.ledger.encrypt import RecordSealer
+
+    return RecordSealer([stream.encrypt_to])
 
 
 def _definition(stream: Stream) -> Stream:
