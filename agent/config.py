@@ -74,6 +74,7 @@ class Config:
     timezone: str | None = None  # IANA name for local time (night driving); None: the system's
     elm327: tuple["ObdConfig", ...] = ()  # OBD-II through ELM327 adapters ([[elm327]])
     mqtt: "MqttConfig | None" = None  # sync to a broker ([mqtt], docs/sync.md); None: the ledger stays local
+    disk_quota_mb: float | None = None  # the store's records are evicted (declared) beyond this size
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -140,7 +141,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 _TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt"}
-_AGENT = {"store", "vehicle", "health_interval", "policy", "timezone"}
+_AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb"}
 _SEAL = {"max_age", "max_records"}
 _SAMPLING = {"min_interval", "signals"}
 _BUS = {
@@ -205,6 +206,7 @@ def parse_config(doc: TomlDocument) -> Config:
         timezone=timezone,
         elm327=elm327,
         mqtt=mqtt,
+        disk_quota_mb=agent.number("disk_quota_mb", None, minimum=1.0),
         sampling=sampling,
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,

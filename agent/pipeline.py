@@ -182,6 +182,7 @@ class Pipeline:
             if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
                 known += [(name, source) for name, source, _ in _obd_signals()]
             self.actions = OwnerActions(self.ledger, self.owner_state, known_signals=known, clock=self.now)
+            self.actions.sync_enabled = config.mqtt is not None
             self.spool = Spool(config.store)
             self._apply_configured_policy()
             settings = EngineSettings(
@@ -654,6 +655,9 @@ class Pipeline:
         if t >= self._next_retention:
             self._next_retention = t + _RETENTION_INTERVAL
             self._owner_action(lambda: self.actions.retention(now=t))
+            if self.config.disk_quota_mb:
+                quota = int(self.config.disk_quota_mb * 1e6)
+                self._owner_action(lambda: self.actions.evict(quota, now=t))
         self._seal_due()
 
     def _owner_requests(self) -> None:

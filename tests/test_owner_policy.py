@@ -495,3 +495,24 @@ def test_wipe_deletes_everything_and_hands_over_to_a_new_key(tmp_path, capsys):
     # The new owner's recipients get identifiers unrelated to the old ones.
     drive(tmp_path, record(tmp_path / "d.log", "city", 20.0, start=START + 60), policy)
     assert vids(store)["fleet"] != old_fleet
+
+
+def test_a_disk_quota_evicts_the_oldest_records_as_declared_events(tmp_path, capsys):
+    from carledger.ledger import Ledger
+    from carledger.owner import OwnerActions, OwnerState
+
+    store = drive(tmp_path, record(tmp_path / "c.log", "city", 120.0), """
+        version = 1
+        [[stream]]
+        name = "vault"
+        local = true
+        signals = ["Vehicle.*"]
+    """)
+    with Ledger.open(store) as ledger:
+        before = ledger.store.stored_bytes()
+        outcome = OwnerActions(ledger, OwnerState.load(store)).evict(before // 2)
+        assert outcome.changed and ledger.store.stored_bytes() <= before // 2
+    report = verify(store, capsys)  # every dropped block is declared
+    assert report["streams"]["audit"]["records"] >= 2  # the policy and the eviction, never evicted themselves
+    kept = samples(export(store, "vault"))
+    assert kept and min(r["t"] for r in kept) > START + 30  # the oldest went first

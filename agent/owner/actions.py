@@ -57,6 +57,26 @@ class OwnerActions:
         self.known_signals = known_signals
         self.clock = clock
         self.audit = ledger.writer(AUDIT_STREAM)
+        self.sync_enabled = False  # the agent syncs: outbound streams are deleted only once acked
+
+    def evict(self, quota_bytes: int, *, now: float | None = None) -> Outcome:
+        """Disk quota: drop the oldest acked records first, then the oldest unacked, declared first.
+
+        Crash captures and the audit trail are never evicted (carledger.sync.quota).
+        """
+        from carledger.sync.quota import plan_eviction
+
+        now = self.clock() if now is None else now
+        plan = plan_eviction(self.ledger.store, quota_bytes)
+        if not plan:
+            return Outcome("evict", "under the disk quota", changed=False)
+        for _, detail in plan.events:
+            self._audit(now, "eviction", detail)
+        self.ledger.seal([self.audit])
+        plan.apply(self.ledger.store)
+        return Outcome("evict", f"disk quota: records of {len(plan.acked) + len(plan.unacked)} blocks deleted "
+                       f"({len(plan.unacked)} not yet acked by their recipient)",
+                       detail={"streams": {s: d for s, d in plan.events}})
 
     def execute(self, request: dict[str, Any]) -> Outcome:
         """Run a request as the CLI queues it: {"action": NAME, ...arguments}."""
@@ -189,7 +209,8 @@ class OwnerActions:
             if stream.retention is None:
                 continue
             before_us = round((now - stream.retention) * 1e6)
-            rows = store.expired(stream.name, before_us)
+            # A stream for a recipient keeps what has not reached it (the collector's ack) past retention.
+            rows = store.expired(stream.name, before_us, acked_only=self.sync_enabled and not stream.local)
             if not rows:
                 continue
             records = sum(r[2] for r in rows)
