@@ -120,7 +120,12 @@ def test_the_agent_syncs_what_the_policy_sends_encrypted_and_audits_the_disclosu
                 return "fleet" in s.streams() and not s.backlog().get("fleet")
 
         wait_until(lambda: not runner.is_alive(), timeout=60)
-        pipeline2 = Pipeline(load_config(tmp_path / "agent.toml"))  # a second start drains what is left
+        # The car parked: the next start (a live bus with nothing on it) drains what is left.
+        config = (tmp_path / "agent.toml").read_text()
+        live = f'interface = "virtual"\nchannel = "parked-{time.time_ns()}"'
+        (tmp_path / "agent.toml").write_text(config.replace(f'replay = "{drive}"\nspeed = 0', live))
+        assert live in (tmp_path / "agent.toml").read_text()
+        pipeline2 = Pipeline(load_config(tmp_path / "agent.toml"))
         runner = threading.Thread(target=pipeline2.run, daemon=True)
         runner.start()
         wait_until(acked, timeout=30)
