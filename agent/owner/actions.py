@@ -18,6 +18,7 @@ from typing import Any, Callable
 from carledger.ledger import Ledger
 from carledger.owner.state import GRANT, REVOKE, ConsentDecision, OwnerState, Pause, iso, seconds, utc
 from carledger.policy.document import MAX_CONSENT, MAX_CONSENT_TEXT, KnownSignals, Policy, PolicyError, policy_from_text
+from carledger.sync.quota import seq_ranges
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ class OwnerActions:
             if not rows:
                 continue
             records = sum(r[2] for r in rows)
-            detail = {"stream": stream.name, "seqs": _ranges([r[1] for r in rows]), "blocks": len(rows),
+            detail = {"stream": stream.name, "seqs": seq_ranges(r[1] for r in rows), "blocks": len(rows),
                       "records": records, "before": iso(before_us / 1e6), "retention_s": stream.retention}
             # Declared first: the event is durable before any record is gone.
             self._audit(now, "retention", detail)
@@ -244,17 +245,6 @@ def _check_recipients(current: Policy, new: Policy, name: str) -> None:
                 f"{name}: stream {stream.name!r} changes its recipient or identity; a chain belongs to one "
                 "recipient, so give the new recipient a stream of its own (a new name)"
             )
-
-
-def _ranges(seqs: list[int]) -> list[list[int]]:
-    """[1, 2, 3, 7] -> [[1, 3], [7, 7]]."""
-    out: list[list[int]] = []
-    for s in sorted(seqs):
-        if out and s == out[-1][1] + 1:
-            out[-1][1] = s
-        else:
-            out.append([s, s])
-    return out
 
 
 __all__ = ["AUDIT_STREAM", "OwnerActions", "OwnerError", "Outcome"]

@@ -90,23 +90,16 @@ def load_owner_key(store_dir: str | os.PathLike) -> VerifyKey | None:
 
 
 def submit_policy(store_dir: str | os.PathLike, document: bytes, origin: str = "mqtt") -> dict:
-    """Hand a verified policy to the agent's owner actions, which check and apply it (the version must be higher).
+    """Hand a verified policy to the owner's actions, which check and apply it (the version must be higher).
 
-    The one place the sync calls into the policy code: carledger.control's
-    `submit_policy` where it exists, else an `apply-policy` request through
-    carledger.owner (the running agent takes it from its spool).
+    The one place the sync calls into the policy code: an `apply-policy`
+    request through carledger.owner (the running agent takes it from its
+    request spool within a fraction of a second; with no agent running, it
+    is applied here).
     """
-    try:
-        from carledger.control import submit_policy as submit  # type: ignore[import-not-found]
-    except ImportError:
-        pass
-    else:
-        return dict(submit(store_dir, document, origin=origin))
-    try:
-        from carledger.owner import OwnerError
-        from carledger.owner.client import submit as owner_submit
-    except ImportError:
-        return {"ok": False, "error": "this agent cannot apply policies (no carledger.control or carledger.owner)"}
+    from carledger.owner import OwnerError
+    from carledger.owner.client import submit as owner_submit
+
     try:
         text = document.decode("utf-8")
     except UnicodeDecodeError:
