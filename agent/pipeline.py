@@ -315,6 +315,15 @@ class Pipeline:
         )
         self.syncer.start()
 
+    def _stop_sync(self) -> None:
+        """Stop the syncer first, so that every ack it took is in the audit before the last seal."""
+        if self.syncer is None:
+            return
+        syncer, self.syncer = self.syncer, None
+        syncer.stop()
+        while self._disclosures:
+            self._audit_disclosure(self._disclosures.popleft())
+
     def _outbound_streams(self) -> dict[str, Any]:
         """The policy's streams for a recipient, each until its consent ends: all the syncer may send."""
         from carledger.sync import OutboundStream
@@ -489,6 +498,8 @@ class Pipeline:
             self.stop_event.set()
             self.notifier.stopping()
             self._drain(threads)
+            self._route_samples()
+            self._stop_sync()
             self._health_event("agent-stop", self._counters())
             if self._started:
                 self.streams.close(self._last_t if self._last_t is not None else self.now())
@@ -496,8 +507,6 @@ class Pipeline:
             self.ledger.close()
             for source in self.sources:
                 source.close()
-            if self.syncer is not None:
-                self.syncer.stop()
         self.summary.seconds = time.monotonic() - started
         for bus in self.buses:
             self.summary.buses[bus.config.name] = bus.stats
