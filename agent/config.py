@@ -133,6 +133,55 @@ class _Fields:
         return str((base / Path(value).expanduser()).resolve()) if not Path(value).is_absolute() else value
 
 
+class ConfigTable:
+    """Typed reads from one table of the configuration (a stage's own section: [mqtt], [bus.obd] ...).
+
+    Every error is a ConfigError at the key's line, like the rest of the file.
+    """
+
+    def __init__(self, doc: TomlDocument, table: Any, prefix: str, allowed: set[str]):
+        self.doc, self.prefix = doc, prefix
+        if not isinstance(table, dict):
+            raise self.error("", "expected a table")
+        self.table = table
+        for key in table:
+            if key not in allowed:
+                raise self.error(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
+
+    def error(self, key: str, message: str) -> ConfigError:
+        base = self.doc.error(f"{self.prefix}.{key}" if key else self.prefix, message)
+        return ConfigError(base.file, base.line, base.field, base.message)
+
+    def value(self, key: str, kinds: tuple[type, ...], what: str, default: Any = None) -> Any:
+        """The value of `key` if it has one of `kinds` (a bool only where bool is one), else `default`."""
+        value = self.table.get(key)
+        if value is None:
+            return default
+        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+            raise self.error(key, f"expected {what}, got {type(value).__name__} {value!r}")
+        return value
+
+    def seconds(self, key: str, default: float, *, zero: bool = False) -> float:
+        value = float(self.value(key, (int, float), "a number of seconds", default))
+        if value < 0 or (value == 0 and not zero):
+            raise self.error(key, f"must be {'at least 0' if zero else 'more than 0'}, got {value:g}")
+        return value
+
+    def path(self, key: str) -> str | None:
+        """A file path (relative to the configuration file) that must be readable."""
+        import os
+
+        value = self.value(key, (str,), "a file path")
+        if value is None:
+            return None
+        path = Path(value)
+        if not path.is_absolute():
+            path = Path(self.doc.path).resolve().parent / path
+        if not path.is_file() or not os.access(path, os.R_OK):
+            raise self.error(key, f"{path}: no such readable file")
+        return str(path)
+
+
 def _kind_name(kinds: tuple[type, ...]) -> str:
     if set(kinds) == {int, float}:
         return "a number"

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carledger.config import ConfigError
+from carledger.config import ConfigTable
 from carledger.obd.pids import PIDS, pid_by_name
 from carledger.tomlfile import TomlDocument
 
@@ -53,33 +53,6 @@ class ObdConfig:
     protocol: str | None = None
 
 
-class _Table:
-    def __init__(self, doc: TomlDocument, table: Any, prefix: str, allowed: set[str]):
-        self.doc, self.prefix = doc, prefix
-        if not isinstance(table, dict):
-            raise self.error("", "expected a table")
-        self.table = table
-        for key in table:
-            if key not in allowed:
-                raise self.error(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-    def error(self, key: str, message: str) -> ConfigError:
-        base = self.doc.error(f"{self.prefix}.{key}" if key else self.prefix, message)
-        return ConfigError(base.file, base.line, base.field, base.message)
-
-    def value(self, key: str, kinds: tuple[type, ...], what: str, default: Any) -> Any:
-        value = self.table.get(key, default)
-        if value is not default and (isinstance(value, bool) != (bool in kinds) or not isinstance(value, kinds)):
-            raise self.error(key, f"expected {what}, got {value!r}")
-        return value
-
-    def seconds(self, key: str, default: float, *, zero: bool = False) -> float:
-        value = float(self.value(key, (int, float), "a number of seconds", default))
-        if value < 0 or (value == 0 and not zero):
-            raise self.error(key, f"must be {'at least 0' if zero else 'more than 0'}, got {value:g}")
-        return value
-
-
 def _pid(text: str) -> int | None:
     entry = pid_by_name(text)
     if entry is not None:
@@ -91,8 +64,8 @@ def _pid(text: str) -> int | None:
     return pid if pid in PIDS else None
 
 
-def _parse(doc: TomlDocument, table: Any, prefix: str, allowed: set[str]) -> tuple[ObdConfig, _Table]:
-    fields = _Table(doc, table, prefix, allowed)
+def _parse(doc: TomlDocument, table: Any, prefix: str, allowed: set[str]) -> tuple[ObdConfig, ConfigTable]:
+    fields = ConfigTable(doc, table, prefix, allowed)
     pids_table = fields.value("pids", (dict,), "a table of PID = interval in seconds", {})
     pids = []
     for key, interval in pids_table.items():

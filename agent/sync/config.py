@@ -6,12 +6,11 @@ same broker with the same kinds of credentials.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from carledger.config import ConfigError
+from carledger.config import ConfigTable
 from carledger.tomlfile import TomlDocument
 
 __all__ = ["MqttConfig", "mqtt_config_from_table", "PROTOCOLS"]
@@ -84,47 +83,9 @@ _TOP = {*_INTS, *_FLOATS, *_TEXTS, "protocol", "password_file", "tls"}
 _TLS = {"ca", "cert", "key", "enabled"}
 
 
-class _Table:
-    """Typed reads from one TOML table; every error is a ConfigError at the key's line."""
-
-    def __init__(self, doc: TomlDocument, table: Any, prefix: str, allowed: set[str]):
-        self.doc, self.prefix = doc, prefix
-        if not isinstance(table, dict):
-            raise self.error("", "expected a table")
-        self.table = table
-        for key in table:
-            if key not in allowed:
-                raise self.error(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-    def error(self, key: str, message: str) -> ConfigError:
-        name = f"{self.prefix}.{key}" if key else self.prefix
-        base = self.doc.error(name, message)
-        return ConfigError(base.file, base.line, base.field, base.message)
-
-    def value(self, key: str, kinds: tuple[type, ...], what: str) -> Any:
-        value = self.table.get(key)
-        if value is None:
-            return None
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise self.error(key, f"expected {what}, got {type(value).__name__} {value!r}")
-        return value
-
-    def path(self, key: str) -> str | None:
-        """A file path (relative to the configuration file) that must be readable."""
-        value = self.value(key, (str,), "a file path")
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_absolute():
-            path = Path(self.doc.path).resolve().parent / path
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise self.error(key, f"{path}: no such readable file")
-        return str(path)
-
-
 def mqtt_config_from_table(doc: TomlDocument, table: dict, prefix: str = "mqtt") -> MqttConfig:
     """The MqttConfig of `table` (a `[mqtt]` table of `doc`); ConfigError naming the line otherwise."""
-    t = _Table(doc, table, prefix, _TOP)
+    t = ConfigTable(doc, table, prefix, _TOP)
     values: dict[str, Any] = {}
     for key in _TEXTS:
         value = t.value(key, (str,), "text")
@@ -155,7 +116,7 @@ def mqtt_config_from_table(doc: TomlDocument, table: dict, prefix: str = "mqtt")
             raise t.error("password_file", "give either password or password_file, not both")
         values["password"] = Path(password_file).read_text(encoding="utf-8").strip()
     if "tls" in table:
-        tls = _Table(doc, table["tls"], f"{prefix}.tls", _TLS)
+        tls = ConfigTable(doc, table["tls"], f"{prefix}.tls", _TLS)
         enabled = tls.value("enabled", (bool,), "true or false")
         values["tls"] = True if enabled is None else enabled
         values["tls_ca"], values["tls_cert"], values["tls_key"] = tls.path("ca"), tls.path("cert"), tls.path("key")
