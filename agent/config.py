@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from carledger.tomlfile import FieldError, TomlDocument, read_toml
 
@@ -66,7 +66,7 @@ class Config:
     vehicle: str | None
     buses: tuple[BusConfig, ...]
     policy: str | None = None  # the owner's policy file, applied at start when its version is newer
-    policy_text: str | None = None  # a policy made up by `carledger run --stream`, applied likewise
+    policy_streams: dict[str, tuple[str, ...]] | None = None  # `carledger run --stream`: local streams, a policy of their own
     sampling: SamplingConfig = SamplingConfig()
     seal_max_age: float = 1.0
     seal_max_records: int = 5000
@@ -385,17 +385,13 @@ def replay_config(
     return Config(
         path="(command line)", store=str(Path(store).resolve()), vehicle=vehicle, buses=(bus,),
         policy=str(Path(policy).resolve()) if policy else None,
-        policy_text=local_streams_policy(streams) if streams else None,
+        policy_streams={name: tuple(patterns) for name, patterns in streams.items()} if streams else None,
     )
 
 
-def local_streams_policy(streams: dict[str, list[str]]) -> str:
-    """Policy text for command-line streams: local (never sent), every class allowed.
-
-    Its version is a placeholder: the agent applies it as the next version
-    when it differs from the policy in force.
-    """
-    lines = ["version = 1", ""]
+def local_streams_policy(streams: Mapping[str, Sequence[str]], version: int = 1) -> str:
+    """Policy text for command-line streams: local (never sent), every class allowed."""
+    lines = [f"version = {version}", ""]
     for name, patterns in streams.items():
         lines += [
             "[[stream]]",

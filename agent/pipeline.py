@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
-from carledger.config import BusConfig, Config
+from carledger.config import BusConfig, Config, local_streams_policy
 from carledger.decode import DecodeTable, VssMapping, load_dbc
 from carledger.ledger import Ledger, load_or_create_secret
 from carledger.notify import Notifier, Watchdog
@@ -217,15 +217,15 @@ class Pipeline:
         config, current = self.config, self.owner_state.policy
         if config.policy is not None:
             name, text = config.policy, _read_text(config.policy)
-        elif config.policy_text is not None:
-            name, text = "--stream", config.policy_text
+        elif config.policy_streams is not None:
+            # The command line's streams, as the next version unless they are what is in force already.
+            name, text = "--stream", local_streams_policy(config.policy_streams, current.version + 1)
             try:
                 candidate = policy_from_text(name, text, check_expiry=False)
             except PolicyError as exc:
                 raise PipelineError(str(exc)) from None
             if candidate.streams == current.streams:
                 return
-            text = text.replace("version = 1", f"version = {current.version + 1}", 1)
         else:
             return
         try:
@@ -411,7 +411,7 @@ class Pipeline:
 
         if not self.obd_pollers:
             return
-        taken = [(name, source) for name, source, pid in _obd_signals() if pid >= 0 and self.streams.consumers(name, source, "obd-plan")]
+        taken = [(name, source) for name, source, pid in _obd_signals() if pid >= 0 and self.streams.takes(name, source)]
         for bus_name, poller in self.obd_pollers:
             configured = dict(poller.config.pids)
             pids = pid_intervals((name, 1.0) for name, _ in taken)

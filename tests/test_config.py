@@ -109,16 +109,17 @@ def test_missing_file(tmp_path):
 
 
 def test_replay_config_streams_become_a_policy_of_local_streams(tmp_path):
+    from carledger.config import local_streams_policy
     from carledger.policy import policy_from_text
 
     (tmp_path / "a.dbc").write_text('VERSION ""\n')
     (tmp_path / "a.log").write_text("")
     config = replay_config(str(tmp_path / "a.log"), [str(tmp_path / "a.dbc")], str(tmp_path / "s"), fast=True)
-    assert config.policy is None and config.policy_text is None  # no streams: nothing is collected
+    assert config.policy is None and config.policy_streams is None  # no streams: nothing is collected
     assert config.buses[0].speed == 0.0
     config = replay_config(str(tmp_path / "a.log"), [str(tmp_path / "a.dbc")], str(tmp_path / "s"),
                            {"all": ["*"], "gps": ["Vehicle.CurrentLocation.*"]})
-    policy = policy_from_text("--stream", config.policy_text)
+    policy = policy_from_text("--stream", local_streams_policy(config.policy_streams))
     assert [(s.name, s.signals, s.local) for s in policy.streams] == [("all", ("*",), True), ("gps", ("Vehicle.CurrentLocation.*",), True)]
     with pytest.raises(ConfigError, match="not found"):
         replay_config(str(tmp_path / "none.log"), [str(tmp_path / "a.dbc")], str(tmp_path / "s"))

@@ -77,6 +77,10 @@ class StreamManager:
         """Could any stream of the policy take this signal (now or once its consent starts)?"""
         return any(p.consumers(name, source) for p in self._probes)
 
+    def takes(self, name: str, source: str) -> bool:
+        """Does a running stream take this signal? (Asked of the probes: no tap is made for it.)"""
+        return any(p.stream.name in self.runtimes and p.consumers(name, source) for p in self._probes)
+
     def consumers(self, name: str, source: str, scope: Any = None) -> list:
         """Every running stream's taps and feeds for a signal; `scope` keeps buses apart (StreamRuntime.consumers)."""
         return [c for rt in self.runtimes.values() for c in rt.consumers(name, source, scope)]
