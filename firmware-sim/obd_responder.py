@@ -30,6 +30,7 @@ seconds); "pending" (7F xx 78 at once, the answer after `delay`); "silent"
 
 from __future__ import annotations
 
+import abc
 import collections
 import threading
 import time
@@ -148,15 +149,16 @@ class DriveClock:
         return self.car.state_at(self.sim_time(time.time()) if held is None else held)
 
 
-class Background:
+class Background(abc.ABC):
     """Something of the simulated car that runs in its own thread: `start()`, `stop()`, or `with`."""
 
     thread_name = "carledger-sim"
     _stop: threading.Event
     _thread: threading.Thread | None = None
 
+    @abc.abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """The thread's loop; each subclass (the responder, the ELM327 emulator) defines it."""
 
     def _closed(self) -> None:
         """Release what the thread used, after it ended."""
