@@ -352,7 +352,7 @@ def never_leaves(policy: Policy) -> tuple[list[str], list[str]]:
         finest = min(located, key=lambda s: s.location.cell_m())  # type: ignore[union-attr]
         never.append(f"location more precise than {describe_location(finest.location).split(' ', 1)[1]}")
     if outbound and not any(s.identity == "vin" for s in outbound):
-        never.append("the VIN: each recipient gets its own pseudonym, which no other recipient can link")
+        never.append("the VIN: each recipient gets its own pseudonym of it (all streams are signed with the one vehicle key, so recipients who compare keys can still tell it is one car)")
     elif outbound:
         notes.append("the VIN goes to: " + ", ".join(s.recipient or "" for s in outbound if s.identity == "vin"))
     local = [s.name for s in policy.streams if s.local]
