@@ -101,11 +101,10 @@ def test_sigkill_during_fast_replay(long_log, tmp_path, capsys):
         wait_until(lambda: block_count(store) > before or proc.poll() is not None)
         time.sleep(rng.uniform(0.0, 0.8))  # the random moment is the point of this test
         if proc.poll() is None:
-            killed_mid_run += 1
             os.kill(proc.pid, signal.SIGKILL)
-            assert proc.wait() == -signal.SIGKILL
-        else:
-            assert proc.returncode == 0
+        # The agent may have finished between poll() and kill(): a zombie ignores the signal.
+        assert proc.wait() in (0, -signal.SIGKILL)
+        killed_mid_run += proc.returncode == -signal.SIGKILL
 
         report = verify(store, capsys)
         wheels = report["streams"]["wheels"]
