@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from carledger import __version__
 from carledger.config import BusConfig, Config, local_streams_policy
 from carledger.decode import DecodeTable, VssMapping, load_dbc
+from carledger.edr import CRASH_STREAM, CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
 from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
@@ -192,6 +193,8 @@ class Pipeline:
                 on_event=self._health_event,
             )
             self.streams = StreamManager(self.ledger, self.owner_state, settings, seal=self._seal)
+            self.edr = CrashRecorder(self.ledger, seal=self._seal, on_event=self._health_event)
+            self._configure_edr(time.time())
             self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
             self._sample_consumers: dict[tuple, list] = {}
             self.obd_pollers = self._make_obd_sources()
@@ -240,13 +243,14 @@ class Pipeline:
             log.info("%s", outcome.message)
 
     def _plan(self) -> None:
-        """Decode tables for what any stream of the policy could take; handlers for the running ones."""
-        streams = self.streams
+        """Decode tables for what any stream of the policy (or its crash capture) could take; handlers for the running ones."""
+        streams, edr = self.streams, self.edr
         for bus in self.buses:
             mapping = bus.mapping
 
             def wanted(source: str, mapping: VssMapping = mapping) -> bool:
-                return streams.wants(mapping.name(source), source)
+                name = mapping.name(source)
+                return streams.wants(name, source) or edr.wants(name, source)
 
             bus.plan(wanted, self._handler_maker(mapping, bus.config.name))
             log.info(
@@ -262,13 +266,14 @@ class Pipeline:
         self._warn_unmatched_streams()
 
     def _handler_maker(self, mapping: VssMapping, bus: str) -> Callable[[Any], MessageHandler | None]:
-        streams = self.streams
+        streams, edr = self.streams, self.edr
 
         def make_handler(extractor: Any) -> MessageHandler | None:
             consumers = []
             for signal in extractor.names:
                 source = f"{extractor.message.name}.{signal}"
-                consumers.append(streams.consumers(mapping.name(source), source, bus))
+                name = mapping.name(source)
+                consumers.append(streams.consumers(name, source, bus) + edr.consumers(name, source))
             if not any(consumers):
                 return None  # no running stream takes anything from this message now
             handler = MessageHandler(extractor.extract, consumers)
@@ -329,10 +334,14 @@ class Pipeline:
         from carledger.sync import OutboundStream
 
         out = {}
-        for stream in self.owner_state.effective_policy().streams:
+        policy = self.owner_state.effective_policy()
+        for stream in policy.streams:
             if stream.local or not stream.recipient or stream.consent is None:
                 continue
             out[stream.name] = OutboundStream(stream.recipient, until=stream.consent.expires.timestamp())
+        edr = policy.edr
+        if edr is not None and edr.recipient is not None and edr.consent is not None:  # crash captures leave only so
+            out[CRASH_STREAM] = OutboundStream(edr.recipient, until=edr.consent.expires.timestamp())
         return out
 
     def _audit_disclosure(self, disclosure: Any) -> None:
@@ -401,7 +410,7 @@ class Pipeline:
             key = (scope, name, source)
             consumers = cache.get(key)
             if consumers is None:
-                consumers = cache[key] = self.streams.consumers(name, source, scope)
+                consumers = cache[key] = self.streams.consumers(name, source, scope) + self.edr.consumers(name, source)
             for consumer in consumers:
                 consumer.offer(t, value)
 
@@ -466,6 +475,7 @@ class Pipeline:
         ]
         for thread in threads:
             thread.start()
+        self.edr.recover()
         self._start_sync()
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
@@ -487,6 +497,8 @@ class Pipeline:
                     self._next_spool = wall + _SPOOL_INTERVAL
                     self._owner_requests()
                 self._checkpoint(self.now())
+                if self.edr.capture is not None:
+                    self.edr.poll(self.now())  # a crash may silence the bus: the post-crash window ends on time anyway
                 self.watchdog.beat()
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
@@ -502,6 +514,7 @@ class Pipeline:
             self._stop_sync()
             self._health_event("agent-stop", self._counters())
             if self._started:
+                self.edr.close(self._last_t if self._last_t is not None else self.now())
                 self.streams.close(self._last_t if self._last_t is not None else self.now())
             self._seal(None)
             self.ledger.close()
@@ -660,7 +673,9 @@ class Pipeline:
                 bus.reset_handlers()
             self._sample_consumers = {}
             self._poll_what_streams_take()
+        self._configure_edr(t)
         streams.poll(t)
+        self.edr.poll(t)
         if t >= self._next_retention:
             self._next_retention = t + _RETENTION_INTERVAL
             self._owner_action(lambda: self.actions.retention(now=t))
@@ -668,6 +683,16 @@ class Pipeline:
                 quota = int(self.config.disk_quota_mb * 1e6)
                 self._owner_action(lambda: self.actions.evict(quota, now=t))
         self._seal_due()
+
+    def _configure_edr(self, t: float) -> bool:
+        """Crash capture as the policy in force and the pause switch say; handlers rebuilt when it turns on or off."""
+        policy = self.owner_state.policy
+        changed = self.edr.configure(policy.edr, policy.version, self.ledger.policy_digest, paused=self.owner_state.paused(t))
+        if changed:
+            for bus in self.buses:
+                bus.reset_handlers()
+            self._sample_consumers = {}
+        return changed
 
     def _owner_requests(self) -> None:
         """Requests the CLI queued while this agent holds the store (consent, pause, a new policy ...)."""
@@ -689,6 +714,7 @@ class Pipeline:
             log.info("%s", outcome.message)
             now = self.now()
             self.streams.reload(self.owner_state)
+            self._configure_edr(now)
             if self.owner_state.policy is not old_policy:
                 self._plan()  # another policy: other signals may be needed
             if self._started:

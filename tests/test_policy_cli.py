@@ -35,7 +35,7 @@ consent = { granted = 2026-11-01T00:00:00Z }
 def test_check_valid_example(capsys) -> None:
     code, out, _ = run(capsys, "check", str(EXAMPLE), *AT)
     assert code == 0
-    assert out.startswith(f"OK {EXAMPLE} (version 3, 5 streams; digest ")
+    assert out.startswith(f"OK {EXAMPLE} (version 3, 4 streams, crash capture; digest ")
 
 
 def test_check_prints_every_problem_and_exits_1(tmp_path: Path, capsys) -> None:

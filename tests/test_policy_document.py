@@ -493,7 +493,9 @@ def test_syntax_error_and_missing_file(tmp_path: Path) -> None:
 def test_example_policy_is_valid(demo) -> None:
     assert check_policy(EXAMPLE, demo, now=NOW) == []
     policy = load_policy(EXAMPLE, demo, now=NOW)
-    assert {s.name for s in policy.streams} >= {"insurer", "fleet", "vault", "crash"}
+    assert {s.name for s in policy.streams} >= {"insurer", "fleet", "vault"}
+    assert policy.edr is not None and [name for name, _ in policy.edr.keys] == ["owner", "escrow"]
+    assert policy.edr.keep_non_deployment == 2 and policy.edr.post == 5.0 and policy.edr.event_timeout == 0.3
     metrics = policy.stream("insurer").metrics
     assert metrics is not None and set(metrics.enabled()) == {
         "distance", "harsh_braking", "harsh_acceleration", "night_driving", "over_speed"}

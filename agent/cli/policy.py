@@ -16,6 +16,7 @@ from typing import Any
 from carledger.policy.classes import CLASSES, DESCRIPTIONS, LOCATION, PERSONAL
 from carledger.policy.document import (
     Aggregate,
+    CrashCapture,
     LocationPrecision,
     Metrics,
     Policy,
@@ -23,6 +24,7 @@ from carledger.policy.document import (
     PolicyUnreadable,
     Stream,
     Zone,
+    format_time,
     load_policy,
     plain,
     vehicle_signals,
@@ -191,6 +193,8 @@ def _check(args: argparse.Namespace) -> int:
     def body(known: Any) -> int:
         policy = load_policy(args.file, known, now=_at(args))  # PolicyError: every problem, handled by _run
         summary = f"version {policy.version}, {len(policy.streams)} stream{'s' if len(policy.streams) != 1 else ''}"
+        if policy.edr is not None:
+            summary += ", crash capture"
         if args.json:
             print(json.dumps({"file": args.file, "valid": True, "version": policy.version,
                               "streams": [s.name for s in policy.streams], "digest": policy.digest().hex(),
@@ -358,10 +362,32 @@ def never_leaves(policy: Policy) -> tuple[list[str], list[str]]:
     local = [s.name for s in policy.streams if s.local]
     if local:
         never.append(f"the local stream{'s' if len(local) > 1 else ''} {', '.join(local)}")
+    if policy.edr is not None and policy.edr.recipient is None:
+        never.append("crash captures (kept in the car, encrypted to the keys named in [edr])")
+    elif policy.edr is not None:
+        notes.append(f"crash captures go to {policy.edr.recipient}: speed, pedals, steering, acceleration, belts and "
+                     f"airbags around a crash, readable only with the keys {', '.join(n for n, _ in policy.edr.keys)}")
     for s in outbound:
         if s.encrypt_to is None:
             notes.append(f"stream {s.name} is not encrypted: brokers and relays can read it")
     return never, notes
+
+
+def describe_edr(edr: CrashCapture) -> list[str]:
+    """The [edr] section in plain language: the first line is the heading."""
+    from carledger.edr.ring import PERIOD, PRE_CRASH
+
+    lines = [f"Crash capture (event data recorder): {PRE_CRASH:g} s before a crash at {1 / PERIOD:g} Hz "
+             f"and {format_duration(edr.post)} after the event, on a speed change of 8 km/h within 150 ms or an airbag deploying"]
+    lines.append("encrypted to: " + ", ".join(name for name, _ in edr.keys) + " (only these keys open a capture)")
+    if edr.recipient is not None and edr.consent is not None:
+        lines.append(f"leaves the car: to {edr.recipient} for \"{edr.purpose}\", consent until {format_time(edr.consent.expires)}")
+    else:
+        lines.append("never leaves the car (no recipient)")
+    lines.append(f"kept: captures with an airbag deployment always; at most {edr.keep_non_deployment} others "
+                 "(a newer one overwrites the oldest); never deleted for disk space or retention")
+    lines.append("the last 20 s are kept in memory only; nothing of them is stored unless a crash triggers a capture")
+    return lines
 
 
 # -- show ------------------------------------------------------------------------------------
@@ -382,6 +408,7 @@ def _show(args: argparse.Namespace) -> int:
                 "classes": [list(c) for c in policy.classes],
                 "zones": plain(policy.zones),
                 "streams": [{**plain(s), "summary": lines} for s, lines in streams],
+                "edr": None if policy.edr is None else {**plain(policy.edr), "summary": describe_edr(policy.edr)},
                 "never_leaves": never,
                 "notes": notes,
             }
@@ -392,7 +419,7 @@ def _show(args: argparse.Namespace) -> int:
             out.append("PAUSED: nothing is collected or sent while the policy is paused.")
         if not policy.streams:
             out.append("No streams: nothing is collected but the agent's own health.")
-        for _, lines in streams:
+        for lines in [lines for _, lines in streams] + ([describe_edr(policy.edr)] if policy.edr else []):
             out.append("")
             out.append(lines[0])
             out.extend(f"  {line}" for line in lines[1:])
@@ -575,6 +602,14 @@ def diff_policies(old: Policy, new: Policy) -> list[dict[str, Any]]:
         if name not in new_streams:
             whom = "nothing is recorded for it any more" if s.local else f"{s.recipient} no longer receives anything from it"
             out.append(_change("stream", name, "stream", s, None, f'stream "{name}" removed: {whom}'))
+    if old.edr != new.edr:
+        if new.edr is None:
+            text = "crash capture removed: no crash is recorded any more"
+        elif old.edr is None:
+            text = "crash capture added: " + "; ".join(describe_edr(new.edr)[1:4])
+        else:
+            text = "crash capture changed: " + "; ".join(describe_edr(new.edr)[1:4])
+        out.append(_change("edr", None, "edr", old.edr, new.edr, text))
     return out
 
 

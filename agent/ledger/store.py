@@ -412,6 +412,14 @@ class Store:
                 (stream, before_us),
             ).fetchall()
 
+    def block_ids(self, stream: str, first_seq: int, last_seq: int) -> list[int]:
+        """Row ids of the stream's blocks with first_seq <= seq <= last_seq, by seq."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT id FROM blocks WHERE stream = ? AND seq BETWEEN ? AND ? ORDER BY seq", (stream, first_seq, last_seq)
+            ).fetchall()
+        return [r[0] for r in rows]
+
     def drop_records(self, block_ids: Sequence[int]) -> None:
         """Retention: forget the records of these blocks (their signed headers stay and still link)."""
         self._writable()

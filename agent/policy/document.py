@@ -30,7 +30,12 @@ from carledger.tomlfile import FieldError, KeyLocator, TomlDocument, parse_toml,
 MAX_CONSENT = timedelta(days=731)
 MAX_CONSENT_TEXT = "2 years"
 #: Streams the agent writes itself (carledger.pipeline.HEALTH_STREAM); a policy cannot define them.
-RESERVED_STREAMS = frozenset({"health", "audit"})
+RESERVED_STREAMS = frozenset({"health", "audit", "crash"})
+#: Crash capture defaults (docs/edr.md): Part 563 keeps two non-deployment events.
+EDR_KEEP_NON_DEPLOYMENT = 2
+EDR_POST = 5.0  # seconds recorded after the end of the event
+EDR_EVENT_TIMEOUT = 0.3  # seconds after the trigger by which the event has ended at the latest
+EDR_OWNER_KEY = "owner"
 AGGREGATE_FUNCTIONS = ("min", "max", "mean", "count")
 METRICS = ("distance", "harsh_braking", "harsh_acceleration", "night_driving", "over_speed")
 IDENTITIES = ("pseudonym", "vin")
@@ -177,12 +182,30 @@ class Stream:
 
 
 @dataclass(frozen=True)
+class CrashCapture:
+    """The `[edr]` section: crash captures, encrypted to `keys`, released only to `recipient` under `consent`."""
+
+    keys: tuple[tuple[str, str], ...]  # (name, X25519 public key as hex); "owner" always among them
+    keep_non_deployment: int = EDR_KEEP_NON_DEPLOYMENT
+    post: float = EDR_POST
+    event_timeout: float = EDR_EVENT_TIMEOUT
+    recipient: str | None = None
+    purpose: str | None = None
+    consent: Consent | None = None
+
+    def released_at(self, when: datetime) -> bool:
+        """May captures leave the car at `when` (to `recipient`)?"""
+        return self.recipient is not None and self.consent is not None and self.consent.valid_at(when)
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int = 0
     paused: bool = False
     classes: tuple[tuple[str, str], ...] = ()
     zones: tuple[Zone, ...] = ()
     streams: tuple[Stream, ...] = ()
+    edr: CrashCapture | None = None  # no [edr] section: no crash capture
     path: str | None = field(default=None, compare=False)
 
     @classmethod
@@ -222,13 +245,16 @@ class Policy:
 
     def canonical(self) -> dict[str, Any]:
         """The parsed document as plain data (lists, floats, UTC date-time strings); no file path."""
-        return {
+        out = {
             "version": self.version,
             "paused": self.paused,
             "classes": [list(item) for item in self.classes],
             "zones": [plain(z) for z in self.zones],
             "streams": [plain(s) for s in self.streams],
         }
+        if self.edr is not None:  # absent, not null: digests of policies without [edr] stay what they were
+            out["edr"] = plain(self.edr)
+        return out
 
     def digest(self) -> bytes:
         """SHA-256 of the deterministic CBOR of `canonical()`: what blocks name as their policy."""
@@ -303,7 +329,8 @@ def vehicle_signals(dbc_paths: Iterable[str | Path], vss_paths: Iterable[str | P
 
 # -- validation ---------------------------------------------------------------------
 
-_TOP = ("version", "paused", "classes", "zone", "stream")
+_TOP = ("version", "paused", "classes", "zone", "stream", "edr")
+_EDR = ("keys", "keep_non_deployment", "post", "event_timeout", "recipient", "purpose", "consent")
 _ZONE = ("name", "lat", "lon", "radius_m", "polygon")
 _STREAM = (
     "name", "recipient", "purpose", "local", "signals", "allow", "raw", "min_interval", "precision",
@@ -576,9 +603,62 @@ class _Validator:
             else:
                 seen[stream.name] = index
             streams.append(stream)
+        edr = self.edr(top)
         if self.p.items:
             return None
-        return Policy(version=version or 0, paused=paused, classes=classes, zones=zones, streams=tuple(streams), path=self.doc.path)
+        return Policy(
+            version=version or 0, paused=paused, classes=classes, zones=zones, streams=tuple(streams), edr=edr,
+            path=self.doc.path,
+        )
+
+    def edr(self, top: _Table) -> CrashCapture | None:
+        table = top.table("edr")
+        if table is None:
+            return None
+        t = _Table(self.p, table, ("edr",), _EDR)
+        before = len(self.p.items)
+        keys = []
+        named = t.table("keys")
+        if named is None:
+            if not t.has("keys"):
+                t.error("keys", f'required: the X25519 public keys captures are encrypted to, at least {{ {EDR_OWNER_KEY} = "64 hex digits" }}')
+        else:
+            for name, key in named.items():
+                where = t.at("keys", name)
+                if not _NAME.match(name):
+                    self.p.add(where, f"{name!r} is not a valid key name (letters, digits, _ . -; at most 63)")
+                elif not isinstance(key, str) or not _HEX_KEY.match(key):
+                    self.p.add(where, "expected an X25519 public key as 64 hex characters (carledger keygen recipient)")
+                else:
+                    keys.append((name, key.lower()))
+            if EDR_OWNER_KEY not in named:
+                t.error("keys", f"required: the owner's key ({EDR_OWNER_KEY} = \"64 hex digits\"); a capture must always be readable by the owner")
+        keep = t.integer("keep_non_deployment", 0, 100)
+        post = t.duration("post")
+        if post is not None and not 0 <= post <= 60:
+            t.error("post", f"must be between 0 and 60 seconds, got {post:g}")
+        timeout = t.duration("event_timeout")
+        if timeout is not None and not 0.02 <= timeout <= 5:
+            t.error("event_timeout", f"must be between 20 ms and 5 s, got {timeout:g} s")
+        recipient = t.text("recipient")
+        purpose = t.text("purpose")
+        consent = None
+        if recipient is None:
+            for key in ("purpose", "consent"):
+                if t.has(key):
+                    t.error(key, "captures leave the car only to a recipient: add recipient, or remove this")
+        else:
+            if purpose is None:
+                t.error("purpose", "required with recipient: what the recipient may use crash captures for")
+            consent = self.consent(t, local=False)
+        if len(self.p.items) > before:
+            return None
+        return CrashCapture(
+            keys=tuple(keys), recipient=recipient, purpose=purpose, consent=consent,
+            keep_non_deployment=EDR_KEEP_NON_DEPLOYMENT if keep is None else keep,
+            post=EDR_POST if post is None else post,
+            event_timeout=EDR_EVENT_TIMEOUT if timeout is None else timeout,
+        )
 
     def classes(self, top: _Table) -> tuple[tuple[str, str], ...]:
         table = top.table("classes")

@@ -52,7 +52,7 @@ Progress = Callable[[int, int], None]
 PROGRESS_EVERY = 500
 #: Declared events that allow a block's records to be gone (docs/owner-state.md): its detail names
 #: the stream (default: the event's own) and "seqs", a list of [first, last] ranges.
-DROP_EVENTS = frozenset({"retention", "eviction"})
+DROP_EVENTS = frozenset({"retention", "eviction", "capture-overwritten"})  # events that declare dropped records
 _sha256 = hashlib.sha256
 
 

@@ -1,0 +1,336 @@
+"""The event data recorder: the pre-crash ring buffer, the trigger, and the capture it writes.
+
+`CrashRecorder` is one more consumer of decoded signals, beside the policy's
+streams. It runs only while the owner's policy has an `[edr]` section and is
+not paused; then it keeps the last 20 s of the capture signals in memory
+(`ring.SnapshotRing`). A trigger (`trigger.py`) turns that into a capture in
+the `crash` stream:
+
+1. a cleartext `capture` block (who may read it, why it started, the policy
+   version in force), sealed at once;
+2. the pre-crash ticks, encrypted to the policy's keys, sealed at once: a
+   SIGKILL right after the trigger still leaves them durable;
+3. the event at the rate the signals arrive (delta-V) and 10 Hz ticks, sealed
+   at the end of the event and then every second of the post-crash window;
+4. a cleartext `capture-end` block with the data's seqs and record count.
+
+Then the keep rule: airbag-deployment captures are never overwritten; beyond
+the policy's number of non-deployment captures, the oldest one's data is
+declared overwritten and its records dropped (its metadata stays).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable
+
+from carledger.edr import signals
+from carledger.edr.captures import (
+    CAPTURE, CAPTURE_END, CRASH_STREAM, DELTA_V, END_OF_EVENT, OVERWRITTEN, CaptureInfo, read_captures,
+)
+from carledger.edr.ring import PERIOD, PRE_CRASH, SnapshotRing, Tick
+from carledger.edr.trigger import SETTLE_WINDOW, TRIGGER_WINDOW, DeltaV, Trigger
+from carledger.ledger import Ledger
+from carledger.policy.document import CrashCapture
+
+log = logging.getLogger(__name__)
+
+POST_SEAL_EVERY = 1.0  # seconds of the post-crash window between seals (durability within a second)
+
+
+def _number(value: Any) -> float | None:
+    inner = getattr(value, "value", value)  # cantools NamedSignalValue
+    try:
+        return float(inner)
+    except (TypeError, ValueError):
+        return None
+
+
+class _Input:
+    """One signal's samples into the recorder (the consumer interface of the policy's taps)."""
+
+    __slots__ = ("recorder", "role", "name", "source", "owner")
+    pending = False  # never holds a value back (the pipeline asks)
+
+    def __init__(self, recorder: "CrashRecorder", role: str, name: str, source: str | None):
+        self.recorder, self.role, self.name, self.source = recorder, role, name, source
+
+    def offer(self, t: float, value: Any) -> None:
+        self.recorder.sample(self.role, self.name, self.source, t, value)
+
+
+class _Capture:
+    """One capture being written: its phase, its writer's seals, what its end event will say."""
+
+    def __init__(self, number: int, trigger: Trigger, deployment: bool, start_seq: int, post: float, timeout: float):
+        self.number = number
+        self.trigger = trigger
+        self.deployment = deployment
+        self.start_seq = start_seq
+        self.post = post
+        self.deadline = trigger.t + timeout  # the event ends by then at the latest
+        self.end_of_event: float | None = None
+        self.done_at: float | None = None
+        self.records = 0
+        self.max_delta = trigger.delta_kmh
+        self.last_seal = trigger.t
+        self.reference: float | None = None  # the triggering trace's velocity when the trigger window began
+
+
+class CrashRecorder:
+    """Crash captures for the policy's `[edr]`; call `sample` per value, `poll(t)` as the data's clock moves."""
+
+    def __init__(self, ledger: Ledger, *, seal: Callable[[list], Any] | None = None,
+                 on_event: Callable[[str, dict], None] | None = None):
+        self.ledger = ledger
+        self._seal = seal or ledger.seal
+        self.on_event = on_event or (lambda kind, detail: None)
+        self.settings: CrashCapture | None = None
+        self.paused = False
+        self.policy_ref: dict[str, Any] = {}
+        self.ring = SnapshotRing()
+        self.delta_v = DeltaV.empty()
+        self.capture: _Capture | None = None
+        self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
+        self._sealer: Any = None
+        self._writer: Any = None
+        self._sealer_of_capture: Any = None
+        self.captures: list[CaptureInfo] = read_captures(ledger.store)
+
+    # -- configuration ------------------------------------------------------------------------
+
+    @property
+    def enabled(self) -> bool:
+        """Recording: the policy has [edr] and collection is not paused."""
+        return self.settings is not None and not self.paused
+
+    def configure(self, settings: CrashCapture | None, policy_version: int, policy_digest: bytes, *, paused: bool = False) -> bool:
+        """The policy in force (`settings` None: no [edr]). True when recording turned on or off.
+
+        While paused nothing is buffered; a running capture finishes under the terms it started with.
+        """
+        from carledger.ledger.encrypt import RecordSealer
+
+        was = self.enabled
+        if settings is not None and settings != self.settings:
+            self._sealer = RecordSealer([key for _, key in settings.keys])
+        self.settings, self.paused = settings, paused
+        if settings is not None:
+            self.policy_ref = {"version": policy_version, "digest": policy_digest.hex()}
+        if not self.enabled:
+            self.ring.clear()
+        if self.enabled != was:
+            log.info("crash capture: %s", f"on, encrypted to {', '.join(n for n, _ in settings.keys)}" if settings and self.enabled else "off")
+        return self.enabled != was
+
+    def wants(self, name: str, source: str | None = None) -> bool:
+        """Could the recorder need this signal under the policy (paused or not)? It is decoded then."""
+        return self.settings is not None and signals.role_of(name, source) is not None
+
+    def consumers(self, name: str, source: str | None = None) -> list[_Input]:
+        if not self.enabled:
+            return []
+        role = signals.role_of(name, source)
+        return [] if role is None else [_Input(self, role, name, source)]
+
+    # -- the data -----------------------------------------------------------------------------
+
+    def sample(self, role: str, name: str, source: str | None, t: float, value: Any) -> None:
+        if not self.enabled and self.capture is None:
+            return
+        self.ring.offer(t, name, value, source)
+        trigger = None
+        capture = self.capture
+        if role == signals.SPEED or role == signals.ACCEL_LONG:
+            number = _number(value)
+            if number is None:
+                return
+            dv = self.delta_v
+            if role == signals.SPEED:
+                dv.speed.add(t, number)
+                dv.speed_signal = dv.speed_signal or name
+            else:
+                dv.accel.add(t, number)
+                dv.accel_signal = dv.accel_signal or name
+            if capture is None:
+                trigger = dv.check(t)
+            elif capture.end_of_event is None and name == capture.trigger.signal and capture.reference is not None:
+                delta = dv.velocity(t, name) - capture.reference
+                capture.max_delta = max(capture.max_delta, abs(delta))
+                self._add_sample(t, DELTA_V, round(delta, 3), name)
+        elif role in (signals.AIRBAG, signals.CRASH):
+            number = _number(value) or 0.0
+            before = self._flags.get(name)
+            self._flags[name] = number
+            if number and before is not None and not before:  # a rising edge, not a car that was already so
+                if role == signals.AIRBAG and capture is not None:
+                    capture.deployment = True
+                trigger = Trigger(t, "airbag" if role == signals.AIRBAG else "crash-signal", name)
+        if trigger is not None and self.capture is None and self.enabled:
+            self._start(trigger)
+        self.poll(t)
+
+    def poll(self, t: float) -> None:
+        """The data's clock is at t: emit ticks, end the event, seal, finish the capture when due."""
+        capture = self.capture
+        if capture is None:
+            return
+        if capture.done_at is None or t < capture.done_at:
+            self.ring.advance(t)
+        if capture.end_of_event is None:
+            signal = capture.trigger.signal
+            settled = capture.trigger.kind == "delta-v" and t >= capture.trigger.t + SETTLE_WINDOW and \
+                self.delta_v.settled(t, signal)
+            if settled or t >= capture.deadline:
+                self._end_of_event(min(t, capture.deadline), "settled" if settled else "timeout")
+        elif capture.done_at is not None and t >= capture.done_at:
+            self.ring.advance(capture.done_at)
+            self._finish(capture.done_at)
+        elif t - capture.last_seal >= POST_SEAL_EVERY:
+            self._seal_data(t)
+
+    def close(self, t: float) -> None:
+        """The agent stops: a running capture ends here, marked interrupted."""
+        if self.capture is not None:
+            self._finish(t, interrupted=True)
+
+    # -- writing a capture --------------------------------------------------------------------
+
+    def _writer_for_capture(self) -> Any:
+        writer = self.ledger.writer(CRASH_STREAM)
+        writer.policy_digest = bytes.fromhex(self.policy_ref["digest"]) if self.policy_ref else None
+        return writer
+
+    def _cleartext(self, t: float, kind: str, detail: dict) -> int:
+        """A metadata event in a block of its own, readable without a key; returns its seq."""
+        writer = self._writer
+        self._seal([writer])  # the data so far goes out under encryption first
+        writer.sealer = None
+        writer.add_event(t, kind, detail)
+        try:
+            self._seal([writer])
+        finally:
+            writer.sealer = self._sealer_of_capture
+        return writer.head[0]
+
+    def _start(self, trigger: Trigger) -> None:
+        settings = self.settings
+        assert settings is not None
+        from carledger.ledger.encrypt import recipient_kid, parse_public_key
+
+        number = max((c.capture for c in self.captures), default=0) + 1
+        deployment = trigger.kind == "airbag" or any(
+            v for n, v in self._flags.items() if signals.role_of(n) == signals.AIRBAG
+        )
+        self._writer = self._writer_for_capture()
+        self._sealer_of_capture = self._sealer
+        detail = {
+            "capture": number,
+            "trigger": {"kind": trigger.kind, "signal": trigger.signal, "delta_v_kmh": trigger.delta_kmh,
+                        "window_ms": round(TRIGGER_WINDOW * 1000)},
+            "deployment": deployment,
+            "policy": dict(self.policy_ref),
+            "keys": [{"name": name, "kid": recipient_kid(parse_public_key(key)).hex()} for name, key in settings.keys],
+            "pre_s": PRE_CRASH, "rate_hz": round(1 / PERIOD), "post_s": settings.post,
+            "event_timeout_s": settings.event_timeout,
+            "signals": sorted(self.ring.values),
+        }
+        start_seq = self._cleartext(trigger.t, CAPTURE, detail)
+        capture = self.capture = _Capture(number, trigger, deployment, start_seq, settings.post, settings.event_timeout)
+        if trigger.kind == "delta-v":
+            capture.reference = self.delta_v.velocity(trigger.t - TRIGGER_WINDOW, trigger.signal)
+        self.captures.append(CaptureInfo(number, trigger.t, start_seq, detail["trigger"], deployment,
+                                         detail["policy"], detail["keys"], detail=detail))
+        for tick in self.ring.window(trigger.t - PRE_CRASH):
+            self._add_tick(tick)
+        self.ring.sink = self._add_tick
+        self._seal_data(trigger.t)
+        log.warning("crash capture %d: %s trigger at %.3f (%s, %.1f km/h); pre-crash data sealed",
+                    number, trigger.kind, trigger.t, trigger.signal, trigger.delta_kmh)
+        self.on_event("crash-capture", {"capture": number, "trigger": detail["trigger"], "deployment": deployment})
+        del capture
+
+    def _add_tick(self, tick: Tick) -> None:
+        t, row = tick
+        for name, value, source in row:
+            self._add_sample(t, name, value, source)
+
+    def _add_sample(self, t: float, name: str, value: Any, source: str | None) -> None:
+        inner = getattr(value, "value", value)
+        self._writer.add_sample(t, name, inner if type(inner) in (int, float, str) else value, source)
+        self.capture.records += 1  # type: ignore[union-attr]
+
+    def _seal_data(self, t: float) -> None:
+        self._seal([self._writer])
+        self.capture.last_seal = t  # type: ignore[union-attr]
+
+    def _end_of_event(self, t: float, reason: str) -> None:
+        capture = self.capture
+        assert capture is not None
+        capture.end_of_event = t
+        capture.done_at = t + capture.post
+        self._writer.add_event(t, END_OF_EVENT, {"reason": reason, "delta_v_kmh": round(capture.max_delta, 3)})
+        capture.records += 1
+        self._seal_data(t)
+
+    def _finish(self, t: float, *, interrupted: bool = False) -> None:
+        capture = self.capture
+        assert capture is not None
+        self.ring.sink = None
+        self.capture = None
+        first = capture.start_seq + 1
+        self._seal([self._writer])
+        last = self._writer.head[0]
+        detail = {
+            "capture": capture.number, "deployment": capture.deployment,
+            "seqs": [[first, last]] if last >= first else [], "records": capture.records,
+            "end_of_event": capture.end_of_event, "delta_v_kmh": round(capture.max_delta, 3),
+        }
+        if interrupted:
+            detail["interrupted"] = True
+        end_seq = self._cleartext(t, CAPTURE_END, detail)
+        self._writer.sealer = None
+        info = next(c for c in self.captures if c.capture == capture.number)
+        info.end_seq, info.deployment, info.interrupted = end_seq, capture.deployment, interrupted
+        info.data_seqs = (first, last) if last >= first else None
+        info.records = capture.records
+        log.warning("crash capture %d: complete (%d records, blocks %d-%d)", capture.number, capture.records, first, last)
+        self._keep_rule(t)
+
+    def _keep_rule(self, t: float) -> None:
+        """Overwrite the oldest non-deployment captures beyond the policy's number."""
+        keep = self.settings.keep_non_deployment if self.settings is not None else None
+        if keep is None:
+            return
+        kept = [c for c in self.captures if not c.deployment and not c.overwritten and not c.interrupted
+                and c.end_seq is not None and c.data_seqs is not None]
+        store = self.ledger.store
+        for info in kept[: max(0, len(kept) - keep)]:
+            first, last = info.data_seqs  # type: ignore[misc]
+            writer = self._writer or self._writer_for_capture()
+            self._writer = writer
+            self._sealer_of_capture = None
+            self._cleartext(t, OVERWRITTEN, {
+                "capture": info.capture, "stream": CRASH_STREAM, "seqs": [[first, last]],
+                "reason": f"more than {keep} non-deployment captures",
+            })
+            store.drop_records(store.block_ids(CRASH_STREAM, first, last))
+            info.overwritten = True
+            log.info("crash capture %d: overwritten (more than %d non-deployment captures)", info.capture, keep)
+
+    def recover(self) -> None:
+        """A capture the last run could not finish (killed): declare its end now, marked interrupted."""
+        open_ = [c for c in self.captures if c.end_seq is None]
+        if not open_:
+            return
+        writer = self._writer = self.ledger.writer(CRASH_STREAM)
+        self._sealer_of_capture = None
+        head = writer.head[0] if writer.head else open_[-1].start_seq
+        for info in open_:
+            first, last = info.start_seq + 1, head
+            detail = {"capture": info.capture, "deployment": info.deployment, "interrupted": True,
+                      "seqs": [[first, last]] if last >= first else [], "records": None, "end_of_event": None}
+            info.end_seq = self._cleartext(info.t, CAPTURE_END, detail)
+            info.interrupted = True
+            info.data_seqs = (first, last) if last >= first else None
+            log.warning("crash capture %d: the agent stopped while recording it; its end is declared now", info.capture)

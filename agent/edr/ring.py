@@ -1,0 +1,73 @@
+"""The pre-crash ring buffer: every capture signal's value at each 100 ms tick, for the last 20 s.
+
+It lives only in memory. Nothing of it reaches the ledger unless a crash
+triggers a capture, which then takes the buffered ticks as its pre-crash
+data and keeps receiving new ticks until it ends.
+
+Ticks sit on a fixed grid of the data's clock (multiples of 100 ms), and a
+tick holds each signal's latest value at or before it (sample and hold).
+A tick is emitted once a sample or a poll shows the clock has passed it.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Any, Callable
+
+PERIOD = 0.1  # seconds between ticks: 10 Hz, as Part 563 (2024) and UN R160 require
+PRE_CRASH = 20.0  # seconds of ticks kept
+STALE = 2.0  # a data gap this long: what was held is no longer the car's state
+
+#: One tick: its time and (name, value, source) of every signal known then.
+Tick = tuple[float, tuple[tuple[str, Any, "str | None"], ...]]
+
+
+class SnapshotRing:
+    """Ticks of the last `length` seconds; `sink`, when set, also gets each new tick (a running capture)."""
+
+    def __init__(self, period: float = PERIOD, length: float = PRE_CRASH):
+        self.period = period
+        self.ticks: collections.deque[Tick] = collections.deque(maxlen=round(length / period))
+        self.values: dict[str, tuple[Any, str | None]] = {}
+        self.sink: Callable[[Tick], None] | None = None
+        self._next: int | None = None  # index on the grid of the next tick to emit
+        self._last_t = -math.inf
+
+    def offer(self, t: float, name: str, value: Any, source: str | None) -> None:
+        if t > self._last_t:
+            self.advance(t)
+        self.values[name] = (value, source)
+
+    def advance(self, t: float) -> None:
+        """Emit every tick before t (a sample at t belongs to the ticks from t on)."""
+        if t - self._last_t > STALE and self._last_t > -math.inf:
+            self.values.clear()  # the car was silent: nothing held is current
+            self._next = None
+        self._last_t = max(self._last_t, t)
+        period = self.period
+        if self._next is None:
+            self._next = math.floor(t / period) + 1
+            return
+        last = math.ceil(t / period) - 1  # the last grid index strictly before t
+        if last < self._next:
+            return
+        first = max(self._next, last - self.ticks.maxlen)  # a long gap: only what the ring can hold
+        self._next = last + 1
+        row = tuple((name, value, source) for name, (value, source) in self.values.items())
+        sink, ticks = self.sink, self.ticks
+        for index in range(first, last + 1):
+            tick = (round(index * period, 6), row)
+            ticks.append(tick)
+            if sink is not None:
+                sink(tick)
+
+    def window(self, after: float) -> list[Tick]:
+        """The ticks later than `after` (the pre-crash data of a capture triggered at after + length)."""
+        return [tick for tick in self.ticks if tick[0] > after]
+
+    def clear(self) -> None:
+        self.ticks.clear()
+        self.values.clear()
+        self._next = None
+        self._last_t = -math.inf

@@ -1,0 +1,143 @@
+"""When a crash capture starts and when its event ends (49 CFR 563.5 definitions).
+
+Trigger: a longitudinal speed change of at least 8 km/h within 150 ms. Two
+sources can show it: the vehicle speed signal, and the longitudinal
+acceleration integrated over time (what an airbag control unit does; it sees
+a crash the wheel speed sensors miss, such as a parked car pushed with its
+wheels braked). End of event: the moment the change within 20 ms becomes
+0.8 km/h or less.
+
+Values are sampled and held: a signal keeps its last value until the next
+sample, so a trace can answer "how much did it change in the last 150 ms"
+at any time, also between samples.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass
+
+TRIGGER_KMH = 8.0
+TRIGGER_WINDOW = 0.150
+SETTLE_KMH = 0.8
+SETTLE_WINDOW = 0.020
+ACCEL_HOLD = 0.1  # seconds an acceleration value is held without a new sample (a silent sensor is not a crash)
+_KEEP = TRIGGER_WINDOW + 0.05
+
+
+@dataclass(frozen=True)
+class Trigger:
+    """Why a capture started: at `t`, `signal` changed by `delta_kmh` within the trigger window."""
+
+    t: float
+    kind: str  # "delta-v", "airbag" or "crash-signal"
+    signal: str
+    delta_kmh: float = 0.0
+
+
+class VelocityTrace:
+    """A velocity (km/h) sampled and held, kept for the last 200 ms."""
+
+    __slots__ = ("points",)
+
+    def __init__(self) -> None:
+        self.points: collections.deque[tuple[float, float]] = collections.deque()
+
+    def add(self, t: float, v: float) -> None:
+        points = self.points
+        if points and t < points[-1][0]:
+            return  # out of order: the held value already covers it
+        points.append((t, v))
+        horizon = t - _KEEP
+        while len(points) > 1 and points[1][0] <= horizon:
+            points.popleft()
+
+    def at(self, t: float) -> float | None:
+        """The held value at t (None before the first sample)."""
+        value = None
+        for pt, pv in self.points:
+            if pt > t:
+                break
+            value = pv
+        return value
+
+    def last_time(self) -> float | None:
+        return self.points[-1][0] if self.points else None
+
+    def largest_change(self, t: float, window: float) -> float:
+        """The largest |v(t1) - v(t0)| with t - window <= t0 <= t1 <= t (held values; 0 without data)."""
+        start = self.at(t - window)
+        values = [pv for pt, pv in self.points if t - window < pt <= t]
+        if start is not None:
+            values.append(start)
+        if len(values) < 2:
+            return 0.0
+        return max(values) - min(values)
+
+    def change(self, t: float, window: float) -> float:
+        """v(t) - v(t - window), held values; 0 without data."""
+        now, then = self.at(t), self.at(t - window)
+        if now is None or then is None:
+            return 0.0
+        return now - then
+
+
+class AccelerationIntegral:
+    """Longitudinal acceleration (m/s^2) integrated into a velocity change (km/h): the ACU's delta-V."""
+
+    __slots__ = ("trace", "_t", "_a", "_v")
+
+    def __init__(self) -> None:
+        self.trace = VelocityTrace()
+        self._t: float | None = None
+        self._a = 0.0
+        self._v = 0.0
+
+    def add(self, t: float, accel: float) -> None:
+        if self._t is not None:
+            if t < self._t:
+                return
+            self._v += self._a * min(t - self._t, ACCEL_HOLD) * 3.6
+        self._t, self._a = t, accel
+        self.trace.add(t, self._v)
+
+    def extend(self, t: float) -> None:
+        """Carry the held acceleration up to t (no sample since): keeps the trace current between frames."""
+        if self._t is not None and t > self._t:
+            self.add(t, self._a)
+
+
+@dataclass
+class DeltaV:
+    """Velocity traces of one car; `check` answers whether a crash-level change happened."""
+
+    speed: VelocityTrace
+    accel: AccelerationIntegral
+    speed_signal: str = ""
+    accel_signal: str = ""
+
+    @classmethod
+    def empty(cls) -> "DeltaV":
+        return cls(VelocityTrace(), AccelerationIntegral())
+
+    def check(self, t: float) -> Trigger | None:
+        """A delta-V trigger at t, or None."""
+        best = None
+        for trace, signal in ((self.speed, self.speed_signal), (self.accel.trace, self.accel_signal)):
+            change = trace.largest_change(t, TRIGGER_WINDOW)
+            if change >= TRIGGER_KMH and (best is None or change > best.delta_kmh):
+                best = Trigger(t, "delta-v", signal, round(change, 3))
+        return best
+
+    def settled(self, t: float, signal: str) -> bool:
+        """Has the change within 20 ms fallen to 0.8 km/h or less (Part 563's end of event)?"""
+        trace = self.accel.trace if signal == self.accel_signal and signal else self.speed
+        if signal == self.accel_signal and signal:
+            self.accel.extend(t)
+        return abs(trace.change(t, SETTLE_WINDOW)) <= SETTLE_KMH
+
+    def velocity(self, t: float, signal: str) -> float:
+        """The held value of the trace `signal` feeds at t (km/h; 0 before its first sample)."""
+        trace = self.accel.trace if signal == self.accel_signal and signal else self.speed
+        value = trace.at(t)
+        return 0.0 if value is None else value
