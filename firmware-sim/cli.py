@@ -17,6 +17,7 @@ examples:
   carledger-sim run --interface virtual --channel test --scenario highway --duration 60 --speed 10
   carledger-sim run --channel vcan0 --scenario city --drop-ecu ABS@20:30 --flood 40:45
   carledger-sim record --scenario harsh_brake --seed 2 --duration 45 -o drive.log
+  carledger-sim record --scenario crash --seed 1 -o crash.log
   carledger-sim replay drive.log --interface socketcan --channel vcan0 --fast
 
 in-process, without a bus at all (python-can plug-in):
@@ -135,7 +136,12 @@ def _flood(value: str):
 
 
 def _add_drive_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--scenario", type=_scenario_name, default="city", help="city, highway or harsh_brake (default city)")
+    from .scenarios import SCENARIOS
+
+    p.add_argument(
+        "--scenario", type=_scenario_name, default="city",
+        help=f"{', '.join(SCENARIOS)} (default city; `carledger-sim scenarios` says what each is)",
+    )
     p.add_argument("--seed", type=_int, default=0, help="random seed; same seed, same drive (default 0)")
     p.add_argument("--duration", type=_positive, help="seconds to drive (default: the scenario's)")
     p.add_argument("--dbc", help="DBC to encode (default: the shipped carledger_demo.dbc)")

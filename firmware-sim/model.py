@@ -18,6 +18,17 @@ from it, so the signals agree with each other:
 - coolant and oil temperatures warm up from ambient with a time constant that
   shrinks with load; the level of fuel falls with consumption.
 
+Impacts (a scenario's `Impact`s) override the driver: for the impact's
+duration the speed goes linearly to the impact's end speed (no jerk limit, so
+`accel_long` is the crash pulse, e.g. -150 m/s^2), while the pedals stay where
+the driver had them (a crash is not the driver braking). Afterwards the driver
+has the car again, with the held brake (if any) acting at once. For an impact
+that `deploys`, the airbag control unit sets `crash_detected` `ACU_DETECT_S`
+after the impact begins and fires the driver's airbag (the passenger's too if
+a passenger is present) `AIRBAG_FIRE_S` after it; both stay set and the airbag
+lamp stays on. The engine control unit cuts fuel on the crash signal (the DBC
+routes CrashDetected to the ECM), so the engine stops; the ignition stays ON.
+
 All randomness comes from `random.Random` instances seeded from `seed`.
 """
 
@@ -28,7 +39,7 @@ import random
 from dataclasses import dataclass, fields
 
 from .route import Route
-from .scenarios import STARTUP_S, Scenario, SpeedProfile, get_scenario
+from .scenarios import STARTUP_S, Impact, Phase, Scenario, SpeedProfile, get_scenario
 
 # vehicle constants (a mid-size petrol car with a 6-speed automatic)
 MASS_KG = 1500.0
@@ -57,6 +68,11 @@ BELT_AT = 0.9
 BRAKE_PRESSED_AT = 1.8
 DRIVE_AT = 2.2
 AIRBAG_LAMP_TEST_S = 4.0
+
+# airbag control unit: delays after the beginning of a deploying impact
+ACU_DETECT_S = 0.015  # crash_detected
+AIRBAG_FIRE_S = 0.025  # airbags deployed
+STALL_TAU_S = 0.15  # time constant of the engine running down after the fuel cut
 
 # VSS Transmission.SelectedGear codes
 PARK = 126
@@ -184,6 +200,15 @@ class DriveModel:
         self._last_shift = -10.0
         self._pedal = 0.0
         self._steer = self._steering_for(self.route.curvature(0.0))
+        # impacts as (first step, number of steps, impact); a step k covers ((k - 1) dt, k dt]
+        self._impacts = [
+            (round(imp.at / self.dt), max(1, round(imp.duration / self.dt)), imp)
+            for imp in sorted(self.scenario.impacts, key=lambda imp: imp.at)
+        ]
+        self._pre_impact: VehicleState | None = None  # the state when the current impact began
+        self._impact_v0 = 0.0  # and its speed, m/s
+        self._crash_at: float | None = None  # when a deploying impact began
+        self._stalled = False
         self.state = self._snapshot(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, False)
 
     # -- route speed limits ----------------------------------------------------
@@ -275,33 +300,14 @@ class DriveModel:
             shifting = True
         self._gear = gear
 
-        # longitudinal: driver follows min(target, bend limit ahead)
-        if not in_drive or t < STARTUP_S:
-            target_kmh = 0.0
-        if target_kmh <= 0.0:
-            if v <= 0.0:
-                a_des = 0.0
-            elif phase.decel >= 6.0 or v > 2.0:
-                a_des = -phase.decel
-            else:
-                a_des = -max(0.8, phase.decel * v / 2.0)
+        # longitudinal: an impact, or the driver following min(target, bend limit ahead)
+        pulse = self._pulse(self._steps)
+        if pulse is None:
+            if not in_drive or t < STARTUP_S or self._stalled:
+                target_kmh = 0.0  # a car whose engine died is brought to a stop
+            v_new = self._driver(phase, target_kmh, v, gear)
         else:
-            a_des = 0.5 * (target_kmh / 3.6 - v)
-            bend = self._speed_limit(self._s + v * 0.5)
-            if bend < v + 1.0:  # slowing for a bend ahead
-                a_des = min(a_des, 2.0 * (bend - v))
-        a_max = self._max_accel(v, gear)
-        a_des = max(-phase.decel, min(a_des, phase.accel, a_max))
-        dj = phase.jerk * dt
-        a_cmd = self._a_cmd + max(-dj, min(dj, a_des - self._a_cmd))
-        a_cmd = min(a_cmd, a_max)  # traction is physics, not the driver's choice
-        if v <= 0.0 and a_cmd < 0.0:
-            a_cmd = 0.0
-        v_new = v + a_cmd * dt
-        if v_new <= 0.0:
-            v_new = 0.0
-            a_cmd = 0.0
-        self._a_cmd = a_cmd
+            v_new = self._impact(pulse, v)
         a = (v_new - v) / dt
         ds = (v + v_new) * 0.5 * dt
         self._s += ds
@@ -310,12 +316,18 @@ class DriveModel:
         speed_kmh = v * 3.6
 
         # engine
-        running = t >= ENGINE_RUNS_AT
+        if self._crash_at is not None and t >= self._crash_at + ACU_DETECT_S:
+            self._stalled = True  # the ECM cuts fuel on the ACU's crash signal
+        running = t >= ENGINE_RUNS_AT and not self._stalled
         cold = min(1.0, max(0.0, (60.0 - self._coolant) / 60.0))
         idle = IDLE_RPM + 300.0 * cold
         wheel_rpm = rpm_for(speed_kmh, gear)
         locked = running and gear >= 1 and speed_kmh > LOCKUP_KMH and wheel_rpm >= 900.0
-        if not running:
+        if self._stalled:
+            rpm = self.state.engine_rpm * math.exp(-dt / STALL_TAU_S)
+            if rpm < 50.0:
+                rpm = 0.0
+        elif not running:
             rpm = 250.0 if t >= CRANK_AT else 0.0
         else:
             flare = 550.0 * math.exp(-(t - ENGINE_RUNS_AT) / 0.8)
@@ -353,10 +365,16 @@ class DriveModel:
 
         brake_pedal = min(100.0, 100.0 * brake_decel / BRAKE_FULL_DECEL)
         pressure = brake_decel * BRAKE_BAR_PER_MS2
-        if v <= 0.0 and BRAKE_PRESSED_AT <= t and pedal == 0.0:
+        if v <= 0.0 and BRAKE_PRESSED_AT <= t and pedal == 0.0 and running:
             brake_pedal = max(brake_pedal, 30.0 if t < STARTUP_S else 22.0)  # holding the car in D
             pressure = max(pressure, 18.0)
         abs_active = brake_decel > 7.0 and v > 1.0
+        if pulse is not None:  # the pedals stay where the driver had them
+            pre = self._pre_impact
+            if running:
+                torque, pedal = pre.engine_torque, pre.accel_pedal
+                self._pedal = pedal
+            brake_pedal, pressure, abs_active = pre.brake_pedal, pre.brake_pressure, pre.abs_active
 
         load_frac = max(0.0, torque) / t_avail if running else 0.0
         load = min(100.0, 15.0 + 85.0 * load_frac) if running else 0.0
@@ -391,6 +409,60 @@ class DriveModel:
             abs_active, gear, selected, shifting, locked, running, fuel_rate, steer_speed, cold,
         )
 
+    def _driver(self, phase: Phase, target_kmh: float, v: float, gear: int) -> float:
+        """The driver's speed at the end of this step (m/s): the target speed
+        reached within the phase's acceleration and jerk limits."""
+        dt = self.dt
+        if target_kmh <= 0.0:
+            if v <= 0.0:
+                a_des = 0.0
+            elif phase.decel >= 6.0 or v > 2.0:
+                a_des = -phase.decel
+            else:
+                a_des = -max(0.8, phase.decel * v / 2.0)
+        else:
+            a_des = 0.5 * (target_kmh / 3.6 - v)
+            bend = self._speed_limit(self._s + v * 0.5)
+            if bend < v + 1.0:  # slowing for a bend ahead
+                a_des = min(a_des, 2.0 * (bend - v))
+        a_max = self._max_accel(v, gear)
+        a_des = max(-phase.decel, min(a_des, phase.accel, a_max))
+        dj = phase.jerk * dt
+        a_cmd = self._a_cmd + max(-dj, min(dj, a_des - self._a_cmd))
+        a_cmd = min(a_cmd, a_max)  # traction is physics, not the driver's choice
+        if v <= 0.0 and a_cmd < 0.0:
+            a_cmd = 0.0
+        v_new = v + a_cmd * dt
+        if v_new <= 0.0:
+            v_new = 0.0
+            a_cmd = 0.0
+        self._a_cmd = a_cmd
+        return v_new
+
+    def _pulse(self, step: int) -> tuple[Impact, int, int] | None:
+        """(impact, steps done including this one, steps in all) if `step` lies in an impact."""
+        for first, n, imp in self._impacts:
+            if first < step <= first + n:
+                return imp, step - first, n
+        return None
+
+    def _impact(self, pulse: tuple[Impact, int, int], v: float) -> float:
+        """The speed at the end of this step of an impact (m/s): linear from the
+        speed when it began to its end speed."""
+        imp, done, n = pulse
+        if done == 1:
+            self._pre_impact = self.state
+            self._impact_v0 = v
+            if imp.deploys and self._crash_at is None:
+                self._crash_at = imp.at
+        v0, v1 = self._impact_v0, imp.to_kmh / 3.6
+        v_new = v0 + (v1 - v0) * done / n if done < n else v1
+        if done == n:  # hand back to the driver: a held brake acts at once
+            pre = self._pre_impact
+            held = pre.brake_pedal / 100.0 * BRAKE_FULL_DECEL if pre.brake_switch else 0.0
+            self._a_cmd = -held if v_new > 0.0 else 0.0
+        return v_new
+
     def _commit(self, t, a, a_lat, yaw, rpm, torque, load, pedal, brake_pedal, pressure, abs_active, gear,
                 selected, shifting, locked, running, fuel_rate, steer_speed, cold) -> VehicleState:
         st = self._snapshot(t, a, a_lat, yaw, rpm, torque, load, pedal, running)
@@ -420,8 +492,13 @@ class DriveModel:
             ignition, volts = "ON", 12.5
         elif t < ENGINE_RUNS_AT:
             ignition, volts = "START", 10.4
+        elif not running:  # stalled: the alternator stops
+            ignition, volts = "ON", 12.4
         else:
             ignition, volts = "ON", 14.2 - 0.3 * load / 100.0
+        crashed = self._crash_at is not None and t >= self._crash_at + ACU_DETECT_S
+        fired = self._crash_at is not None and t >= self._crash_at + AIRBAG_FIRE_S
+        passenger = False  # the scenarios drive alone
         return VehicleState(
             t=t,
             speed_kmh=self._v * 3.6,
@@ -466,11 +543,11 @@ class DriveModel:
             battery_voltage=volts,
             driver_belted=t >= BELT_AT,
             passenger_belted=False,
-            passenger_present=False,
-            driver_airbag_deployed=False,
-            passenger_airbag_deployed=False,
-            crash_detected=False,
-            airbag_lamp=t < AIRBAG_LAMP_TEST_S,
+            passenger_present=passenger,
+            driver_airbag_deployed=fired,
+            passenger_airbag_deployed=fired and passenger,
+            crash_detected=crashed,
+            airbag_lamp=t < AIRBAG_LAMP_TEST_S or fired,
         )
 
     def run(self, duration: float):
