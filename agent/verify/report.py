@@ -83,6 +83,7 @@ class StreamSummary:
             "first_seq": self.first_seq,
             "last_seq": self.last_seq,
             "head": self.head,
+            "dropped": self.dropped,
         }
 
 
