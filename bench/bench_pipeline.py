@@ -126,7 +126,7 @@ def measure(log: Path, dbc: Path, pipeline_code: str, pipeline_args: list[str], 
     baselines, pipelines = [], []
     for run in range(runs):
         baselines.append(child(BASELINE, str(log), str(dbc)))
-        store = log.parent / f"store{run}"
+        store = Path(tempfile.mkdtemp(prefix="run", dir=log.parent)) / "store"  # measure() may run more than once
         pipelines.append(child(pipeline_code, str(log), str(dbc), str(store), *pipeline_args))
         print(f"run {run + 1}: baseline {baselines[-1]['seconds']:.2f} s, "
               f"pipeline {pipelines[-1]['seconds']:.2f} s", file=sys.stderr)
