@@ -47,16 +47,56 @@ def _number(value: Any) -> float | None:
 
 
 class _Input:
-    """One signal's samples into the recorder (the consumer interface of the policy's taps)."""
+    """One signal into the pre-crash buffer (the consumer interface of the policy's taps).
 
-    __slots__ = ("recorder", "role", "name", "source", "owner")
+    `offer` runs for every frame of the signal's message: one comparison and
+    one dict store unless a tick is due or a capture runs.
+    """
+
+    __slots__ = ("recorder", "ring", "role", "name", "owner")
     pending = False  # never holds a value back (the pipeline asks)
 
     def __init__(self, recorder: "CrashRecorder", role: str, name: str, source: str | None):
-        self.recorder, self.role, self.name, self.source = recorder, role, name, source
+        self.recorder, self.ring, self.role, self.name = recorder, recorder.ring, role, name
+        self.ring.sources[name] = source
 
     def offer(self, t: float, value: Any) -> None:
-        self.recorder.sample(self.role, self.name, self.source, t, value)
+        ring = self.ring
+        if t >= ring.due:
+            ring.advance(t)
+        ring.values[self.name] = value
+        if self.recorder.capture is not None:
+            self.recorder.poll(t)
+
+
+class _VelocityInput(_Input):
+    """Speed or longitudinal acceleration: also what the delta-V trigger watches."""
+
+    __slots__ = ()
+
+    def offer(self, t: float, value: Any) -> None:
+        ring = self.ring
+        if t >= ring.due:
+            ring.advance(t)
+        ring.values[self.name] = value
+        self.recorder.velocity(self.role, self.name, t, value)
+
+
+class _FlagInput(_Input):
+    """An airbag or crash signal: its rising edge triggers a capture."""
+
+    __slots__ = ()
+
+    def offer(self, t: float, value: Any) -> None:
+        ring = self.ring
+        if t >= ring.due:
+            ring.advance(t)
+        ring.values[self.name] = value
+        self.recorder.flag(self.role, self.name, t, value)
+
+
+_INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
+           signals.AIRBAG: _FlagInput, signals.CRASH: _FlagInput}
 
 
 class _Capture:
@@ -131,44 +171,49 @@ class CrashRecorder:
         if not self.enabled:
             return []
         role = signals.role_of(name, source)
-        return [] if role is None else [_Input(self, role, name, source)]
+        return [] if role is None else [_INPUTS.get(role, _Input)(self, role, name, source)]
 
     # -- the data -----------------------------------------------------------------------------
 
-    def sample(self, role: str, name: str, source: str | None, t: float, value: Any) -> None:
-        if not self.enabled and self.capture is None:
+    def velocity(self, role: str, name: str, t: float, value: Any) -> None:
+        """A speed or acceleration sample: the delta-V trigger, and during an event the delta-V record."""
+        number = value if type(value) is float else _number(value)
+        if number is None:
             return
-        self.ring.offer(t, name, value, source)
-        trigger = None
+        dv = self.delta_v
+        if role == signals.SPEED:
+            trace = dv.speed
+            trace.add(t, number)
+            dv.speed_signal = dv.speed_signal or name
+        else:
+            dv.accel.add(t, number)
+            trace = dv.accel.trace
+            dv.accel_signal = dv.accel_signal or name
         capture = self.capture
-        if role == signals.SPEED or role == signals.ACCEL_LONG:
-            number = _number(value)
-            if number is None:
-                return
-            dv = self.delta_v
-            if role == signals.SPEED:
-                dv.speed.add(t, number)
-                dv.speed_signal = dv.speed_signal or name
-            else:
-                dv.accel.add(t, number)
-                dv.accel_signal = dv.accel_signal or name
-            if capture is None:
-                trigger = dv.check(t)
-            elif capture.end_of_event is None and name == capture.trigger.signal and capture.reference is not None:
-                delta = dv.velocity(t, name) - capture.reference
-                capture.max_delta = max(capture.max_delta, abs(delta))
-                self._add_sample(t, DELTA_V, round(delta, 3), name)
-        elif role in (signals.AIRBAG, signals.CRASH):
-            number = _number(value) or 0.0
-            before = self._flags.get(name)
-            self._flags[name] = number
-            if number and before is not None and not before:  # a rising edge, not a car that was already so
-                if role == signals.AIRBAG and capture is not None:
-                    capture.deployment = True
-                trigger = Trigger(t, "airbag" if role == signals.AIRBAG else "crash-signal", name)
-        if trigger is not None and self.capture is None and self.enabled:
-            self._start(trigger)
-        self.poll(t)
+        if capture is None:
+            trigger = dv.check(trace, name, t)
+            if trigger is not None and self.enabled:
+                self._start(trigger)
+        elif capture.end_of_event is None and name == capture.trigger.signal and capture.reference is not None:
+            delta = dv.velocity(t, name) - capture.reference
+            capture.max_delta = max(capture.max_delta, abs(delta))
+            self._add_sample(t, DELTA_V, round(delta, 3), name)
+        if self.capture is not None:
+            self.poll(t)
+
+    def flag(self, role: str, name: str, t: float, value: Any) -> None:
+        """An airbag or crash signal: a rising edge starts a capture (an airbag one marks it a deployment)."""
+        number = _number(value) or 0.0
+        before = self._flags.get(name)
+        self._flags[name] = number
+        capture = self.capture
+        if number and before is not None and not before:  # a rising edge, not a car that was already so
+            if capture is not None:
+                capture.deployment = capture.deployment or role == signals.AIRBAG
+            elif self.enabled:
+                self._start(Trigger(t, "airbag" if role == signals.AIRBAG else "crash-signal", name))
+        if self.capture is not None:
+            self.poll(t)
 
     def poll(self, t: float) -> None:
         """The data's clock is at t: emit ticks, end the event, seal, finish the capture when due."""

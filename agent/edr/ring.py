@@ -29,15 +29,18 @@ class SnapshotRing:
     def __init__(self, period: float = PERIOD, length: float = PRE_CRASH):
         self.period = period
         self.ticks: collections.deque[Tick] = collections.deque(maxlen=round(length / period))
-        self.values: dict[str, tuple[Any, str | None]] = {}
+        self.values: dict[str, Any] = {}  # signal -> its newest value
+        self.sources: dict[str, str | None] = {}  # signal -> its DBC Message.Signal
         self.sink: Callable[[Tick], None] | None = None
+        self.due = -math.inf  # samples at or after this time must call advance() first (the hot path's one test)
         self._next: int | None = None  # index on the grid of the next tick to emit
         self._last_t = -math.inf
 
     def offer(self, t: float, name: str, value: Any, source: str | None) -> None:
-        if t > self._last_t:
+        if t >= self.due:
             self.advance(t)
-        self.values[name] = (value, source)
+        self.values[name] = value
+        self.sources[name] = source
 
     def advance(self, t: float) -> None:
         """Emit every tick before t (a sample at t belongs to the ticks from t on)."""
@@ -48,13 +51,16 @@ class SnapshotRing:
         period = self.period
         if self._next is None:
             self._next = math.floor(t / period) + 1
+            self.due = min(self._next * period, t + STALE)
             return
         last = math.ceil(t / period) - 1  # the last grid index strictly before t
         if last < self._next:
             return
         first = max(self._next, last - self.ticks.maxlen)  # a long gap: only what the ring can hold
         self._next = last + 1
-        row = tuple((name, value, source) for name, (value, source) in self.values.items())
+        self.due = self._next * period
+        sources = self.sources
+        row = tuple((name, value, sources[name]) for name, value in self.values.items())
         sink, ticks = self.sink, self.ticks
         for index in range(first, last + 1):
             tick = (round(index * period, 6), row)
@@ -71,3 +77,4 @@ class SnapshotRing:
         self.values.clear()
         self._next = None
         self._last_t = -math.inf
+        self.due = -math.inf

@@ -22,7 +22,8 @@ TRIGGER_WINDOW = 0.150
 SETTLE_KMH = 0.8
 SETTLE_WINDOW = 0.020
 ACCEL_HOLD = 0.1  # seconds an acceleration value is held without a new sample (a silent sensor is not a crash)
-_KEEP = TRIGGER_WINDOW + 0.05
+_KEEP = TRIGGER_WINDOW + 0.05  # what a trace must hold: the window, and the value held at its start
+_PRUNE = 0.5  # a trace is pruned back to _KEEP once its oldest point is this old
 
 
 @dataclass(frozen=True)
@@ -38,19 +39,28 @@ class Trigger:
 class VelocityTrace:
     """A velocity (km/h) sampled and held, kept for the last 200 ms."""
 
-    __slots__ = ("points",)
+    __slots__ = ("points", "values")
 
     def __init__(self) -> None:
         self.points: collections.deque[tuple[float, float]] = collections.deque()
+        self.values: collections.deque[float] = collections.deque()  # the points' values, for min() and max()
 
     def add(self, t: float, v: float) -> None:
         points = self.points
         if points and t < points[-1][0]:
             return  # out of order: the held value already covers it
         points.append((t, v))
-        horizon = t - _KEEP
-        while len(points) > 1 and points[1][0] <= horizon:
-            points.popleft()
+        self.values.append(v)
+        if t - points[0][0] > _PRUNE:  # now and then, not per sample: older points only cost a little in could_trigger
+            horizon = t - _KEEP
+            while len(points) > 1 and points[1][0] <= horizon:
+                points.popleft()
+                self.values.popleft()
+
+    def could_trigger(self) -> bool:
+        """Cheap and conservative: could a window of what the trace holds (up to 0.5 s) have a trigger-size change?"""
+        values = self.values
+        return len(values) > 1 and max(values) - min(values) >= TRIGGER_KMH
 
     def at(self, t: float) -> float | None:
         """The held value at t (None before the first sample)."""
@@ -120,14 +130,12 @@ class DeltaV:
     def empty(cls) -> "DeltaV":
         return cls(VelocityTrace(), AccelerationIntegral())
 
-    def check(self, t: float) -> Trigger | None:
-        """A delta-V trigger at t, or None."""
-        best = None
-        for trace, signal in ((self.speed, self.speed_signal), (self.accel.trace, self.accel_signal)):
-            change = trace.largest_change(t, TRIGGER_WINDOW)
-            if change >= TRIGGER_KMH and (best is None or change > best.delta_kmh):
-                best = Trigger(t, "delta-v", signal, round(change, 3))
-        return best
+    def check(self, trace: VelocityTrace, signal: str, t: float) -> Trigger | None:
+        """A delta-V trigger at t on `trace` (just given a sample), or None. Called for every sample: cheap."""
+        if not trace.could_trigger():
+            return None
+        change = trace.largest_change(t, TRIGGER_WINDOW)
+        return Trigger(t, "delta-v", signal, round(change, 3)) if change >= TRIGGER_KMH else None
 
     def settled(self, t: float, signal: str) -> bool:
         """Has the change within 20 ms fallen to 0.8 km/h or less (Part 563's end of event)?"""
