@@ -61,7 +61,7 @@ _FLOOD = object()
 class SimulatedCar:
     """A car on a CAN bus: frames of a DBC at their cycle times from one drive model.
 
-    scenario: "city", "highway", "harsh_brake" or a `Scenario`.
+    scenario: a name from `scenarios.SCENARIOS` ("city", "crash", ...) or a `Scenario`.
     seed: everything random (route, driver, initial temperatures and fuel,
           timestamp jitter, flood payloads) follows from it.
     dbc: path or cantools database; default: the shipped demo DBC.
