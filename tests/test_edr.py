@@ -478,3 +478,10 @@ def test_captures_leave_the_car_only_to_the_recipient_the_policy_names(broker, d
         assert len([t for t in ticks(doc["samples"]) if t < doc["capture"]["t"]]) == 200
     capsys.readouterr()
     assert main(["edr", "export", str(copy), "--key", str(keys["stranger"])]) == 1
+    code, audit = cli_json(capsys, "audit", str(tmp_path / "car-b" / "ledger"), "--json")
+    assert code == 0
+    assert {d["recipient"] for d in audit["disclosures"] if d["stream"] == "crash"} == {"Crash investigation unit"}
+    acked = [d for d in audit["decisions"] if d["kind"] == "disclosure" and d["detail"]["stream"] == "crash"]
+    assert acked and {d["detail"]["recipient"] for d in acked} == {"Crash investigation unit"}
+    code, audit = cli_json(capsys, "audit", str(tmp_path / "car-a" / "ledger"), "--json")
+    assert [d["local"] for d in audit["disclosures"] if d["stream"] == "crash"] == [True]

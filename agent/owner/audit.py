@@ -16,6 +16,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
+from carledger.edr.captures import CRASH_STREAM
 from carledger.ledger import Event, Header, Store, cose, decode_record, decode_records
 from carledger.owner.actions import AUDIT_STREAM
 
@@ -82,6 +83,12 @@ def audit_store(path: str, progress: Progress | None = None) -> AuditReport:
                     if rec.kind == "policy-applied" and "digest" in rec.detail:
                         doc = rec.detail.get("document") or {}
                         streams = {s.get("name"): s for s in doc.get("streams", []) if isinstance(s, dict)}
+                        edr = doc.get("edr")
+                        if isinstance(edr, dict):  # crash captures: the [edr] section says who gets them
+                            streams[CRASH_STREAM] = {
+                                "recipient": edr.get("recipient"), "purpose": edr.get("purpose") or "crash capture",
+                                "local": edr.get("recipient") is None, "consent": edr.get("consent"),
+                            }
                         versions[rec.detail["digest"]] = (rec.detail.get("version"), streams)
         for name in sorted(s for s in store.streams() if s not in _OWN):
             current: Disclosure | None = None
