@@ -485,3 +485,21 @@ def test_captures_leave_the_car_only_to_the_recipient_the_policy_names(broker, d
     assert acked and {d["detail"]["recipient"] for d in acked} == {"Crash investigation unit"}
     code, audit = cli_json(capsys, "audit", str(tmp_path / "car-a" / "ledger"), "--json")
     assert [d["local"] for d in audit["disclosures"] if d["stream"] == "crash"] == [True]
+
+
+def test_policy_show_and_diff_say_what_crash_capture_does(keys, tmp_path, capsys):
+    old, new = tmp_path / "old.toml", tmp_path / "new.toml"
+    old.write_text("version = 1\n")
+    release = (f'recipient = "Crash investigation unit"\npurpose = "crash reconstruction"\n'
+               f'consent = {{ granted = {iso(NOW - 86400)}, expires = {iso(NOW + 86400)} }}\n')
+    new.write_text(edr_policy(keys, "owner", "escrow", extra=release).replace("version = 1", "version = 2"))
+    capsys.readouterr()
+    assert main(["policy", "diff", str(old), str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "crash capture added: encrypted to: owner, escrow" in out and "to Crash investigation unit" in out
+    assert main(["policy", "show", str(old)]) == 0
+    assert "Crash capture" not in capsys.readouterr().out
+    assert main(["policy", "show", str(new)]) == 0
+    out = capsys.readouterr().out
+    assert "Crash capture (event data recorder): 20 s before a crash at 10 Hz" in out
+    assert "crash captures go to Crash investigation unit" in out
