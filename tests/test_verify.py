@@ -33,7 +33,7 @@ def test_report_shape_and_progress(small):
     j = report.to_json()
     assert list(j) == ["ok", "streams", "problems"]
     assert j["streams"]["a"] == {
-        "blocks": 6, "records": 30, "first_seq": 0, "last_seq": 5, "head": report.streams["a"].head
+        "blocks": 6, "records": 30, "first_seq": 0, "last_seq": 5, "head": report.streams["a"].head, "dropped": 0,
     }
 
 
