@@ -503,3 +503,21 @@ def test_policy_show_and_diff_say_what_crash_capture_does(keys, tmp_path, capsys
     out = capsys.readouterr().out
     assert "Crash capture (event data recorder): 20 s before a crash at 10 Hz" in out
     assert "crash captures go to Crash investigation unit" in out
+
+
+def test_a_forged_capture_block_is_reported_not_exported(drives, keys, tmp_path, capsys):
+    import sqlite3
+
+    store = drive(tmp_path / "car", drives["crash"], edr_policy(keys, "owner"))
+    db = sqlite3.connect(store / "ledger.sqlite")
+    (records,) = db.execute("SELECT records FROM blocks WHERE stream = 'crash' AND seq = 2").fetchone()
+    forged = bytearray(records)
+    forged[len(forged) // 2] ^= 0x01  # one bit of the ciphertext of the event's block
+    db.execute("UPDATE blocks SET records = ? WHERE stream = 'crash' AND seq = 2", (bytes(forged),))
+    db.commit()
+    db.close()
+    capsys.readouterr()
+    assert main(["edr", "export", str(store), "--key", str(keys["owner"])]) == 1
+    assert "block seq 2" in capsys.readouterr().err
+    assert main(["verify", str(store)]) == 1
+    assert main(["edr", "list", str(store)]) == 0  # the metadata blocks are intact: the list still shows it

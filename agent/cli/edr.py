@@ -72,11 +72,13 @@ def _iso(t: float | None) -> str:
 def list_captures(args: argparse.Namespace) -> int:
     from carledger.config import ConfigError
     from carledger.edr import read_captures
-    from carledger.ledger import LedgerError
+    from carledger.ledger import LedgerError, MalformedBlock
 
     try:
         with _open_store(args) as store:
             captures = read_captures(store, store.verify_key)
+    except MalformedBlock as exc:  # a forged or damaged metadata block
+        return fail(args, f"the crash stream does not verify: {exc}", EXIT_REFUSED)
     except (ConfigError, LedgerError, OSError) as exc:
         return fail(args, str(exc), EXIT_USAGE)
     if args.json:
