@@ -223,6 +223,18 @@ def _faults(args) -> list:
     return [*args.drop_ecu, *args.malformed, *args.flood]
 
 
+def _bus_errors() -> tuple[type[BaseException], ...]:
+    """What python-can raises for a bad interface, channel or platform: a usage error here, not a traceback.
+
+    NotImplementedError is BusABC's default for an operation a plug-in lacks
+    (a receive-only interface asked to send); python-can's own "not on this
+    platform" error is a CanError.
+    """
+    import can
+
+    return (OSError, ValueError, ImportError, can.CanError, NotImplementedError)
+
+
 def _open_bus(args):
     import can
 
@@ -233,7 +245,7 @@ def _open_bus(args):
         kwargs["bitrate"] = args.bitrate
     try:
         return can.Bus(interface=args.interface, channel=args.channel, **kwargs)
-    except (OSError, can.CanError, NotImplementedError, ImportError, ValueError) as exc:
+    except _bus_errors() as exc:
         raise OSError(f"cannot open {args.interface} bus {args.channel!r}: {exc}") from None
 
 
@@ -329,7 +341,6 @@ def _cmd_obd(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    import can
     import cantools
 
     commands = {"scenarios": _cmd_scenarios, "run": _cmd_run, "record": _cmd_record, "replay": _cmd_replay,
@@ -338,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
         return commands[args.command](args)
     except KeyboardInterrupt:
         return 130
-    except (ValueError, OSError, can.CanError, cantools.database.Error, NotImplementedError, ImportError) as exc:
+    except (cantools.database.Error, *_bus_errors()) as exc:
         print(f"carledger-sim: error: {exc}", file=sys.stderr)
         return 1
 
