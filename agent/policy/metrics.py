@@ -106,6 +106,16 @@ class _Windowed:
         self._open(t)
         return out
 
+    def _take(self, t: float) -> list:
+        """A sample at t counts: the first one opens a window, one past its end rolls it (returns what it closed)."""
+        out = _EMPTY
+        if self._ws is None:
+            self._open(t)
+        elif t >= self._we:
+            out = self._roll(t)
+        self._seen = True
+        return out
+
     def poll(self, t: float) -> list:
         """Close the current window if no future sample can change it (a timer for quiet periods)."""
         if self._ws is None or t < self._we + self._poll_delay:
@@ -225,12 +235,7 @@ class Distance(_SpeedIntervals):
             return _EMPTY
         self._odo = value
         self._odo_t = t
-        out = _EMPTY
-        if self._ws is None:
-            self._open(t)
-        elif t >= self._we:
-            out = self._roll(t)
-        self._seen = True
+        out = self._take(t)
         if prev is not None:
             d = value - prev
             if d >= 0.0 and d <= 0.05 + self.max_speed_kmh * (t - prev_t) / 3600.0:
@@ -451,12 +456,7 @@ class HarshEvents(_Windowed):
                 a = self._derivative(t, value)
         else:
             return _EMPTY
-        out = _EMPTY
-        if self._ws is None:
-            self._open(t)
-        elif t >= self._we:
-            out = self._roll(t)
-        self._seen = True
+        out = self._take(t)
         if a is not None:
             self._level(t, a)
         return out
