@@ -49,8 +49,9 @@ def _number(value: Any) -> float | None:
 class _Input:
     """One signal into the pre-crash buffer (the consumer interface of the policy's taps).
 
-    `offer` runs for every frame of the signal's message: one comparison and
-    one dict store unless a tick is due or a capture runs.
+    `offer` runs for every frame of the signal's message: one comparison, one
+    dict store and the role's `then` (nothing more for most roles unless a
+    capture runs).
     """
 
     __slots__ = ("recorder", "ring", "role", "name", "owner")
@@ -65,6 +66,10 @@ class _Input:
         if t >= ring.due:
             ring.advance(t)
         ring.values[self.name] = value
+        self.then(t, value)
+
+    def then(self, t: float, value: Any) -> None:
+        """After the buffer has the value: what else this role does with it."""
         if self.recorder.capture is not None:
             self.recorder.poll(t)
 
@@ -74,11 +79,7 @@ class _VelocityInput(_Input):
 
     __slots__ = ()
 
-    def offer(self, t: float, value: Any) -> None:
-        ring = self.ring
-        if t >= ring.due:
-            ring.advance(t)
-        ring.values[self.name] = value
+    def then(self, t: float, value: Any) -> None:
         self.recorder.velocity(self.role, self.name, t, value)
 
 
@@ -87,11 +88,7 @@ class _FlagInput(_Input):
 
     __slots__ = ()
 
-    def offer(self, t: float, value: Any) -> None:
-        ring = self.ring
-        if t >= ring.due:
-            ring.advance(t)
-        ring.values[self.name] = value
+    def then(self, t: float, value: Any) -> None:
         self.recorder.flag(self.role, self.name, t, value)
 
 
@@ -118,7 +115,7 @@ class _Capture:
 
 
 class CrashRecorder:
-    """Crash captures for the policy's `[edr]`; call `sample` per value, `poll(t)` as the data's clock moves."""
+    """Crash captures for the policy's `[edr]`: fed through `consumers()`, `poll(t)` as the data's clock moves."""
 
     def __init__(self, ledger: Ledger, *, seal: Callable[[list], Any] | None = None,
                  on_event: Callable[[str, dict], None] | None = None):
@@ -127,14 +124,13 @@ class CrashRecorder:
         self.on_event = on_event or (lambda kind, detail: None)
         self.settings: CrashCapture | None = None
         self.paused = False
-        self.policy_ref: dict[str, Any] = {}
+        self.policy_version = 0
+        self.policy_digest: bytes | None = None  # of the policy in force: what a capture's blocks name
         self.ring = SnapshotRing()
         self.delta_v = DeltaV.empty()
         self.capture: _Capture | None = None
         self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
-        self._sealer: Any = None
-        self._writer: Any = None
-        self._sealer_of_capture: Any = None
+        self._sealer: Any = None  # encrypts to the [edr] keys
         self.captures: list[CaptureInfo] = read_captures(ledger.store)
 
     # -- configuration ------------------------------------------------------------------------
@@ -156,7 +152,7 @@ class CrashRecorder:
             self._sealer = RecordSealer([key for _, key in settings.keys])
         self.settings, self.paused = settings, paused
         if settings is not None:
-            self.policy_ref = {"version": policy_version, "digest": policy_digest.hex()}
+            self.policy_version, self.policy_digest = policy_version, policy_digest
         if not self.enabled:
             self.ring.clear()
         if self.enabled != was:
@@ -241,21 +237,20 @@ class CrashRecorder:
 
     # -- writing a capture --------------------------------------------------------------------
 
-    def _writer_for_capture(self) -> Any:
-        writer = self.ledger.writer(CRASH_STREAM)
-        writer.policy_digest = bytes.fromhex(self.policy_ref["digest"]) if self.policy_ref else None
-        return writer
+    @property
+    def _writer(self) -> Any:
+        return self.ledger.writer(CRASH_STREAM)
 
     def _cleartext(self, t: float, kind: str, detail: dict) -> int:
         """A metadata event in a block of its own, readable without a key; returns its seq."""
         writer = self._writer
         self._seal([writer])  # the data so far goes out under encryption first
-        writer.sealer = None
+        sealer, writer.sealer = writer.sealer, None
         writer.add_event(t, kind, detail)
         try:
             self._seal([writer])
         finally:
-            writer.sealer = self._sealer_of_capture
+            writer.sealer = sealer
         return writer.head[0]
 
     def _start(self, trigger: Trigger) -> None:
@@ -267,20 +262,20 @@ class CrashRecorder:
         deployment = trigger.kind == "airbag" or any(
             v for n, v in self._flags.items() if signals.role_of(n) == signals.AIRBAG
         )
-        self._writer = self._writer_for_capture()
-        self._sealer_of_capture = self._sealer
+        self._writer.policy_digest = self.policy_digest
         detail = {
             "capture": number,
             "trigger": {"kind": trigger.kind, "signal": trigger.signal, "delta_v_kmh": trigger.delta_kmh,
                         "window_ms": round(TRIGGER_WINDOW * 1000)},
             "deployment": deployment,
-            "policy": dict(self.policy_ref),
+            "policy": {"version": self.policy_version, "digest": self.policy_digest.hex() if self.policy_digest else None},
             "keys": [{"name": name, "kid": recipient_kid(parse_public_key(key)).hex()} for name, key in settings.keys],
             "pre_s": PRE_CRASH, "rate_hz": round(1 / PERIOD), "post_s": settings.post,
             "event_timeout_s": settings.event_timeout,
             "signals": sorted(self.ring.values),
         }
         start_seq = self._cleartext(trigger.t, CAPTURE, detail)
+        self._writer.sealer = self._sealer  # what follows is the car's data: for the named keys only
         capture = self.capture = _Capture(number, trigger, deployment, start_seq, settings.post, settings.event_timeout)
         if trigger.kind == "delta-v":
             capture.reference = self.delta_v.velocity(trigger.t - TRIGGER_WINDOW, trigger.signal)
@@ -293,7 +288,6 @@ class CrashRecorder:
         log.warning("crash capture %d: %s trigger at %.3f (%s, %.1f km/h); pre-crash data sealed",
                     number, trigger.kind, trigger.t, trigger.signal, trigger.delta_kmh)
         self.on_event("crash-capture", {"capture": number, "trigger": detail["trigger"], "deployment": deployment})
-        del capture
 
     def _add_tick(self, tick: Tick) -> None:
         t, row = tick
@@ -325,6 +319,7 @@ class CrashRecorder:
         self.capture = None
         first = capture.start_seq + 1
         self._seal([self._writer])
+        self._writer.sealer = None  # the capture's data is all sealed
         last = self._writer.head[0]
         detail = {
             "capture": capture.number, "deployment": capture.deployment,
@@ -334,7 +329,6 @@ class CrashRecorder:
         if interrupted:
             detail["interrupted"] = True
         end_seq = self._cleartext(t, CAPTURE_END, detail)
-        self._writer.sealer = None
         info = next(c for c in self.captures if c.capture == capture.number)
         info.end_seq, info.deployment, info.interrupted = end_seq, capture.deployment, interrupted
         info.data_seqs = (first, last) if last >= first else None
@@ -352,9 +346,6 @@ class CrashRecorder:
         store = self.ledger.store
         for info in kept[: max(0, len(kept) - keep)]:
             first, last = info.data_seqs  # type: ignore[misc]
-            writer = self._writer or self._writer_for_capture()
-            self._writer = writer
-            self._sealer_of_capture = None
             self._cleartext(t, OVERWRITTEN, {
                 "capture": info.capture, "stream": CRASH_STREAM, "seqs": [[first, last]],
                 "reason": f"more than {keep} non-deployment captures",
@@ -368,9 +359,8 @@ class CrashRecorder:
         open_ = [c for c in self.captures if c.end_seq is None]
         if not open_:
             return
-        writer = self._writer = self.ledger.writer(CRASH_STREAM)
-        self._sealer_of_capture = None
-        head = writer.head[0] if writer.head else open_[-1].start_seq
+        head = self._writer.head
+        head = head[0] if head else open_[-1].start_seq
         for info in open_:
             first, last = info.start_seq + 1, head
             detail = {"capture": info.capture, "deployment": info.deployment, "interrupted": True,
