@@ -127,7 +127,7 @@ class CrashRecorder:
         self.policy_version = 0
         self.policy_digest: bytes | None = None  # of the policy in force: what a capture's blocks name
         self.ring = SnapshotRing()
-        self.delta_v = DeltaV.empty()
+        self.delta_v = DeltaV()
         self.capture: _Capture | None = None
         self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
         self._sealer: Any = None  # encrypts to the [edr] keys

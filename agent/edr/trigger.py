@@ -15,7 +15,7 @@ at any time, also between samples.
 from __future__ import annotations
 
 import collections
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 TRIGGER_KMH = 8.0
 TRIGGER_WINDOW = 0.150
@@ -71,9 +71,6 @@ class VelocityTrace:
             value = pv
         return value
 
-    def last_time(self) -> float | None:
-        return self.points[-1][0] if self.points else None
-
     def largest_change(self, t: float, window: float) -> float:
         """The largest |v(t1) - v(t0)| with t - window <= t0 <= t1 <= t (held values; 0 without data)."""
         start = self.at(t - window)
@@ -121,14 +118,13 @@ class AccelerationIntegral:
 class DeltaV:
     """Velocity traces of one car; `check` answers whether a crash-level change happened."""
 
-    speed: VelocityTrace
-    accel: AccelerationIntegral
+    speed: VelocityTrace = field(default_factory=VelocityTrace)
+    accel: AccelerationIntegral = field(default_factory=AccelerationIntegral)
     speed_signal: str = ""
     accel_signal: str = ""
 
-    @classmethod
-    def empty(cls) -> "DeltaV":
-        return cls(VelocityTrace(), AccelerationIntegral())
+    def _is_accel(self, signal: str) -> bool:
+        return bool(signal) and signal == self.accel_signal
 
     def check(self, trace: VelocityTrace, signal: str, t: float) -> Trigger | None:
         """A delta-V trigger at t on `trace` (just given a sample), or None. Called for every sample: cheap."""
@@ -139,13 +135,14 @@ class DeltaV:
 
     def settled(self, t: float, signal: str) -> bool:
         """Has the change within 20 ms fallen to 0.8 km/h or less (Part 563's end of event)?"""
-        trace = self.accel.trace if signal == self.accel_signal and signal else self.speed
-        if signal == self.accel_signal and signal:
+        if self._is_accel(signal):
             self.accel.extend(t)
+            trace = self.accel.trace
+        else:
+            trace = self.speed
         return abs(trace.change(t, SETTLE_WINDOW)) <= SETTLE_KMH
 
     def velocity(self, t: float, signal: str) -> float:
         """The held value of the trace `signal` feeds at t (km/h; 0 before its first sample)."""
-        trace = self.accel.trace if signal == self.accel_signal and signal else self.speed
-        value = trace.at(t)
+        value = (self.accel.trace if self._is_accel(signal) else self.speed).at(t)
         return 0.0 if value is None else value
