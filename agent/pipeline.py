@@ -34,7 +34,7 @@ from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamM
 from carledger.owner.actions import AUDIT_STREAM
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
-from carledger.sampling import MessageHandler, Tap
+from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
 
 log = logging.getLogger(__name__)

@@ -22,7 +22,7 @@ from pathlib import Path
 import can
 import pytest
 
-from broker import broker  # noqa: F401 - fixture
+from broker import broker  # noqa: F401,F811 - a fixture, taken by name
 from carledger.cli import main
 from carledger.config import load_config
 from carledger.dbc import path as dbc_path

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from carledger.ledger import Event, MalformedBlock, Sample, Store, decode_record, open_block
-from carledger.ledger.encrypt import DecryptError, PrivateKey, is_sealed, open_sealed
+from carledger.ledger.encrypt import PrivateKey, is_sealed, open_sealed
 
 CRASH_STREAM = "crash"
 CAPTURE = "capture"
