@@ -6,7 +6,8 @@ the owner's Ed25519 key; the protected header is {1: -8, 3: "application/toml",
 4: kid}. The agent accepts it only when it verifies with the owner key
 enrolled at STORE/keys/owner.pub, then hands the TOML to the policy code,
 which applies it only if its version is higher. The outcome goes out on the
-status topic.
+status topic: `digest` is the update's SHA-256 (what the sender waits for),
+`policy_digest` the digest of the policy put in force.
 """
 
 from __future__ import annotations
@@ -140,8 +141,10 @@ class PolicyHandler:
             except Exception as exc:  # the policy code's failure is an outcome, never a dead sync thread
                 log.exception("sync: applying the policy update failed")
                 result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
-            outcome.update(result)
-            outcome.setdefault("ok", False)
+            # The policy code names the applied policy's digest `digest` too; the outcome's
+            # `digest` is the update's (what `send-policy --wait` matches), so that one is renamed.
+            applied = {("policy_digest" if k == "digest" else k): v for k, v in result.items() if k != "t"}
+            outcome = {"ok": False, **applied, **outcome}
             log.info("sync: policy update %s: %s", digest[:16], result)
         self.last = outcome
         return outcome
