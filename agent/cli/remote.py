@@ -10,16 +10,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
+from pathlib import Path
 
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
+from carledger.cli.keygen import KINDS
 
 EPILOG = """\
 examples:
-  carledger keygen owner -o owner.key                    # prints the owner's public key
+  carledger keygen owner -o owner.key                    # writes owner.key and owner.pub
   carledger remote enroll-owner /var/lib/carledger owner.pub    # on the car, once
-  carledger remote sign-policy policy.toml --key owner.key -o policy.cose
+  carledger remote sign-policy policy.toml --key owner.key --previous 3 -o policy.cose   # checked first
   carledger remote send-policy policy.cose --vehicle car-1 --host broker.example --ca ca.crt \\
       --cert owner.crt --key owner-tls.key --wait 60
 """
@@ -34,15 +37,28 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(title="remote commands", metavar="COMMAND")
 
-    p = sub.add_parser("enroll-owner", help="enrol the owner's public key in a store (STORE/keys/owner.pub)")
+    p = sub.add_parser("enroll-owner", help="enrol the owner's public key in a store (STORE/keys/owner.pub)",
+                       epilog="exit status: 0 enrolled, 2 not a store, or an unreadable or wrong kind of key.")
     p.add_argument("store", metavar="STORE")
     p.add_argument("public_key", metavar="OWNER_PUB", help="64 hex digits, a .pub file, or the owner's .key file")
     p.set_defaults(func=enroll)
 
-    p = sub.add_parser("sign-policy", help="sign a policy file with the owner's key")
+    p = sub.add_parser(
+        "sign-policy", help="check a policy file completely, then sign it with the owner's key",
+        description="Runs the whole check of `carledger policy check` first, and signs only a valid policy whose "
+        "version is higher than the one the car has (from --store or --previous).",
+        epilog="exit status: 0 signed, 2 refused (invalid policy, version not higher, wrong key) or unreadable input.",
+    )
     p.add_argument("policy", metavar="POLICY", help="the policy TOML file")
     p.add_argument("--key", required=True, dest="owner_key", metavar="OWNER_KEY", help="the owner's private key file")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the signed update to write")
+    p.add_argument("--store", metavar="STORE", help="the car's store: the version must be higher than the policy in "
+                   "force there, and the key the owner key enrolled there")
+    p.add_argument("--previous", metavar="VERSION|FILE", help="the version in force on the car: a number, or the "
+                   "policy file last sent")
+    p.add_argument("--dbc", action="append", metavar="FILE", help="check signal names against the car's DBC "
+                   "(repeatable; default: the shipped demo car's DBC, as `policy check`)")
+    p.add_argument("--no-dbc", action="store_true", help="do not check signal names against any DBC")
     p.set_defaults(func=sign)
 
     p = sub.add_parser("send-policy", help="publish a signed update to carledger/v1/VEHICLE/policy")
@@ -54,35 +70,121 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
+class _Refused(Exception):
+    """One line for the user; the command exits 2 (usage or unreadable input)."""
+
+
+def _fail(message: str) -> int:
+    print(f"carledger remote: {message}", file=sys.stderr)
+    return 2
+
+
+def _store_dir(store: str) -> Path:
+    """A directory that holds a carledger store; _Refused for anything else (nothing is created)."""
+    from carledger.ledger.store import DB_FILE
+
+    if not (Path(store) / DB_FILE).is_file():
+        raise _Refused(f"{store}: no carledger store here")
+    return Path(store)
+
+
+def _owner_kind(path: str, want_half: str) -> None:
+    """Refuse a key file whose kind line says it is not the owner's (a recipient's X25519 key, the vehicle's)."""
+    from carledger.cli.keygen import key_kind
+    from carledger.ledger.keys import KEY_FILE, PUB_FILE
+
+    if Path(path).name in (KEY_FILE, PUB_FILE):
+        raise _Refused(f"{path}: the vehicle's own key, not the owner's (make one with: carledger keygen owner -o owner.key)")
+    kind = key_kind(path) if os.path.isfile(path) else None
+    if kind is not None and kind[0] != "owner":
+        raise _Refused(f"{path}: a {kind[0]} key ({KINDS[kind[0]]}), not the owner's Ed25519 key "
+                       "(make one with: carledger keygen owner -o owner.key)")
+    if kind is not None and want_half == "private" and kind[1] != "private":
+        raise _Refused(f"{path}: the owner's public key; signing needs the private one (owner.key)")
+
+
 def enroll(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, kid
     from carledger.sync import enroll_owner, load_owner_key
 
     try:
-        path = enroll_owner(args.store, args.public_key)
-        key = load_owner_key(args.store)
+        store = _store_dir(args.store)
+        _owner_kind(args.public_key, "public")
+        path = enroll_owner(store, args.public_key)
+        key = load_owner_key(store)
+    except _Refused as exc:
+        return _fail(str(exc))
     except (KeyFileError, OSError) as exc:
-        print(f"carledger remote: {exc}", file=sys.stderr)
-        return 1
+        return _fail(str(exc))
     print(f"owner key {kid(key).hex()} enrolled in {path}")
     return 0
 
 
-def sign(args: argparse.Namespace) -> int:
-    from carledger.ledger import KeyFileError, load_signing_key
-    from carledger.sync import sign_policy
+def _known_version(args: argparse.Namespace) -> tuple[int, str] | None:
+    """(version in force on the car, where that was read), from --store or --previous; None when neither is given."""
+    from carledger.owner.state import OwnerState
+    from carledger.policy.document import PolicyError, load_policy
 
     try:
+        if args.store:
+            return OwnerState.load(_store_dir(args.store)).policy.version, args.store
+        if args.previous is None:
+            return None
+        if args.previous.isdigit():
+            return int(args.previous), "--previous"
+        return load_policy(args.previous, check_expiry=False).version, args.previous
+    except PolicyError as exc:
+        raise _Refused(f"{args.previous or args.store}: cannot read the version in force: {exc.problems[0]}") from None
+
+
+def _check_policy(args: argparse.Namespace, document: bytes):
+    """The policy `document`, checked as `carledger policy check` checks it; _Refused with its first problem."""
+    from carledger.cli.policy import _known, _Usage
+    from carledger.policy.document import PolicyError, policy_from_text
+
+    try:
+        text = document.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _Refused(f"{args.policy}: not UTF-8 text; not signed") from None
+    try:
+        return policy_from_text(args.policy, text, _known(args, True))
+    except _Usage as exc:
+        raise _Refused(str(exc)) from None
+    except PolicyError as exc:
+        more = f" (and {len(exc.problems) - 1} more: carledger policy check {args.policy})" if len(exc.problems) > 1 else ""
+        raise _Refused(f"not signed: {exc.problems[0]}{more}") from None
+
+
+def sign(args: argparse.Namespace) -> int:
+    """Sign only what the car would apply: a valid policy, a higher version, the enrolled owner's key."""
+    from carledger.ledger import KeyFileError, kid, load_signing_key
+    from carledger.sync import load_owner_key, sign_policy
+
+    try:
+        _owner_kind(args.owner_key, "private")
         key = load_signing_key(args.owner_key)
         with open(args.policy, "rb") as fh:
             document = fh.read()
+        policy = _check_policy(args, document)
+        known = _known_version(args)
+        if known is not None and policy.version <= known[0]:
+            raise _Refused(f"{args.policy}: version {policy.version} is not higher than the version in force "
+                           f"({known[0]}, from {known[1]}); set version = {known[0] + 1} or higher")
+        if args.store:
+            enrolled = load_owner_key(args.store)
+            if enrolled is not None and bytes(enrolled) != bytes(key.verify_key):
+                raise _Refused(f"{args.owner_key}: not the owner key enrolled in {args.store} (key id "
+                               f"{kid(enrolled).hex()}); the car would refuse the update")
         signed = sign_policy(document, key)
         with open(args.output, "wb") as fh:
             fh.write(signed)
-    except (KeyFileError, OSError) as exc:
-        print(f"carledger remote: {exc}", file=sys.stderr)
-        return 1
-    print(f"signed {args.policy} ({len(document)} bytes) -> {args.output}")
+    except _Refused as exc:
+        return _fail(str(exc))
+    except KeyFileError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}")
+    print(f"signed {args.policy} (version {policy.version}, {len(document)} bytes) -> {args.output}")
     return 0
 
 

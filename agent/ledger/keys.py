@@ -55,7 +55,8 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _parse_hex_key(text: str, what: str) -> bytes:
-    text = text.strip()
+    """32 bytes from 64 hex digits; lines starting with '#' (the kind line `carledger keygen` writes) are skipped."""
+    text = "".join(line for line in text.splitlines() if not line.lstrip().startswith("#")).strip()
     try:
         raw = bytes.fromhex(text)
     except ValueError:
@@ -74,7 +75,7 @@ def _read_private_hex(path: Path, what: str, check_mode: bool = True) -> bytes:
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        raise KeyFileError(f"{path}: no such key file") from None
+        raise KeyFileError(f"{path}: no such file") from None
     if check_mode and st.st_mode & 0o077:
         raise KeyFileError(
             f"{path}: {what} is accessible to group/others (mode {stat.S_IMODE(st.st_mode):04o}); "
@@ -169,7 +170,9 @@ def load_verify_key(path_or_hex: str | os.PathLike | bytes | VerifyKey) -> Verif
     try:
         content = path.read_text(encoding="ascii")
     except FileNotFoundError:
-        raise KeyFileError(f"{text}: neither 64 hex digits nor a key file") from None
+        if stripped and all(c in "0123456789abcdefABCDEF" for c in stripped):
+            raise KeyFileError(f"{text}: {len(stripped)} hex digits, expected 64 (and no such file)") from None
+        raise KeyFileError(f"{text}: no such file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise KeyFileError(f"{text}: cannot read the key: {exc}") from None
     raw = _parse_hex_key(content, str(path))
