@@ -61,6 +61,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("dir", metavar="DIR", help="collector directory (created if missing)")
     p.add_argument("vehicle", metavar="VEHICLE", help="vehicle id: its topic level carledger/v1/VEHICLE/")
     p.add_argument("public_key", metavar="PUBKEY", help="64 hex digits or a file holding them")
+    p.add_argument("--handover", metavar="FILE", help="after a change of owner: the statement the previous key signed "
+                   "(carledger remote identity --handover); the previous chains move to DIR/retired/")
     p.set_defaults(func=enroll)
 
     p = sub.add_parser("run", help="receive, verify, store and ack until SIGTERM/SIGINT")
@@ -89,14 +91,29 @@ def enroll(args: argparse.Namespace) -> int:
     except StoreError as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)
         return 2
+    retired = None
     try:
-        key = registry.enroll(args.vehicle, args.public_key)
+        if args.handover:
+            from carledger.collect.rekey import rekey
+
+            with open(args.handover, encoding="utf-8") as fh:
+                handover = json.load(fh)
+            key, retired = rekey(registry, args.vehicle, args.public_key, handover)
+        else:
+            key = registry.enroll(args.vehicle, args.public_key)
+    except OSError as exc:
+        print(f"carledger collect: {args.handover}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except json.JSONDecodeError as exc:
+        print(f"carledger collect: {args.handover}: not a handover (JSON): {exc}", file=sys.stderr)
+        return 2
     except (ValueError, KeyFileError) as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)
         return 1
     finally:
         registry.close()
-    print(f"enrolled vehicle {args.vehicle} (key id {kid(key).hex()})")
+    print(f"enrolled vehicle {args.vehicle} (key id {kid(key).hex()})"
+          + (f"; the previous key's chains are in {retired}" if retired else ""))
     return 0
 
 

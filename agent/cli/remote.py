@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+from carledger.cli._owner import add_store_options, target
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 from carledger.cli.keygen import KINDS
 
@@ -60,6 +61,17 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                    "(repeatable; default: the shipped demo car's DBC, as `policy check`)")
     p.add_argument("--no-dbc", action="store_true", help="do not check signal names against any DBC")
     p.set_defaults(func=sign)
+
+    p = sub.add_parser(
+        "identity", help="what a collector enrols for this car: its vehicle id and public key (and the handover)",
+        description="Print the vehicle id and the vehicle's public key, and the command a collector runs to enrol "
+        "them. After a change of owner (carledger wipe), --handover writes the statement the previous key signed, "
+        "with which a collector that knew the previous key re-keys the vehicle.",
+        epilog="exit status: 0 printed, 2 not a store, or --handover on a store that was never wiped.",
+    )
+    add_store_options(p)
+    p.add_argument("--handover", metavar="FILE", help="write the handover (JSON) for the collectors of the previous owner")
+    p.set_defaults(func=identity)
 
     p = sub.add_parser("send-policy", help="publish a signed update to carledger/v1/VEHICLE/policy")
     p.add_argument("signed", metavar="SIGNED", help="the file sign-policy wrote")
@@ -117,6 +129,50 @@ def enroll(args: argparse.Namespace) -> int:
     except (KeyFileError, OSError) as exc:
         return _fail(str(exc))
     print(f"owner key {kid(key).hex()} enrolled in {path}")
+    return 0
+
+
+def identity(args: argparse.Namespace) -> int:
+    """The vehicle id and key as the store records them.
+
+    Both are read from the store's meta (unsigned): a wrong value printed
+    here cannot forge anything, since the collector verifies every block
+    against what it enrols and would report each one as a bad signature.
+    """
+    from carledger.config import ConfigError
+    from carledger.ledger import LedgerError, Store, kid
+    from carledger.owner.wipe import handover
+
+    try:
+        store = _store_dir(target(args).store)
+        with Store.open_readonly(store) as s:
+            vehicle, public = s.vehicle_id, s.public_key
+        detail = handover(store)
+        if args.handover and detail is None:
+            raise _Refused(f"{store}: never wiped: there is no handover (a first enrolment needs none)")
+        if args.handover:
+            with open(args.handover, "x", encoding="utf-8") as fh:
+                json.dump(detail, fh, indent=1)
+    except (ConfigError, LedgerError, _Refused) as exc:
+        return _fail(str(exc))
+    except FileExistsError:
+        return _fail(f"{args.handover}: exists already; not overwritten")
+    except OSError as exc:
+        return _fail(f"{exc.filename}: {exc.strerror}")
+    out = {"vehicle": vehicle, "public_key": public.hex(), "kid": kid(public).hex()}
+    if detail is not None:
+        statement = detail["statement"]
+        out.update(previous_key=statement["previous_key"], previous_kid=kid(bytes.fromhex(statement["previous_key"])).hex(),
+                   wiped_at=statement["at"])
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    print(f"vehicle     {vehicle}\npublic key  {out['public_key']}  (key id {out['kid']})")
+    print(f"enrol it:   carledger collect enroll COLLECTOR {vehicle} {out['public_key']}")
+    if detail is not None:
+        print(f"owner changed {out['wiped_at']}: a collector that enrolled the previous key ({out['previous_kid']}) "
+              f"re-keys it with the handover: carledger collect enroll COLLECTOR {vehicle} {out['public_key']} "
+              f"--handover {args.handover or 'FILE'}" + ("" if args.handover else " (write FILE with --handover FILE)"))
     return 0
 
 

@@ -9,11 +9,15 @@ import sys
 from carledger.cli._owner import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, fail, target
 
 EPILOG = """\
-What it does: deletes every block of every stream, the policy, the consents
-and the pseudonym secret; creates a new vehicle key; and starts a new ledger
-whose audit stream holds a statement signed by the old key: when, which key
-takes over, where each old chain ended. The new owner starts with no policy:
-nothing is collected until `carledger policy apply`.
+What it does: deletes every block of every stream, the policy, the consents,
+the pseudonym secret and the previous owner's enrolments (the owner key for
+remote updates, the collector keys); creates a new vehicle key; and starts a
+new ledger whose audit stream holds a statement signed by the old key: when,
+which key takes over, where each old chain ended. The vehicle id stays (it
+names the car). The new owner starts with no policy: nothing is collected
+until `carledger policy apply`. `carledger remote identity` then prints what
+a collector enrols, and writes the handover a collector of the previous key
+needs (docs/owner-state.md, "Change of owner").
 
 Stop the agent first (systemctl stop carledger). It asks for confirmation
 unless --yes is given.
@@ -59,8 +63,10 @@ def run(args: argparse.Namespace) -> int:
         return fail(args, str(exc), EXIT_USAGE)
     if args.json:
         print(json.dumps({"ok": True, "blocks_deleted": result.blocks, "streams": result.streams,
-                          "old_key": result.old_kid, "new_key": result.new_kid}))
+                          "old_key": result.old_kid, "new_key": result.new_kid, "vehicle": result.statement["vehicle"]}))
     else:
         print(f"wiped {result.blocks} blocks of {result.streams} streams; vehicle key {result.old_kid} replaced by "
               f"{result.new_kid}. Nothing is collected until the new owner applies a policy (carledger policy apply).")
+        print(f"To sync, enrol the new key with your collectors: carledger remote identity --store {store} "
+              "(--handover FILE for a collector that knew the previous key).")
     return EXIT_OK

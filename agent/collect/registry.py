@@ -19,10 +19,11 @@ from typing import Any, Iterator
 from carledger.ledger import Store, StoreError, VerifyKey, kid, load_verify_key
 from carledger.sync import topics
 
-__all__ = ["Registry", "DB_FILE", "VEHICLES_DIR", "MAX_PROBLEMS", "MAX_PENDING", "MAX_EVIDENCE"]
+__all__ = ["Registry", "DB_FILE", "VEHICLES_DIR", "RETIRED_DIR", "MAX_PROBLEMS", "MAX_PENDING", "MAX_EVIDENCE"]
 
 DB_FILE = "collector.sqlite"
 VEHICLES_DIR = "vehicles"
+RETIRED_DIR = "retired"  # the chains of a vehicle's previous key, after a change of owner
 MAX_PROBLEMS = 10_000  # distinct problem rows; beyond, problems are counted per kind only
 MAX_PENDING = 4096  # blocks held per stream while waiting for a gap to close
 MAX_EVIDENCE = 1000  # fork evidence messages kept per stream
@@ -78,7 +79,8 @@ class Registry:
             if row is not None and bytes(row[0]) != raw:
                 raise ValueError(
                     f"vehicle {vehicle!r} is enrolled with another key (kid {kid(bytes(row[0])).hex()}); "
-                    "a vehicle's key never changes: enrol the new one under a new vehicle id"
+                    "a vehicle's key changes only with its owner: give the handover the car wrote "
+                    "(carledger remote identity --handover FILE) with --handover FILE"
                 )
             if row is None:
                 self.conn.execute("INSERT INTO vehicles VALUES (?, ?, ?, ?)", (vehicle, raw, kid(raw), time.time()))
@@ -102,13 +104,44 @@ class Registry:
     def replica(self, vehicle: str) -> Store:
         """The vehicle's chains as a carledger store (COLLECTOR/vehicles/<vehicle>/)."""
         store = self._replicas.get(vehicle)
+        key = self.key(vehicle)
+        if store is not None and key is not None and store.public_key != bytes(key):
+            # Re-keyed by another process (`collect enroll --handover`): this chain was retired.
+            self._replicas.pop(vehicle).close()
+            store = None
         if store is None:
-            key = self.key(vehicle)
             if key is None:
                 raise StoreError(f"vehicle {vehicle!r} is not enrolled")
             store = Store.open_replica(self.path / VEHICLES_DIR / vehicle, vehicle, bytes(key))
             self._replicas[vehicle] = store
         return store
+
+    def replace_key(self, vehicle: str, key: VerifyKey) -> Path:
+        """Enrol `key` in place of the vehicle's key; its chains move to COLLECTOR/retired/VEHICLE-OLDKID/.
+
+        Only after a change of owner, once `carledger.collect.rekey` checked
+        the handover the enrolled key signed. Blocks held behind a gap (the
+        previous key's) go; the retired replica stays a store `carledger
+        verify` checks with the previous key. Returns where it went.
+        """
+        with self._lock:
+            row = self.conn.execute("SELECT public_key FROM vehicles WHERE vehicle = ?", (vehicle,)).fetchone()
+            if row is None:
+                raise StoreError(f"vehicle {vehicle!r} is not enrolled")
+            store = self._replicas.pop(vehicle, None)
+            if store is not None:
+                store.close()
+            retired = self.path / RETIRED_DIR / f"{vehicle}-{kid(bytes(row[0])).hex()}"
+            current = self.path / VEHICLES_DIR / vehicle
+            if current.exists():  # absent when a re-key that moved it was cut short: finish it
+                retired.parent.mkdir(mode=0o700, exist_ok=True)
+                os.rename(current, retired)  # never onto an existing directory: that chain is kept as it was
+            self.conn.execute("DELETE FROM pending WHERE vehicle = ?", (vehicle,))
+            self.conn.execute("DELETE FROM counters WHERE vehicle = ?", (vehicle,))
+            self.conn.execute("UPDATE vehicles SET public_key = ?, kid = ?, enrolled = ? WHERE vehicle = ?",
+                              (bytes(key), kid(key), time.time(), vehicle))
+        self.replica(vehicle)
+        return retired
 
     # -- blocks waiting for a gap ------------------------------------------------------------
 

@@ -7,7 +7,17 @@ vehicle key is replaced, and the old key signs one last statement, kept as
 the first record of the new ledger's `audit` stream: when the wipe happened,
 which key takes over, and the head of every chain that ended. A recipient
 holding the old chains can check with the old key that they ended there and
-why, and that the new key is the same car's. The vehicle id stays.
+why, and that the new key is the same car's.
+
+The vehicle id stays: it names the car (the VIN), not its owner, and the
+agent's configuration, the car's broker certificate (CN) and the broker's
+ACL are bound to it. What ties data to an owner goes: the key, and the
+pseudonym secret. The old owner's enrolments go with STORE/keys/ (the owner
+key for remote updates, `owner.pub`, and the collector keys it trusted); the
+new owner enrols their own. A collector that knew the previous key re-keys
+the vehicle only with the handover (`handover`: the statement above and the
+previous key's signature), and keeps the old chains apart
+(docs/owner-state.md, "Change of owner").
 """
 
 from __future__ import annotations
@@ -19,7 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from carledger.ledger import Ledger, cbor
+from carledger.ledger import Ledger, Store, cbor
+from carledger.ledger.block import Event, decode_record
 from carledger.ledger.keys import KEY_DIR, kid
 from carledger.ledger.store import DB_FILE
 from carledger.owner.actions import AUDIT_STREAM
@@ -62,6 +73,37 @@ def wipe(store: str | os.PathLike) -> WipeResult:
         new.writer(AUDIT_STREAM).add_event(now, "wipe", {"statement": statement, "signature": signature.hex()})
         new.seal()
     return WipeResult(blocks, len(heads), kid(old_key.verify_key).hex(), kid(new.verify_key).hex(), statement)
+
+
+def handover(store: str | os.PathLike) -> dict[str, Any] | None:
+    """The `wipe` event's detail ({"statement", "signature"}) of a wiped store; None for a store never wiped.
+
+    It is the first record of the audit stream (written by `wipe` above, and
+    neither retention nor eviction ever drops the audit). Read from the
+    store as it is: the collector trusts it only after `check_statement`
+    verified it with the key the collector itself enrolled.
+    """
+    with Store.open_readonly(store) as s:
+        first = next(s.iter_blocks(AUDIT_STREAM, batch=1), None)
+        records = s.records(first) if first is not None else []
+    record = decode_record(records[0]) if records else None
+    if isinstance(record, Event) and record.kind == "wipe":
+        return dict(record.detail)
+    return None
+
+
+def previous_head(store: str | os.PathLike, stream: str, seq: int, digest: bytes) -> bool:
+    """Is (seq, digest) where `stream` of the previous owner ended, by this store's wipe statement?
+
+    The broker keeps the collector's last ack of that chain (retained), and
+    hands it to the car when it subscribes after the wipe. The sync takes
+    this to ignore that ack quietly instead of reporting a mismatch. Trusting
+    the statement cannot lose data: at worst an ack is ignored, and an
+    ignored ack marks nothing acked.
+    """
+    detail = handover(store)
+    heads = (detail or {}).get("statement", {}).get("heads", {})
+    return heads.get(stream) == [seq, digest.hex()]
 
 
 def check_statement(detail: dict[str, Any]) -> bool:
