@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import can
+import pytest
 
 from broker import assert_same_ledgers, broker, mqtt_for, start_collector  # noqa: F401 - fixture
 from carledger.cli import main
@@ -136,3 +137,45 @@ def test_after_a_wipe_the_new_owner_enrols_with_the_handover_and_syncs(broker, t
     state = collector_state(collected)
     assert state["problems"] == []  # no bad signature, no fork: nothing of the old chain is mixed in
     assert state["vehicles"][VEHICLE]["kid"] == identity["kid"]
+
+
+def test_the_identity_and_the_handover_a_collector_checks(tmp_path, capsys):
+    """Without a broker: what `wipe` and `remote identity` print, and every handover a collector refuses."""
+    from carledger.collect import Registry
+    from carledger.collect.rekey import rekey
+    from carledger.ledger import Ledger
+
+    store = tmp_path / "car"
+    Ledger.open(store, vehicle_id=VEHICLE).close()
+    old_pub = (store / "keys" / "vehicle.pub").read_text().strip()
+    assert main(["remote", "identity", "--store", str(store), "--handover", str(tmp_path / "h.json")]) == 2
+    assert capsys.readouterr().err == f"carledger remote: {store}: never wiped: there is no handover (a first enrolment needs none)\n"
+    assert main(["remote", "identity", "--store", str(tmp_path / "typo")]) == 2
+    assert capsys.readouterr().err == f"carledger remote: {tmp_path / 'typo'}: no carledger store here\n"
+
+    assert main(["wipe", "--store", str(store), "--yes"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[-1] == (f"To sync, enrol the new key with your collectors: carledger remote identity --store {store} "
+                       "(--handover FILE for a collector that knew the previous key).")
+    new_pub = (store / "keys" / "vehicle.pub").read_text().strip()
+    assert main(["remote", "identity", "--store", str(store), "--handover", str(tmp_path / "h.json")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == f"vehicle     {VEHICLE}"
+    assert lines[2] == f"enrol it:   carledger collect enroll COLLECTOR {VEHICLE} {new_pub}"
+    assert lines[3].endswith(f"carledger collect enroll COLLECTOR {VEHICLE} {new_pub} --handover {tmp_path / 'h.json'}")
+    handover = json.loads((tmp_path / "h.json").read_text())
+
+    registry = Registry(tmp_path / "collected")
+    try:
+        with pytest.raises(ValueError, match="is not enrolled: enrol it without --handover"):
+            rekey(registry, "not-enrolled", new_pub, handover)
+        registry.enroll("other-car", "ef" * 32)
+        with pytest.raises(ValueError, match="the handover is for vehicle"):
+            rekey(registry, "other-car", new_pub, handover)
+        registry.enroll(VEHICLE, "12" * 32)  # this collector knew another key than the one that signed
+        with pytest.raises(ValueError, match="signed by another key than the one enrolled"):
+            rekey(registry, VEHICLE, new_pub, handover)
+        assert bytes(registry.key(VEHICLE)).hex() == "12" * 32
+        assert (tmp_path / "collected" / "vehicles" / VEHICLE).is_dir() and not (tmp_path / "collected" / "retired").exists()
+    finally:
+        registry.close()

@@ -124,9 +124,7 @@ def enroll(args: argparse.Namespace) -> int:
         _owner_kind(args.public_key, "public")
         path = enroll_owner(store, args.public_key)
         key = load_owner_key(store)
-    except _Refused as exc:
-        return _fail(str(exc))
-    except (KeyFileError, OSError) as exc:
+    except (_Refused, KeyFileError, OSError) as exc:
         return _fail(str(exc))
     print(f"owner key {kid(key).hex()} enrolled in {path}")
     return 0
@@ -178,7 +176,7 @@ def identity(args: argparse.Namespace) -> int:
 
 def _known_version(args: argparse.Namespace) -> tuple[int, str] | None:
     """(version in force on the car, where that was read), from --store or --previous; None when neither is given."""
-    from carledger.owner.state import OwnerState
+    from carledger.owner.state import OwnerState, OwnerStateError
     from carledger.policy.document import PolicyError, load_policy
 
     try:
@@ -190,7 +188,9 @@ def _known_version(args: argparse.Namespace) -> tuple[int, str] | None:
             return int(args.previous), "--previous"
         return load_policy(args.previous, check_expiry=False).version, args.previous
     except PolicyError as exc:
-        raise _Refused(f"{args.previous or args.store}: cannot read the version in force: {exc.problems[0]}") from None
+        raise _Refused(f"{args.store or args.previous}: cannot read the version in force: {exc.problems[0]}") from None
+    except OwnerStateError as exc:
+        raise _Refused(str(exc)) from None
 
 
 def _check_policy(args: argparse.Namespace, document: bytes):
@@ -234,9 +234,7 @@ def sign(args: argparse.Namespace) -> int:
         signed = sign_policy(document, key)
         with open(args.output, "wb") as fh:
             fh.write(signed)
-    except _Refused as exc:
-        return _fail(str(exc))
-    except KeyFileError as exc:
+    except (_Refused, KeyFileError) as exc:
         return _fail(str(exc))
     except OSError as exc:
         return _fail(f"{exc.filename}: {exc.strerror}")
