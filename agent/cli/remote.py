@@ -73,7 +73,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--handover", metavar="FILE", help="write the handover (JSON) for the collectors of the previous owner")
     p.set_defaults(func=identity)
 
-    p = sub.add_parser("send-policy", help="publish a signed update to carledger/v1/VEHICLE/policy")
+    p = sub.add_parser("send-policy", help="publish a signed update to carledger/v1/VEHICLE/policy",
+                       epilog="exit status: 0 sent (with --wait: applied), 1 refused by the vehicle or no outcome "
+                       "in time, 2 unreadable file or broker not reached.")
     p.add_argument("signed", metavar="SIGNED", help="the file sign-policy wrote")
     p.add_argument("--vehicle", required=True)
     p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for the vehicle's outcome")
@@ -252,8 +254,7 @@ def send(args: argparse.Namespace) -> int:
         with open(args.signed, "rb") as fh:
             signed = fh.read()
     except OSError as exc:
-        print(f"carledger remote: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"{args.signed}: {exc.strerror}")
     cfg = mqtt_config_from_args(args)
     digest = hashlib.sha256(signed).hexdigest()
     outcome: dict = {}
