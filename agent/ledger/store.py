@@ -12,6 +12,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 from carledger.ledger import block as _block
 from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
+from carledger.ledger.heads import Head, check_identity, signed_heads
 from carledger.ledger.keys import VerifyKey, kid, load_or_create_signing_key
 
 __all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
@@ -78,6 +79,7 @@ class Store:
         self.signing_key = None
         self.verify_key = None
         self.marks_only = False  # open_marks: delivery marks only
+        self._signed_heads: dict[str, Head] | None = None  # the writer's heads (Store.open): from signed blocks
         meta = self.meta()
         self.vehicle_id: str | None = _text(meta.get("vehicle"))
         pk = meta.get("public_key")
@@ -130,26 +132,36 @@ class Store:
                 if fmt is not None and fmt != STORE_FORMAT:
                     raise StoreError(f"{path}: store format {fmt!r}, this carledger reads {STORE_FORMAT}")
                 have_vid = _text(meta.get("vehicle"))
+                if "vehicle" in meta and have_vid is None:
+                    raise StoreError(f"{path / DB_FILE}: meta.vehicle {meta['vehicle']!r} is not UTF-8 text; "
+                                     f"run `carledger verify {path}`")
                 if have_vid is not None and vehicle_id is not None and have_vid != vehicle_id:
                     raise StoreError(
                         f"{path}: this store belongs to vehicle {have_vid!r}, not {vehicle_id!r}"
                     )
                 have_pk = meta.get("public_key")
-                if have_pk is not None and bytes(have_pk) != pub:
+                if have_pk is not None and have_pk != pub:
+                    have_kid = kid(have_pk).hex() if isinstance(have_pk, bytes) and len(have_pk) == 32 else "?"
                     raise StoreError(
                         f"{path}: keys/vehicle.key does not match the public key recorded in the store "
-                        f"(kid {kid(pub).hex()} vs {kid(bytes(have_pk)).hex() if len(bytes(have_pk)) == 32 else '?'}); "
+                        f"(kid {kid(pub).hex()} vs {have_kid}); "
                         "the chain cannot be continued with another key"
                     )
+                lost = [k for k in ("format", "vehicle", "public_key") if k not in meta]
+                if lost and conn.execute("SELECT 1 FROM blocks LIMIT 1").fetchone():
+                    raise StoreError(f"{path / DB_FILE}: meta.{lost[0]} is missing, yet the store holds blocks; "
+                                     f"run `carledger verify {path}`")
                 if fmt is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('format', ?)", (STORE_FORMAT,))
+                vehicle = have_vid or vehicle_id or kid(pub).hex()
                 if have_vid is None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle_id or kid(pub).hex(),)
-                    )
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle,))
                 if have_pk is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
+                heads = signed_heads(conn, signing_key.verify_key, path / DB_FILE)
+                check_identity(vehicle, heads, path / DB_FILE)
         store = cls(path, conn, readonly=False)
+        store._signed_heads = heads
         store.signing_key = signing_key
         store.verify_key = signing_key.verify_key
         return store
@@ -247,6 +259,13 @@ class Store:
             return None
         return int(row[0]), bytes(row[1])
 
+    def signed_head(self, name: str) -> Head | None:
+        """The writer's head of `name` (seq, digest, vid): from its last signed block, checked when the
+        store was opened (`Store.open`) and moved by `append`; None before the stream's first block."""
+        if self._signed_heads is None:
+            raise StoreError(f"{self.path}: heads are the writer's (Store.open)")
+        return self._signed_heads.get(name)
+
     def heads(self) -> dict[str, tuple[int | None, bytes | None]]:
         """Every row of `streams` as stored: name -> (head_seq, head_digest)."""
         with self._lock:
@@ -340,6 +359,7 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 heads: dict[str, tuple[int, bytes] | None] = {}
+                moved: dict[str, Head] = {}
                 for blk in blocks:
                     h = blk.header
                     if h.stream not in heads:
@@ -370,6 +390,7 @@ class Store:
                     )
                     ids.append(cur.lastrowid)
                     heads[h.stream] = (h.seq, blk.digest)
+                    moved[h.stream] = Head(h.seq, blk.digest, h.vid)
                 for name, head in heads.items():
                     conn.execute(
                         "INSERT INTO streams(name, head_seq, head_digest) VALUES (?, ?, ?) "
@@ -382,6 +403,8 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            if self._signed_heads is not None:
+                self._signed_heads.update(moved)
         return ids
 
     def mark_synced(self, block_ids: Sequence[int]) -> None:
@@ -553,8 +576,21 @@ def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:
         )
     else:
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.text_factory = _decode_text
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+def _decode_text(raw: bytes) -> str | bytes:
+    """A TEXT cell as str; one that is not UTF-8 (damage, tampering) as its raw bytes.
+
+    sqlite3's default raises OperationalError mid-query, which crashed `verify`
+    and `run`; bytes where text belongs is reported by whoever reads the cell.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 @contextmanager
