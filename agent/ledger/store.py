@@ -12,6 +12,7 @@ from typing import Iterator, NamedTuple, Sequence
 
 from carledger.ledger import block as _block
 from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
+from carledger.ledger.files import private_dir, private_file, repair_private
 from carledger.ledger.heads import Head, check_identity, signed_heads
 from carledger.ledger.keys import VerifyKey, kid, load_or_create_signing_key
 
@@ -101,7 +102,7 @@ class Store:
         if vehicle_id is not None and (type(vehicle_id) is not str or not vehicle_id):
             raise StoreError("vehicle id must be non-empty text")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the store: {exc}") from None
         writer_lock = _take_writer_lock(path)
@@ -119,6 +120,10 @@ class Store:
             signing_key = load_or_create_signing_key(path)
         except KeyFileError as exc:
             raise StoreError(str(exc)) from None
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the store: {exc}") from None
+        try:
+            _private_db(path)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the store: {exc}") from None
         conn = _connect(path / DB_FILE, readonly=False)
@@ -195,7 +200,8 @@ class Store:
         if type(public_key) is not bytes or len(public_key) != 32:
             raise StoreError("a replica needs the vehicle's raw 32-byte public key")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
+            _private_db(path)
             conn = _connect(path / DB_FILE, readonly=False)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{path}: cannot create the replica: {exc}") from None
@@ -554,7 +560,7 @@ def _take_writer_lock(path: Path):
     An flock on STORE/writer.lock, released by the kernel when the holder dies
     (so a SIGKILLed agent never leaves a stale lock). Readers need no lock.
     """
-    handle = open(path / LOCK_FILE, "a+")
+    handle = open(private_file(path / LOCK_FILE), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -567,6 +573,14 @@ def _take_writer_lock(path: Path):
     handle.write(f"pid {os.getpid()}")
     handle.flush()
     return handle
+
+
+def _private_db(path: Path) -> None:
+    """The database file exists 0600 before SQLite opens it (its -wal and -shm get the same mode)."""
+    private_file(path / DB_FILE)
+    for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
+        if (path / name).exists():
+            repair_private(path / name, "the store's database")
 
 
 def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:
