@@ -15,7 +15,7 @@ import os
 import stat
 from pathlib import Path
 
-__all__ = ["DIR_MODE", "FILE_MODE", "private_dir", "private_file", "write_private", "repair_private"]
+__all__ = ["DIR_MODE", "FILE_MODE", "private_dir", "private_file", "write_private", "repair_private", "open_private"]
 
 DIR_MODE = 0o700
 FILE_MODE = 0o600
@@ -67,6 +67,15 @@ def write_private(path: str | os.PathLike, data: bytes) -> None:
         os.close(fd)
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def open_private(path: str | os.PathLike, mode: str = "w", newline: str | None = None):
+    """A text file the user asked an export into (records, captures), created 0600: it is the car's data.
+
+    An existing file keeps its mode (its owner chose it) and is truncated.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    return os.fdopen(fd, mode, newline=newline)
 
 
 def fsync_dir(path: Path) -> None:
