@@ -171,3 +171,33 @@ def test_invalid_utf8_text_is_reported_not_a_crash(drive, store, table, column, 
     else:
         assert rc == 1 and report["problems"], (err, report)
     assert_refused(drive, store)
+
+
+# -- a stream's vehicle id never changes ----------------------------------------------------
+
+
+PSEUDONYM_A = "a" * 32  # a recipient's pseudonym of the car: 32 lowercase hex characters
+
+
+def test_the_writer_never_signs_a_chain_under_another_vehicle_id(tmp_path):
+    """Pseudonymous streams carry an id derived from meta.vehicle: a changed one must not reach a signature.
+
+    Here every chain is pseudonymous, so the check at open lets the store through; the writer's
+    own rule (a stream's vehicle id never changes) is what refuses.
+    """
+    from carledger.ledger import Ledger, LedgerError
+
+    with Ledger.open(tmp_path / "store", "car-1") as ledger:
+        w = ledger.writer("insurer")
+        w.vid = PSEUDONYM_A
+        w.add_sample(1.0, "Vehicle.Speed", 1.0)
+        ledger.seal()
+    with Ledger.open(tmp_path / "store") as ledger:
+        w = ledger.writer("insurer")
+        w.vid = "b" * 32  # the pseudonym an edited vehicle id gives
+        w.add_sample(2.0, "Vehicle.Speed", 2.0)
+        with pytest.raises(LedgerError, match=f"signed as vehicle '{PSEUDONYM_A}'"):
+            ledger.seal()
+        assert ledger.store.block_count("insurer") == 1
+        w.vid = PSEUDONYM_A
+        assert [b.header.seq for b in ledger.seal()] == [1]
