@@ -24,7 +24,7 @@ from carledger.ledger.block import Header
 from carledger.ledger.errors import MalformedBlock, StoreError
 from carledger.ledger.keys import VerifyKey
 
-__all__ = ["Head", "signed_heads", "check_identity"]
+__all__ = ["Head", "signed_heads", "check_identity", "identity_signed"]
 
 
 class Head(NamedTuple):
@@ -128,16 +128,21 @@ def signed_heads(conn: sqlite3.Connection, key: VerifyKey, db: Path) -> dict[str
 _PSEUDONYM = re.compile(r"[0-9a-f]{32}\Z")  # carledger.policy.pseudonym: a recipient's id of the car
 
 
-def check_identity(vehicle: object, heads: dict[str, Head], db: Path) -> None:
-    """`meta.vehicle` must be the id some chain is signed with; else the writer would sign as another car.
+def identity_signed(vehicle: object, vids: set[str]) -> bool:
+    """`meta.vehicle` is the id some chain is signed with, or cannot be compared with any.
 
     A store whose every chain carries a recipient's pseudonym (derived from
-    `meta.vehicle`, so not comparable with it here) is let through: there
-    the writer's other rule holds, a stream's vehicle id never changes
+    `meta.vehicle`, so not comparable with it here) passes: there the
+    writer's other rule holds, a stream's vehicle id never changes
     (StreamWriter.build refuses), so an edited id still signs nothing in them.
     """
+    return vehicle in vids or all(type(v) is str and _PSEUDONYM.match(v) for v in vids)
+
+
+def check_identity(vehicle: object, heads: dict[str, Head], db: Path) -> None:
+    """StoreError when the writer would sign as another vehicle than its chains carry."""
     vids = {h.vid for h in heads.values()}
-    if vehicle in vids or all(_PSEUDONYM.match(v) for v in vids):
+    if identity_signed(vehicle, vids):
         return
     signed = sorted({h.vid for h in heads.values()})
     shown = _hex(vehicle) if isinstance(vehicle, bytes) else repr(vehicle)

@@ -26,6 +26,7 @@ from carledger.ledger.block import (
     check_records_root,
 )
 from carledger.ledger.errors import KeyFileError, MalformedBlock
+from carledger.ledger.heads import identity_signed
 from carledger.ledger.keys import KEY_DIR, KEY_FILE, VerifyKey, kid, load_signing_key, load_verify_key
 from carledger.ledger.store import BlockRow, Store
 from carledger.verify.report import (
@@ -442,7 +443,7 @@ class _Verifier:
         signed = sorted(set(self.stream_vids.values()))
         if self.store.meta().get("vehicle") is None:
             self.problem(None, None, ROW_MISMATCH, "meta.vehicle is missing: the writer would sign as another vehicle id")
-        elif self.meta_vid is not None and signed and self.meta_vid not in signed:
+        elif self.meta_vid is not None and not identity_signed(self.meta_vid, set(signed)):
             self.problem(
                 None,
                 None,
