@@ -241,7 +241,9 @@ class Store:
                 raise StoreError(f"{db}: not a carledger store (no table {sorted(missing)[0]!r})")
             fmt = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
             if fmt is None:
-                raise StoreError(f"{db}: not a carledger store (no format in meta)")
+                damaged = [k for (k,) in conn.execute("SELECT key FROM meta") if not isinstance(k, str)]
+                why = f"; meta holds a key that is not UTF-8 text: {damaged[0]!r}" if damaged else ""
+                raise StoreError(f"{db}: not a carledger store (no format in meta{why})")
             if fmt[0] != STORE_FORMAT:
                 raise StoreError(f"{db}: store format {fmt[0]!r}, this carledger reads {STORE_FORMAT}")
         store = cls(path, conn, readonly=readonly)
