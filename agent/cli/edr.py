@@ -102,6 +102,7 @@ def export_capture(args: argparse.Namespace) -> int:
     from carledger.config import ConfigError
     from carledger.edr import CaptureError, open_capture, read_captures
     from carledger.ledger import KeyFileError, LedgerError, load_verify_key
+    from carledger.ledger.files import open_private
     from carledger.ledger.encrypt import DecryptError, load_private_key
 
     try:
@@ -125,7 +126,7 @@ def export_capture(args: argparse.Namespace) -> int:
             return fail(args, str(exc), EXIT_USAGE)
         except (CaptureError, DecryptError, LedgerError) as exc:
             return fail(args, f"capture {args.capture or number}: {exc}", EXIT_REFUSED)
-    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
     try:
         if args.format == "csv":
             writer = csv.writer(out)

@@ -176,6 +176,7 @@ def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -
     from carledger.decode import DbcError, load_dbc
     from carledger.decode.encode import FrameEncoder
     from carledger.ledger import Sample, decode_record
+    from carledger.ledger.files import open_private
     from carledger.sources.candump import format_candump
 
     if not args.dbc:
@@ -198,7 +199,7 @@ def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -
         if args.stream not in store.streams():
             print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
             return 1
-        out: TextIO = open(args.output, "w") if args.output else sys.stdout
+        out: TextIO = open_private(args.output, "w") if args.output else sys.stdout
         try:
             for t, key, data in encoder.frames(samples()):
                 out.write(format_candump(t, args.channel, key, data, fd=len(data) > 8) + "\n")
@@ -218,6 +219,7 @@ def _json_default(value: Any) -> Any:
 
 def export_stream(args: argparse.Namespace) -> int:
     from carledger.ledger import Sample, decode_record
+    from carledger.ledger.files import open_private
 
     store = _open(args.store)
     if store is None:
@@ -225,7 +227,7 @@ def export_stream(args: argparse.Namespace) -> int:
     problems: list[str] = []
     if args.format == "candump":
         return _export_candump(args, store, problems)
-    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
     try:
         with store:
             if args.stream not in store.streams():

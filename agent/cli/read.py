@@ -65,6 +65,7 @@ def _rows(store, stream: str, vkey, key, problems: list[str]):
 def run(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, Sample, Store, StoreError, decode_record, load_verify_key
     from carledger.ledger.encrypt import load_private_key
+    from carledger.ledger.files import open_private
 
     try:
         store = Store.open_readonly(args.store)
@@ -83,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"carledger read: {args.store} records no vehicle key; pass --vehicle-key", file=sys.stderr)
         return 2
     problems: list[str] = []
-    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
     try:
         with store:
             names = args.stream or store.streams()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from carledger.ledger import Store, StoreError, VerifyKey, kid, load_verify_key
+from carledger.ledger.files import private_dir, private_file
 from carledger.sync import topics
 
 __all__ = ["Registry", "DB_FILE", "VEHICLES_DIR", "RETIRED_DIR", "MAX_PROBLEMS", "MAX_PENDING", "MAX_EVIDENCE"]
@@ -53,8 +54,8 @@ class Registry:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         try:
-            (self.path / VEHICLES_DIR).mkdir(parents=True, exist_ok=True)
-            self.conn = sqlite3.connect(self.path / DB_FILE, isolation_level=None, check_same_thread=False)
+            private_dir(self.path / VEHICLES_DIR)  # every car's copies: the collector's alone
+            self.conn = sqlite3.connect(private_file(self.path / DB_FILE), isolation_level=None, check_same_thread=False)
             self.conn.execute("PRAGMA busy_timeout=10000")
             self.conn.execute("PRAGMA journal_mode=WAL")
             self.conn.execute("PRAGMA synchronous=FULL")

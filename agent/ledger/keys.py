@@ -12,6 +12,8 @@ import nacl.exceptions
 import nacl.signing
 
 from carledger.ledger.errors import KeyFileError
+from carledger.ledger.files import fsync_dir as _fsync_dir
+from carledger.ledger.files import private_dir, repair_private, write_private
 
 __all__ = [
     "KEY_DIR",
@@ -44,14 +46,6 @@ def kid(verify_key: VerifyKey | bytes) -> bytes:
     """Key id: the first 8 bytes of SHA-256 of the raw 32-byte public key."""
     raw = bytes(verify_key)
     return hashlib.sha256(raw).digest()[:8]
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _parse_hex_key(text: str, what: str) -> bytes:
@@ -93,6 +87,7 @@ def _write_private(path: Path, data: bytes) -> bool:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
+        os.fchmod(fd, 0o600)  # whatever the umask
         os.write(fd, data)
         os.fsync(fd)
     finally:
@@ -109,9 +104,13 @@ def _write_private(path: Path, data: bytes) -> bool:
 def _key_dir(store_dir: str | os.PathLike) -> Path:
     kdir = Path(store_dir) / KEY_DIR
     if not kdir.exists():
-        kdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(kdir, 0o700)
+        private_dir(kdir)
         _fsync_dir(kdir.parent)
+        return kdir
+    try:
+        repair_private(kdir, "the keys directory")  # others who can write it could swap the key
+    except OSError as exc:
+        raise KeyFileError(f"{kdir}: group/others can use the keys directory and it cannot be made 0700: {exc}") from None
     return kdir
 
 
@@ -143,11 +142,7 @@ def load_or_create_signing_key(store_dir: str | os.PathLike) -> SigningKey:
     except (OSError, UnicodeDecodeError):
         have = None
     if have != want:
-        tmp = pub.with_name(f".{PUB_FILE}.{os.getpid()}.tmp")
-        tmp.write_text(want + "\n", encoding="ascii")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, pub)
-        _fsync_dir(kdir)
+        write_private(pub, (want + "\n").encode("ascii"))
     return key
 
 

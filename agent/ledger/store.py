@@ -12,6 +12,8 @@ from typing import Iterator, NamedTuple, Sequence
 
 from carledger.ledger import block as _block
 from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
+from carledger.ledger.files import private_dir, private_file, repair_private
+from carledger.ledger.heads import Head, check_identity, signed_heads
 from carledger.ledger.keys import VerifyKey, kid, load_or_create_signing_key
 
 __all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
@@ -78,6 +80,7 @@ class Store:
         self.signing_key = None
         self.verify_key = None
         self.marks_only = False  # open_marks: delivery marks only
+        self._signed_heads: dict[str, Head] | None = None  # the writer's heads (Store.open): from signed blocks
         meta = self.meta()
         self.vehicle_id: str | None = _text(meta.get("vehicle"))
         pk = meta.get("public_key")
@@ -99,7 +102,7 @@ class Store:
         if vehicle_id is not None and (type(vehicle_id) is not str or not vehicle_id):
             raise StoreError("vehicle id must be non-empty text")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the store: {exc}") from None
         writer_lock = _take_writer_lock(path)
@@ -119,6 +122,10 @@ class Store:
             raise StoreError(str(exc)) from None
         except OSError as exc:
             raise StoreError(f"{path}: cannot create the store: {exc}") from None
+        try:
+            _private_db(path)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot create the store: {exc}") from None
         conn = _connect(path / DB_FILE, readonly=False)
         with _closing_on_error(conn, path):
             _durable_wal(conn, path)
@@ -130,26 +137,36 @@ class Store:
                 if fmt is not None and fmt != STORE_FORMAT:
                     raise StoreError(f"{path}: store format {fmt!r}, this carledger reads {STORE_FORMAT}")
                 have_vid = _text(meta.get("vehicle"))
+                if "vehicle" in meta and have_vid is None:
+                    raise StoreError(f"{path / DB_FILE}: meta.vehicle {meta['vehicle']!r} is not UTF-8 text; "
+                                     f"run `carledger verify {path}`")
                 if have_vid is not None and vehicle_id is not None and have_vid != vehicle_id:
                     raise StoreError(
                         f"{path}: this store belongs to vehicle {have_vid!r}, not {vehicle_id!r}"
                     )
                 have_pk = meta.get("public_key")
-                if have_pk is not None and bytes(have_pk) != pub:
+                if have_pk is not None and have_pk != pub:
+                    have_kid = kid(have_pk).hex() if isinstance(have_pk, bytes) and len(have_pk) == 32 else "?"
                     raise StoreError(
                         f"{path}: keys/vehicle.key does not match the public key recorded in the store "
-                        f"(kid {kid(pub).hex()} vs {kid(bytes(have_pk)).hex() if len(bytes(have_pk)) == 32 else '?'}); "
+                        f"(kid {kid(pub).hex()} vs {have_kid}); "
                         "the chain cannot be continued with another key"
                     )
+                lost = [k for k in ("format", "vehicle", "public_key") if k not in meta]
+                if lost and conn.execute("SELECT 1 FROM blocks LIMIT 1").fetchone():
+                    raise StoreError(f"{path / DB_FILE}: meta.{lost[0]} is missing, yet the store holds blocks; "
+                                     f"run `carledger verify {path}`")
                 if fmt is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('format', ?)", (STORE_FORMAT,))
+                vehicle = have_vid or vehicle_id or kid(pub).hex()
                 if have_vid is None:
-                    conn.execute(
-                        "INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle_id or kid(pub).hex(),)
-                    )
+                    conn.execute("INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle,))
                 if have_pk is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
+                heads = signed_heads(conn, signing_key.verify_key, path / DB_FILE)
+                check_identity(vehicle, heads, path / DB_FILE)
         store = cls(path, conn, readonly=False)
+        store._signed_heads = heads
         store.signing_key = signing_key
         store.verify_key = signing_key.verify_key
         return store
@@ -183,7 +200,8 @@ class Store:
         if type(public_key) is not bytes or len(public_key) != 32:
             raise StoreError("a replica needs the vehicle's raw 32-byte public key")
         try:
-            path.mkdir(parents=True, exist_ok=True)
+            private_dir(path)
+            _private_db(path)
             conn = _connect(path / DB_FILE, readonly=False)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{path}: cannot create the replica: {exc}") from None
@@ -223,7 +241,9 @@ class Store:
                 raise StoreError(f"{db}: not a carledger store (no table {sorted(missing)[0]!r})")
             fmt = conn.execute("SELECT value FROM meta WHERE key='format'").fetchone()
             if fmt is None:
-                raise StoreError(f"{db}: not a carledger store (no format in meta)")
+                damaged = [k for (k,) in conn.execute("SELECT key FROM meta") if not isinstance(k, str)]
+                why = f"; meta holds a key that is not UTF-8 text: {damaged[0]!r}" if damaged else ""
+                raise StoreError(f"{db}: not a carledger store (no format in meta{why})")
             if fmt[0] != STORE_FORMAT:
                 raise StoreError(f"{db}: store format {fmt[0]!r}, this carledger reads {STORE_FORMAT}")
         store = cls(path, conn, readonly=readonly)
@@ -246,6 +266,13 @@ class Store:
         if row is None or row[0] is None:
             return None
         return int(row[0]), bytes(row[1])
+
+    def signed_head(self, name: str) -> Head | None:
+        """The writer's head of `name` (seq, digest, vid): from its last signed block, checked when the
+        store was opened (`Store.open`) and moved by `append`; None before the stream's first block."""
+        if self._signed_heads is None:
+            raise StoreError(f"{self.path}: heads are the writer's (Store.open)")
+        return self._signed_heads.get(name)
 
     def heads(self) -> dict[str, tuple[int | None, bytes | None]]:
         """Every row of `streams` as stored: name -> (head_seq, head_digest)."""
@@ -340,6 +367,7 @@ class Store:
             try:
                 conn.execute("BEGIN IMMEDIATE")
                 heads: dict[str, tuple[int, bytes] | None] = {}
+                moved: dict[str, Head] = {}
                 for blk in blocks:
                     h = blk.header
                     if h.stream not in heads:
@@ -370,6 +398,7 @@ class Store:
                     )
                     ids.append(cur.lastrowid)
                     heads[h.stream] = (h.seq, blk.digest)
+                    moved[h.stream] = Head(h.seq, blk.digest, h.vid)
                 for name, head in heads.items():
                     conn.execute(
                         "INSERT INTO streams(name, head_seq, head_digest) VALUES (?, ?, ?) "
@@ -382,6 +411,8 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
+            if self._signed_heads is not None:
+                self._signed_heads.update(moved)
         return ids
 
     def mark_synced(self, block_ids: Sequence[int]) -> None:
@@ -531,7 +562,7 @@ def _take_writer_lock(path: Path):
     An flock on STORE/writer.lock, released by the kernel when the holder dies
     (so a SIGKILLed agent never leaves a stale lock). Readers need no lock.
     """
-    handle = open(path / LOCK_FILE, "a+")
+    handle = open(private_file(path / LOCK_FILE), "a+")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -546,6 +577,14 @@ def _take_writer_lock(path: Path):
     return handle
 
 
+def _private_db(path: Path) -> None:
+    """The database file exists 0600 before SQLite opens it (its -wal and -shm get the same mode)."""
+    private_file(path / DB_FILE)
+    for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
+        if (path / name).exists():
+            repair_private(path / name, "the store's database")
+
+
 def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:
     if readonly:
         conn = sqlite3.connect(
@@ -553,8 +592,21 @@ def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:
         )
     else:
         conn = sqlite3.connect(db, isolation_level=None, check_same_thread=False)
+    conn.text_factory = _decode_text
     conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
     return conn
+
+
+def _decode_text(raw: bytes) -> str | bytes:
+    """A TEXT cell as str; one that is not UTF-8 (damage, tampering) as its raw bytes.
+
+    sqlite3's default raises OperationalError mid-query, which crashed `verify`
+    and `run`; bytes where text belongs is reported by whoever reads the cell.
+    """
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
 
 
 @contextmanager

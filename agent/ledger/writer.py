@@ -145,9 +145,9 @@ class StreamWriter:
     `add_sample` / `add_event` only append a tuple: call them from the hot path.
     """
 
-    __slots__ = ("name", "policy_digest", "vid", "sealer", "_ledger", "_recs", "_head", "_built")
+    __slots__ = ("name", "policy_digest", "vid", "sealer", "_ledger", "_recs", "_head", "_chain_vid", "_built")
 
-    def __init__(self, ledger: "Ledger", name: str, head: tuple[int, bytes] | None):
+    def __init__(self, ledger: "Ledger", name: str, head: tuple[int, bytes] | None, chain_vid: str | None = None):
         self.name = name
         self.policy_digest: bytes | None = None  # None: the ledger's policy_digest
         self.vid: str | None = None  # the vehicle as this stream's recipient knows it; None: the ledger's
@@ -156,6 +156,7 @@ class StreamWriter:
         self._ledger = ledger
         self._recs: list[tuple] = []
         self._head = head
+        self._chain_vid = chain_vid  # the vehicle id the stream's last signed block carries
         self._built: tuple[SealedBlock, int] | None = None
 
     def add_sample(self, t: float, name: str, value: int | float | str, source: str | None = None) -> None:
@@ -219,8 +220,14 @@ class StreamWriter:
         head = self._head
         seq, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
         led = self._ledger
+        vid = self.vid or led.vehicle_id
+        if self._chain_vid is not None and vid != self._chain_vid:
+            raise LedgerError(
+                f"stream {self.name}: its chain is signed as vehicle {self._chain_vid!r}; "
+                f"refusing to sign seq {seq} as {vid!r}"
+            )
         block = seal_block(
-            vid=self.vid or led.vehicle_id,
+            vid=vid,
             stream=self.name,
             seq=seq,
             prev=prev,
@@ -242,6 +249,7 @@ class StreamWriter:
         self._built = None
         del self._recs[: built[1]]
         self._head = (block.header.seq, block.digest)
+        self._chain_vid = block.header.vid
 
     def __repr__(self) -> str:
         return f"<StreamWriter {self.name} pending={len(self._recs)} head={self._head and self._head[0]}>"
@@ -298,7 +306,8 @@ class Ledger:
                 if w is None:
                     if not valid_stream_name(name):
                         raise ValueError(f"invalid stream name {name!r}: 1-64 of [A-Za-z0-9._:-], alphanumeric first")
-                    w = StreamWriter(self, name, self.store.stream_head(name))
+                    head = self.store.signed_head(name)
+                    w = StreamWriter(self, name, head and (head.seq, head.digest), head and head.vid)
                     self._writers[name] = w
         return w
 

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from carledger.ledger.files import private_dir, write_private
 from carledger.owner.state import OWNER_DIR
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ class Spool:
 
     def put(self, request: dict[str, Any]) -> str:
         """Queue a request; returns its id."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        private_dir(self.directory)
         request_id = f"{time.time_ns():020d}-{os.getpid()}"
         _write(self.directory / f"req-{request_id}.json", request)
         return request_id
@@ -93,6 +94,4 @@ class Spool:
 
 
 def _write(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    os.replace(tmp, path)
+    write_private(path, json.dumps(data).encode("utf-8"))

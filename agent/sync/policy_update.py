@@ -21,6 +21,7 @@ from typing import Callable
 
 from carledger.ledger import cose
 from carledger.ledger.errors import KeyFileError, MalformedBlock
+from carledger.ledger.files import private_dir, write_private
 from carledger.ledger.keys import KEY_DIR, SigningKey, VerifyKey, kid, load_verify_key
 
 __all__ = [
@@ -73,12 +74,8 @@ def open_policy(message: bytes, owner_key: VerifyKey) -> bytes:
 def enroll_owner(store_dir: str | os.PathLike, public_key: str | bytes | VerifyKey) -> Path:
     """Write the owner's public key to STORE/keys/owner.pub (hex): the only key policy updates are taken from."""
     key = load_verify_key(public_key)
-    kdir = Path(store_dir) / KEY_DIR
-    kdir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = kdir / OWNER_PUB
-    tmp = path.with_name(f".{OWNER_PUB}.{os.getpid()}.tmp")
-    tmp.write_text(bytes(key).hex() + "\n", encoding="ascii")
-    os.replace(tmp, path)
+    path = private_dir(Path(store_dir) / KEY_DIR) / OWNER_PUB
+    write_private(path, (bytes(key).hex() + "\n").encode("ascii"))
     return path
 
 

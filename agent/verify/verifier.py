@@ -26,6 +26,7 @@ from carledger.ledger.block import (
     check_records_root,
 )
 from carledger.ledger.errors import KeyFileError, MalformedBlock
+from carledger.ledger.heads import identity_signed
 from carledger.ledger.keys import KEY_DIR, KEY_FILE, VerifyKey, kid, load_signing_key, load_verify_key
 from carledger.ledger.store import BlockRow, Store
 from carledger.verify.report import (
@@ -158,6 +159,8 @@ class _Verifier:
         vid = meta.get("vehicle")
         self.meta_vid = vid if isinstance(vid, str) else None
         self.report.vehicle = self.meta_vid
+        if vid is not None and self.meta_vid is None:
+            self.problem(None, None, MALFORMED, f"meta.vehicle {_short(vid)} is not UTF-8 text")
         meta_pk = meta.get("public_key")
         meta_pk = bytes(meta_pk) if isinstance(meta_pk, (bytes, bytearray)) and len(meta_pk) == 32 else None
         if key is not None:
@@ -371,6 +374,7 @@ class _Verifier:
                 s.first_seq, s.last_seq = ch.min_seq, ch.max_seq
                 s.head = ch.max_digest.hex() if ch.max_digest else None
         self.check_heads()
+        self.check_identity()
         if self.check_records:
             self.check_drops()
         self.report.problems.sort(key=lambda p: (p.stream is not None, p.stream or "", p.seq if p.seq is not None else -1))
@@ -393,7 +397,7 @@ class _Verifier:
                 if last >= 0:
                     self.problem(stream, None, ROW_MISMATCH, f"the streams table records no head, yet blocks up to seq {last}")
                 continue
-            if type(head_seq) is not int or not isinstance(head_digest, bytes) or len(head_digest) != 32:
+            if type(head_seq) is not int or head_seq < 0 or not isinstance(head_digest, bytes) or len(head_digest) != 32:
                 self.problem(stream, None, ROW_MISMATCH, f"the streams table head is malformed: {head_seq!r}, {_short(head_digest)}")
                 continue
             if head_seq > last:
@@ -411,7 +415,9 @@ class _Verifier:
             known = ch.index.get(head_seq) if ch else None
             if known is None:
                 continue  # inside a gap (reported) or an unverifiable block (reported)
-            if known[0] != head_digest[:16]:
+            # the whole digest where it is known (the last block), else the index's 16 bytes
+            signed = ch.max_digest if head_seq == last else known[0]
+            if head_digest[: len(signed)] != signed:
                 self.problem(
                     stream,
                     head_seq,
@@ -426,6 +432,25 @@ class _Verifier:
                     ROW_MISMATCH,
                     f"blocks seq {head_seq + 1}..{last} come after the recorded head seq {head_seq}",
                 )
+
+    def check_identity(self) -> None:
+        """In the car's own store, `meta.vehicle` is what its writer signs as: some chain must carry it.
+
+        (A collector's replica records the enrolled id, which a pseudonymous stream does not carry.)
+        """
+        if not (Path(self.store.path) / KEY_DIR / KEY_FILE).exists():
+            return
+        signed = sorted(set(self.stream_vids.values()))
+        if self.store.meta().get("vehicle") is None:
+            self.problem(None, None, ROW_MISMATCH, "meta.vehicle is missing: the writer would sign as another vehicle id")
+        elif self.meta_vid is not None and not identity_signed(self.meta_vid, set(signed)):
+            self.problem(
+                None,
+                None,
+                ROW_MISMATCH,
+                f"meta.vehicle {self.meta_vid!r} is not the vehicle id any stream is signed with "
+                f"({', '.join(map(repr, signed))}): the writer would sign as another vehicle",
+            )
 
     # -- run ---------------------------------------------------------------------------------
 
