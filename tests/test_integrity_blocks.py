@@ -27,7 +27,7 @@ from broker import (  # noqa: F401 - `broker` is a fixture
     mqtt_for,
     start_collector,
 )
-from carledger.ledger import MalformedBlock, Store, open_block, split_records
+from carledger.ledger import Ledger, MalformedBlock, Store, open_block, split_records
 from carledger.sync import topics
 from carledger.sync.wire import decode_ack
 from carledger.verify import verify_store
@@ -217,3 +217,45 @@ def test_third_party_verify_rejects_relabelled_and_stripped_blocks(tmp_path):
         code, result = third_party(tmp_path, key_hex, export)
         assert code == 1 and not result["ok"], (name, result)
         assert [p["block"] for p in result["problems"]] == [2], (name, result)
+
+
+def test_a_declared_eviction_is_stored_record_less_and_an_undeclared_bare_header_is_reported(tmp_path):
+    """The legitimate bare header: the car dropped unacked records by a signed eviction event, then syncs."""
+    from carledger.collect import Collector
+    from carledger.sync import plan_eviction
+    from carledger.sync.wire import BlockPacker
+
+    store = tmp_path / "car"
+    genuine_blocks(store, 6)
+    with Ledger.open(store, "car-1") as ledger:
+        plan = plan_eviction(ledger.store, ledger.store.stored_bytes() // 2)
+        assert plan.unacked and dict(plan.events)["speed"]["seqs"][0][0] == 0
+        for stream, detail in plan.events:
+            ledger.writer(stream).add_event(1_700_000_100.0, "eviction", detail)
+        ledger.seal()
+        plan.apply(ledger.store)
+        messages = [ledger.store.message(row) for row in ledger.store.iter_blocks("speed")]
+    evicted = [m for m in messages if not split_records(m)[1]]
+    assert evicted and len(messages) == 7
+    now = [1_700_000_000.0]
+    collector = Collector(tmp_path / "collected", gap_wait=30.0, clock=lambda: now[0])
+    collector.registry.enroll("car-1", store / "keys" / "vehicle.pub")
+    packer = BlockPacker(9)
+    try:
+        # an undeclared bare header alone: held, never stored nor acked; reported once it has waited gap_wait
+        collector.receive(topics.block("car-1", "speed"), packer.pack(messages[0]))
+        assert collector.flush() == [] and collector.stats.held == 1
+        assert collector.check_gaps() == [] and problems(collector) == {}
+        now[0] += 31
+        assert collector.check_gaps() == [] and problems(collector) == {"stripped": 1}
+        # the rest of the chain, with the block that declares the drop: all stored, the head acked
+        for m in messages[1:]:
+            collector.receive(topics.block("car-1", "speed"), packer.pack(m))
+        acks = collector.flush()
+        assert [decode_ack(p)[0] for _, p in acks] == [6] and collector.stats.accepted == 7
+    finally:
+        collector.close()
+    with Store.open_readonly(tmp_path / "collected" / "vehicles" / "car-1") as s:
+        assert sum(row.records is None for row in s.iter_blocks("speed")) == len(evicted)
+    report = verify_store(tmp_path / "collected" / "vehicles" / "car-1", key=store / "keys" / "vehicle.pub")
+    assert report.ok, report.problems

@@ -231,6 +231,10 @@ class Collector:
             return  # the very same block, or its full copy now in place of the bare one
         if self.registry.hold(vehicle, stream, seq, block.digest, message, now):
             self.stats.held += 1
+            if _drops(block) and self.registry.pending(vehicle, stream, head_seq + 1) is not None:
+                self._link_held(vehicle, stream, batch, now)  # it may declare the records of a bare block held there
+                if batch.heads[stream] != head:
+                    batch.acks.add(stream)
         else:
             self._problem(topic, seq, OVERFLOW, "too many blocks held behind a gap; dropped (the vehicle sends it again)", now)
 
@@ -253,10 +257,8 @@ class Collector:
                 later = open_block(message, key, allow_bare=True)
             except MalformedBlock:
                 continue
-            for raw in later.records:
-                rec = decode_record(raw)
-                if isinstance(rec, Event) and rec.kind in DROP_EVENTS and _covers(rec.detail, stream, seq):
-                    return True
+            if any(_covers(detail, stream, seq) for detail in _drops(later)):
+                return True
         return False
 
     def _fork(self, topic: topics.Topic, block: SealedBlock, message: bytes, detail: str, now: float) -> None:
@@ -362,6 +364,16 @@ class Collector:
                                       f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}", now)
         self.stats.acks += len(acks)
         return acks
+
+
+def _drops(block: SealedBlock) -> list[dict]:
+    """The details of the block's retention and eviction events (records open_block has checked)."""
+    out = []
+    for raw in block.records:
+        rec = decode_record(raw)
+        if isinstance(rec, Event) and rec.kind in DROP_EVENTS:
+            out.append(rec.detail)
+    return out
 
 
 def _covers(detail: object, stream: str, seq: int) -> bool:
