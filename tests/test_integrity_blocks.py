@@ -212,20 +212,17 @@ def test_third_party_verify_rejects_relabelled_and_stripped_blocks(tmp_path):
     key_hex = bytes(_key(store)).hex()
     code, result = third_party(tmp_path, key_hex, cbor_sequence(messages, tmp_path / "ok.cose"))
     assert code == 0 and result["ok"] and result["blocks"] == 4 and result["records"] == 40, result
-    for name, bad in (("relabelled", relabel(messages[2])), ("stripped", bare(messages[2]))):
+    for name, bad, kind in (("relabelled", relabel(messages[2]), "malformed"), ("stripped", bare(messages[2]), "undeclared-drop")):
         export = cbor_sequence(messages[:2] + [bad] + messages[3:], tmp_path / f"{name}.cose")
         code, result = third_party(tmp_path, key_hex, export)
         assert code == 1 and not result["ok"], (name, result)
-        assert [p["block"] for p in result["problems"]] == [2], (name, result)
+        assert (result["problems"][0]["block"], result["problems"][0]["kind"]) == (2, kind), (name, result)
 
 
-def test_a_declared_eviction_is_stored_record_less_and_an_undeclared_bare_header_is_reported(tmp_path):
-    """The legitimate bare header: the car dropped unacked records by a signed eviction event, then syncs."""
-    from carledger.collect import Collector
+def evicted_store(store: Path) -> list[bytes]:
+    """A car that dropped the records of its oldest unacked blocks (disk quota), declared: its stream's messages."""
     from carledger.sync import plan_eviction
-    from carledger.sync.wire import BlockPacker
 
-    store = tmp_path / "car"
     genuine_blocks(store, 6)
     with Ledger.open(store, "car-1") as ledger:
         plan = plan_eviction(ledger.store, ledger.store.stored_bytes() // 2)
@@ -234,7 +231,16 @@ def test_a_declared_eviction_is_stored_record_less_and_an_undeclared_bare_header
             ledger.writer(stream).add_event(1_700_000_100.0, "eviction", detail)
         ledger.seal()
         plan.apply(ledger.store)
-        messages = [ledger.store.message(row) for row in ledger.store.iter_blocks("speed")]
+        return [ledger.store.message(row) for row in ledger.store.iter_blocks("speed")]
+
+
+def test_a_declared_eviction_is_stored_record_less_and_an_undeclared_bare_header_is_reported(tmp_path):
+    """The legitimate bare header: the car dropped unacked records by a signed eviction event, then syncs."""
+    from carledger.collect import Collector
+    from carledger.sync.wire import BlockPacker
+
+    store = tmp_path / "car"
+    messages = evicted_store(store)
     evicted = [m for m in messages if not split_records(m)[1]]
     assert evicted and len(messages) == 7
     now = [1_700_000_000.0]
@@ -259,3 +265,19 @@ def test_a_declared_eviction_is_stored_record_less_and_an_undeclared_bare_header
         assert sum(row.records is None for row in s.iter_blocks("speed")) == len(evicted)
     report = verify_store(tmp_path / "collected" / "vehicles" / "car-1", key=store / "keys" / "vehicle.pub")
     assert report.ok, report.problems
+
+
+def test_log_export_cose_verifies_with_pycose_alone_even_with_declared_drops(tmp_path):
+    from carledger.cli import main
+
+    store = tmp_path / "car"
+    messages = evicted_store(store)
+    export = tmp_path / "speed.cose"
+    assert main(["log", "export", str(store), "--stream", "speed", "--format", "cose", "-o", str(export)]) == 0
+    assert export.read_bytes() == b"".join(messages)
+    code, result = third_party(tmp_path, bytes(_key(store)).hex(), export)
+    assert code == 0 and result["ok"] and result["blocks"] == 7, result
+    # without the block that declares the drop, the record-less blocks are undeclared
+    code, result = third_party(tmp_path, bytes(_key(store)).hex(), cbor_sequence(messages[:-1], tmp_path / "cut.cose"))
+    assert code == 1 and {p["kind"] for p in result["problems"]} == {"undeclared-drop"}, result
+    assert main(["log", "export", str(store), "--stream", "nope", "--format", "cose", "-o", str(export)]) == 1

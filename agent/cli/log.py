@@ -20,6 +20,7 @@ examples:
   carledger log show ./ledger --stream all --seq 0
   carledger log export ./ledger --stream all --format csv > all.csv
   carledger log export ./ledger --stream all --format jsonl --events -o all.jsonl
+  carledger log export ./ledger --stream insurer --format cose -o insurer.cose
 """
 
 
@@ -46,8 +47,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="one decoded sample per line: time, name, message, signal, value")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--stream", required=True)
-    p.add_argument("--format", choices=("jsonl", "csv", "candump"), default="jsonl",
-                   help="candump: the samples re-encoded into CAN frames (needs --dbc), for canplayer")
+    p.add_argument("--format", choices=("jsonl", "csv", "candump", "cose"), default="jsonl",
+                   help="candump: the samples re-encoded into CAN frames (needs --dbc), for canplayer; "
+                   "cose: every block as its signed COSE_Sign1 message with its records, a CBOR sequence "
+                   "(docs/block-format.md), for docs/third_party_verify.py")
     p.add_argument("--dbc", action="append", default=[], metavar="FILE", help="DBC to encode frames with (--format candump)")
     p.add_argument("--channel", default="can0", help="interface name written into candump lines (default can0)")
     p.add_argument("--events", action="store_true", help="also export declared events (jsonl only)")
@@ -210,6 +213,22 @@ def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -
     return 1 if problems else 0
 
 
+def _export_cose(args: argparse.Namespace, store: Any, problems: list[str]) -> int:
+    """The stream's blocks, each the COSE_Sign1 message the collector receives: a CBOR sequence (RFC 8742)."""
+    with store:
+        if args.stream not in store.streams():
+            print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
+            return 1
+        out = open(args.output, "wb") if args.output else sys.stdout.buffer
+        try:
+            for row, _ in _checked_blocks(store, args.stream, problems):
+                out.write(store.message(row))
+        finally:
+            if args.output:
+                out.close()
+    return 1 if problems else 0
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, bytes):
         return value.hex()
@@ -225,6 +244,8 @@ def export_stream(args: argparse.Namespace) -> int:
     problems: list[str] = []
     if args.format == "candump":
         return _export_candump(args, store, problems)
+    if args.format == "cose":
+        return _export_cose(args, store, problems)
     out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         with store:
