@@ -281,3 +281,77 @@ def test_log_export_cose_verifies_with_pycose_alone_even_with_declared_drops(tmp
     code, result = third_party(tmp_path, bytes(_key(store)).hex(), cbor_sequence(messages[:-1], tmp_path / "cut.cose"))
     assert code == 1 and {p["kind"] for p in result["problems"]} == {"undeclared-drop"}, result
     assert main(["log", "export", str(store), "--stream", "nope", "--format", "cose", "-o", str(export)]) == 1
+
+
+# -- hole 8: stream names, on every path that reads one -------------------------------------------
+
+BAD_NAMES = ["a/b", "$share", "fleet\n", "s" * 99]
+
+
+def signed_block_named(stream: str, signing_key) -> bytes:
+    """A block message of car-1 whose signed header names `stream` (what a buggy or hostile signer could make)."""
+    from carledger.ledger import ZERO_DIGEST, cbor, cose, encode_sample, merkle, protected_header, with_records
+
+    records = [encode_sample(1_700_000_000_000_000, "Vehicle.Speed", 1.0)]
+    header = {"v": 1, "vid": "car-1", "stream": stream, "seq": 0, "prev": ZERO_DIGEST, "t0": 1_700_000_000_000_000,
+              "t1": 1_700_000_000_000_000, "policy": ZERO_DIGEST, "count": 1, "root": merkle.root(records)}
+    sign1 = cose.sign1(cbor.encode(header), signing_key, protected_header(signing_key.verify_key), {})
+    return with_records(sign1, records)
+
+
+@pytest.mark.parametrize("name", BAD_NAMES)
+def test_a_bad_stream_name_is_refused_on_every_path(name, tmp_path, capsys):
+    from carledger.cli import main
+    from carledger.collect import Collector
+    from carledger.ledger import ZERO_DIGEST, Header, SealedBlock, StoreError, merkle, valid_stream_name
+    from carledger.policy import check_policy
+
+    assert not valid_stream_name(name)
+    store = tmp_path / "car"
+    genuine_blocks(store, 1)
+    with Store.open(store) as s:
+        signing_key = s.signing_key
+    message = signed_block_named(name, signing_key)
+    assert open_block(signed_block_named("speed", signing_key), signing_key.verify_key).stream == "speed"
+    # the signed header
+    with pytest.raises(MalformedBlock, match="'stream'"):
+        open_block(message, signing_key.verify_key)
+    # topics
+    assert topics.parse(f"{topics.PREFIX}/car-1/{name}/block") is None
+    assert topics.parse(f"{topics.PREFIX}/car-1/{name}/ack") is None
+    # the collector: under the topic of a good stream and under its own name
+    collector = Collector(tmp_path / "collected")
+    collector.registry.enroll("car-1", store / "keys" / "vehicle.pub")
+    try:
+        collector.receive(topics.block("car-1", "speed"), message)
+        collector.receive(f"{topics.PREFIX}/car-1/{name}/block", message)
+        assert collector.flush() == [] and collector.stats.accepted == 0
+        assert problems(collector) == {"malformed": 2}
+    finally:
+        collector.close()
+    # the store, appending a header that skipped validation
+    header = Header(1, "car-1", name, 0, ZERO_DIGEST, 0, 0, ZERO_DIGEST, 0, merkle.root([]))
+    with Store.open(store) as s, pytest.raises(StoreError, match="stream name"):
+        s.append([SealedBlock(header, b"", bytes(32), b"", [])])
+    # the owner's policy
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'version = 1\n[[stream]]\nname = {json.dumps(name)}\nlocal = true\nsignals = ["Vehicle.Speed"]\n')
+    assert [p.field for p in check_policy(policy)] == ["stream[0].name"]
+    policy.write_text('version = 1\n[[stream]]\nname = "fleet:1.a-b"\nlocal = true\nsignals = ["Vehicle.Speed"]\n')
+    assert check_policy(policy) == []
+    # the command line
+    for argv in (["log", "show", str(store), "--stream", name], ["log", "export", str(store), "--stream", name],
+                 ["read", str(store), "--stream", name]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
+        assert "is not a stream name" in capsys.readouterr().err
+    assert main(["sync", str(store), "--vehicle", "car-1", "--stream", f"{name}=insurer"]) == 2
+    assert "is not a stream name" in capsys.readouterr().err
+    log = tmp_path / "empty.log"
+    log.write_text("")
+    from carledger.dbc import path as dbc_path
+
+    assert main(["run", "--replay", str(log), "--dbc", str(dbc_path("carledger_demo.dbc")), "--store",
+                 str(tmp_path / "replayed"), "--stream", f"{name}=Vehicle.Speed"]) == 2
+    assert "not a valid stream name" in capsys.readouterr().err

@@ -12,6 +12,7 @@ import json
 import sys
 from typing import Any, Iterator, TextIO
 
+from carledger.cli._args import stream_name
 from carledger.cli._display import TtyProgress
 
 EPILOG = """\
@@ -39,14 +40,14 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("show", help="one block: its signed header and its records")
     p.add_argument("store", metavar="STORE")
-    p.add_argument("--stream", required=True)
+    p.add_argument("--stream", required=True, type=stream_name)
     p.add_argument("--seq", type=int, help="block sequence number (default: the newest)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=show_block)
 
     p = sub.add_parser("export", help="one decoded sample per line: time, name, message, signal, value")
     p.add_argument("store", metavar="STORE")
-    p.add_argument("--stream", required=True)
+    p.add_argument("--stream", required=True, type=stream_name)
     p.add_argument("--format", choices=("jsonl", "csv", "candump", "cose"), default="jsonl",
                    help="candump: the samples re-encoded into CAN frames (needs --dbc), for canplayer; "
                    "cose: every block as its signed COSE_Sign1 message with its records, a CBOR sequence "
