@@ -214,7 +214,7 @@ class Collector:
         copy = held is not None and held[0] == block.digest
         if copy and held[1] != message and not self._held_copy(topic, block, held[1], now):
             return
-        if seq == head_seq + 1 and not (block.bare and not self._declared(vehicle, stream, seq)):
+        if seq == head_seq + 1 and not (block.bare and not _covers(self._declared(vehicle, stream, seq), seq)):
             expected = ZERO_DIGEST if head is None else head[1]
             if block.header.prev != expected:
                 self._fork(topic, block, message, f"seq {seq} links to {block.header.prev.hex()[:16]}…, not to the "
@@ -249,17 +249,17 @@ class Collector:
         self.registry.replace_pending(topic.vehicle, topic.stream, block.seq, block.message())
         return True
 
-    def _declared(self, vehicle: str, stream: str, seq: int) -> bool:
-        """Whether a held later block of `stream` declares, by a signed retention or eviction event, `seq`'s records dropped."""
+    def _declared(self, vehicle: str, stream: str, seq: int) -> list[tuple[int, int]]:
+        """The seq ranges of `stream` whose drop the signed retention or eviction events of its held blocks after `seq` declare."""
         key = self.registry.key(vehicle)
+        ranges = []
         for _seq, message in self.registry.pending_after(vehicle, stream, seq):
             try:
                 later = open_block(message, key, allow_bare=True)
             except MalformedBlock:
                 continue
-            if any(_covers(detail, stream, seq) for detail in _drops(later)):
-                return True
-        return False
+            ranges += [r for detail in _drops(later) for r in _ranges(detail, stream)]
+        return ranges
 
     def _fork(self, topic: topics.Topic, block: SealedBlock, message: bytes, detail: str, now: float) -> None:
         kept = self.registry.keep_evidence(topic.vehicle, topic.stream, block.seq, block.digest, message, now)
@@ -268,6 +268,7 @@ class Collector:
     def _link_held(self, vehicle: str, stream: str, batch: _Batch, now: float) -> None:
         """Move held blocks that now continue the chain into the batch (a bare one only once its drop is declared)."""
         key = self.registry.key(vehicle)
+        declared: list[tuple[int, int]] | None = None  # looked up once, at the first bare block
         while True:
             head = batch.heads[stream]
             nxt, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
@@ -281,8 +282,11 @@ class Collector:
                 self.registry.release(vehicle, stream, nxt)
                 self._problem(topics.Topic(vehicle, stream, topics.BLOCK), nxt, exc.kind, f"held block: {exc}", now)
                 return
-            if block.bare and not self._declared(vehicle, stream, nxt):
-                return  # it waits for its records (or their declared drop); check_gaps reports it
+            if block.bare:
+                if declared is None:
+                    declared = self._declared(vehicle, stream, nxt)
+                if not _covers(declared, nxt):
+                    return  # it waits for its records (or their declared drop); check_gaps reports it
             self.registry.release(vehicle, stream, nxt)
             if block.header.prev != prev:
                 self._fork(topics.Topic(vehicle, stream, topics.BLOCK), block, message,
@@ -376,12 +380,13 @@ def _drops(block: SealedBlock) -> list[dict]:
     return out
 
 
-def _covers(detail: object, stream: str, seq: int) -> bool:
-    """Whether a retention or eviction event's detail names `seq` of `stream` (docs/sync.md: `stream`, `seqs` ranges)."""
-    if not isinstance(detail, dict) or detail.get("stream", stream) != stream:
-        return False
-    seqs = detail.get("seqs")
-    if not isinstance(seqs, (list, tuple)):
-        return False
-    return any(isinstance(r, (list, tuple)) and len(r) == 2 and all(type(x) is int for x in r) and r[0] <= seq <= r[1]
-               for r in seqs)
+def _ranges(detail: object, stream: str) -> list[tuple[int, int]]:
+    """The seq ranges of `stream` a retention or eviction event's detail names (block-format.md: `stream`, `seqs`)."""
+    if not isinstance(detail, dict) or detail.get("stream", stream) != stream or not isinstance(detail.get("seqs"), list):
+        return []
+    return [(r[0], r[1]) for r in detail["seqs"]
+            if isinstance(r, (list, tuple)) and len(r) == 2 and all(type(x) is int for x in r)]
+
+
+def _covers(ranges: list[tuple[int, int]], seq: int) -> bool:
+    return any(lo <= seq <= hi for lo, hi in ranges)
