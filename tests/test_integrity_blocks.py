@@ -265,6 +265,17 @@ def test_a_declared_eviction_is_stored_record_less_and_an_undeclared_bare_header
         assert sum(row.records is None for row in s.iter_blocks("speed")) == len(evicted)
     report = verify_store(tmp_path / "collected" / "vehicles" / "car-1", key=store / "keys" / "vehicle.pub")
     assert report.ok, report.problems
+    # the declaring block first (what a sync sends when the evicted run is longer than its window), then the rest
+    other = Collector(tmp_path / "other", clock=lambda: now[0])
+    other.registry.enroll("car-1", store / "keys" / "vehicle.pub")
+    try:
+        for batch in ([messages[-1]], messages[:1], messages[1:-1]):
+            for m in batch:
+                other.receive(topics.block("car-1", "speed"), m)
+            other.flush()
+        assert other.stats.accepted == 7 and problems(other) == {}
+    finally:
+        other.close()
 
 
 def test_log_export_cose_verifies_with_pycose_alone_even_with_declared_drops(tmp_path):

@@ -328,7 +328,7 @@ def split_records(message: bytes) -> tuple[bytes, list[bytes] | None]:
     ):
         raise MalformedBlock(f"COSE_Sign1 unprotected label {LABEL_RECORDS}: expected an array of byte strings")
     bare = cose.encode_sign1(msg.protected_bytes, {}, msg.payload, msg.signature)
-    again = bare if records is None else with_records(bare, records)
+    again = bare if records is None else cose.encode_sign1(msg.protected_bytes, msg.unprotected, msg.payload, msg.signature)
     if again != bytes(message):
         raise MalformedBlock("COSE_Sign1: not deterministic CBOR")
     return bare, (list(records) if records is not None else None)
