@@ -732,7 +732,7 @@ class _Validator:
     def stream(self, index: int, table: dict[str, Any], zone_names: tuple[str, ...]) -> Stream | None:
         t = _Table(self.p, table, ("stream", index), _STREAM)
         before = len(self.p.items)
-        name = t.text("name", required="required: a name for the stream (letters, digits, _ . -)")
+        name = t.text("name", required="required: a name for the stream (letters, digits, . : -)")
         if name is not None and not valid_stream_name(name):
             t.error("name", f"{name!r} is not a valid stream name (1-64 of letters, digits, . : -; alphanumeric first)")
         elif name in RESERVED_STREAMS:
