@@ -13,7 +13,6 @@ import json
 import os
 import random
 import subprocess
-import threading
 from contextlib import contextmanager
 from pathlib import Path
 
