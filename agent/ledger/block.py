@@ -327,8 +327,11 @@ def split_records(message: bytes) -> tuple[bytes, list[bytes] | None]:
         not isinstance(records, (list, tuple)) or any(type(r) is not bytes for r in records)
     ):
         raise MalformedBlock(f"COSE_Sign1 unprotected label {LABEL_RECORDS}: expected an array of byte strings")
-    bare = cose.encode_sign1(msg.protected_bytes, {}, msg.payload, msg.signature)
-    again = bare if records is None else cose.encode_sign1(msg.protected_bytes, msg.unprotected, msg.payload, msg.signature)
+    try:
+        bare = cose.encode_sign1(msg.protected_bytes, {}, msg.payload, msg.signature)
+        again = bare if records is None else cose.encode_sign1(msg.protected_bytes, msg.unprotected, msg.payload, msg.signature)
+    except CBOREncodeError as exc:
+        raise MalformedBlock(f"COSE_Sign1: {exc}") from None
     if again != bytes(message):
         raise MalformedBlock("COSE_Sign1: not deterministic CBOR")
     return bare, (list(records) if records is not None else None)
