@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+from carledger.ledger.block import valid_stream_name
 from carledger.tomlfile import FieldError, TomlDocument, read_toml
 
 if TYPE_CHECKING:
@@ -372,8 +373,8 @@ def replay_config(
     if policy is not None and not Path(policy).is_file():
         raise ConfigError("--policy", None, "", f"policy file not found: {policy}")
     for name in streams or {}:
-        if not _NAME.match(name):
-            raise ConfigError("--stream", None, "", f"{name!r} is not a valid stream name")
+        if not valid_stream_name(name):
+            raise ConfigError("--stream", None, "", f"{name!r} is not a valid stream name (1-64 of [A-Za-z0-9._:-], alphanumeric first)")
     bus = BusConfig(
         name="replay",
         dbc=tuple(str(Path(p).resolve()) for p in dbc),

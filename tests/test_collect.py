@@ -138,7 +138,7 @@ def test_forged_signatures_forks_and_replays_are_rejected_kept_and_reported(car,
 def test_junk_truncated_and_unknown_vehicles_never_stop_the_collector(car):
     messages, _, collector, _ = car
     rng = os.urandom
-    junk = [b"", rng(1), rng(300), messages[0][: len(messages[0]) // 2], messages[1][:-1] + b"\x00",
+    junk = [b"", rng(1), rng(300), messages[0][: len(messages[0]) // 2], messages[1][:-1] + bytes([messages[1][-1] ^ 1]),
             b"\x28\xb5\x2f\xfd" + rng(40), zstandard.ZstdCompressor().compress(bytes(100 << 20)),
             zstandard.ZstdCompressor().compress(b"\xd2\x84" + rng(50))]
     for payload in junk:

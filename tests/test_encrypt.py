@@ -101,9 +101,9 @@ def test_a_third_party_verifies_encrypted_blocks_with_pycose_alone(tmp_path, key
     drive(tmp_path / "s", RecordSealer([keys[0].public_key]))
     with Store.open_readonly(tmp_path / "s") as store:
         key = bytes(store.verify_key).hex()
-        messages = [store.message(r).hex() for r in store.iter_blocks("insurer")]
-    (tmp_path / "blocks.txt").write_text("\n".join(messages) + "\n")
-    out = subprocess.run([str(VERIFIER), "-I", str(REPO / "docs" / "third_party_verify.py"), key, str(tmp_path / "blocks.txt")],
+    export = tmp_path / "insurer.cose"
+    assert main(["log", "export", str(tmp_path / "s"), "--stream", "insurer", "--format", "cose", "-o", str(export)]) == 0
+    out = subprocess.run([str(VERIFIER), "-I", str(REPO / "docs" / "third_party_verify.py"), key, str(export)],
                          capture_output=True, text=True)
     result = json.loads(out.stdout)
     assert out.returncode == 0 and result["ok"] and result["blocks"] == 4, result

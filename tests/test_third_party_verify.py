@@ -1,7 +1,8 @@
 """A third party verifies the agent's blocks with pycose and nothing of ours.
 
 Runs docs/third_party_verify.py in .venv-verifier (pycose + cbor2 only, made by
-scripts/setup), a separate Python environment without carledger.
+scripts/setup), a separate Python environment without carledger, on what
+`carledger log export --format cose` writes (a CBOR sequence of COSE_Sign1).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from carledger.cli import main
 from carledger.config import replay_config
 from carledger.dbc import path as dbc_path
 from carledger.ledger import Store
@@ -40,13 +42,16 @@ def published(tmp_path_factory):
                            {"driving": ["Vehicle.Speed", "Vehicle.Chassis.*"]}, fast=True)).run()
     with Store.open_readonly(store) as s:
         key = bytes(s.meta()["public_key"]).hex()
-        messages = [s.message(row).hex() for row in s.iter_blocks("driving")]
+        messages = [s.message(row) for row in s.iter_blocks("driving")]
+    export = tmp / "driving.cose"
+    assert main(["log", "export", str(store), "--stream", "driving", "--format", "cose", "-o", str(export)]) == 0
+    assert export.read_bytes() == b"".join(messages)  # a CBOR sequence of exactly the messages the collector gets
     return tmp, key, messages
 
 
-def third_party(tmp: Path, key: str, messages: list[str]) -> tuple[int, dict]:
-    blocks = tmp / "blocks.txt"
-    blocks.write_text("\n".join(messages) + "\n")
+def third_party(tmp: Path, key: str, messages: list[bytes]) -> tuple[int, dict]:
+    blocks = tmp / "blocks.cose"
+    blocks.write_bytes(b"".join(messages))
     out = subprocess.run([str(VERIFIER), "-I", str(SCRIPT), key, str(blocks)], capture_output=True, text=True)
     assert out.stdout, out.stderr
     return out.returncode, json.loads(out.stdout)
@@ -62,9 +67,9 @@ def test_every_block_verifies_with_pycose_alone(published):
 
 def test_pycose_alone_catches_tampering(published):
     tmp, key, messages = published
-    raw = bytearray(bytes.fromhex(messages[3]))
+    raw = bytearray(messages[3])
     raw[-70] ^= 0x01  # inside the signature or the records, both must fail
-    tampered = messages[:3] + [raw.hex()] + messages[4:]
+    tampered = messages[:3] + [bytes(raw)] + messages[4:]
     code, result = third_party(tmp, key, tampered)
     assert code == 1 and {p["kind"] for p in result["problems"]} & {"bad-signature", "bad-merkle-root", "malformed"}
     code, result = third_party(tmp, key, messages[:2] + messages[3:])

@@ -39,12 +39,16 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carledger.ledger import Store, StoreError
+    from carledger.ledger import Store, StoreError, valid_stream_name
     from carledger.sync import OutboundStream, Syncer
 
     streams = {}
     for item in args.stream:
         name, _, recipient = item.partition("=")
+        if not valid_stream_name(name):
+            print(f"carledger sync: --stream {item[:80]!r}: {name[:80]!r} is not a stream name "
+                  "(1-64 of [A-Za-z0-9._:-], starting with a letter or digit)", file=sys.stderr)
+            return 2
         streams[name] = OutboundStream(recipient or name)
     try:
         marks = Store.open_readonly(args.store)

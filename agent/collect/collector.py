@@ -9,7 +9,15 @@ Checks reuse the ledger's: `open_block` (COSE_Sign1 signature against the
 enrolled key, header format, Merkle root and count, every record) and the
 store's `append`, which refuses a block that does not continue its chain.
 Problem kinds are the verifier's (`bad-signature`, `bad-merkle-root`,
-`malformed`, `fork`, `gap`) plus `replay`, `unknown-vehicle` and `overflow`.
+`malformed`, `fork`, `gap`) plus `replay`, `unknown-vehicle`, `overflow`,
+`stripped` and `altered-copy`.
+
+A block message without its records (a bare header) is only what the car
+sends once a signed retention or eviction event dropped them; anyone who can
+publish can also strip a genuine block. So a record-less block is held, never
+stored nor acked on its own: it joins the chain when a later block of its
+stream, held with its records, declares the drop; the full block, whenever it
+comes, takes its place (docs/collector.md).
 """
 
 from __future__ import annotations
@@ -21,19 +29,22 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from carledger.collect.registry import Registry
-from carledger.ledger import ZERO_DIGEST, MalformedBlock, SealedBlock, StoreError, cose, open_block
+from carledger.ledger import ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, cose, decode_record, open_block
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
 from carledger.sync.wire import encode_ack, unpack_block
 from carledger.verify.report import FORK, GAP, MALFORMED
+from carledger.verify.verifier import DROP_EVENTS
 
-__all__ = ["Collector", "CollectorStats", "REPLAY", "UNKNOWN_VEHICLE", "OVERFLOW"]
+__all__ = ["Collector", "CollectorStats", "REPLAY", "UNKNOWN_VEHICLE", "OVERFLOW", "STRIPPED", "ALTERED_COPY"]
 
 log = logging.getLogger(__name__)
 
 REPLAY = "replay"  # a valid block presented where it does not belong (another vehicle's or stream's topic)
 UNKNOWN_VEHICLE = "unknown-vehicle"  # blocks under the topic of a vehicle that is not enrolled
 OVERFLOW = "overflow"  # too many blocks held behind a gap: dropped (the vehicle sends them again)
+STRIPPED = "stripped"  # a copy of a block without its records, and no signed event declares them dropped
+ALTERED_COPY = "altered-copy"  # a message with a stored block's digest but other bytes (its signature)
 
 
 @dataclass
@@ -117,7 +128,7 @@ class Collector:
             return
         try:
             message = unpack_block(payload)
-            block = open_block(message, key)
+            block = open_block(message, key, allow_bare=True)
         except BadSignature as exc:
             self._bad_signature(topic, message, str(exc), now)
             return
@@ -135,7 +146,7 @@ class Collector:
             key_id = cose.decode_sign1(message).protected.get(cose.HDR_KID)
             other = self.registry.vehicle_of_kid(key_id) if isinstance(key_id, bytes) else None
             if other is not None and other[0] != topic.vehicle:
-                blk = open_block(message, other[1])
+                blk = open_block(message, other[1], allow_bare=True)
                 self._problem(topic, blk.seq, REPLAY, f"a block of vehicle {other[0]!r} (stream {blk.stream!r}) "
                                                       f"published as {topic.vehicle!r}", now)
                 return
@@ -150,29 +161,60 @@ class Collector:
             batch.heads[stream] = self.registry.replica(vehicle).stream_head(stream)
         return batch.heads[stream]
 
-    def _stored_digest(self, vehicle: str, batch: _Batch, stream: str, seq: int) -> bytes | None:
+    def _stored(self, vehicle: str, batch: _Batch, stream: str, seq: int) -> tuple[bytes, bytes, bool] | None:
+        """(digest, bare COSE_Sign1, stored with its records) of the block the chain holds at (stream, seq)."""
         for blk in batch.blocks:
             if blk.stream == stream and blk.seq == seq:
-                return blk.digest
-        return self.registry.replica(vehicle).digest_at(stream, seq)
+                return blk.digest, blk.sign1, not blk.bare
+        replica = self.registry.replica(vehicle)
+        for block_id in replica.block_ids(stream, seq, seq):
+            row = replica.get_block(block_id)
+            if row is not None:
+                return bytes(row.digest), bytes(row.sign1), row.records is not None
+        return None
+
+    def _copy(self, topic: topics.Topic, block: SealedBlock, sign1: bytes, with_records: bool, now: float) -> bool:
+        """Whether `block` is exactly the one kept with its digest; reports it when it is another copy of it.
+
+        With one digest, the signed header is the same and so are any records
+        (the signed Merkle root): what can differ is whether the records came
+        with it, and the signature's bytes. Neither copy replaces the one kept.
+        """
+        if block.sign1 != sign1:
+            self._problem(topic, block.seq, ALTERED_COPY, "another message with the digest of the block kept "
+                          f"({block.digest.hex()[:16]}…): other signature bytes; not kept", now)
+            return False
+        if block.bare and with_records:
+            self._problem(topic, block.seq, STRIPPED, "a copy without its records of the block kept "
+                          f"({block.digest.hex()[:16]}…); not kept", now)
+            return False
+        return True
 
     def _place(self, vehicle: str, block: SealedBlock, message: bytes, batch: _Batch, now: float) -> None:
-        """Append, count as duplicate, hold behind a gap, or keep as fork evidence."""
+        """Append, count as duplicate, hold behind a gap (or until a bare block's drop is declared), or keep as fork evidence."""
         stream, seq = block.stream, block.seq
         head = self._head(vehicle, batch, stream)
         head_seq = -1 if head is None else head[0]
         topic = topics.Topic(vehicle, stream, topics.BLOCK)
         if seq <= head_seq:
-            stored = self._stored_digest(vehicle, batch, stream, seq)
-            if stored == block.digest:
-                self.stats.duplicates += 1
-                self.registry.count(vehicle, stream, duplicates=1, now=now)
-                batch.acks.add(stream)  # its ack may have been lost: say it again
+            stored = self._stored(vehicle, batch, stream, seq)
+            if stored is not None and stored[0] == block.digest:
+                if self._copy(topic, block, stored[1], stored[2], now):
+                    self.stats.duplicates += 1
+                    self.registry.count(vehicle, stream, duplicates=1, now=now)
+                    batch.acks.add(stream)  # its ack may have been lost: say it again
                 return
             self._fork(topic, block, message, f"seq {seq} differs from the stored block "
-                                              f"({(stored or b'').hex()[:16]}…): two blocks with one sequence number", now)
+                                              f"({(stored[0] if stored else b'').hex()[:16]}…): two blocks with one sequence number", now)
             return
-        if seq == head_seq + 1:
+        held = self.registry.pending(vehicle, stream, seq)
+        if held is not None and held[0] != block.digest and seq > head_seq + 1:
+            self._fork(topic, block, message, f"seq {seq} differs from the block already held for it", now)
+            return
+        copy = held is not None and held[0] == block.digest
+        if copy and held[1] != message and not self._held_copy(topic, block, held[1], now):
+            return
+        if seq == head_seq + 1 and not (block.bare and not _covers(self._declared(vehicle, stream, seq), seq)):
             expected = ZERO_DIGEST if head is None else head[1]
             if block.header.prev != expected:
                 self._fork(topic, block, message, f"seq {seq} links to {block.header.prev.hex()[:16]}…, not to the "
@@ -183,37 +225,69 @@ class Collector:
             batch.acks.add(stream)
             self._link_held(vehicle, stream, batch, now)
             return
-        held = self.registry.pending_digest(vehicle, stream, seq)
-        if held == block.digest:
-            self.stats.duplicates += 1
-            return
-        if held is not None:
-            self._fork(topic, block, message, f"seq {seq} differs from the block already held for it", now)
-            return
+        if copy:
+            if held[1] == message:
+                self.stats.duplicates += 1
+            return  # the very same block, or its full copy now in place of the bare one
         if self.registry.hold(vehicle, stream, seq, block.digest, message, now):
             self.stats.held += 1
+            if _drops(block) and self.registry.pending(vehicle, stream, head_seq + 1) is not None:
+                self._link_held(vehicle, stream, batch, now)  # it may declare the records of a bare block held there
+                if batch.heads[stream] != head:
+                    batch.acks.add(stream)
         else:
             self._problem(topic, seq, OVERFLOW, "too many blocks held behind a gap; dropped (the vehicle sends it again)", now)
+
+    def _held_copy(self, topic: topics.Topic, block: SealedBlock, held: bytes, now: float) -> bool:
+        """Another message with a held block's digest: True when it is the full copy of a bare one, which takes its place."""
+        bare_held = open_block(held, self.registry.key(topic.vehicle), allow_bare=True)
+        if not bare_held.bare or block.bare:
+            self._copy(topic, block, bare_held.sign1, not bare_held.bare, now)
+            return False
+        self._problem(topic, block.seq, STRIPPED, f"a copy without its records of block seq {block.seq} "
+                                                   "arrived before it; the block with its records takes its place", now)
+        self.registry.replace_pending(topic.vehicle, topic.stream, block.seq, block.message())
+        return True
+
+    def _declared(self, vehicle: str, stream: str, seq: int) -> list[tuple[int, int]]:
+        """The seq ranges of `stream` whose drop the signed retention or eviction events of its held blocks after `seq` declare."""
+        key = self.registry.key(vehicle)
+        ranges = []
+        for _seq, message in self.registry.pending_after(vehicle, stream, seq):
+            try:
+                later = open_block(message, key, allow_bare=True)
+            except MalformedBlock:
+                continue
+            ranges += [r for detail in _drops(later) for r in _ranges(detail, stream)]
+        return ranges
 
     def _fork(self, topic: topics.Topic, block: SealedBlock, message: bytes, detail: str, now: float) -> None:
         kept = self.registry.keep_evidence(topic.vehicle, topic.stream, block.seq, block.digest, message, now)
         self._problem(topic, block.seq, FORK, detail + ("; kept as evidence" if kept else ""), now)
 
     def _link_held(self, vehicle: str, stream: str, batch: _Batch, now: float) -> None:
-        """Move held blocks that now continue the chain into the batch."""
+        """Move held blocks that now continue the chain into the batch (a bare one only once its drop is declared)."""
         key = self.registry.key(vehicle)
+        declared: list[tuple[int, int]] | None = None  # looked up once, at the first bare block
         while True:
             head = batch.heads[stream]
             nxt, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
-            message = self.registry.pending_message(vehicle, stream, nxt)
-            if message is None:
+            held = self.registry.pending(vehicle, stream, nxt)
+            if held is None:
                 return
-            self.registry.release(vehicle, stream, nxt)
+            message = held[1]
             try:
-                block = open_block(message, key)
+                block = open_block(message, key, allow_bare=True)
             except MalformedBlock as exc:  # it verified when held: only a damaged database gets here
+                self.registry.release(vehicle, stream, nxt)
                 self._problem(topics.Topic(vehicle, stream, topics.BLOCK), nxt, exc.kind, f"held block: {exc}", now)
                 return
+            if block.bare:
+                if declared is None:
+                    declared = self._declared(vehicle, stream, nxt)
+                if not _covers(declared, nxt):
+                    return  # it waits for its records (or their declared drop); check_gaps reports it
+            self.registry.release(vehicle, stream, nxt)
             if block.header.prev != prev:
                 self._fork(topics.Topic(vehicle, stream, topics.BLOCK), block, message,
                            f"held seq {nxt} does not link to seq {nxt - 1} ({prev.hex()[:16]}…)", now)
@@ -282,6 +356,10 @@ class Collector:
                 self._commit(vehicle, batch, now)
                 if batch.blocks:
                     acks += self._acks(vehicle, {stream})
+                elif now - oldest >= self.gap_wait:
+                    self.registry.problem(vehicle, stream, head_seq + 1, STRIPPED,
+                                          f"seq {head_seq + 1} arrived without its records and no signed retention or "
+                                          "eviction event declares them dropped; waiting for the block with its records", now)
                 continue
             if now - oldest >= self.gap_wait:
                 missing = f"seq {head_seq + 1}" if low == head_seq + 2 else f"seq {head_seq + 1}..{low - 1}"
@@ -290,3 +368,25 @@ class Collector:
                                       f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}", now)
         self.stats.acks += len(acks)
         return acks
+
+
+def _drops(block: SealedBlock) -> list[dict]:
+    """The details of the block's retention and eviction events (records open_block has checked)."""
+    out = []
+    for raw in block.records:
+        rec = decode_record(raw)
+        if isinstance(rec, Event) and rec.kind in DROP_EVENTS:
+            out.append(rec.detail)
+    return out
+
+
+def _ranges(detail: object, stream: str) -> list[tuple[int, int]]:
+    """The seq ranges of `stream` a retention or eviction event's detail names (block-format.md: `stream`, `seqs`)."""
+    if not isinstance(detail, dict) or detail.get("stream", stream) != stream or not isinstance(detail.get("seqs"), list):
+        return []
+    return [(r[0], r[1]) for r in detail["seqs"]
+            if isinstance(r, (list, tuple)) and len(r) == 2 and all(type(x) is int for x in r)]
+
+
+def _covers(ranges: list[tuple[int, int]], seq: int) -> bool:
+    return any(lo <= seq <= hi for lo, hi in ranges)

@@ -146,19 +146,27 @@ class Registry:
 
     # -- blocks waiting for a gap ------------------------------------------------------------
 
-    def pending_digest(self, vehicle: str, stream: str, seq: int) -> bytes | None:
+    def pending(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes] | None:
+        """(digest, message) of the block held for (stream, seq), or None."""
         with self._lock:
             row = self.conn.execute(
-                "SELECT digest FROM pending WHERE vehicle = ? AND stream = ? AND seq = ?", (vehicle, stream, seq)
+                "SELECT digest, message FROM pending WHERE vehicle = ? AND stream = ? AND seq = ?", (vehicle, stream, seq)
             ).fetchone()
-        return bytes(row[0]) if row else None
+        return (bytes(row[0]), bytes(row[1])) if row else None
 
-    def pending_message(self, vehicle: str, stream: str, seq: int) -> bytes | None:
+    def pending_after(self, vehicle: str, stream: str, seq: int) -> list[tuple[int, bytes]]:
+        """(seq, message) of the blocks held for `stream` beyond `seq`, by seq."""
         with self._lock:
-            row = self.conn.execute(
-                "SELECT message FROM pending WHERE vehicle = ? AND stream = ? AND seq = ?", (vehicle, stream, seq)
-            ).fetchone()
-        return bytes(row[0]) if row else None
+            return [(q, bytes(m)) for q, m in self.conn.execute(
+                "SELECT seq, message FROM pending WHERE vehicle = ? AND stream = ? AND seq > ? ORDER BY seq",
+                (vehicle, stream, seq))]
+
+    def replace_pending(self, vehicle: str, stream: str, seq: int, message: bytes) -> None:
+        """Put the full copy of a held block in place of its record-less one (same digest: checked by the caller)."""
+        with self._lock:
+            self.conn.execute(
+                "UPDATE pending SET message = ? WHERE vehicle = ? AND stream = ? AND seq = ?", (message, vehicle, stream, seq)
+            )
 
     def hold(self, vehicle: str, stream: str, seq: int, digest: bytes, message: bytes, now: float) -> bool:
         """Keep a verified block that does not link yet; False when the stream already holds MAX_PENDING."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Sequence
@@ -34,6 +35,7 @@ __all__ = [
     "encode_records",
     "decode_records",
     "open_block",
+    "valid_stream_name",
 ]
 
 FORMAT_VERSION = 1
@@ -47,6 +49,12 @@ _INT_MIN = -(1 << 64)
 _dumps = cbor2.dumps
 _loads = cbor2.loads
 _sha256 = hashlib.sha256
+_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
+
+
+def valid_stream_name(name: Any) -> bool:
+    """1-64 characters of [A-Za-z0-9._:-], starting alphanumeric (a stream is an MQTT topic level)."""
+    return type(name) is str and _STREAM_NAME.match(name) is not None
 
 
 class Sample(NamedTuple):
@@ -187,10 +195,10 @@ class Header:
             raise bad("v", "not an integer")
         if self.v != FORMAT_VERSION:
             raise bad("v", f"unsupported format version {self.v}")
-        for field in ("vid", "stream"):
-            value = getattr(self, field)
-            if type(value) is not str or not value:
-                raise bad(field, "not non-empty text")
+        if type(self.vid) is not str or not self.vid:
+            raise bad("vid", "not non-empty text")
+        if not valid_stream_name(self.stream):
+            raise bad("stream", f"{str(self.stream)[:80]!r} is not 1-64 of [A-Za-z0-9._:-] starting alphanumeric")
         for field in ("seq", "count"):
             value = getattr(self, field)
             if not _is_int(value) or not 0 <= value <= _UINT_MAX:
@@ -250,6 +258,11 @@ class SealedBlock(NamedTuple):
     def seq(self) -> int:
         return self.header.seq
 
+    @property
+    def bare(self) -> bool:
+        """True for a block read without the records its header commits to (open_block's allow_bare)."""
+        return self.header.count > 0 and not self.records
+
     def message(self, include_records: bool = True) -> bytes:
         """The COSE message to send: with the records in the unprotected header, or bare."""
         return with_records(self.sign1, self.records) if include_records else self.sign1
@@ -294,37 +307,60 @@ def with_records(sign1: bytes, records: Sequence[bytes]) -> bytes:
 
 
 def split_records(message: bytes) -> tuple[bytes, list[bytes] | None]:
-    """(bare COSE_Sign1, records or None when the message carries none)."""
+    """(bare COSE_Sign1, records or None when the message carries none).
+
+    The unprotected header is the only part of a block no signature covers, so
+    it may hold nothing but the records (label -65537, which the signed count
+    and Merkle root then check): any other label is refused, never ignored.
+    The message must also be deterministic CBOR, so that two messages of one
+    block differ only where one of them is not the block (docs/block-format.md).
+    """
     msg = cose.decode_sign1(message)
     unprotected = dict(msg.unprotected)
     records = unprotected.pop(LABEL_RECORDS, None)
-    if records is not None and (
+    if unprotected:
+        label = sorted(unprotected, key=str)[0]
+        raise MalformedBlock(
+            f"COSE_Sign1 unprotected header: unknown label {label!r} (only {LABEL_RECORDS}, the records, is defined)"
+        )
+    if LABEL_RECORDS in msg.unprotected and (
         not isinstance(records, (list, tuple)) or any(type(r) is not bytes for r in records)
     ):
-        raise MalformedBlock("COSE_Sign1 unprotected label -65537: expected an array of byte strings")
+        raise MalformedBlock(f"COSE_Sign1 unprotected label {LABEL_RECORDS}: expected an array of byte strings")
     try:
-        bare = cose.encode_sign1(msg.protected_bytes, unprotected, msg.payload, msg.signature)
+        bare = cose.encode_sign1(msg.protected_bytes, {}, msg.payload, msg.signature)
+        again = bare if records is None else cose.encode_sign1(msg.protected_bytes, msg.unprotected, msg.payload, msg.signature)
     except CBOREncodeError as exc:
-        raise MalformedBlock(f"COSE_Sign1 unprotected header: {exc}") from None
+        raise MalformedBlock(f"COSE_Sign1: {exc}") from None
+    if again != bytes(message):
+        raise MalformedBlock("COSE_Sign1: not deterministic CBOR")
     return bare, (list(records) if records is not None else None)
 
 
-def open_block(message: bytes, verify_key: nacl.signing.VerifyKey, *, check_records: bool = True) -> SealedBlock:
-    """Parse and check a received block message (bare or carrying records).
+def open_block(
+    message: bytes, verify_key: nacl.signing.VerifyKey, *, check_records: bool = True, allow_bare: bool = False
+) -> SealedBlock:
+    """Parse and check a received block message: it carries exactly the records its header commits to.
 
-    Raises BadSignature, BadMerkleRoot or MalformedBlock (all MalformedBlock);
-    returns the SealedBlock with `records` ([] when the message carries none).
-    With check_records, every record must also parse (decode_record).
+    Raises BadSignature, BadMerkleRoot or MalformedBlock (all MalformedBlock).
+    A message without its records (a bare header of a block with count > 0)
+    is MalformedBlock unless `allow_bare`: only a reader that knows why the
+    records are gone may accept one (a store whose records a signed retention
+    or eviction event dropped, which `verify` checks; the collector, which
+    holds it until its records or such an event arrive). Then `records` is []
+    and `bare` is true. With check_records, every record must also parse.
     """
     try:
-        return _open_block(message, verify_key, check_records)
+        return _open_block(message, verify_key, check_records, allow_bare)
     except MalformedBlock:
         raise
     except Exception as exc:  # hostile input: whatever it trips is still just a malformed block
         raise MalformedBlock(f"unreadable block: {type(exc).__name__}: {exc}") from None
 
 
-def _open_block(message: bytes, verify_key: nacl.signing.VerifyKey, check_records: bool) -> SealedBlock:
+def _open_block(
+    message: bytes, verify_key: nacl.signing.VerifyKey, check_records: bool, allow_bare: bool
+) -> SealedBlock:
     bare, records = split_records(message)
     msg = cose.decode_sign1(bare)
     if msg.protected.get(cose.HDR_KID) not in (None, kid(verify_key)):
@@ -332,6 +368,11 @@ def _open_block(message: bytes, verify_key: nacl.signing.VerifyKey, check_record
     if not cose.verify_sign1(msg, verify_key):
         raise BadSignature("signature does not verify")
     header = Header.decode(msg.payload)
+    if records is None and header.count and not allow_bare:
+        raise MalformedBlock(
+            f"block seq {header.seq} of stream {header.stream!r} without its records: the signed header commits to "
+            f"{header.count}"
+        )
     if records is not None:
         check_records_root(header, records)
         if check_records:

@@ -370,6 +370,8 @@ class Store:
                 moved: dict[str, Head] = {}
                 for blk in blocks:
                     h = blk.header
+                    if not _block.valid_stream_name(h.stream):
+                        raise StoreError(f"stream name {str(h.stream)[:80]!r}: not 1-64 of [A-Za-z0-9._:-], alphanumeric first")
                     if h.stream not in heads:
                         row = conn.execute(
                             "SELECT head_seq, head_digest FROM streams WHERE name = ?", (h.stream,)

@@ -6,14 +6,13 @@ import hashlib
 import logging
 import numbers
 import os
-import re
 import threading
 from typing import Any, Callable, Iterable, Mapping
 
 import cbor2
 
 from carledger.ledger import merkle
-from carledger.ledger.block import ZERO_DIGEST, SealedBlock, encode_event, seal_block
+from carledger.ledger.block import ZERO_DIGEST, SealedBlock, encode_event, seal_block, valid_stream_name
 from carledger.ledger.errors import LedgerError
 from carledger.ledger.keys import kid
 from carledger.ledger.store import Store
@@ -24,12 +23,6 @@ log = logging.getLogger(__name__)
 
 _EVENT = object()  # marks an event in the `source` slot of a pending tuple
 _VALUE_TYPES = frozenset({int, float, str})
-_STREAM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}\Z")
-
-
-def valid_stream_name(name: Any) -> bool:
-    """1-64 characters of [A-Za-z0-9._:-], starting alphanumeric (a stream is an MQTT topic level)."""
-    return type(name) is str and _STREAM_NAME.match(name) is not None
 
 
 class _Slow(Exception):

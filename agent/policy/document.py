@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from carledger.config import _NAME
+from carledger.ledger.block import valid_stream_name
 from carledger.policy.classes import CLASSES, LOCATION, PERSONAL, TECHNICAL, Classifier
 from carledger.policy.duration import DurationError, parse_duration
 from carledger.tomlfile import FieldError, KeyLocator, TomlDocument, parse_toml, read_toml
@@ -731,9 +732,9 @@ class _Validator:
     def stream(self, index: int, table: dict[str, Any], zone_names: tuple[str, ...]) -> Stream | None:
         t = _Table(self.p, table, ("stream", index), _STREAM)
         before = len(self.p.items)
-        name = t.text("name", required="required: a name for the stream (letters, digits, _ . -)")
-        if name is not None and not _NAME.match(name):
-            t.error("name", f"{name!r} is not a valid name (letters, digits, _ . -; at most 63)")
+        name = t.text("name", required="required: a name for the stream (letters, digits, . : -)")
+        if name is not None and not valid_stream_name(name):
+            t.error("name", f"{name!r} is not a valid stream name (1-64 of letters, digits, . : -; alphanumeric first)")
         elif name in RESERVED_STREAMS:
             t.error("name", f"{name!r} is the agent's own stream; choose another name")
         label = name or f"stream[{index}]"
