@@ -25,7 +25,8 @@ from carledger.sync import (
     topics,
 )
 from carledger.sync.policy_update import PolicyHandler
-from carledger.sync.wire import BlockPacker, decode_ack, encode_ack, unpack_block
+from carledger.sync.ack import Ack, AckRejected, open_ack, sign_ack
+from carledger.sync.wire import BlockPacker, unpack_block
 from carledger.tomlfile import read_toml
 
 T0 = 1_700_000_000.0
@@ -97,11 +98,27 @@ def test_payloads_and_acks():
     packed = packer.pack(message)
     assert len(packed) < len(message) and unpack_block(packed) == message
     assert BlockPacker(0).pack(message) == message and unpack_block(message) == message
-    assert decode_ack(encode_ack(7, bytes(range(32)))) == (7, bytes(range(32)))
-    for bad in (b"", b"{}", b'{"seq": -1, "digest": "00"}', b'{"seq": 1, "digest": "zz"}', b"x" * 300,
-                b'{"seq": true, "digest": "' + b"00" * 32 + b'"}'):
-        with pytest.raises(ValueError):
-            decode_ack(bad)
+    key, other = SigningKey(bytes(32)), SigningKey(bytes([1]) * 32)
+    ack = Ack("car-1", "speed", 7, bytes(range(32)))
+    assert open_ack(sign_ack(key, ack), key.verify_key, "car-1", "speed") == ack
+    cases = {  # payload -> the cause the car ignores it for
+        b"": "malformed",
+        b'{"seq": 7, "digest": "' + b"00" * 32 + b'"}': "malformed",  # the old unsigned JSON ack
+        sign_ack(other, ack): "bad-signature",
+        sign_ack(key, ack._replace(seq=1 << 70)): "out-of-range",
+        sign_ack(key, ack._replace(seq=-1)): "out-of-range",
+        sign_ack(key, ack._replace(vehicle="car-2")): "wrong-subject",
+        sign_ack(key, ack._replace(stream="gps")): "wrong-subject",
+        sign_ack(key, ack._replace(digest=b"\0" * 31)): "malformed",
+        b"x" * 2000: "malformed",
+    }
+    for payload, cause in cases.items():
+        with pytest.raises(AckRejected) as caught:
+            open_ack(payload, key.verify_key, "car-1", "speed")
+        assert caught.value.cause == cause, payload[:40]
+    with pytest.raises(AckRejected) as caught:
+        open_ack(sign_ack(key, ack), None, "car-1", "speed")
+    assert caught.value.cause == "no-collector-key"
 
 
 def open_block_message() -> bytes:
