@@ -71,12 +71,20 @@ class OutboundGate:
         self._stamp: tuple | None = None
         self._policy: Policy | None = None
 
+    def _files(self) -> tuple:
+        from carledger.owner.state import OWNER_DIR, POLICY_FILE, STATE_FILE
+
+        return tuple(_stat(self.store_dir / OWNER_DIR / name) for name in (POLICY_FILE, STATE_FILE))
+
+    def changed(self) -> bool:
+        """Did the owner's files change since the policy was last read? (Two stat calls: cheap enough per send turn.)"""
+        return self._files() != self._stamp
+
     def policy(self) -> Policy:
         """The effective policy (consent decisions folded in); an owner state that cannot be read sends nothing."""
-        from carledger.owner.state import OWNER_DIR, POLICY_FILE, STATE_FILE, OwnerState
+        from carledger.owner.state import OwnerState
 
-        folder = self.store_dir / OWNER_DIR
-        stamp = tuple(_stat(folder / name) for name in (POLICY_FILE, STATE_FILE))
+        stamp = self._files()
         if stamp != self._stamp or self._policy is None:
             self._policy = OwnerState.load(self.store_dir).effective_policy()
             self._stamp = stamp
