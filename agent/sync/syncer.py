@@ -18,7 +18,8 @@ The window adapts like TCP's congestion window: it starts small, grows with
 every block acked (doubling per round trip up to a threshold, then by one),
 and falls back to one block on an ack timeout, the threshold halved. The ack
 timeout itself follows the measured ack delay (RFC 6298: smoothed delay plus
-four deviations, at least MIN_RTO, at most `ack_timeout`), so a broker that
+four deviations, at least MIN_RTO, at most `ack_timeout`; INITIAL_RTO before
+the first measure), so a broker that
 drops what does not fit in a small queue costs a round trip, not 30 s.
 """
 
@@ -54,6 +55,7 @@ LOOP = 0.05  # longest wait for the network in one turn
 MARK_EVERY = 0.5  # seconds between writes of batched `synced` marks
 INITIAL_WINDOW = 4  # blocks a stream may have out before its first ack
 MIN_RTO = 1.0  # seconds: the shortest ack timeout the measured delay may give
+INITIAL_RTO = 3.0  # seconds: the ack timeout before the first measure (RFC 6298 says 1 s; a collector's batch is slower)
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,7 @@ class _Out:
         self.buffer: deque[BlockRow] = deque()  # fetched, not yet sent
         self.inflight: dict[int, tuple[int, int, float]] = {}  # seq -> (row id, records, sent at; -1 when sent again)
         self.last_progress = time.monotonic()
-        self.rto = cfg.ack_timeout  # the ack timeout in force: measured, then doubled per timeout
+        self.rto = min(cfg.ack_timeout, INITIAL_RTO)  # the ack timeout in force: measured, then doubled per timeout
         self.timeout = self.rto
         self.srtt: float | None = None
         self.rttvar = 0.0
