@@ -16,7 +16,8 @@ are ever sent (carledger.sync.gate), whoever asks.
 
 The window adapts like TCP's congestion window: it starts small, grows with
 every block acked (doubling per round trip up to a threshold, then by one),
-and falls back to one block on an ack timeout, the threshold halved. The ack
+and falls back to one block on an ack timeout, the threshold halved (then
+grows by one per ack while it sends again what it had sent). The ack
 timeout itself follows the measured ack delay (RFC 6298: smoothed delay plus
 four deviations, at least MIN_RTO, at most `ack_timeout`; INITIAL_RTO before
 the first measure), so a broker that
@@ -130,7 +131,9 @@ class _Out:
 
     def progressed(self, blocks: int, delay: float | None, cfg: MqttConfig) -> None:
         """An ack moved the stream by `blocks`; `delay` is the ack delay of a block sent once (Karn), if known."""
-        if self.cwnd < self.ssthresh:
+        if self.cursor <= self.sent_max:
+            self.cwnd += 1  # sending again after a loss: by one, as an ack may jump over blocks the collector holds already
+        elif self.cwnd < self.ssthresh:
             self.cwnd += blocks  # slow start: doubles per round trip
         else:
             self.cwnd += blocks / self.cwnd
@@ -474,7 +477,6 @@ class Syncer:
         for s in [s for s in out.inflight if s <= seq]:
             del out.inflight[s]
         self.stats.acked_blocks += seq - out.acked
-        out.progressed(seq - out.acked, delay, self.cfg)
         out.acked = seq
         if out.cursor <= seq:
             out.cursor = seq + 1
@@ -482,6 +484,7 @@ class Syncer:
             out.last_fetch = 0.0
         while out.buffer and out.buffer[0].seq <= seq:
             out.buffer.popleft()
+        out.progressed(seq - first + 1, delay, self.cfg)
         if self._on_disclosure is not None:
             try:
                 self._on_disclosure(Disclosure(stream, out.spec.recipient, first, seq, records, now))
