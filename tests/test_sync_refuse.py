@@ -264,3 +264,21 @@ def test_enroll_collector_and_collect_key_from_the_command_line(tmp_path, capsys
     keys = json.loads((store / "keys" / "collectors.json").read_text())
     assert keys["Fleet Ops"] == public
     assert main(["sync", str(tmp_path / "notastore"), "--enroll-collector", "x", public]) == 2
+
+
+def test_the_agents_sync_logs_an_unknown_host_once_then_retries_quietly(tmp_path, caplog):
+    import logging
+
+    from carledger.sync import MqttConfig
+
+    store = car_with_local_streams(tmp_path)
+    caplog.set_level(logging.DEBUG, logger="carledger")
+    sync = Syncer(store, "car-1", MqttConfig(host="brokr.invalid", backoff_initial=0.01, backoff_max=0.02))
+    sync.start()
+    try:
+        wait_until(lambda: sync.stats.connect_failures >= 5, timeout=30)
+    finally:
+        sync.stop()
+    about = [r for r in caplog.records if "brokr.invalid" in r.getMessage()]
+    assert [r.levelname for r in about if r.levelno > logging.DEBUG] == ["WARNING"]
+    assert sync.stats.unknown_host and "unknown host" in sync.stats.connect_error

@@ -87,6 +87,7 @@ class SyncStats:
     refused: dict[str, str] = field(default_factory=dict)  # stream -> why the policy does not let it leave
     connect_error: str | None = None  # why the last connection attempt failed (None once connected)
     unknown_host: bool = False  # ... because the broker's host name does not resolve
+    connect_failures: int = 0  # connection attempts that failed
 
 
 class _Out:
@@ -246,6 +247,7 @@ class Syncer:
                     # Once at WARNING, then quietly until a connection works: a wrong host name must not flood the log.
                     level = logging.DEBUG if self.stats.connect_error is not None else logging.WARNING
                     self.stats.connect_error, self.stats.unknown_host = str(exc), exc.unknown_host
+                    self.stats.connect_failures += 1
                     log.log(level, "sync: cannot reach the broker: %s (trying again with backoff)", exc)
                 except Exception:  # never let the sync thread die: log, back off, try again
                     log.exception("sync: unexpected error; reconnecting")
