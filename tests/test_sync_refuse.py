@@ -282,3 +282,12 @@ def test_the_agents_sync_logs_an_unknown_host_once_then_retries_quietly(tmp_path
     about = [r for r in caplog.records if "brokr.invalid" in r.getMessage()]
     assert [r.levelname for r in about if r.levelno > logging.DEBUG] == ["WARNING"]
     assert sync.stats.unknown_host and "unknown host" in sync.stats.connect_error
+
+
+def test_an_unreadable_policy_in_force_sends_nothing_with_one_line(tmp_path, capsys):
+    store = car_with_local_streams(tmp_path)
+    (store / "owner" / "policy.toml").write_text("version = \n")
+    capsys.readouterr()
+    assert main(["sync", str(store), "--vehicle", "car-1", "--host", "127.0.0.1", "--drain", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("carledger sync: the policy in force cannot be read: ") and err.count("\n") == 1, err

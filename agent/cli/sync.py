@@ -107,8 +107,7 @@ def chosen_streams(store, gate, requested: list[str] | None) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carledger.ledger import KeyFileError, Store, StoreError
-    from carledger.sync import OutboundGate, Syncer, collector_keys
+    from carledger.ledger import Store, StoreError
 
     try:
         marks = Store.open_readonly(args.store)
@@ -117,31 +116,47 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.enroll_collector:
             return enroll(args.store, *args.enroll_collector)
-        if not args.vehicle:
-            raise Refused("--vehicle is required to send")
-        gate = OutboundGate(args.store)
-        streams = chosen_streams(marks, gate, args.stream)
-        keys = collector_keys(args.store)
-        for name, spec in streams.items():
-            if spec.recipient not in keys:
-                raise Refused(f"stream {name!r}: no collector key is enrolled for {spec.recipient!r}, so no ack could be "
-                              f"checked (carledger sync {args.store} --enroll-collector {spec.recipient!r} KEYFILE)")
-        cfg = mqtt_config_from_args(args)
-        if args.ack_timeout is not None:
-            if args.ack_timeout < 0.1:
-                raise Refused(f"--ack-timeout must be at least 0.1 s, got {args.ack_timeout}")
-            cfg = cfg.with_(ack_timeout=args.ack_timeout)
-        syncer = Syncer(args.store, args.vehicle, cfg, lambda: streams)
-    except Refused as exc:
-        marks.close()
-        return _fail(str(exc), 2)
-    except (ValueError, KeyFileError, StoreError, OSError) as exc:  # a bad vehicle id, key file or owner state
-        marks.close()
-        return _fail(str(exc), 2)
-    try:
+        try:
+            syncer, streams = _prepare(args, marks)
+        except Refused as exc:
+            return _fail(str(exc), 2)
         return _send(args, syncer, marks, streams)
     finally:
         marks.close()
+
+
+def _prepare(args: argparse.Namespace, marks) -> tuple:
+    """The Syncer and the streams it sends, or Refused (one line, exit 2) before anything connects."""
+    from carledger.ledger import KeyFileError, StoreError
+    from carledger.owner import OwnerStateError
+    from carledger.policy import PolicyError
+    from carledger.sync import OutboundGate, Syncer, collector_keys
+
+    if not args.vehicle:
+        raise Refused("--vehicle is required to send")
+    try:
+        streams = chosen_streams(marks, OutboundGate(args.store), args.stream)
+        keys = collector_keys(args.store)
+    except PolicyError as exc:  # the policy in force no longer parses: nothing can be judged to leave
+        raise Refused(f"the policy in force cannot be read: {str(exc).splitlines()[0]}") from None
+    except (KeyFileError, StoreError, OSError, OwnerStateError) as exc:
+        raise Refused(str(exc)) from None
+    for name, spec in streams.items():
+        if spec.recipient not in keys:
+            raise Refused(f"stream {name!r}: no collector key is enrolled for {spec.recipient!r}, so no ack could be "
+                          f"checked (carledger sync {args.store} --enroll-collector {spec.recipient!r} KEYFILE)")
+    try:
+        cfg = mqtt_config_from_args(args)
+    except OSError as exc:  # the password file
+        raise Refused(str(exc)) from None
+    if args.ack_timeout is not None:
+        if args.ack_timeout < 0.1:
+            raise Refused(f"--ack-timeout must be at least 0.1 s, got {args.ack_timeout:g}")
+        cfg = cfg.with_(ack_timeout=args.ack_timeout)
+    try:
+        return Syncer(args.store, args.vehicle, cfg, lambda: streams), streams
+    except ValueError as exc:  # a vehicle id that cannot be a topic level
+        raise Refused(str(exc)) from None
 
 
 def _send(args: argparse.Namespace, syncer, marks, streams: dict) -> int:

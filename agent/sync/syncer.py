@@ -291,7 +291,7 @@ class Syncer:
     def _step(self, woken: bool, subscribed_anyway: bool) -> None:
         """Everything between two network turns: marks, timeouts, status, and sending."""
         now = time.monotonic()
-        if now - self._last_streams >= 1.0 or not self._out or self._gate.changed():  # a new policy counts at once
+        if now - self._last_streams >= 1.0 or self._gate.changed():  # a new policy counts at once
             self._refresh_streams()
             self._last_streams = now
         if self._synced and (now - self._last_mark >= MARK_EVERY or len(self._synced) >= 512):
