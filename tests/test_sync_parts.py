@@ -277,3 +277,30 @@ def test_policy_updates_open_only_with_the_enrolled_owner_key(tmp_path):
     assert handler.receive(sign_policy(document, other))["ok"] is False
     failing = PolicyHandler(tmp_path, lambda doc: {"ok": False, "error": "version 4 is not higher than 4"})
     assert failing.receive(signed) == {**failing.last, "ok": False, "error": "version 4 is not higher than 4"}
+
+
+def test_the_window_grows_on_progress_and_shrinks_on_a_timeout_like_tcp():
+    from carledger.sync.window import INITIAL_RTO, INITIAL_WINDOW, MIN_RTO, Window
+
+    w = Window(MqttConfig(window=64, ack_timeout=30.0))
+    assert w.room(0) == INITIAL_WINDOW and w.timeout == INITIAL_RTO
+    w.progressed(4, 0.05, resending=False)  # slow start: one more per block acked
+    assert w.room(0) == 8 and w.timeout == MIN_RTO  # 50 ms measured: the floor
+    for _ in range(10):
+        w.progressed(int(w.cwnd), 0.05, resending=False)
+    assert w.room(0) == 64  # never past `window`
+    w.timed_out(inflight=40)
+    assert w.room(0) == 1 and w.ssthresh == 20 and w.timeout == 2 * MIN_RTO
+    w.timed_out(inflight=1)
+    assert w.timeout == 4 * MIN_RTO and w.ssthresh == 2
+    w.progressed(30, None, resending=True)  # an ack that jumped over held blocks while sending again: by one
+    assert w.room(0) == 2 and w.timeout == MIN_RTO  # progress returns the timeout to the measure
+    w.progressed(2, 2.0, resending=False)  # above the threshold: about one per round trip
+    assert 2 < w.cwnd < 4 and MIN_RTO < w.timeout <= 30.0
+    slow = Window(MqttConfig(window=64, ack_timeout=5.0))
+    for _ in range(6):
+        slow.progressed(1, 60.0, resending=False)  # a collector slower than ack_timeout: the timeout caps there
+    assert slow.timeout == 5.0
+    for _ in range(10):
+        slow.timed_out(inflight=1)
+    assert slow.timeout == 16 * 5.0

@@ -14,14 +14,9 @@ sent again from its first unacked block. Only the collector's signed ack
 counts (carledger.sync.ack), and only streams the policy in force lets leave
 are ever sent (carledger.sync.gate), whoever asks.
 
-The window adapts like TCP's congestion window: it starts small, grows with
-every block acked (doubling per round trip up to a threshold, then by one),
-and falls back to one block on an ack timeout, the threshold halved (then
-grows by one per ack while it sends again what it had sent). The ack
-timeout itself follows the measured ack delay (RFC 6298: smoothed delay plus
-four deviations, at least MIN_RTO, at most `ack_timeout`; INITIAL_RTO before
-the first measure), so a broker that
-drops what does not fit in a small queue costs a round trip, not 30 s.
+The window and the ack timeout adapt like TCP's (carledger.sync.window), so a
+broker that drops what does not fit in a small queue costs a round trip or
+two, not 30 s.
 """
 
 from __future__ import annotations
@@ -45,6 +40,7 @@ from carledger.sync.config import MqttConfig
 from carledger.sync.gate import OutboundGate, OutboundStream
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
 from carledger.sync.policy_update import PolicyHandler, submit_policy
+from carledger.sync.window import Window
 from carledger.sync.wire import BlockPacker
 
 __all__ = ["Syncer", "OutboundStream", "Disclosure", "SyncStats"]
@@ -54,9 +50,6 @@ log = logging.getLogger(__name__)
 POLL = 0.2  # seconds between looks for new blocks when idle
 LOOP = 0.05  # longest wait for the network in one turn
 MARK_EVERY = 0.5  # seconds between writes of batched `synced` marks
-INITIAL_WINDOW = 4  # blocks a stream may have out before its first ack
-MIN_RTO = 1.0  # seconds: the shortest ack timeout the measured delay may give
-INITIAL_RTO = 3.0  # seconds: the ack timeout before the first measure (RFC 6298 says 1 s; a collector's batch is slower)
 
 
 @dataclass(frozen=True)
@@ -93,8 +86,8 @@ class SyncStats:
 class _Out:
     """One outbound stream's send state: the window between the collector's ack and the cursor."""
 
-    __slots__ = ("name", "spec", "acked", "cursor", "buffer", "inflight", "last_progress", "timeout", "sent_max",
-                 "last_fetch", "cwnd", "ssthresh", "srtt", "rttvar", "rto")
+    __slots__ = ("name", "spec", "acked", "cursor", "buffer", "inflight", "last_progress", "window", "sent_max",
+                 "last_fetch")
 
     def __init__(self, name: str, spec: OutboundStream, acked: int | None, cfg: MqttConfig):
         self.name, self.spec = name, spec
@@ -103,50 +96,19 @@ class _Out:
         self.buffer: deque[BlockRow] = deque()  # fetched, not yet sent
         self.inflight: dict[int, tuple[int, int, float]] = {}  # seq -> (row id, records, sent at; -1 when sent again)
         self.last_progress = time.monotonic()
-        self.rto = min(cfg.ack_timeout, INITIAL_RTO)  # the ack timeout in force: measured, then doubled per timeout
-        self.timeout = self.rto
-        self.srtt: float | None = None
-        self.rttvar = 0.0
+        self.window = Window(cfg)
         self.sent_max = self.acked  # highest seq ever sent: a lower one sent again is a resend
         self.last_fetch = 0.0  # when the store was last asked for blocks from the cursor on
-        self.cwnd = float(min(INITIAL_WINDOW, cfg.window))  # blocks that may be out without an ack
-        self.ssthresh = float(cfg.window)
 
     @property
     def room(self) -> int:
-        return max(1, int(self.cwnd)) - len(self.inflight)
+        return self.window.room(len(self.inflight))
 
     def rewind(self) -> None:
         self.cursor = self.acked + 1
         self.buffer.clear()
         self.inflight.clear()
         self.last_fetch = 0.0
-        self.last_progress = time.monotonic()
-
-    def timed_out(self, cap: float) -> None:
-        """No ack within the timeout: the broker likely dropped what did not fit; send less, wait longer."""
-        self.ssthresh = max(2.0, len(self.inflight) / 2)
-        self.cwnd = 1.0
-        self.timeout = min(self.timeout * 2, cap)
-        self.rewind()
-
-    def progressed(self, blocks: int, delay: float | None, cfg: MqttConfig) -> None:
-        """An ack moved the stream by `blocks`; `delay` is the ack delay of a block sent once (Karn), if known."""
-        if self.cursor <= self.sent_max:
-            self.cwnd += 1  # sending again after a loss: by one, as an ack may jump over blocks the collector holds already
-        elif self.cwnd < self.ssthresh:
-            self.cwnd += blocks  # slow start: doubles per round trip
-        else:
-            self.cwnd += blocks / self.cwnd
-        self.cwnd = min(self.cwnd, float(cfg.window))
-        if delay is not None:
-            if self.srtt is None:
-                self.srtt, self.rttvar = delay, delay / 2
-            else:
-                self.rttvar = 0.75 * self.rttvar + 0.25 * abs(self.srtt - delay)
-                self.srtt = 0.875 * self.srtt + 0.125 * delay
-            self.rto = min(cfg.ack_timeout, max(MIN_RTO, self.srtt + 4 * self.rttvar))
-        self.timeout = self.rto
         self.last_progress = time.monotonic()
 
 
@@ -401,11 +363,12 @@ class Syncer:
 
     def _check_timeouts(self, now: float) -> None:
         for out in self._out.values():
-            if out.inflight and now - out.last_progress > out.timeout:
+            if out.inflight and now - out.last_progress > out.window.timeout:
                 log.info("sync: stream %s: no ack for %.1f s; sending again from seq %d, one block at a time",
-                         out.name, out.timeout, out.acked + 1)
+                         out.name, out.window.timeout, out.acked + 1)
                 self.stats.timeouts += 1
-                out.timed_out(self.cfg.ack_timeout * 16)
+                out.window.timed_out(len(out.inflight))
+                out.rewind()
 
     # -- broker events -----------------------------------------------------------------------
 
@@ -486,7 +449,8 @@ class Syncer:
             out.last_fetch = 0.0
         while out.buffer and out.buffer[0].seq <= seq:
             out.buffer.popleft()
-        out.progressed(seq - first + 1, delay, self.cfg)
+        out.window.progressed(seq - first + 1, delay, resending=out.cursor <= out.sent_max)
+        out.last_progress = time.monotonic()
         if self._on_disclosure is not None:
             try:
                 self._on_disclosure(Disclosure(stream, out.spec.recipient, first, seq, records, now))
