@@ -262,6 +262,7 @@ def test_enroll_collector_and_collect_key_from_the_command_line(tmp_path, capsys
     assert main(["sync", str(store), "--enroll-collector", "Fleet Ops", str(tmp_path / "collector.pub")]) == 0
     assert "'Fleet Ops'" in capsys.readouterr().out
     keys = json.loads((store / "keys" / "collectors.json").read_text())
+    assert os.stat(store / "keys" / "collectors.json").st_mode & 0o077 == 0
     assert keys["Fleet Ops"] == public
     assert main(["sync", str(tmp_path / "notastore"), "--enroll-collector", "x", public]) == 2
 

@@ -145,8 +145,8 @@ def enroll_collector(store_dir: str | os.PathLike, recipient: str, public_key: A
     keys[recipient] = bytes(key).hex()
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(keys, indent=1, sort_keys=True) + "\n")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(keys, indent=1, sort_keys=True) + "\n")  # private whatever the umask
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
