@@ -150,6 +150,8 @@ def test_the_agent_syncs_what_the_policy_sends_encrypted_and_audits_the_disclosu
         runner.join(20)
     finally:
         collector.stop()
+    stats = collector.collector.stats  # every message it received was a fleet block: nothing else left the car
+    assert stats.received == stats.accepted + stats.duplicates and stats.rejected == 0
     assert_same_ledgers(store, tmp_path / "collected", "car-2", {"fleet"})
     copy = tmp_path / "collected" / "vehicles" / "car-2"
     with Store.open_readonly(copy) as s:
