@@ -85,7 +85,9 @@ def test_forged_acks_mark_nothing_and_a_real_collectors_ack_does(broker, tmp_pat
         ])
         wait_until(lambda: ignored(sync) >= 4 or marks(store)[0] > 0, timeout=20)
         assert marks(store) == (0, 0)  # nothing acked, nothing retention may drop
-        assert sync.stats.acks_ignored == {"malformed": 1, "bad-signature": 1, "wrong-subject": 2}
+        # (a reconnect would deliver the retained ones again: at least these, and no other cause)
+        assert set(sync.stats.acks_ignored) == {"malformed", "bad-signature", "wrong-subject"}
+        assert sync.stats.acks_ignored["wrong-subject"] >= 2
         assert sync.stats.acked_blocks == 0
         collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"))
         try:
@@ -117,7 +119,7 @@ def test_a_huge_seq_is_rejected_and_counted_not_a_traceback(broker, tmp_path, ca
         ])
         wait_until(lambda: ignored(sync) >= 3 or any(r.exc_info for r in caplog.records), timeout=20)
         assert [r.getMessage() for r in caplog.records if r.exc_info] == []
-        assert sync.stats.acks_ignored == {"malformed": 1, "out-of-range": 2}
+        assert set(sync.stats.acks_ignored) == {"malformed", "out-of-range"} and sync.stats.acks_ignored["out-of-range"] >= 2
         assert sync.running and marks(store) == (0, 0)
         collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"))
         try:
