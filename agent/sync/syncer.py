@@ -290,6 +290,10 @@ class Syncer:
         except KeyFileError as exc:
             self._collector_keys = {}
             self._once("collector-keys", str(exc), "sync: %s; no ack can be checked", exc)
+        for recipient in sorted({spec.recipient for spec in wanted.values()} - set(self._collector_keys)):
+            self._once("collector-key", recipient, "sync: no collector key is enrolled for %r: its acks cannot be "
+                       "checked, so its blocks stay unacked (carledger sync %s --enroll-collector)", recipient,
+                       self.store_dir)
 
     def _once(self, what: str, cause: str, message: str, *args) -> None:
         """Log a warning once per (what, cause): a repeated cause is counted, not repeated in the log."""
