@@ -27,7 +27,7 @@ from zoneinfo import ZoneInfo
 from carledger import __version__
 from carledger.config import BusConfig, Config, local_streams_policy
 from carledger.decode import DecodeTable, VssMapping, load_dbc
-from carledger.edr import CRASH_STREAM, CrashRecorder
+from carledger.edr import CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
 from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
@@ -330,19 +330,10 @@ class Pipeline:
             self._audit_disclosure(self._disclosures.popleft())
 
     def _outbound_streams(self) -> dict[str, Any]:
-        """The policy's streams for a recipient, each until its consent ends: all the syncer may send."""
-        from carledger.sync import OutboundStream
+        """The policy's streams for a recipient, each until its consent ends (the syncer checks them again)."""
+        from carledger.sync import outbound_streams
 
-        out = {}
-        policy = self.owner_state.effective_policy()
-        for stream in policy.streams:
-            if stream.local or not stream.recipient or stream.consent is None:
-                continue
-            out[stream.name] = OutboundStream(stream.recipient, until=stream.consent.expires.timestamp())
-        edr = policy.edr
-        if edr is not None and edr.recipient is not None and edr.consent is not None:  # crash captures leave only so
-            out[CRASH_STREAM] = OutboundStream(edr.recipient, until=edr.consent.expires.timestamp())
-        return out
+        return outbound_streams(self.owner_state.effective_policy())
 
     def _audit_disclosure(self, disclosure: Any) -> None:
         """The collector acked blocks of a stream: the audit stream says who got which blocks."""

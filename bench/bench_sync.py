@@ -1,6 +1,7 @@
 """Sync throughput, bytes on the wire and memory, on the real RAV4 log, through a real mosquitto on loopback.
 
     python bench/bench_sync.py [--minutes 60]
+    python bench/bench_sync.py --minutes 10 --max-queued 10     # a broker with a small queue per subscriber
 
 1. Repeats the real 2017 RAV4 powertrain log to --minutes of driving and runs
    it through the pipeline (the same 16 signals in two streams as
@@ -17,6 +18,17 @@
 4. Peak RSS of the sync process draining the whole backlog, against the sync
    process of an agent online (a writer appends the same blocks while it
    syncs, so its backlog stays small).
+5. With --max-queued N, the broker keeps at most N messages queued for the
+   collector (mosquitto's max_queued_messages, which drops the rest): the
+   drain time, the blocks sent again and the ack timeouts, with the sync's
+   default window (64) and ack timeout (30 s) unless --window/--ack-timeout
+   say otherwise. Issue 11 measured 243 s and 883 blocks sent again for a
+   drain of ~460 blocks per stream with N = 10 before the window adapted.
+
+The store the pipeline leaves holds the streams as local ones (a replay on
+the command line); the bench then puts a policy in force that sends both to
+the recipient "bench" (consent over the log's 1970 times) and enrols the
+collector's ack key, as an owner would: nothing else leaves.
 
 Not a test: nothing here passes or fails.
 """
@@ -41,10 +53,10 @@ from bench_pipeline import DBC, LOG, PIPELINE, STREAMS, build_log, child  # noqa
 SYNC = """
 import json, resource, sys, time
 from carledger.ledger import Store
-from carledger.sync import MqttConfig, OutboundStream, Syncer
+from carledger.sync import MqttConfig, Syncer
 store, port, streams, wait_for = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3]), sys.argv[4]
-cfg = MqttConfig(host="127.0.0.1", port=port, client_id="bench-agent", status_interval=5.0)
-syncer = Syncer(store, "rav4", cfg, lambda: {name: OutboundStream("bench") for name in streams})
+cfg = MqttConfig(host="127.0.0.1", port=port, client_id="bench-agent", status_interval=5.0, **json.loads(sys.argv[5]))
+syncer = Syncer(store, "rav4", cfg)  # what the policy in force sends: the two streams
 t0 = time.perf_counter()
 syncer.start()
 marks = Store.open_readonly(store)
@@ -56,6 +68,7 @@ seconds = time.perf_counter() - t0
 syncer.stop()
 s = syncer.stats
 print(json.dumps({"seconds": seconds, "blocks": s.acked_blocks, "records": s.records, "published": s.published,
+                  "resent": s.resent, "timeouts": s.timeouts,
                   "payload_bytes": s.payload_bytes, "wire_bytes": s.wire_bytes,
                   "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
@@ -78,8 +91,25 @@ def candump_bytes(log: Path) -> tuple[int, int]:
     return total, recorded
 
 
-def run_sync(store: Path, port: int, wait_for: str = "-") -> dict:
-    return child(SYNC, str(store), str(port), json.dumps(list(STREAMS)), wait_for)
+def run_sync(store: Path, port: int, wait_for: str = "-", cfg: dict | None = None) -> dict:
+    return child(SYNC, str(store), str(port), json.dumps(list(STREAMS)), wait_for, json.dumps(cfg or {}))
+
+
+def send_to(store: Path, collector_dir: Path) -> None:
+    """The owner's part: a policy that sends the bench's streams to "bench", and the collector's ack key enrolled."""
+    from carledger.owner import OwnerState
+    from carledger.policy import policy_from_text
+    from carledger.sync import collector_key, enroll_collector
+
+    lines = ["version = 100"]
+    for name, signals in STREAMS.items():
+        lines += ["[[stream]]", f'name = "{name}"', 'recipient = "bench"', 'purpose = "bench"',
+                  f"signals = {json.dumps(signals)}",
+                  "consent = { granted = 1970-01-01T00:00:00Z, expires = 1971-12-01T00:00:00Z }"]
+    text = "\n".join(lines) + "\n"
+    state = OwnerState.load(store)
+    state.install_policy(policy_from_text("bench-policy", text, check_expiry=False), text.encode())
+    enroll_collector(store, "bench", collector_key(collector_dir).verify_key)
 
 
 def online(source: Path, target: Path, port: int, collector_dir: Path, blocks_per_s: float) -> dict:
@@ -103,6 +133,7 @@ def online(source: Path, target: Path, port: int, collector_dir: Path, blocks_pe
     registry = Registry(collector_dir)
     registry.enroll("rav4", bytes(key))
     registry.close()
+    send_to(target, collector_dir)
     result: dict = {}
     thread = threading.Thread(target=lambda: result.update(run_sync(target, port, str(done))))
     thread.start()
@@ -119,6 +150,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=int, default=60, help="minutes of driving offline (default 60)")
     parser.add_argument("--online-minutes", type=int, default=3, help="minutes of driving synced online (default 3)")
+    parser.add_argument("--max-queued", type=int, default=100_000, metavar="N",
+                        help="the broker's max_queued_messages (default 100000, sized for the collector; try 10)")
+    parser.add_argument("--window", type=int, help="the sync's largest window per stream (default 64)")
+    parser.add_argument("--ack-timeout", type=float, help="the sync's longest ack timeout, seconds (default 30)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args()
     if not LOG.exists():
@@ -144,7 +179,8 @@ def main() -> int:
         print(f"backlog: {blocks} blocks, {made['records']:,} samples, {backlog_bytes / 1e6:.1f} MB", file=sys.stderr)
         all_text, recorded_text = candump_bytes(log)
 
-        broker = Broker(tmp / "broker", max_queued=100_000).start()  # sized for the collector (docs/sync.md)
+        broker = Broker(tmp / "broker", max_queued=args.max_queued).start()  # 100000: sized for the collector
+        cfg = {k: v for k, v in (("window", args.window), ("ack_timeout", args.ack_timeout)) if v is not None}
         collectors = []
         try:
             def collector(path: Path, client_id: str) -> subprocess.Popen:
@@ -160,9 +196,10 @@ def main() -> int:
             with Store.open_readonly(store) as s:
                 registry.enroll("rav4", bytes(s.verify_key))
             registry.close()
+            send_to(store, tmp / "collected")
             collector(tmp / "collected", "bench-collector")
             time.sleep(1.0)
-            drain = run_sync(store, broker.port)
+            drain = run_sync(store, broker.port, cfg=cfg)
             print(f"drain: {drain['blocks']} blocks in {drain['seconds']:.1f} s", file=sys.stderr)
 
             collectors.pop().terminate()  # collectors of one group share one directory: the next one has its own
@@ -183,7 +220,10 @@ def main() -> int:
         "minutes_driven": seconds_driven / 60,
         "blocks": drain["blocks"],
         "samples": samples,
+        "max_queued": args.max_queued,
         "drain_seconds": drain["seconds"],
+        "resent": drain["resent"],
+        "ack_timeouts": drain["timeouts"],
         "blocks_per_s": drain["blocks"] / drain["seconds"],
         "samples_per_s": samples / drain["seconds"],
         "real_time_multiple": seconds_driven / drain["seconds"],
@@ -204,6 +244,8 @@ def main() -> int:
           f"in {result['drain_seconds']:.1f} s")
     print(f"  {result['blocks_per_s']:,.0f} blocks/s, {result['samples_per_s']:,.0f} samples/s, "
           f"{result['real_time_multiple']:,.0f}x real time")
+    print(f"  broker max_queued_messages {args.max_queued}: {result['resent']} blocks sent again, "
+          f"{result['ack_timeouts']} ack timeouts")
     print(f"bytes on the wire: {result['wire_bytes_per_sample']:.2f} per sample; "
           f"{100 * result['wire_vs_candump_recorded']:.1f}% of the recorded messages' frames as candump text, "
           f"{100 * result['wire_vs_candump_all']:.1f}% of all frames")

@@ -222,12 +222,19 @@ def tls_for(broker: Broker, name: str, **changes):
 
 
 class Drive:
-    """Seals blocks into an agent store the way the pipeline does: one seal per tick, every stream."""
+    """Seals blocks into an agent store the way the pipeline does: one seal per tick, every stream.
+
+    Like the pipeline, it works under a policy: when the store has none, grant()'s, for those of its
+    streams that RECIPIENTS names (the others stay in the car).
+    """
 
     def __init__(self, store: Path, vehicle: str = "car-1", streams: tuple[str, ...] = ("speed", "gps"), per_block: int = 20):
         from carledger.ledger import Ledger
+        from carledger.owner import OwnerState
 
         self.ledger = Ledger.open(store, vehicle)
+        if not OwnerState.load(store).policy.version:
+            grant(store, {s: RECIPIENTS[s] for s in streams if s in RECIPIENTS})
         self.streams = streams
         self.per_block = per_block
         self.blocks = 0  # ticks sealed
@@ -273,12 +280,43 @@ def start_collector(path: Path, cfg, *, group: str | None = "carledger", gap_wai
     return service
 
 
-def enroll(collector_dir: Path, vehicle: str, store: Path) -> None:
+RECIPIENTS = {"speed": "insurer", "gps": "fleet"}  # the recipients the policy of grant() names by default
+
+
+def grant(store: Path, streams: dict[str, str] | None = None, local: tuple[str, ...] = (), version: int = 1) -> None:
+    """Put a policy in force in `store` that sends each of `streams` (name -> recipient) under a consent
+    covering T0 (the Drive's time), and keeps `local` in the car: what the sync needs before anything leaves."""
+    from carledger.owner import OwnerState
+    from carledger.policy import policy_from_text
+
+    lines = [f"version = {version}"]
+    for name, recipient in (RECIPIENTS if streams is None else streams).items():
+        lines += ["[[stream]]", f'name = "{name}"', f'recipient = "{recipient}"', 'purpose = "test"',
+                  'signals = ["Vehicle.*"]', "consent = { granted = 2023-06-01T00:00:00Z, expires = 2025-05-01T00:00:00Z }"]
+    for name in local:
+        lines += ["[[stream]]", f'name = "{name}"', "local = true", 'signals = ["Vehicle.*"]']
+    text = "\n".join(lines) + "\n"
+    state = OwnerState.load(store)
+    state.install_policy(policy_from_text("test-policy", text, check_expiry=False), text.encode())
+
+
+def enroll(collector_dir: Path, vehicle: str, store: Path, recipients: tuple[str, ...] = ()) -> None:
+    """Pair a car and a collector both ways: the car's key in the collector, the collector's ack key in the car
+    (for `recipients` and every recipient the car's policy names)."""
     from carledger.collect import Registry
+    from carledger.owner import OwnerState
+    from carledger.sync import collector_key, enroll_collector
 
     registry = Registry(collector_dir)
     registry.enroll(vehicle, store / "keys" / "vehicle.pub")
     registry.close()
+    policy = OwnerState.load(store).policy
+    recipients = {*recipients, *(s.recipient for s in policy.streams if s.recipient)}
+    if policy.edr is not None and policy.edr.recipient:
+        recipients.add(policy.edr.recipient)
+    key = collector_key(collector_dir).verify_key
+    for recipient in recipients:
+        enroll_collector(store, recipient, key)
 
 
 def chains(store: Path) -> dict[str, list[tuple[int, bytes]]]:

@@ -14,7 +14,8 @@ from carledger.collect import REPLAY, UNKNOWN_VEHICLE, Collector, collector_stat
 from carledger.ledger import Ledger, SealedBlock, Store, cose, seal_block
 from carledger.ledger.keys import SigningKey
 from carledger.sync import topics
-from carledger.sync.wire import BlockPacker, decode_ack
+from carledger.sync.ack import open_ack
+from carledger.sync.wire import BlockPacker
 from carledger.verify import verify_store
 
 T0 = 1_700_000_000.0
@@ -59,6 +60,13 @@ def send(collector: Collector, messages, vid: str = "car-1", stream: str = "spee
     return collector.flush()
 
 
+def ack_of(collector: Collector, ack: tuple[str, bytes]) -> tuple[int, bytes]:
+    """(seq, digest) of an ack the collector published, checked against its own key as a car would."""
+    topic = topics.parse(ack[0])
+    opened = open_ack(ack[1], collector.ack_key.verify_key, topic.vehicle, topic.stream)
+    return opened.seq, opened.digest
+
+
 def kinds(collector: Collector) -> dict[str, int]:
     out: dict[str, int] = {}
     for p in collector.registry.problems():
@@ -70,7 +78,7 @@ def test_a_chain_is_stored_acked_and_verifies_as_a_store(car, tmp_path):
     messages, store, collector, _ = car
     acks = send(collector, messages[:4]) + send(collector, messages[4:], pack=False)
     assert [t for t, _ in acks] == [topics.ack("car-1", "speed")] * 2
-    seq, digest = decode_ack(acks[-1][1])
+    seq, digest = ack_of(collector, acks[-1])
     with Store.open_readonly(store) as agent:
         assert (seq, digest) == agent.stream_head("speed")
     report = verify_store(tmp_path / "collected" / "vehicles" / "car-1", key=store / "keys" / "vehicle.pub")
@@ -83,7 +91,7 @@ def test_duplicates_are_idempotent_and_acked_again(car):
     send(collector, messages)
     acks = send(collector, [messages[2], messages[5], messages[5]])
     assert collector.stats.accepted == 6 and collector.stats.duplicates == 3
-    assert decode_ack(acks[0][1])[0] == 5  # said again: the vehicle may have missed it
+    assert ack_of(collector, acks[0])[0] == 5  # said again: the vehicle may have missed it
     assert kinds(collector) == {}
     state = collector_state(collector.registry.path)
     assert state["vehicles"]["car-1"]["streams"]["speed"]["duplicates"] == 3
@@ -92,7 +100,7 @@ def test_duplicates_are_idempotent_and_acked_again(car):
 def test_a_gap_waits_then_is_reported_and_closes_when_the_block_comes(car):
     messages, _, collector, clock = car
     acks = send(collector, [messages[0], messages[1], messages[3], messages[4]])
-    assert decode_ack(acks[0][1])[0] == 1 and collector.stats.held == 2
+    assert ack_of(collector, acks[0])[0] == 1 and collector.stats.held == 2
     assert collector.check_gaps() == [] and kinds(collector) == {}  # not yet: it may be on its way
     clock.t += 31
     collector.check_gaps()
@@ -101,7 +109,7 @@ def test_a_gap_waits_then_is_reported_and_closes_when_the_block_comes(car):
     state = collector_state(collector.registry.path)["vehicles"]["car-1"]["streams"]["speed"]
     assert state["waiting"] == {"blocks": 2, "first_seq": 3, "last_seq": 4} and state["head_seq"] == 1
     acks = send(collector, [messages[2]])
-    assert decode_ack(acks[0][1])[0] == 4  # the held blocks linked behind it
+    assert ack_of(collector, acks[0])[0] == 4  # the held blocks linked behind it
     send(collector, [messages[5]])
     state = collector_state(collector.registry.path)["vehicles"]["car-1"]["streams"]["speed"]
     assert state["head_seq"] == 5 and "waiting" not in state

@@ -441,7 +441,7 @@ def test_captures_leave_the_car_only_to_the_recipient_the_policy_names(broker, d
         config = configs[car] = agent_config(tmp_path / car, drives["crash"], policy)
         config.write_text(config.read_text().replace("WVWZZZ1JZXW000001", car) + mqtt)
         Ledger.open(tmp_path / car / "ledger", vehicle_id=car).close()  # the vehicle key, to enroll
-        enroll(collected, car, tmp_path / car / "ledger")
+        enroll(collected, car, tmp_path / car / "ledger", ("Fleet", "Crash investigation unit"))
     collector = start_collector(collected, mqtt_for(broker, client_id="investigators"))
     try:
         for car, config in configs.items():

@@ -20,6 +20,7 @@ from broker import (
     broker,  # noqa: F401 - fixture
     chains,
     enroll,
+    grant,
     mqtt_for,
     require_mosquitto,
     start_collector,
@@ -94,6 +95,7 @@ def test_network_flapping_sigstop_sigcont(broker, tmp_path):
 def offline_hour(store, streams=("speed", "gps"), seconds=3600, per_block=50) -> int:
     """Seal one simulated hour (a block a second per stream) straight into the store, fast; returns its bytes."""
     with Ledger.open(store, "car-1") as ledger:
+        grant(store)
         key, batch = ledger.signing_key, []
         heads = {s: (-1, ZERO_DIGEST) for s in streams}
         from carledger.ledger import encode_sample
@@ -176,7 +178,7 @@ def test_mqtt_3_1_1_and_a_broker_that_drops_what_its_queue_cannot_hold(tmp_path)
         collector.stop()  # its session stays, with a queue of 5
         sync = syncer(tmp_path / "car", v311.with_(ack_timeout=1.0))
         try:
-            wait_until(lambda: sync.stats.published >= 80, timeout=30)
+            wait_until(lambda: sync.stats.published >= 8, timeout=30)  # the first windows: more than a queue of 5
             collector = start_collector(tmp_path / "collected", v311.with_(client_id="col-1"))
             wait_until(lambda: all_acked(tmp_path / "car"), timeout=90)
         finally:
@@ -195,7 +197,8 @@ def test_only_outbound_streams_leave_and_consent_end_is_respected(broker, tmp_pa
     enroll(tmp_path / "collected", "car-1", tmp_path / "car")
     collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"))
     until = 1_700_000_000 + 10.5  # consent for gps ended during its block 10
-    streams = {"speed": OutboundStream("insurer"), "gps": OutboundStream("fleet", until=until)}
+    streams = {"speed": OutboundStream("insurer"), "gps": OutboundStream("fleet", until=until),
+               "vault": OutboundStream("insurer"), "health": OutboundStream("insurer")}  # asked, but the policy refuses
     sync = syncer(tmp_path / "car", mqtt_for(broker), streams)
     try:
         wait_until(lambda: len(chains(tmp_path / "collected" / "vehicles" / "car-1").get("speed", [])) == 20, timeout=30)
@@ -207,6 +210,7 @@ def test_only_outbound_streams_leave_and_consent_end_is_respected(broker, tmp_pa
         drive.close()
     copy = chains(tmp_path / "collected" / "vehicles" / "car-1")
     assert set(copy) == {"speed", "gps"} and len(copy["gps"]) == 10
+    assert set(sync.stats.refused) == {"vault", "health"}
 
 
 def watch_status(broker, client_id: str) -> tuple[paho.Client, list[dict]]:
@@ -230,7 +234,7 @@ def test_status_is_retained_with_backlog_and_a_last_will(broker, tmp_path):
         "import sys, time\n"
         "from carledger.sync import Syncer, OutboundStream, MqttConfig\n"
         f"cfg = MqttConfig(host='{broker.host}', port={broker.port}, keepalive=5, status_interval=0.5)\n"
-        f"Syncer('{tmp_path / 'car'}', 'car-1', cfg, lambda: {{'speed': OutboundStream('x')}}).start()\n"
+        f"Syncer('{tmp_path / 'car'}', 'car-1', cfg, lambda: {{'speed': OutboundStream('insurer')}}).start()\n"
         "time.sleep(60)\n"
     )
     agent = subprocess.Popen([sys.executable, "-c", script], cwd=REPO)

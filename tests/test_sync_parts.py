@@ -25,7 +25,8 @@ from carledger.sync import (
     topics,
 )
 from carledger.sync.policy_update import PolicyHandler
-from carledger.sync.wire import BlockPacker, decode_ack, encode_ack, unpack_block
+from carledger.sync.ack import Ack, AckRejected, open_ack, sign_ack
+from carledger.sync.wire import BlockPacker, unpack_block
 from carledger.tomlfile import read_toml
 
 T0 = 1_700_000_000.0
@@ -97,11 +98,27 @@ def test_payloads_and_acks():
     packed = packer.pack(message)
     assert len(packed) < len(message) and unpack_block(packed) == message
     assert BlockPacker(0).pack(message) == message and unpack_block(message) == message
-    assert decode_ack(encode_ack(7, bytes(range(32)))) == (7, bytes(range(32)))
-    for bad in (b"", b"{}", b'{"seq": -1, "digest": "00"}', b'{"seq": 1, "digest": "zz"}', b"x" * 300,
-                b'{"seq": true, "digest": "' + b"00" * 32 + b'"}'):
-        with pytest.raises(ValueError):
-            decode_ack(bad)
+    key, other = SigningKey(bytes(32)), SigningKey(bytes([1]) * 32)
+    ack = Ack("car-1", "speed", 7, bytes(range(32)))
+    assert open_ack(sign_ack(key, ack), key.verify_key, "car-1", "speed") == ack
+    cases = {  # payload -> the cause the car ignores it for
+        b"": "malformed",
+        b'{"seq": 7, "digest": "' + b"00" * 32 + b'"}': "malformed",  # the old unsigned JSON ack
+        sign_ack(other, ack): "bad-signature",
+        sign_ack(key, ack._replace(seq=1 << 70)): "out-of-range",
+        sign_ack(key, ack._replace(seq=-1)): "out-of-range",
+        sign_ack(key, ack._replace(vehicle="car-2")): "wrong-subject",
+        sign_ack(key, ack._replace(stream="gps")): "wrong-subject",
+        sign_ack(key, ack._replace(digest=b"\0" * 31)): "malformed",
+        b"x" * 2000: "malformed",
+    }
+    for payload, cause in cases.items():
+        with pytest.raises(AckRejected) as caught:
+            open_ack(payload, key.verify_key, "car-1", "speed")
+        assert caught.value.cause == cause, payload[:40]
+    with pytest.raises(AckRejected) as caught:
+        open_ack(sign_ack(key, ack), None, "car-1", "speed")
+    assert caught.value.cause == "no-collector-key"
 
 
 def open_block_message() -> bytes:
@@ -260,3 +277,30 @@ def test_policy_updates_open_only_with_the_enrolled_owner_key(tmp_path):
     assert handler.receive(sign_policy(document, other))["ok"] is False
     failing = PolicyHandler(tmp_path, lambda doc: {"ok": False, "error": "version 4 is not higher than 4"})
     assert failing.receive(signed) == {**failing.last, "ok": False, "error": "version 4 is not higher than 4"}
+
+
+def test_the_window_grows_on_progress_and_shrinks_on_a_timeout_like_tcp():
+    from carledger.sync.window import INITIAL_RTO, INITIAL_WINDOW, MIN_RTO, Window
+
+    w = Window(MqttConfig(window=64, ack_timeout=30.0))
+    assert w.room(0) == INITIAL_WINDOW and w.timeout == INITIAL_RTO
+    w.progressed(4, 0.05, resending=False)  # slow start: one more per block acked
+    assert w.room(0) == 8 and w.timeout == MIN_RTO  # 50 ms measured: the floor
+    for _ in range(10):
+        w.progressed(int(w.cwnd), 0.05, resending=False)
+    assert w.room(0) == 64  # never past `window`
+    w.timed_out(inflight=40)
+    assert w.room(0) == 1 and w.ssthresh == 20 and w.timeout == 2 * MIN_RTO
+    w.timed_out(inflight=1)
+    assert w.timeout == 4 * MIN_RTO and w.ssthresh == 2
+    w.progressed(30, None, resending=True)  # an ack that jumped over held blocks while sending again: by one
+    assert w.room(0) == 2 and w.timeout == MIN_RTO  # progress returns the timeout to the measure
+    w.progressed(2, 2.0, resending=False)  # above the threshold: about one per round trip
+    assert 2 < w.cwnd < 4 and MIN_RTO < w.timeout <= 30.0
+    slow = Window(MqttConfig(window=64, ack_timeout=5.0))
+    for _ in range(6):
+        slow.progressed(1, 60.0, resending=False)  # a collector slower than ack_timeout: the timeout caps there
+    assert slow.timeout == 5.0
+    for _ in range(10):
+        slow.timed_out(inflight=1)
+    assert slow.timeout == 16 * 5.0

@@ -20,13 +20,30 @@ from conftest import wait_until
 STREAMS = {"driving": ["Vehicle.Speed", "Vehicle.Chassis.*"], "engine": ["Vehicle.Powertrain.*"]}
 
 
+def stream_policy(path, streams: dict[str, list[str]], recipient: str, now: float) -> str:
+    """A policy file sending each of `streams` to `recipient` under a consent from yesterday to tomorrow."""
+    from carledger.owner.state import iso
+
+    lines = ["version = 1"]
+    for name, signals in streams.items():
+        lines += ["[[stream]]", f'name = "{name}"', f'recipient = "{recipient}"', 'purpose = "test"',
+                  f"signals = {json.dumps(signals)}",
+                  f"consent = {{ granted = {iso(now - 86400)}, expires = {iso(now + 86400)} }}"]
+    path.write_text("\n".join(lines) + "\n")
+    return str(path)
+
+
 def test_a_simulated_drive_is_synced_while_it_runs_and_the_collector_has_it_all(broker, tmp_path, capsys):
+    import time
+
+    now = time.time()
     drive = tmp_path / "drive.log"
     with can.Logger(str(drive)) as logger:
-        for msg in SimulatedCar("city", seed=2, duration=6.0, start_time=1_700_000_000.0).frames():
+        for msg in SimulatedCar("city", seed=2, duration=6.0, start_time=now - 60).frames():
             logger.on_message_received(msg)
     store = tmp_path / "ledger"
-    pipeline = Pipeline(replay_config(str(drive), [dbc_path("carledger_demo.dbc")], str(store), STREAMS,
+    policy = stream_policy(tmp_path / "policy.toml", STREAMS, "demo", now)
+    pipeline = Pipeline(replay_config(str(drive), [dbc_path("carledger_demo.dbc")], str(store), policy=policy,
                                       vehicle="car-1"))  # at the log's own pace: a drive, not a batch
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
@@ -133,6 +150,8 @@ def test_the_agent_syncs_what_the_policy_sends_encrypted_and_audits_the_disclosu
         runner.join(20)
     finally:
         collector.stop()
+    stats = collector.collector.stats  # every message it received was a fleet block: nothing else left the car
+    assert stats.received == stats.accepted + stats.duplicates and stats.rejected == 0
     assert_same_ledgers(store, tmp_path / "collected", "car-2", {"fleet"})
     copy = tmp_path / "collected" / "vehicles" / "car-2"
     with Store.open_readonly(copy) as s:

@@ -12,6 +12,7 @@ import time
 EPILOG = """\
 examples:
   carledger collect enroll ./collected car-1 car-1.pub      # the vehicle's keys/vehicle.pub
+  carledger collect key ./collected > collector.pub           # for the cars: carledger sync --enroll-collector
   carledger collect run ./collected --host broker.example --ca ca.crt --cert collector.crt --key collector.key
   carledger collect status ./collected --json
   carledger verify ./collected/vehicles/car-1               # each vehicle's chains are a carledger store
@@ -75,6 +76,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     add_mqtt_arguments(p)
     p.set_defaults(func=run)
 
+    p = sub.add_parser("key", help="print the public key this collector signs its acks with (made if missing)")
+    p.add_argument("dir", metavar="DIR", help="collector directory (one `collect enroll` or `collect run` made)")
+    p.set_defaults(func=key)
+
     p = sub.add_parser("status", help="vehicles, streams and heads, blocks waiting behind gaps, problems")
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--json", action="store_true", help="one JSON object")
@@ -114,6 +119,20 @@ def enroll(args: argparse.Namespace) -> int:
         registry.close()
     print(f"enrolled vehicle {args.vehicle} (key id {kid(key).hex()})"
           + (f"; the previous key's chains are in {retired}" if retired else ""))
+    return 0
+
+
+def key(args: argparse.Namespace) -> int:
+    """The ack key's public half, 64 hex digits on stdout: what each car enrols for this collector's recipient."""
+    from pathlib import Path
+
+    from carledger.collect.registry import DB_FILE
+    from carledger.sync import collector_key
+
+    if not (Path(args.dir) / DB_FILE).is_file():
+        print(f"carledger collect: {args.dir}: not a collector directory (no {DB_FILE})", file=sys.stderr)
+        return 2
+    print(bytes(collector_key(args.dir).verify_key).hex())
     return 0
 
 

@@ -259,12 +259,13 @@ def send(args: argparse.Namespace) -> int:
     digest = hashlib.sha256(signed).hexdigest()
     outcome: dict = {}
 
-    def on_message(_c, _u, msg):
+    def on_message(_c, _u, msg):  # anyone allowed to publish the status can send anything: only a matching dict counts
         try:
-            policy = json.loads(msg.payload).get("policy") or {}
-        except ValueError:
+            status = json.loads(msg.payload)
+        except (ValueError, UnicodeDecodeError, RecursionError):
             return
-        if policy.get("digest") == digest:
+        policy = status.get("policy") if isinstance(status, dict) else None
+        if isinstance(policy, dict) and policy.get("digest") == digest:
             outcome.update(policy)
 
     client = make_client(cfg, cfg.client_id or f"carledger-owner-{args.vehicle}-{int(time.time())}")

@@ -32,7 +32,8 @@ from carledger.collect.registry import Registry
 from carledger.ledger import ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, cose, decode_record, open_block
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
-from carledger.sync.wire import encode_ack, unpack_block
+from carledger.sync.ack import Ack, collector_key, sign_ack
+from carledger.sync.wire import unpack_block
 from carledger.verify.report import FORK, GAP, MALFORMED
 from carledger.verify.verifier import DROP_EVENTS
 
@@ -71,6 +72,7 @@ class Collector:
 
     def __init__(self, path: str | os.PathLike, *, gap_wait: float = 30.0, clock: Callable[[], float] = time.time):
         self.registry = Registry(path)
+        self.ack_key = collector_key(path)  # signs every ack (docs/sync.md, "Acks"); made at the first start
         self.gap_wait = gap_wait
         self.clock = clock
         self.stats = CollectorStats()
@@ -330,7 +332,7 @@ class Collector:
         for stream in sorted(streams):
             head = replica.stream_head(stream)
             if head is not None:
-                out.append((topics.ack(vehicle, stream), encode_ack(head[0], head[1])))
+                out.append((topics.ack(vehicle, stream), sign_ack(self.ack_key, Ack(vehicle, stream, head[0], head[1]))))
         return out
 
     # -- gaps --------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ class CollectorService:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
+        self._failing = False  # the last connection attempt failed (and was logged)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="carledger-collect", daemon=True)
@@ -69,7 +70,11 @@ class CollectorService:
                     backoff.reset()
                     continue
                 except ConnectError as exc:
-                    log.info("collect: %s", exc)
+                    # The first failure after a connection (or at start) is a warning, the rest debug:
+                    # a wrong host name must not flood the log.
+                    log.log(logging.DEBUG if self._failing else logging.WARNING,
+                            "collect: cannot reach the broker: %s (trying again with backoff)", exc)
+                    self._failing = True
                 except Exception:
                     log.exception("collect: unexpected error; reconnecting")
                 self.connected.clear()
@@ -84,6 +89,7 @@ class CollectorService:
             connect(client, self.cfg, self._stop.is_set)
             client.subscribe(subscription(self.group), qos=1)
             self.connected.set()
+            self._failing = False
             log.info("collect: connected to %s:%s as %s, subscribed to %s", self.cfg.host, self.cfg.effective_port,
                      self.client_id, subscription(self.group))
             first_wait = None

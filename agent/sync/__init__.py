@@ -10,6 +10,7 @@ Formats and behaviour: docs/sync.md. Typical use, beside the pipeline::
 """
 
 from carledger.sync import topics
+from carledger.sync.ack import Ack, AckRejected, collector_key, collector_keys, enroll_collector, open_ack, sign_ack
 from carledger.sync.config import MqttConfig, mqtt_config_from_table
 from carledger.sync.mqtt import Backoff
 from carledger.sync.policy_update import (
@@ -21,11 +22,21 @@ from carledger.sync.policy_update import (
     submit_policy,
 )
 from carledger.sync.quota import PROTECTED, EvictionPlan, plan_eviction, seq_ranges
-from carledger.sync.syncer import Disclosure, OutboundStream, Syncer, SyncStats
-from carledger.sync.wire import BlockPacker, decode_ack, encode_ack, unpack_block
+from carledger.sync.gate import OutboundGate, OutboundStream, outbound_streams
+from carledger.sync.syncer import Disclosure, Syncer, SyncStats
+from carledger.sync.wire import BlockPacker, unpack_block
 
 __all__ = [
     "topics",
+    "Ack",
+    "AckRejected",
+    "collector_key",
+    "collector_keys",
+    "enroll_collector",
+    "open_ack",
+    "sign_ack",
+    "OutboundGate",
+    "outbound_streams",
     "MqttConfig",
     "mqtt_config_from_table",
     "Backoff",
@@ -44,7 +55,5 @@ __all__ = [
     "Syncer",
     "SyncStats",
     "BlockPacker",
-    "decode_ack",
-    "encode_ack",
     "unpack_block",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import socket
 import ssl
 import time
 from typing import Callable
@@ -28,7 +29,15 @@ log = logging.getLogger(__name__)
 
 
 class ConnectError(Exception):
-    """The broker could not be reached, refused us, or did not answer in time."""
+    """The broker could not be reached, refused us, or did not answer in time.
+
+    `unknown_host`: the host name does not resolve, which waiting will rarely
+    fix (a typo): a command gives up at once, the agent keeps trying quietly.
+    """
+
+    def __init__(self, message: str, *, unknown_host: bool = False):
+        super().__init__(message)
+        self.unknown_host = unknown_host
 
 
 class Backoff:
@@ -98,6 +107,8 @@ def connect(client: paho.Client, cfg: MqttConfig, stopping: Callable[[], bool] =
         kwargs = {"clean_start": cfg.session_expiry == 0, "properties": props}
     try:
         client.connect(cfg.host, cfg.effective_port, keepalive=cfg.keepalive, **kwargs)
+    except socket.gaierror as exc:
+        raise ConnectError(f"{cfg.host}:{cfg.effective_port}: unknown host ({exc.strerror})", unknown_host=True) from None
     except (OSError, ValueError, ssl.SSLError) as exc:
         raise ConnectError(f"{cfg.host}:{cfg.effective_port}: {exc}") from None
     deadline = time.monotonic() + cfg.connect_timeout

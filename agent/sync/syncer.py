@@ -10,7 +10,13 @@ Per outbound stream, blocks leave in seq order; at most `window` of them are
 out without the collector's ack (`max_inflight` over all streams). After a
 reconnect, or when the collector's ack does not come within `ack_timeout`
 (mosquitto drops QoS 1 messages for a full subscriber queue), the stream is
-sent again from its first unacked block. Only the collector's ack counts.
+sent again from its first unacked block. Only the collector's signed ack
+counts (carledger.sync.ack), and only streams the policy in force lets leave
+are ever sent (carledger.sync.gate), whoever asks.
+
+The window and the ack timeout adapt like TCP's (carledger.sync.window), so a
+broker that drops what does not fit in a small queue costs a round trip or
+two, not 30 s.
 """
 
 from __future__ import annotations
@@ -20,18 +26,22 @@ import logging
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
 import paho.mqtt.client as paho
 
 from carledger.ledger import BlockRow, Store, StoreError
+from carledger.ledger.errors import KeyFileError
 from carledger.sync import topics
+from carledger.sync.ack import AckRejected, collector_keys, open_ack
 from carledger.sync.config import MqttConfig
+from carledger.sync.gate import OutboundGate, OutboundStream
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
 from carledger.sync.policy_update import PolicyHandler, submit_policy
-from carledger.sync.wire import BlockPacker, decode_ack
+from carledger.sync.window import Window
+from carledger.sync.wire import BlockPacker
 
 __all__ = ["Syncer", "OutboundStream", "Disclosure", "SyncStats"]
 
@@ -40,14 +50,6 @@ log = logging.getLogger(__name__)
 POLL = 0.2  # seconds between looks for new blocks when idle
 LOOP = 0.05  # longest wait for the network in one turn
 MARK_EVERY = 0.5  # seconds between writes of batched `synced` marks
-
-
-@dataclass(frozen=True)
-class OutboundStream:
-    """A stream the policy sends: to whom, and until when (epoch seconds; blocks ending later never leave)."""
-
-    recipient: str
-    until: float | None = None
 
 
 @dataclass(frozen=True)
@@ -73,23 +75,34 @@ class SyncStats:
     records: int = 0  # records in the blocks published (first sends only)
     acked_blocks: int = 0
     last_sync: float | None = None  # time of the last collector ack that advanced a stream
+    timeouts: int = 0  # ack timeouts (each sends a stream again from its first unacked block)
+    acks_ignored: dict[str, int] = field(default_factory=dict)  # cause -> acks the car did not act on
+    refused: dict[str, str] = field(default_factory=dict)  # stream -> why the policy does not let it leave
+    connect_error: str | None = None  # why the last connection attempt failed (None once connected)
+    unknown_host: bool = False  # ... because the broker's host name does not resolve
+    connect_failures: int = 0  # connection attempts that failed
 
 
 class _Out:
     """One outbound stream's send state: the window between the collector's ack and the cursor."""
 
-    __slots__ = ("name", "spec", "acked", "cursor", "buffer", "inflight", "last_progress", "timeout", "sent_max", "last_fetch")
+    __slots__ = ("name", "spec", "acked", "cursor", "buffer", "inflight", "last_progress", "window", "sent_max",
+                 "last_fetch")
 
-    def __init__(self, name: str, spec: OutboundStream, acked: int | None, ack_timeout: float):
+    def __init__(self, name: str, spec: OutboundStream, acked: int | None, cfg: MqttConfig):
         self.name, self.spec = name, spec
         self.acked = -1 if acked is None else acked  # highest seq the collector acked
         self.cursor = self.acked + 1  # next seq to send
         self.buffer: deque[BlockRow] = deque()  # fetched, not yet sent
-        self.inflight: dict[int, tuple[int, int]] = {}  # seq -> (row id, records)
+        self.inflight: dict[int, tuple[int, int, float]] = {}  # seq -> (row id, records, sent at; -1 when sent again)
         self.last_progress = time.monotonic()
-        self.timeout = ack_timeout
+        self.window = Window(cfg)
         self.sent_max = self.acked  # highest seq ever sent: a lower one sent again is a resend
         self.last_fetch = 0.0  # when the store was last asked for blocks from the cursor on
+
+    @property
+    def room(self) -> int:
+        return self.window.room(len(self.inflight))
 
     def rewind(self) -> None:
         self.cursor = self.acked + 1
@@ -102,10 +115,11 @@ class _Out:
 class Syncer:
     """Sends the outbound streams of the store at `store_dir` to the broker, and takes acks and policies back.
 
-    `streams()` is asked every second which streams are outbound (stream name
-    -> OutboundStream); a stream it does not name is never sent. Local
-    streams, the audit trail and `health` belong to it only if the policy
-    gives them a recipient. `on_policy(toml_bytes) -> dict` receives an
+    `streams()` is asked every second which streams to send (stream name ->
+    OutboundStream; default: every stream the policy lets leave). Each is
+    checked against the policy in force in the store (OutboundGate): one the
+    policy does not send to that recipient under a consent is refused, named
+    in `stats.refused` and logged once. `on_policy(toml_bytes) -> dict` receives an
     owner-signed policy (default: carledger.control.submit_policy);
     `on_disclosure(Disclosure)` is called (from the sync thread) whenever the
     collector acks blocks. Call `notify()` after sealing to send at once.
@@ -116,7 +130,7 @@ class Syncer:
         store_dir: str | Path,
         vehicle_id: str,
         mqtt: MqttConfig,
-        streams: Callable[[], Mapping[str, OutboundStream]],
+        streams: Callable[[], Mapping[str, OutboundStream]] | None = None,
         *,
         on_policy: Callable[[bytes], dict] | None = None,
         on_disclosure: Callable[[Disclosure], None] | None = None,
@@ -127,7 +141,10 @@ class Syncer:
         self.vehicle = vehicle_id
         self.cfg = mqtt
         self.client_id = mqtt.client_id or f"carledger-{vehicle_id}"
-        self._streams_fn = streams
+        self._gate = OutboundGate(self.store_dir)
+        self._streams_fn = streams or self._gate.allowed
+        self._collector_keys: dict = {}
+        self._logged: set[tuple[str, str]] = set()  # (what, cause) already logged once
         self._policy = PolicyHandler(self.store_dir, on_policy or (lambda doc: submit_policy(self.store_dir, doc, origin="mqtt")))
         self._on_disclosure = on_disclosure
         self.stats = SyncStats()
@@ -189,7 +206,11 @@ class Syncer:
                 except StoreError as exc:
                     log.warning("sync: store not readable yet: %s", exc)
                 except ConnectError as exc:
-                    log.info("sync: %s", exc)
+                    # Once at WARNING, then quietly until a connection works: a wrong host name must not flood the log.
+                    level = logging.DEBUG if self.stats.connect_error is not None else logging.WARNING
+                    self.stats.connect_error, self.stats.unknown_host = str(exc), exc.unknown_host
+                    self.stats.connect_failures += 1
+                    log.log(level, "sync: cannot reach the broker: %s (trying again with backoff)", exc)
                 except Exception:  # never let the sync thread die: log, back off, try again
                     log.exception("sync: unexpected error; reconnecting")
                 self._drop_connection()
@@ -208,6 +229,7 @@ class Syncer:
         client.on_message = self._on_message
         client.on_subscribe = lambda *_: setattr(self, "_subscribed", True)
         connect(client, self.cfg, self._stop.is_set)
+        self.stats.connect_error, self.stats.unknown_host = None, False
         self._client = client
         self.stats.connected = True
         self.stats.connects += 1
@@ -231,7 +253,7 @@ class Syncer:
     def _step(self, woken: bool, subscribed_anyway: bool) -> None:
         """Everything between two network turns: marks, timeouts, status, and sending."""
         now = time.monotonic()
-        if now - self._last_streams >= 1.0 or not self._out:
+        if now - self._last_streams >= 1.0 or self._gate.changed():  # a new policy counts at once
             self._refresh_streams()
             self._last_streams = now
         if self._synced and (now - self._last_mark >= MARK_EVERY or len(self._synced) >= 512):
@@ -245,20 +267,39 @@ class Syncer:
     # -- streams and windows -----------------------------------------------------------------
 
     def _refresh_streams(self) -> None:
+        """The streams to send now: what the caller asks for, narrowed by the policy in force (OutboundGate)."""
         try:
-            wanted = dict(self._streams_fn())
-        except Exception:
-            log.exception("sync: the streams callback failed; keeping the previous set")
-            return
+            wanted, refused = self._gate.narrow(dict(self._streams_fn()))
+        except Exception as exc:  # an owner state that cannot be read sends nothing
+            wanted, refused = {}, {}
+            self._once("owner-state", str(exc), "sync: cannot read the policy in force; sending nothing: %s", exc)
+        for name, why in refused.items():
+            self._once(f"refused {name}", why, "sync: stream %s does not leave the car: %s", name, why)
+        self.stats.refused = refused
         for name in list(self._out):
             if name not in wanted:
                 del self._out[name]
         for name, spec in wanted.items():
             out = self._out.get(name)
             if out is None:
-                self._out[name] = _Out(name, spec, self._store.acked_seq(name), self.cfg.ack_timeout)
+                self._out[name] = _Out(name, spec, self._store.acked_seq(name), self.cfg)
             elif out.spec != spec:
                 out.spec = spec
+        try:
+            self._collector_keys = collector_keys(self.store_dir)
+        except KeyFileError as exc:
+            self._collector_keys = {}
+            self._once("collector-keys", str(exc), "sync: %s; no ack can be checked", exc)
+        for recipient in sorted({spec.recipient for spec in wanted.values()} - set(self._collector_keys)):
+            self._once("collector-key", recipient, "sync: no collector key is enrolled for %r: its acks cannot be "
+                       "checked, so its blocks stay unacked (carledger sync %s --enroll-collector)", recipient,
+                       self.store_dir)
+
+    def _once(self, what: str, cause: str, message: str, *args) -> None:
+        """Log a warning once per (what, cause): a repeated cause is counted, not repeated in the log."""
+        if (what, cause) not in self._logged:
+            self._logged.add((what, cause))
+            log.warning(message, *args)
 
     def _fill(self, now: float, woken: bool) -> None:
         """Publish the oldest sendable block over all streams while windows and the bandwidth allow."""
@@ -266,7 +307,7 @@ class Syncer:
         while total_inflight < self.cfg.max_inflight:
             best: _Out | None = None
             for out in self._out.values():
-                if len(out.inflight) >= self.cfg.window:
+                if out.room <= 0:
                     continue
                 if not out.buffer and (woken or now - out.last_fetch >= POLL):
                     self._fetch(out, now)
@@ -284,7 +325,7 @@ class Syncer:
 
     def _fetch(self, out: _Out, now: float) -> None:
         out.last_fetch = now
-        rows = self._store.unacked_blocks(out.name, out.cursor, self.cfg.window - len(out.inflight))
+        rows = self._store.unacked_blocks(out.name, out.cursor, out.room)
         until = out.spec.until
         for row in rows:
             if until is not None and row.t1 > until * 1e6:
@@ -299,11 +340,12 @@ class Syncer:
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
             raise ConnectError(f"publish failed: {paho.error_string(info.rc)}")
         self._mids[info.mid] = (out.name, row.seq, row.id)
-        out.inflight[row.seq] = (row.id, row.count)
         out.cursor = row.seq + 1
         if row.seq <= out.sent_max:
             self.stats.resent += 1
+            out.inflight[row.seq] = (row.id, row.count, -1.0)
         else:
+            out.inflight[row.seq] = (row.id, row.count, time.monotonic())
             out.sent_max = row.seq
             self.stats.records += row.count
         self.stats.published += 1
@@ -325,10 +367,12 @@ class Syncer:
 
     def _check_timeouts(self, now: float) -> None:
         for out in self._out.values():
-            if out.inflight and now - out.last_progress > out.timeout:
-                log.info("sync: stream %s: no ack for %.0f s; sending again from seq %d", out.name, out.timeout, out.acked + 1)
+            if out.inflight and now - out.last_progress > out.window.timeout:
+                log.info("sync: stream %s: no ack for %.1f s; sending again from seq %d, one block at a time",
+                         out.name, out.window.timeout, out.acked + 1)
+                self.stats.timeouts += 1
+                out.window.timed_out(len(out.inflight))
                 out.rewind()
-                out.timeout = min(out.timeout * 2, self.cfg.ack_timeout * 16)
 
     # -- broker events -----------------------------------------------------------------------
 
@@ -359,14 +403,27 @@ class Syncer:
             log.exception("sync: could not handle a message on %s", msg.topic)
 
     def _on_ack(self, stream: str, payload: bytes) -> None:
+        """Mark blocks acked, only on an ack the recipient's enrolled collector signed for one of our blocks.
+
+        Anything else is counted per cause (`stats.acks_ignored`), logged once
+        per cause, and marks nothing: retention never drops what it vouches for.
+        """
         try:
-            seq, digest = decode_ack(payload)
-        except ValueError as exc:
-            self.problems.append(f"stream {stream}: {exc}")
+            recipient = self._gate.recipient(stream)
+        except Exception as exc:  # an owner state that cannot be read: no recipient, so no key, so no ack counts
+            self._once("owner-state", str(exc), "sync: cannot read the policy in force: %s", exc)
+            recipient = None
+        key = self._collector_keys.get(recipient) if recipient is not None else None
+        try:
+            ack = open_ack(payload, key, self.vehicle, stream)
+        except AckRejected as exc:
+            self._ignore_ack(stream, exc.cause, str(exc))
             return
+        seq, digest = ack.seq, ack.digest
         mine = self._store.digest_at(stream, seq)
         if mine is None:
-            return  # not a block we have (yet): a stale retained ack of a store that was reset
+            self._ignore_ack(stream, "unknown-block", f"an ack of seq {seq}, which this store does not hold")
+            return
         if mine != digest:
             from carledger.owner.wipe import previous_head  # here: carledger.owner imports the sync
 
@@ -374,9 +431,8 @@ class Syncer:
                 log.info("sync: stream %s: the broker's last ack of the previous owner's chain (before carledger wipe); "
                          "ignored", stream)
                 return
-            msg = f"stream {stream}: the collector acked seq {seq} with digest {digest.hex()[:16]}…, ours is {mine.hex()[:16]}…"
-            self.problems.append(msg)
-            log.error("sync: %s; not marking it acked", msg)
+            self._ignore_ack(stream, "other-digest", f"the collector acked seq {seq} with digest {digest.hex()[:16]}…, "
+                                                     f"ours is {mine.hex()[:16]}…")
             return
         out = self._out.get(stream)
         stored = self._store.acked_seq(stream) if out is None else None
@@ -390,24 +446,32 @@ class Syncer:
         if out is None:
             return
         first = out.acked + 1
-        records = sum(r for s, (_, r) in out.inflight.items() if s <= seq)
+        sent = out.inflight.get(seq)
+        delay = time.monotonic() - sent[2] if sent is not None and sent[2] >= 0 else None
+        records = sum(r for s, (_, r, _t) in out.inflight.items() if s <= seq)
         for s in [s for s in out.inflight if s <= seq]:
             del out.inflight[s]
         self.stats.acked_blocks += seq - out.acked
         out.acked = seq
-        out.last_progress = time.monotonic()
-        out.timeout = self.cfg.ack_timeout
         if out.cursor <= seq:
             out.cursor = seq + 1
             out.buffer.clear()
             out.last_fetch = 0.0
         while out.buffer and out.buffer[0].seq <= seq:
             out.buffer.popleft()
+        out.window.progressed(seq - first + 1, delay, resending=out.cursor <= out.sent_max)
+        out.last_progress = time.monotonic()
         if self._on_disclosure is not None:
             try:
                 self._on_disclosure(Disclosure(stream, out.spec.recipient, first, seq, records, now))
             except Exception:
                 log.exception("sync: the disclosure callback failed")
+
+    def _ignore_ack(self, stream: str, cause: str, detail: str) -> None:
+        self.stats.acks_ignored[cause] = self.stats.acks_ignored.get(cause, 0) + 1
+        self.problems.append(f"stream {stream}: ack ignored: {detail}")
+        self._once("ack", cause, "sync: stream %s: ack ignored (%s): %s; later ones of this cause are only counted",
+                   stream, cause, detail)
 
     def _flush_marks(self) -> None:
         if self._synced:

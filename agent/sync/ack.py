@@ -1,0 +1,153 @@
+"""The collector's signed ack, and the collector keys a car trusts to sign it (docs/sync.md, "Acks").
+
+An ack makes the car mark blocks acked, and retention may then drop their
+records, so the car acts only on an ack that the collector of the stream's
+recipient signed: a COSE_Sign1 (EdDSA, deterministic CBOR, the profile of the
+blocks) whose payload names the vehicle, the stream, the seq and the digest
+of the car's block at that seq. A broker, or anyone who can publish on the ack
+topic, can then only withhold acks or replay genuine ones, and a genuine ack
+names one vehicle's one stream and one block: replayed elsewhere it matches
+nothing.
+
+The collector's key is made at its first start in COLLECTOR/keys/collector.key;
+the car keeps the public keys it trusts, one per recipient, in
+STORE/keys/collectors.json (`carledger sync STORE --enroll-collector`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from carledger.ledger import cbor, cose
+from carledger.ledger.errors import KeyFileError, MalformedBlock
+from carledger.ledger.keys import KEY_DIR, SigningKey, VerifyKey, kid, load_or_create_secret, load_verify_key
+
+__all__ = [
+    "ACK_TYPE",
+    "AckRejected",
+    "COLLECTORS_FILE",
+    "COLLECTOR_KEY",
+    "MAX_ACK",
+    "MAX_SEQ",
+    "Ack",
+    "collector_key",
+    "collector_keys",
+    "enroll_collector",
+    "open_ack",
+    "sign_ack",
+]
+
+ACK_TYPE = "application/carledger-ack+cbor"  # protected header 3 (content type): what the payload is
+MAX_ACK = 1024  # bytes: a genuine ack is about 200
+MAX_SEQ = (1 << 63) - 1  # a seq the store can hold (SQLite INTEGER); anything above is hostile
+COLLECTOR_KEY = "collector.key"  # in COLLECTOR/keys/
+COLLECTORS_FILE = "collectors.json"  # in STORE/keys/: {recipient: public key hex}
+_FIELDS = ("vehicle", "stream", "seq", "digest")
+
+# Causes an ack is ignored for (counted per cause by the syncer).
+MALFORMED, NO_KEY, BAD_SIGNATURE, WRONG_SUBJECT, OUT_OF_RANGE = (
+    "malformed", "no-collector-key", "bad-signature", "wrong-subject", "out-of-range")
+
+
+class AckRejected(Exception):
+    """An ack the car must not act on; `cause` is one of the constants above."""
+
+    def __init__(self, cause: str, detail: str):
+        super().__init__(detail)
+        self.cause = cause
+
+
+class Ack(NamedTuple):
+    vehicle: str
+    stream: str
+    seq: int
+    digest: bytes
+
+
+def sign_ack(key: SigningKey, ack: Ack) -> bytes:
+    """The collector holds and verified every block of `ack.stream` up to `ack.seq`, whose digest is `ack.digest`."""
+    payload = cbor.encode({"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest})
+    protected = {cose.HDR_ALG: cose.ALG_EDDSA, 3: ACK_TYPE, cose.HDR_KID: kid(key.verify_key)}
+    return cose.sign1(payload, key, protected)
+
+
+def open_ack(payload: bytes, key: VerifyKey | None, vehicle: str, stream: str) -> Ack:
+    """The ack in `payload` if `key` signed it for this vehicle and stream; AckRejected (with the cause) otherwise.
+
+    Every field is checked for type and range before anything reaches the
+    store: the seq is 0..2^63-1 and the digest 32 bytes.
+    """
+    if len(payload) > MAX_ACK:
+        raise AckRejected(MALFORMED, f"an ack of {len(payload)} bytes (at most {MAX_ACK})")
+    try:
+        message = cose.decode_sign1(bytes(payload))
+    except MalformedBlock as exc:
+        raise AckRejected(MALFORMED, f"not a signed ack: {exc}") from None
+    if message.protected.get(3) != ACK_TYPE or message.unprotected:
+        raise AckRejected(MALFORMED, f"not a signed ack: content type {message.protected.get(3)!r}")
+    if key is None:
+        raise AckRejected(NO_KEY, "no collector key is enrolled for this stream's recipient")
+    if not cose.verify_sign1(message, key):
+        raise AckRejected(BAD_SIGNATURE, "the ack is not signed by the enrolled collector key")
+    try:
+        body: Any = cbor.decode(message.payload, what="ack payload")
+    except MalformedBlock as exc:
+        raise AckRejected(MALFORMED, str(exc)) from None
+    if not isinstance(body, dict) or sorted(body) != sorted(_FIELDS):
+        raise AckRejected(MALFORMED, f"ack payload: expected the fields {', '.join(_FIELDS)}")
+    seq, digest = body["seq"], body["digest"]
+    if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
+        raise AckRejected(OUT_OF_RANGE, f"ack seq {str(seq)[:40]} is not in 0..2^63-1")
+    if not isinstance(digest, bytes) or len(digest) != 32:
+        raise AckRejected(MALFORMED, "ack digest: expected 32 bytes")
+    if body["vehicle"] != vehicle or body["stream"] != stream:
+        raise AckRejected(WRONG_SUBJECT, f"an ack for {str(body['vehicle'])[:64]!r}/{str(body['stream'])[:64]!r} "
+                                         f"on the topic of {vehicle}/{stream}")
+    return Ack(vehicle, stream, seq, digest)
+
+
+def collector_key(collector_dir: str | os.PathLike) -> SigningKey:
+    """The collector's ack key, COLLECTOR/keys/collector.key (mode 0600), made at its first use."""
+    return SigningKey(load_or_create_secret(collector_dir, COLLECTOR_KEY))
+
+
+def _collectors_path(store_dir: str | os.PathLike) -> Path:
+    return Path(store_dir) / KEY_DIR / COLLECTORS_FILE
+
+
+def collector_keys(store_dir: str | os.PathLike) -> dict[str, VerifyKey]:
+    """The collector key enrolled per recipient in this store; {} when none is."""
+    path = _collectors_path(store_dir)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path}: unreadable: {exc}") from None
+    if not isinstance(data, dict):
+        raise KeyFileError(f"{path}: not a JSON object")
+    try:
+        return {str(recipient): load_verify_key(bytes.fromhex(value)) for recipient, value in data.items()}
+    except (ValueError, TypeError, KeyFileError) as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+
+
+def enroll_collector(store_dir: str | os.PathLike, recipient: str, public_key: Any) -> VerifyKey:
+    """Trust `public_key` to sign acks of the streams for `recipient` (replacing the one enrolled before)."""
+    if not recipient:
+        raise ValueError("the recipient must not be empty")
+    key = load_verify_key(public_key)
+    path = _collectors_path(store_dir)
+    keys = {name: bytes(k).hex() for name, k in collector_keys(store_dir).items()}
+    keys[recipient] = bytes(key).hex()
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(keys, indent=1, sort_keys=True) + "\n")  # private whatever the umask
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return key
