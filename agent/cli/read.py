@@ -14,6 +14,7 @@ import json
 import sys
 from typing import Any, TextIO
 
+from carledger.cli._display import BlockProblem, by_cause
 from carledger.cli.log import _json_default, _sample_fields
 
 EPILOG = """\
@@ -43,7 +44,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def _rows(store, stream: str, vkey, key, problems: list[str]):
+def _rows(store, stream: str, vkey, key, problems: list[BlockProblem]):
     """(seq, records) of each block of `stream` that verifies (and decrypts); problems for the rest."""
     from carledger.ledger import MalformedBlock, open_block
     from carledger.ledger.encrypt import DecryptError, is_sealed, open_sealed
@@ -57,7 +58,7 @@ def _rows(store, stream: str, vkey, key, problems: list[str]):
                     raise DecryptError("encrypted; pass --key with a recipient's key")
                 records = open_sealed(block.header, records, key)
         except (MalformedBlock, DecryptError) as exc:
-            problems.append(f"stream {stream} seq {row.seq}: {exc}")
+            problems.append((stream, row.seq, str(exc)))
             continue
         yield row.seq, records
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         store.close()
         print(f"carledger read: {args.store} records no vehicle key; pass --vehicle-key", file=sys.stderr)
         return 2
-    problems: list[str] = []
+    problems: list[BlockProblem] = []
     out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         with store:
@@ -110,6 +111,6 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if args.output:
             out.close()
-    for p in problems:
-        print(f"carledger read: {p}", file=sys.stderr)
+    for line in by_cause(problems):
+        print(f"carledger read: {line}", file=sys.stderr)
     return 1 if problems else 0

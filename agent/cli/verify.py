@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections import Counter
 
-from carledger.cli._display import TtyProgress, table
+from carledger.cli._display import TtyProgress, by_cause, table
 
 EPILOG = """\
 exit status: 0 every chain is intact, 1 a problem was found, 2 the store cannot be read.
@@ -45,6 +47,32 @@ def _table(report) -> str:
     return table(rows, right=(1, 2))
 
 
+_ROW = re.compile(r"row \d+: ")
+
+
+def _cause(problem) -> str | None:
+    """What went wrong with a block, without the row it went wrong in (None for other problems)."""
+    if problem.stream is None or problem.seq is None or not _ROW.match(problem.detail):
+        return None
+    return f"{problem.kind}: {_ROW.sub('', problem.detail, count=1)}"
+
+
+def _problem_lines(problems: list) -> list[str]:
+    """Each problem once; a cause that hit many blocks (a wrong pinned key) once, with its count and seqs."""
+    counts = Counter(c for c in map(_cause, problems) if c)
+    repeated = [(p.stream, p.seq, c) for p in problems if (c := _cause(p)) and counts[c] > 1]
+    grouped = iter(by_cause(repeated))
+    lines, seen = [], set()
+    for p in problems:
+        c = _cause(p)
+        if c is None or counts[c] == 1:
+            lines.append(str(p))
+        elif c not in seen:
+            seen.add(c)
+            lines.append(next(grouped))
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, StoreError
     from carledger.verify import verify_store
@@ -77,8 +105,8 @@ def run(args: argparse.Namespace) -> int:
     if report.problems:
         print()
         print(f"problems ({len(report.problems)}):")
-        for p in report.problems:
-            print(f"  {p}")
+        for line in _problem_lines(report.problems):
+            print(f"  {line}")
     blocks = sum(s.blocks for s in report.streams.values())
     n = len(report.streams)
     if report.ok:
