@@ -47,6 +47,27 @@ def _table(report) -> str:
     return table(rows, right=(1, 2))
 
 
+def _captures(args: argparse.Namespace, report) -> list[str]:
+    """Each crash capture with its record count from the signed metadata: the count `edr list` and
+    `edr export` give (the table counts what the blocks sign, the ciphertext of encrypted blocks)."""
+    from carledger.edr import CRASH_STREAM, read_captures
+    from carledger.ledger import LedgerError, Store, load_verify_key
+
+    if CRASH_STREAM not in report.streams or any(p.stream == CRASH_STREAM for p in report.problems):
+        return []
+    try:
+        with Store.open_readonly(args.store) as store:
+            captures = read_captures(store, load_verify_key(args.key) if args.key else store.verify_key)
+    except (LedgerError, OSError):
+        return []
+    lines = []
+    for c in captures:
+        where = f" in blocks {c.data_seqs[0]}-{c.data_seqs[1]}" if c.data_seqs else ""
+        count = "" if c.records is None else f" {c.records} records{where}"
+        lines.append(f"{CRASH_STREAM} capture {c.capture}:{count} ({c.status})")
+    return lines
+
+
 _ROW = re.compile(r"row \d+: ")
 
 
@@ -100,6 +121,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"vehicle {report.vehicle}, key {report.key_id or 'none'}")
     if report.streams:
         print(_table(report))
+        for line in _captures(args, report):
+            print(line)
     else:
         print("no streams")
     if report.problems:
