@@ -120,24 +120,29 @@ def test_log_list_and_show_write_times_as_the_exports_do(store, capsys):
 # -- crash captures: one count everywhere, and the same exports ------------------------------------
 
 
-@pytest.fixture(scope="module")
-def crash(tmp_path_factory) -> dict:
-    """A real crash through the agent; the agent's own log line about the capture."""
-    from test_edr import START
-
-    folder = tmp_path_factory.mktemp("crash")
+def crash_store(folder: Path, handler: logging.Handler | None = None) -> tuple[Path, Path]:
+    """A real crash (the simulated car's `crash` scenario) through the agent, captured for the key `owner`."""
     create_private_key(folder / "owner.key")
     log = record(folder / "crash.log", "crash")
     keys = {"owner": folder / "owner.key"}
     config = agent_config(folder / "car", log, edr_policy(keys, "owner"))
-    handler = _Lines()
-    logging.getLogger("carledger.edr").addHandler(handler)
+    if handler is not None:
+        logging.getLogger("carledger.edr").addHandler(handler)
     try:
         Pipeline(load_config(config)).run()
     finally:
-        logging.getLogger("carledger.edr").removeHandler(handler)
+        if handler is not None:
+            logging.getLogger("carledger.edr").removeHandler(handler)
+    return folder / "car" / "ledger", keys["owner"]
+
+
+@pytest.fixture(scope="module")
+def crash(tmp_path_factory) -> dict:
+    """A real crash through the agent; the agent's own log line about the capture."""
+    handler = _Lines()
+    store, key = crash_store(tmp_path_factory.mktemp("crash"), handler)
     (line,) = [m for m in handler.lines if "complete (" in m]
-    return {"store": folder / "car" / "ledger", "key": keys["owner"], "log": line, "start": START}
+    return {"store": store, "key": key, "log": line}
 
 
 class _Lines(logging.Handler):

@@ -16,6 +16,7 @@ from nacl.signing import SigningKey
 from carledger.cli import main
 from carledger.ledger import Ledger
 from carledger.ledger.encrypt import RecordSealer, create_private_key, recipient_kid
+from carledger.ledger.keys import kid
 
 T0 = 1_700_000_000.0
 BLOCKS = 40
@@ -89,3 +90,16 @@ def test_verify_json_keeps_every_problem(store, capsys):
     report = json.loads(capsys.readouterr().out)
     assert len([p for p in report["problems"] if p["kind"] == "bad-signature"]) == 2 * BLOCKS
 
+
+
+def test_edr_export_against_the_wrong_vehicle_key_is_one_line(tmp_path, capsys):
+    """The capture's signed metadata fails first: one line naming the key, not one per block."""
+    from test_exports import crash_store
+
+    store, owner = crash_store(tmp_path)
+    pinned = SigningKey.generate().verify_key
+    capsys.readouterr()
+    assert main(["edr", "export", str(store), "--key", str(owner), "--vehicle-key", bytes(pinned).hex()]) == 1
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"carledger: the crash stream does not verify with vehicle key {kid(pinned).hex()}: "
+                           "signed with another key (kid ")

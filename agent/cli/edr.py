@@ -108,8 +108,9 @@ def list_captures(args: argparse.Namespace) -> int:
 def export_capture(args: argparse.Namespace) -> int:
     from carledger.config import ConfigError
     from carledger.edr import CaptureError, open_capture, read_captures
-    from carledger.ledger import KeyFileError, LedgerError, load_verify_key
+    from carledger.ledger import KeyFileError, LedgerError, MalformedBlock, load_verify_key
     from carledger.ledger.encrypt import DecryptError, load_private_key
+    from carledger.ledger.keys import kid
 
     try:
         key = load_private_key(args.key)
@@ -132,6 +133,8 @@ def export_capture(args: argparse.Namespace) -> int:
             return fail(args, str(exc), EXIT_USAGE)
         except CaptureError as exc:  # its message names the capture
             return fail(args, str(exc), EXIT_REFUSED)
+        except MalformedBlock as exc:  # the metadata itself does not verify: every block would say the same
+            return fail(args, f"the crash stream does not verify with vehicle key {kid(vkey).hex()}: {exc}", EXIT_REFUSED)
         except (DecryptError, LedgerError) as exc:
             return fail(args, f"capture {args.capture or number}: {exc}", EXIT_REFUSED)
     rounding = rounding_from(args.dbc)
