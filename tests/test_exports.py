@@ -194,3 +194,23 @@ def test_edr_export_with_the_wrong_key_says_whose_keys_open_it(crash, tmp_path, 
     assert main(["edr", "export", str(crash["store"]), "--key", str(tmp_path / "stranger.key")]) == 1
     assert capsys.readouterr().err.splitlines() == [
         f"carledger: capture 1 is not encrypted to key {recipient_kid(stranger.public_key).hex()} (its keys: owner)"]
+
+
+def test_log_export_leaves_out_blocks_that_fail_with_one_line_per_cause(tmp_path, capsys):
+    import sqlite3
+
+    with Ledger.open(tmp_path / "s", "car-1") as ledger:
+        for seq in range(6):
+            ledger.writer("speed").add_sample(T0 + seq, "Vehicle.Speed", float(seq), "ABS_SPEED.VehicleSpeed")
+            ledger.seal()
+    db = sqlite3.connect(tmp_path / "s" / "ledger.sqlite")
+    with db:  # the last byte of the signatures of seqs 1..4 flipped: one cause, four blocks
+        for row_id, sign1 in db.execute("SELECT id, sign1 FROM blocks WHERE stream = 'speed' AND seq BETWEEN 1 AND 4").fetchall():
+            db.execute("UPDATE blocks SET sign1 = ? WHERE id = ?", (sign1[:-1] + bytes([sign1[-1] ^ 1]), row_id))
+    db.close()
+    capsys.readouterr()
+    assert main(["log", "export", str(tmp_path / "s"), "--stream", "speed", "--format", "csv"]) == 1
+    captured = capsys.readouterr()
+    assert [row.split(",")[2] for row in captured.out.splitlines()[1:]] == ["0", "5"]
+    (line,) = captured.err.splitlines()
+    assert line == "carledger: left out: signature does not verify: 4 blocks (speed seq 1..4)"

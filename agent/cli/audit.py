@@ -118,15 +118,17 @@ def _decision(kind: str, d: dict) -> str:
     """An audit event in words; an event this version does not know, as its fields."""
     stream = d.get("stream")
     if kind == "policy-applied":
-        origin = {"cli": "from the command line", "remote": "signed remote update"}.get(d.get("origin"), d.get("origin"))
+        origin = {"cli": "from the command line", "config": "from the agent's configuration",
+                  "mqtt": "a signed remote update"}.get(d.get("origin"), d.get("origin"))
         where = ", ".join(str(x) for x in (d.get("file"), origin) if x)
         return f"applied policy v{d.get('version')}" + (f" ({where})" if where else "") + \
             (f", replacing v{d['previous']}" if d.get("previous") else "") + \
             f": streams {', '.join(str(s) for s in d.get('streams') or []) or 'none'}"
+    purpose = f" ({d['purpose']})" if d.get("purpose") else ""
     if kind == "consent-granted":
-        return f"granted {d.get('recipient')} consent to stream {stream} ({d.get('purpose')}) until {d.get('expires')}"
+        return f"granted {d.get('recipient', '?')} consent to stream {stream}{purpose} until {d.get('expires', '?')}"
     if kind == "consent-revoked":
-        return f"revoked the consent of {d.get('recipient')} to stream {stream} ({d.get('purpose')})"
+        return f"revoked the consent of {d.get('recipient', '?')} to stream {stream}{purpose}"
     if kind == "pause":
         return f"paused all collection until {d.get('until') or '`carledger resume`'}"
     if kind == "resume":

@@ -136,7 +136,7 @@ def _checked_blocks(store, stream: str, problems: list[BlockProblem]) -> Iterato
 def _report_skipped(problems: list[BlockProblem]) -> int:
     """One line per cause for the blocks left out (docs/exports.md); exit 1 when there were any."""
     for line in by_cause(problems):
-        print(f"carledger: skipped {line}", file=sys.stderr)
+        print(f"carledger: left out: {line}", file=sys.stderr)
     return 1 if problems else 0
 
 
