@@ -16,9 +16,13 @@ examples:
   carledger audit ./ledger --json > audit.json
 
 For each stream: its recipient and purpose, which blocks (seq) and time range
-were sealed under which policy version and consent, how many records, how many
-blocks the broker (sent) and the recipient (acked) have. Then the owner's
-decisions: policies applied, consents granted and revoked, pauses, retention.
+were sealed under which policy version and consent (until when, or when it was
+revoked), how many records, how many blocks the broker (sent) and the
+recipient (acked) have. Then what happened, oldest first: the owner's
+decisions (OWNER: policies applied, consents granted and revoked, pauses,
+wipe) and what the car did (car: the blocks each recipient acked, merged
+into one line per run, retention, disk quota). --json keeps every event, and
+the merged runs under "sent" (docs/owner-state.md).
 exit status: 0 printed, 2 the store cannot be read."""
 
 

@@ -17,6 +17,10 @@ consent is the one the policy document gave, as the owner's later consent
 decisions for that stream left it: a revoked consent shows when it was
 revoked, not the expiry it no longer has.
 
+Like `log list`, the audit reads the owner's own store without checking
+signatures (it is the owner's view of their car, and can run while the
+agent writes); `carledger verify` checks every block it reads from.
+
 `sent` merges the `disclosure` events (one per ack) into runs: consecutive
 acks of one stream to one recipient, with no other audit event between
 them, become one run with the blocks, the records and the period the data
