@@ -214,3 +214,10 @@ def test_log_export_leaves_out_blocks_that_fail_with_one_line_per_cause(tmp_path
     assert [row.split(",")[2] for row in captured.out.splitlines()[1:]] == ["0", "5"]
     (line,) = captured.err.splitlines()
     assert line == "carledger: left out: signature does not verify: 4 blocks (speed seq 1..4)"
+
+
+def test_a_value_computed_from_a_vss_signal_names_that_signal(crash, capsys):
+    """Delta-V is computed from Vehicle.Speed: no DBC message, the VSS path as its signal."""
+    lines = run(capsys, "edr", "export", str(crash["store"]), "--key", str(crash["key"]), "--format", "jsonl")
+    delta = [json.loads(line) for line in lines if '"edr.DeltaV.Longitudinal"' in line]
+    assert delta and {(d["message"], d["signal"]) for d in delta} == {("", "Vehicle.Speed")}

@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterable, TextIO
 
 COLUMNS = ("t", "stream", "seq", "name", "message", "signal", "value")
 TIME_CHOICES = ("iso", "epoch", "relative")
+VSS_ROOT = "Vehicle."  # every COVESA VSS path starts here; no DBC source does in the DBCs we ship
 MAX_PLACES = 15  # a double carries 15 significant decimal digits; finer scales are left alone
 
 
@@ -117,8 +118,12 @@ def rounding_from(dbc_paths: list[str], prog: str = "carledger") -> Rounding | N
 
 
 def sample_row(stream: str, seq: int, sample: Any, clock: Clock, rounding: Rounding) -> dict[str, Any]:
-    """The COLUMNS of one sample; `message` and `signal` from its DBC source (a computed value: from its name)."""
-    message, _, signal = (sample.source or sample.name).partition(".")
+    """The COLUMNS of one sample: `message` and `signal` from its source (docs/exports.md#columns)."""
+    source = sample.source or sample.name
+    if source.startswith(VSS_ROOT):  # computed from a signal the car names by its VSS path (delta-V)
+        message, signal = "", source
+    else:
+        message, _, signal = source.partition(".")
     return {
         "t": clock(sample.t / 1e6), "stream": stream, "seq": seq, "name": sample.name,
         "message": message, "signal": signal, "value": rounding(sample.source, sample.value),
