@@ -174,7 +174,10 @@ def test_a_capture_has_one_record_count_everywhere(crash, capsys):
         err[-1].endswith("), signatures and chain verified")
 
     lines = run(capsys, "verify", store)
-    assert f"crash capture 1: {records} records in blocks {first}-{last} (complete)" in [x.strip() for x in lines]
+    assert f"crash capture 1: {records} records in blocks {first}-{last} (complete)" in lines
+    (report,) = run(capsys, "verify", store, "--json")
+    assert json.loads(report)["captures"] == [
+        {"capture": 1, "records": int(records), "data_seqs": [int(first), int(last)], "status": "complete"}]
 
 
 def test_edr_export_writes_the_common_columns_and_rounded_values(crash, capsys):

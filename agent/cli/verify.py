@@ -47,9 +47,12 @@ def _table(report) -> str:
     return table(rows, right=(1, 2))
 
 
-def _captures(args: argparse.Namespace, report) -> list[str]:
-    """Each crash capture with its record count from the signed metadata: the count `edr list` and
-    `edr export` give (the table counts what the blocks sign, the ciphertext of encrypted blocks)."""
+def _captures(args: argparse.Namespace, report) -> list:
+    """The crash captures, from their signed metadata, once the crash stream verified (else none).
+
+    Their record counts are the ones `edr list` and `edr export` give; the
+    table counts what the blocks sign, the ciphertext of encrypted blocks.
+    """
     from carledger.edr import CRASH_STREAM, read_captures
     from carledger.ledger import LedgerError, Store, load_verify_key
 
@@ -57,15 +60,15 @@ def _captures(args: argparse.Namespace, report) -> list[str]:
         return []
     try:
         with Store.open_readonly(args.store) as store:
-            captures = read_captures(store, load_verify_key(args.key) if args.key else store.verify_key)
+            return read_captures(store, load_verify_key(args.key) if args.key else store.verify_key)
     except (LedgerError, OSError):
         return []
-    lines = []
-    for c in captures:
-        where = f" in blocks {c.data_seqs[0]}-{c.data_seqs[1]}" if c.data_seqs else ""
-        count = "" if c.records is None else f" {c.records} records{where}"
-        lines.append(f"{CRASH_STREAM} capture {c.capture}:{count} ({c.status})")
-    return lines
+
+
+def _capture_line(c) -> str:
+    where = f" in blocks {c.data_seqs[0]}-{c.data_seqs[1]}" if c.data_seqs else ""
+    count = "" if c.records is None else f" {c.records} records{where}"
+    return f"crash capture {c.capture}:{count} ({c.status})"
 
 
 _ROW = re.compile(r"row \d+: ")
@@ -113,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
         progress.clear()
 
     if args.json:
-        json.dump(report.to_json(), sys.stdout, sort_keys=False)
+        doc = report.to_json()
+        doc["captures"] = [{"capture": c.capture, "records": c.records, "data_seqs": list(c.data_seqs) if c.data_seqs else None,
+                            "status": c.status} for c in _captures(args, report)]
+        json.dump(doc, sys.stdout, sort_keys=False)
         sys.stdout.write("\n")
         return 0 if report.ok else 1
 
@@ -121,8 +127,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"vehicle {report.vehicle}, key {report.key_id or 'none'}")
     if report.streams:
         print(_table(report))
-        for line in _captures(args, report):
-            print(line)
+        for capture in _captures(args, report):
+            print(_capture_line(capture))
     else:
         print("no streams")
     if report.problems:
