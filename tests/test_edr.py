@@ -264,7 +264,7 @@ def test_export_reports_an_unknown_capture_and_writes_csv(drives, keys, tmp_path
     out = tmp_path / "crash.csv"
     assert main(["edr", "export", str(store), "--key", str(keys["owner"]), "--format", "csv", "-o", str(out)]) == 0
     lines = out.read_text().splitlines()
-    assert lines[0] == "t,name,source,value" and len(lines) > 2000
+    assert lines[0] == "t,stream,seq,name,message,signal,value" and len(lines) > 2000  # docs/exports.md
 
 
 # -- what is kept ---------------------------------------------------------------------------

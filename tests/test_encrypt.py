@@ -134,7 +134,7 @@ def test_read_decrypts_with_the_recipient_key_and_refuses_without(tmp_path, caps
     assert "not encrypted to key" in capsys.readouterr().err
     # the plain stream needs no key, and csv works
     assert main(["read", str(tmp_path / "s"), "--stream", "vault", "--format", "csv"]) == 0
-    assert capsys.readouterr().out.splitlines()[1].startswith("vault,0,1700000000.000000,Vehicle.Speed,ABS_SPEED,SPEED,40.0")
+    assert capsys.readouterr().out.splitlines()[1] == "2023-11-14T22:13:20.000000Z,vault,0,Vehicle.Speed,ABS_SPEED,SPEED,40.0"
     assert main(["read", str(tmp_path / "s"), "--key", str(tmp_path / "missing.key")]) == 2
 
 

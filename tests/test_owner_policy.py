@@ -375,7 +375,9 @@ def test_revocation_pause_and_a_new_policy_while_the_agent_runs(tmp_path, capsys
     assert [d["detail"]["version"] for d in audit["decisions"] if d["kind"] == "policy-applied"] == [1, 2]
     disclosed = [d for d in audit["disclosures"] if d["stream"] == "fleet"]
     assert disclosed and disclosed[0]["recipient"] == "Fleet Ops" and disclosed[0]["purpose"] == "maintenance"
-    assert disclosed[0]["policy_version"] == 1 and disclosed[0]["consent"]["expires"] == iso(NOW + 300 * 86400)
+    assert disclosed[0]["policy_version"] == 1  # a revoked consent shows its revocation, not its old expiry:
+    revoked_at = next(d["detail"]["revoked"] for d in audit["decisions"] if d["kind"] == "consent-revoked")
+    assert disclosed[0]["consent"] == {"granted": iso(NOW - 86400), "revoked": revoked_at}
 
 
 def test_consent_commands_while_the_agent_is_stopped(tmp_path, capsys):

@@ -69,7 +69,7 @@ def test_csv_export_has_one_sample_per_line(rav4_store, capsys):
     capsys.readouterr()
     assert main(["log", "export", str(store), "--stream", "wheels", "--format", "csv"]) == 0
     rows = list(csv.reader(capsys.readouterr().out.splitlines()))
-    assert rows[0] == ["t", "name", "message", "signal", "value"]
-    assert all(len(r) == 5 and r[2] == "WHEEL_SPEEDS" for r in rows[1:])
-    times = [float(r[0]) for r in rows[1:]]
+    assert rows[0] == ["t", "stream", "seq", "name", "message", "signal", "value"]  # docs/exports.md
+    assert all(len(r) == 7 and r[1] == "wheels" and r[4] == "WHEEL_SPEEDS" for r in rows[1:])
+    times = [r[0] for r in rows[1:]]  # ISO 8601 UTC by default: sorts as text
     assert times == sorted(times)

@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from carledger.cli._display import TtyProgress, table
+from carledger.cli._display import TtyProgress, clip, table
 from carledger.cli._owner import EXIT_OK, EXIT_USAGE, fail, target
 
 EPILOG = """\
@@ -16,9 +16,13 @@ examples:
   carledger audit ./ledger --json > audit.json
 
 For each stream: its recipient and purpose, which blocks (seq) and time range
-were sealed under which policy version and consent, how many records, how many
-blocks the broker (sent) and the recipient (acked) have. Then the owner's
-decisions: policies applied, consents granted and revoked, pauses, retention.
+were sealed under which policy version and consent (until when, or when it was
+revoked), how many records, how many blocks the broker (sent) and the
+recipient (acked) have. Then what happened, oldest first: the owner's
+decisions (OWNER: policies applied, consents granted and revoked, pauses,
+wipe) and what the car did (car: the blocks each recipient acked, merged
+into one line per run, retention, disk quota). --json keeps every event, and
+the merged runs under "sent" (docs/owner-state.md).
 exit status: 0 printed, 2 the store cannot be read."""
 
 
@@ -52,29 +56,117 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     out = sys.stdout
     out.write(f"vehicle {report.vehicle}\n\nDisclosures (blocks sealed per stream and policy version)\n")
-    rows = [("stream", "recipient", "purpose", "policy", "consent until", "seq", "from", "to", "records", "sent", "acked")]
+    rows = [("stream", "recipient", "purpose", "policy", "consent", "seq", "from", "to", "records", "sent", "acked")]
     for d in report.disclosures:
         rows.append((
             d.stream, "(kept in the car)" if d.local else (d.recipient or "?"), d.purpose or "-",
             f"v{d.policy_version}" if d.policy_version else d.policy_digest[:12],
-            (d.consent or {}).get("expires", "-") if not d.local else "-",
+            "-" if d.local else _consent(d.consent),
             f"{d.first_seq}..{d.last_seq}", _time(d.t0), _time(d.t1), str(d.records), str(d.synced), str(d.acked),
         ))
     out.write(table(rows, right=(8, 9, 10)) + "\n" if len(rows) > 1 else "  none\n")
-    out.write("\nOwner decisions\n")
-    rows = [("time", "decision", "detail")]
-    for e in report.decisions:
-        rows.append((_time(e.t), e.kind, _summary(e.detail)))
-    out.write(table(rows) + "\n" if len(rows) > 1 else "  none\n")
+    out.write("\nWhat happened, oldest first (OWNER: the owner's decisions; car: what the car did)\n")
+    rows = [("time", "by", "what")]
+    for t, by, what in story(report):
+        rows.append((_time(t), by, clip(what, WIDTH)))
+    out.write(table(rows) + "\n" if len(rows) > 1 else "  nothing yet\n")
     return EXIT_OK
 
 
-def _time(t: float) -> str:
+WIDTH = 200  # a story line longer than this is cut, with an ellipsis
+
+
+def story(report) -> list[tuple[float, str, str]]:
+    """(time, who, what) of every audit event, oldest first, with the acked disclosures merged into runs."""
+    from carledger.owner.audit import DISCLOSURE
+
+    lines = [(e.t, "OWNER" if e.by == "owner" else "car", _decision(e.kind, e.detail))
+             for e in report.decisions if e.kind != DISCLOSURE]
+    lines += [(run.t, "car", _sent(run)) for run in report.sent]
+    return sorted(lines, key=lambda line: line[0])
+
+
+def _time(t: float | None) -> str:
     from carledger.owner.state import iso
 
     return iso(t) or "-"
 
 
+def _consent(consent: dict | None) -> str:
+    if not consent:
+        return "-"
+    if consent.get("revoked"):
+        return f"revoked {consent['revoked']}"
+    return f"until {consent.get('expires', '?')}"
+
+
+def _blocks(seqs: list) -> str:
+    """`block 4`, `blocks 0–97`, `blocks 0–40, 42–97`."""
+    parts = [str(a) if a == b else f"{a}–{b}" for a, b in seqs]
+    one = len(seqs) == 1 and seqs[0][0] == seqs[0][1]
+    return ("block " if one else "blocks ") + ", ".join(parts)
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("s" if n != 1 else "")
+
+
+def _sent(run) -> str:
+    text = f"sent stream {run.stream} to {run.recipient or '?'} (acked): {_blocks(run.seqs)}, {_count(run.records, 'record')}"
+    if run.t0 is not None:
+        text += f" of {_time(run.t0)}" if _time(run.t0) == _time(run.t1) else f" from {_time(run.t0)} to {_time(run.t1)}"
+    return text
+
+
+def _decision(kind: str, d: dict) -> str:
+    """An audit event in words; an event this version does not know, as its fields."""
+    stream = d.get("stream")
+    if kind == "policy-applied":
+        origin = {"cli": "from the command line", "config": "from the agent's configuration",
+                  "mqtt": "a signed remote update"}.get(d.get("origin"), d.get("origin"))
+        where = ", ".join(str(x) for x in (d.get("file"), origin) if x)
+        return f"applied policy v{d.get('version')}" + (f" ({where})" if where else "") + \
+            (f", replacing v{d['previous']}" if d.get("previous") else "") + \
+            f": streams {', '.join(str(s) for s in d.get('streams') or []) or 'none'}"
+    purpose = f" ({d['purpose']})" if d.get("purpose") else ""
+    if kind == "consent-granted":
+        return f"granted {d.get('recipient', '?')} consent to stream {stream}{purpose} until {d.get('expires', '?')}"
+    if kind == "consent-revoked":
+        return f"revoked the consent of {d.get('recipient', '?')} to stream {stream}{purpose}"
+    if kind == "pause":
+        return f"paused all collection until {d.get('until') or '`carledger resume`'}"
+    if kind == "resume":
+        return f"resumed collection (paused since {d.get('paused_since')})"
+    if kind == "wipe":
+        return _wipe(d)
+    if kind in ("retention", "eviction"):
+        why = "past retention" if kind == "retention" else "for the disk quota"
+        seqs = [r for r in d.get("seqs") or [] if isinstance(r, list) and len(r) == 2]
+        text = f"deleted {why}: stream {stream}, {_blocks(seqs)}, {_count(d.get('records') or 0, 'record')}"
+        if d.get("unacked"):
+            text += f" ({d['unacked']} blocks not acked by the recipient)"
+        return text + (f" recorded before {d['before']}" if d.get("before") else "")
+    return f"{kind}: {_summary(d)}"
+
+
+def _wipe(d: dict) -> str:
+    """The change of owner: what was deleted, and the key hand-over the old key signed."""
+    from carledger.ledger.keys import kid
+
+    statement = d.get("statement") if isinstance(d.get("statement"), dict) else {}
+    heads = statement.get("heads") if isinstance(statement.get("heads"), dict) else {}
+
+    def key_id(hexkey: object) -> str:
+        try:
+            return kid(bytes.fromhex(str(hexkey))).hex()
+        except ValueError:
+            return "?"
+
+    return (f"wiped the store for a new owner: {_count(statement.get('blocks_deleted') or 0, 'block')} of "
+            f"{_count(len(heads), 'stream')} deleted ({', '.join(sorted(heads)) or 'none'}); new vehicle key "
+            f"{key_id(statement.get('new_key'))}, handed over by the old key {key_id(statement.get('previous_key'))}")
+
+
 def _summary(detail: dict) -> str:
     shown = {k: v for k, v in detail.items() if k not in ("document", "statement", "signature")}
-    return ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))[:160]
+    return ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from carledger.cli._display import table
+from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, json_default, rounding_from, sample_row
 from carledger.cli._owner import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, fail, target
 
 EPILOG = """\
@@ -25,7 +24,10 @@ A capture is encrypted to the keys the owner's policy names in [edr] keys
 keys open it. `list` needs no key: it reads the cleartext metadata (when, what
 triggered it, whether an airbag deployed, the policy version, which keys).
 `export` checks every block's signature, the chain through the capture and
-its record count before it prints anything.
+its record count before it prints anything. A capture's records are what the
+car recorded during it (samples and events such as end-of-event): the count the
+agent's log line, `edr list`, `edr export` and `verify` all give. Formats and
+columns: docs/exports.md (jsonl and csv as in `log export` and `read`).
 exit status: 0 done, 1 not verified or not readable with this key, 2 bad usage or unreadable store."""
 
 
@@ -40,13 +42,18 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     listing = commands.add_parser("list", help="every capture: when, trigger, airbag, status, keys")
     _store_arguments(listing)
     listing.add_argument("--json", action="store_true", help="one JSON object")
+    add_time_option(listing)
     listing.set_defaults(func=list_captures)
     export = commands.add_parser("export", help="verify and decrypt one capture with a recipient's key")
     _store_arguments(export)
     export.add_argument("--key", required=True, metavar="KEY", help="an X25519 private key the capture is encrypted to (file or 64 hex digits)")
     export.add_argument("--capture", type=int, metavar="N", help="the capture's number (default: the newest)")
     export.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
-    export.add_argument("--format", choices=("json", "csv"), default="json", help="json (default): metadata, samples and events; csv: samples")
+    export.add_argument("--format", choices=("json", *SAMPLE_FORMATS), default="json",
+                        help="json (default): metadata, samples and events in one document; jsonl, csv: one sample per line")
+    export.add_argument("--events", action="store_true", help="also write the capture's events (jsonl only)")
+    export.add_argument("--dbc", action="append", default=[], metavar="FILE", help="round values to their signal's resolution in this DBC")
+    add_time_option(export)
     export.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     export.set_defaults(func=export_capture)
     parser.set_defaults(func=lambda args: parser.print_help() or EXIT_USAGE)
@@ -63,12 +70,6 @@ def _open_store(args: argparse.Namespace) -> Any:
     return Store.open_readonly(args.store or target(args).store)
 
 
-def _iso(t: float | None) -> str:
-    if t is None:
-        return "-"
-    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def list_captures(args: argparse.Namespace) -> int:
     from carledger.config import ConfigError
     from carledger.edr import read_captures
@@ -82,28 +83,35 @@ def list_captures(args: argparse.Namespace) -> int:
     except (ConfigError, LedgerError, OSError) as exc:
         return fail(args, str(exc), EXIT_USAGE)
     if args.json:
-        print(json.dumps({"captures": [c.to_json() for c in captures]}, sort_keys=True))
+        clock = Clock(args.time, machine=True)
+        docs = [c.to_json() for c in captures]
+        for doc in docs:
+            doc["t"], doc["end_of_event"] = clock(doc["t"]), clock(doc["end_of_event"])
+        print(json.dumps({"captures": docs}, sort_keys=True))
         return EXIT_OK
     if not captures:
         print("no crash captures")
         return EXIT_OK
-    rows = [("capture", "trigger time (UTC)", "trigger", "delta-v", "airbag", "status", "policy", "keys")]
+    clock = Clock(args.time, places=3)
+    rows = [("capture", "trigger time (UTC)", "trigger", "delta-v", "records", "blocks", "airbag", "status", "policy", "keys")]
     for c in captures:
         rows.append((
-            str(c.capture), _iso(c.t), c.trigger.get("kind", "?"), f"{c.trigger.get('delta_v_kmh', 0):.1f} km/h",
+            str(c.capture), str(clock(c.t)), c.trigger.get("kind", "?"), f"{c.trigger.get('delta_v_kmh', 0):.1f} km/h",
+            "-" if c.records is None else str(c.records), "-" if c.data_seqs is None else "%d-%d" % c.data_seqs,
             "deployed" if c.deployment else "no", c.status, f"v{c.policy.get('version', '?')}",
             ", ".join(k.get("name", "?") for k in c.keys),
         ))
-    print(table(rows, right=(0,)))
+    print(table(rows, right=(0, 4)))
     return EXIT_OK
 
 
 def export_capture(args: argparse.Namespace) -> int:
     from carledger.config import ConfigError
     from carledger.edr import CaptureError, open_capture, read_captures
-    from carledger.ledger import KeyFileError, LedgerError, load_verify_key
+    from carledger.ledger import KeyFileError, LedgerError, MalformedBlock, load_verify_key
     from carledger.ledger.files import open_private
     from carledger.ledger.encrypt import DecryptError, load_private_key
+    from carledger.ledger.keys import kid
 
     try:
         key = load_private_key(args.key)
@@ -124,26 +132,54 @@ def export_capture(args: argparse.Namespace) -> int:
             content = open_capture(store, number, key, vkey)
         except KeyFileError as exc:
             return fail(args, str(exc), EXIT_USAGE)
-        except (CaptureError, DecryptError, LedgerError) as exc:
+        except CaptureError as exc:  # its message names the capture
+            return fail(args, str(exc), EXIT_REFUSED)
+        except MalformedBlock as exc:  # the metadata itself does not verify: every block would say the same
+            return fail(args, f"the crash stream does not verify with vehicle key {kid(vkey).hex()}: {exc}", EXIT_REFUSED)
+        except (DecryptError, LedgerError) as exc:
             return fail(args, f"capture {args.capture or number}: {exc}", EXIT_REFUSED)
+    rounding = rounding_from(args.dbc)
+    if rounding is None:
+        return EXIT_USAGE
     out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
     try:
-        if args.format == "csv":
-            writer = csv.writer(out)
-            writer.writerow(["t", "name", "source", "value"])
-            for s in content.samples:
-                writer.writerow([f"{s.t / 1e6:.6f}", s.name, s.source or "", s.value])
-        else:
-            doc = {
-                "capture": content.info.to_json(), "verified": True, "blocks": content.blocks,
-                "samples": [{"t": s.t / 1e6, "name": s.name, "source": s.source, "value": s.value} for s in content.samples],
-                "events": [{"t": e.t / 1e6, "event": e.kind, "detail": e.detail} for e in content.events],
-            }
-            json.dump(doc, out, default=str, sort_keys=True)
-            out.write("\n")
+        _write_capture(args, content, out, rounding)
     finally:
         if args.output:
             out.close()
-    print(f"capture {number}: {len(content.samples)} samples in {content.blocks} blocks, signatures and chain verified",
-          file=sys.stderr)
+    print(f"capture {number}: {_counted(content)}, signatures and chain verified", file=sys.stderr)
     return EXIT_OK
+
+
+def _counted(content: Any) -> str:
+    """`3023 records in blocks 1-7 (3022 samples, 1 event)`: the count the capture-end event signs."""
+    events = len(content.data_events)
+    seqs = content.info.data_seqs
+    where = f" in blocks {seqs[0]}-{seqs[1]}" if seqs else ""
+    return (f"{content.records} records{where} ({len(content.samples)} samples, "
+            f"{events} event{'s' * (events != 1)})")
+
+
+def _write_capture(args: argparse.Namespace, content: Any, out: TextIO, rounding: Any) -> None:
+    """The capture in the format asked: a JSON document, or the samples as every export writes them."""
+    from carledger.edr import CRASH_STREAM
+
+    fmt = SAMPLE_FORMATS.get(args.format)
+    clock = Clock(args.time, machine=fmt is None or fmt.machine)
+    samples = [sample_row(CRASH_STREAM, seq, s, clock, rounding) for s, seq in zip(content.samples, content.sample_seqs)]
+    if fmt is None:  # json: the capture's metadata, then its samples and events
+        info = content.info.to_json()
+        info["t"], info["end_of_event"] = clock(info["t"]), clock(info["end_of_event"])
+        doc = {
+            "capture": info, "verified": True, "blocks": content.blocks, "records": content.records, "samples": samples,
+            "events": [event_row(CRASH_STREAM, seq, e, clock) for e, seq in zip(content.events, content.event_seqs)],
+        }
+        json.dump(doc, out, default=json_default, sort_keys=True)
+        out.write("\n")
+        return
+    writer = fmt.writer(out)
+    rows = [(s.t, 0, row) for s, row in zip(content.samples, samples)]
+    if args.events:
+        rows += [(e.t, 1, event_row(CRASH_STREAM, seq, e, clock)) for e, seq in zip(content.events, content.event_seqs)]
+    for _, is_event, row in sorted(rows, key=lambda r: (r[0], r[1])) if args.events else rows:
+        (writer.event if is_event else writer.sample)(row)

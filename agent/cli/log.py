@@ -7,13 +7,14 @@ Merkle root does not hold is reported and not exported as if it were good.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
-from typing import Any, Iterator, TextIO
+from typing import Any, Callable, Iterator, TextIO
 
 from carledger.cli._args import stream_name
-from carledger.cli._display import TtyProgress
+from carledger.cli._display import BlockProblem, TtyProgress, by_cause, table
+from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, json_default, rounding_from, sample_row
+from carledger.ledger.files import open_private
 
 EPILOG = """\
 examples:
@@ -21,7 +22,9 @@ examples:
   carledger log show ./ledger --stream all --seq 0
   carledger log export ./ledger --stream all --format csv > all.csv
   carledger log export ./ledger --stream all --format jsonl --events -o all.jsonl
-  carledger log export ./ledger --stream insurer --format cose -o insurer.cose
+  carledger log export ./ledger --stream all --format csv --time relative --dbc car.dbc
+
+Formats and columns: docs/exports.md (the same in `read` and `edr export`).
 """
 
 
@@ -36,6 +39,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("list", help="streams with their blocks, records and time range")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    add_time_option(p)
     p.set_defaults(func=list_streams)
 
     p = sub.add_parser("show", help="one block: its signed header and its records")
@@ -43,16 +47,20 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--stream", required=True, type=stream_name)
     p.add_argument("--seq", type=int, help="block sequence number (default: the newest)")
     p.add_argument("--json", action="store_true", help="one JSON object")
+    p.add_argument("--dbc", action="append", default=[], metavar="FILE", help="round values to their signal's resolution in this DBC")
+    add_time_option(p)
     p.set_defaults(func=show_block)
 
-    p = sub.add_parser("export", help="one decoded sample per line: time, name, message, signal, value")
+    p = sub.add_parser("export", help="one decoded sample per line: time, stream, seq, name, message, signal, value")
     p.add_argument("store", metavar="STORE")
     p.add_argument("--stream", required=True, type=stream_name)
-    p.add_argument("--format", choices=("jsonl", "csv", "candump", "cose"), default="jsonl",
-                   help="candump: the samples re-encoded into CAN frames (needs --dbc), for canplayer; "
-                   "cose: every block as its signed COSE_Sign1 message with its records, a CBOR sequence "
-                   "(docs/block-format.md), for docs/third_party_verify.py")
-    p.add_argument("--dbc", action="append", default=[], metavar="FILE", help="DBC to encode frames with (--format candump)")
+    p.add_argument("--format", choices=(*SAMPLE_FORMATS, *STREAM_FORMATS), default="jsonl",
+                   help="jsonl (default), csv (docs/exports.md); candump: the samples re-encoded into CAN frames "
+                   "(needs --dbc), for canplayer; cose: every block as its signed COSE_Sign1 message with its "
+                   "records, a CBOR sequence (docs/block-format.md), for docs/third_party_verify.py")
+    p.add_argument("--dbc", action="append", default=[], metavar="FILE",
+                   help="the car's DBC: values rounded to each signal's resolution; frames encoded with it (--format candump)")
+    add_time_option(p)
     p.add_argument("--channel", default="can0", help="interface name written into candump lines (default can0)")
     p.add_argument("--events", action="store_true", help="also export declared events (jsonl only)")
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
@@ -91,17 +99,22 @@ def list_streams(args: argparse.Namespace) -> int:
         for r in rows
     }
     if args.json:
+        if args.time:
+            clock = Clock(args.time, machine=True)
+            for summary in streams.values():
+                summary["t0"], summary["t1"] = clock(summary["t0"]), clock(summary["t1"])
         print(json.dumps({"vehicle": _text(meta.get("vehicle")), "streams": streams}))
         return 0
     print(f"vehicle {_text(meta.get('vehicle'))}")
-    header = f"{'stream':<20} {'blocks':>7} {'records':>9} {'seq':>13} {'from':>18} {'to':>18} {'acked':>6}"
-    print(header)
-    print("-" * len(header))
-    for name, s in streams.items():
-        seq = f"{s['first_seq']}..{s['last_seq']}"
-        print(f"{name:<20} {s['blocks']:>7} {s['records']:>9} {seq:>13} {s['t0']:>18.3f} {s['t1']:>18.3f} {s['acked']:>6}")
     if not streams:
         print("(no blocks yet)")
+        return 0
+    clock = Clock(args.time)
+    rows = [("stream", "blocks", "records", "seq", "from", "to", "acked")]
+    for name, s in streams.items():
+        rows.append((name, str(s["blocks"]), str(s["records"]), f"{s['first_seq']}..{s['last_seq']}",
+                     str(clock(s["t0"])), str(clock(s["t1"])), str(s["acked"])))
+    print(table(rows, right=(1, 2, 3, 6)))
     return 0
 
 
@@ -109,8 +122,8 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else value
 
 
-def _checked_blocks(store, stream: str, problems: list[str]) -> Iterator[tuple[Any, list[bytes]]]:
-    """Rows of a stream with their records, each checked against its signature and Merkle root."""
+def _checked_blocks(store, stream: str, problems: list[BlockProblem]) -> Iterator[tuple[Any, list[bytes]]]:
+    """Rows of a stream with their records, each checked against its signature and Merkle root; failures in `problems`."""
     from carledger.ledger import MalformedBlock, open_block
 
     key = _verify_key(store)
@@ -118,23 +131,24 @@ def _checked_blocks(store, stream: str, problems: list[str]) -> Iterator[tuple[A
         try:
             block = open_block(store.message(row), key, allow_bare=True)  # records NULL: dropped, checked by verify
         except MalformedBlock as exc:
-            problems.append(f"stream {stream} block {row.seq}: {exc}")
-            print(f"carledger: skipped stream {stream} block {row.seq}: {exc}", file=sys.stderr)
+            problems.append((stream, row.seq, str(exc)))
             continue
         yield row, block.records
 
 
-def _sample_fields(sample) -> dict[str, Any]:
-    source = sample.source or sample.name
-    message, _, signal = source.partition(".")
-    return {"t": sample.t / 1e6, "name": sample.name, "message": message, "signal": signal, "value": sample.value}
+def _report_skipped(problems: list[BlockProblem]) -> int:
+    """One line per cause for the blocks left out (docs/exports.md); exit 1 when there were any."""
+    for line in by_cause(problems):
+        print(f"carledger: left out: {line}", file=sys.stderr)
+    return 1 if problems else 0
 
 
 def show_block(args: argparse.Namespace) -> int:
     from carledger.ledger import Header, MalformedBlock, Sample, decode_record, decode_sign1, open_block
 
+    rounding = rounding_from(args.dbc)
     store = _open(args.store)
-    if store is None:
+    if store is None or rounding is None:
         return 2
     with store:
         rows = [r for r in store.iter_blocks(args.stream) if args.seq is None or r.seq == args.seq]
@@ -150,17 +164,19 @@ def show_block(args: argparse.Namespace) -> int:
         except MalformedBlock as exc:
             status = f"FAILED: {exc}"
         records = [decode_record(r) for r in store.records(row)]
+    clock = Clock(args.time, machine=args.json)
     doc = {
-        "stream": header.stream, "seq": header.seq, "vehicle": header.vid, "t0": header.t0 / 1e6, "t1": header.t1 / 1e6,
-        "count": header.count, "prev": header.prev.hex(), "digest": row.digest.hex(), "policy": header.policy.hex(),
-        "root": header.root.hex(), "check": status, "records_dropped": row.records is None,
+        "stream": header.stream, "seq": header.seq, "vehicle": header.vid, "t0": clock(header.t0 / 1e6),
+        "t1": clock(header.t1 / 1e6), "count": header.count, "prev": header.prev.hex(), "digest": row.digest.hex(),
+        "policy": header.policy.hex(), "root": header.root.hex(), "check": status, "records_dropped": row.records is None,
         "records": [
-            _sample_fields(r) if isinstance(r, Sample) else {"t": r.t / 1e6, "event": r.kind, "detail": r.detail}
+            sample_row(header.stream, header.seq, r, clock, rounding) if isinstance(r, Sample)
+            else event_row(header.stream, header.seq, r, clock)
             for r in records
         ],
     }
     if args.json:
-        print(json.dumps(doc, default=_json_default))
+        print(json.dumps(doc, default=json_default))
         return 0 if status.startswith("signature") else 1
     for key in ("stream", "seq", "vehicle", "t0", "t1", "count", "prev", "digest", "policy", "root", "check"):
         print(f"{key:>8}: {doc[key]}")
@@ -168,24 +184,23 @@ def show_block(args: argparse.Namespace) -> int:
         print("records: dropped by retention (the signed header remains)")
     for rec in doc["records"]:
         if "event" in rec:
-            print(f"  {rec['t']:.6f}  event {rec['event']} {json.dumps(rec['detail'], default=_json_default)}")
+            print(f"  {rec['t']}  event {rec['event']} {json.dumps(rec['detail'], default=json_default)}")
         else:
-            print(f"  {rec['t']:.6f}  {rec['name']} = {rec['value']}" + (
+            print(f"  {rec['t']}  {rec['name']} = {rec['value']}" + (
                 f"  ({rec['message']}.{rec['signal']})" if rec["name"] != f"{rec['message']}.{rec['signal']}" else ""))
     return 0 if status.startswith("signature") else 1
 
 
-def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -> int:
-    """The stream's samples as candump lines: frames re-encoded with the DBC (carledger.decode.encode)."""
+def _export_candump(args: argparse.Namespace, store: Any, out: TextIO, problems: list[BlockProblem]) -> int:
+    """The stream's samples as candump lines: frames re-encoded with the DBC (carledger.decode.encode).
+
+    candump lines carry epoch seconds by definition: --time does not apply.
+    """
     from carledger.decode import DbcError, load_dbc
     from carledger.decode.encode import FrameEncoder
     from carledger.ledger import Sample, decode_record
-    from carledger.ledger.files import open_private
     from carledger.sources.candump import format_candump
 
-    if not args.dbc:
-        print("carledger: --format candump needs --dbc (the DBC to encode the frames with)", file=sys.stderr)
-        return 2
     try:
         encoder = FrameEncoder(load_dbc(path).database for path in args.dbc)
     except DbcError as exc:
@@ -199,83 +214,77 @@ def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -
                 if isinstance(rec, Sample):
                     yield rec.t / 1e6, rec.source or rec.name, rec.value
 
-    with store:
-        if args.stream not in store.streams():
-            print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
-            return 1
-        out: TextIO = open_private(args.output, "w") if args.output else sys.stdout
-        try:
-            for t, key, data in encoder.frames(samples()):
-                out.write(format_candump(t, args.channel, key, data, fd=len(data) > 8) + "\n")
-        finally:
-            if args.output:
-                out.close()
+    for t, key, data in encoder.frames(samples()):
+        out.write(format_candump(t, args.channel, key, data, fd=len(data) > 8) + "\n")
     if encoder.skipped:
         print(f"carledger: {encoder.skipped} samples are not signals of {', '.join(args.dbc)}; left out", file=sys.stderr)
-    return 1 if problems else 0
+    return 0
 
 
-def _export_cose(args: argparse.Namespace, store: Any, problems: list[str]) -> int:
-    """The stream's blocks, each the COSE_Sign1 message the collector receives: a CBOR sequence (RFC 8742)."""
-    with store:
-        if args.stream not in store.streams():
-            print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
-            return 1
-        out = open_private(args.output, "wb") if args.output else sys.stdout.buffer
-        try:
-            for row, _ in _checked_blocks(store, args.stream, problems):
-                out.write(store.message(row))
-        finally:
-            if args.output:
-                out.close()
-    return 1 if problems else 0
+def _export_samples(args: argparse.Namespace, store: Any, out: TextIO, problems: list[BlockProblem]) -> int:
+    """One sample per line in a SAMPLE_FORMATS format (docs/exports.md)."""
+    from carledger.ledger import Sample, decode_record
+
+    rounding = rounding_from(args.dbc)
+    if rounding is None:
+        return 2
+    fmt = SAMPLE_FORMATS[args.format]
+    writer = fmt.writer(out)
+    clock = Clock(args.time, machine=fmt.machine)
+    progress = TtyProgress.if_tty("exporting") if args.output or not sys.stdout.isatty() else None
+    total = store.block_count(args.stream)
+    for done, (row, records) in enumerate(_checked_blocks(store, args.stream, problems), start=1):
+        if progress is not None and done % 64 == 0:
+            progress(done, total)
+        for raw in records:
+            rec = decode_record(raw)
+            if isinstance(rec, Sample):
+                writer.sample(sample_row(args.stream, row.seq, rec, clock, rounding))
+            elif args.events:
+                writer.event(event_row(args.stream, row.seq, rec, clock))
+    if progress is not None:
+        progress.clear()
+    return 0
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.hex()
-    return str(value)
+def _export_cose(args: argparse.Namespace, store: Any, out: TextIO, problems: list[BlockProblem]) -> int:
+    """The stream's blocks, each the COSE_Sign1 message the collector receives: a CBOR sequence (RFC 8742).
+
+    Binary, so it goes to the text stream's buffer; --time and --dbc do not apply.
+    """
+    out.flush()
+    binary = out.buffer
+    for row, _ in _checked_blocks(store, args.stream, problems):
+        binary.write(store.message(row))
+    binary.flush()
+    return 0
+
+
+#: Formats that are not one sample per line: name -> exporter(args, store, out, problems) -> exit status.
+STREAM_FORMATS: dict[str, Callable[[argparse.Namespace, Any, TextIO, list[BlockProblem]], int]] = {
+    "candump": _export_candump,
+    "cose": _export_cose,
+}
 
 
 def export_stream(args: argparse.Namespace) -> int:
-    from carledger.ledger import Sample, decode_record
-    from carledger.ledger.files import open_private
-
     store = _open(args.store)
     if store is None:
         return 2
-    problems: list[str] = []
-    if args.format == "candump":
-        return _export_candump(args, store, problems)
-    if args.format == "cose":
-        return _export_cose(args, store, problems)
-    out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        with store:
-            if args.stream not in store.streams():
-                print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
-                return 1
-            writer = csv.writer(out) if args.format == "csv" else None
-            if writer:
-                writer.writerow(["t", "name", "message", "signal", "value"])
-            progress = TtyProgress.if_tty("exporting") if args.output or not sys.stdout.isatty() else None
-            total = store.block_count(args.stream)
-            for done, (row, records) in enumerate(_checked_blocks(store, args.stream, problems), start=1):
-                if progress is not None and done % 64 == 0:
-                    progress(done, total)
-                for raw in records:
-                    rec = decode_record(raw)
-                    if isinstance(rec, Sample):
-                        fields = _sample_fields(rec)
-                        if writer:
-                            writer.writerow([f"{fields['t']:.6f}", fields["name"], fields["message"], fields["signal"], fields["value"]])
-                        else:
-                            out.write(json.dumps(fields) + "\n")
-                    elif args.events and not writer:
-                        out.write(json.dumps({"t": rec.t / 1e6, "event": rec.kind, "detail": rec.detail}, default=_json_default) + "\n")
-            if progress is not None:
-                progress.clear()
-    finally:
-        if args.output:
-            out.close()
-    return 1 if problems else 0
+    problems: list[BlockProblem] = []
+    exporter = STREAM_FORMATS.get(args.format, _export_samples)
+    if args.format == "candump" and not args.dbc:
+        store.close()
+        print("carledger: --format candump needs --dbc (the DBC to encode the frames with)", file=sys.stderr)
+        return 2
+    with store:
+        if args.stream not in store.streams():
+            print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
+            return 1
+        out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
+        try:
+            code = exporter(args, store, out, problems)
+        finally:
+            if args.output:
+                out.close()
+    return code or _report_skipped(problems)

@@ -9,13 +9,12 @@ store and on a collector's copy (COLLECTOR/vehicles/<vehicle>).
 from __future__ import annotations
 
 import argparse
-import csv
-import json
 import sys
-from typing import Any, TextIO
+from typing import TextIO
 
 from carledger.cli._args import stream_name
-from carledger.cli.log import _json_default, _sample_fields
+from carledger.cli._display import BlockProblem, by_cause
+from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, rounding_from, sample_row
 
 EPILOG = """\
 exit status: 0 everything verified and decrypted, 1 a block failed (or is encrypted and no --key fits), 2 unreadable.
@@ -24,6 +23,9 @@ examples:
   carledger keygen recipient -o insurer.key            # prints the public key for the owner's policy
   carledger read ./collected/vehicles/car-1 --key insurer.key --stream insurer
   carledger read ./ledger --key insurer.key --format csv > insurer.csv
+  carledger read ./ledger --key insurer.key --format csv --time epoch --dbc car.dbc
+
+Formats and columns: docs/exports.md (the same in `log export` and `edr export`).
 """
 
 
@@ -38,13 +40,15 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--key", metavar="RECIPIENT_KEY", help="the recipient's X25519 private key (file or 64 hex digits)")
     parser.add_argument("--stream", action="append", type=stream_name, help="stream to read (repeatable; default: all)")
     parser.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
-    parser.add_argument("--format", choices=("jsonl", "csv"), default="jsonl")
+    parser.add_argument("--format", choices=tuple(SAMPLE_FORMATS), default="jsonl", help="jsonl (default) or csv")
     parser.add_argument("--events", action="store_true", help="also print declared events (jsonl only)")
+    parser.add_argument("--dbc", action="append", default=[], metavar="FILE", help="round values to their signal's resolution in this DBC")
+    add_time_option(parser)
     parser.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     parser.set_defaults(func=run)
 
 
-def _rows(store, stream: str, vkey, key, problems: list[str]):
+def _rows(store, stream: str, vkey, key, problems: list[BlockProblem]):
     """(seq, records) of each block of `stream` that verifies (and decrypts); problems for the rest."""
     from carledger.ledger import MalformedBlock, open_block
     from carledger.ledger.encrypt import DecryptError, is_sealed, open_sealed
@@ -58,7 +62,7 @@ def _rows(store, stream: str, vkey, key, problems: list[str]):
                     raise DecryptError("encrypted; pass --key with a recipient's key")
                 records = open_sealed(block.header, records, key)
         except (MalformedBlock, DecryptError) as exc:
-            problems.append(f"stream {stream} seq {row.seq}: {exc}")
+            problems.append((stream, row.seq, str(exc)))
             continue
         yield row.seq, records
 
@@ -84,7 +88,13 @@ def run(args: argparse.Namespace) -> int:
         store.close()
         print(f"carledger read: {args.store} records no vehicle key; pass --vehicle-key", file=sys.stderr)
         return 2
-    problems: list[str] = []
+    rounding = rounding_from(args.dbc, "carledger read")
+    if rounding is None:
+        store.close()
+        return 2
+    problems: list[BlockProblem] = []
+    fmt = SAMPLE_FORMATS[args.format]
+    clock = Clock(args.time, machine=fmt.machine)
     out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
     try:
         with store:
@@ -93,25 +103,18 @@ def run(args: argparse.Namespace) -> int:
             if missing:
                 print(f"carledger read: no stream {missing[0]!r} in {args.store}", file=sys.stderr)
                 return 1
-            writer = csv.writer(out) if args.format == "csv" else None
-            if writer:
-                writer.writerow(["stream", "seq", "t", "name", "message", "signal", "value"])
+            writer = fmt.writer(out)
             for name in names:
                 for seq, records in _rows(store, name, vkey, key, problems):
                     for raw in records:
                         rec = decode_record(raw)
                         if isinstance(rec, Sample):
-                            f = _sample_fields(rec)
-                            if writer:
-                                writer.writerow([name, seq, f"{f['t']:.6f}", f["name"], f["message"], f["signal"], f["value"]])
-                            else:
-                                out.write(json.dumps({"stream": name, "seq": seq, **f}) + "\n")
-                        elif args.events and not writer:
-                            doc: dict[str, Any] = {"stream": name, "seq": seq, "t": rec.t / 1e6, "event": rec.kind, "detail": rec.detail}
-                            out.write(json.dumps(doc, default=_json_default) + "\n")
+                            writer.sample(sample_row(name, seq, rec, clock, rounding))
+                        elif args.events:
+                            writer.event(event_row(name, seq, rec, clock))
     finally:
         if args.output:
             out.close()
-    for p in problems:
-        print(f"carledger read: {p}", file=sys.stderr)
+    for line in by_cause(problems):
+        print(f"carledger read: {line}", file=sys.stderr)
     return 1 if problems else 0

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
+from collections import Counter
 
-from carledger.cli._display import TtyProgress, table
+from carledger.cli._display import TtyProgress, by_cause, table
 
 EPILOG = """\
 exit status: 0 every chain is intact, 1 a problem was found, 2 the store cannot be read.
@@ -45,6 +47,56 @@ def _table(report) -> str:
     return table(rows, right=(1, 2))
 
 
+def _captures(args: argparse.Namespace, report) -> list:
+    """The crash captures, from their signed metadata, once the crash stream verified (else none).
+
+    Their record counts are the ones `edr list` and `edr export` give; the
+    table counts what the blocks sign, the ciphertext of encrypted blocks.
+    """
+    from carledger.edr import CRASH_STREAM, read_captures
+    from carledger.ledger import LedgerError, Store, load_verify_key
+
+    if CRASH_STREAM not in report.streams or any(p.stream == CRASH_STREAM for p in report.problems):
+        return []
+    try:
+        with Store.open_readonly(args.store) as store:
+            return read_captures(store, load_verify_key(args.key) if args.key else store.verify_key)
+    except (LedgerError, OSError):
+        return []
+
+
+def _capture_line(c) -> str:
+    where = f" in blocks {c.data_seqs[0]}-{c.data_seqs[1]}" if c.data_seqs else ""
+    count = "" if c.records is None else f" {c.records} records{where}"
+    return f"crash capture {c.capture}:{count} ({c.status})"
+
+
+_ROW = re.compile(r"row \d+: ")
+
+
+def _cause(problem) -> str | None:
+    """What went wrong with a block, without the row it went wrong in (None for other problems)."""
+    if problem.stream is None or problem.seq is None or not _ROW.match(problem.detail):
+        return None
+    return f"{problem.kind}: {_ROW.sub('', problem.detail, count=1)}"
+
+
+def _problem_lines(problems: list) -> list[str]:
+    """Each problem once; a cause that hit many blocks (a wrong pinned key) once, with its count and seqs."""
+    counts = Counter(c for c in map(_cause, problems) if c)
+    repeated = [(p.stream, p.seq, c) for p in problems if (c := _cause(p)) and counts[c] > 1]
+    grouped = iter(by_cause(repeated))
+    lines, seen = [], set()
+    for p in problems:
+        c = _cause(p)
+        if c is None or counts[c] == 1:
+            lines.append(str(p))
+        elif c not in seen:
+            seen.add(c)
+            lines.append(next(grouped))
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, StoreError
     from carledger.verify import verify_store
@@ -64,7 +116,10 @@ def run(args: argparse.Namespace) -> int:
         progress.clear()
 
     if args.json:
-        json.dump(report.to_json(), sys.stdout, sort_keys=False)
+        doc = report.to_json()
+        doc["captures"] = [{"capture": c.capture, "records": c.records, "data_seqs": list(c.data_seqs) if c.data_seqs else None,
+                            "status": c.status} for c in _captures(args, report)]
+        json.dump(doc, sys.stdout, sort_keys=False)
         sys.stdout.write("\n")
         return 0 if report.ok else 1
 
@@ -72,13 +127,15 @@ def run(args: argparse.Namespace) -> int:
         print(f"vehicle {report.vehicle}, key {report.key_id or 'none'}")
     if report.streams:
         print(_table(report))
+        for capture in _captures(args, report):
+            print(_capture_line(capture))
     else:
         print("no streams")
     if report.problems:
         print()
         print(f"problems ({len(report.problems)}):")
-        for p in report.problems:
-            print(f"  {p}")
+        for line in _problem_lines(report.problems):
+            print(f"  {line}")
     blocks = sum(s.blocks for s in report.streams.values())
     n = len(report.streams)
     if report.ok:

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from carledger.ledger import Event, MalformedBlock, Sample, Store, decode_record, open_block
-from carledger.ledger.encrypt import PrivateKey, is_sealed, open_sealed
+from carledger.ledger.encrypt import PrivateKey, is_sealed, open_sealed, recipient_kid
 
 CRASH_STREAM = "crash"
 CAPTURE = "capture"
@@ -116,19 +116,36 @@ def read_captures(store: Store, verify_key: Any = None) -> list[CaptureInfo]:
 
 @dataclass
 class CaptureContent:
-    """A capture opened with a recipient's key, every block verified."""
+    """A capture opened with a recipient's key, every block verified.
+
+    Its `records` are what the car recorded during the capture (samples and
+    events such as end-of-event), the count the capture-end event signs and
+    every command reports; the cleartext capture and capture-end events are
+    its metadata, not records of it.
+    """
 
     info: CaptureInfo
     samples: list[Sample]
     events: list[Event]
     blocks: int
+    sample_seqs: list[int] = field(default_factory=list)  # the block seq of each sample
+    event_seqs: list[int] = field(default_factory=list)
+
+    @property
+    def data_events(self) -> list[Event]:
+        return [e for e in self.events if e.kind not in (CAPTURE, CAPTURE_END)]
+
+    @property
+    def records(self) -> int:
+        return len(self.samples) + len(self.data_events)
 
 
 def open_capture(store: Store, number: int, key: PrivateKey, verify_key: Any) -> CaptureContent:
     """Verify and decrypt capture `number`: signatures, the chain through its blocks, the record count.
 
-    CaptureError names the first block that fails; DecryptError when `key`
-    is not one the capture was encrypted to.
+    CaptureError names the first block that fails, or says that `key` is not
+    one of the keys the capture's signed metadata names; DecryptError when a
+    block's own key list disagrees with that metadata.
     """
     infos = {c.capture: c for c in read_captures(store, verify_key)}
     info = infos.get(number)
@@ -137,11 +154,13 @@ def open_capture(store: Store, number: int, key: PrivateKey, verify_key: Any) ->
         raise CaptureError(f"no capture {number} in {store.path} (captures: {known})")
     if info.overwritten:
         raise CaptureError(f"capture {number} was overwritten (its data is gone; the metadata remains)")
+    mine = recipient_kid(key.public_key).hex()
+    if info.keys and mine not in {k.get("kid") for k in info.keys}:  # the signed metadata names its keys
+        names = ", ".join(str(k.get("name", "?")) for k in info.keys)
+        raise CaptureError(f"capture {number} is not encrypted to key {mine} (its keys: {names})")
     last = info.end_seq if info.end_seq is not None else None
-    samples: list[Sample] = []
-    events: list[Event] = []
+    content = CaptureContent(info, [], [], 0)
     prev_digest = None
-    blocks = 0
     expected = info.start_seq
     for row in store.iter_blocks(CRASH_STREAM):
         if row.seq < info.start_seq or (last is not None and row.seq > last):
@@ -158,7 +177,7 @@ def open_capture(store: Store, number: int, key: PrivateKey, verify_key: Any) ->
         if prev_digest is not None and block.header.prev != prev_digest:
             raise CaptureError(f"capture {number}: block seq {row.seq} does not link to seq {row.seq - 1}")
         prev_digest = block.digest
-        blocks += 1
+        content.blocks += 1
         records = block.records
         if is_sealed(records):
             try:
@@ -167,11 +186,14 @@ def open_capture(store: Store, number: int, key: PrivateKey, verify_key: Any) ->
                 raise CaptureError(f"capture {number}: block seq {row.seq}: {exc}") from None
         for raw in records:
             rec = decode_record(raw)
-            (samples if isinstance(rec, Sample) else events).append(rec)  # type: ignore[arg-type]
-        if last is None and any(e.kind == CAPTURE_END for e in events):
+            if isinstance(rec, Sample):
+                content.samples.append(rec)
+                content.sample_seqs.append(row.seq)
+            else:
+                content.events.append(rec)  # type: ignore[arg-type]
+                content.event_seqs.append(row.seq)
+        if last is None and any(e.kind == CAPTURE_END for e in content.events):
             break
-    if info.records is not None:
-        data = len(samples) + sum(1 for e in events if e.kind not in (CAPTURE, CAPTURE_END))
-        if data != info.records:
-            raise CaptureError(f"capture {number}: {data} records, the capture-end event says {info.records}")
-    return CaptureContent(info, samples, events, blocks)
+    if info.records is not None and content.records != info.records:
+        raise CaptureError(f"capture {number}: {content.records} records, the capture-end event says {info.records}")
+    return content

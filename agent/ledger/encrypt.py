@@ -172,7 +172,7 @@ def open_sealed(header: Header, records: Sequence[bytes], private_key: PrivateKe
     mine = recipient_kid(private_key.public_key)
     wrapped = [w for w in _field(keys.detail, "to", list, KEYS_EVENT) if isinstance(w, list) and len(w) == 2 and w[0] == mine]
     if not wrapped:
-        raise DecryptError(f"this block is not encrypted to key {mine.hex()}")
+        raise DecryptError(f"not encrypted to key {mine.hex()}")
     try:
         block_key = nacl.public.SealedBox(private_key).decrypt(bytes(wrapped[0][1]))
         compressed = nacl.secret.SecretBox(block_key).decrypt(box)
