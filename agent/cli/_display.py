@@ -1,40 +1,47 @@
-"""Terminal output the commands share: a progress line for long work, and plain tables."""
+"""Terminal output the commands share: a progress bar for long work, and plain tables."""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import Sequence, TextIO
+from typing import Any, Sequence, TextIO
+
+#: seconds before a bar appears: work done sooner shows nothing at all
+PROGRESS_DELAY = 0.5
+
+
+def progress_bar(desc: str, unit: str, total: float | None = None, stream: TextIO | None = None) -> Any:
+    """A tqdm bar on stderr while the work lasts; nothing when stderr is not a terminal (logs, pipes, CI).
+
+    tqdm decides that itself (`disable=None` turns the bar off when the stream
+    is not a TTY), so a redirected command's output stays exactly its output.
+    """
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=f" {unit}", file=stream or sys.stderr, disable=None, leave=False,
+                delay=PROGRESS_DELAY, dynamic_ncols=True)
 
 
 class TtyProgress:
-    """`verifying 12000/50000 blocks` on stderr, at most a few times a second, only on a TTY."""
+    """A progress callback `(done, total)` for work counted in blocks (verify, audit, export), drawn by tqdm."""
 
-    def __init__(self, verb: str, stream: TextIO = sys.stderr):
+    def __init__(self, verb: str, stream: TextIO | None = None):
         self.verb = verb
         self.stream = stream
-        self.last = 0.0
-        self.shown = False
+        self.bar: Any = None
 
     @classmethod
     def if_tty(cls, verb: str) -> "TtyProgress | None":
         return cls(verb) if sys.stderr.isatty() else None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total and not self.shown:
-            return  # small store: done before the first update, nothing to show
-        if done < total and now - self.last < 0.25:
-            return
-        self.last = now
-        self.shown = True
-        self.stream.write(f"\r{self.verb} {done}/{total} blocks")
-        self.stream.flush()
+        if self.bar is None:
+            self.bar = progress_bar(self.verb, "blocks", total, self.stream)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
 
     def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from typing import Any, TextIO
 
 from carledger.cli._display import table
-from carledger.cli._owner import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, fail, target
+from carledger.cli._store import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, exit_status, fail, open_output, output_path
 
 EPILOG = """\
 examples:
@@ -26,7 +26,7 @@ keys open it. `list` needs no key: it reads the cleartext metadata (when, what
 triggered it, whether an airbag deployed, the policy version, which keys).
 `export` checks every block's signature, the chain through the capture and
 its record count before it prints anything.
-exit status: 0 done, 1 not verified or not readable with this key, 2 bad usage or unreadable store."""
+""" + exit_status("done", "not verified or not readable with this key")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -37,12 +37,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    listing = commands.add_parser("list", help="every capture: when, trigger, airbag, status, keys")
-    _store_arguments(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON object")
+    listing = commands.add_parser("list", help="every capture: when, trigger, airbag, status, keys",
+                                  epilog=exit_status("listed", "the crash stream does not verify"))
+    add_store_options(listing, positional=True)  # STORE: an agent store or a collector's vehicles/VEHICLE
     listing.set_defaults(func=list_captures)
-    export = commands.add_parser("export", help="verify and decrypt one capture with a recipient's key")
-    _store_arguments(export)
+    export = commands.add_parser("export", help="verify and decrypt one capture with a recipient's key",
+                                 epilog=exit_status("exported", "not verified or not readable with this key"))
+    add_store_options(export, positional=True, json_output=False)
     export.add_argument("--key", required=True, metavar="KEY", help="an X25519 private key the capture is encrypted to (file or 64 hex digits)")
     export.add_argument("--capture", type=int, metavar="N", help="the capture's number (default: the newest)")
     export.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
@@ -52,15 +53,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or EXIT_USAGE)
 
 
-def _store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", nargs="?", metavar="STORE", help="an agent store or a collector's vehicles/VEHICLE directory (default: from -c)")
-    parser.add_argument("-c", "--config", metavar="FILE", help="the agent's configuration (where the store is)")
-
-
 def _open_store(args: argparse.Namespace) -> Any:
     from carledger.ledger import Store
 
-    return Store.open_readonly(args.store or target(args).store)
+    return Store.open_readonly(args.store)
 
 
 def _iso(t: float | None) -> str:
@@ -104,6 +100,8 @@ def export_capture(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, LedgerError, load_verify_key
     from carledger.ledger.encrypt import DecryptError, load_private_key
 
+    if args.output:
+        output_path(args.output)  # before any work: a directory or a missing parent is a usage error
     try:
         key = load_private_key(args.key)
         store = _open_store(args)
@@ -125,7 +123,7 @@ def export_capture(args: argparse.Namespace) -> int:
             return fail(args, str(exc), EXIT_USAGE)
         except (CaptureError, DecryptError, LedgerError) as exc:
             return fail(args, f"capture {args.capture or number}: {exc}", EXIT_REFUSED)
-    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_output(args.output)
     try:
         if args.format == "csv":
             writer = csv.writer(out)

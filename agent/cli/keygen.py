@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from carledger.cli._store import exit_status
+
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "keygen", help="make a recipient (X25519) or owner (Ed25519) key; prints the public key",
         description="Write a new private key (hex, mode 0600, never overwriting) and print its public key.",
+        epilog=exit_status("written", "the key file exists already or cannot be written"),
     )
     parser.add_argument("kind", choices=("recipient", "owner"), help="recipient: encryption key; owner: policy signing key")
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="private key file to create")

@@ -13,6 +13,7 @@ import sys
 from typing import Any, Iterator, TextIO
 
 from carledger.cli._display import TtyProgress
+from carledger.cli._store import add_store_options, exit_status, open_output, output_path
 
 EPILOG = """\
 examples:
@@ -20,31 +21,33 @@ examples:
   carledger log show ./ledger --stream all --seq 0
   carledger log export ./ledger --stream all --format csv > all.csv
   carledger log export ./ledger --stream all --format jsonl --events -o all.jsonl
-"""
+  carledger log list --store /var/lib/carledger
+
+""" + exit_status("read", "a block failed its checks, or no such stream or block")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "log", help="list, show and export what a ledger holds",
-        description="Read a ledger back. Exit 0 on success, 1 when a block failed its checks, 2 when the store cannot be read.",
+        description="Read a ledger back: every block is checked (signature, Merkle root) on the way out.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(title="log commands", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="streams with their blocks, records and time range")
-    p.add_argument("store", metavar="STORE")
-    p.add_argument("--json", action="store_true", help="one JSON object")
+    p = sub.add_parser("list", help="streams with their blocks, records and time range", epilog=exit_status("listed", None))
+    add_store_options(p, positional=True)
     p.set_defaults(func=list_streams)
 
-    p = sub.add_parser("show", help="one block: its signed header and its records")
-    p.add_argument("store", metavar="STORE")
+    p = sub.add_parser("show", help="one block: its signed header and its records",
+                       epilog=exit_status("shown", "the block failed its checks, or no such block"))
+    add_store_options(p, positional=True)
     p.add_argument("--stream", required=True)
     p.add_argument("--seq", type=int, help="block sequence number (default: the newest)")
-    p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=show_block)
 
-    p = sub.add_parser("export", help="one decoded sample per line: time, name, message, signal, value")
-    p.add_argument("store", metavar="STORE")
+    p = sub.add_parser("export", help="one decoded sample per line: time, name, message, signal, value",
+                       epilog=exit_status("exported", "a block failed its checks (left out), or no such stream"))
+    add_store_options(p, positional=True, json_output=False)
     p.add_argument("--stream", required=True)
     p.add_argument("--format", choices=("jsonl", "csv", "candump"), default="jsonl",
                    help="candump: the samples re-encoded into CAN frames (needs --dbc), for canplayer")
@@ -198,7 +201,7 @@ def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -
         if args.stream not in store.streams():
             print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
             return 1
-        out: TextIO = open(args.output, "w") if args.output else sys.stdout
+        out: TextIO = open_output(args.output)
         try:
             for t, key, data in encoder.frames(samples()):
                 out.write(format_candump(t, args.channel, key, data, fd=len(data) > 8) + "\n")
@@ -219,13 +222,15 @@ def _json_default(value: Any) -> Any:
 def export_stream(args: argparse.Namespace) -> int:
     from carledger.ledger import Sample, decode_record
 
+    if args.output:
+        output_path(args.output)  # before any work: a directory or a missing parent is a usage error
     store = _open(args.store)
     if store is None:
         return 2
     problems: list[str] = []
     if args.format == "candump":
         return _export_candump(args, store, problems)
-    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_output(args.output)
     try:
         with store:
             if args.stream not in store.streams():

@@ -14,10 +14,10 @@ import json
 import sys
 from typing import Any, TextIO
 
+from carledger.cli._store import add_store_options, exit_status, open_output, output_path
 from carledger.cli.log import _json_default, _sample_fields
 
-EPILOG = """\
-exit status: 0 everything verified and decrypted, 1 a block failed (or is encrypted and no --key fits), 2 unreadable.
+EPILOG = exit_status("everything verified and decrypted", "a block failed (or is encrypted and no --key fits)") + """
 
 examples:
   carledger keygen recipient -o insurer.key            # prints the public key for the owner's policy
@@ -33,7 +33,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "and Merkle root; blocks encrypted to the recipient are decrypted with --key.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("store", metavar="STORE", help="an agent store or a collector's vehicles/VEHICLE directory")
+    add_store_options(parser, positional=True, json_output=False)  # STORE: an agent store or a collector's vehicles/VEHICLE
     parser.add_argument("--key", metavar="RECIPIENT_KEY", help="the recipient's X25519 private key (file or 64 hex digits)")
     parser.add_argument("--stream", action="append", help="stream to read (repeatable; default: all)")
     parser.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
@@ -66,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, Sample, Store, StoreError, decode_record, load_verify_key
     from carledger.ledger.encrypt import load_private_key
 
+    if args.output:
+        output_path(args.output)  # before any work: a directory or a missing parent is a usage error
     try:
         store = Store.open_readonly(args.store)
     except StoreError as exc:
@@ -83,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"carledger read: {args.store} records no vehicle key; pass --vehicle-key", file=sys.stderr)
         return 2
     problems: list[str] = []
-    out: TextIO = open(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_output(args.output)
     try:
         with store:
             names = args.stream or store.streams()

@@ -13,16 +13,17 @@ import json
 import sys
 import time
 
+from carledger.cli._store import add_store_options, exit_status, open_output
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 
 EPILOG = """\
 examples:
   carledger keygen owner -o owner.key                    # prints the owner's public key
-  carledger remote enroll-owner /var/lib/carledger owner.pub    # on the car, once
+  carledger remote enroll-owner owner.pub --store /var/lib/carledger    # on the car, once (or -c agent.toml)
   carledger remote sign-policy policy.toml --key owner.key -o policy.cose
   carledger remote send-policy policy.cose --vehicle car-1 --host broker.example --ca ca.crt \\
       --cert owner.crt --key owner-tls.key --wait 60
-"""
+"""  # each command's exit status is in its own help
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -34,18 +35,20 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(title="remote commands", metavar="COMMAND")
 
-    p = sub.add_parser("enroll-owner", help="enrol the owner's public key in a store (STORE/keys/owner.pub)")
-    p.add_argument("store", metavar="STORE")
+    p = sub.add_parser("enroll-owner", help="enrol the owner's public key in a store (STORE/keys/owner.pub)",
+                       epilog=exit_status("enrolled", "the key cannot be read or written"))
     p.add_argument("public_key", metavar="OWNER_PUB", help="64 hex digits, a .pub file, or the owner's .key file")
+    add_store_options(p, json_output=False)
     p.set_defaults(func=enroll)
 
-    p = sub.add_parser("sign-policy", help="sign a policy file with the owner's key")
+    p = sub.add_parser("sign-policy", help="sign a policy file with the owner's key", epilog=exit_status("signed", "refused"))
     p.add_argument("policy", metavar="POLICY", help="the policy TOML file")
     p.add_argument("--key", required=True, dest="owner_key", metavar="OWNER_KEY", help="the owner's private key file")
     p.add_argument("-o", "--output", required=True, metavar="FILE", help="the signed update to write")
     p.set_defaults(func=sign)
 
-    p = sub.add_parser("send-policy", help="publish a signed update to carledger/v1/VEHICLE/policy")
+    p = sub.add_parser("send-policy", help="publish a signed update to carledger/v1/VEHICLE/policy",
+                       epilog=exit_status("sent (and, with --wait, applied)", "the vehicle refused it or did not answer in time"))
     p.add_argument("signed", metavar="SIGNED", help="the file sign-policy wrote")
     p.add_argument("--vehicle", required=True)
     p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for the vehicle's outcome")
@@ -77,7 +80,7 @@ def sign(args: argparse.Namespace) -> int:
         with open(args.policy, "rb") as fh:
             document = fh.read()
         signed = sign_policy(document, key)
-        with open(args.output, "wb") as fh:
+        with open_output(args.output, "wb") as fh:
             fh.write(signed)
     except (KeyFileError, OSError) as exc:
         print(f"carledger remote: {exc}", file=sys.stderr)

@@ -17,6 +17,8 @@ examples:
   carledger run --replay drive.log --dbc car.dbc --store ./ledger --policy policy.toml --fast
   carledger run --replay drive.log --dbc car.dbc --store ./ledger \\
       --stream speed=Vehicle.Speed,WHEEL_SPEEDS.* --stream gps=Vehicle.CurrentLocation.* --fast
+
+exit status: 0 ran and stopped cleanly, 2 usage error, unreadable input or a path that is not what it should be.
 """
 
 

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from carledger.cli._store import add_store_options, exit_status
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 
 EPILOG = """\
@@ -19,7 +20,8 @@ examples:
   carledger sync ./ledger --vehicle car-1 --stream driving --host localhost --drain
   carledger sync /var/lib/carledger --vehicle car-1 --stream insurer=acme --host broker --ca ca.crt \\
       --cert car-1.crt --key car-1.key
-"""
+
+""" + exit_status("sent (with --drain: every block acked)", "not everything was acked")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -29,7 +31,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "on the broker's PUBACK and acked on the collector's ack, and send again what the collector did not ack.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("store", metavar="STORE")
+    add_store_options(parser, positional=True, json_output=False)
     parser.add_argument("--vehicle", required=True, help="vehicle id: the topic level carledger/v1/VEHICLE/")
     parser.add_argument("--stream", action="append", required=True, metavar="NAME[=RECIPIENT]",
                         help="a stream to send (repeatable); nothing else leaves")
