@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import sys
-from typing import Any, Sequence, TextIO
+import threading
+from typing import Any, Callable, Sequence, TextIO
 
 #: seconds before a bar appears: work done sooner shows nothing at all
 PROGRESS_DELAY = 0.5
@@ -19,6 +20,33 @@ def progress_bar(desc: str, unit: str, total: float | None = None, stream: TextI
 
     return tqdm(total=total, desc=desc, unit=f" {unit}", file=stream or sys.stderr, disable=None, leave=False,
                 delay=PROGRESS_DELAY, dynamic_ncols=True)
+
+
+class PolledProgress:
+    """A bar fed from a thread that polls `count()`: for long work whose loop is not the command's own
+    (the pipeline's replay, the syncer's drain). No thread at all when the bar is off (not a terminal)."""
+
+    def __init__(self, desc: str, unit: str, count: Callable[[], int], total: int | None = None, interval: float = 0.25):
+        self.count = count
+        self.interval = interval
+        self.bar = progress_bar(desc, unit, total)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._feed, name="progress", daemon=True)
+
+    def start(self) -> "PolledProgress":
+        if not self.bar.disable:
+            self._thread.start()
+        return self
+
+    def _feed(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.bar.update(self.count() - self.bar.n)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.bar.close()
 
 
 class TtyProgress:

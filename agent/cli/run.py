@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 
+from carledger.cli._display import PolledProgress
 from carledger.config import DEFAULT_PATH, ConfigError, load_config, replay_config
 
 log = logging.getLogger("carledger")
@@ -102,7 +103,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    summary = pipeline.run(args.duration)
+    progress = PolledProgress("replaying", "frames", lambda: sum(b.stats.frames for b in pipeline.buses)).start() if args.replay else None
+    try:
+        summary = pipeline.run(args.duration)
+    finally:
+        if progress is not None:
+            progress.close()
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"read {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.0f} frames/s), "

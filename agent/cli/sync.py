@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 
+from carledger.cli._display import PolledProgress
 from carledger.cli._store import add_store_options, exit_status
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 
@@ -62,7 +63,11 @@ def run(args: argparse.Namespace) -> int:
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
+    waiting = sum(n for name, (n, _) in marks.backlog().items() if name in streams)
+    progress = PolledProgress("draining", "blocks", lambda: syncer.stats.acked_blocks, waiting) if args.drain else None
     syncer.start()
+    if progress is not None:
+        progress.start()
     drained = False
     try:
         while not done.wait(0.2):
@@ -70,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
                 drained = True
                 break
     finally:
+        if progress is not None:
+            progress.close()
         syncer.stop()
         marks.close()
     s = syncer.stats
