@@ -174,6 +174,19 @@ def test_pause_on_a_path_that_is_not_a_store_exits_2_as_its_help_says(tmp_path, 
     assert "2 usage error, unreadable input or a path" in " ".join(help_text.split())
 
 
+def test_argument_mistakes_found_after_parsing_show_the_subcommands_usage(store, tmp_path, capsys):
+    for argv, message in (
+        (("consent", "grant", "fleet", "--until", "someday", "--store", str(store)),
+         "carledger consent grant: error: --until: 'someday' is neither a date/time (2027-05-01, "
+         "2027-05-01T12:00:00+02:00) nor a duration (90d, 12h)"),
+        (("run", "--replay", str(tmp_path / "drive.log")), "carledger run: error: --replay needs --dbc and --store"),
+        (("log", "export", str(store), "--stream", "vault", "--format", "candump"),
+         "carledger log export: error: --format candump needs --dbc (the DBC to encode the frames with)"),
+    ):
+        code, _, err = cli(capsys, *argv)
+        assert code == 2 and err.startswith(f"usage: {message.split(':')[0]} ") and last_line(err) == message
+
+
 def leaf_parsers(parser: argparse.ArgumentParser, prefix: str = ""):
     subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
     if not subs:

@@ -7,7 +7,7 @@ import json
 import time
 
 from carledger.cli._display import table
-from carledger.cli._owner import EXIT_OK, EXIT_USAGE, add_store_options, fail, parse_when, run_request
+from carledger.cli._owner import EXIT_OK, EXIT_USAGE, UsageError, add_store_options, fail, parse_when, run_request
 from carledger.cli._store import exit_status
 
 EPILOG = """\
@@ -50,7 +50,7 @@ def grant(args: argparse.Namespace) -> int:
     try:
         until = parse_when(args.until, now=time.time())
     except ValueError as exc:
-        return fail(args, f"--until: {exc}", EXIT_USAGE)
+        raise UsageError(f"--until: {exc}") from None
     return run_request(args, {"action": "grant", "stream": args.stream, "until": until})
 
 

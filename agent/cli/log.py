@@ -13,7 +13,7 @@ import sys
 from typing import Any, Iterator, TextIO
 
 from carledger.cli._display import TtyProgress
-from carledger.cli._store import add_store_options, exit_status, open_output, output_path
+from carledger.cli._store import UsageError, add_store_options, exit_status, open_output, output_path
 
 EPILOG = """\
 examples:
@@ -182,8 +182,8 @@ def _export_candump(args: argparse.Namespace, store: Any, problems: list[str]) -
     from carledger.sources.candump import format_candump
 
     if not args.dbc:
-        print("carledger: --format candump needs --dbc (the DBC to encode the frames with)", file=sys.stderr)
-        return 2
+        store.close()
+        raise UsageError("--format candump needs --dbc (the DBC to encode the frames with)")
     try:
         encoder = FrameEncoder(load_dbc(path).database for path in args.dbc)
     except DbcError as exc:

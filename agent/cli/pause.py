@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from carledger.cli._owner import EXIT_USAGE, add_store_options, fail, parse_when, run_request
+from carledger.cli._owner import UsageError, add_store_options, parse_when, run_request
 from carledger.cli._store import exit_status
 
 EPILOG = """\
@@ -36,5 +36,5 @@ def pause(args: argparse.Namespace) -> int:
         try:
             until = parse_when(args.duration, now=time.time())
         except ValueError as exc:
-            return fail(args, f"--for: {exc}", EXIT_USAGE)
+            raise UsageError(f"--for: {exc}") from None
     return run_request(args, {"action": "pause", "until": until})

@@ -8,6 +8,7 @@ import signal
 import sys
 
 from carledger.cli._display import PolledProgress
+from carledger.cli._store import UsageError
 from carledger.config import DEFAULT_PATH, ConfigError, load_config, replay_config
 
 log = logging.getLogger("carledger")
@@ -58,7 +59,7 @@ def _parse_streams(items: list[str]) -> dict[str, list[str]] | None:
     for item in items:
         name, sep, patterns = item.partition("=")
         if not sep or not name or not patterns:
-            raise ConfigError("--stream", None, "", f"expected NAME=PATTERN[,PATTERN...], got {item!r}")
+            raise UsageError(f"--stream: expected NAME=PATTERN[,PATTERN...], got {item!r}")
         streams.setdefault(name, []).extend(p for p in patterns.split(",") if p)
     return streams
 
@@ -66,11 +67,11 @@ def _parse_streams(items: list[str]) -> dict[str, list[str]] | None:
 def _load(args: argparse.Namespace):
     if args.replay:
         if args.config:
-            raise ConfigError("run", None, "", "give either -c CONFIG or --replay, not both")
+            raise UsageError("give either -c CONFIG or --replay, not both")
         if not args.dbc or not args.store:
-            raise ConfigError("--replay", None, "", "--replay needs --dbc and --store")
+            raise UsageError("--replay needs --dbc and --store")
         if args.policy and args.stream:
-            raise ConfigError("--stream", None, "", "give either --policy FILE or --stream, not both")
+            raise UsageError("give either --policy FILE or --stream, not both")
         return replay_config(
             args.replay, args.dbc, args.store, _parse_streams(args.stream), policy=args.policy,
             fast=args.fast, vss=args.vss, vehicle=args.vehicle, channels=args.channel,
