@@ -268,6 +268,11 @@ def test_info_lines_only_with_v_and_warnings_silenced_by_q(recorded, tmp_path):
     assert " WARNING " not in silenced.stderr
 
 
+def test_the_service_keeps_the_agents_info_lines_in_the_journal():
+    unit = (REPO / "systemd" / "carledger.service").read_text()
+    assert re.search(r"^ExecStart=/opt/carledger/bin/carledger -v run -c /etc/carledger/agent.toml$", unit, re.M)
+
+
 class Terminal(io.StringIO):
     """A stream that says it is a terminal, as stderr does in an interactive shell."""
 
