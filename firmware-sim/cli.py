@@ -258,13 +258,29 @@ def _cmd_scenarios(args) -> int:
     return 0
 
 
+def _with_progress(car, desc: str):
+    """The drive's frames, moving a bar by simulated seconds (carledger's tqdm bar: nothing off a terminal)."""
+    from carledger.cli._display import progress_bar
+
+    bar = progress_bar(desc, "s", round(car.duration))
+    try:
+        for msg in car.frames():
+            second = int(msg.timestamp - car.start_time)
+            if second > bar.n:
+                bar.update(second - bar.n)
+            yield msg
+    finally:
+        bar.close()
+
+
 def _cmd_run(args) -> int:
     from .car import SimulatedCar
+    from .pacing import send_paced
 
     car = SimulatedCar(args.scenario, seed=args.seed, dbc=args.dbc, duration=args.duration, faults=_faults(args))
     bus = _open_bus(args)
     try:
-        n = car.run(bus, realtime_factor=args.speed)
+        n = send_paced(_with_progress(car, "driving"), bus, args.speed, None, t0=car.start_time)
     finally:
         bus.shutdown()
     print(f"sent {n} frames ({car.duration:g} s of {car.scenario.name}, seed {car.seed}) to {args.interface}:{args.channel}",
@@ -283,7 +299,7 @@ def _cmd_record(args) -> int:
     )
     n = 0
     with can.Logger(args.output) as writer:
-        for msg in car.frames():
+        for msg in _with_progress(car, "recording"):
             writer.on_message_received(msg)
             n += 1
     print(f"wrote {n} frames ({car.duration:g} s of {car.scenario.name}, seed {car.seed}) to {args.output}",

@@ -86,7 +86,7 @@ def test_after_a_wipe_the_new_owner_enrols_with_the_handover_and_syncs(broker, t
     try:
         # The previous owner: an owner key for remote updates, the collector keys it trusts, a synced stream.
         old_owner = SigningKey.generate()
-        assert main(["remote", "enroll-owner", str(store), bytes(old_owner.verify_key).hex()]) == 0
+        assert main(["remote", "enroll-owner", bytes(old_owner.verify_key).hex(), "--store", str(store)]) == 0
         (store / "keys" / "collectors.json").write_text(json.dumps({"Fleet Ops": "ab" * 32}))
         assert sync(store, broker) == 0
         old_blocks = verify_store(collected / "vehicles" / VEHICLE, key=old_pub).streams["fleet"].blocks

@@ -49,7 +49,7 @@ def test_valid_config_resolves_paths_relative_to_the_file(tmp_path):
 def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
     example = (Path(__file__).parents[1] / "docs" / "agent.example.toml").read_text()
     dbc = Path(__file__).parents[1] / "dbc" / "carledger_demo.dbc"
-    text = example.replace("/usr/share/carledger/dbc/carledger_demo.dbc", str(dbc))
+    text = example.replace("/opt/carledger/share/carledger/dbc/carledger_demo.dbc", str(dbc))
     path = tmp_path / "agent.toml"
     path.write_text(text)
     if not dbc.exists():

@@ -19,6 +19,7 @@ import cantools
 import pytest
 
 from carledger.cli import main
+from carledger.config import local_streams_policy
 from carledger.cli.doctor import (
     FAIL, OK, SKIP, WARN, check_broker, check_clock, check_key, check_store, describe_interface, describe_traffic,
 )
@@ -56,9 +57,12 @@ def by_name(report: dict) -> dict[str, dict]:
 def test_decodable_share_and_busy_unknown_ids_on_a_virtual_bus(tmp_path, capsys):
     channel = f"doctor-{uuid.uuid4().hex[:8]}"
     config = tmp_path / "agent.toml"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(local_streams_policy({"speed": ["ABS_SPEED.*"]}))
     config.write_text(textwrap.dedent(f"""
         [agent]
         store = "{tmp_path / 'ledger'}"
+        policy = "{policy}"
         [[bus]]
         name = "car"
         interface = "virtual"

@@ -51,7 +51,7 @@ def test_keygen_writes_the_public_key_beside_the_private_one(tmp_path, capsys, s
     assert bytes(load_signing_key(tmp_path / "owner.key").verify_key).hex() == public
     assert bytes(load_verify_key(tmp_path / "owner.pub")).hex() == public
     # The README's flow, as written.
-    assert main(["remote", "enroll-owner", str(store), str(tmp_path / "owner.pub")]) == 0
+    assert main(["remote", "enroll-owner", str(tmp_path / "owner.pub"), "--store", str(store)]) == 0
     assert bytes(load_verify_key(store / "keys" / "owner.pub")).hex() == public
 
     public = keygen(capsys, "recipient", tmp_path / "insurer.key")
@@ -71,13 +71,13 @@ def test_keygen_never_overwrites_either_half(tmp_path, capsys):
 
 def test_a_missing_key_file_is_reported_as_no_such_file(tmp_path, capsys, store):
     missing = tmp_path / "ownr.pub"
-    assert main(["remote", "enroll-owner", str(store), str(missing)]) == 2
+    assert main(["remote", "enroll-owner", str(missing), "--store", str(store)]) == 2
     assert one_line_error(capsys) == f"carledger remote: {missing}: no such file"
     (tmp_path / "p.toml").write_text(POLICY.format(version=4))
     assert main(["remote", "sign-policy", str(tmp_path / "p.toml"), "--key", str(tmp_path / "ownr.key"), "-o",
                  str(tmp_path / "p.cose")]) == 2
     assert one_line_error(capsys) == f"carledger remote: {tmp_path / 'ownr.key'}: no such file"
-    assert main(["remote", "enroll-owner", str(tmp_path / "nostore"), "ab" * 32]) == 2
+    assert main(["remote", "enroll-owner", "ab" * 32, "--store", str(tmp_path / "nostore")]) == 2
     assert one_line_error(capsys) == f"carledger remote: {tmp_path / 'nostore'}: no carledger store here"
     assert not (tmp_path / "nostore").exists()
 
@@ -121,11 +121,11 @@ def test_sign_policy_refuses_a_key_of_the_wrong_kind(tmp_path, capsys, store):
     keygen(capsys, "owner", tmp_path / "owner.key")
     assert sign(tmp_path, POLICY.format(version=4), "owner.pub") == 2
     assert "the owner's public key; signing needs the private one" in one_line_error(capsys)
-    assert main(["remote", "enroll-owner", str(store), str(tmp_path / "insurer.pub")]) == 2
+    assert main(["remote", "enroll-owner", str(tmp_path / "insurer.pub"), "--store", str(store)]) == 2
     assert "a recipient key (X25519), not the owner's" in one_line_error(capsys)
     # With the store, the key must be the owner key enrolled there: the car would refuse any other.
     keygen(capsys, "owner", tmp_path / "other.key")
-    assert main(["remote", "enroll-owner", str(store), str(tmp_path / "owner.pub")]) == 0
+    assert main(["remote", "enroll-owner", str(tmp_path / "owner.pub"), "--store", str(store)]) == 0
     capsys.readouterr()
     assert sign(tmp_path, POLICY.format(version=4), "other.key", "--store", str(store)) == 2
     assert "not the owner key enrolled in" in one_line_error(capsys)

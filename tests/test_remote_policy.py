@@ -55,7 +55,7 @@ def test_send_policy_wait_reports_an_applied_update(broker, tmp_path, capsys):
     pipeline, runner = running_agent(tmp_path, broker)
     store = tmp_path / "ledger"
     try:
-        assert main(["remote", "enroll-owner", str(store), str(tmp_path / "owner.key")]) == 0
+        assert main(["remote", "enroll-owner", str(tmp_path / "owner.key"), "--store", str(store)]) == 0
         update = tmp_path / "v2.toml"
         update.write_text(POLICY.format(version=2, signals='"Vehicle.Speed", "Vehicle.Chassis.*"'))
         signed = tmp_path / "v2.cose"

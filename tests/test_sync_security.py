@@ -188,7 +188,7 @@ def test_owner_signed_policy_updates_arrive_and_the_outcome_is_on_the_status(bro
     os.chmod(tmp_path / "owner.key", 0o600)
     (tmp_path / "other.key").write_text(bytes(other).hex())
     os.chmod(tmp_path / "other.key", 0o600)
-    assert main(["remote", "enroll-owner", str(tmp_path / "car"), bytes(owner.verify_key).hex()]) == 0
+    assert main(["remote", "enroll-owner", bytes(owner.verify_key).hex(), "--store", str(tmp_path / "car")]) == 0
     policy = tmp_path / "policy.toml"
     policy.write_bytes(b'version = 7\n# the owner\'s new rules\n')
     received: list[bytes] = []

@@ -2,7 +2,8 @@
 
 Each subcommand module has `add_subparser(subparsers)`, which registers its
 parser and sets `func` to a callable taking the parsed arguments and returning
-the exit code.
+the exit code. The conventions every subcommand follows (how the store is
+named, exit codes, log lines, progress) are in docs/cli.md.
 """
 
 from __future__ import annotations
@@ -16,12 +17,40 @@ import sys
 SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "wipe", "sync", "collect", "read", "edr", "keygen", "remote", "doctor")
 
 
+class CommandParser(argparse.ArgumentParser):
+    """A parser that names itself in the namespace, so an error found later shows this subcommand's usage.
+
+    `add_subparsers` makes every subparser of this class too, and a subparser's
+    defaults override its parent's: `args.command_parser` is the innermost one.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.set_defaults(command_parser=self)
+
+
+def version() -> str:
+    """The installed package's version (its metadata), else the source tree's."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("carledger")
+    except PackageNotFoundError:
+        from carledger import __version__
+
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="carledger",
-        description="The owner's in-vehicle data agent: CAN in, signed ledger out.",
+        description="The owner's in-vehicle data agent: CAN in, signed ledger out. "
+        "Exit status: 0 ok; 1 problems found or request refused; 2 usage error, unreadable input or a wrong path.",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (repeatable)")
+    parser.add_argument("--version", action="version", version=f"carledger {version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log INFO lines (-vv: DEBUG) on stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log errors only (no warnings)")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"carledger.cli.{name}").add_subparser(subparsers)
@@ -31,16 +60,24 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.quiet and args.verbose:
+        parser.error("-q and -v contradict each other: give one")
+    # The command's own output is clean: WARNING and above by default, INFO with -v, DEBUG with -vv, errors with -q.
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2) if args.verbose else logging.INFO,
+        level=logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from carledger.cli._store import UsageError, resolve_store, usage_error
+
     try:
+        resolve_store(args)
         return int(args.func(args) or 0)
+    except UsageError as exc:
+        return usage_error(args, str(exc))
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

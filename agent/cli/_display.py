@@ -1,40 +1,77 @@
-"""Terminal output the commands share: a progress line for long work, plain tables, one line per cause."""
+"""Terminal output the commands share: a progress bar for long work, plain tables, one line per cause."""
 
 from __future__ import annotations
 
 import sys
 import time
 from typing import Iterable, Sequence, TextIO
+import threading
+from typing import Any, Callable, Sequence, TextIO
+
+#: seconds before a bar appears: work done sooner shows nothing at all
+PROGRESS_DELAY = 0.5
+
+
+def progress_bar(desc: str, unit: str, total: float | None = None, stream: TextIO | None = None) -> Any:
+    """A tqdm bar on stderr while the work lasts; nothing when stderr is not a terminal (logs, pipes, CI).
+
+    tqdm decides that itself (`disable=None` turns the bar off when the stream
+    is not a TTY), so a redirected command's output stays exactly its output.
+    """
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=f" {unit}", file=stream or sys.stderr, disable=None, leave=False,
+                delay=PROGRESS_DELAY, dynamic_ncols=True)
+
+
+class PolledProgress:
+    """A bar fed from a thread that polls `count()`: for long work whose loop is not the command's own
+    (the pipeline's replay, the syncer's drain). No thread at all when the bar is off (not a terminal)."""
+
+    def __init__(self, desc: str, unit: str, count: Callable[[], int], total: int | None = None, interval: float = 0.25):
+        self.count = count
+        self.interval = interval
+        self.bar = progress_bar(desc, unit, total)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._feed, name="progress", daemon=True)
+
+    def start(self) -> "PolledProgress":
+        if not self.bar.disable:
+            self._thread.start()
+        return self
+
+    def _feed(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.bar.update(self.count() - self.bar.n)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.bar.close()
 
 
 class TtyProgress:
-    """`verifying 12000/50000 blocks` on stderr, at most a few times a second, only on a TTY."""
+    """A progress callback `(done, total)` for work counted in blocks (verify, audit, export), drawn by tqdm."""
 
-    def __init__(self, verb: str, stream: TextIO = sys.stderr):
+    def __init__(self, verb: str, stream: TextIO | None = None):
         self.verb = verb
         self.stream = stream
-        self.last = 0.0
-        self.shown = False
+        self.bar: Any = None
 
     @classmethod
     def if_tty(cls, verb: str) -> "TtyProgress | None":
         return cls(verb) if sys.stderr.isatty() else None
 
     def __call__(self, done: int, total: int) -> None:
-        now = time.monotonic()
-        if done >= total and not self.shown:
-            return  # small store: done before the first update, nothing to show
-        if done < total and now - self.last < 0.25:
-            return
-        self.last = now
-        self.shown = True
-        self.stream.write(f"\r{self.verb} {done}/{total} blocks")
-        self.stream.flush()
+        if self.bar is None:
+            self.bar = progress_bar(self.verb, "blocks", total, self.stream)
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
 
     def clear(self) -> None:
-        if self.shown:
-            self.stream.write("\r\033[K")
-            self.stream.flush()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def table(rows: Sequence[Sequence[str]], right: Sequence[int] = ()) -> str:

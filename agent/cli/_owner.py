@@ -4,49 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
 
-from carledger.config import DEFAULT_PATH, ConfigError, load_config
-
-EXIT_OK, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
-
-
-@dataclass
-class Target:
-    """The store a command works on, and what the agent's configuration says about it."""
-
-    store: str
-    vehicle: str | None = None
-    dbc: tuple[str, ...] = ()
-    vss: tuple[str, ...] = ()
-    from_config: bool = False
-
-    def known_signals(self) -> list[tuple[str, str]] | None:
-        if not self.dbc:
-            return None
-        from carledger.policy import vehicle_signals
-
-        return vehicle_signals(self.dbc, self.vss or None)
-
-
-def add_store_options(parser: argparse.ArgumentParser, *, json_output: bool = True) -> None:
-    parser.add_argument("-c", "--config", metavar="FILE", help=f"the agent's configuration, which says where the store is (default {DEFAULT_PATH})")
-    parser.add_argument("--store", metavar="DIR", help="the store directory itself (instead of -c)")
-    if json_output:
-        parser.add_argument("--json", action="store_true", help="print one JSON object (for scripts)")
-
-
-def target(args: argparse.Namespace) -> Target:
-    """The store from --store, else from the configuration (ConfigError when neither works)."""
-    if getattr(args, "store", None):
-        return Target(args.store)
-    config = load_config(args.config or DEFAULT_PATH)
-    dbc = tuple(p for bus in config.buses for p in bus.dbc)
-    vss = tuple(p for bus in config.buses for p in bus.vss)
-    return Target(config.store, config.vehicle, dbc, vss, from_config=True)
+# The store conventions and the exit codes are every command's (agent/cli/_store.py); re-exported for the owner's commands.
+from carledger.cli._store import (  # noqa: F401
+    EXIT_OK, EXIT_REFUSED, EXIT_USAGE, Target, UsageError, add_store_options, fail, target,
+)
 
 
 def run_request(args: argparse.Namespace, request: dict[str, Any], *, known: bool = False) -> int:
@@ -54,14 +18,12 @@ def run_request(args: argparse.Namespace, request: dict[str, Any], *, known: boo
     from carledger.owner import OwnerError, OwnerStateError
     from carledger.owner.client import submit
 
+    where = target(args, create=True)
     try:
-        where = target(args)
         result = submit(
             where.store, request, vehicle=where.vehicle,
             known_signals=where.known_signals() if known else None, create=where.from_config,
         )
-    except ConfigError as exc:
-        return fail(args, f"{exc}\n(give --store DIR, or -c with the agent's configuration)", EXIT_USAGE)
     except (OwnerError, OwnerStateError) as exc:
         return fail(args, str(exc), EXIT_REFUSED)
     except Exception as exc:  # the store cannot be opened: a clear line, not a traceback
@@ -76,13 +38,6 @@ def run_request(args: argparse.Namespace, request: dict[str, Any], *, known: boo
         where_ran = " (by the running agent)" if result.get("agent") == "running" else ""
         print(f"{result.get('message', 'done')}{where_ran}")
     return EXIT_OK
-
-
-def fail(args: argparse.Namespace, message: str, code: int) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "error": message}))
-    print(f"carledger: {message}", file=sys.stderr)
-    return code
 
 
 def parse_when(text: str, *, now: float) -> float:

@@ -7,12 +7,13 @@ import json
 import sys
 
 from carledger.cli._display import TtyProgress, clip, table
-from carledger.cli._owner import EXIT_OK, EXIT_USAGE, fail, target
+from carledger.cli._store import EXIT_OK, EXIT_USAGE, add_store_options, exit_status, fail
 
 EPILOG = """\
 examples:
   carledger audit                         the store of /etc/carledger/agent.toml
   carledger audit /var/lib/carledger
+  carledger audit --store /var/lib/carledger
   carledger audit ./ledger --json > audit.json
 
 For each stream: its recipient and purpose, which blocks (seq) and time range
@@ -23,7 +24,7 @@ decisions (OWNER: policies applied, consents granted and revoked, pauses,
 wipe) and what the car did (car: the blocks each recipient acked, merged
 into one line per run, retention, disk quota). --json keeps every event, and
 the merged runs under "sent" (docs/owner-state.md).
-exit status: 0 printed, 2 the store cannot be read."""
+""" + exit_status("printed", None)
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -32,9 +33,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         description="The audit of a store: disclosures and owner decisions, read from the signed ledger.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("store", nargs="?", metavar="STORE", help="the store directory (default: from -c)")
-    parser.add_argument("-c", "--config", metavar="FILE", help="the agent's configuration (where the store is)")
-    parser.add_argument("--json", action="store_true", help="one JSON object")
+    add_store_options(parser, positional=True)
     parser.set_defaults(func=run)
 
 
@@ -45,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
 
     progress = TtyProgress.if_tty("auditing")
     try:
-        report = audit_store(args.store or target(args).store, progress=progress)
+        report = audit_store(args.store, progress=progress)
     except (ConfigError, LedgerError, OSError) as exc:
         return fail(args, str(exc), EXIT_USAGE)
     finally:

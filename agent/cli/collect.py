@@ -9,6 +9,8 @@ import sys
 import threading
 import time
 
+from carledger.cli._store import exit_status, require_dir_with
+
 EPILOG = """\
 examples:
   carledger collect enroll ./collected car-1 car-1.pub      # the vehicle's keys/vehicle.pub
@@ -16,6 +18,9 @@ examples:
   carledger collect run ./collected --host broker.example --ca ca.crt --cert collector.crt --key collector.key
   carledger collect status ./collected --json
   carledger verify ./collected/vehicles/car-1               # each vehicle's chains are a carledger store
+
+exit status: 0 done, 1 refused (the message says why), 2 usage error, unreadable input or a path that is not
+a collector.
 """
 
 
@@ -58,7 +63,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(title="collect commands", metavar="COMMAND")
 
-    p = sub.add_parser("enroll", help="enrol a vehicle's Ed25519 public key (its keys/vehicle.pub)")
+    p = sub.add_parser("enroll", help="enrol a vehicle's Ed25519 public key (its keys/vehicle.pub)",
+                       epilog=exit_status("enrolled", "refused (bad vehicle id or key, or another key is enrolled)"))
     p.add_argument("dir", metavar="DIR", help="collector directory (created if missing)")
     p.add_argument("vehicle", metavar="VEHICLE", help="vehicle id: its topic level carledger/v1/VEHICLE/")
     p.add_argument("public_key", metavar="PUBKEY", help="64 hex digits or a file holding them")
@@ -66,7 +72,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                    "(carledger remote identity --handover); the previous chains move to DIR/retired/")
     p.set_defaults(func=enroll)
 
-    p = sub.add_parser("run", help="receive, verify, store and ack until SIGTERM/SIGINT")
+    p = sub.add_parser("run", help="receive, verify, store and ack until SIGTERM/SIGINT", epilog=exit_status("stopped", None))
     p.add_argument("dir", metavar="DIR")
     p.add_argument("--group", default="carledger", help="shared subscription group (default: carledger); '' for a plain subscription")
     p.add_argument("--gap-wait", type=float, default=30.0, metavar="S", help="report a gap after waiting this long (default 30 s)")
@@ -76,12 +82,14 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     add_mqtt_arguments(p)
     p.set_defaults(func=run)
 
-    p = sub.add_parser("key", help="print the public key this collector signs its acks with (made if missing)")
+    p = sub.add_parser("key", help="print the public key this collector signs its acks with (made if missing)",
+                       epilog=exit_status("printed", None))
     p.add_argument("dir", metavar="DIR", help="collector directory (one `collect enroll` or `collect run` made)")
     p.set_defaults(func=key)
 
-    p = sub.add_parser("status", help="vehicles, streams and heads, blocks waiting behind gaps, problems")
-    p.add_argument("dir", metavar="DIR")
+    p = sub.add_parser("status", help="vehicles, streams and heads, blocks waiting behind gaps, problems",
+                       epilog=exit_status("shown", None))
+    p.add_argument("dir", metavar="DIR", help="collector directory (holding collector.sqlite)")
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=status)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -161,8 +169,10 @@ def run(args: argparse.Namespace) -> int:
 
 def status(args: argparse.Namespace) -> int:
     from carledger.collect import collector_state
+    from carledger.collect.registry import DB_FILE
     from carledger.ledger import StoreError
 
+    require_dir_with(args.dir, DB_FILE, "collector")  # reading it must not create one
     try:
         state = collector_state(args.dir)
     except StoreError as exc:

@@ -7,7 +7,8 @@ import json
 import time
 
 from carledger.cli._display import table
-from carledger.cli._owner import EXIT_OK, EXIT_USAGE, add_store_options, fail, parse_when, run_request, target
+from carledger.cli._owner import EXIT_OK, EXIT_USAGE, UsageError, add_store_options, fail, parse_when, run_request
+from carledger.cli._store import exit_status
 
 EPILOG = """\
 examples:
@@ -19,7 +20,7 @@ examples:
 A revocation or grant works whether the agent runs or not: a running agent
 applies it within a second; otherwise the command does it itself. Either way
 the ledger records it (`carledger audit`).
-exit status: 0 done, 1 refused (the message says why), 2 usage or store problem."""
+""" + exit_status()
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -30,17 +31,17 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(title="consent commands", metavar="ACTION")
-    p = sub.add_parser("list", help="every outbound stream: recipient, purpose, consent, state")
+    p = sub.add_parser("list", help="every outbound stream: recipient, purpose, consent, state", epilog=exit_status("listed", None))
     add_store_options(p)
     p.set_defaults(func=list_consents)
-    p = sub.add_parser("grant", help="grant (or renew) a stream's consent until a date")
+    p = sub.add_parser("grant", help="grant (or renew) a stream's consent until a date", epilog=exit_status())
     p.add_argument("stream")
     p.add_argument("--until", required=True, metavar="WHEN", help="date/time (ISO 8601) or duration from now (90d); at most 2 years")
-    add_store_options(p)
+    add_store_options(p, create=True)
     p.set_defaults(func=grant)
-    p = sub.add_parser("revoke", help="revoke a stream's consent now: it stops before its next block")
+    p = sub.add_parser("revoke", help="revoke a stream's consent now: it stops before its next block", epilog=exit_status())
     p.add_argument("stream")
-    add_store_options(p)
+    add_store_options(p, create=True)
     p.set_defaults(func=revoke)
     parser.set_defaults(func=lambda args: parser.print_help() or EXIT_USAGE)
 
@@ -49,7 +50,7 @@ def grant(args: argparse.Namespace) -> int:
     try:
         until = parse_when(args.until, now=time.time())
     except ValueError as exc:
-        return fail(args, f"--until: {exc}", EXIT_USAGE)
+        raise UsageError(f"--until: {exc}") from None
     return run_request(args, {"action": "grant", "stream": args.stream, "until": until})
 
 
@@ -63,7 +64,7 @@ def list_consents(args: argparse.Namespace) -> int:
     from carledger.owner.state import iso, seconds
 
     try:
-        state = OwnerState.load(target(args).store)
+        state = OwnerState.load(args.store)
     except (ConfigError, OwnerStateError, OSError) as exc:
         return fail(args, str(exc), EXIT_USAGE)
     now = time.time()

@@ -46,7 +46,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         description="Load each FILE. Prints `OK FILE (N messages, M signals)` followed by one "
         "indented line per repair, or `REJECTED FILE:LINE: reason`.",
         epilog="examples:\n  carledger dbc check car.dbc\n  carledger dbc check --json a.dbc b.dbc\n\n"
-        "exit status: 0 when every file loads, 1 when any is rejected.",
+        "exit status: 0 when every file loads, 1 when any is rejected, 2 usage error or unreadable file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("files", nargs="+", metavar="FILE", help="DBC file(s) to check")
@@ -59,7 +59,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="list the messages of a DBC file",
         description="Load FILE as the agent does and list its messages: id, name, length in "
         "bytes, cycle time (when the file gives one) and number of signals.",
-        epilog="example:\n  carledger dbc show car.dbc",
+        epilog="example:\n  carledger dbc show car.dbc\n\nexit status: 0 shown, 1 rejected, 2 usage error or unreadable file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     show.add_argument("file", metavar="FILE", help="DBC file")

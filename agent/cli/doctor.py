@@ -3,7 +3,9 @@
 It checks, in the order a fitter would: the configuration; each CAN
 interface (up, bitrate, controller state and error counters); what the bus
 carries for a few seconds (the share of frames the configured DBCs decode,
-and the busiest identifiers they do not know); the clock; the vehicle key's
+and the busiest identifiers they do not know); the owner's policy, checked
+as `run` checks it (a missing or invalid one stops `run`, so it is a FAIL
+here); the clock; the vehicle key's
 permissions; the store (intact, room left); the MQTT broker. Every problem
 comes with what to do about it.
 
@@ -43,6 +45,8 @@ examples:
   carledger doctor                              # /etc/carledger/agent.toml, listening 5 s per bus
   carledger doctor -c agent.toml --listen 10 --json
   carledger doctor -c agent.toml --broker mqtt.example.net:8883
+
+exit status: 0 ready (maybe with warnings), 1 something to fix, 2 the configuration cannot be read.
 """
 
 
@@ -62,8 +66,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
     parser = subparsers.add_parser(
         "doctor", help="check interfaces, traffic, clock, key, store and broker before recording",
-        description="Check that everything is in place to record, and say what to fix. "
-        "Exit 0 ready (maybe with warnings), 1 something to fix, 2 the configuration cannot be read.",
+        description="Check that everything is in place to record, and say what to fix.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_PATH, help=f"configuration (default {DEFAULT_PATH})")
@@ -102,6 +105,7 @@ def diagnose(config: Any, *, listen: float = 5.0, broker: tuple[str, int] | None
             checks.append(Check(f"traffic on {bus.name}", SKIP, f"not listened to: interface {bus.channel} is not usable"))
         elif listen > 0:
             checks.append(check_traffic(bus, listen))
+    checks.append(check_policy(config))
     checks.append(check_clock(time.time(), config.store))
     checks.append(check_key(config.store))
     checks.append(check_store(config.store))
@@ -264,6 +268,74 @@ def describe_traffic(name: str, counts: collections.Counter, known: Callable[[in
         return Check(name, WARN, summary, "add a DBC for the unknown identifiers if you need them (opendbc has many cars)"
                      + ("; error frames: check bitrate and wiring" if error_frames else ""), facts)
     return Check(name, OK, summary, details=facts)
+
+
+# -- the owner's policy ------------------------------------------------------------------
+
+
+def check_policy(config: Any, now: float | None = None) -> Check:
+    """The policy as `run` would put it in force: the same file, the same checks against the same signals.
+
+    `run` refuses to start on a configured policy it cannot read or that is
+    invalid, and records nothing but its health without any policy: each is
+    a FAIL. A valid file whose version is not higher than the one in force is
+    a WARN, since `run` keeps the one in force.
+    """
+    from datetime import datetime, timezone
+
+    from carledger.decode import DbcError
+    from carledger.ledger.store import DB_FILE
+    from carledger.owner import OwnerState, OwnerStateError
+    from carledger.policy import PolicyError, policy_from_text
+
+    now = time.time() if now is None else now
+    in_force = None
+    if (Path(config.store) / DB_FILE).exists():  # read only what exists: doctor creates nothing
+        try:
+            in_force = OwnerState.load(config.store).policy
+        except (OwnerStateError, PolicyError, OSError) as exc:
+            return Check("policy", FAIL, f"the policy in force in {config.store} cannot be read: {exc}",
+                         f"carledger verify {config.store}")
+    version = in_force.version if in_force is not None else 0
+    if config.policy is None:
+        if version:
+            return Check("policy", OK, f"none configured; version {version} is in force in {config.store}")
+        return Check("policy", FAIL, "no policy: nothing would be recorded but the agent's own health",
+                     '[agent] policy = "policy.toml" in the configuration (docs/policy.example.toml), '
+                     "or carledger policy apply FILE")
+    try:
+        text = Path(config.policy).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        return Check("policy", FAIL, f"{config.policy}: cannot read: {reason}",
+                     "write the owner's policy there (docs/policy.example.toml), or correct [agent] policy")
+    try:
+        known = _known_signals(config)
+    except DbcError as exc:
+        return Check("policy", FAIL, f"cannot check it against the car's signals: {exc}", "carledger dbc check FILE")
+    try:
+        policy = policy_from_text(config.policy, text, known, now=datetime.fromtimestamp(now, timezone.utc))
+    except PolicyError as exc:
+        problems = str(exc).splitlines()
+        summary = f"{config.policy} is not valid ({len(problems)} problem{'s' * (len(problems) != 1)}): {problems[0]}"
+        return Check("policy", FAIL, summary, f"carledger policy check {config.policy} (lists every problem)",
+                     {"problems": problems})
+    leaving = sum(1 for s in policy.streams if not s.local)
+    summary = f"{config.policy}: version {policy.version}, {len(policy.streams)} streams ({leaving} leave the car)"
+    if version and policy.version <= version and policy.digest() != in_force.digest():
+        return Check("policy", WARN, f"{summary}; not higher than version {version} in force, which the agent keeps",
+                     f"set version = {version + 1} or higher in {config.policy}")
+    return Check("policy", OK, summary)
+
+
+def _known_signals(config: Any) -> list[tuple[str, str]]:
+    """What a policy may name on this car: the signals `run` offers it (the DBCs' and, with OBD-II, the PIDs')."""
+    from carledger.pipeline import _Bus, _obd_signals
+
+    known = [pair for bus in config.buses for pair in _Bus(bus).signals()]
+    if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
+        known += [(name, source) for name, source, _ in _obd_signals()]
+    return known
 
 
 # -- clock, key, store -------------------------------------------------------------------

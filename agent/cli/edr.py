@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 from carledger.cli._display import table
 from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, json_default, rounding_from, sample_row
-from carledger.cli._owner import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, fail, target
+from carledger.cli._store import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, exit_status, fail, open_output, output_path
 
 EPILOG = """\
 examples:
@@ -28,7 +28,7 @@ its record count before it prints anything. A capture's records are what the
 car recorded during it (samples and events such as end-of-event): the count the
 agent's log line, `edr list`, `edr export` and `verify` all give. Formats and
 columns: docs/exports.md (jsonl and csv as in `log export` and `read`).
-exit status: 0 done, 1 not verified or not readable with this key, 2 bad usage or unreadable store."""
+""" + exit_status("done", "not verified or not readable with this key")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -39,13 +39,14 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    listing = commands.add_parser("list", help="every capture: when, trigger, airbag, status, keys")
-    _store_arguments(listing)
-    listing.add_argument("--json", action="store_true", help="one JSON object")
+    listing = commands.add_parser("list", help="every capture: when, trigger, airbag, status, keys",
+                                  epilog=exit_status("listed", "the crash stream does not verify"))
+    add_store_options(listing, positional=True)  # STORE: an agent store or a collector's vehicles/VEHICLE
     add_time_option(listing)
     listing.set_defaults(func=list_captures)
-    export = commands.add_parser("export", help="verify and decrypt one capture with a recipient's key")
-    _store_arguments(export)
+    export = commands.add_parser("export", help="verify and decrypt one capture with a recipient's key",
+                                 epilog=exit_status("exported", "not verified or not readable with this key"))
+    add_store_options(export, positional=True, json_output=False)
     export.add_argument("--key", required=True, metavar="KEY", help="an X25519 private key the capture is encrypted to (file or 64 hex digits)")
     export.add_argument("--capture", type=int, metavar="N", help="the capture's number (default: the newest)")
     export.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
@@ -59,15 +60,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or EXIT_USAGE)
 
 
-def _store_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("store", nargs="?", metavar="STORE", help="an agent store or a collector's vehicles/VEHICLE directory (default: from -c)")
-    parser.add_argument("-c", "--config", metavar="FILE", help="the agent's configuration (where the store is)")
-
-
 def _open_store(args: argparse.Namespace) -> Any:
     from carledger.ledger import Store
 
-    return Store.open_readonly(args.store or target(args).store)
+    return Store.open_readonly(args.store)
 
 
 def list_captures(args: argparse.Namespace) -> int:
@@ -113,6 +109,8 @@ def export_capture(args: argparse.Namespace) -> int:
     from carledger.ledger.encrypt import DecryptError, load_private_key
     from carledger.ledger.keys import kid
 
+    if args.output:
+        output_path(args.output)  # before any work: a directory or a missing parent is a usage error
     try:
         key = load_private_key(args.key)
         store = _open_store(args)
@@ -141,7 +139,7 @@ def export_capture(args: argparse.Namespace) -> int:
     rounding = rounding_from(args.dbc)
     if rounding is None:
         return EXIT_USAGE
-    out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_output(args.output)
     try:
         _write_capture(args, content, out, rounding)
     finally:

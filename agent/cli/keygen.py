@@ -45,13 +45,15 @@ def key_kind(path: str | os.PathLike) -> tuple[str, str] | None:
 def _kind_line(kind: str, half: str) -> bytes:
     return f"# carledger {kind} key, {half} ({KINDS[kind]})\n".encode("ascii")
 
+from carledger.cli._store import exit_status
+
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "keygen", help="make a recipient (X25519) or owner (Ed25519) key; prints the public key",
         description="Write a new private key (hex, mode 0600) and its public key beside it (owner.key -> owner.pub), "
         "never overwriting either, and print the public key.",
-        epilog="exit status: 0 written, 1 a file exists already (nothing written), 2 cannot write.",
+        epilog=exit_status("written", "a file exists already (nothing written)"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("kind", choices=tuple(KINDS), help="recipient: encryption key; owner: policy signing key")

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, TextIO
 from carledger.cli._args import stream_name
 from carledger.cli._display import BlockProblem, TtyProgress, by_cause, table
 from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, json_default, rounding_from, sample_row
-from carledger.ledger.files import open_private
+from carledger.cli._store import UsageError, add_store_options, exit_status, open_output, output_path
 
 EPILOG = """\
 examples:
@@ -25,34 +25,34 @@ examples:
   carledger log export ./ledger --stream all --format csv --time relative --dbc car.dbc
 
 Formats and columns: docs/exports.md (the same in `read` and `edr export`).
-"""
+""" + exit_status("read", "a block failed its checks, or no such stream or block")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "log", help="list, show and export what a ledger holds",
-        description="Read a ledger back. Exit 0 on success, 1 when a block failed its checks, 2 when the store cannot be read.",
+        description="Read a ledger back: every block is checked (signature, Merkle root) on the way out.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     sub = parser.add_subparsers(title="log commands", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="streams with their blocks, records and time range")
-    p.add_argument("store", metavar="STORE")
-    p.add_argument("--json", action="store_true", help="one JSON object")
+    p = sub.add_parser("list", help="streams with their blocks, records and time range", epilog=exit_status("listed", None))
+    add_store_options(p, positional=True)
     add_time_option(p)
     p.set_defaults(func=list_streams)
 
-    p = sub.add_parser("show", help="one block: its signed header and its records")
-    p.add_argument("store", metavar="STORE")
+    p = sub.add_parser("show", help="one block: its signed header and its records",
+                       epilog=exit_status("shown", "the block failed its checks, or no such block"))
+    add_store_options(p, positional=True)
     p.add_argument("--stream", required=True, type=stream_name)
     p.add_argument("--seq", type=int, help="block sequence number (default: the newest)")
-    p.add_argument("--json", action="store_true", help="one JSON object")
     p.add_argument("--dbc", action="append", default=[], metavar="FILE", help="round values to their signal's resolution in this DBC")
     add_time_option(p)
     p.set_defaults(func=show_block)
 
-    p = sub.add_parser("export", help="one decoded sample per line: time, stream, seq, name, message, signal, value")
-    p.add_argument("store", metavar="STORE")
+    p = sub.add_parser("export", help="one decoded sample per line: time, stream, seq, name, message, signal, value",
+                       epilog=exit_status("exported", "a block failed its checks (left out), or no such stream"))
+    add_store_options(p, positional=True, json_output=False)
     p.add_argument("--stream", required=True, type=stream_name)
     p.add_argument("--format", choices=(*SAMPLE_FORMATS, *STREAM_FORMATS), default="jsonl",
                    help="jsonl (default), csv (docs/exports.md); candump: the samples re-encoded into CAN frames "
@@ -281,7 +281,7 @@ def export_stream(args: argparse.Namespace) -> int:
         if args.stream not in store.streams():
             print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)
             return 1
-        out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
+        out: TextIO = open_output(args.output)
         try:
             code = exporter(args, store, out, problems)
         finally:

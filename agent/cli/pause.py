@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from carledger.cli._owner import EXIT_USAGE, add_store_options, fail, parse_when, run_request
+from carledger.cli._owner import UsageError, add_store_options, parse_when, run_request
+from carledger.cli._store import exit_status
 
 EPILOG = """\
 examples:
@@ -15,7 +16,7 @@ examples:
 Every stream stops before its next block, with a declared `pause` event in
 its chain; the agent's own health is still recorded. The ledger records the
 pause and the resume (`carledger audit`).
-exit status: 0 done, 1 refused, 2 usage or store problem."""
+""" + exit_status()
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -25,7 +26,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--for", dest="duration", metavar="DURATION", help="resume by itself after this long (30m, 2h, 1d)")
-    add_store_options(parser)
+    add_store_options(parser, create=True)
     parser.set_defaults(func=pause)
 
 
@@ -35,5 +36,5 @@ def pause(args: argparse.Namespace) -> int:
         try:
             until = parse_when(args.duration, now=time.time())
         except ValueError as exc:
-            return fail(args, f"--for: {exc}", EXIT_USAGE)
+            raise UsageError(f"--for: {exc}") from None
     return run_request(args, {"action": "pause", "until": until})

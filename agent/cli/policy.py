@@ -13,6 +13,7 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
+from carledger.cli._store import exit_status
 from carledger.policy.classes import CLASSES, DESCRIPTIONS, LOCATION, PERSONAL
 from carledger.policy.document import (
     Aggregate,
@@ -113,13 +114,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "version's digest, and every block sealed under it names that digest. Works whether the agent runs or not.",
         epilog="examples:\n  carledger policy apply /etc/carledger/policy.toml\n"
         "  carledger policy apply new.toml --store /var/lib/carledger\n\n"
-        "exit status: 0 in force (or already was), 1 refused (invalid, or the version is not higher), 2 usage or store problem.",
+        + exit_status("in force (or already was)", "refused (invalid, or the version is not higher)"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     apply.add_argument("file", metavar="FILE", help="policy file (TOML)")
-    from carledger.cli._owner import add_store_options
+    from carledger.cli._store import add_store_options
 
-    add_store_options(apply)
+    add_store_options(apply, create=True)
     apply.set_defaults(func=_apply)
 
     def usage(_args: argparse.Namespace) -> int:

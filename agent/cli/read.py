@@ -15,9 +15,9 @@ from typing import TextIO
 from carledger.cli._args import stream_name
 from carledger.cli._display import BlockProblem, by_cause
 from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, rounding_from, sample_row
+from carledger.cli._store import add_store_options, exit_status, open_output, output_path
 
-EPILOG = """\
-exit status: 0 everything verified and decrypted, 1 a block failed (or is encrypted and no --key fits), 2 unreadable.
+EPILOG = exit_status("everything verified and decrypted", "a block failed (or is encrypted and no --key fits)") + """
 
 examples:
   carledger keygen recipient -o insurer.key            # prints the public key for the owner's policy
@@ -36,7 +36,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "and Merkle root; blocks encrypted to the recipient are decrypted with --key.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("store", metavar="STORE", help="an agent store or a collector's vehicles/VEHICLE directory")
+    add_store_options(parser, positional=True, json_output=False)  # STORE: an agent store or a collector's vehicles/VEHICLE
     parser.add_argument("--key", metavar="RECIPIENT_KEY", help="the recipient's X25519 private key (file or 64 hex digits)")
     parser.add_argument("--stream", action="append", type=stream_name, help="stream to read (repeatable; default: all)")
     parser.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
@@ -72,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
     from carledger.ledger.encrypt import load_private_key
     from carledger.ledger.files import open_private
 
+    if args.output:
+        output_path(args.output)  # before any work: a directory or a missing parent is a usage error
     try:
         store = Store.open_readonly(args.store)
     except StoreError as exc:
@@ -95,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
     problems: list[BlockProblem] = []
     fmt = SAMPLE_FORMATS[args.format]
     clock = Clock(args.time, machine=fmt.machine)
-    out: TextIO = open_private(args.output, "w", newline="") if args.output else sys.stdout
+    out: TextIO = open_output(args.output)
     try:
         with store:
             names = args.stream or store.streams()

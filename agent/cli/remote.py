@@ -15,18 +15,18 @@ import sys
 import time
 from pathlib import Path
 
-from carledger.cli._owner import add_store_options, target
+from carledger.cli._store import add_store_options, exit_status, open_output, target
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 from carledger.cli.keygen import KINDS
 
 EPILOG = """\
 examples:
   carledger keygen owner -o owner.key                    # writes owner.key and owner.pub
-  carledger remote enroll-owner /var/lib/carledger owner.pub    # on the car, once
+  carledger remote enroll-owner owner.pub --store /var/lib/carledger    # on the car, once (or -c agent.toml)
   carledger remote sign-policy policy.toml --key owner.key --previous 3 -o policy.cose   # checked first
   carledger remote send-policy policy.cose --vehicle car-1 --host broker.example --ca ca.crt \\
       --cert owner.crt --key owner-tls.key --wait 60
-"""
+"""  # each command's exit status is in its own help
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -40,8 +40,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("enroll-owner", help="enrol the owner's public key in a store (STORE/keys/owner.pub)",
                        epilog="exit status: 0 enrolled, 2 not a store, or an unreadable or wrong kind of key.")
-    p.add_argument("store", metavar="STORE")
     p.add_argument("public_key", metavar="OWNER_PUB", help="64 hex digits, a .pub file, or the owner's .key file")
+    add_store_options(p, json_output=False)
     p.set_defaults(func=enroll)
 
     p = sub.add_parser(
@@ -234,7 +234,7 @@ def sign(args: argparse.Namespace) -> int:
                 raise _Refused(f"{args.owner_key}: not the owner key enrolled in {args.store} (key id "
                                f"{kid(enrolled).hex()}); the car would refuse the update")
         signed = sign_policy(document, key)
-        with open(args.output, "wb") as fh:
+        with open_output(args.output, "wb") as fh:
             fh.write(signed)
     except (_Refused, KeyFileError) as exc:
         return _fail(str(exc))

@@ -7,6 +7,8 @@ import logging
 import signal
 import sys
 
+from carledger.cli._display import PolledProgress
+from carledger.cli._store import UsageError
 from carledger.config import DEFAULT_PATH, ConfigError, load_config, replay_config
 
 log = logging.getLogger("carledger")
@@ -17,6 +19,8 @@ examples:
   carledger run --replay drive.log --dbc car.dbc --store ./ledger --policy policy.toml --fast
   carledger run --replay drive.log --dbc car.dbc --store ./ledger \\
       --stream speed=Vehicle.Speed,WHEEL_SPEEDS.* --stream gps=Vehicle.CurrentLocation.* --fast
+
+exit status: 0 ran and stopped cleanly, 2 usage error, unreadable input or a path that is not what it should be.
 """
 
 
@@ -55,7 +59,7 @@ def _parse_streams(items: list[str]) -> dict[str, list[str]] | None:
     for item in items:
         name, sep, patterns = item.partition("=")
         if not sep or not name or not patterns:
-            raise ConfigError("--stream", None, "", f"expected NAME=PATTERN[,PATTERN...], got {item!r}")
+            raise UsageError(f"--stream: expected NAME=PATTERN[,PATTERN...], got {item!r}")
         streams.setdefault(name, []).extend(p for p in patterns.split(",") if p)
     return streams
 
@@ -63,11 +67,11 @@ def _parse_streams(items: list[str]) -> dict[str, list[str]] | None:
 def _load(args: argparse.Namespace):
     if args.replay:
         if args.config:
-            raise ConfigError("run", None, "", "give either -c CONFIG or --replay, not both")
+            raise UsageError("give either -c CONFIG or --replay, not both")
         if not args.dbc or not args.store:
-            raise ConfigError("--replay", None, "", "--replay needs --dbc and --store")
+            raise UsageError("--replay needs --dbc and --store")
         if args.policy and args.stream:
-            raise ConfigError("--stream", None, "", "give either --policy FILE or --stream, not both")
+            raise UsageError("give either --policy FILE or --stream, not both")
         return replay_config(
             args.replay, args.dbc, args.store, _parse_streams(args.stream), policy=args.policy,
             fast=args.fast, vss=args.vss, vehicle=args.vehicle, channels=args.channel,
@@ -100,7 +104,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
-    summary = pipeline.run(args.duration)
+    progress = PolledProgress("replaying", "frames", lambda: sum(b.stats.frames for b in pipeline.buses)).start() if args.replay else None
+    try:
+        summary = pipeline.run(args.duration)
+    finally:
+        if progress is not None:
+            progress.close()
     rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"read {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.0f} frames/s), "

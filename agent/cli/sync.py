@@ -20,6 +20,8 @@ import sys
 import threading
 import time
 
+from carledger.cli._display import PolledProgress
+from carledger.cli._store import add_store_options, exit_status
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 
 EPILOG = """\
@@ -28,7 +30,8 @@ examples:
   carledger sync ./ledger --vehicle car-1 --host localhost --drain 300   # every stream the policy sends
   carledger sync /var/lib/carledger --vehicle car-1 --stream insurer --host broker --ca ca.crt \\
       --cert car-1.crt --key car-1.key
-"""
+
+""" + exit_status("sent (with --drain: every block acked)", "not everything was acked")
 
 DRAIN_DEFAULT = 300.0
 
@@ -41,7 +44,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "collector did not ack. Exit 0 sent (drained), 1 not drained in time, 2 usage error or refused stream.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("store", metavar="STORE")
+    add_store_options(parser, positional=True, json_output=False)
     parser.add_argument("--vehicle", help="vehicle id: the topic level carledger/v1/VEHICLE/ (required to send)")
     parser.add_argument("--stream", action="append", metavar="NAME[=RECIPIENT]",
                         help="send only this stream (repeatable); default: every stream the policy sends. A stream "
@@ -169,7 +172,11 @@ def _send(args: argparse.Namespace, syncer, marks, streams: dict) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
     deadline = None if args.drain is None else time.monotonic() + args.drain
+    waiting = sum(n for name, (n, _) in marks.backlog().items() if name in streams)
+    progress = PolledProgress("draining", "blocks", lambda: syncer.stats.acked_blocks, waiting) if args.drain is not None else None
     syncer.start()
+    if progress is not None:
+        progress.start()
     code, problem = 0, None
     try:
         while not done.wait(0.2):
@@ -191,6 +198,8 @@ def _send(args: argparse.Namespace, syncer, marks, streams: dict) -> int:
                     problem = f"not drained after {args.drain:g} s: blocks not acked by the collector: {waiting}"
                 break
     finally:
+        if progress is not None:
+            progress.close()
         syncer.stop()
     s = syncer.stats
     left = {n: c for n, (c, _) in marks.backlog().items() if n in streams}

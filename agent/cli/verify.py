@@ -9,14 +9,15 @@ import sys
 from collections import Counter
 
 from carledger.cli._display import TtyProgress, by_cause, table
+from carledger.cli._store import add_store_options, exit_status
 
 EPILOG = """\
-exit status: 0 every chain is intact, 1 a problem was found, 2 the store cannot be read.
-
 examples:
   carledger verify ./ledger
-  carledger verify ./ledger --key keys/vehicle.pub --json
-"""
+  carledger verify --store ./ledger --key keys/vehicle.pub --json
+  carledger verify -c /etc/carledger/agent.toml
+
+""" + exit_status("every chain is intact", "a problem was found")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +29,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("store", metavar="STORE", help="store directory (holding ledger.sqlite)")
-    parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    add_store_options(parser, positional=True)
     parser.add_argument(
         "--key",
         metavar="PUBKEY",

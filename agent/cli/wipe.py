@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from carledger.cli._owner import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, fail, target
+from carledger.cli._store import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, exit_status, fail
 
 EPILOG = """\
 What it does: deletes every block of every stream, the policy, the consents,
@@ -21,7 +21,7 @@ needs (docs/owner-state.md, "Change of owner").
 
 Stop the agent first (systemctl stop carledger). It asks for confirmation
 unless --yes is given.
-exit status: 0 wiped, 1 refused or not confirmed, 2 usage or store problem."""
+""" + exit_status("wiped", "refused or not confirmed")
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -36,19 +36,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carledger.config import ConfigError
     from carledger.ledger import LedgerError, StoreLocked
-    from carledger.ledger.store import DB_FILE
     from carledger.owner.wipe import wipe
 
-    try:
-        store = target(args).store
-    except ConfigError as exc:
-        return fail(args, str(exc), EXIT_USAGE)
-    from pathlib import Path
-
-    if not (Path(store) / DB_FILE).exists():
-        return fail(args, f"{store}: no carledger store here", EXIT_USAGE)
+    store = args.store  # resolved (and checked to be a store) by carledger.cli._store
     if not args.yes:
         if not sys.stdin.isatty():
             return fail(args, "wipe deletes all recorded data: confirm with --yes (no terminal to ask on)", EXIT_REFUSED)

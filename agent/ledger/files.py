@@ -75,7 +75,9 @@ def open_private(path: str | os.PathLike, mode: str = "w", newline: str | None =
     An existing file keeps its mode (its owner chose it) and is truncated.
     """
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
-    return os.fdopen(fd, mode, newline=newline)
+    if "b" in mode:
+        return os.fdopen(fd, mode)
+    return os.fdopen(fd, mode, newline=newline, encoding="utf-8")
 
 
 def fsync_dir(path: Path) -> None:
