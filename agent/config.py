@@ -369,6 +369,9 @@ def replay_config(
             raise ConfigError("--dbc", None, "", f"DBC file not found: {path}")
     if not Path(log_path).is_file():
         raise ConfigError("--replay", None, "", f"log file not found: {log_path}")
+    from carledger.sources.replay import check_log
+
+    check_log(log_path)  # ReplayError before anything is created for a log that cannot be read
     if policy is not None and not Path(policy).is_file():
         raise ConfigError("--policy", None, "", f"policy file not found: {policy}")
     for name in streams or {}:

@@ -36,6 +36,7 @@ from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
+from carledger.sources.replay import ReplayError
 
 log = logging.getLogger(__name__)
 
@@ -174,6 +175,7 @@ class Pipeline:
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
         self._record_counts: dict[str, int] = {}  # records sealed per data stream
+        self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle)
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
@@ -526,6 +528,8 @@ class Pipeline:
         self.summary.frames = sum(b.stats.frames for b in self.buses)
         self.summary.streams = dict(self._record_counts)
         self.summary.records = sum(self._record_counts.values())
+        if self._unreadable is not None:
+            raise self._unreadable
         return self.summary
 
     def _queued_items(self) -> Iterator[tuple[int | None, list | None]]:
@@ -545,6 +549,9 @@ class Pipeline:
         try:
             for batch in source.batches(self.stop_event):
                 yield index, batch
+        except ReplayError as exc:  # a damaged log: what was read before is kept; the command says it in one line
+            self._events.append((index, "source-failed", {"bus": source.name, "error": str(exc)}))
+            self._unreadable = self._unreadable or exc
         except Exception as exc:  # a source must never take the agent down
             log.exception("source %s failed", source.name)
             self._events.append((index, "source-failed", {"bus": source.name, "error": str(exc)}))

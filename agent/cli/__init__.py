@@ -39,8 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "func"):
         parser.print_help()
         return 2
+    from carledger.sources.replay import ReplayError
+
     try:
         return int(args.func(args) or 0)
+    except ReplayError as exc:  # a log no command can read: one line, whichever command met it
+        print(f"carledger: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
