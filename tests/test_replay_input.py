@@ -7,6 +7,7 @@ their header overwritten), so each reader meets a file it really recognises.
 from __future__ import annotations
 
 import datetime
+import json
 import re
 import subprocess
 import sys
@@ -156,15 +157,26 @@ def test_text_that_is_not_candump_named_txt_is_refused(tmp_path):
     assert_one_line_error(replay(tmp_path, log), log, "line 1")
 
 
-def test_corruption_after_good_frames_keeps_them_and_exits_2(tmp_path):
-    """Frames read before the damage are sealed (never lose what was recorded); the run still exits 2."""
-    lines = shared_path("formats", "python-can", "test_CanMessage.asc").read_text().splitlines()
-    last = max(i for i, line in enumerate(lines) if " Rx " in line)
-    lines[last] = lines[last].split(" Rx ")[0] + " Rx d 8 ZZ"
+def test_damage_past_the_first_batch_keeps_what_was_read_and_exits_2(tmp_path):
+    """Frames before the damage are sealed (never lose what was recorded); the run still exits 2, in one line."""
+    import can
+
     log = tmp_path / "drive.asc"
+    start = datetime.datetime(2026, 11, 20, 8, 0, 0).timestamp()
+    with can.ASCWriter(str(log)) as writer:
+        for i in range(3000):  # more than the first batch the command checks before it starts
+            writer.on_message_received(can.Message(timestamp=start + i * 0.01, arbitration_id=0x0B4, is_extended_id=False, data=bytes(8)))
+    lines = log.read_text().splitlines()
+    broken = len(lines) - 2  # the last frame line, before "End TriggerBlock"
+    lines[broken] = lines[broken].split(" Rx ")[0] + " Rx d 8 ZZ"
     log.write_text("\n".join(lines) + "\n")
-    with pytest.raises(ReplayError, match=rf"^{log}: .*line {last + 1}"):
-        frames(log)
+    result = replay(tmp_path, log, "--stream", "speed=ABS_SPEED.*")
+    assert_one_line_error(result, log, f"line {broken + 1}: cannot read it as ASC after 2999 frames")
+    listed = subprocess.run([sys.executable, "-m", "carledger", "log", "list", str(tmp_path / "ledger"), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    speed = json.loads(listed.stdout)["streams"]["speed"]
+    assert speed["records"] > 0 and speed["t0"] == start  # sealed, at the header's date, not 1970
 
 
 # -- item 6: absolute start times ----------------------------------------------------------
