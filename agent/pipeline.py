@@ -27,6 +27,7 @@ from zoneinfo import ZoneInfo
 from carledger import __version__
 from carledger.config import BusConfig, Config, local_streams_policy
 from carledger.decode import DecodeTable, VssMapping, load_dbc
+from carledger.decode.dbcfile import check_message_names
 from carledger.edr import CRASH_STREAM, CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
 from carledger.notify import Notifier, Watchdog
@@ -74,12 +75,11 @@ class _Bus:
 
     def __init__(self, config: BusConfig):
         self.config = config
-        self.databases = []
-        for path in config.dbc:
-            loaded = load_dbc(path)
+        self.loaded = [load_dbc(path) for path in config.dbc]
+        for loaded in self.loaded:
             for warning in loaded.warnings:
                 log.warning("%s", warning)
-            self.databases.append(loaded.database)
+        self.databases = [loaded.database for loaded in self.loaded]
         self.mapping = VssMapping.load(config.vss or VssMapping.beside(config.dbc))
         self.table = DecodeTable(self.databases, lambda source: False)
         self.frame_filter = FrameFilter.of(())
@@ -180,6 +180,7 @@ class Pipeline:
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
             self.buses = [_Bus(bus) for bus in config.buses]
+            check_message_names([loaded for bus in self.buses for loaded in bus.loaded])  # one name, one message
             self.owner_state = OwnerState.load(config.store)
             known = [pair for bus in self.buses for pair in bus.signals()]
             if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
