@@ -408,6 +408,24 @@ def local_streams_policy(streams: Mapping[str, Sequence[str]], version: int = 1)
     return "\n".join(lines)
 
 
+def stream_option_problems(streams: Mapping[str, Sequence[str]], problems: Sequence[FieldError]) -> str:
+    """The problems of the policy `local_streams_policy` made up, said about the `--stream` options typed.
+
+    The made-up policy is no file the user wrote, so its line numbers mean
+    nothing to them; each problem names the `--stream NAME=PATTERNS` it comes from.
+    """
+    names = list(streams)
+    lines = []
+    for problem in problems:
+        at = re.match(r"stream\[(\d+)\]", problem.field or "")
+        if at and int(at.group(1)) < len(names):
+            name = names[int(at.group(1))]
+            lines.append(f"--stream {name}={','.join(streams[name])}: {problem.message}")
+        else:
+            lines.append(f"--stream: {problem.message}")
+    return "\n".join(lines)
+
+
 def _toml_string(text: str) -> str:
     import json
 

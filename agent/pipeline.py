@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
-from carledger.config import BusConfig, Config, local_streams_policy
+from carledger.config import BusConfig, Config, local_streams_policy, stream_option_problems
 from carledger.decode import DecodeTable, VssMapping, load_dbc
 from carledger.decode.dbcfile import check_message_names
 from carledger.edr import CRASH_STREAM, CrashRecorder
@@ -227,9 +227,9 @@ class Pipeline:
             # The command line's streams, as the next version unless they are what is in force already.
             name, text = "--stream", local_streams_policy(config.policy_streams, current.version + 1)
             try:
-                candidate = policy_from_text(name, text, check_expiry=False)
+                candidate = policy_from_text(name, text, self.actions.known_signals, check_expiry=False)
             except PolicyError as exc:
-                raise PipelineError(str(exc)) from None
+                raise PipelineError(stream_option_problems(config.policy_streams, exc.problems)) from None
             if candidate.streams == current.streams:
                 return
         else:

@@ -16,7 +16,7 @@ examples:
   carledger run -c /etc/carledger/agent.toml
   carledger run --replay drive.log --dbc car.dbc --store ./ledger --policy policy.toml --fast
   carledger run --replay drive.log --dbc car.dbc --store ./ledger \\
-      --stream speed=Vehicle.Speed,WHEEL_SPEEDS.* --stream gps=Vehicle.CurrentLocation.* --fast
+      --stream speed=Vehicle.Speed,ABS_ACCEL.* --stream gps=Vehicle.CurrentLocation.* --fast
 """
 
 
