@@ -212,3 +212,17 @@ def test_blf_trc_and_mf4_keep_their_absolute_times():
 def test_gzipped_asc_reads_like_the_plain_one():
     plain = frames(shared_path("formats", "python-can", "test_CanMessage.asc"))
     assert frames(shared_path("formats", "python-can", "test_CanMessage.asc.gz")) == plain and plain
+
+
+def test_trc_1_0_is_dated_from_its_start_time_comment():
+    """TRC 1.0 has no $STARTTIME, only a `Start time:` comment; the same capture in 1.1 gives the same times."""
+    old = frames(shared_path("formats", "python-can", "test_CanMessage_V1_0_BUS1.trc"))
+    new = frames(shared_path("formats", "python-can", "test_CanMessage_V1_1.trc"))
+    assert len(old) == len(new) == 10
+    assert all(abs(a[0] - b[0]) < 0.002 and a[1:] == b[1:] for a, b in zip(old, new))
+
+
+def test_mf4_keeps_its_absolute_time():
+    pytest.importorskip("asammdf", reason="MF4 needs asammdf (pip install 'carledger[mf4]')")
+    first = frames(shared_path("logs", "css_obd2_gnss", "00000164_00000001-60FE3F04.MF4"))[0][0]
+    assert datetime.datetime.fromtimestamp(first, datetime.timezone.utc).date() == datetime.date(2021, 7, 26)

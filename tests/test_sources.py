@@ -114,7 +114,11 @@ def test_every_python_can_format_sample_replays_like_python_can_reads_it():
         if path.suffix.lower() not in (".asc", ".blf", ".trc"):
             continue
         frames = [f for b in LogSource(path.name, str(path), None, speed=0).batches(threading.Event()) for f in b]
-        assert frames == _python_can_frames(path), path.name
+        theirs = _python_can_frames(path)
+        if path.name == "test_CanMessage_V1_0_BUS1.trc":  # dated from its Start time comment (test_replay_input.py)
+            shift = frames[0][0] - theirs[0][0]
+            theirs = [(t + shift, k, d) for t, k, d in theirs]
+        assert frames == theirs, path.name
         checked += 1
     assert checked >= 10
 

@@ -12,8 +12,10 @@ have been handed on already and are kept.
 
 Times are absolute wherever the format states the start: an ASC file's
 ``date`` header (the recording machine's local time, read in this process's
-time zone), a BLF header's start time, a TRC file's ``$STARTTIME``, an MF4
-header. Nothing signs these times: they come from the owner's own log, and
+time zone), a BLF header's start time, a TRC file's ``$STARTTIME`` (or, in
+TRC 1.0, its ``Start time:`` comment, read as UTC like ``$STARTTIME``), an MF4
+header. Where a file states no start (an ASC without ``date``), times stay as
+the file gives them. Nothing signs these times: they come from the owner's own log, and
 they only decide when the replayed samples happened, as a live bus's clock
 would; a wrong date cannot release a sample to a recipient outside a window
 the owner's policy already grants.
@@ -21,6 +23,7 @@ the owner's policy already grants.
 
 from __future__ import annotations
 
+import datetime
 import gc
 import gzip
 import logging
@@ -44,6 +47,8 @@ _CANDUMP_LINE = re.compile(r"\(\d+(?:\.\d*)?\)\s+\S+\s+[0-9A-Fa-f]{1,8}#")
 _BY_SUFFIX = {".asc": "asc", ".blf": "blf", ".trc": "trc", ".mf4": "mf4", ".log": "candump"}
 _MAGIC = {"blf": b"LOGG", "mf4": b"MDF"}
 _TEXT_FORMATS = ("asc", "trc")
+# TRC 1.0 states its start only in a comment; python-can reads $STARTTIME (1.1 and later) alone.
+_TRC_START_COMMENT = re.compile(r";\s*Start time:\s*(\d{1,2})\.(\d{1,2})\.(\d{4})\s+(\d{1,2}):(\d{2}):(\d{2})(?:\.(\d{1,3}))?")
 KNOWN_FORMATS = "a candump log (.log, .candump, .txt), .asc, .blf, .trc or .mf4"
 
 
@@ -229,13 +234,33 @@ class LogSource(FrameSource):
             sys.unraisablehook = hook
         raise ReplayError(self.path, f"cannot read it as MF4: {why}")
 
+    def _trc_start(self) -> float:
+        """Seconds to add to a TRC file's times: its `Start time:` comment when it has no $STARTTIME.
+
+        The comment is read as UTC, as python-can reads $STARTTIME: where a
+        file has both, they agree that way.
+        """
+        start = 0.0
+        with self._open() as file:
+            for line in file:
+                if not line.startswith(";") or line.startswith(";$STARTTIME"):
+                    return 0.0 if line.startswith(";$STARTTIME") else start
+                found = _TRC_START_COMMENT.match(line)
+                if found and not start:
+                    day, month, year, hour, minute, second, ms = found.groups()
+                    stamp = datetime.datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                                              int((ms or "0").ljust(3, "0")) * 1000, tzinfo=datetime.timezone.utc)
+                    start = stamp.timestamp()
+        return start
+
     def _read_with_python_can(self, fmt: str) -> Iterator[list[Frame]]:
         lines = _CountedLines(self._open()) if fmt in _TEXT_FORMATS else None
         reader = None
         self.messages = 0
         try:
+            start = self._trc_start() if fmt == "trc" else 0.0
             reader = self._reader(fmt, lines)
-            yield from self._python_can_batches(reader)
+            yield from self._python_can_batches(reader, start)
         except ReplayError:
             raise
         except Exception as exc:  # whatever a reader raises on a damaged file: one line, no traceback
@@ -248,7 +273,7 @@ class LogSource(FrameSource):
             elif lines is not None:
                 lines.close()
 
-    def _python_can_batches(self, reader: Iterable) -> Iterator[list[Frame]]:
+    def _python_can_batches(self, reader: Iterable, start: float) -> Iterator[list[Frame]]:
         wanted: dict[int, bool] = {}
         flt = self.frame_filter
         batch: list[Frame] = []
@@ -263,7 +288,7 @@ class LogSource(FrameSource):
             if ok is None:
                 ok = wanted[key] = flt is None or flt.matches(key)
             if ok:
-                batch.append((msg.timestamp, key, bytes(msg.data)))
+                batch.append((msg.timestamp + start, key, bytes(msg.data)))
                 if len(batch) >= 2048:
                     yield batch
                     batch = []
