@@ -25,10 +25,10 @@ DEMO_DBC = REPO / "dbc" / "carledger_demo.dbc"
 CANDUMP = "(1700000000.000000) can0 0B4#0000000000000000\n(1700000000.010000) can0 0C8#0000000000000000\n"
 
 
-def replay(tmp_path: Path, log: Path, *extra: str) -> subprocess.CompletedProcess:
+def replay(tmp_path: Path, log: Path, *extra: str, fast: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "carledger", "run", "--replay", str(log), "--dbc", str(DEMO_DBC),
-         "--store", str(tmp_path / "ledger"), "--fast", *extra],
+         "--store", str(tmp_path / "ledger"), *(["--fast"] if fast else []), *extra],
         capture_output=True, text=True, timeout=120,
     )
 
@@ -157,20 +157,24 @@ def test_text_that_is_not_candump_named_txt_is_refused(tmp_path):
     assert_one_line_error(replay(tmp_path, log), log, "line 1")
 
 
-def test_damage_past_the_first_batch_keeps_what_was_read_and_exits_2(tmp_path):
-    """Frames before the damage are sealed (never lose what was recorded); the run still exits 2, in one line."""
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "recorded-speed"])
+def test_damage_past_the_first_batch_keeps_what_was_read_and_exits_2(tmp_path, fast):
+    """Frames before the damage are sealed (never lose what was recorded); the run still exits 2, in one line.
+
+    Fast, the log is read in the pipeline's thread; at recorded speed in a reader thread.
+    """
     import can
 
     log = tmp_path / "drive.asc"
     start = datetime.datetime(2026, 11, 20, 8, 0, 0).timestamp()
     with can.ASCWriter(str(log)) as writer:
         for i in range(3000):  # more than the first batch the command checks before it starts
-            writer.on_message_received(can.Message(timestamp=start + i * 0.01, arbitration_id=0x0B4, is_extended_id=False, data=bytes(8)))
+            writer.on_message_received(can.Message(timestamp=start + i * 0.0002, arbitration_id=0x0B4, is_extended_id=False, data=bytes(8)))
     lines = log.read_text().splitlines()
     broken = len(lines) - 2  # the last frame line, before "End TriggerBlock"
     lines[broken] = lines[broken].split(" Rx ")[0] + " Rx d 8 ZZ"
     log.write_text("\n".join(lines) + "\n")
-    result = replay(tmp_path, log, "--stream", "speed=ABS_SPEED.*")
+    result = replay(tmp_path, log, "--stream", "speed=ABS_SPEED.*", fast=fast)
     assert_one_line_error(result, log, f"line {broken + 1}: cannot read it as ASC after 2999 frames")
     listed = subprocess.run([sys.executable, "-m", "carledger", "log", "list", str(tmp_path / "ledger"), "--json"],
                             capture_output=True, text=True, timeout=60)
