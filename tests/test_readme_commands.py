@@ -76,10 +76,11 @@ def _join_continuations(lines: list[str]) -> list[str]:
     out: list[str] = []
     buf = ""
     for line in lines:
-        if line.rstrip().endswith("\\"):
-            buf += line.rstrip()[:-1] + " "
+        part = line.strip() if buf else line.rstrip()
+        if part.endswith("\\"):
+            buf += part[:-1].rstrip() + " "
             continue
-        out.append(buf + line)
+        out.append(buf + part)
         buf = ""
     if buf:
         out.append(buf)
