@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -234,7 +235,7 @@ def run_block(block: Block, work: Path, port: int | None = None, rules: tuple[tu
             if command.startswith("mosquitto "):
                 continue  # the test's own broker stands in for it
             if command.endswith("&"):
-                background.append(subprocess.Popen(command[:-1], shell=True, cwd=work, env=_env(),
+                background.append(subprocess.Popen(command[:-1], shell=True, cwd=work, env=_env(), start_new_session=True,
                                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
                 continue
             result = subprocess.run(command, shell=True, cwd=work, env=_env(), capture_output=True, text=True,
@@ -243,8 +244,8 @@ def run_block(block: Block, work: Path, port: int | None = None, rules: tuple[tu
                 tail = (result.stderr.strip().splitlines() or [""])[-1]
                 failures.append(f"{block.source}: {command!r} exited {result.returncode}: {tail}")
     finally:
-        for process in background:
-            process.terminate()
+        for process in background:  # the shell and what it started: their own process group
+            os.killpg(process.pid, signal.SIGTERM)
             process.wait(timeout=30)
     return failures
 
@@ -257,7 +258,7 @@ def test_replay_commands_of_the_readme_run_as_written(workdir):
 
 
 def test_doc_commands_run_as_written(workdir):
-    """Shell blocks of docs/*.md, each page in the same kind of work directory."""
+    """Shell blocks of docs/*.md, in order, in one work directory like the README's."""
     shutil.copy(workdir / "car.dbc", workdir / "other.dbc")  # `dbc check car.dbc other.dbc`
     blocks = [b for path in sorted((REPO / "docs").glob("*.md")) for b in blocks_of(path) if not b.skip]
     failures = [line for block in blocks for line in run_block(block, workdir, rules=SKIPPED + DOCS_SKIPPED)]
