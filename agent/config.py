@@ -370,6 +370,9 @@ def replay_config(
             raise ConfigError("--dbc", None, "", f"DBC file not found: {path}")
     if not Path(log_path).is_file():
         raise ConfigError("--replay", None, "", f"log file not found: {log_path}")
+    from carledger.sources.replay import check_log
+
+    check_log(log_path)  # ReplayError before anything is created for a log that cannot be read
     if policy is not None and not Path(policy).is_file():
         raise ConfigError("--policy", None, "", f"policy file not found: {policy}")
     for name in streams or {}:
@@ -403,6 +406,24 @@ def local_streams_policy(streams: Mapping[str, Sequence[str]], version: int = 1)
             'allow = ["location", "personal"]',
             "",
         ]
+    return "\n".join(lines)
+
+
+def stream_option_problems(streams: Mapping[str, Sequence[str]], problems: Sequence[FieldError]) -> str:
+    """The problems of the policy `local_streams_policy` made up, said about the `--stream` options typed.
+
+    The made-up policy is no file the user wrote, so its line numbers mean
+    nothing to them; each problem names the `--stream NAME=PATTERNS` it comes from.
+    """
+    names = list(streams)
+    lines = []
+    for problem in problems:
+        at = re.match(r"stream\[(\d+)\]", problem.field or "")
+        if at and int(at.group(1)) < len(names):
+            name = names[int(at.group(1))]
+            lines.append(f"--stream {name}={','.join(streams[name])}: {problem.message}")
+        else:
+            lines.append(f"--stream: {problem.message}")
     return "\n".join(lines)
 
 

@@ -25,8 +25,9 @@ from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
-from carledger.config import BusConfig, Config, local_streams_policy
+from carledger.config import BusConfig, Config, local_streams_policy, stream_option_problems
 from carledger.decode import DecodeTable, VssMapping, load_dbc
+from carledger.decode.dbcfile import check_message_names
 from carledger.edr import CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
 from carledger.notify import Notifier, Watchdog
@@ -36,6 +37,7 @@ from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
+from carledger.sources.replay import ReplayError
 
 log = logging.getLogger(__name__)
 
@@ -73,12 +75,11 @@ class _Bus:
 
     def __init__(self, config: BusConfig):
         self.config = config
-        self.databases = []
-        for path in config.dbc:
-            loaded = load_dbc(path)
+        self.loaded = [load_dbc(path) for path in config.dbc]
+        for loaded in self.loaded:
             for warning in loaded.warnings:
                 log.warning("%s", warning)
-            self.databases.append(loaded.database)
+        self.databases = [loaded.database for loaded in self.loaded]
         self.mapping = VssMapping.load(config.vss or VssMapping.beside(config.dbc))
         self.table = DecodeTable(self.databases, lambda source: False)
         self.frame_filter = FrameFilter.of(())
@@ -174,10 +175,12 @@ class Pipeline:
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
         self._record_counts: dict[str, int] = {}  # records sealed per data stream
+        self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle)
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
             self.buses = [_Bus(bus) for bus in config.buses]
+            check_message_names([loaded for bus in self.buses for loaded in bus.loaded])  # one name, one message
             self.owner_state = OwnerState.load(config.store)
             known = [pair for bus in self.buses for pair in bus.signals()]
             if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
@@ -224,9 +227,9 @@ class Pipeline:
             # The command line's streams, as the next version unless they are what is in force already.
             name, text = "--stream", local_streams_policy(config.policy_streams, current.version + 1)
             try:
-                candidate = policy_from_text(name, text, check_expiry=False)
+                candidate = policy_from_text(name, text, self.actions.known_signals, check_expiry=False)
             except PolicyError as exc:
-                raise PipelineError(str(exc)) from None
+                raise PipelineError(stream_option_problems(config.policy_streams, exc.problems)) from None
             if candidate.streams == current.streams:
                 return
         else:
@@ -517,6 +520,8 @@ class Pipeline:
         self.summary.frames = sum(b.stats.frames for b in self.buses)
         self.summary.streams = dict(self._record_counts)
         self.summary.records = sum(self._record_counts.values())
+        if self._unreadable is not None:
+            raise self._unreadable
         return self.summary
 
     def _queued_items(self) -> Iterator[tuple[int | None, list | None]]:
@@ -536,6 +541,9 @@ class Pipeline:
         try:
             for batch in source.batches(self.stop_event):
                 yield index, batch
+        except ReplayError as exc:  # a damaged log: what was read before is kept; the command says it in one line
+            self._events.append((index, "source-failed", {"bus": source.name, "error": str(exc)}))
+            self._unreadable = self._unreadable or exc
         except Exception as exc:  # a source must never take the agent down
             log.exception("source %s failed", source.name)
             self._events.append((index, "source-failed", {"bus": source.name, "error": str(exc)}))

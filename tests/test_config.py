@@ -113,7 +113,7 @@ def test_replay_config_streams_become_a_policy_of_local_streams(tmp_path):
     from carledger.policy import policy_from_text
 
     (tmp_path / "a.dbc").write_text('VERSION ""\n')
-    (tmp_path / "a.log").write_text("")
+    (tmp_path / "a.log").write_text("(1.0) can0 123#00\n")
     config = replay_config(str(tmp_path / "a.log"), [str(tmp_path / "a.dbc")], str(tmp_path / "s"), fast=True)
     assert config.policy is None and config.policy_streams is None  # no streams: nothing is collected
     assert config.buses[0].speed == 0.0

@@ -72,12 +72,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from carledger.cli._store import UsageError, resolve_store, usage_error
+    from carledger.sources.replay import ReplayError
 
     try:
         resolve_store(args)
         return int(args.func(args) or 0)
     except UsageError as exc:
         return usage_error(args, str(exc))
+    except ReplayError as exc:  # a log no command can read: one line, whichever command met it
+        print(f"carledger: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

@@ -18,7 +18,7 @@ examples:
   carledger run -c /etc/carledger/agent.toml
   carledger run --replay drive.log --dbc car.dbc --store ./ledger --policy policy.toml --fast
   carledger run --replay drive.log --dbc car.dbc --store ./ledger \\
-      --stream speed=Vehicle.Speed,WHEEL_SPEEDS.* --stream gps=Vehicle.CurrentLocation.* --fast
+      --stream speed=Vehicle.Speed,ABS_ACCEL.* --stream gps=Vehicle.CurrentLocation.* --fast
 
 exit status: 0 ran and stopped cleanly, 2 usage error, unreadable input or a path that is not what it should be.
 """
@@ -35,7 +35,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-c", "--config", metavar="FILE", help=f"configuration file (default {DEFAULT_PATH})")
     quick = parser.add_argument_group("quick replay without a configuration file")
-    quick.add_argument("--replay", metavar="LOG", help="recorded log (.log candump, .asc, .blf, .trc, .mf4)")
+    quick.add_argument("--replay", metavar="LOG", help="recorded log: candump (.log, .candump, .txt), .asc, .blf, .trc, .mf4 (needs carledger[mf4])")
     quick.add_argument("--dbc", metavar="DBC", action="append", default=[], help="DBC file (repeatable)")
     quick.add_argument("--vss", metavar="MAP", action="append", default=[], help="VSS mapping file (repeatable)")
     quick.add_argument("--store", metavar="DIR", help="ledger directory")

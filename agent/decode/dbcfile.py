@@ -21,12 +21,13 @@ import bisect
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import cantools
 import textparser
 from cantools.database.can import Database
 
-__all__ = ["DbcError", "LoadedDbc", "load_dbc"]
+__all__ = ["DbcError", "LoadedDbc", "check_message_names", "load_dbc"]
 
 #: At most this many parse-and-repair rounds before a file is rejected.
 MAX_ROUNDS = 40
@@ -35,6 +36,7 @@ _EXTENDED_FLAG = 0x80000000
 _MAX_STANDARD = 0x7FF
 _MAX_EXTENDED = 0x1FFFFFFF
 _INDEPENDENT_SIGNALS = "VECTOR__INDEPENDENT_SIG_MSG"  # cantools skips this pseudo message
+_BO_LINE = re.compile(r"^[ \t]*BO_[ \t]+\d+[ \t]+(\w+)", re.M)
 
 
 class DbcError(Exception):
@@ -60,6 +62,7 @@ class LoadedDbc:
     path: str
     database: cantools.database.can.Database
     warnings: list[str] = field(default_factory=list)
+    lines: dict[str, int] = field(default_factory=dict)  # message name -> line of its BO_
 
 
 def load_dbc(path: str | os.PathLike, *, strict: bool = False) -> LoadedDbc:
@@ -106,8 +109,14 @@ def load_dbc(path: str | os.PathLike, *, strict: bool = False) -> LoadedDbc:
             text = _apply(text, fix.edits)
             warnings.extend((line, f"{problem}; {action}") for line, problem, action in fix.notes)
             continue
+        cut = _cut_off(text)
+        if cut is not None:
+            line, problem, action = cut
+            if strict:
+                raise DbcError(name, line, f"{problem} (strict: not repaired)")
+            warnings.append((line, f"{problem}; {action}"))
         warnings.sort(key=lambda w: w[0])
-        return LoadedDbc(name, database, [f"{name}:{line}: {msg}" for line, msg in warnings])
+        return LoadedDbc(name, database, [f"{name}:{line}: {msg}" for line, msg in warnings], _message_lines(text))
     line = warnings[-1][0] if warnings else None
     raise DbcError(name, line, f"still does not load after {MAX_ROUNDS} rounds of repairs; giving up")
 
@@ -134,6 +143,72 @@ def _parse(text: str, strict: bool) -> Database:
     database = Database(strict=strict)
     database.add_dbc_string(text)
     return database
+
+
+def _message_lines(text: str) -> dict[str, int]:
+    """The line of each message's BO_ (the first, if a name repeats), for errors that name two files."""
+    lines: dict[str, int] = {}
+    line, pos = 1, 0
+    for m in _BO_LINE.finditer(text):
+        line += text.count("\n", pos, m.start())
+        pos = m.start()
+        lines.setdefault(m.group(1), line)
+    return lines
+
+
+def check_message_names(loaded: list[LoadedDbc]) -> None:
+    """Refuse DBCs that give one message name two ids: their samples would share one name.
+
+    Samples are named `Message.Signal` (and records keep that name in the
+    ledger), so two different messages under one name would interleave in a
+    stream without anyone telling them apart. The same name with the same id
+    in two files (a shared include) is one message and passes. Raises
+    `DbcError` naming both files and lines.
+    """
+    seen: dict[str, tuple[LoadedDbc, Any]] = {}
+    for item in loaded:
+        for message in item.database.messages:
+            first = seen.setdefault(message.name, (item, message))
+            other = first[1]
+            if (other.frame_id, other.is_extended_frame) == (message.frame_id, message.is_extended_frame):
+                continue
+            where = f"{first[0].path}:{first[0].lines.get(message.name, '?')}"
+            raise DbcError(
+                item.path, item.lines.get(message.name),
+                f"message '{message.name}' has id {_frame_label(message)} here and {_frame_label(other)} in {where}; "
+                "their samples would share the name: rename the message in one of the files",
+            )
+
+
+def _frame_label(message: Any) -> str:
+    return f"0x{message.frame_id:08X} (extended)" if message.is_extended_frame else f"0x{message.frame_id:03X}"
+
+
+def _cut_off(text: str) -> tuple[int, str, str] | None:
+    """A file whose last line is an unfinished BO_ or SG_ line: cantools drops it without a word.
+
+    Anywhere else an unfinished layout line is a syntax error; only at the end
+    of the file does the parser take it for nothing, so only the last line is
+    looked at (one rfind, whatever the file's size).
+    """
+    body = text.rstrip()
+    start = body.rfind("\n") + 1
+    last = body[start:].strip()
+    kind = last.split(None, 1)[0] if last else ""
+    pattern = _COMPLETE.get(kind)
+    if pattern is None or pattern.match(last):
+        return None
+    line = body.count("\n") + 1
+    words = re.findall(r"\w+", last)
+    if kind == "BO_":
+        named = next((w for w in words[1:] if not w.isdigit()), None)
+        what = f"message '{named}'" if named else "a message"
+        return line, f"the file ends inside {what} (cut off?)", "the partial message is not loaded"
+    owners = _BO_LINE.findall(body, 0, start)
+    what = f"signal '{words[1]}'" if len(words) > 1 else "a signal"
+    if owners:
+        what += f" of message '{owners[-1]}'"
+    return line, f"the file ends inside {what} (cut off?)", "the partial signal is not loaded"
 
 
 def _one_line(text: str) -> str:

@@ -1,8 +1,11 @@
 """Recorded logs replayed as a frame source, at recorded speed or as fast as possible.
 
-candump ``.log`` files go through our fast reader; everything else python-can
-reads (``.asc``, ``.blf``, ``.trc``, ``.mf4`` with asammdf) goes through its
-LogReader, with the same filter applied before the frame is handed on.
+candump logs go through our fast reader; ``.asc``, ``.blf``, ``.trc`` and
+``.mf4`` through python-can's readers, with the same filter applied before the
+frame is handed on. Which format a file is, and its absolute times, is
+`carledger.sources.logfile`'s business. A log that cannot be read raises
+`ReplayError` (one line naming the file and the reason); frames read before
+damage further in have been handed on already and are kept.
 """
 
 from __future__ import annotations
@@ -10,15 +13,26 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from pathlib import Path
 from typing import Iterable, Iterator
 
 from carledger.sources.base import EventSink, FrameSource
-from carledger.sources.candump import open_text, read_candump
+from carledger.sources.candump import read_candump
 from carledger.sources.frame import Frame, FrameFilter, frame_key
+from carledger.sources.logfile import LogFile, ReplayError
+
+__all__ = ["LogSource", "ReplayError", "check_log"]
 
 log = logging.getLogger(__name__)
 _MAX_REPORTED_LINES = 10
+
+
+def check_log(path: str) -> None:
+    """Read the first batch of a log, so a command refuses an unreadable one before it creates anything."""
+    batches = LogSource("check", path, None)._read()
+    try:
+        next(batches, None)
+    finally:
+        batches.close()
 
 
 class LogSource(FrameSource):
@@ -50,12 +64,13 @@ class LogSource(FrameSource):
             yield batch
 
     def _read(self) -> Iterator[list[Frame]]:
-        suffix = Path(self.path).suffix.lower()
-        if suffix == ".log":
-            with open_text(self.path) as lines:
+        logfile = LogFile(self.path)
+        fmt = logfile.format()
+        if fmt == "candump":
+            with logfile.open() as lines:
                 yield from read_candump(lines, self.frame_filter, self.channels, self._malformed)
         else:
-            yield from self._read_with_python_can(suffix)
+            yield from self._python_can_batches(logfile.messages(fmt))
 
     def _malformed(self, number: int, line: str, reason: str) -> None:
         self.malformed += 1
@@ -65,17 +80,11 @@ class LogSource(FrameSource):
         elif self.malformed == _MAX_REPORTED_LINES + 1:
             log.warning("%s: more malformed lines; not reporting each", self.path)
 
-    def _read_with_python_can(self, suffix: str) -> Iterator[list[Frame]]:
-        import can
-
-        if suffix == ".mf4":
-            from carledger._imports import enable_mf4
-
-            enable_mf4()
+    def _python_can_batches(self, messages: Iterable) -> Iterator[list[Frame]]:
         wanted: dict[int, bool] = {}
         flt = self.frame_filter
         batch: list[Frame] = []
-        for msg in can.LogReader(self.path):
+        for msg in messages:
             if msg.is_error_frame or msg.is_remote_frame:
                 continue
             if self.channels and str(msg.channel) not in self.channels:

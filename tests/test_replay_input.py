@@ -1,0 +1,262 @@
+"""Logs the replay cannot read give one line naming the file and the reason, exit 2; absolute times are kept.
+
+Corrupt files are made from the real samples in ../shared/data (truncated, or
+their header overwritten), so each reader meets a file it really recognises.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from carledger.sources import LogSource
+from carledger.sources.replay import ReplayError
+
+from conftest import REPO, shared_path
+
+DEMO_DBC = REPO / "dbc" / "carledger_demo.dbc"
+CANDUMP = "(1700000000.000000) can0 0B4#0000000000000000\n(1700000000.010000) can0 0C8#0000000000000000\n"
+
+
+def replay(tmp_path: Path, log: Path, *extra: str, fast: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "carledger", "run", "--replay", str(log), "--dbc", str(DEMO_DBC),
+         "--store", str(tmp_path / "ledger"), *(["--fast"] if fast else []), *extra],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess, log: Path, reason: str) -> None:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    # INFO log lines go to stderr by default today (issue 12 item 18 moves them); they are not the error
+    lines = [line for line in result.stderr.strip().splitlines() if not re.match(r"\d{4}-\d\d-\d\d [\d:,]+ INFO ", line)]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"carledger: {log}: "), lines[0]
+    assert reason in lines[0], lines[0]
+
+
+def truncated(src: Path, dest: Path, size: int) -> Path:
+    dest.write_bytes(src.read_bytes()[:size])
+    return dest
+
+
+def stream_records(store: Path, stream: str) -> int:
+    """Records sealed in a stream, from `log list --json` (not the run summary's wording, which other work changes)."""
+    listed = subprocess.run([sys.executable, "-m", "carledger", "log", "list", str(store), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    return json.loads(listed.stdout)["streams"].get(stream, {}).get("records", 0)
+
+
+def frames(path: Path) -> list:
+    return [f for batch in LogSource("t", str(path), None).batches(threading.Event()) for f in batch]
+
+
+# -- item 4: unreadable logs -------------------------------------------------------------
+
+
+def test_blf_with_a_foreign_header_is_one_line_exit_2(tmp_path):
+    real = shared_path("formats", "python-can", "test_CanMessage.blf").read_bytes()
+    log = tmp_path / "drive.blf"
+    log.write_bytes(b"XXXX" + real[4:])
+    result = replay(tmp_path, log)
+    assert_one_line_error(result, log, "not a BLF file")
+    assert not (tmp_path / "ledger").exists()  # nothing created for a log that cannot be read
+
+
+def test_truncated_blf_is_one_line_exit_2(tmp_path):
+    log = truncated(shared_path("formats", "python-can", "test_CanMessage.blf"), tmp_path / "drive.blf", 300)
+    assert_one_line_error(replay(tmp_path, log), log, "BLF")
+
+
+def test_binary_file_named_asc_is_one_line_exit_2(tmp_path):
+    log = tmp_path / "drive.asc"  # a BLF renamed
+    log.write_bytes(shared_path("formats", "python-can", "test_CanMessage.blf").read_bytes())
+    assert_one_line_error(replay(tmp_path, log), log, "not a text file")
+
+
+def test_asc_with_a_broken_frame_line_is_one_line_with_its_number(tmp_path):
+    lines = shared_path("formats", "python-can", "test_CanMessage.asc").read_text().splitlines()
+    frame_at = next(i for i, line in enumerate(lines) if " Rx " in line)
+    lines[frame_at] = lines[frame_at].replace(" Rx ", " Rx d 8 ZZ ", 1).split(" ZZ ")[0] + " ZZ 00 11"
+    log = tmp_path / "drive.asc"
+    log.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(replay(tmp_path, log), log, "ASC")
+
+
+def test_trc_with_a_damaged_frame_line_names_the_line(tmp_path):
+    lines = shared_path("formats", "python-can", "test_CanMessage_V2_1.trc").read_text().splitlines()
+    first = next(i for i, line in enumerate(lines) if " DT " in line)
+    lines[first] = lines[first][:-23] + "ZZ" + lines[first][-21:]
+    log = tmp_path / "drive.trc"
+    log.write_text("\n".join(lines) + "\n")
+    assert_one_line_error(replay(tmp_path, log), log, f"line {first + 1}: cannot read it as TRC")
+
+
+def test_truncated_mf4_is_one_line_exit_2(tmp_path):
+    pytest.importorskip("asammdf", reason="MF4 needs asammdf (pip install 'carledger[mf4]')")
+    src = shared_path("logs", "css_obd2_gnss", "00000164_00000001-60FE3F04.MF4")
+    log = truncated(src, tmp_path / "drive.mf4", 2000)
+    assert_one_line_error(replay(tmp_path, log), log, "MF4")
+
+
+def test_garbage_named_mf4_is_one_line_exit_2(tmp_path):
+    log = tmp_path / "drive.mf4"
+    log.write_bytes(b"\x16\xa0\xdf\x93" * 1000)
+    assert_one_line_error(replay(tmp_path, log), log, "not an MF4 file")
+
+
+def test_mf4_without_asammdf_says_how_to_install_it(tmp_path):
+    src = shared_path("logs", "css_obd2_gnss", "00000164_00000001-60FE3F04.MF4")
+    log = tmp_path / "drive.mf4"
+    log.symlink_to(src)
+    # A directory on the path that makes `import asammdf` fail, as on an install without the extra.
+    hide = tmp_path / "hide"
+    hide.mkdir()
+    (hide / "asammdf.py").write_text("raise ImportError('asammdf hidden by the test')\n")
+    result = subprocess.run(
+        [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv.pop(1)); from carledger.cli import main; "
+         "sys.exit(main(sys.argv[1:]))", str(hide), "run", "--replay", str(log), "--dbc", str(DEMO_DBC),
+         "--store", str(tmp_path / "ledger"), "--fast"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert_one_line_error(result, log, "reading .mf4 needs asammdf: pip install 'carledger[mf4]'")
+
+
+def test_unknown_extension_is_one_line_exit_2(tmp_path):
+    log = tmp_path / "drive.xyz"
+    log.write_text("hello\n")
+    assert_one_line_error(replay(tmp_path, log), log, "unknown log format '.xyz'")
+
+
+def test_empty_log_is_one_line_exit_2(tmp_path):
+    log = tmp_path / "drive.log"
+    log.write_text("")
+    assert_one_line_error(replay(tmp_path, log), log, "no frames")
+
+
+def test_binary_file_named_log_is_one_line_exit_2(tmp_path):
+    log = tmp_path / "drive.log"
+    log.write_bytes(bytes(range(256)) * 4)
+    assert_one_line_error(replay(tmp_path, log), log, "not a candump log")
+
+
+@pytest.mark.parametrize("name", ["drive.txt", "drive.candump", "drive"])
+def test_candump_named_txt_or_candump_is_read_by_its_content(tmp_path, name):
+    log = tmp_path / name
+    log.write_text("# exported by carledger\n" + CANDUMP)
+    assert [f[1] for f in frames(log)] == [0x0B4, 0x0C8]
+    result = replay(tmp_path, log, "--stream", "speed=ABS_SPEED.VehicleSpeed")
+    assert result.returncode == 0, result.stderr
+    same = tmp_path / "as-log"
+    same.mkdir()
+    (same / "drive.log").write_text(log.read_text())
+    assert replay(same, same / "drive.log", "--stream", "speed=ABS_SPEED.VehicleSpeed").returncode == 0
+    assert stream_records(tmp_path / "ledger", "speed") == stream_records(same / "ledger", "speed") > 0
+
+
+def test_text_that_is_not_candump_named_txt_is_refused(tmp_path):
+    log = tmp_path / "notes.txt"
+    log.write_text("shopping list\nmilk\n")
+    assert_one_line_error(replay(tmp_path, log), log, "line 1")
+
+
+@pytest.mark.parametrize("fast", [True, False], ids=["fast", "recorded-speed"])
+def test_damage_past_the_first_batch_keeps_what_was_read_and_exits_2(tmp_path, fast):
+    """Frames before the damage are sealed (never lose what was recorded); the run still exits 2, in one line.
+
+    Fast, the log is read in the pipeline's thread; at recorded speed in a reader thread.
+    """
+    import can
+
+    log = tmp_path / "drive.asc"
+    start = datetime.datetime(2026, 11, 20, 8, 0, 0).timestamp()
+    with can.ASCWriter(str(log)) as writer:
+        for i in range(3000):  # more than the first batch the command checks before it starts
+            writer.on_message_received(can.Message(timestamp=start + i * 0.0002, arbitration_id=0x0B4, is_extended_id=False, data=bytes(8)))
+    lines = log.read_text().splitlines()
+    broken = len(lines) - 2  # the last frame line, before "End TriggerBlock"
+    lines[broken] = lines[broken].split(" Rx ")[0] + " Rx d 8 ZZ"
+    log.write_text("\n".join(lines) + "\n")
+    result = replay(tmp_path, log, "--stream", "speed=ABS_SPEED.*", fast=fast)
+    assert_one_line_error(result, log, f"line {broken + 1}: cannot read it as ASC after 2999 frames")
+    listed = subprocess.run([sys.executable, "-m", "carledger", "log", "list", str(tmp_path / "ledger"), "--json"],
+                            capture_output=True, text=True, timeout=60)
+    speed = json.loads(listed.stdout)["streams"]["speed"]
+    assert speed["records"] > 0 and speed["t0"] == start  # sealed, at the header's date, not 1970
+
+
+# -- item 6: absolute start times ----------------------------------------------------------
+
+
+def test_asc_times_start_at_the_date_header_not_1970(tmp_path):
+    import can
+
+    log = tmp_path / "drive.asc"
+    start = datetime.datetime(2024, 3, 9, 14, 30, 5, 250000).timestamp()  # the header is local time
+    with can.ASCWriter(str(log)) as writer:
+        for i in range(3):
+            writer.on_message_received(can.Message(timestamp=start + i * 0.01, arbitration_id=0x123, data=[i]))
+    got = frames(log)
+    assert [round(t - start, 6) for t, _, _ in got] == [0.0, 0.01, 0.02]
+    assert [d for _, _, d in got] == [b"\x00", b"\x01", b"\x02"]
+
+
+def test_real_asc_sample_is_dated_from_its_header():
+    path = shared_path("formats", "python-can", "logfile.asc")  # date Sam Sep 30 15:06:13.191 2017
+    first = frames(path)[0][0]
+    header = datetime.datetime(2017, 9, 30, 15, 6, 13, 191000).timestamp()
+    assert header <= first < header + 60
+
+
+def test_blf_trc_and_mf4_keep_their_absolute_times():
+    blf = frames(shared_path("formats", "python-can", "test_CanMessage.blf"))
+    trc = frames(shared_path("formats", "python-can", "test_CanMessage_V2_1.trc"))
+    assert datetime.datetime.fromtimestamp(blf[0][0], datetime.timezone.utc).year >= 2000
+    assert datetime.datetime.fromtimestamp(trc[0][0], datetime.timezone.utc).date() == datetime.date(2021, 12, 18)
+
+
+def test_gzipped_asc_reads_like_the_plain_one():
+    plain = frames(shared_path("formats", "python-can", "test_CanMessage.asc"))
+    assert frames(shared_path("formats", "python-can", "test_CanMessage.asc.gz")) == plain and plain
+
+
+def test_trc_1_0_is_dated_from_its_start_time_comment():
+    """TRC 1.0 has no $STARTTIME, only a `Start time:` comment; the same capture in 1.1 gives the same times."""
+    old = frames(shared_path("formats", "python-can", "test_CanMessage_V1_0_BUS1.trc"))
+    new = frames(shared_path("formats", "python-can", "test_CanMessage_V1_1.trc"))
+    assert len(old) == len(new) == 10
+    assert all(abs(a[0] - b[0]) < 0.002 and a[1:] == b[1:] for a, b in zip(old, new))
+
+
+def test_mf4_keeps_its_absolute_time():
+    pytest.importorskip("asammdf", reason="MF4 needs asammdf (pip install 'carledger[mf4]')")
+    first = frames(shared_path("logs", "css_obd2_gnss", "00000164_00000001-60FE3F04.MF4"))[0][0]
+    assert datetime.datetime.fromtimestamp(first, datetime.timezone.utc).date() == datetime.date(2021, 7, 26)
+
+
+def test_a_candump_export_named_candump_replays(tmp_path):
+    """`log export --format candump -o x.candump` invites that name; the replay reads it back."""
+    log = tmp_path / "drive.log"
+    log.write_text("".join(f"({1700000000 + i / 100:.6f}) can0 0B4#{i:04X}000000000000\n" for i in range(50)))
+    assert replay(tmp_path, log, "--stream", "speed=ABS_SPEED.*").returncode == 0
+    exported = tmp_path / "x.candump"
+    result = subprocess.run(
+        [sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"), "--stream", "speed",
+         "--format", "candump", "--dbc", str(DEMO_DBC), "-o", str(exported)],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    again = tmp_path / "again"
+    again.mkdir()
+    result = replay(again, exported, "--stream", "speed=ABS_SPEED.*")
+    assert result.returncode == 0, result.stderr
+    assert stream_records(again / "ledger", "speed") == stream_records(tmp_path / "ledger", "speed") > 0
