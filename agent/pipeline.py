@@ -631,12 +631,19 @@ class Pipeline:
         }
 
     def _seal_due(self) -> None:
-        max_age, max_records = self.config.seal_max_age, self.config.seal_max_records
-        health = self._health
-        due = [w for w in self.ledger.due(self.now(), max_age, max_records) if w is not health]
-        first = health.first_time
-        if first is not None and (time.time() - first >= max_age or health.pending >= max_records):
-            due.append(health)
+        """Seal every stream whose oldest pending record is old enough by the clock that record carries.
+
+        Data streams carry the data's clock (a replayed log's). The health
+        stream and the audit's disclosures carry the wall clock (the
+        collector acks in real time); the owner's decisions, on the data's
+        clock, are sealed at once by `_owner_action`, so what waits in the
+        audit is on the wall clock.
+        """
+        wall = time.time()
+        due = self.ledger.due(
+            self.now(), self.config.seal_max_age, self.config.seal_max_records,
+            clocks={HEALTH_STREAM: wall, AUDIT_STREAM: wall},
+        )
         if due:
             self._seal(due)
 
