@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
@@ -34,6 +33,7 @@ from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamM
 from carledger.owner.actions import AUDIT_STREAM
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
+from carledger.run_summary import BusStats, RunSummary, dbc_matcher, log_counts, not_recorded
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
 
@@ -49,23 +49,6 @@ _QUEUE_BATCHES = 8  # bounds memory (a batch is up to 2048 frames) when a replay
 
 class PipelineError(Exception):
     """A problem that stops the agent before it starts (bad DBC, bad mapping)."""
-
-
-@dataclass
-class BusStats:
-    frames: int = 0
-    malformed: int = 0
-    errors: int = 0
-
-
-@dataclass
-class RunSummary:
-    frames: int = 0
-    records: int = 0
-    blocks: int = 0
-    seconds: float = 0.0
-    buses: dict[str, BusStats] = field(default_factory=dict)
-    streams: dict[str, int] = field(default_factory=dict)  # records sealed per data stream
 
 
 class _Bus:
@@ -88,7 +71,7 @@ class _Bus:
         self._make_handler: Callable[[Any], MessageHandler | None] = lambda extractor: None
         self._by_extractor: dict[int, MessageHandler | None] = {}
         self.handlers: dict[int, MessageHandler | None] = {}
-        self.stats = BusStats()
+        self.stats = BusStats(log=config.replay, channels=tuple(config.replay_channels), dbc=tuple(config.dbc))
 
     def signals(self) -> list[tuple[str, str]]:
         """(name, Message.Signal) of every signal the DBCs define: what a policy may name."""
@@ -138,13 +121,16 @@ class _Bus:
     def process(self, batch: list) -> None:
         get = self.handlers.get
         resolve = self.resolve
+        decoded = 0
         for t, key, data in batch:
             handler = get(key, False)
             if handler is False:
                 handler = resolve(key)
             if handler is not None:
                 handler.handle(t, data)
+                decoded += 1
         self.stats.frames += len(batch)
+        self.stats.decoded += decoded
 
 
 class _ObdFrames:
@@ -173,7 +159,6 @@ class Pipeline:
         self._last_t: float | None = None
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
-        self._record_counts: dict[str, int] = {}  # records sealed per data stream
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle)
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
@@ -520,13 +505,23 @@ class Pipeline:
             self.ledger.close()
             for source in self.sources:
                 source.close()
-        self.summary.seconds = time.monotonic() - started
-        for bus in self.buses:
-            self.summary.buses[bus.config.name] = bus.stats
-        self.summary.frames = sum(b.stats.frames for b in self.buses)
-        self.summary.streams = dict(self._record_counts)
-        self.summary.records = sum(self._record_counts.values())
+        self._finish_summary(time.monotonic() - started)
         return self.summary
+
+    def _finish_summary(self, seconds: float) -> None:
+        """The run's counts: each log's frames, and the streams whose consent missed the data's time."""
+        summary = self.summary
+        summary.seconds = seconds
+        summary.last_t = self._last_t
+        summary.replay = all(bus.config.is_replay for bus in self.buses)
+        for bus, source in zip(self.buses, self.sources):
+            tally = getattr(source, "tally", None)
+            if tally is not None:
+                log_counts(bus.stats, tally, dbc_matcher(bus.databases, bus.config.j1939))
+            summary.buses[bus.config.name] = bus.stats
+        summary.frames = sum(b.stats.frames for b in self.buses)
+        policy = self.owner_state.effective_policy()
+        summary.not_recorded = not_recorded(policy.streams, summary.streams, summary.first_t, summary.last_t)
 
     def _queued_items(self) -> Iterator[tuple[int | None, list | None]]:
         """Batches from the reader threads; (None, None) every tick without one."""
@@ -557,6 +552,8 @@ class Pipeline:
         seals only between batches would make blocks span several seconds.
         So a batch that crosses the next check time is split there.
         """
+        if self.summary.first_t is None:
+            self.summary.first_t = batch[0][0]
         check_at = self._check_at
         if batch[-1][0] >= check_at:
             step = self.config.seal_max_age / 4
@@ -626,7 +623,7 @@ class Pipeline:
     def _counters(self) -> dict:
         return {
             "frames": {b.config.name: b.stats.frames for b in self.buses},
-            "records": sum(self._record_counts.values()),
+            "records": self.summary.records,
             "blocks": self.summary.blocks,
         }
 
@@ -648,16 +645,16 @@ class Pipeline:
             self._seal(due)
 
     def _seal(self, writers: list | None) -> list:
+        events = {w.name: w.pending_events for w in (self.ledger.writers if writers is None else writers)}
         blocks = self.ledger.seal(writers)
         self.watchdog.sealed()
         if blocks and self.syncer is not None:
             self.syncer.notify()
         self.summary.blocks += len(blocks)
-        counts = self._record_counts
         for block in blocks:
             stream = block.header.stream
             if stream not in _OWN_STREAMS:
-                counts[stream] = counts.get(stream, 0) + block.header.count
+                self.summary.count_block(stream, block.header.count, events.get(stream, 0))
         return blocks
 
     # -- the owner's policy at work ---------------------------------------------------------

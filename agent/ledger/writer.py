@@ -182,6 +182,11 @@ class StreamWriter:
         return len(self._recs)
 
     @property
+    def pending_events(self) -> int:
+        """How many pending records are declared events: the run summary counts them apart from samples."""
+        return sum(1 for r in self._recs if r[3] is _EVENT)
+
+    @property
     def first_time(self) -> float | None:
         """Time (seconds) of the oldest pending record."""
         recs = self._recs

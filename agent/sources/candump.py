@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Callable, Iterable, Iterator, TextIO
 
 from carledger.sources.frame import EFF_FLAG, Frame, FrameFilter
+from carledger.sources.tally import FrameTally
 
 CAN_ERR_FLAG = 0x20000000
 CAN_RTR_FLAG = 0x40000000
@@ -44,9 +45,13 @@ def read_candump(
     channels: Iterable[str] = (),
     on_malformed: MalformedSink | None = None,
     batch_size: int = 2048,
+    tally: FrameTally | None = None,
 ) -> Iterator[list[Frame]]:
-    """Batches of (t, key, data) for the wanted frames of a candump log."""
+    """Batches of (t, key, data) for the wanted frames of a candump log; `tally` counts what the log held."""
     wanted_channels = frozenset(channels)
+    tally = tally or FrameTally()
+    by_id: dict[str, int] = {}  # on the channels read, per identifier text: cheaper than per key
+    in_log = on_channels = 0
     cache: dict[str, int] = {}
     batch: list[Frame] = []
     append = batch.append
@@ -61,10 +66,13 @@ def read_candump(
                     on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
                 continue
         stamp, channel, text = parts
+        in_log += 1
         if wanted_channels and channel not in wanted_channels:
             continue
+        on_channels += 1
         hash_at = text.find("#")
         id_text = text[:hash_at] if hash_at > 0 else text
+        by_id[id_text] = by_id.get(id_text, 0) + 1
         key = cache.get(id_text)
         if key is None:
             if len(cache) >= _CACHE_LIMIT:
@@ -86,11 +94,27 @@ def read_candump(
                 on_malformed(number, line, "bad timestamp or payload")
             continue
         if len(batch) >= batch_size:
+            in_log, on_channels = _tally(tally, in_log, on_channels, by_id)
             yield batch
             batch = []
             append = batch.append
+    _tally(tally, in_log, on_channels, by_id)
     if batch:
         yield batch
+
+
+def _tally(tally: FrameTally, in_log: int, on_channels: int, by_id: dict[str, int]) -> tuple[int, int]:
+    """Move the reader's counts into `tally` (at each batch: a stopped replay's counts stay right); zeros back."""
+    tally.in_log += in_log
+    tally.on_channels += on_channels
+    keys: dict[int, int] = {}
+    for id_text, n in by_id.items():
+        key = _resolve(id_text, None)
+        if key >= 0:  # a data frame: not a bad identifier, an error or a remote frame
+            keys[key] = keys.get(key, 0) + n
+    by_id.clear()
+    tally.add_keys(keys)
+    return 0, 0
 
 
 def format_candump(t: float, channel: str, key: int, data: bytes, fd: bool = False) -> str:

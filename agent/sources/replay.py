@@ -16,6 +16,7 @@ from typing import Iterable, Iterator
 from carledger.sources.base import EventSink, FrameSource
 from carledger.sources.candump import open_text, read_candump
 from carledger.sources.frame import Frame, FrameFilter, frame_key
+from carledger.sources.tally import FrameTally
 
 log = logging.getLogger(__name__)
 _MAX_REPORTED_LINES = 10
@@ -39,6 +40,7 @@ class LogSource(FrameSource):
         self.speed = speed
         self.channels = tuple(str(c) for c in channels)
         self.malformed = 0
+        self.tally = FrameTally()  # what the log held, for the run summary
 
     def batches(self, stop: threading.Event) -> Iterator[list[Frame]]:
         raw = self._read()
@@ -53,7 +55,7 @@ class LogSource(FrameSource):
         suffix = Path(self.path).suffix.lower()
         if suffix == ".log":
             with open_text(self.path) as lines:
-                yield from read_candump(lines, self.frame_filter, self.channels, self._malformed)
+                yield from read_candump(lines, self.frame_filter, self.channels, self._malformed, tally=self.tally)
         else:
             yield from self._read_with_python_can(suffix)
 
@@ -75,12 +77,17 @@ class LogSource(FrameSource):
         wanted: dict[int, bool] = {}
         flt = self.frame_filter
         batch: list[Frame] = []
+        tally = self.tally
+        by_key = tally.by_key
         for msg in can.LogReader(self.path):
-            if msg.is_error_frame or msg.is_remote_frame:
-                continue
+            tally.in_log += 1
             if self.channels and str(msg.channel) not in self.channels:
                 continue
+            tally.on_channels += 1
+            if msg.is_error_frame or msg.is_remote_frame:
+                continue
             key = frame_key(msg.arbitration_id, msg.is_extended_id)
+            by_key[key] = by_key.get(key, 0) + 1
             ok = wanted.get(key)
             if ok is None:
                 ok = wanted[key] = flt is None or flt.matches(key)
