@@ -49,7 +49,8 @@ class NotRecorded:
 class RunSummary:
     frames: int = 0
     records: int = 0  # samples and declared events of the data streams
-    blocks: int = 0
+    blocks: int = 0  # every stream's, the agent's health and the owner's audit included
+    data_blocks: int = 0  # the data streams' (those `records` counts)
     seconds: float = 0.0
     buses: dict[str, BusStats] = field(default_factory=dict)
     streams: dict[str, int] = field(default_factory=dict)  # records sealed per data stream (events included)
@@ -64,6 +65,7 @@ class RunSummary:
         if events:
             self.events[stream] = self.events.get(stream, 0) + events
         self.records += records
+        self.data_blocks += 1
 
     def lines(self, store: str) -> list[str]:
         """The summary as `carledger run` prints it."""
@@ -72,7 +74,7 @@ class RunSummary:
         for name, bus in self.buses.items():
             out.append((f"bus {name}: " if named else "") + _frames_line(bus))
         events = sum(self.events.values())
-        out.append(f"sealed {_records(self.records, events)} in {_count(self.blocks, 'block')} into {store}")
+        out.append(f"sealed {_records(self.records, events)} in {_count(self.data_blocks, 'block')} into {store}")
         for name in sorted(set(self.streams) | set(self.not_recorded)):
             gap = self.not_recorded.get(name)
             if gap is not None:
@@ -117,7 +119,7 @@ class RunSummary:
             "records": self.records,
             "samples": self.records - sum(self.events.values()),
             "events": sum(self.events.values()),
-            "blocks": self.blocks,
+            "blocks": self.data_blocks,
             "streams": streams,
         }
 
