@@ -634,7 +634,9 @@ class Pipeline:
         stream and the audit's disclosures carry the wall clock (the
         collector acks in real time); the owner's decisions, on the data's
         clock, are sealed at once by `_owner_action`, so what waits in the
-        audit is on the wall clock.
+        audit is on the wall clock. Neither clock is signed; a wrong one seals a
+        block early or late (late widens the unsealed tail a kill can lose,
+        as this rule exists to prevent), and never alters a record.
         """
         wall = time.time()
         due = self.ledger.due(
