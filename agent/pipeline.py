@@ -647,7 +647,8 @@ class Pipeline:
             self._seal(due)
 
     def _seal(self, writers: list | None) -> list:
-        events = {w.name: w.pending_events for w in (self.ledger.writers if writers is None else writers)}
+        # What was recorded, counted before sealing: an encrypted block's header counts its sealed containers.
+        pending = {w.name: (w.pending, w.pending_events) for w in (self.ledger.writers if writers is None else writers)}
         blocks = self.ledger.seal(writers)
         self.watchdog.sealed()
         if blocks and self.syncer is not None:
@@ -656,7 +657,7 @@ class Pipeline:
         for block in blocks:
             stream = block.header.stream
             if stream not in _OWN_STREAMS:
-                self.summary.count_block(stream, block.header.count, events.get(stream, 0))
+                self.summary.count_block(stream, *pending[stream])
         return blocks
 
     # -- the owner's policy at work ---------------------------------------------------------

@@ -76,3 +76,36 @@ def test_run_json_prints_the_summary_as_one_object(old_drive, tmp_path, capsys):
         "consent_starts": "2026-11-01", "consent_ended": None, "data_starts": "2023-11-15", "data_ends": "2023-11-15",
     }
     assert summary["store"] == str(store) and summary["blocks"] > 0
+
+
+def test_an_encrypted_stream_counts_the_records_it_recorded_not_its_sealed_containers(tmp_path, capsys):
+    import time
+    from datetime import datetime, timezone
+
+    from carledger.ledger.encrypt import create_private_key
+
+    def iso(t: float) -> str:
+        return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+    now = time.time()
+    key = create_private_key(tmp_path / "fleet.key")
+    drive = tmp_path / "drive.log"
+    assert sim(["record", "--scenario", "city", "--seed", "1", "--duration", "20", "-o", str(drive)]) == 0  # now
+    (tmp_path / "policy.toml").write_text(f"""version = 1
+[[stream]]
+name = "fleet"
+recipient = "Fleet Ops"
+purpose = "maintenance"
+signals = ["Vehicle.Speed"]
+encrypt_to = "{bytes(key.public_key).hex()}"
+consent = {{ granted = {iso(now - 86400)}, expires = {iso(now + 30 * 86400)} }}
+[[stream]]
+name = "mine"
+local = true
+signals = ["Vehicle.Speed"]
+""")
+    summary = _run(capsys, "--replay", str(drive), "--dbc", DEMO_DBC, "--store", str(tmp_path / "l"),
+                   "--policy", str(tmp_path / "policy.toml"), "--fast")
+    mine = next(line for line in summary if line.startswith("  stream mine: "))
+    assert mine == "  stream mine: 1,193 records (1,192 samples, 1 declared event)"
+    assert mine.replace("mine", "fleet") in summary
