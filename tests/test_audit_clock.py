@@ -8,7 +8,6 @@ wait for a clean stop that a SIGKILL never gives.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ from carledger.dbc import path as dbc_path
 from carledger.ledger import Store
 from carledger.owner.audit import audit_store
 from carledger_sim.car import SimulatedCar
-from conftest import REPO, wait_until
+from conftest import wait_until
 
 
 
@@ -88,9 +87,8 @@ def test_a_kill_during_a_replay_of_an_old_log_with_sync_keeps_the_disclosures_in
     """))
     store = tmp_path / "ledger"
     collector = None
-    env = dict(os.environ, PYTHONPATH=str(REPO / "tests"))
     agent = subprocess.Popen([sys.executable, "-m", "carledger", "run", "-c", str(tmp_path / "agent.toml")],
-                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.err", "w"))
+                             cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.err", "w"))
     try:
         wait_until(lambda: (store / "keys" / "vehicle.pub").exists(), timeout=30)
         enroll(tmp_path / "collected", "car-5", store)
