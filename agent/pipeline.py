@@ -19,7 +19,6 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from datetime import datetime, timezone, tzinfo
 from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
@@ -35,6 +34,7 @@ from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamM
 from carledger.owner.actions import AUDIT_STREAM
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
+from carledger.run_summary import BusStats, RunSummary, dbc_matcher, log_counts, not_recorded
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
 from carledger.sources.replay import ReplayError
@@ -51,23 +51,6 @@ _QUEUE_BATCHES = 8  # bounds memory (a batch is up to 2048 frames) when a replay
 
 class PipelineError(Exception):
     """A problem that stops the agent before it starts (bad DBC, bad mapping)."""
-
-
-@dataclass
-class BusStats:
-    frames: int = 0
-    malformed: int = 0
-    errors: int = 0
-
-
-@dataclass
-class RunSummary:
-    frames: int = 0
-    records: int = 0
-    blocks: int = 0
-    seconds: float = 0.0
-    buses: dict[str, BusStats] = field(default_factory=dict)
-    streams: dict[str, int] = field(default_factory=dict)  # records sealed per data stream
 
 
 class _Bus:
@@ -89,7 +72,7 @@ class _Bus:
         self._make_handler: Callable[[Any], MessageHandler | None] = lambda extractor: None
         self._by_extractor: dict[int, MessageHandler | None] = {}
         self.handlers: dict[int, MessageHandler | None] = {}
-        self.stats = BusStats()
+        self.stats = BusStats(log=config.replay, channels=tuple(config.replay_channels), dbc=tuple(config.dbc))
 
     def signals(self) -> list[tuple[str, str]]:
         """(name, Message.Signal) of every signal the DBCs define: what a policy may name."""
@@ -139,13 +122,16 @@ class _Bus:
     def process(self, batch: list) -> None:
         get = self.handlers.get
         resolve = self.resolve
+        decoded = 0
         for t, key, data in batch:
             handler = get(key, False)
             if handler is False:
                 handler = resolve(key)
             if handler is not None:
                 handler.handle(t, data)
+                decoded += 1
         self.stats.frames += len(batch)
+        self.stats.decoded += decoded
 
 
 class _ObdFrames:
@@ -174,7 +160,6 @@ class Pipeline:
         self._last_t: float | None = None
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
-        self._record_counts: dict[str, int] = {}  # records sealed per data stream
         self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle)
         try:
@@ -514,15 +499,25 @@ class Pipeline:
             self.ledger.close()
             for source in self.sources:
                 source.close()
-        self.summary.seconds = time.monotonic() - started
-        for bus in self.buses:
-            self.summary.buses[bus.config.name] = bus.stats
-        self.summary.frames = sum(b.stats.frames for b in self.buses)
-        self.summary.streams = dict(self._record_counts)
-        self.summary.records = sum(self._record_counts.values())
+        self._finish_summary(time.monotonic() - started)
         if self._unreadable is not None:
             raise self._unreadable
         return self.summary
+
+    def _finish_summary(self, seconds: float) -> None:
+        """The run's counts: each log's frames, and the streams whose consent missed the data's time."""
+        summary = self.summary
+        summary.seconds = seconds
+        summary.last_t = self._last_t
+        summary.replay = all(bus.config.is_replay for bus in self.buses)
+        for bus, source in zip(self.buses, self.sources):
+            tally = getattr(source, "tally", None)
+            if tally is not None:
+                log_counts(bus.stats, tally, dbc_matcher(bus.databases, bus.config.j1939))
+            summary.buses[bus.config.name] = bus.stats
+        summary.frames = sum(b.stats.frames for b in self.buses)
+        policy = self.owner_state.effective_policy()
+        summary.not_recorded = not_recorded(policy.streams, summary.streams, summary.first_t, summary.last_t)
 
     def _queued_items(self) -> Iterator[tuple[int | None, list | None]]:
         """Batches from the reader threads; (None, None) every tick without one."""
@@ -556,6 +551,8 @@ class Pipeline:
         seals only between batches would make blocks span several seconds.
         So a batch that crosses the next check time is split there.
         """
+        if self.summary.first_t is None:
+            self.summary.first_t = batch[0][0]
         check_at = self._check_at
         if batch[-1][0] >= check_at:
             step = self.config.seal_max_age / 4
@@ -625,31 +622,41 @@ class Pipeline:
     def _counters(self) -> dict:
         return {
             "frames": {b.config.name: b.stats.frames for b in self.buses},
-            "records": sum(self._record_counts.values()),
+            "records": self.summary.records,
             "blocks": self.summary.blocks,
         }
 
     def _seal_due(self) -> None:
-        max_age, max_records = self.config.seal_max_age, self.config.seal_max_records
-        health = self._health
-        due = [w for w in self.ledger.due(self.now(), max_age, max_records) if w is not health]
-        first = health.first_time
-        if first is not None and (time.time() - first >= max_age or health.pending >= max_records):
-            due.append(health)
+        """Seal every stream whose oldest pending record is old enough by the clock that record carries.
+
+        Data streams carry the data's clock (a replayed log's). The health
+        stream and the audit's disclosures carry the wall clock (the
+        collector acks in real time); the owner's decisions, on the data's
+        clock, are sealed at once by `_owner_action`, so what waits in the
+        audit is on the wall clock. Neither clock is signed; a wrong one seals a
+        block early or late (late widens the unsealed tail a kill can lose,
+        as this rule exists to prevent), and never alters a record.
+        """
+        wall = time.time()
+        due = self.ledger.due(
+            self.now(), self.config.seal_max_age, self.config.seal_max_records,
+            clocks={HEALTH_STREAM: wall, AUDIT_STREAM: wall},
+        )
         if due:
             self._seal(due)
 
     def _seal(self, writers: list | None) -> list:
+        # What was recorded, counted before sealing: an encrypted block's header counts its sealed containers.
+        pending = {w.name: (w.pending, w.pending_events) for w in (self.ledger.writers if writers is None else writers)}
         blocks = self.ledger.seal(writers)
         self.watchdog.sealed()
         if blocks and self.syncer is not None:
             self.syncer.notify()
         self.summary.blocks += len(blocks)
-        counts = self._record_counts
         for block in blocks:
             stream = block.header.stream
             if stream not in _OWN_STREAMS:
-                counts[stream] = counts.get(stream, 0) + block.header.count
+                self.summary.count_block(stream, *pending[stream])
         return blocks
 
     # -- the owner's policy at work ---------------------------------------------------------

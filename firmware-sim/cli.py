@@ -7,9 +7,6 @@ import math
 import sys
 from datetime import datetime, timezone
 
-#: default start of recorded drives: 2023-11-15 12:00:00 UTC (daytime in Munich)
-DEFAULT_RECORD_EPOCH = 1_700_049_600.0
-
 EPILOG = """\
 examples:
   carledger-sim scenarios
@@ -187,8 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_drive_options(p)
     p.add_argument("-o", "--output", required=True, help="log file; format by suffix (.log candump, .asc, .blf, .trc, .csv)")
-    p.add_argument("--start-time", type=_start_time, default=DEFAULT_RECORD_EPOCH,
-                   help="timestamp of the drive's start: POSIX seconds, ISO 8601 or 'now' (default 2023-11-15T12:00:00Z)")
+    p.add_argument("--start-time", type=_start_time, default="now",
+                   help="timestamp of the drive's start: POSIX seconds, ISO 8601 or 'now' (default now: a policy's "
+                   "consents, judged at each sample's time, then cover the recording)")
     p.add_argument("--log-channel", default="can0", help="channel name written in the log (default can0)")
 
     p = sub.add_parser("replay", help="replay a recorded log onto a CAN bus", epilog=EPILOG,

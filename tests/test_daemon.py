@@ -57,7 +57,7 @@ def test_sigterm_seals_the_tail_and_systemd_hears_ready_watchdog_stopping(tmp_pa
         proc.kill() if proc.poll() is None else None
         sock.close()
     assert proc.returncode == 0, stderr
-    recorded = int(re.search(r"stream driving: (\d+) records", stderr).group(1))
+    recorded = int(re.search(r"stream driving: ([\d,]+) records", stderr).group(1).replace(",", ""))
     assert recorded > 0
 
     capsys.readouterr()

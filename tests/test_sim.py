@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import tomllib
 import uuid
 from pathlib import Path
@@ -17,7 +18,7 @@ import cantools
 import pytest
 
 from carledger_sim.car import SimulatedCar, default_dbc_path
-from carledger_sim.cli import DEFAULT_RECORD_EPOCH, main
+from carledger_sim.cli import main
 from carledger_sim.ecus import (
     MalformedFrame,
     SilentEcu,
@@ -357,6 +358,16 @@ def test_run_onto_virtual_bus():
     assert 0.03 <= got[-1].timestamp - got[0].timestamp < 1.0
 
 
+def test_record_starts_at_the_present_time_by_default(tmp_path):
+    """A policy's consents start recently; a drive recorded years ago would record nothing under them."""
+    out = tmp_path / "drive.log"
+    before = time.time()
+    assert main(["record", "--scenario", "city", "--seed", "1", "--duration", "2", "-o", str(out)]) == 0
+    after = time.time()
+    first = float(out.read_text().splitlines()[0].split()[0].strip("()"))
+    assert before <= first <= after
+
+
 def test_run_stops_on_event():
     stop = threading.Event()
     stop.set()
@@ -366,10 +377,11 @@ def test_run_stops_on_event():
 
 def test_record_writes_candump_log_read_back_identically(tmp_path):
     out = tmp_path / "drive.log"
-    assert main(["record", "--scenario", "highway", "--seed", "7", "--duration", "5", "-o", str(out)]) == 0
+    assert main(["record", "--scenario", "highway", "--seed", "7", "--duration", "5", "-o", str(out),
+                 "--start-time", "2023-11-15T12:00:00Z"]) == 0
     line = out.read_text().splitlines()[0]
     assert line.startswith("(17000") and " can0 " in line
-    expected = list(SimulatedCar("highway", seed=7, duration=5.0, start_time=DEFAULT_RECORD_EPOCH).frames())
+    expected = list(SimulatedCar("highway", seed=7, duration=5.0, start_time=1_700_049_600.0).frames())
     with can.LogReader(str(out)) as reader:
         got = list(reader)
     assert len(got) == len(expected)

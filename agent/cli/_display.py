@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-import time
-from typing import Iterable, Sequence, TextIO
 import threading
-from typing import Any, Callable, Sequence, TextIO
+from typing import Any, Callable, Iterable, Sequence, TextIO
 
 #: seconds before a bar appears: work done sooner shows nothing at all
 PROGRESS_DELAY = 0.5

@@ -105,7 +105,6 @@ def export_capture(args: argparse.Namespace) -> int:
     from carledger.config import ConfigError
     from carledger.edr import CaptureError, open_capture, read_captures
     from carledger.ledger import KeyFileError, LedgerError, MalformedBlock, load_verify_key
-    from carledger.ledger.files import open_private
     from carledger.ledger.encrypt import DecryptError, load_private_key
     from carledger.ledger.keys import kid
 

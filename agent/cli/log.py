@@ -268,15 +268,15 @@ STREAM_FORMATS: dict[str, Callable[[argparse.Namespace, Any, TextIO, list[BlockP
 
 
 def export_stream(args: argparse.Namespace) -> int:
+    if args.format == "candump" and not args.dbc:
+        raise UsageError("--format candump needs --dbc (the DBC to encode the frames with)")
+    if args.output:
+        output_path(args.output)  # before any work: a directory or a missing parent is a usage error
     store = _open(args.store)
     if store is None:
         return 2
     problems: list[BlockProblem] = []
     exporter = STREAM_FORMATS.get(args.format, _export_samples)
-    if args.format == "candump" and not args.dbc:
-        store.close()
-        print("carledger: --format candump needs --dbc (the DBC to encode the frames with)", file=sys.stderr)
-        return 2
     with store:
         if args.stream not in store.streams():
             print(f"carledger: no stream {args.stream!r} in {args.store} (see: carledger log list)", file=sys.stderr)

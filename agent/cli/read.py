@@ -70,7 +70,6 @@ def _rows(store, stream: str, vkey, key, problems: list[BlockProblem]):
 def run(args: argparse.Namespace) -> int:
     from carledger.ledger import KeyFileError, Sample, Store, StoreError, decode_record, load_verify_key
     from carledger.ledger.encrypt import load_private_key
-    from carledger.ledger.files import open_private
 
     if args.output:
         output_path(args.output)  # before any work: a directory or a missing parent is a usage error

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from carledger.cli._store import add_store_options, exit_status, open_output, target
+from carledger.cli._store import add_store_options, open_output, target
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 from carledger.cli.keygen import KINDS
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import signal
 import sys
@@ -49,6 +50,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     quick.add_argument("--vehicle", help="vehicle identifier recorded in every block")
     quick.add_argument("--fast", action="store_true", help="replay as fast as possible instead of at recorded speed")
     parser.add_argument("--for", dest="duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object on stdout")
     parser.set_defaults(func=run)
 
 
@@ -110,12 +112,9 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if progress is not None:
             progress.close()
-    rate = summary.frames / summary.seconds if summary.seconds > 0 else 0.0
-    print(
-        f"read {summary.frames} frames in {summary.seconds:.1f} s ({rate:,.0f} frames/s), "
-        f"sealed {summary.records} records in {summary.blocks} blocks into {config.store}",
-        file=sys.stderr,
-    )
-    for name, count in summary.streams.items():
-        print(f"  stream {name}: {count} records", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary.to_json(config.store)))
+    else:
+        for line in summary.lines(config.store):
+            print(line, file=sys.stderr)
     return 0

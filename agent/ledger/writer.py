@@ -176,6 +176,11 @@ class StreamWriter:
         return len(self._recs)
 
     @property
+    def pending_events(self) -> int:
+        """How many pending records are declared events: the run summary counts them apart from samples."""
+        return sum(1 for r in self._recs if r[3] is _EVENT)
+
+    @property
     def first_time(self) -> float | None:
         """Time (seconds) of the oldest pending record."""
         recs = self._recs
@@ -308,12 +313,22 @@ class Ledger:
     def writers(self) -> list[StreamWriter]:
         return list(self._writers.values())
 
-    def due(self, now: float, max_age_s: float, max_records: int) -> list[StreamWriter]:
-        """Writers that must be sealed: oldest pending record at least `max_age_s` old, or `max_records` pending."""
+    def due(
+        self, now: float, max_age_s: float, max_records: int, clocks: Mapping[str, float] | None = None
+    ) -> list[StreamWriter]:
+        """Writers that must be sealed: oldest pending record at least `max_age_s` old, or `max_records` pending.
+
+        A record's age is judged by the clock its time comes from: `now` for
+        most streams, `clocks[name]` for a stream whose records carry another
+        clock (while a replay's data runs on the log's clock, the agent's own
+        health and audit run on the wall clock; judged by the log's clock they
+        would never be due, and a kill would lose them).
+        """
+        clocks = clocks or {}
         out = []
         for w in list(self._writers.values()):
             n = len(w._recs)
-            if n and (n >= max_records or now - w._recs[0][0] >= max_age_s):
+            if n and (n >= max_records or clocks.get(w.name, now) - w._recs[0][0] >= max_age_s):
                 out.append(w)
         return out
 

@@ -9,9 +9,11 @@ parsed. Malformed lines are reported with their line number and skipped.
 
 from __future__ import annotations
 
+import collections
 from typing import Callable, Iterable, Iterator, TextIO
 
 from carledger.sources.frame import EFF_FLAG, Frame, FrameFilter
+from carledger.sources.tally import FrameTally
 
 CAN_ERR_FLAG = 0x20000000
 CAN_RTR_FLAG = 0x40000000
@@ -44,9 +46,15 @@ def read_candump(
     channels: Iterable[str] = (),
     on_malformed: MalformedSink | None = None,
     batch_size: int = 2048,
+    tally: FrameTally | None = None,
 ) -> Iterator[list[Frame]]:
-    """Batches of (t, key, data) for the wanted frames of a candump log."""
+    """Batches of (t, key, data) for the wanted frames of a candump log; `tally` counts what the log held."""
     wanted_channels = frozenset(channels)
+    tally = tally or FrameTally()
+    # Counted cheaply on the hot path: per identifier text; lines that are no frame and frames
+    # on other channels on their own (rarer) paths. `_tally` turns them into the log's counts.
+    by_id: collections.defaultdict[str, int] = collections.defaultdict(int)
+    counted = not_frames = off_channels = number = 0
     cache: dict[str, int] = {}
     batch: list[Frame] = []
     append = batch.append
@@ -59,12 +67,15 @@ def read_candump(
             else:
                 if parts and not parts[0].startswith("#") and on_malformed:
                     on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
+                not_frames += 1
                 continue
         stamp, channel, text = parts
         if wanted_channels and channel not in wanted_channels:
+            off_channels += 1
             continue
         hash_at = text.find("#")
         id_text = text[:hash_at] if hash_at > 0 else text
+        by_id[id_text] += 1
         key = cache.get(id_text)
         if key is None:
             if len(cache) >= _CACHE_LIMIT:
@@ -86,11 +97,27 @@ def read_candump(
                 on_malformed(number, line, "bad timestamp or payload")
             continue
         if len(batch) >= batch_size:
+            _tally(tally, number - counted - not_frames, off_channels, by_id)
+            counted, not_frames, off_channels = number, 0, 0
             yield batch
             batch = []
             append = batch.append
+    _tally(tally, number - counted - not_frames, off_channels, by_id)
     if batch:
         yield batch
+
+
+def _tally(tally: FrameTally, frames: int, off_channels: int, by_id: dict[str, int]) -> None:
+    """Move the reader's counts since the last call into `tally` (at each batch, so a stopped replay's stay right)."""
+    tally.in_log += frames
+    tally.on_channels += frames - off_channels
+    keys: dict[int, int] = {}
+    for id_text, n in by_id.items():
+        key = _resolve(id_text, None)
+        if key >= 0:  # a data frame: not a bad identifier, an error or a remote frame
+            keys[key] = keys.get(key, 0) + n
+    by_id.clear()
+    tally.add_keys(keys)
 
 
 def format_candump(t: float, channel: str, key: int, data: bytes, fd: bool = False) -> str:

@@ -19,6 +19,7 @@ from carledger.sources.base import EventSink, FrameSource
 from carledger.sources.candump import read_candump
 from carledger.sources.frame import Frame, FrameFilter, frame_key
 from carledger.sources.logfile import LogFile, ReplayError
+from carledger.sources.tally import FrameTally
 
 __all__ = ["LogSource", "ReplayError", "check_log"]
 
@@ -53,6 +54,7 @@ class LogSource(FrameSource):
         self.speed = speed
         self.channels = tuple(str(c) for c in channels)
         self.malformed = 0
+        self.tally = FrameTally()  # what the log held, for the run summary
 
     def batches(self, stop: threading.Event) -> Iterator[list[Frame]]:
         raw = self._read()
@@ -68,7 +70,7 @@ class LogSource(FrameSource):
         fmt = logfile.format()
         if fmt == "candump":
             with logfile.open() as lines:
-                yield from read_candump(lines, self.frame_filter, self.channels, self._malformed)
+                yield from read_candump(lines, self.frame_filter, self.channels, self._malformed, tally=self.tally)
         else:
             yield from self._python_can_batches(logfile.messages(fmt))
 
@@ -84,12 +86,17 @@ class LogSource(FrameSource):
         wanted: dict[int, bool] = {}
         flt = self.frame_filter
         batch: list[Frame] = []
+        tally = self.tally
+        by_key = tally.by_key
         for msg in messages:
-            if msg.is_error_frame or msg.is_remote_frame:
-                continue
+            tally.in_log += 1
             if self.channels and str(msg.channel) not in self.channels:
                 continue
+            tally.on_channels += 1
+            if msg.is_error_frame or msg.is_remote_frame:
+                continue
             key = frame_key(msg.arbitration_id, msg.is_extended_id)
+            by_key[key] = by_key.get(key, 0) + 1
             ok = wanted.get(key)
             if ok is None:
                 ok = wanted[key] = flt is None or flt.matches(key)
