@@ -36,6 +36,9 @@ from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
+from carledger.sources.frame import EFF_FLAG
+from carledger.transport import TransportDecoder
+from carledger.transport.decoder import J1939_TP_RULES
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +85,8 @@ class _Bus:
         self.mapping = VssMapping.load(config.vss or VssMapping.beside(config.dbc))
         self.table = DecodeTable(self.databases, lambda source: False)
         self.frame_filter = FrameFilter.of(())
+        self.transport = TransportDecoder(config.uds.pairs if config.uds is not None else ())
+        self._messages: dict[int, MessageHandler | None] = {}  # handlers of reassembled messages, by message key
         self.obd: Any = None  # a PassiveDecoder when the bus's OBD-II answers are decoded (obd_listen)
         self._obd_filter: FrameFilter | None = None
         self._obd_sink: Callable[..., None] = lambda *sample: None
@@ -104,6 +109,8 @@ class _Bus:
         """Decode what `wanted` (by Message.Signal) says some stream could need; handlers made on demand."""
         self.table = DecodeTable(self.databases, wanted, j1939=self.config.j1939)
         rules = list(self.table.filters())
+        if self.table.matches_by_pgn():
+            rules += J1939_TP_RULES  # long parameter groups arrive by BAM or RTS/CTS
         if self.obd is not None:
             self._obd_filter = self.obd.frame_filter()
             rules += self._obd_filter.rules
@@ -120,11 +127,25 @@ class _Bus:
         """Streams started or stopped: build every message's handler afresh on its next frame."""
         self._by_extractor = {}
         self.handlers = {}
+        self._messages = {}
 
     def resolve(self, key: int) -> Any:
+        obd = None
         if self._obd_filter is not None and self._obd_filter.matches(key):
-            frames = self.handlers[key] = _ObdFrames(self.obd, key, self._obd_sink)
+            obd = self.handlers[key] = _ObdFrames(self.obd, key, self._obd_sink)
+        if self.transport.claims(key) and (self.table.lookup(key) is not None or key & EFF_FLAG):
+            # a transport frame is never a whole message: reassemble, then decode (issue 17)
+            frames = self.handlers[key] = _TransportFrames(self, key, obd)
             return frames
+        if obd is not None:
+            return obd
+        handler = self.handlers[key] = self.message_handler(key)
+        return handler
+
+    def message_handler(self, key: int) -> MessageHandler | None:
+        """The handler of the DBC message with this key (a frame's, or a reassembled message's)."""
+        if key in self._messages:
+            return self._messages[key]
         extractor = self.table.lookup(key)
         handler = None
         if extractor is not None:
@@ -132,7 +153,7 @@ class _Bus:
                 handler = self._by_extractor[id(extractor)]
             else:
                 handler = self._by_extractor[id(extractor)] = self._make_handler(extractor)
-        self.handlers[key] = handler
+        self._messages[key] = handler
         return handler
 
     def process(self, batch: list) -> None:
@@ -160,6 +181,23 @@ class _ObdFrames:
             self.sink(*sample)
 
 
+class _TransportFrames:
+    """The handler of a transport-protocol identifier: frames to the reassembler, whole messages to the DBC's."""
+
+    __slots__ = ("bus", "key", "obd")
+
+    def __init__(self, bus: _Bus, key: int, obd: _ObdFrames | None):
+        self.bus, self.key, self.obd = bus, key, obd
+
+    def handle(self, t: float, data: bytes) -> None:
+        if self.obd is not None:
+            self.obd.handle(t, data)
+        for when, key, message in self.bus.transport.feed(t, self.key, data):
+            handler = self.bus.message_handler(key)
+            if handler is not None:
+                handler.handle(when, message)
+
+
 class Pipeline:
     """Sources -> decode -> the owner's policy -> ledger, for one configuration."""
 
@@ -178,6 +216,8 @@ class Pipeline:
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
             self.buses = [_Bus(bus) for bus in config.buses]
+            for index, bus in enumerate(self.buses):
+                bus.transport.on_event = self._event_sink(index)
             self.owner_state = OwnerState.load(config.store)
             known = [pair for bus in self.buses for pair in bus.signals()]
             if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
@@ -628,6 +668,8 @@ class Pipeline:
             "frames": {b.config.name: b.stats.frames for b in self.buses},
             "records": sum(self._record_counts.values()),
             "blocks": self.summary.blocks,
+            "transport": {b.config.name: b.transport.stats.as_dict() for b in self.buses if b.transport.stats.messages
+                          or b.transport.stats.events},
         }
 
     def _seal_due(self) -> None:
@@ -674,6 +716,8 @@ class Pipeline:
             self._sample_consumers = {}
             self._poll_what_streams_take()
         self._configure_edr(t)
+        for bus in self.buses:
+            bus.transport.expire(t)  # a diagnostic answer that never completed is an event even on a silent bus
         streams.poll(t)
         self.edr.poll(t)
         if t >= self._next_retention:
