@@ -87,6 +87,7 @@ class _Bus:
         self.frame_filter = FrameFilter.of(())
         self.transport = TransportDecoder(config.uds.pairs if config.uds is not None else ())
         self._messages: dict[int, MessageHandler | None] = {}  # handlers of reassembled messages, by message key
+        self.dids: dict = {}  # (response key, DID) -> signals, when the bus polls UDS (carledger.obd.uds.did_table)
         self.obd: Any = None  # a PassiveDecoder when the bus's OBD-II answers are decoded (obd_listen)
         self._obd_filter: FrameFilter | None = None
         self._obd_sink: Callable[..., None] = lambda *sample: None
@@ -238,6 +239,7 @@ class Pipeline:
             self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
             self._sample_consumers: dict[tuple, list] = {}
             self.obd_pollers = self._make_obd_sources()
+            self.uds_pollers = self._make_uds_pollers()
             self._plan()
         except BaseException:
             self.ledger.close()
@@ -466,6 +468,33 @@ class Pipeline:
             pids = pid_intervals((name, 1.0) for name, _ in taken)
             poller.set_pids({pid: configured.get(pid, interval) for pid, interval in pids.items()})
 
+    def _make_uds_pollers(self) -> list[tuple[str, Any]]:
+        """A ReadDataByIdentifier poller per bus with `[bus.uds] poll = true`; its answers are decoded passively."""
+        out: list[tuple[str, Any]] = []
+        for index, bus in enumerate(self.buses):
+            cfg = bus.config
+            if cfg.uds is not None and cfg.uds.poll:
+                from carledger.obd.uds import UdsPoller, did_table
+
+                bus.dids = did_table(bus.databases)
+                out.append((f"{cfg.name}-uds", UdsPoller(self._bus_opener(cfg), cfg.uds, self._event_sink(index))))
+        return out
+
+    def _poll_dids_streams_take(self) -> None:
+        """Poll the DIDs whose signals a running stream takes, at that stream's interval (else [bus.uds] interval)."""
+        from carledger.obd.uds import dids_to_poll
+
+        running = [s for s in self.owner_state.policy.streams if s.name in self.streams.runtimes]
+        for (_, poller), bus in zip(self.uds_pollers, [b for b in self.buses if b.config.uds and b.config.uds.poll]):
+            def interval(source: str, bus: _Bus = bus, default: float = poller.config.interval) -> float | None:
+                name = bus.mapping.name(source)
+                takers = [s for s in running if s.selects(name, source) and self.streams.takes(name, source)]
+                if not takers:
+                    return None
+                return min(self._min_interval(s, name, source) or default for s in takers)
+
+            poller.set_dids(dids_to_poll(bus.dids, interval))
+
     def _make_source(self, index: int, bus: _Bus) -> FrameSource:
         cfg = bus.config
 
@@ -511,7 +540,7 @@ class Pipeline:
         ]
         threads += [
             threading.Thread(target=poller.run, args=(self.stop_event,), name=f"obd-{name}", daemon=True)
-            for name, poller in self.obd_pollers
+            for name, poller in self.obd_pollers + self.uds_pollers
         ]
         for thread in threads:
             thread.start()
@@ -543,7 +572,7 @@ class Pipeline:
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
                     self._health_event("counters", self._counters())
-                done = not active and not self.obd_pollers  # pollers run until stopped, like a live bus
+                done = not active and not self.obd_pollers and not self.uds_pollers  # pollers run until stopped
                 if done or self.stop_event.is_set() or (deadline is not None and wall >= deadline):
                     break
         finally:
@@ -715,6 +744,7 @@ class Pipeline:
                 bus.reset_handlers()
             self._sample_consumers = {}
             self._poll_what_streams_take()
+            self._poll_dids_streams_take()
         self._configure_edr(t)
         for bus in self.buses:
             bus.transport.expire(t)  # a diagnostic answer that never completed is an event even on a silent bus
