@@ -210,3 +210,69 @@ def test_the_simulators_j1939_bam_is_reassembled_and_decoded_by_pgn():
     frames = [m for m in spy.frames if m.is_extended_id]
     assert [m.arbitration_id >> 16 & 0xFF for m in frames[:3]] == [0xEC, 0xEB, 0xEB]  # TP.CM, then 2 TP.DT
     assert listener.transport.stats.events == {} and len(DM1_PAYLOAD) == 10
+
+
+# -- through the whole agent ------------------------------------------------------------------------
+
+def test_the_agent_polls_only_the_dids_its_policy_takes_and_records_the_evs_battery(tmp_path, capsys):
+    from carledger.cli import main
+    from carledger.config import load_config
+    from carledger.pipeline import Pipeline
+    from test_obd_pipeline import agent, export, sealed
+
+    channel = f"ev-{uuid.uuid4().hex}"
+    car = SimulatedCar("city", seed=3, duration=300)
+    car.history()
+    clock = DriveClock(car)
+    clock.hold(HELD)
+    expected = ev_battery(car.state_at(HELD))
+    ecu_bus = can.Bus(interface="virtual", channel=channel)
+    bam_bus = can.Bus(interface="virtual", channel=channel)
+    spy = Spy(channel)
+    config = agent(tmp_path, f"""
+        [[bus]]
+        name = "ev"
+        interface = "virtual"
+        channel = "{channel}"
+        dbc = ["{EV_DBC}"]
+        [bus.uds]
+        poll = true
+        max_rate = 20
+    """, """
+        [[stream]]
+        name = "battery"
+        local = true
+        min_interval = "0.2s"
+        signals = ["Vehicle.Powertrain.TractionBattery.StateOfCharge.Current",
+                   "Vehicle.Powertrain.TractionBattery.CellVoltage.*", "DM1.*"]
+    """)
+    try:
+        with EvResponder(ecu_bus, clock), BamBroadcaster(bam_bus, period=0.3):
+            pipeline = Pipeline(load_config(config))
+            thread = threading.Thread(target=pipeline.run, daemon=True)
+            thread.start()
+            try:
+                wait_until(lambda: sealed(tmp_path / "ledger", "battery") >= 10, timeout=30)
+            finally:
+                pipeline.stop()
+                thread.join(15)
+    finally:
+        spy.close()
+        ecu_bus.shutdown()
+        bam_bus.shutdown()
+    capsys.readouterr()
+    assert main(["verify", str(tmp_path / "ledger")]) == 0
+    records = export(tmp_path / "ledger", "battery")
+    soc = [r["value"] for r in records if r["name"] == "Vehicle.Powertrain.TractionBattery.StateOfCharge.Current"]
+    assert soc and all(abs(v - expected.soc) <= 0.25 for v in soc)
+    cell_min = [r["value"] for r in records if r["name"] == "Vehicle.Powertrain.TractionBattery.CellVoltage.Min"]
+    assert cell_min and abs(cell_min[0] - expected.cell_voltage_min) <= 0.0005 + 1e-9
+    assert not any("StateOfHealth" in r["name"] or "PackVoltage" in r["name"] for r in records)  # not taken
+    fmi = [r["value"] for r in records if r["name"] == "DM1.DTC1_FMI"]
+    assert fmi and set(fmi) == {18}  # the BAM, reassembled, decoded by PGN
+    tester = [m for m in spy.frames if not m.is_extended_id and not is_answer_id(m)]
+    check_read_requests(tester)
+    asked = {bytes(m.data[:4]) for m in tester if m.data[0] >> 4 == 0}
+    assert asked == {b"\x03\x22\x01\x01"}  # 0x0105 (state of health) is in the DBC, but no stream takes it
+    times = [m.timestamp for m in tester if m.data[0] >> 4 == 0]
+    assert len(times) >= 3 and min(b - a for a, b in zip(times, times[1:])) >= 0.2 * 0.98  # the stream's min_interval
