@@ -804,8 +804,13 @@ def _obd_signals() -> tuple[tuple[str, str, int], ...]:
     from carledger.obd.messages import DTC_SERVICES, VIN
     from carledger.obd.pids import PIDS
 
+    from carledger.obd.messages import FREEZE_DTC_PID, FREEZE_PREFIX
+    from carledger.obd.session import FREEZE_PIDS
+
     pids = tuple((sig.sample_name, pid.source, pid.pid) for pid in PIDS.values() for sig in pid.signals)
-    return pids + tuple((name, source, -1) for name, source in (*DTC_SERVICES.values(), VIN))
+    freeze = ((FREEZE_PREFIX + "DTC", f"OBD.02.{FREEZE_DTC_PID:02X}"),) + tuple(
+        (FREEZE_PREFIX + sig.name, f"OBD.02.{pid:02X}") for pid in FREEZE_PIDS for sig in PIDS[pid].signals)
+    return pids + tuple((name, source, -1) for name, source in (*DTC_SERVICES.values(), VIN, *freeze))
 
 
 def _read_text(path: str) -> str:
