@@ -29,6 +29,7 @@ from carledger.sources.candump import read_candump_file
 from carledger.sources.frame import EFF_FLAG
 from carledger.transport import J1939Reassembler, TransportDecoder
 from carledger.transport.j1939 import TransportError
+from carledger_sim.ev import bam_frames
 from conftest import REPO, shared_path
 from test_obd_decode import obdb_cases
 from test_obd_pipeline import agent, export
@@ -328,13 +329,8 @@ def test_fuzz_100k_random_transport_frames_no_crash_and_bounded_memory():
 
 # -- J1939 TP ---------------------------------------------------------------------------------------
 
-def bam(pgn: int, source: int, payload: bytes, gaps: float = 0.05):
-    n = -(-len(payload) // 7)
-    cm = bytes((0x20,)) + len(payload).to_bytes(2, "little") + bytes((n, 0xFF)) + pgn.to_bytes(3, "little")
-    out = [(0x1CECFF00 | source, cm)]
-    for i in range(n):
-        out.append((0x1CEBFF00 | source, bytes((i + 1,)) + payload[7 * i:7 * i + 7].ljust(7, b"\xff")))
-    return out
+def bam(pgn: int, source: int, payload: bytes):
+    return bam_frames(pgn, source, payload)
 
 
 def feed_j1939(reassembler, frames, t0=0.0, step=0.05):

@@ -6,6 +6,7 @@ counted by a separate listener (`Spy`), not by the poller's own counters.
 
 from __future__ import annotations
 
+import textwrap
 import threading
 import uuid
 
@@ -276,3 +277,41 @@ def test_the_agent_polls_only_the_dids_its_policy_takes_and_records_the_evs_batt
     assert asked == {b"\x03\x22\x01\x01"}  # 0x0105 (state of health) is in the DBC, but no stream takes it
     times = [m.timestamp for m in tester if m.data[0] >> 4 == 0]
     assert len(times) >= 3 and min(b - a for a, b in zip(times, times[1:])) >= 0.2 * 0.98  # the stream's min_interval
+
+
+@pytest.mark.parametrize("table, message", [
+    ("pairs = [[0x7E4]]", "bus[0].uds.pairs[0]: expected [request, response]"),
+    ("pairs = [[0x7E4, 0x18DAF1E4]]", "bus[0].uds.pairs[0]: expected [request, response]"),
+    ("poll = \"yes\"", "bus[0].uds.poll: expected true or false"),
+    ("max_rate = 0", "bus[0].uds.max_rate: must be more than 0"),
+    ("dids = [1]", "bus[0].uds.dids: unknown key"),
+])
+def test_a_bad_uds_table_is_one_line_naming_file_line_and_key(tmp_path, table, message):
+    from carledger.config import ConfigError, load_config
+
+    (tmp_path / "agent.toml").write_text(textwrap.dedent(f"""\
+        [agent]
+        store = "ledger"
+        [[bus]]
+        name = "ev"
+        interface = "virtual"
+        dbc = ["{EV_DBC}"]
+        [bus.uds]
+        {table}
+    """))
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path / "agent.toml")
+    assert str(caught.value).startswith(f"{tmp_path / 'agent.toml'}:8: {message}"), str(caught.value)
+
+
+def test_a_replayed_log_cannot_be_polled(tmp_path):
+    from carledger.config import ConfigError, load_config
+
+    (tmp_path / "x.log").write_text("")
+    (tmp_path / "agent.toml").write_text(f'[agent]\nstore = "l"\n[[bus]]\nname = "ev"\nreplay = "x.log"\n'
+                                         f'dbc = ["{EV_DBC}"]\n[bus.uds]\npoll = true\n')
+    with pytest.raises(ConfigError, match="a replayed log cannot be polled"):
+        load_config(tmp_path / "agent.toml")
+    (tmp_path / "agent.toml").write_text(f'[agent]\nstore = "l"\n[[bus]]\nname = "ev"\nreplay = "x.log"\n'
+                                         f'dbc = ["{EV_DBC}"]\n[bus.uds]\npairs = [[0x7C6, 0x7CE]]\n')
+    assert load_config(tmp_path / "agent.toml").buses[0].uds.pairs == ((0x7C6, 0x7CE),)

@@ -24,15 +24,16 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Union
+from typing import Any
 
 import can
 
 from carledger.obd.isotp_link import IsoTpLink
 from carledger.obd.messages import NRC_NAMES, RESPONSE_PENDING
 from carledger.obd.passive import ecu_name
+from carledger.obd.poller import BusOrFactory, BusPoller
 from carledger.obd.schedule import Backoff, PollSchedule, RateLimit
-from carledger.obd.session import ClosedLink, Link, LinkError
+from carledger.obd.session import ClosedLink, Link
 from carledger.obd.uds_config import UdsConfig
 from carledger.sources.frame import EFF_FLAG
 
@@ -46,7 +47,6 @@ _DROP_CODES = frozenset({0x11, 0x12, 0x13, 0x31, 0x33})  # not supported, bad le
 Item = tuple[int, int]  # (response key, DID)
 EventSink = Callable[[str, dict], None]
 AnswerSink = Callable[[float, int, bytes], None]
-BusOrFactory = Union[can.BusABC, Callable[[], can.BusABC]]
 DidTable = dict[Item, list[str]]  # (response key, DID) -> "Message.Signal" it yields
 
 
@@ -209,63 +209,30 @@ class UdsSession:
             self.on_event(kind, detail)
 
 
-class UdsPoller:
+class UdsPoller(BusPoller):
     """ReadDataByIdentifier polling on one bus, in its own thread with its own bus handle (`run(stop)`).
 
     Transmits only 0x22 requests and ISO-TP flow control (counted: `stats["frames_sent"]`).
     """
 
+    what = "UDS polling"
+
     def __init__(self, bus: BusOrFactory, config: UdsConfig, on_event: EventSink | None = None,
                  on_answer: AnswerSink | None = None):
+        super().__init__(bus, config.backoff, on_event)
         self.config = config
-        self.on_event = on_event or (lambda kind, detail: None)
-        self._factory = None if isinstance(bus, can.BusABC) else bus
-        self._bus = bus if isinstance(bus, can.BusABC) else None
-        self._sent_before = 0
-        self.link: IsoTpLink | None = None
         self.session = UdsSession(ClosedLink("the bus is not open"), config, self.on_event, on_answer)
 
     def set_dids(self, items: Mapping[Item, float]) -> None:
+        """Read these (response key, DID) every so many seconds from now on; safe from any thread."""
         self.session.set_dids(items)
-
-    def request_key(self, response: int) -> int | None:
-        return self.config.request_for(response)
 
     @property
     def stats(self) -> dict[str, int]:
         out = self.session.stats.as_dict()
-        out["frames_sent"] = self._sent_before + (self.link.sent if self.link else 0)
+        out["frames_sent"] = self.frames_sent
         return out
 
-    def run(self, stop: threading.Event) -> None:
-        """Poll until `stop` is set; bus failures are reported and retried, never raised."""
-        backoff = Backoff(*self.config.backoff)
-        while not stop.is_set():
-            try:
-                if self._bus is None:
-                    self._bus = self._factory()
-                if self.link is None:
-                    extended = any(k & EFF_FLAG for pair in self.config.pairs for k in pair)
-                    self.link = IsoTpLink(self._bus, 29 if extended else 11, self.config.pairs)
-                    self.session.link = self.link
-                self.session.run(stop)
-                backoff.reset()
-            except (LinkError, can.CanError, OSError, ValueError) as exc:
-                log.warning("UDS polling: %s", exc)
-                self.on_event("bus-error", {"error": str(exc)})
-                self._drop_bus()
-                if stop.wait(backoff.delay()):
-                    break
-        if self._factory is not None:
-            self._drop_bus()
-
-    def _drop_bus(self) -> None:
-        if self.link is not None:
-            self._sent_before += self.link.sent
-            self.link = None
-        if self._factory is not None and self._bus is not None:
-            try:
-                self._bus.shutdown()
-            except Exception:  # already broken; nothing more to release
-                pass
-            self._bus = None
+    def _link(self, bus: can.BusABC) -> IsoTpLink:
+        extended = any(k & EFF_FLAG for pair in self.config.pairs for k in pair)
+        return IsoTpLink(bus, 29 if extended else 11, self.config.pairs)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from carledger.config import ConfigTable
+from carledger.obd.config import polling_limits
 from carledger.sources.frame import EFF_FLAG
 from carledger.tomlfile import TomlDocument
 
@@ -63,23 +64,14 @@ def uds_config_from_table(doc: TomlDocument, table: Any, prefix: str) -> UdsConf
             raise fields.error(f"pairs[{i}]", f"expected [request, response], two different CAN identifiers of the same"
                                               f" width (above 0x7FF is 29-bit), got {pair!r}")
         pairs.append((keys[0], keys[1]))
-    max_rate = fields.value("max_rate", (int, float), "requests per second", 10.0)
-    if not 0 < max_rate <= 100:
-        raise fields.error("max_rate", f"must be more than 0 and at most 100 requests per second, got {max_rate!r}")
-    backoff = fields.value("backoff", (list,), "[first, longest] seconds", [1.0, 30.0])
-    if len(backoff) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in backoff) \
-            or backoff[0] > backoff[1]:
-        raise fields.error("backoff", f"expected [first, longest] seconds with 0 < first <= longest, got {backoff!r}")
-    silent_after = fields.value("silent_after", (int,), "a whole number", 3)
-    if silent_after < 1:
-        raise fields.error("silent_after", f"must be at least 1, got {silent_after}")
+    max_rate, backoff, silent_after = polling_limits(fields)
     return UdsConfig(
         pairs=tuple(pairs),
         poll=fields.value("poll", (bool,), "true or false", False),
-        max_rate=float(max_rate),
+        max_rate=max_rate,
         timeout=fields.seconds("timeout", 0.2),
         pending_timeout=fields.seconds("pending_timeout", 5.0),
-        backoff=(float(backoff[0]), float(backoff[1])),
+        backoff=backoff,
         silent_after=silent_after,
         interval=fields.seconds("interval", 1.0),
     )
