@@ -315,3 +315,20 @@ def test_a_replayed_log_cannot_be_polled(tmp_path):
     (tmp_path / "agent.toml").write_text(f'[agent]\nstore = "l"\n[[bus]]\nname = "ev"\nreplay = "x.log"\n'
                                          f'dbc = ["{EV_DBC}"]\n[bus.uds]\npairs = [[0x7C6, 0x7CE]]\n')
     assert load_config(tmp_path / "agent.toml").buses[0].uds.pairs == ((0x7C6, 0x7CE),)
+
+
+def test_the_ev_example_policy_of_the_docs_polls_what_it_says():
+    from carledger.decode import VssMapping
+    from carledger.policy import policy_from_text
+
+    text = (REPO / "docs" / "uds.md").read_text()
+    policy_toml = text.split("## An EV example policy")[1].split("```toml\n")[1].split("```")[0]
+    policy = policy_from_text("uds.md", policy_toml, check_expiry=False)
+    mapping = VssMapping.load([str(REPO / "dbc" / "carledger_ev.vss.toml")])
+
+    def interval(source: str) -> float | None:
+        takers = [s.min_interval for s in policy.streams if s.selects(mapping.name(source), source)]
+        return min(takers) if takers else None
+
+    table = did_table([cantools.database.load_file(str(EV_DBC))])
+    assert dids_to_poll(table, interval) == {(0x7EC, 0x0101): 5.0, (0x7EC, 0x0105): 60.0}
