@@ -332,3 +332,30 @@ def test_the_ev_example_policy_of_the_docs_polls_what_it_says():
 
     table = did_table([cantools.database.load_file(str(EV_DBC))])
     assert dids_to_poll(table, interval) == {(0x7EC, 0x0101): 5.0, (0x7EC, 0x0105): 60.0}
+
+
+def test_carledger_sim_ev_answers_dids_and_sends_the_bam():
+    from carledger_sim.cli import main as sim
+
+    channel = f"sim-ev-{uuid.uuid4().hex}"
+    listener = Listener(channel)
+    exits: list[int] = []
+    thread = threading.Thread(target=lambda: exits.append(sim(["ev", "--interface", "virtual", "--channel", channel,
+                                                                 "--duration", "4", "--bam-period", "0.2"])))
+    thread.start()
+    bus = can.Bus(interface="virtual", channel=channel)
+    poller = UdsPoller(bus, UdsConfig(poll=True))
+    poller.set_dids({(0x7EC, 0x0101): 0.2})
+    stop = threading.Event()
+    polling = threading.Thread(target=poller.run, args=(stop,))
+    polling.start()
+    try:
+        wait_until(lambda: listener.named("StateOfCharge") and listener.named("DTC1_FMI"))
+    finally:
+        stop.set()
+        polling.join(10)
+        thread.join(15)
+        bus.shutdown()
+        listener.close()
+    assert exits == [0]
+    assert 0 < listener.named("StateOfCharge")[0] <= 80 and listener.named("DTC1_FMI")[0] == 18
