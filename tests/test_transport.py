@@ -147,6 +147,11 @@ def kona_log(tmp_path: Path) -> Path:
             t += 0.005
             lines.append(f"({t:.6f}) can0 {key:03X}#{data.hex().upper()}")
         t += 0.05
+    # and one answer that loses its second consecutive frame: an event in the health stream, no value
+    broken = frames_of(bytes.fromhex("620101") + bytes((0, 0, 0, 0, 199)) + bytes(40))
+    for data in broken[:2] + broken[3:]:
+        t += 0.005
+        lines.append(f"({t:.6f}) can0 7EC#{data.hex().upper()}")
     path = tmp_path / "kona.log"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -178,9 +183,15 @@ def test_the_agent_never_decodes_a_transport_frame_as_the_whole_answer(tmp_path,
     dids = {r["value"] for r in records if r["name"].endswith(".DID")}
     assert dids <= {0x0101, 0x0102, 0x0103, 0x0104, 0x0105, 0xB002, 0xC00B}
     soc = sorted({r["value"] for r in records if r["name"] == "KONA_7EC.KONAEV_HVBAT_SOC"})
-    assert soc == expected_soc
+    assert soc == expected_soc  # nothing of the broken answer at the end of the log (state of charge 199 / 2)
     odometer = {r["value"] for r in records if r["name"] == "KONA_7CE.KONAEV_ODO_KM"}  # a configured pair
     assert odometer == {e["KONAEV_ODO_KM"] for _, _, e in kona_cases() if "KONAEV_ODO_KM" in e}
+    out = tmp_path / "health.jsonl"
+    assert main(["log", "export", str(tmp_path / "ledger"), "--stream", "health", "--events", "-o", str(out)]) == 0
+    health = [json.loads(line) for line in out.read_text().splitlines()]
+    errors = [r for r in health if r.get("event") == "transport-error"]
+    kinds = {(e["detail"]["kind"], e["detail"]["id"]) for e in errors}
+    assert kinds == {("missing-consecutive", "7EC"), ("without-first", "7EC")}, kinds  # the broken answer, and tails
 
 
 # -- every way a transfer breaks: an event, never a value -------------------------------------------
