@@ -168,6 +168,15 @@ def test_response_pending_is_waited_for():
     assert len(rig.listener.named("StateOfCharge")) >= 3
 
 
+def test_a_did_of_an_ecu_without_a_known_request_id_is_reported_not_guessed():
+    dids = {(0x7EC, 0x0101): 0.2, (0x7CE, 0xB002): 0.2}
+    with EvRig(UdsConfig(poll=True), dids) as rig:
+        wait_until(lambda: rig.poller.stats["answers"] >= 2)
+    assert ("uds-unaddressable", {"ecu": "7CE", "did": "B002",
+            "reason": "no request identifier: add [request, response] to [bus.uds] pairs"}) in rig.events
+    assert {m.arbitration_id for m in rig.spy.tester_frames()} == {0x7E4}
+
+
 def test_silence_is_timeouts_reported_once_then_back_off():
     config = UdsConfig(poll=True, timeout=0.05, silent_after=3, backoff=(0.2, 0.4))
     with EvRig(config, {(0x7EC, 0x0101): 0.05}, mode="silent") as rig:

@@ -135,7 +135,7 @@ class UdsSession:
             with self._lock:
                 new, self._new = self._new, None
             if new is not None:
-                self._schedule.replace([(i, s) for i, s in new.items() if i not in self._dropped], self.clock())
+                self._schedule.replace([(i, s) for i, s in new.items() if self._addressable(i)], self.clock())
             entry = self._schedule.next()
             if entry is None:
                 self.link.idle(0.2, stop)
@@ -152,6 +152,17 @@ class UdsSession:
                 self.on_event("ecu-silent", {"unanswered": self.config.silent_after, "retry": "with back-off"})
                 if self.link.idle(self._backoff.delay(), stop):
                     return
+
+    def _addressable(self, item: Item) -> bool:
+        """Not dropped, and its ECU's request identifier known (a standard one, or a configured pair)."""
+        if item in self._dropped:
+            return False
+        if self.config.request_for(item[0]) is None:
+            self._report(("unaddressable", item[0]), "uds-unaddressable", {
+                "ecu": ecu_name(item[0]), "did": f"{item[1]:04X}",
+                "reason": "no request identifier: add [request, response] to [bus.uds] pairs"})
+            return False
+        return True
 
     def _read(self, item: Item, stop: threading.Event) -> None:
         key, did = item
