@@ -168,6 +168,17 @@ def test_response_pending_is_waited_for():
     assert len(rig.listener.named("StateOfCharge")) >= 3
 
 
+def test_29_bit_addressing():
+    key = EFF_FLAG | 0x18DAF1E4
+    with EvRig(UdsConfig(poll=True, id_bits=29), {(key, 0x0101): 0.1}, response_id=0x18DAF1E4, extended=True) as rig:
+        wait_until(lambda: len(rig.answers) >= 2)
+    assert {(k, d[:3]) for _, k, d in rig.answers} == {(key, b"\x62\x01\x01")}
+    sent = rig.spy.tester_frames()
+    assert sent and all(m.is_extended_id and m.arbitration_id == 0x18DAE4F1 for m in sent)
+    assert all(bytes(m.data[:4]) == b"\x03\x22\x01\x01" or m.data[0] >> 4 == 3 for m in sent)
+    assert rig.listener.transport.stats.messages >= 2  # reassembled passively too (0x18DA.... is ISO-TP)
+
+
 def test_a_did_of_an_ecu_without_a_known_request_id_is_reported_not_guessed():
     dids = {(0x7EC, 0x0101): 0.2, (0x7CE, 0xB002): 0.2}
     with EvRig(UdsConfig(poll=True), dids) as rig:
@@ -293,6 +304,7 @@ def test_the_agent_polls_only_the_dids_its_policy_takes_and_records_the_evs_batt
     ("pairs = [[0x7E4, 0x18DAF1E4]]", "bus[0].uds.pairs[0]: expected [request, response]"),
     ("poll = \"yes\"", "bus[0].uds.poll: expected true or false"),
     ("max_rate = 0", "bus[0].uds.max_rate: must be more than 0"),
+    ("id_bits = 16", "bus[0].uds.id_bits: expected 11 or 29"),
     ("dids = [1]", "bus[0].uds.dids: unknown key"),
 ])
 def test_a_bad_uds_table_is_one_line_naming_file_line_and_key(tmp_path, table, message):

@@ -245,5 +245,4 @@ class UdsPoller(BusPoller):
         return out
 
     def _link(self, bus: can.BusABC) -> IsoTpLink:
-        extended = any(k & EFF_FLAG for pair in self.config.pairs for k in pair)
-        return IsoTpLink(bus, 29 if extended else 11, self.config.pairs)
+        return IsoTpLink(bus, self.config.id_bits, self.config.pairs)

@@ -19,7 +19,7 @@ from carledger.tomlfile import TomlDocument
 
 __all__ = ["UdsConfig", "uds_config_from_table"]
 
-_KEYS = {"pairs", "poll", "max_rate", "timeout", "pending_timeout", "backoff", "silent_after", "interval"}
+_KEYS = {"pairs", "id_bits", "poll", "max_rate", "timeout", "pending_timeout", "backoff", "silent_after", "interval"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +28,7 @@ class UdsConfig:
     DID when the stream that takes it names no interval. The rest as for OBD polling (docs/obd.md)."""
 
     pairs: tuple[tuple[int, int], ...] = ()
+    id_bits: int = 11  # the standard identifiers polled: 0x7E0-0x7EF (11) or 0x18DA.... (29)
     poll: bool = False
     max_rate: float = 10.0
     timeout: float = 0.2
@@ -65,8 +66,12 @@ def uds_config_from_table(doc: TomlDocument, table: Any, prefix: str) -> UdsConf
                                               f" width (above 0x7FF is 29-bit), got {pair!r}")
         pairs.append((keys[0], keys[1]))
     max_rate, backoff, silent_after = polling_limits(fields)
+    id_bits = fields.value("id_bits", (int,), "11 or 29", 11)
+    if id_bits not in (11, 29):
+        raise fields.error("id_bits", f"expected 11 or 29, got {id_bits!r}")
     return UdsConfig(
         pairs=tuple(pairs),
+        id_bits=id_bits,
         poll=fields.value("poll", (bool,), "true or false", False),
         max_rate=max_rate,
         timeout=fields.seconds("timeout", 0.2),
