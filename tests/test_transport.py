@@ -416,3 +416,19 @@ def test_bam_and_rts_cts_transfers_and_every_way_they_break():
     assert stalled.expire(10.0) == [(0x00, 0xFF)]
     ok, errors = feed_j1939(stalled, frames[2:], t0=10.0)
     assert ok == [] and set(errors) == {"without-announce"}
+
+
+def test_an_rts_cts_transfer_through_the_bus_decoder_is_decoded_by_pgn():
+    table = DecodeTable([cantools.database.load_file(str(EV_DBC))])
+    payload = bytes.fromhex("0400") + bytes.fromhex("1F171201") * 4  # DM1, four DTCs: 18 bytes, 3 packets
+    pgn = (0xFECA).to_bytes(3, "little")
+    frames = [(0x1CEC1700, bytes((0x10, 18, 0, 3, 3)) + pgn), (0x1CEC0017, bytes((0x11, 3, 1, 0xFF, 0xFF)) + pgn)]
+    frames += [(0x1CEB1700, bytes((i + 1,)) + payload[7 * i:7 * i + 7].ljust(7, b"\xff")) for i in range(3)]
+    frames.append((0x1CEC0017, bytes((0x13, 18, 0, 3, 0xFF)) + pgn))
+    transport = TransportDecoder()
+    out = [m for i, (can_id, data) in enumerate(frames) for m in transport.feed(i * 0.01, EFF_FLAG | can_id, data)]
+    assert len(out) == 1 and out[0][2] == payload
+    extractor = table.lookup(out[0][1])
+    values = dict(zip(extractor.names, extractor.extract(out[0][2])))
+    assert values["DTC4_SPN_Low"] == 5919 and values["DTC4_FMI"] == 18 and values["AmberWarningLamp"] == 1
+    assert transport.stats.events == {}
