@@ -40,7 +40,7 @@ from carledger.obd.passive import ecu_name
 from carledger.obd.pids import BITMAP_PIDS
 from carledger.obd.schedule import Backoff, PollSchedule, RateLimit
 
-__all__ = ["ClosedLink", "Link", "LinkError", "ObdSession", "ObdStats", "SampleSink", "EventSink"]
+__all__ = ["ClosedLink", "Link", "LinkError", "ObdSession", "ObdStats", "PollStats", "SampleSink", "EventSink"]
 
 log = logging.getLogger(__name__)
 
@@ -86,18 +86,24 @@ class ClosedLink:
 
 
 @dataclass
-class ObdStats:
+class PollStats:
+    """What a polling session counts, OBD-II or UDS alike."""
+
     requests: int = 0
     answers: int = 0
-    samples: int = 0
     negative: int = 0
     pending: int = 0
     timeouts: int = 0
     malformed: int = 0
-    discoveries: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class ObdStats(PollStats):
+    samples: int = 0
+    discoveries: int = 0
 
 
 def _ignore_event(kind: str, detail: dict) -> None:

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any
 
 import can
@@ -33,7 +33,7 @@ from carledger.obd.messages import NRC_NAMES, RESPONSE_PENDING
 from carledger.obd.passive import ecu_name
 from carledger.obd.poller import BusOrFactory, BusPoller
 from carledger.obd.schedule import Backoff, PollSchedule, RateLimit
-from carledger.obd.session import ClosedLink, Link
+from carledger.obd.session import ClosedLink, Link, PollStats
 from carledger.obd.uds_config import UdsConfig
 from carledger.sources.frame import EFF_FLAG
 
@@ -94,17 +94,8 @@ def dids_to_poll(table: DidTable, interval: Callable[[str], float | None]) -> di
 
 
 @dataclass
-class UdsStats:
-    requests: int = 0
-    answers: int = 0
-    negative: int = 0
-    pending: int = 0
-    timeouts: int = 0
-    malformed: int = 0
-    dropped: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
+class UdsStats(PollStats):
+    dropped: int = 0  # DIDs no longer asked for after a "not supported" answer
 
 
 class UdsSession:
