@@ -471,13 +471,16 @@ class Pipeline:
     def _make_uds_pollers(self) -> list[tuple[str, Any]]:
         """A ReadDataByIdentifier poller per bus with `[bus.uds] poll = true`; its answers are decoded passively."""
         out: list[tuple[str, Any]] = []
+        self._uds_buses: dict[int, _Bus] = {}  # id(poller) -> the bus whose DIDs it reads
         for index, bus in enumerate(self.buses):
             cfg = bus.config
             if cfg.uds is not None and cfg.uds.poll:
                 from carledger.obd.uds import UdsPoller, did_table
 
                 bus.dids = did_table(bus.databases)
-                out.append((f"{cfg.name}-uds", UdsPoller(self._bus_opener(cfg), cfg.uds, self._event_sink(index))))
+                poller = UdsPoller(self._bus_opener(cfg), cfg.uds, self._event_sink(index))
+                self._uds_buses[id(poller)] = bus
+                out.append((f"{cfg.name}-uds", poller))
         return out
 
     def _poll_dids_streams_take(self) -> None:
@@ -485,7 +488,9 @@ class Pipeline:
         from carledger.obd.uds import dids_to_poll
 
         running = [s for s in self.owner_state.policy.streams if s.name in self.streams.runtimes]
-        for (_, poller), bus in zip(self.uds_pollers, [b for b in self.buses if b.config.uds and b.config.uds.poll]):
+        for _, poller in self.uds_pollers:
+            bus = self._uds_buses[id(poller)]
+
             def interval(source: str, bus: _Bus = bus, default: float = poller.config.interval) -> float | None:
                 name = bus.mapping.name(source)
                 takers = [s for s in running if s.selects(name, source) and self.streams.takes(name, source)]
@@ -801,10 +806,8 @@ class Pipeline:
 @functools.lru_cache(maxsize=1)
 def _obd_signals() -> tuple[tuple[str, str, int], ...]:
     """(sample name, source, PID) of every OBD-II signal carledger decodes: service 01 PIDs, DTCs, the VIN."""
-    from carledger.obd.messages import DTC_SERVICES, VIN
+    from carledger.obd.messages import DTC_SERVICES, FREEZE_DTC_PID, FREEZE_PREFIX, VIN
     from carledger.obd.pids import PIDS
-
-    from carledger.obd.messages import FREEZE_DTC_PID, FREEZE_PREFIX
     from carledger.obd.session import FREEZE_PIDS
 
     pids = tuple((sig.sample_name, pid.source, pid.pid) for pid in PIDS.values() for sig in pid.signals)
