@@ -10,10 +10,8 @@ Real J1939: the BAM transfers of the CSS J1939 log.
 
 from __future__ import annotations
 
-import glob
 import json
 import random
-import textwrap
 import tracemalloc
 from pathlib import Path
 
@@ -367,17 +365,17 @@ def test_the_real_bam_transfers_of_a_truck_reassemble_and_decode_by_pgn_like_can
     pgns = set()
     for frame in read_candump_file(str(log)):
         t, key, data = frame[0], frame[1], frame[2]
-        if True:
-            if key & EFF_FLAG and (key >> 16) & 0xFF in (0xEB, 0xEC):
-                for _, mkey, message in transport.feed(t, key, data):
-                    pgns.add((mkey >> 8) & 0x3FFFF)
-                    extractor = table.lookup(mkey)
-                    if extractor is None:
-                        continue
-                    ours = dict(zip(extractor.names, extractor.extract(message)))
-                    assert ours == pytest.approx(dm1.decode(message, decode_choices=False))
-                    assert ours["DTC1_SPN_Low"] == 980 and ours["DTC1_FMI"] == 9  # 43 FF D4 03 09 7E ...: SPN 980, FMI 9
-                    decoded += 1
+        if not (key & EFF_FLAG and (key >> 16) & 0xFF in (0xEB, 0xEC)):
+            continue
+        for _, mkey, message in transport.feed(t, key, data):
+            pgns.add((mkey >> 8) & 0x3FFFF)
+            extractor = table.lookup(mkey)
+            if extractor is None:
+                continue
+            ours = dict(zip(extractor.names, extractor.extract(message)))
+            assert ours == pytest.approx(dm1.decode(message, decode_choices=False))
+            assert ours["DTC1_SPN_Low"] == 980 and ours["DTC1_FMI"] == 9  # 43 FF D4 03 09 7E ...: SPN 980, FMI 9
+            decoded += 1
     assert pgns == {0xFECA, 0xFEE3}
     assert decoded > 100
     assert transport.stats.events == {}
