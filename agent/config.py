@@ -17,6 +17,7 @@ from carledger.tomlfile import FieldError, TomlDocument, read_toml
 
 if TYPE_CHECKING:
     from carledger.obd.config import ObdConfig
+    from carledger.obd.uds_config import UdsConfig
     from carledger.sync.config import MqttConfig
 
 DEFAULT_PATH = "/etc/carledger/agent.toml"
@@ -46,6 +47,7 @@ class BusConfig:
     j1939: bool | None = None
     obd: "ObdConfig | None" = None  # poll OBD-II on this bus ([bus.obd]); the only thing the agent ever sends
     obd_listen: bool = False  # decode OBD-II answers another tester's polling puts on the bus (or a log)
+    uds: "UdsConfig | None" = None  # [bus.uds]: diagnostic pairs, and DID polling if enabled (docs/uds.md)
 
     @property
     def is_replay(self) -> bool:
@@ -197,6 +199,7 @@ _SAMPLING = {"min_interval", "signals"}
 _BUS = {
     "name", "interface", "channel", "bitrate", "fd", "data_bitrate", "options",
     "dbc", "vss", "replay", "replay_channels", "speed", "j1939", "obd", "obd_listen",
+    "uds",
 }
 
 
@@ -320,6 +323,11 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
     obd = obd_config_from_table(doc, table["obd"], f"bus[{index}].obd") if "obd" in table else None
     if obd is not None and replay is not None:
         raise f.error("obd", "a replayed log cannot be polled; use obd_listen = true to decode the polling it recorded")
+    from carledger.obd.uds_config import uds_config_from_table
+
+    uds = uds_config_from_table(doc, table["uds"], f"bus[{index}].uds") if "uds" in table else None
+    if uds is not None and uds.poll and replay is not None:
+        raise f.error("uds", "a replayed log cannot be polled; its recorded answers are decoded without `poll`")
     return BusConfig(
         name=name,
         dbc=dbc,
@@ -336,6 +344,7 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
         j1939=f.get("j1939", bool),
         obd=obd,
         obd_listen=f.get("obd_listen", bool, False),
+        uds=uds,
     )
 
 

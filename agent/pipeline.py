@@ -38,6 +38,9 @@ from carledger.run_summary import BusStats, RunSummary, dbc_matcher, log_counts,
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
 from carledger.sources.replay import ReplayError
+from carledger.sources.frame import EFF_FLAG
+from carledger.transport import TransportDecoder
+from carledger.transport.decoder import J1939_TP_RULES
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +69,9 @@ class _Bus:
         self.mapping = VssMapping.load(config.vss or VssMapping.beside(config.dbc))
         self.table = DecodeTable(self.databases, lambda source: False)
         self.frame_filter = FrameFilter.of(())
+        self.transport = TransportDecoder(config.uds.pairs if config.uds is not None else ())
+        self._messages: dict[int, MessageHandler | None] = {}  # handlers of reassembled messages, by message key
+        self.dids: dict = {}  # (response key, DID) -> signals, when the bus polls UDS (carledger.obd.uds.did_table)
         self.obd: Any = None  # a PassiveDecoder when the bus's OBD-II answers are decoded (obd_listen)
         self._obd_filter: FrameFilter | None = None
         self._obd_sink: Callable[..., None] = lambda *sample: None
@@ -88,6 +94,8 @@ class _Bus:
         """Decode what `wanted` (by Message.Signal) says some stream could need; handlers made on demand."""
         self.table = DecodeTable(self.databases, wanted, j1939=self.config.j1939)
         rules = list(self.table.filters())
+        if self.table.matches_by_pgn():
+            rules += J1939_TP_RULES  # long parameter groups arrive by BAM or RTS/CTS
         if self.obd is not None:
             self._obd_filter = self.obd.frame_filter()
             rules += self._obd_filter.rules
@@ -104,11 +112,25 @@ class _Bus:
         """Streams started or stopped: build every message's handler afresh on its next frame."""
         self._by_extractor = {}
         self.handlers = {}
+        self._messages = {}
 
     def resolve(self, key: int) -> Any:
+        obd = None
         if self._obd_filter is not None and self._obd_filter.matches(key):
-            frames = self.handlers[key] = _ObdFrames(self.obd, key, self._obd_sink)
+            obd = self.handlers[key] = _ObdFrames(self.obd, key, self._obd_sink)
+        if self.transport.claims(key) and (self.table.lookup(key) is not None or key & EFF_FLAG):
+            # a transport frame is never a whole message: reassemble, then decode (issue 17)
+            frames = self.handlers[key] = _TransportFrames(self, key, obd)
             return frames
+        if obd is not None:
+            return obd
+        handler = self.handlers[key] = self.message_handler(key)
+        return handler
+
+    def message_handler(self, key: int) -> MessageHandler | None:
+        """The handler of the DBC message with this key (a frame's, or a reassembled message's)."""
+        if key in self._messages:
+            return self._messages[key]
         extractor = self.table.lookup(key)
         handler = None
         if extractor is not None:
@@ -116,7 +138,7 @@ class _Bus:
                 handler = self._by_extractor[id(extractor)]
             else:
                 handler = self._by_extractor[id(extractor)] = self._make_handler(extractor)
-        self.handlers[key] = handler
+        self._messages[key] = handler
         return handler
 
     def process(self, batch: list) -> None:
@@ -147,6 +169,23 @@ class _ObdFrames:
             self.sink(*sample)
 
 
+class _TransportFrames:
+    """The handler of a transport-protocol identifier: frames to the reassembler, whole messages to the DBC's."""
+
+    __slots__ = ("bus", "key", "obd")
+
+    def __init__(self, bus: _Bus, key: int, obd: _ObdFrames | None):
+        self.bus, self.key, self.obd = bus, key, obd
+
+    def handle(self, t: float, data: bytes) -> None:
+        if self.obd is not None:
+            self.obd.handle(t, data)
+        for when, key, message in self.bus.transport.feed(t, self.key, data):
+            handler = self.bus.message_handler(key)
+            if handler is not None:
+                handler.handle(when, message)
+
+
 class Pipeline:
     """Sources -> decode -> the owner's policy -> ledger, for one configuration."""
 
@@ -166,6 +205,8 @@ class Pipeline:
             self._health = self.ledger.writer(HEALTH_STREAM)
             self.buses = [_Bus(bus) for bus in config.buses]
             check_message_names([loaded for bus in self.buses for loaded in bus.loaded])  # one name, one message
+            for index, bus in enumerate(self.buses):
+                bus.transport.on_event = self._event_sink(index)
             self.owner_state = OwnerState.load(config.store)
             known = [pair for bus in self.buses for pair in bus.signals()]
             if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
@@ -186,6 +227,7 @@ class Pipeline:
             self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
             self._sample_consumers: dict[tuple, list] = {}
             self.obd_pollers = self._make_obd_sources()
+            self.uds_pollers = self._make_uds_pollers()
             self._plan()
         except BaseException:
             self.ledger.close()
@@ -405,6 +447,38 @@ class Pipeline:
             pids = pid_intervals((name, 1.0) for name, _ in taken)
             poller.set_pids({pid: configured.get(pid, interval) for pid, interval in pids.items()})
 
+    def _make_uds_pollers(self) -> list[tuple[str, Any]]:
+        """A ReadDataByIdentifier poller per bus with `[bus.uds] poll = true`; its answers are decoded passively."""
+        out: list[tuple[str, Any]] = []
+        self._uds_buses: dict[int, _Bus] = {}  # id(poller) -> the bus whose DIDs it reads
+        for index, bus in enumerate(self.buses):
+            cfg = bus.config
+            if cfg.uds is not None and cfg.uds.poll:
+                from carledger.obd.uds import UdsPoller, did_table
+
+                bus.dids = did_table(bus.databases)
+                poller = UdsPoller(self._bus_opener(cfg), cfg.uds, self._event_sink(index))
+                self._uds_buses[id(poller)] = bus
+                out.append((f"{cfg.name}-uds", poller))
+        return out
+
+    def _poll_dids_streams_take(self) -> None:
+        """Poll the DIDs whose signals a running stream takes, at that stream's interval (else [bus.uds] interval)."""
+        from carledger.obd.uds import dids_to_poll
+
+        running = [s for s in self.owner_state.policy.streams if s.name in self.streams.runtimes]
+        for _, poller in self.uds_pollers:
+            bus = self._uds_buses[id(poller)]
+
+            def interval(source: str, bus: _Bus = bus, default: float = poller.config.interval) -> float | None:
+                name = bus.mapping.name(source)
+                takers = [s for s in running if s.selects(name, source) and self.streams.takes(name, source)]
+                if not takers:
+                    return None
+                return min(self._min_interval(s, name, source) or default for s in takers)
+
+            poller.set_dids(dids_to_poll(bus.dids, interval))
+
     def _make_source(self, index: int, bus: _Bus) -> FrameSource:
         cfg = bus.config
 
@@ -450,7 +524,7 @@ class Pipeline:
         ]
         threads += [
             threading.Thread(target=poller.run, args=(self.stop_event,), name=f"obd-{name}", daemon=True)
-            for name, poller in self.obd_pollers
+            for name, poller in self.obd_pollers + self.uds_pollers
         ]
         for thread in threads:
             thread.start()
@@ -482,7 +556,7 @@ class Pipeline:
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
                     self._health_event("counters", self._counters())
-                done = not active and not self.obd_pollers  # pollers run until stopped, like a live bus
+                done = not active and not self.obd_pollers and not self.uds_pollers  # pollers run until stopped
                 if done or self.stop_event.is_set() or (deadline is not None and wall >= deadline):
                     break
         finally:
@@ -624,6 +698,8 @@ class Pipeline:
             "frames": {b.config.name: b.stats.frames for b in self.buses},
             "records": self.summary.records,
             "blocks": self.summary.blocks,
+            "transport": {b.config.name: b.transport.stats.as_dict() for b in self.buses if b.transport.stats.messages
+                          or b.transport.stats.events},
         }
 
     def _seal_due(self) -> None:
@@ -679,7 +755,10 @@ class Pipeline:
                 bus.reset_handlers()
             self._sample_consumers = {}
             self._poll_what_streams_take()
+            self._poll_dids_streams_take()
         self._configure_edr(t)
+        for bus in self.buses:
+            bus.transport.expire(t)  # a diagnostic answer that never completed is an event even on a silent bus
         streams.poll(t)
         self.edr.poll(t)
         if t >= self._next_retention:
@@ -733,11 +812,14 @@ class Pipeline:
 @functools.lru_cache(maxsize=1)
 def _obd_signals() -> tuple[tuple[str, str, int], ...]:
     """(sample name, source, PID) of every OBD-II signal carledger decodes: service 01 PIDs, DTCs, the VIN."""
-    from carledger.obd.messages import DTC_SERVICES, VIN
+    from carledger.obd.messages import DTC_SERVICES, FREEZE_DTC_PID, FREEZE_PREFIX, VIN
     from carledger.obd.pids import PIDS
+    from carledger.obd.session import FREEZE_PIDS
 
     pids = tuple((sig.sample_name, pid.source, pid.pid) for pid in PIDS.values() for sig in pid.signals)
-    return pids + tuple((name, source, -1) for name, source in (*DTC_SERVICES.values(), VIN))
+    freeze = ((FREEZE_PREFIX + "DTC", f"OBD.02.{FREEZE_DTC_PID:02X}"),) + tuple(
+        (FREEZE_PREFIX + sig.name, f"OBD.02.{pid:02X}") for pid in FREEZE_PIDS for sig in PIDS[pid].signals)
+    return pids + tuple((name, source, -1) for name, source in (*DTC_SERVICES.values(), VIN, *freeze))
 
 
 def _read_text(path: str) -> str:

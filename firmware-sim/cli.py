@@ -198,13 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--speed", type=_speed, default=1.0, help="time-warp factor (default 1 = recorded pace)")
 
     for name, text in (("obd", "an OBD-II ECU answering J1979 requests from the drive, on a CAN bus"),
-                       ("elm327", "an ELM327 adapter on a pseudo-terminal, with the OBD-II ECU behind it")):
+                       ("elm327", "an ELM327 adapter on a pseudo-terminal, with the OBD-II ECU behind it"),
+                       ("ev", "an EV's battery management system answering UDS DIDs (0x7E4 -> 0x7EC), and a J1939 BAM")):
         p = sub.add_parser(name, help=text, description=text)
         _add_bus_options(p)
         if name == "elm327":
             p.set_defaults(interface="virtual", channel="carledger-sim-elm327")
         _add_drive_options(p)
         _add_obd_options(p)
+        if name == "ev":
+            p.add_argument("--bam-period", type=float, default=1.0, metavar="SECONDS",
+                           help="send the DM1 by J1939 BAM every SECONDS (default 1; 0: never)")
     return parser
 
 
@@ -323,15 +327,18 @@ def _cmd_obd(args) -> int:
 
     from .car import SimulatedCar
     from .elm327 import Elm327Emulator
+    from .ev import BamBroadcaster, EvResponder
     from .obd_responder import DriveClock, ObdResponder
 
     car = SimulatedCar(args.scenario, seed=args.seed, dbc=args.dbc, duration=args.duration, faults=_faults(args))
     car.history()
-    buses = [_open_bus(args) for _ in range(2 if args.command == "elm327" else 1)]
-    ident = 0x18DAF110 if args.extended else 0x7E8
+    ev = args.command == "ev"
+    buses = [_open_bus(args) for _ in range(2 if args.command == "elm327" or ev and args.bam_period > 0 else 1)]
+    ident = (0x18DAF1E4 if ev else 0x18DAF110) if args.extended else (0x7EC if ev else 0x7E8)
     clock = DriveClock(car, speed=args.speed)
-    responder = ObdResponder(buses[0], clock, response_id=ident, extended=args.extended, mode=args.mode, delay=args.delay)
-    elm = None
+    ecu = EvResponder if ev else ObdResponder
+    responder = ecu(buses[0], clock, response_id=ident, extended=args.extended, mode=args.mode, delay=args.delay)
+    elm = bam = None
     try:
         for code in args.dtc:
             responder.inject_dtc(code)
@@ -340,12 +347,15 @@ def _cmd_obd(args) -> int:
             elm = Elm327Emulator(buses[1], voltage=lambda: clock().battery_voltage)
             elm.start()
             print(f"ELM327 on {elm.port} (python-OBD: obd.OBD({elm.port!r}))", flush=True)
-        print(f"OBD-II ECU 0x{ident:X} on {args.interface}:{args.channel}, {car.duration:g} s of {car.scenario.name}",
+        if ev and args.bam_period > 0:
+            bam = BamBroadcaster(buses[1], period=args.bam_period).start()
+        print(f"{'EV BMS' if ev else 'OBD-II ECU'} 0x{ident:X} on {args.interface}:{args.channel}, {car.duration:g} s of {car.scenario.name}",
               file=sys.stderr, flush=True)
         threading.Event().wait(car.duration / args.speed)
     finally:
-        if elm is not None:
-            elm.stop()
+        for thread in (elm, bam):
+            if thread is not None:
+                thread.stop()
         responder.stop()
         for bus in buses:
             bus.shutdown()
@@ -358,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
     import cantools
 
     commands = {"scenarios": _cmd_scenarios, "run": _cmd_run, "record": _cmd_record, "replay": _cmd_replay,
-                "obd": _cmd_obd, "elm327": _cmd_obd}
+                "obd": _cmd_obd, "elm327": _cmd_obd, "ev": _cmd_obd}
     try:
         return commands[args.command](args)
     except KeyboardInterrupt:

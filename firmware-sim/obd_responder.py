@@ -16,6 +16,8 @@ What it answers:
   01 00, 01 20, ... up to the highest supported PID; up to six PIDs per request;
 - services 03, 07 and 0A: the stored, pending and permanent DTCs
   (`inject_dtc`); service 01 PID 01 reports the MIL and the stored count;
+- service 02 (freeze frame 0): the first stored DTC and the load, coolant,
+  rpm, speed and throttle of the moment it was injected;
 - service 09: 00 (supported info types), 02 (VIN, multi-frame), 0A (ECU name).
 
 Unsupported PIDs are not answered to functional requests (J1979) and get
@@ -46,6 +48,7 @@ SUPPORTED = frozenset({
     0x01, 0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0F, 0x10, 0x11, 0x1C, 0x1F, 0x21, 0x2F, 0x31, 0x33,
     0x42, 0x46, 0x49, 0x51, 0x5C, 0x5E, 0xA6,
 })
+FREEZE_SUPPORTED = frozenset({0x02, 0x04, 0x05, 0x0C, 0x0D, 0x11})  # service 02: kept with the first stored DTC
 DEFAULT_VIN = "WCLDEM0CAR0000047"
 _EFF_FUNCTIONAL = 0x18DB33F1
 _TESTER = 0xF1
@@ -227,6 +230,7 @@ class ObdResponder(Background):
         )
         self._due: list[tuple[float, bytes]] = []
         self._mil_at_km: float | None = None
+        self._frozen: tuple[str, VehicleState] | None = None  # the first stored DTC and the state it was set in
         self._cleared_at_km: float | None = None
         self._stop = threading.Event()
         self.thread_name = f"obd-responder-{response_id:X}"
@@ -252,7 +256,8 @@ class ObdResponder(Background):
         with self._lock:
             self.dtcs[kind].append(code.upper())
             if kind == "stored" and self._mil_at_km is None:
-                self._mil_at_km = self.state().odometer_km
+                self._frozen = (code.upper(), self.state())
+                self._mil_at_km = self._frozen[1].odometer_km
 
     # -- the ECU -----------------------------------------------------------------------
 
@@ -312,6 +317,8 @@ class ObdResponder(Background):
         service, args = payload[0], payload[1:]
         if service == 0x01:
             return self._current_data(args, functional)
+        if service == 0x02:
+            return self._freeze_frame(args, functional)
         if service in (0x03, 0x07, 0x0A):
             kind = {0x03: "stored", 0x07: "pending", 0x0A: "permanent"}[service]
             with self._lock:
@@ -340,6 +347,24 @@ class ObdResponder(Background):
         if not records:
             return None if functional else b"\x7f\x01\x31"
         return b"\x41" + records
+
+    def _freeze_frame(self, args: bytes, functional: bool) -> bytes | None:
+        """Service 02, frame 0 only: 02 the DTC, 00 the bitmap, else a PID of the state frozen with the DTC."""
+        if len(args) != 2 or args[1] != 0:
+            return None if functional else b"\x7f\x02\x12"
+        pid = args[0]
+        with self._lock:
+            frozen = self._frozen
+        if frozen is None:
+            return b"\x42\x02\x00\x00\x00" if pid == 0x02 else (None if functional else b"\x7f\x02\x31")
+        code, state = frozen
+        if pid == 0x00:
+            return b"\x42\x00\x00" + _bitmap(0x00, FREEZE_SUPPORTED)
+        if pid == 0x02:
+            return b"\x42\x02\x00" + _dtc_bytes(code)
+        if pid in FREEZE_SUPPORTED:
+            return bytes((0x42, pid, 0)) + _pid_bytes(pid, state, 1, 0.0, 0.0)
+        return None if functional else b"\x7f\x02\x31"
 
     def _vehicle_info(self, args: bytes, functional: bool) -> bytes | None:
         if len(args) != 1:

@@ -285,7 +285,8 @@ def test_only_read_only_services_can_be_requested():
     assert request(0x01, 0x0D) == b"\x01\x0d"
     assert request(0x09, 0x02) == b"\x09\x02"
     assert request(0x03) == b"\x03"
-    for service in (0x04, 0x02, 0x08, 0x10, 0x11, 0x27, 0x2E, 0x31, 0x3E):
+    assert request(0x02, 0x0D, 0) == b"\x02\x0d\x00"  # freeze frame data: read-only too
+    for service in (0x04, 0x08, 0x10, 0x11, 0x27, 0x2E, 0x31, 0x3E):
         with pytest.raises(ValueError, match="not a read-only OBD service"):
             request(service)
 

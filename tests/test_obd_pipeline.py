@@ -161,7 +161,7 @@ def test_polling_the_simulated_ecu_records_what_the_policy_takes_and_sends_only_
         kind = m.data[0] >> 4
         assert kind in (0, 3)
         if kind == 0:
-            assert m.data[1] in (0x01, 0x03, 0x07, 0x09, 0x0A)
+            assert m.data[1] in (0x01, 0x02, 0x03, 0x07, 0x09, 0x0A)
     polled = {m.data[2] for m in requests if m.data[0] >> 4 == 0 and m.data[1] == 0x01}
     assert 0x0D in polled and 0x0C in polled  # what the stream takes
     patterns = ("Vehicle.Speed", "Vehicle.Powertrain.CombustionEngine.Speed", "Vehicle.OBD.*")

@@ -18,7 +18,7 @@ from carledger_sim.car import SimulatedCar
 from carledger_sim.obd_responder import DEFAULT_VIN, SUPPORTED, DriveClock, ObdResponder
 from conftest import wait_until
 
-READ_ONLY = {0x01, 0x03, 0x07, 0x09, 0x0A}
+READ_ONLY = {0x01, 0x02, 0x03, 0x07, 0x09, 0x0A}
 BITMAPS = {0x20, 0x40, 0x60, 0x80, 0xA0}
 
 
@@ -160,6 +160,28 @@ def test_polling_the_simulated_car_gets_pids_vin_dtcs_and_live_values():
     assert any(m.data[0] == 0x30 and m.arbitration_id == 0x7E0 for m in sent)
     assert len(sent) == rig.poller.stats["frames_sent"]
     assert {r[1][0] for r in rig.responders[0].requests} <= READ_ONLY
+
+
+def test_a_stored_dtc_comes_with_its_freeze_frame():
+    config = ObdConfig(pids=((0x0D, 0.5),), dtc_interval=0.3, vin=False, max_rate=40)
+    with Rig(config) as rig:
+        rig.clock.hold(270.0)  # the fault is set while the car drives
+        rig.responders[0].inject_dtc("P0301")
+        rig.clock.hold(20.0)  # and read later, in other conditions
+        wait_until(lambda: rig.named("OBD.FREEZE.THROTTLE_POS"), timeout=30)
+    frozen, now = rig.car.state_at(270.0), rig.car.state_at(20.0)
+    assert frozen.speed_kmh > 20 and abs(frozen.speed_kmh - now.speed_kmh) > 5
+    (t_dtc, _, code, source), = rig.named("OBD.FREEZE.DTC")[:1]
+    assert (code, source) == ("P0301", "OBD.02.02")
+    speed = rig.named("OBD.FREEZE.SPEED")[0]
+    assert speed[0] == t_dtc and speed[3] == "OBD.02.0D"  # the conditions carry the fault's time
+    assert abs(speed[2] - frozen.speed_kmh) <= 0.5
+    assert abs(rig.named("OBD.FREEZE.RPM")[0][2] - frozen.engine_rpm) <= 0.125
+    assert abs(rig.named("OBD.FREEZE.COOLANT_TEMP")[0][2] - frozen.coolant_temp) <= 0.5
+    check_read_only(rig.spy.tester_frames())
+    asked = {bytes(m.data[1:4]) for m in rig.spy.requests() if m.data[1] == 0x02}
+    assert asked == {b"\x02\x02\x00", b"\x02\x00\x00", b"\x02\x04\x00", b"\x02\x05\x00", b"\x02\x0c\x00",
+                     b"\x02\x0d\x00", b"\x02\x11\x00"}
 
 
 def test_only_obd_requests_and_never_faster_than_the_configured_rate():

@@ -154,6 +154,10 @@ class DecodeTable:
             self._cache[key] = None
         return ext
 
+    def matches_by_pgn(self) -> bool:
+        """Does any compiled message match J1939 frames by PGN?"""
+        return bool(self._pgn)
+
     def keys(self) -> list[int]:
         """The exact keys of the compiled messages (bit 31 set for 29-bit ids)."""
         return list(self._exact)

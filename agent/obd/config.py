@@ -15,7 +15,7 @@ from carledger.config import ConfigTable
 from carledger.obd.pids import PIDS, pid_by_name
 from carledger.tomlfile import TomlDocument
 
-__all__ = ["ObdConfig", "elm327_config_from_table", "obd_config_from_table"]
+__all__ = ["ObdConfig", "elm327_config_from_table", "obd_config_from_table", "polling_limits"]
 
 _POLLING = {
     "pids", "id_bits", "ecus", "max_rate", "timeout", "pending_timeout", "dtc_interval", "vin",
@@ -64,6 +64,21 @@ def _pid(text: str) -> int | None:
     return pid if pid in PIDS else None
 
 
+def polling_limits(fields: ConfigTable) -> tuple[float, tuple[float, float], int]:
+    """`max_rate`, `backoff` and `silent_after` of a polling table (OBD or UDS), checked."""
+    max_rate = fields.value("max_rate", (int, float), "requests per second", 10.0)
+    if not 0 < max_rate <= 100:
+        raise fields.error("max_rate", f"must be more than 0 and at most 100 requests per second, got {max_rate!r}")
+    backoff = fields.value("backoff", (list,), "[first, longest] seconds", [1.0, 30.0])
+    if len(backoff) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in backoff) \
+            or backoff[0] > backoff[1]:
+        raise fields.error("backoff", f"expected [first, longest] seconds with 0 < first <= longest, got {backoff!r}")
+    silent_after = fields.value("silent_after", (int,), "a whole number", 3)
+    if silent_after < 1:
+        raise fields.error("silent_after", f"must be at least 1, got {silent_after}")
+    return float(max_rate), (float(backoff[0]), float(backoff[1])), silent_after
+
+
 def _parse(doc: TomlDocument, table: Any, prefix: str, allowed: set[str]) -> tuple[ObdConfig, ConfigTable]:
     fields = ConfigTable(doc, table, prefix, allowed)
     pids_table = fields.value("pids", (dict,), "a table of PID = interval in seconds", {})
@@ -88,26 +103,17 @@ def _parse(doc: TomlDocument, table: Any, prefix: str, allowed: set[str]) -> tup
         if not ok:
             wanted = "0x7E8 to 0x7EF" if id_bits == 11 else "0x18DAF100 to 0x18DAF1FF"
             raise fields.error("ecus", f"{ecu!r} is not an ECU answer identifier ({wanted} for {id_bits}-bit)")
-    max_rate = fields.value("max_rate", (int, float), "requests per second", 10.0)
-    if not 0 < max_rate <= 100:
-        raise fields.error("max_rate", f"must be more than 0 and at most 100 requests per second, got {max_rate!r}")
-    backoff = fields.value("backoff", (list,), "[first, longest] seconds", [1.0, 30.0])
-    if len(backoff) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in backoff) \
-            or backoff[0] > backoff[1]:
-        raise fields.error("backoff", f"expected [first, longest] seconds with 0 < first <= longest, got {backoff!r}")
-    silent_after = fields.value("silent_after", (int,), "a whole number", 3)
-    if silent_after < 1:
-        raise fields.error("silent_after", f"must be at least 1, got {silent_after}")
+    max_rate, backoff, silent_after = polling_limits(fields)
     config = ObdConfig(
         pids=tuple(pids),
         id_bits=id_bits,
         ecus=tuple(ecus),
-        max_rate=float(max_rate),
+        max_rate=max_rate,
         timeout=fields.seconds("timeout", 0.1),
         pending_timeout=fields.seconds("pending_timeout", 5.0),
         dtc_interval=fields.seconds("dtc_interval", 60.0, zero=True),
         vin=fields.value("vin", (bool,), "true or false", True),
-        backoff=(float(backoff[0]), float(backoff[1])),
+        backoff=backoff,
         silent_after=silent_after,
     )
     return config, fields

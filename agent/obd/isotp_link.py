@@ -53,24 +53,32 @@ class _Channel:
 
 
 class IsoTpLink:
-    """A `Link` over `bus` (which it filters for OBD answers and then owns for reading)."""
+    """A `Link` over `bus` (which it filters for OBD answers and then owns for reading).
 
-    def __init__(self, bus: can.BusABC, id_bits: int = 11):
+    `pairs`: further (request, response) keys of ECUs outside the OBD ranges
+    (UDS diagnostics, docs/uds.md), bit 31 set for 29-bit; exchanges address
+    them by their response key like the OBD ECUs.
+    """
+
+    def __init__(self, bus: can.BusABC, id_bits: int = 11, pairs: tuple[tuple[int, int], ...] = ()):
         if id_bits not in (11, 29):
             raise ValueError("id_bits is 11 or 29")
         self.bus, self.id_bits = bus, id_bits
         self.sent = 0
         self.isotp_errors = 0
         self._channels: dict[int, _Channel] = {}
+        self._pairs = {response: request for request, response in pairs}
+        extra = [{"can_id": k & 0x1FFFFFFF, "can_mask": 0x1FFFFFFF if k & EFF_FLAG else 0x7FF,
+                  "extended": bool(k & EFF_FLAG)} for k in self._pairs]
         if id_bits == 11:
-            bus.set_filters([{"can_id": 0x7E8, "can_mask": 0x7F8, "extended": False}])
+            bus.set_filters([{"can_id": 0x7E8, "can_mask": 0x7F8, "extended": False}, *extra])
             functional = isotp.AsymmetricAddress(
                 isotp.Address(isotp.AddressingMode.Normal_11bits, txid=0x7DF, tx_only=True),
                 isotp.Address(isotp.AddressingMode.Normal_11bits, rxid=0x7E8, rx_only=True))
             for key in range(0x7E8, 0x7F0):
                 self._channel(key)
         else:
-            bus.set_filters([{"can_id": 0x18DAF100, "can_mask": 0x1FFFFF00, "extended": True}])
+            bus.set_filters([{"can_id": 0x18DAF100, "can_mask": 0x1FFFFF00, "extended": True}, *extra])
             functional = isotp.AsymmetricAddress(  # send-only: answers come in on the ECUs' channels
                 isotp.Address(isotp.AddressingMode.NormalFixed_29bits, target_address=0x33,
                               source_address=_TESTER, tx_only=True),
@@ -82,7 +90,11 @@ class IsoTpLink:
     def _channel(self, key: int) -> _Channel:
         channel = self._channels.get(key)
         if channel is None:
-            if key & EFF_FLAG:
+            if key in self._pairs:
+                request = self._pairs[key]
+                mode = isotp.AddressingMode.Normal_29bits if key & EFF_FLAG else isotp.AddressingMode.Normal_11bits
+                address = isotp.Address(mode, txid=request & 0x1FFFFFFF, rxid=key & 0x1FFFFFFF)
+            elif key & EFF_FLAG:
                 address = isotp.Address(isotp.AddressingMode.NormalFixed_29bits,
                                         target_address=key & 0xFF, source_address=_TESTER)
             else:
@@ -156,7 +168,7 @@ class IsoTpLink:
         touched: set[int] = set()
         while msg is not None:
             key = msg.arbitration_id | EFF_FLAG if msg.is_extended_id else msg.arbitration_id
-            if not msg.is_error_frame and not msg.is_remote_frame and is_response(key):
+            if not msg.is_error_frame and not msg.is_remote_frame and (is_response(key) or key in self._pairs):
                 channel = self._channel(key)
                 channel.inbox.append(isotp.CanMessage(msg.arbitration_id, msg.dlc, bytes(msg.data), msg.is_extended_id))
                 channel.last_t = msg.timestamp

@@ -1,8 +1,8 @@
 """OBD-II service messages: the requests the agent may send, and what an answer means.
 
 The agent is read-only towards the car (DESIGN.md, contract 7): `request()`
-builds only services 01 (current data), 03 (stored DTCs), 07 (pending DTCs),
-09 (vehicle information) and 0A (permanent DTCs). Service 04, which clears
+builds only services 01 (current data), 02 (freeze frame data), 03 (stored
+DTCs), 07 (pending DTCs), 09 (vehicle information) and 0A (permanent DTCs). Service 04, which clears
 DTCs, and everything else cannot be built here.
 
 An answer is the ISO-TP payload an ECU sends back: ``0x40 + service`` and the
@@ -21,11 +21,13 @@ from carledger.obd.dtc import decode_dtc_list
 from carledger.obd.pids import BITMAP_PIDS, PIDS, PidError, decode_pid, supported_from_bitmap
 
 __all__ = [
-    "Answer", "NRC_NAMES", "READ_ONLY_SERVICES", "RESPONSE_PENDING", "ResponseError",
+    "Answer", "FREEZE_DTC_PID", "FREEZE_PREFIX", "NRC_NAMES", "READ_ONLY_SERVICES", "RESPONSE_PENDING", "ResponseError",
     "DTC_SERVICES", "VIN", "parse_response", "request",
 ]
 
-READ_ONLY_SERVICES = frozenset({0x01, 0x03, 0x07, 0x09, 0x0A})
+READ_ONLY_SERVICES = frozenset({0x01, 0x02, 0x03, 0x07, 0x09, 0x0A})
+FREEZE_DTC_PID = 0x02  # service 02 PID 02: the DTC that stored the freeze frame
+FREEZE_PREFIX = "OBD.FREEZE."  # sample names of freeze frame values: OBD.FREEZE.SPEED, OBD.FREEZE.DTC
 RESPONSE_PENDING = 0x78
 NEGATIVE = 0x7F
 
@@ -77,6 +79,8 @@ def request(service: int, *pids: int) -> bytes:
         raise ValueError(f"service {service:02X} is not a read-only OBD service; the agent never sends it")
     if service == 0x01 and not 1 <= len(pids) <= 6:
         raise ValueError("service 01 takes 1 to 6 PIDs")
+    if service == 0x02 and len(pids) != 2:
+        raise ValueError("service 02 takes a PID and a frame number")
     if service == 0x09 and len(pids) != 1:
         raise ValueError("service 09 takes one info type")
     if service in DTC_SERVICES and pids:
@@ -98,6 +102,8 @@ def parse_response(payload: bytes) -> Answer:
     service = sid - 0x40
     if service == 0x01:
         return _current_data(payload[1:])
+    if service == 0x02:
+        return _freeze_frame(payload[1:])
     if service in DTC_SERVICES:
         return _dtcs(service, payload[1:])
     if service == 0x09:
@@ -124,6 +130,33 @@ def _current_data(data: bytes) -> Answer:
         except PidError as exc:
             raise ResponseError(str(exc)) from None
         i += 1 + entry.length
+    return answer
+
+
+def _freeze_frame(data: bytes) -> Answer:
+    """``42 PID frame record``: one PID of the freeze frame, as service 01 would give it, under OBD.FREEZE.<NAME>."""
+    if len(data) < 2:
+        raise ResponseError("service 02 answer without a PID and a frame number")
+    pid, record = data[0], data[2:]
+    answer = Answer(0x02, pid=pid)
+    source = f"OBD.02.{pid:02X}"
+    if pid == FREEZE_DTC_PID:
+        if len(record) < 2:
+            raise ResponseError("service 02 PID 02 answer without its DTC")
+        codes = decode_dtc_list(record[:2])
+        answer.dtcs = codes
+        answer.samples.append((FREEZE_PREFIX + "DTC", codes[0] if codes else "", source))
+        return answer
+    entry = PIDS.get(pid)
+    if entry is None:
+        raise ResponseError(f"service 02 PID {pid:02X} is not a standard PID this decoder knows")
+    try:
+        if pid in BITMAP_PIDS:
+            answer.supported = supported_from_bitmap(pid, record)
+        else:
+            answer.samples.extend((FREEZE_PREFIX + s.name, v, source) for s, v in decode_pid(pid, record[:entry.length]))
+    except PidError as exc:
+        raise ResponseError(str(exc)) from None
     return answer
 
 

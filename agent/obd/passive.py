@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Callable
 
-from carledger.obd.messages import ResponseError, parse_response
+from carledger.obd.messages import READ_ONLY_SERVICES, ResponseError, parse_response
 from carledger.obd.pids import BITMAP_PIDS, PIDS
 from carledger.obd.reassembly import FrameError, Reassembler
 from carledger.sources.frame import EFF_FLAG, FrameFilter
@@ -38,6 +38,13 @@ _SINGLE_PID = {
 
 RESPONSE_FILTER = FrameFilter.of([(0x7E8, 0x7F8, False), (0x18DAF100, 0x1FFFFF00, True)])
 _MAX_REPORTS = 10
+
+
+def _is_obd_answer(payload: bytes) -> bool:
+    """Is this payload an answer to one of the OBD-II services (positive, or 7F with an OBD service)?"""
+    if payload[:1] == b"\x7f":
+        return len(payload) < 2 or payload[1] in READ_ONLY_SERVICES
+    return bool(payload) and payload[0] - 0x40 in READ_ONLY_SERVICES
 
 
 def is_response(key: int) -> bool:
@@ -79,8 +86,8 @@ class PassiveDecoder:
                 return [(t, name, decode(record), source) for name, source, decode in fast[1]]
         try:
             payload = self._reassembler.feed(t, key, data)
-            if payload is None:
-                return []
+            if payload is None or not _is_obd_answer(payload):
+                return []  # UDS and other diagnostics on the same identifiers: the DBC decoder's (carledger.transport)
             answer = parse_response(payload)
         except (FrameError, ResponseError) as exc:
             self._malformed(t, key, data, str(exc))

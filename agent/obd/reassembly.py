@@ -15,7 +15,18 @@ __all__ = ["FrameError", "Reassembler"]
 
 
 class FrameError(ValueError):
-    """A frame that cannot be part of a valid ISO-TP message; str() is the reason."""
+    """A frame that cannot be part of a valid ISO-TP message; str() is the reason.
+
+    `kind` names the case for counters: ``malformed`` (a frame ISO-TP does not
+    allow), ``without-first`` (a consecutive frame with no reception open),
+    ``missing-consecutive`` (a sequence number ahead of the expected one: a
+    frame was lost), ``out-of-order`` (a sequence number behind it: repeated
+    or swapped), ``stalled`` (the next consecutive frame came too late).
+    """
+
+    def __init__(self, reason: str, kind: str = "malformed"):
+        super().__init__(reason)
+        self.kind = kind
 
 
 class _Reception:
@@ -96,13 +107,15 @@ class Reassembler:
     def _consecutive(self, t: float, key: int, data: bytes, offset: int, seq: int) -> bytes | None:
         rx = self._open.get(key)
         if rx is None:
-            raise FrameError(f"consecutive frame {seq:X} without a first frame")
+            raise FrameError(f"consecutive frame {seq:X} without a first frame", "without-first")
         if t - rx.last_t > self.timeout:
             del self._open[key]
-            raise FrameError(f"consecutive frame {seq:X} came {t - rx.last_t:.3f} s after the previous one")
+            raise FrameError(f"consecutive frame {seq:X} came {t - rx.last_t:.3f} s after the previous one", "stalled")
         if seq != rx.next_seq:
             del self._open[key]
-            raise FrameError(f"consecutive frame {seq:X} out of sequence (expected {rx.next_seq:X})")
+            ahead = (seq - rx.next_seq) & 0x0F
+            kind = "missing-consecutive" if ahead < 8 else "out-of-order"
+            raise FrameError(f"consecutive frame {seq:X} out of sequence (expected {rx.next_seq:X})", kind)
         rx.buffer += data[offset + 1:]
         rx.next_seq = (rx.next_seq + 1) & 0x0F
         rx.last_t = t
@@ -110,6 +123,17 @@ class Reassembler:
             del self._open[key]
             return bytes(rx.buffer[:rx.length])
         return None
+
+    def expire(self, t: float) -> list[int]:
+        """Drop the receptions whose next frame is overdue at `t`; their keys (each an incomplete message)."""
+        late = [key for key, rx in self._open.items() if t - rx.last_t > self.timeout]
+        for key in late:
+            del self._open[key]
+        return late
+
+    def open_count(self) -> int:
+        """Receptions under way: bounded by the number of senders fed."""
+        return len(self._open)
 
     def pending(self, key: int) -> bool:
         """Is a multi-frame reception from `key` under way?"""

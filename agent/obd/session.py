@@ -33,12 +33,14 @@ from dataclasses import dataclass, fields
 from typing import Protocol
 
 from carledger.obd.config import ObdConfig
-from carledger.obd.messages import NRC_NAMES, Answer, DTC_SERVICES, ResponseError, parse_response, request
+from carledger.obd.messages import (
+    DTC_SERVICES, FREEZE_DTC_PID, NRC_NAMES, Answer, ResponseError, parse_response, request,
+)
 from carledger.obd.passive import ecu_name
 from carledger.obd.pids import BITMAP_PIDS
 from carledger.obd.schedule import Backoff, PollSchedule, RateLimit
 
-__all__ = ["ClosedLink", "Link", "LinkError", "ObdSession", "ObdStats", "SampleSink", "EventSink"]
+__all__ = ["ClosedLink", "Link", "LinkError", "ObdSession", "ObdStats", "PollStats", "SampleSink", "EventSink"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +50,9 @@ RawAnswer = tuple[float, int, bytes]  # (time, ECU answer key, payload)
 
 _DTC = "dtc"
 _DROP_CODES = frozenset({0x11, 0x12, 0x31})  # not supported: stop asking
+# freeze frame PIDs read with a stored DTC (where the ECU keeps them): load, coolant, MAP, rpm, speed,
+# intake air, throttle, fuel level, module voltage
+FREEZE_PIDS = (0x04, 0x05, 0x0B, 0x0C, 0x0D, 0x0F, 0x11, 0x2F, 0x42)
 
 
 class LinkError(Exception):
@@ -81,18 +86,24 @@ class ClosedLink:
 
 
 @dataclass
-class ObdStats:
+class PollStats:
+    """What a polling session counts, OBD-II or UDS alike."""
+
     requests: int = 0
     answers: int = 0
-    samples: int = 0
     negative: int = 0
     pending: int = 0
     timeouts: int = 0
     malformed: int = 0
-    discoveries: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+@dataclass
+class ObdStats(PollStats):
+    samples: int = 0
+    discoveries: int = 0
 
 
 def _ignore_event(kind: str, detail: dict) -> None:
@@ -349,6 +360,24 @@ class ObdSession:
                 self._answered(payload)
                 self.on_sample(last_t, name, ",".join(codes), source)
                 self.stats.samples += 1
+                if service == 0x03 and codes:
+                    self._read_freeze_frame(stop)
+
+    def _read_freeze_frame(self, stop: threading.Event) -> None:
+        """Service 02, frame 0: the DTC that stored it and the conditions then, all under the DTC answer's time,
+        so that a stored fault code comes with what the car was doing when it was set."""
+        for t, key, answer in self._ask_all(request(0x02, FREEZE_DTC_PID, 0), stop) or ():
+            if answer.negative is not None or not answer.dtcs:
+                continue
+            bitmap = self._ask(request(0x02, 0x00, 0), key, stop) or []
+            supported = next((a.supported for _, _, a in bitmap if a.supported is not None), set())
+            self._emit(t, answer)
+            for pid in FREEZE_PIDS:
+                if pid in supported:
+                    for _, _, value in self._ask(request(0x02, pid, 0), key, stop) or ():
+                        if value.negative is None:
+                            self._emit(t, value)
+            return
 
 
 def pid_intervals(names: Iterable[tuple[str, float]]) -> dict[int, float]:
