@@ -1,0 +1,230 @@
+"""The owner's controls end to end, the way a user runs them.
+
+The simulated car (firmware-sim, the `carledger-sim` python-can interface)
+drives under `carledger run` with an owner's policy; the agent syncs through
+a real mosquitto (tests/broker.py) to the real collector; the assertions read
+the collector's copy with `carledger read`, as the recipient would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from broker import Broker, enroll, mqtt_for, require_mosquitto, start_collector
+from carledger.cli import main
+from carledger.dbc import path as dbc_path
+from carledger.ledger import Ledger, Store
+from conftest import wait_until
+
+NOW = time.time()
+SPEED = "Vehicle.Speed"
+
+
+def iso(t: float) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+CONSENT = f"consent = {{ granted = {iso(NOW - 86400)}, expires = {iso(NOW + 86400)} }}"
+
+
+@dataclass
+class Run:
+    """What one `carledger run` of a simulated drive left: the car's store and the collector's copy."""
+
+    store: Path
+    copy: Path
+    start: float  # the drive's first timestamp
+    duration: float
+
+
+def run_drive(folder: Path, broker: Broker, policy: str, recipients: tuple[str, ...], outbound: set[str], *,
+              scenario: str = "city", seed: int = 2, duration: float = 60.0, settle: float = 2.0,
+              vehicle: str = "car-e2e") -> Run:
+    """`carledger run` on the simulated car (as fast as it goes), synced to a collector until every outbound
+    stream is acked up to `settle` seconds before the end of the drive; then SIGTERM, as systemd stops it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    start = float(int(NOW) - 600)
+    (folder / "policy.toml").write_text(policy)
+    config = folder / "agent.toml"
+    config.write_text(textwrap.dedent(f"""
+        [agent]
+        store = "ledger"
+        vehicle = "{vehicle}"
+        policy = "policy.toml"
+        [mqtt]
+        host = "127.0.0.1"
+        port = {broker.port}
+        [[bus]]
+        name = "car"
+        interface = "carledger-sim"
+        channel = "{scenario}"
+        options = {{ seed = {seed}, speed = 0, duration = {duration}, start_time = {start} }}
+        dbc = ["{dbc_path('carledger_demo.dbc')}"]
+    """))
+    store = folder / "ledger"
+    Ledger.open(store, vehicle_id=vehicle).close()  # the vehicle key, to enroll before the first drive
+    collected = folder / "collected"
+    enroll(collected, vehicle, store, recipients)
+    collector = start_collector(collected, mqtt_for(broker, client_id=f"collector-{vehicle}"))
+    proc = subprocess.Popen([sys.executable, "-m", "carledger", "run", "-c", str(config)],
+                            stderr=subprocess.PIPE, text=True)
+    end = start + duration - settle
+    seen: dict = {}
+
+    def delivered() -> bool:
+        assert proc.poll() is None, proc.stderr.read()
+        with Store.open_readonly(store) as s:
+            last = {}
+            for row in s.iter_blocks():
+                if row.stream in outbound:
+                    last[row.stream] = max(last.get(row.stream, 0), row.t1 / 1e6)
+            backlog = set(s.backlog())
+        seen.update(last=last, backlog=backlog)
+        return set(last) == outbound and min(last.values()) >= end and not backlog & outbound
+
+    try:
+        try:
+            wait_until(delivered, timeout=240, interval=0.2)
+        except AssertionError as e:
+            raise AssertionError(f"{e}: drive ends {start + duration}, the car's store: {seen}") from None
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            _, err = proc.communicate(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            collector.stop()
+    assert proc.returncode == 0, err
+    return Run(store, collected / "vehicles" / vehicle, start, duration)
+
+
+def read_copy(copy: Path, stream: str, capsys) -> list[dict]:
+    """The stream as its recipient reads it from the collector's copy (every block verified first)."""
+    capsys.readouterr()
+    assert main(["read", str(copy), "--stream", stream]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def samples(rows: list[dict], name: str) -> list[tuple[float, float]]:
+    return [(r["t"], r["value"]) for r in rows if r.get("name") == name]
+
+
+@pytest.fixture(scope="module")
+def owner_drive(tmp_path_factory) -> Run:
+    """One city drive under a policy with two rates of the same signal and an aggregates-only stream."""
+    require_mosquitto()
+    folder = tmp_path_factory.mktemp("owner")
+    policy = textwrap.dedent(f"""
+        version = 1
+        [[stream]]
+        name = "insurer"
+        recipient = "Insurer"
+        purpose = "pay as you drive"
+        signals = ["{SPEED}"]
+        min_interval = "1s"
+        {CONSENT}
+        [[stream]]
+        name = "fleet"
+        recipient = "Fleet Ops"
+        purpose = "maintenance"
+        signals = ["{SPEED}"]
+        min_interval = "200ms"
+        {CONSENT}
+        [[stream]]
+        name = "scores"
+        recipient = "Insurer"
+        purpose = "risk score"
+        raw = false
+        signals = []
+        {CONSENT}
+        [[stream.aggregate]]
+        signals = ["{SPEED}", "Vehicle.Powertrain.CombustionEngine.Speed"]
+        window = "10s"
+        functions = ["min", "max", "mean", "count"]
+    """)
+    broker = Broker(folder / "broker").start()
+    try:
+        yield run_drive(folder, broker, policy, ("Insurer", "Fleet Ops"), {"insurer", "fleet", "scores"},
+                        duration=40.0, settle=12.0)  # an aggregate window closes with the first sample after it
+    finally:
+        broker.stop()
+
+
+# -- item 4: per-recipient rates -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stream, interval", [("insurer", 1.0), ("fleet", 0.2)])
+def test_each_recipient_gets_the_same_signal_at_its_own_rate(owner_drive, capsys, stream, interval):
+    """On the collector's copy: never two values closer than the stream's min_interval, and while the speed
+    moves, the next value as soon as the interval has passed (the next 10 ms frame, give or take jitter)."""
+    speeds = samples(read_copy(owner_drive.copy, stream, capsys), SPEED)
+    assert len(speeds) > owner_drive.duration / interval / 3, len(speeds)
+    gaps = [b[0] - a[0] for a, b in zip(speeds, speeds[1:])]
+    assert min(gaps) >= interval - 1e-6
+    on_time = [g for g in gaps if g <= interval + 0.025]
+    assert len(on_time) >= 0.8 * len(gaps), sorted(gaps)[-10:]  # the rest: the car stood still (no change)
+    assert {r["name"] for r in read_copy(owner_drive.copy, stream, capsys) if "name" in r} == {SPEED}
+
+
+def test_the_two_rates_are_two_samplings_of_one_signal(owner_drive, capsys):
+    """Every value the slow recipient got lies between the fast recipient's values around it: one signal
+    sampled at two rates, not two different signals."""
+    import bisect
+
+    slow = samples(read_copy(owner_drive.copy, "insurer", capsys), SPEED)
+    fast = samples(read_copy(owner_drive.copy, "fleet", capsys), SPEED)
+    assert 4 * len(slow) < len(fast) < 6 * len(slow) + 50
+    times = [t for t, _ in fast]
+    inside = 0
+    for t, v in slow:
+        i = bisect.bisect_right(times, t)
+        around = [fv for _, fv in fast[max(0, i - 1):i + 1]]
+        inside += min(around) - 0.011 <= v <= max(around) + 0.011
+    assert inside >= 0.9 * len(slow), (inside, len(slow))
+
+
+# -- item 5: on-board aggregates --------------------------------------------------------------
+
+
+def test_an_aggregates_only_stream_delivers_windows_and_not_one_raw_sample(owner_drive, capsys):
+    rows = read_copy(owner_drive.copy, "scores", capsys)
+    names = {r["name"] for r in rows if "name" in r}
+    signals = (SPEED, "Vehicle.Powertrain.CombustionEngine.Speed")
+    assert names == {f"{s}.{f}" for s in signals for f in ("min", "max", "mean", "count")}
+    assert not names & set(signals)  # not one raw sample
+    windows: dict[float, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        if "name" in r:
+            windows[r["t"]][r["name"]] = r["value"]
+    ends = sorted(windows)
+    assert len(ends) >= owner_drive.duration / 10 - 2
+    assert all(b - a == pytest.approx(10.0) for a, b in zip(ends, ends[1:]))  # tumbling 10 s windows
+    for w in windows.values():
+        assert w[f"{SPEED}.min"] <= w[f"{SPEED}.mean"] <= w[f"{SPEED}.max"]
+        assert w[f"{SPEED}.count"] >= 1
+    # The fast raw stream of another recipient lies inside each window's [min, max]: the aggregates
+    # summarise the same signal the car saw.
+    fast = samples(read_copy(owner_drive.copy, "fleet", capsys), SPEED)
+    checked = 0
+    for t, v in fast:
+        end = (t // 10.0 + 1) * 10.0
+        w = windows.get(end)
+        if w is not None:
+            assert w[f"{SPEED}.min"] - 1e-9 <= v <= w[f"{SPEED}.max"] + 1e-9, (t, v, w)
+            checked += 1
+    assert checked > len(fast) // 2
+    with Store.open_readonly(owner_drive.copy) as s:
+        assert {"insurer", "fleet", "scores"} == set(s.streams())
