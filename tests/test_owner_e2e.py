@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from broker import Broker, enroll, mqtt_for, require_mosquitto, start_collector
+from broker import Broker, broker, enroll, mqtt_for, require_mosquitto, start_collector  # noqa: F401 - fixture
 from carledger.cli import main
 from carledger.dbc import path as dbc_path
 from carledger.ledger import Ledger, Store
@@ -228,3 +228,112 @@ def test_an_aggregates_only_stream_delivers_windows_and_not_one_raw_sample(owner
     assert checked > len(fast) // 2
     with Store.open_readonly(owner_drive.copy) as s:
         assert {"insurer", "fleet", "scores"} == set(s.streams())
+
+
+# -- item 11: MQTT 5 as it is meant to be used ------------------------------------------------
+
+
+def _drive_and_sync(tmp_path, broker: Broker, blocks: int = 30, **mqtt):
+    """A car store with `blocks` ticks sealed, its collector enrolled and running, and a Syncer for it."""
+    from broker import Drive
+    from carledger.sync import OutboundStream, Syncer
+
+    store = tmp_path / "ledger"
+    car = Drive(store)
+    for _ in range(blocks):
+        car.tick()
+    enroll(tmp_path / "collected", "car-1", store)
+    collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"), group=None)
+    sync = Syncer(store, "car-1", mqtt_for(broker, **mqtt),
+                  lambda: {"speed": OutboundStream("insurer"), "gps": OutboundStream("fleet")})
+    return store, car, collector, sync
+
+
+def test_the_agent_keeps_to_the_brokers_receive_maximum(tmp_path):
+    """mosquitto with max_inflight_messages 2 announces Receive Maximum 2 in its CONNACK; the agent never has
+    more than 2 QoS 1 publishes waiting for a PUBACK, and still delivers everything."""
+    from broker import all_acked, assert_same_ledgers
+
+    require_mosquitto()
+    broker = Broker(tmp_path / "broker", extra="max_inflight_messages 2\n").start()
+    store, car, collector, sync = _drive_and_sync(tmp_path, broker)
+    sync.start()
+    try:
+        wait_until(lambda: sync.stats.connected and sync._client is not None, timeout=20)
+        assert sync._client.max_inflight_messages == 2  # paho's cap: what is over it waits in paho's queue
+        wait_until(lambda: all_acked(store), timeout=60)
+    finally:
+        sync.stop()
+        collector.stop()
+        car.close()
+        broker.stop()
+    assert_same_ledgers(store, tmp_path / "collected", "car-1")
+
+
+def test_an_online_status_expires_and_the_offline_one_stays(broker, tmp_path):
+    """The retained status carries a Message Expiry of 3 status intervals while online (its backlog and policy
+    outcome are stale after that); the offline status of a clean stop has none."""
+    import paho.mqtt.client as paho
+    from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
+
+    store, car, collector, sync = _drive_and_sync(tmp_path, broker, blocks=2)
+    seen: list[tuple[dict, int | None]] = []
+    reader = paho.Client(CallbackAPIVersion.VERSION2, client_id="reader", protocol=MQTTProtocolVersion.MQTTv5)
+    reader.on_message = lambda _c, _u, msg: seen.append(
+        (json.loads(msg.payload), getattr(msg.properties, "MessageExpiryInterval", None)))
+    reader.connect(broker.host, broker.port)
+    reader.subscribe("carledger/v1/car-1/status", qos=1)
+    reader.loop_start()
+    sync.start()
+    try:
+        wait_until(lambda: any(s["state"] == "online" for s, _ in seen), timeout=20)
+        sync.stop()
+        wait_until(lambda: seen[-1][0]["state"] == "offline", timeout=20)
+    finally:
+        sync.stop()
+        reader.loop_stop()
+        reader.disconnect()
+        collector.stop()
+        car.close()
+    assert {e for s, e in seen if s["state"] == "online"} == {3}  # status_interval 1 s in the tests
+    assert seen[-1][1] is None and seen[-1][0]["reason"] == "stopped"
+
+
+def test_a_car_away_longer_than_its_session_resumes_from_the_retained_ack(broker, tmp_path):
+    """The car sends blocks and leaves before the collector acks them; its session (1 s) expires while it
+    is away, so the broker keeps nothing for it. On its return the retained ack alone tells it where the
+    collector is: every block is acked, and the collector's copy is the car's."""
+    from broker import all_acked, assert_same_ledgers
+
+    store, car, collector, sync = _drive_and_sync(tmp_path, broker, blocks=20, session_expiry=1)
+    collector.stop()  # its persistent session queues what the car sends while it is down
+    sync.start()
+    try:
+        # Without acks each stream's window stays at its first 4 blocks: the broker has those (PUBACK).
+        wait_until(lambda: _synced(store) >= 8, timeout=30)
+    finally:
+        sync.stop()
+    with Store.open_readonly(store) as s:
+        assert not any(row.acked for row in s.iter_blocks())  # it left before any ack
+    collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"), group=None)
+    left = time.monotonic()
+    from carledger.sync import OutboundStream, Syncer
+
+    try:
+        wait_until(lambda: time.monotonic() > left + 2.5, timeout=10)  # away longer than its session expiry
+        back = Syncer(store, "car-1", mqtt_for(broker, session_expiry=1),
+                      lambda: {"speed": OutboundStream("insurer"), "gps": OutboundStream("fleet")})
+        back.start()
+        try:
+            wait_until(lambda: all_acked(store), timeout=30)
+        finally:
+            back.stop()
+    finally:
+        collector.stop()
+        car.close()
+    assert_same_ledgers(store, tmp_path / "collected", "car-1")
+
+
+def _synced(store: Path) -> int:
+    with Store.open_readonly(store) as s:
+        return sum(1 for row in s.iter_blocks() if row.synced)
