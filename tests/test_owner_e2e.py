@@ -303,9 +303,10 @@ def test_a_car_away_longer_than_its_session_resumes_from_the_retained_ack(broker
     """The car sends blocks and leaves before the collector acks them; its session (1 s) expires while it
     is away, so the broker keeps nothing for it. On its return the retained ack alone tells it where the
     collector is: every block is acked, and the collector's copy is the car's."""
-    from broker import all_acked, assert_same_ledgers
+    from broker import all_acked, assert_same_ledgers, chains
 
-    store, car, collector, sync = _drive_and_sync(tmp_path, broker, blocks=20, session_expiry=1)
+    store, car, collector, sync = _drive_and_sync(tmp_path, broker, blocks=20, session_expiry=1,
+                                                  ack_timeout=60.0)  # sends each block once while away
     collector.stop()  # its persistent session queues what the car sends while it is down
     sync.start()
     try:
@@ -315,23 +316,40 @@ def test_a_car_away_longer_than_its_session_resumes_from_the_retained_ack(broker
         sync.stop()
     with Store.open_readonly(store) as s:
         assert not any(row.acked for row in s.iter_blocks())  # it left before any ack
+        sent = {(row.stream, row.seq) for row in s.iter_blocks() if row.synced}
+    # The collector comes up, takes what its session queued, acks it (retained) and goes away again.
     collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"), group=None)
+    copy = tmp_path / "collected" / "vehicles" / "car-1"
+
+    def collected() -> bool:
+        return copy.exists() and {(name, seq) for name, blocks in chains(copy).items() for seq, _ in blocks} == sent
+
+    wait_until(lambda: collected() and collector.collector.stats.acks >= 2, timeout=30)
+    collector.stop()
     left = time.monotonic()
     from carledger.sync import OutboundStream, Syncer
 
+    def acked() -> set:
+        with Store.open_readonly(store) as s:
+            return {(row.stream, row.seq) for row in s.iter_blocks() if row.acked}
+
+    wait_until(lambda: time.monotonic() > left + 2.5, timeout=10)  # away longer than its session expiry (1 s)
+    back = Syncer(store, "car-1", mqtt_for(broker, session_expiry=1),
+                  lambda: {"speed": OutboundStream("insurer"), "gps": OutboundStream("fleet")})
+    back.start()
     try:
-        wait_until(lambda: time.monotonic() > left + 2.5, timeout=10)  # away longer than its session expiry
-        back = Syncer(store, "car-1", mqtt_for(broker, session_expiry=1),
-                      lambda: {"speed": OutboundStream("insurer"), "gps": OutboundStream("fleet")})
-        back.start()
+        # No collector is connected: only the retained acks can tell the car what it holds.
+        wait_until(lambda: acked() == sent, timeout=30)
+        collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"), group=None)
         try:
             wait_until(lambda: all_acked(store), timeout=30)
         finally:
-            back.stop()
+            collector.stop()
     finally:
-        collector.stop()
+        back.stop()
         car.close()
     assert_same_ledgers(store, tmp_path / "collected", "car-1")
+    assert collector.collector.stats.rejected == 0
 
 
 def _synced(store: Path) -> int:
