@@ -4,6 +4,10 @@ The simulated car (firmware-sim, the `carledger-sim` python-can interface)
 drives under `carledger run` with an owner's policy; the agent syncs through
 a real mosquitto (tests/broker.py) to the real collector; the assertions read
 the collector's copy with `carledger read`, as the recipient would.
+
+The MQTT 5 tests (item 11) drive the agent's Syncer on a store the test seals
+(tests/broker.py's Drive), against a real mosquitto and collector: they need to
+stop and restart the car's connection at chosen moments.
 """
 
 from __future__ import annotations
