@@ -359,3 +359,35 @@ def test_a_car_away_longer_than_its_session_resumes_from_the_retained_ack(broker
 def _synced(store: Path) -> int:
     with Store.open_readonly(store) as s:
         return sum(1 for row in s.iter_blocks() if row.synced)
+
+
+# -- item 9: crash capture on the airbag alone --------------------------------------------------
+
+
+def test_a_parked_car_hit_from_the_side_is_captured_and_the_capture_reaches_its_recipient(tmp_path, capsys):
+    """side_impact: airbags deploy, the speed never changes. `carledger run` captures it and sends the capture
+    to the recipient [edr] names; the collector's copy opens with the owner's key."""
+    from carledger.ledger.encrypt import create_private_key
+
+    require_mosquitto()
+    owner = create_private_key(tmp_path / "owner.key")
+    policy = textwrap.dedent(f"""
+        version = 1
+        [edr]
+        keys = {{ owner = "{bytes(owner.public_key).hex()}" }}
+        recipient = "Investigator"
+        purpose = "crash reconstruction"
+        {CONSENT}
+    """)
+    broker = Broker(tmp_path / "broker").start()
+    try:
+        run = run_drive(tmp_path / "car", broker, policy, ("Investigator",), {"crash"}, scenario="side_impact",
+                        seed=1, duration=35.0, settle=8.0)
+    finally:
+        broker.stop()
+    capsys.readouterr()
+    assert main(["edr", "export", str(run.copy), "--key", str(tmp_path / "owner.key")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["capture"]["deployment"] is True and doc["capture"]["trigger"]["kind"] == "airbag"
+    speeds = {s["value"] for s in doc["samples"] if s["name"] == SPEED}
+    assert speeds == {0}
