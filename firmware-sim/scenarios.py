@@ -27,6 +27,10 @@ The scenarios:
   `BUMP_AT` a rear impact pushes the standing car to ~10 km/h within
   `BUMP_S`; the held brakes stop it again. No deployment (a Part 563
   "non-deployment event").
+- `side_impact`: the car starts up and stays parked (brake held, D); at
+  `SIDE_IMPACT_AT` another car hits it from the side: the airbags deploy, but
+  the longitudinal speed does not change at all (0 -> 0 km/h). Only the
+  airbag control unit can tell a crash happened.
 """
 
 from __future__ import annotations
@@ -50,6 +54,8 @@ NEAR_MISS_AT = 35.0
 BUMP_AT = 35.0
 #: How long the bump's pulse lasts (0 -> 10 km/h, about +23 m/s^2).
 BUMP_S = 0.12
+#: When the side_impact scenario's side collision with the parked car begins (seconds since start).
+SIDE_IMPACT_AT = 25.0
 
 
 @dataclass(frozen=True)
@@ -199,6 +205,11 @@ def _bump(rng: random.Random) -> Iterator[Phase]:
     yield Phase(math.inf, 0.0, decel=6.0, jerk=20.0)
 
 
+def _parked(rng: random.Random) -> Iterator[Phase]:
+    yield _startup()
+    yield Phase(math.inf, 0.0)
+
+
 SCENARIOS: dict[str, Scenario] = {
     s.name: s
     for s in (
@@ -270,6 +281,17 @@ SCENARIOS: dict[str, Scenario] = {
             2.5,
             _bump,
             impacts=(Impact(BUMP_AT, 10.0, BUMP_S),),
+        ),
+        Scenario(
+            "side_impact",
+            f"parked after start-up, hit from the side at t={SIDE_IMPACT_AT:g} s: airbags deploy,"
+            " no longitudinal speed change",
+            35.0,
+            "city",
+            45.0,
+            2.5,
+            _parked,
+            impacts=(Impact(SIDE_IMPACT_AT, 0.0, IMPACT_S, deploys=True),),
         ),
     )
 }

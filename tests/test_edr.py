@@ -224,6 +224,41 @@ def test_a_near_miss_makes_no_capture_and_a_bump_a_non_deployment_one(drives, ke
     assert all(v["Vehicle.Speed"] == 0 for t, v in snapshots.items() if bump - 2.0 < t < bump)  # it stood still
 
 
+def test_an_airbag_deployment_without_any_speed_change_makes_a_capture(keys, tmp_path, capsys):
+    """A parked car hit from the side: no delta-V at all, only the airbag control unit knows. That is a crash."""
+    log = record(tmp_path / "side.log", "side_impact")
+    store = drive(tmp_path / "car", log, edr_policy(keys, "owner"))
+    (capture,) = captures(store, capsys)
+    impact = START + get_scenario("side_impact").impacts[0].at
+    assert capture["deployment"] is True and capture["status"] == "complete"
+    assert capture["trigger"]["kind"] == "airbag" and capture["trigger"]["delta_v_kmh"] == 0.0
+    assert impact <= capture["t"] <= impact + 0.15
+    code, doc = export(store, keys["owner"], capsys)
+    assert code == 0 and doc["verified"] is True
+    snapshots = ticks(doc["samples"])
+    assert len([t for t in snapshots if t < capture["t"]]) == 200  # the 20 s before it, at 10 Hz
+    assert {v["Vehicle.Speed"] for v in snapshots.values()} == {0}  # it never moved
+    assert snapshots[max(snapshots)]["Vehicle.Cabin.Seat.Row1.DriverSide.Airbag.IsDeployed"] == 1
+    verify(store, capsys)
+
+
+def test_by_default_the_two_newest_non_deployment_captures_are_kept(keys, tmp_path, capsys):
+    """keep_non_deployment's default (2): a third bump overwrites the first, the second and third stay."""
+    policy = edr_policy(keys, "owner")
+    assert "keep_non_deployment" not in policy
+    folder = tmp_path / "car"
+    for i in range(3):
+        log = record(tmp_path / f"{i}.log", "bump", start=START + i * 100.0, seed=i + 1)
+        store = drive(folder, log, policy)
+    listed = captures(store, capsys)
+    assert [(c["capture"], c["deployment"], c["status"]) for c in listed] == [
+        (1, False, "overwritten"), (2, False, "complete"), (3, False, "complete")]
+    for number, readable in ((1, False), (2, True), (3, True)):
+        code, _ = export(store, keys["owner"], capsys, "--capture", str(number))
+        assert (code == 0) is readable, number
+    assert verify(store, capsys)["streams"]["crash"]["dropped"] > 0  # declared before it was dropped
+
+
 def test_without_edr_or_while_paused_nothing_is_captured(drives, keys, tmp_path, capsys):
     store = drive(tmp_path / "none", drives["crash"], "version = 1\n")
     assert captures(store, capsys) == []

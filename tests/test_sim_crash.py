@@ -108,6 +108,10 @@ def test_scenarios_carry_their_impacts():
         assert s.default_duration <= 55.0
     for old in ("city", "highway", "errand", "harsh_brake"):
         assert get_scenario(old).impacts == ()
+    side = get_scenario("side_impact")  # parked, hit from the side: a deployment with no speed change
+    assert [(i.to_kmh, i.deploys) for i in side.impacts] == [(0.0, True)]
+    speeds = {s.speed_kmh for s in SimulatedCar(side, seed=0, duration=side.impacts[0].at + 1.0).history()}
+    assert speeds == {0.0}
 
 
 @pytest.mark.parametrize("bad", [dict(at=-1.0, to_kmh=0.0), dict(at=1.0, to_kmh=0.0, duration=0.0),

@@ -10,6 +10,7 @@ again instead of paho replaying its own queue.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import socket
 import ssl
@@ -23,7 +24,10 @@ from paho.mqtt.properties import Properties
 
 from carledger.sync.config import MqttConfig
 
-__all__ = ["Backoff", "ConnectError", "make_client", "connect", "is_v5"]
+__all__ = ["Backoff", "ConnectError", "make_client", "connect", "is_v5", "status_expiry"]
+
+#: An online status (and the policy outcome it carries) outlives its use after this many status intervals.
+STATUS_LIFETIMES = 3
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +66,18 @@ def is_v5(cfg: MqttConfig) -> bool:
     return cfg.protocol == "5"
 
 
+def status_expiry(cfg: MqttConfig, state: str) -> Properties | None:
+    """The MQTT 5 Message Expiry of a retained status: an "online" status expires after a few status intervals,
+    so a reader never takes a car's backlog or policy outcome from long ago for today's (a fresh one replaces it
+    every interval). An "offline" one (a clean stop; the will) does not: it is the last word until the car returns.
+    """
+    if not is_v5(cfg) or state != "online":
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    props.MessageExpiryInterval = max(1, math.ceil(STATUS_LIFETIMES * cfg.status_interval))
+    return props
+
+
 def make_client(cfg: MqttConfig, client_id: str, *, will: tuple[str, bytes] | None = None) -> paho.Client:
     """A paho client with the config's protocol, credentials, TLS and (optionally) a retained QoS 1 last will."""
     v5 = is_v5(cfg)
@@ -94,9 +110,10 @@ def connect(client: paho.Client, cfg: MqttConfig, stopping: Callable[[], bool] =
     """
     result: dict = {}
 
-    def on_connect(_c, _u, flags, reason_code, _p):
+    def on_connect(_c, _u, flags, reason_code, props):
         result["rc"] = reason_code
         result["session"] = bool(getattr(flags, "session_present", False))
+        result["receive_maximum"] = getattr(props, "ReceiveMaximum", None)
 
     previous = client.on_connect
     client.on_connect = on_connect
@@ -127,7 +144,25 @@ def connect(client: paho.Client, cfg: MqttConfig, stopping: Callable[[], bool] =
     if result["rc"].is_failure:
         close(client)
         raise ConnectError(f"{cfg.host}:{cfg.effective_port}: refused: {result['rc']}")
+    honour_receive_maximum(client, result["receive_maximum"])
     return result["session"]
+
+
+def honour_receive_maximum(client: paho.Client, receive_maximum: int | None) -> None:
+    """Never have more QoS 1 messages out without a PUBACK than the broker's CONNACK said it takes.
+
+    MQTT 5 §3.2.2.3.3: a client that exceeds the server's Receive Maximum is
+    disconnected (0x93). paho reads the property but does not apply it, so we
+    lower its in-flight cap; what paho cannot send yet waits in its queue, in
+    order. The value is the broker's own, unsigned: trusting it can only slow
+    the car's sending (at least 1 stays in flight), never lose or alter a
+    block, and only the collector's signed ack marks one delivered.
+    """
+    if receive_maximum:
+        # paho's setter refuses once connected, for fear of a switch between 0 (no cap) and a cap. Here both the
+        # old value (make_client: at least 20) and the new one are caps > 0, and nothing was published yet
+        # (we are still in connect()), so paho's in-flight count is 0 and its queue logic holds.
+        client._max_inflight_messages = max(1, min(client.max_inflight_messages, int(receive_maximum)))
 
 
 def close(client: paho.Client) -> None:

@@ -38,7 +38,7 @@ from carledger.sync import topics
 from carledger.sync.ack import AckRejected, collector_keys, open_ack
 from carledger.sync.config import MqttConfig
 from carledger.sync.gate import OutboundGate, OutboundStream
-from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
+from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client, status_expiry
 from carledger.sync.policy_update import PolicyHandler, submit_policy
 from carledger.sync.window import Window
 from carledger.sync.wire import BlockPacker
@@ -502,7 +502,8 @@ class Syncer:
 
     def _publish_status(self, state: str, **extra) -> paho.MQTTMessageInfo:
         payload = self._status_json(state, **self.status(state), **extra)
-        info = self._client.publish(topics.status(self.vehicle), payload, qos=1, retain=True)
+        info = self._client.publish(topics.status(self.vehicle), payload, qos=1, retain=True,
+                                    properties=status_expiry(self.cfg, state))
         self._last_status = time.monotonic()
         self._status_due = False
         return info
