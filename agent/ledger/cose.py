@@ -11,7 +11,7 @@ import nacl.signing
 
 from carledger.ledger import cbor
 from carledger.ledger.errors import MalformedBlock
-from carledger.ledger.keys import Signer, as_signer
+from carledger.ledger.keys import Signer, as_signer, verify_signature
 
 __all__ = [
     "TAG_SIGN1",
@@ -121,8 +121,4 @@ def verify_sign1(msg: bytes | Sign1, verify_key: nacl.signing.VerifyKey) -> bool
         msg = decode_sign1(msg)
     if msg.protected.get(HDR_ALG) != ALG_EDDSA or len(msg.signature) != SIGNATURE_SIZE:
         return False
-    try:
-        verify_key.verify(sig_structure(msg.protected_bytes, msg.payload), msg.signature)
-    except nacl.exceptions.BadSignatureError:
-        return False
-    return True
+    return verify_signature(verify_key, sig_structure(msg.protected_bytes, msg.payload), msg.signature)

@@ -8,6 +8,7 @@ by implementing the same three members (docs/key-protection.md).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
@@ -15,6 +16,7 @@ import stat
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -34,6 +36,9 @@ __all__ = [
     "load_signing_key",
     "load_verify_key",
     "kid",
+    "public_key_problem",
+    "enrolment_key",
+    "verify_signature",
     "Signer",
     "FileSigner",
     "KeyBackendUnavailable",
@@ -59,6 +64,63 @@ def kid(verify_key: VerifyKey | bytes) -> bytes:
     """Key id: the first 8 bytes of SHA-256 of the raw 32-byte public key."""
     raw = bytes(verify_key)
     return hashlib.sha256(raw).digest()[:8]
+
+
+_P = 2**255 - 19  # the field prime: a y coordinate at or above it is a non-canonical encoding
+_IDENTITY = (1).to_bytes(32, "little")
+
+
+@functools.lru_cache(maxsize=256)
+def public_key_problem(raw: bytes) -> str | None:
+    """None for a public key carledger accepts, else why not (docs/ledger-keys.md).
+
+    Accepted: the canonical encoding of a point of the prime-order subgroup
+    other than the identity (libsodium's crypto_core_ed25519_is_valid_point).
+    Refused: small-order points, non-canonical encodings, non-points, and
+    points with a small-order component, which libsodium's verify alone lets
+    through. Cached: a collector checks the same few keys for every block.
+    """
+    raw = bytes(raw)
+    if len(raw) != 32:
+        return f"{len(raw)} bytes, expected 32"
+    if nacl.bindings.crypto_core_ed25519_is_valid_point(raw):
+        return None
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P:
+        return "a non-canonical encoding (y >= 2^255 - 19)"
+    try:  # only to say why: point addition takes any curve point, so [8]P tells small order apart
+        p8 = raw
+        for _ in range(3):
+            p8 = nacl.bindings.crypto_core_ed25519_add(p8, p8)
+    except nacl.exceptions.RuntimeError:
+        return "not a point of the curve"
+    if p8 == _IDENTITY:
+        return "a small-order point"
+    return "a point with a small-order component (outside the prime-order subgroup)"
+
+
+def enrolment_key(public_key: "str | os.PathLike | bytes | VerifyKey") -> "VerifyKey":
+    """`load_verify_key`, and KeyFileError for a key no signature should ever be checked against."""
+    key = load_verify_key(public_key)
+    problem = public_key_problem(bytes(key))
+    if problem is not None:
+        raise KeyFileError(f"public key {bytes(key).hex()}: refused: {problem} (docs/ledger-keys.md)")
+    return key
+
+
+def verify_signature(verify_key: "VerifyKey", message: bytes, signature: bytes) -> bool:
+    """The one Ed25519 check of carledger: the key rule above, then libsodium's strict verify.
+
+    libsodium refuses a signature that is not 64 bytes' worth of a small-order
+    R, a non-canonical R (the R it recomputes must match byte for byte), or
+    S >= L, and checks the cofactorless equation [S]B = R + [k]A.
+    """
+    if len(signature) != 64 or public_key_problem(bytes(verify_key)) is not None:
+        return False
+    try:
+        verify_key.verify(message, signature)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
 
 
 def _parse_hex_key(text: str, what: str) -> bytes:
