@@ -78,6 +78,7 @@ class Config:
     elm327: tuple["ObdConfig", ...] = ()  # OBD-II through ELM327 adapters ([[elm327]])
     mqtt: "MqttConfig | None" = None  # sync to a broker ([mqtt], docs/sync.md); None: the ledger stays local
     disk_quota_mb: float | None = None  # the store's records are evicted (declared) beyond this size
+    key: str | None = None  # the vehicle key's backend, "file:PATH" (docs/key-protection.md); None: STORE/keys/vehicle.key
 
     def describe(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,7 +194,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 _TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt"}
-_AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb"}
+_AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb", "key"}
 _SEAL = {"max_age", "max_records"}
 _SAMPLING = {"min_interval", "signals"}
 _BUS = {
@@ -201,6 +202,19 @@ _BUS = {
     "dbc", "vss", "replay", "replay_channels", "speed", "j1939", "obd", "obd_listen",
     "uds",
 }
+
+
+def _parse_key(agent: "_Fields") -> str | None:
+    """`[agent] key`: a backend this build can use, with a file's path made absolute, or the reason it cannot."""
+    from carledger.ledger.keys import check_key_spec
+
+    spec = agent.get("key", str)
+    if spec is None:
+        return None
+    problem = check_key_spec(spec)
+    if problem is not None:
+        raise agent.error("key", problem)
+    return "file:" + agent.path(spec.partition(":")[2])
 
 
 def load_config(path: str | Path = DEFAULT_PATH) -> Config:
@@ -247,6 +261,8 @@ def parse_config(doc: TomlDocument) -> Config:
     if timezone is not None:
         _check_timezone(agent, timezone)
 
+    key = _parse_key(agent)
+
     max_records = seal.get("max_records", int, 5000)
     if max_records < 1:
         raise seal.error("max_records", "must be at least 1")
@@ -261,6 +277,7 @@ def parse_config(doc: TomlDocument) -> Config:
         mqtt=mqtt,
         disk_quota_mb=agent.number("disk_quota_mb", None, minimum=1.0),
         sampling=sampling,
+        key=key,
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,
         health_interval=agent.number("health_interval", 60.0, minimum=1.0),  # type: ignore[arg-type]

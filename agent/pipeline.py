@@ -29,6 +29,7 @@ from carledger.decode import DecodeTable, VssMapping, load_dbc
 from carledger.decode.dbcfile import check_message_names
 from carledger.edr import CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
+from carledger.ledger.keys import signer_from_spec
 from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
 from carledger.owner.actions import AUDIT_STREAM
@@ -200,7 +201,8 @@ class Pipeline:
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
         self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
-        self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle)
+        signer = signer_from_spec(config.key, config.store) if config.key else None  # None: STORE/keys/vehicle.key
+        self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle, signer=signer)
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
             self.buses = [_Bus(bus) for bus in config.buses]

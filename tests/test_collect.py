@@ -168,7 +168,8 @@ def test_enrolment_and_status_on_the_command_line(car, tmp_path, capsys):
     collector.close()
     where = str(tmp_path / "collected")
     assert main(["collect", "enroll", where, "car-1", str(store / "keys" / "vehicle.pub")]) == 0  # same key: fine
-    assert main(["collect", "enroll", where, "car-1", "00" * 32]) == 1
+    other = bytes(SigningKey.generate().verify_key).hex()  # a usable key, only not car-1's
+    assert main(["collect", "enroll", where, "car-1", other]) == 1
     assert "enrolled with another key" in capsys.readouterr().err
     assert main(["collect", "enroll", where, "car/1", "00" * 32]) == 1
     assert main(["collect", "status", where, "--json"]) == 0

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
-from carledger.ledger import Store, StoreError, VerifyKey, kid, load_verify_key
+from carledger.ledger import Store, StoreError, VerifyKey, kid
+from carledger.ledger.keys import enrolment_key
 from carledger.ledger.files import private_dir, private_file
 from carledger.sync import topics
 
@@ -73,7 +74,7 @@ class Registry:
         """Enrol (or confirm) a vehicle's Ed25519 public key; refuses to replace a different one."""
         if not topics.valid_vehicle_id(vehicle):
             raise ValueError(f"vehicle id {vehicle!r}: 1-64 of [A-Za-z0-9._:-], alphanumeric first")
-        key = load_verify_key(public_key)
+        key = enrolment_key(public_key)  # small-order, non-canonical, mixed-order keys: refused (docs/ledger-keys.md)
         raw = bytes(key)
         with self._lock:
             row = self.conn.execute("SELECT public_key FROM vehicles WHERE vehicle = ?", (vehicle,)).fetchone()

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from carledger.collect.registry import Registry
-from carledger.ledger import VerifyKey, kid, load_verify_key
+from carledger.ledger import VerifyKey, kid
+from carledger.ledger.keys import enrolment_key
 from carledger.owner.wipe import check_statement
 
 __all__ = ["rekey"]
@@ -30,7 +31,7 @@ def rekey(registry: Registry, vehicle: str, public_key: Any, handover: Any) -> t
     enrolled = registry.key(vehicle)
     if enrolled is None:
         raise ValueError(f"vehicle {vehicle!r} is not enrolled: enrol it without --handover")
-    new = load_verify_key(public_key)
+    new = enrolment_key(public_key)
     if bytes(new) == bytes(enrolled):
         return new, None
     statement = handover.get("statement") if isinstance(handover, dict) else None

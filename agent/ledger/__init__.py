@@ -45,6 +45,8 @@ from carledger.ledger.errors import (
     StoreLocked,
 )
 from carledger.ledger.keys import (
+    FileSigner,
+    Signer,
     SigningKey,
     VerifyKey,
     key_path,
@@ -91,6 +93,8 @@ __all__ = [
     "MalformedBlock",
     "StoreError",
     "StoreLocked",
+    "FileSigner",
+    "Signer",
     "SigningKey",
     "VerifyKey",
     "key_path",

@@ -12,8 +12,8 @@ import cbor2
 import nacl.signing
 
 from carledger.ledger import cbor, cose, merkle
-from carledger.ledger.errors import BadMerkleRoot, BadSignature, CBOREncodeError, MalformedBlock
-from carledger.ledger.keys import kid
+from carledger.ledger.errors import BadMerkleRoot, BadSignature, CBOREncodeError, LedgerError, MalformedBlock
+from carledger.ledger.keys import FileSigner, Signer, as_signer, kid
 
 __all__ = [
     "FORMAT_VERSION",
@@ -282,19 +282,30 @@ def seal_block(
     t1: int,
     policy: bytes,
     records: Sequence[bytes],
-    signing_key: nacl.signing.SigningKey,
+    signing_key: nacl.signing.SigningKey | Signer,
     root: bytes | None = None,
 ) -> SealedBlock:
     """Build the header over `records` (their count and Merkle root), sign it, return the block.
 
-    `root` may be passed when the caller already computed it over the same records.
+    `signing_key` is the vehicle key or any `keys.Signer` (a TPM or secure
+    element backend). `root` may be passed when the caller already computed
+    it over the same records.
     """
     records = list(records)
     if root is None:
         root = merkle.root(records)
     header = Header(FORMAT_VERSION, vid, stream, seq, bytes(prev), t0, t1, bytes(policy), len(records), root)
     payload = header.encode()
-    sign1 = cose.sign1(payload, signing_key, protected_header(signing_key.verify_key), {})
+    signer = as_signer(signing_key)
+    protected = {cose.HDR_ALG: cose.ALG_EDDSA, cose.HDR_KID: signer.key_id}
+    sign1 = cose.sign1(payload, signer, protected, {})
+    if not isinstance(signer, FileSigner):
+        # a device we do not run the code of: a block it signed wrongly would be sealed, then refused by everyone
+        if signer.key_id != kid(signer.public_key):
+            raise LedgerError(f"the key backend {signer!r} names key id {signer.key_id.hex()}, "
+                              f"but its public key's is {kid(signer.public_key).hex()}")
+        if not cose.verify_sign1(sign1, nacl.signing.VerifyKey(signer.public_key)):
+            raise LedgerError(f"the key backend {signer!r} returned a signature its own public key does not verify")
     return SealedBlock(header, payload, _sha256(payload).digest(), sign1, records)
 
 

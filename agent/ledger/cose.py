@@ -11,6 +11,7 @@ import nacl.signing
 
 from carledger.ledger import cbor
 from carledger.ledger.errors import MalformedBlock
+from carledger.ledger.keys import Signer, as_signer, verify_signature
 
 __all__ = [
     "TAG_SIGN1",
@@ -59,13 +60,13 @@ def encode_sign1(protected_bytes: bytes, unprotected: Mapping, payload: bytes, s
 
 def sign1(
     payload: bytes,
-    signing_key: nacl.signing.SigningKey,
+    signing_key: nacl.signing.SigningKey | Signer,
     protected: Mapping,
     unprotected: Mapping | None = None,
 ) -> bytes:
-    """Sign `payload` and return the tagged COSE_Sign1 message."""
+    """Sign `payload` (with a key or any ledger.keys.Signer) and return the tagged COSE_Sign1 message."""
     pbytes = _protected_bytes(protected)
-    signature = signing_key.sign(sig_structure(pbytes, payload)).signature
+    signature = as_signer(signing_key).sign(sig_structure(pbytes, payload))
     return encode_sign1(pbytes, unprotected or {}, payload, signature)
 
 
@@ -120,8 +121,4 @@ def verify_sign1(msg: bytes | Sign1, verify_key: nacl.signing.VerifyKey) -> bool
         msg = decode_sign1(msg)
     if msg.protected.get(HDR_ALG) != ALG_EDDSA or len(msg.signature) != SIGNATURE_SIZE:
         return False
-    try:
-        verify_key.verify(sig_structure(msg.protected_bytes, msg.payload), msg.signature)
-    except nacl.exceptions.BadSignatureError:
-        return False
-    return True
+    return verify_signature(verify_key, sig_structure(msg.protected_bytes, msg.payload), msg.signature)

@@ -1,13 +1,22 @@
-"""The vehicle's Ed25519 signing key in STORE/keys/, and public keys for verifiers."""
+"""The vehicle's Ed25519 signing key in STORE/keys/, public keys for verifiers, and the Signer the ledger signs through.
+
+The ledger never holds key material itself: it signs through a `Signer`
+(sign, public key, key id). `FileSigner` (the hex seed in STORE/keys/) is the
+default; a backend that keeps the key in a TPM or a secure element plugs in
+by implementing the same three members (docs/key-protection.md).
+"""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import secrets
 import stat
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
+import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 
@@ -27,6 +36,15 @@ __all__ = [
     "load_signing_key",
     "load_verify_key",
     "kid",
+    "public_key_problem",
+    "enrolment_key",
+    "verify_signature",
+    "Signer",
+    "FileSigner",
+    "KeyBackendUnavailable",
+    "as_signer",
+    "check_key_spec",
+    "signer_from_spec",
 ]
 
 SigningKey = nacl.signing.SigningKey
@@ -46,6 +64,63 @@ def kid(verify_key: VerifyKey | bytes) -> bytes:
     """Key id: the first 8 bytes of SHA-256 of the raw 32-byte public key."""
     raw = bytes(verify_key)
     return hashlib.sha256(raw).digest()[:8]
+
+
+_P = 2**255 - 19  # the field prime: a y coordinate at or above it is a non-canonical encoding
+_IDENTITY = (1).to_bytes(32, "little")
+
+
+@functools.lru_cache(maxsize=256)
+def public_key_problem(raw: bytes) -> str | None:
+    """None for a public key carledger accepts, else why not (docs/ledger-keys.md).
+
+    Accepted: the canonical encoding of a point of the prime-order subgroup
+    other than the identity (libsodium's crypto_core_ed25519_is_valid_point).
+    Refused: small-order points, non-canonical encodings, non-points, and
+    points with a small-order component, which libsodium's verify alone lets
+    through. Cached: a collector checks the same few keys for every block.
+    """
+    raw = bytes(raw)
+    if len(raw) != 32:
+        return f"{len(raw)} bytes, expected 32"
+    if nacl.bindings.crypto_core_ed25519_is_valid_point(raw):
+        return None
+    if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P:
+        return "a non-canonical encoding (y >= 2^255 - 19)"
+    try:  # only to say why: point addition takes any curve point, so [8]P tells small order apart
+        p8 = raw
+        for _ in range(3):
+            p8 = nacl.bindings.crypto_core_ed25519_add(p8, p8)
+    except nacl.exceptions.RuntimeError:
+        return "not a point of the curve"
+    if p8 == _IDENTITY:
+        return "a small-order point"
+    return "a point with a small-order component (outside the prime-order subgroup)"
+
+
+def enrolment_key(public_key: "str | os.PathLike | bytes | VerifyKey") -> "VerifyKey":
+    """`load_verify_key`, and KeyFileError for a key no signature should ever be checked against."""
+    key = load_verify_key(public_key)
+    problem = public_key_problem(bytes(key))
+    if problem is not None:
+        raise KeyFileError(f"public key {bytes(key).hex()}: refused: {problem} (docs/ledger-keys.md)")
+    return key
+
+
+def verify_signature(verify_key: "VerifyKey", message: bytes, signature: bytes) -> bool:
+    """The one Ed25519 check of carledger: the key rule above, then libsodium's strict verify.
+
+    libsodium refuses a signature that is not 64 bytes' worth of a small-order
+    R, a non-canonical R (the R it recomputes must match byte for byte), or
+    S >= L, and checks the cofactorless equation [S]B = R + [k]A.
+    """
+    if len(signature) != 64 or public_key_problem(bytes(verify_key)) is not None:
+        return False
+    try:
+        verify_key.verify(message, signature)
+    except nacl.exceptions.BadSignatureError:
+        return False
+    return True
 
 
 def _parse_hex_key(text: str, what: str) -> bytes:
@@ -177,3 +252,95 @@ def load_verify_key(path_or_hex: str | os.PathLike | bytes | VerifyKey) -> Verif
         return VerifyKey(raw)
     except (nacl.exceptions.CryptoError, ValueError, TypeError) as exc:  # pragma: no cover - 32 bytes always load
         raise KeyFileError(f"{path}: not an Ed25519 public key: {exc}") from None
+
+
+@runtime_checkable
+class Signer(Protocol):
+    """What the ledger needs of the vehicle key, and all it gets: the key itself may never leave its device.
+
+    `sign` returns the 64-byte Ed25519 signature (RFC 8032, pure EdDSA) of the
+    message; `public_key` is the raw 32-byte key; `key_id` is `kid(public_key)`.
+    """
+
+    @property
+    def public_key(self) -> bytes: ...
+
+    @property
+    def key_id(self) -> bytes: ...
+
+    def sign(self, message: bytes) -> bytes: ...
+
+
+class FileSigner:
+    """The default Signer: an Ed25519 seed held in this process (read from a 0600 file)."""
+
+    def __init__(self, signing_key: SigningKey):
+        self.signing_key = signing_key
+        self.verify_key = signing_key.verify_key
+        self._public = bytes(self.verify_key)
+        self._kid = kid(self._public)
+
+    @property
+    def public_key(self) -> bytes:
+        return self._public
+
+    @property
+    def key_id(self) -> bytes:
+        return self._kid
+
+    def sign(self, message: bytes) -> bytes:
+        return self.signing_key.sign(message).signature
+
+    def __repr__(self) -> str:
+        return f"<FileSigner kid={self._kid.hex()}>"
+
+
+def as_signer(key: Signer | SigningKey) -> Signer:
+    """A Signer for `key`; a bare PyNaCl SigningKey (owner and collector keys, tests) is wrapped in a FileSigner."""
+    if isinstance(key, SigningKey):
+        return FileSigner(key)
+    if isinstance(key, Signer):
+        return key
+    raise TypeError(f"not a signing key or Signer: {type(key).__name__}")
+
+
+class KeyBackendUnavailable(KeyFileError):
+    """A key backend named in the configuration that this build cannot use."""
+
+
+# Schemes of `[agent] key`: file is built in; the others are the hardware backends docs/key-protection.md
+# describes, refused by name so that a configuration written for them fails clearly instead of falling back
+# to a key file (which would silently defeat the point of the hardware).
+_HARDWARE_SCHEMES = {
+    "pkcs11": "a PKCS#11 token (tpm2-pkcs11, cryptoauthlib's PKCS#11 for an ATECC608)",
+    "tpm2": "a TPM 2.0 through tpm2-tss",
+}
+
+
+def check_key_spec(spec: str) -> str | None:
+    """None when `spec` ("file:PATH", "pkcs11:URI", "tpm2:...") can be used here, else the reason (one line)."""
+    scheme, sep, rest = spec.partition(":")
+    if not sep:
+        return f"{spec!r}: expected SCHEME:VALUE, e.g. file:/etc/carledger/vehicle.key (docs/key-protection.md)"
+    if scheme == "file":
+        return None if rest else "file: needs a path, e.g. file:/etc/carledger/vehicle.key"
+    if scheme in _HARDWARE_SCHEMES:
+        return (
+            f"{scheme}: not available here: this carledger has no backend for {_HARDWARE_SCHEMES[scheme]}; "
+            "see docs/key-protection.md"
+        )
+    return f"{scheme}: unknown key backend (this carledger knows: file)"
+
+
+def signer_from_spec(spec: str | None, store_dir: str | os.PathLike) -> Signer:
+    """The Signer named by `[agent] key`; None means the default STORE/keys/vehicle.key, created on first use.
+
+    Raises KeyBackendUnavailable for a backend this build lacks, KeyFileError
+    for a key file that cannot be used.
+    """
+    if spec is None:
+        return FileSigner(load_or_create_signing_key(store_dir))
+    problem = check_key_spec(spec)
+    if problem is not None:
+        raise KeyBackendUnavailable(problem)
+    return FileSigner(load_signing_key(spec.partition(":")[2]))

@@ -6,6 +6,12 @@ level, an odd last node moves up unchanged), which gives exactly RFC 6962's
 recursive MTH. Proof verification follows RFC 9162 §2.1.3.2 and §2.1.4.2 and
 returns False (never raises) for anything that does not verify, including
 hashes of the wrong length.
+
+Subtree proofs follow the Merkle Tree Certificates draft
+(draft-ietf-plants-merkle-tree-certs, "subtree inclusion" and "subtree
+consistency" proofs), as transparency-dev/merkle's proof package checks them:
+a subtree [start, end) is valid when start < end and start is a multiple of
+the smallest power of two >= end - start.
 """
 
 from __future__ import annotations
@@ -25,6 +31,9 @@ __all__ = [
     "verify_inclusion",
     "consistency_proof",
     "verify_consistency",
+    "valid_subtree",
+    "verify_subtree_inclusion",
+    "verify_subtree_consistency",
 ]
 
 HASH_SIZE = 32
@@ -181,3 +190,76 @@ def verify_consistency(
         fn >>= 1
         sn >>= 1
     return sn == 0 and fr == root1 and sr == root2
+
+
+def valid_subtree(start: int, end: int) -> bool:
+    """True when [start, end) is a subtree the MTC draft allows: non-empty and aligned on its own width."""
+    if not (isinstance(start, int) and isinstance(end, int)) or not 0 <= start < end:
+        return False
+    width = 1 << (end - start - 1).bit_length()  # smallest power of two >= end - start
+    return start % width == 0
+
+
+def verify_subtree_inclusion(
+    leaf_hash: bytes, index: int, start: int, end: int, proof: Sequence[bytes] | None, subtree_root: bytes
+) -> bool:
+    """True when `proof` shows the leaf `leaf_hash` at `index` inside the subtree [start, end) with hash `subtree_root`.
+
+    A valid subtree's hash is the root of a tree of its own leaves, so this is
+    an ordinary inclusion proof of index - start in a tree of end - start.
+    """
+    if not valid_subtree(start, end) or not isinstance(index, int) or not start <= index < end:
+        return False
+    return verify_inclusion(leaf_hash, index - start, end - start, proof, subtree_root)
+
+
+def verify_subtree_consistency(
+    start: int, end: int, size: int, subtree_root: bytes, root: bytes, proof: Sequence[bytes] | None
+) -> bool:
+    """True when `proof` shows the subtree [start, end) with hash `subtree_root` sits in the tree (size, root).
+
+    The draft's procedure: fn, sn, tn are the subtree's first and last leaf
+    and the tree's last leaf; fr rebuilds the subtree hash and sr the root
+    from one shared seed. A subtree that is the whole tree needs an empty
+    proof and equal hashes; an empty range [s, s) needs an empty proof and
+    the empty tree's hash.
+    """
+    proof = list(proof or [])
+    if not isinstance(size, int):
+        return False
+    if isinstance(start, int) and start == end and 0 <= end <= size:
+        # An empty range says nothing about the tree, so only its own hash is checked (the reference accepts
+        # any tree root here); nothing is proved, so the proof must be empty.
+        return not proof and subtree_root == EMPTY_ROOT
+    if not valid_subtree(start, end) or end > size:
+        return False
+    if start == 0 and end == size:  # the whole tree: nothing to prove, as for equal sizes in verify_consistency
+        return not proof and subtree_root == root
+    if not _all_hashes([subtree_root, root]) or not _all_hashes(proof):
+        return False
+    fn, sn, tn = start, end - 1, size - 1
+    if sn == tn:  # flush with the tree's right edge: climb to the subtree's own node
+        while fn != sn:
+            fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+    else:  # climb while the last leaf's ancestor is a right child
+        while fn != sn and sn & 1:
+            fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+    if fn == sn:
+        fr = sr = bytes(subtree_root)
+    elif proof:
+        fr = sr = proof.pop(0)
+    else:
+        return False
+    for c in proof:
+        if tn == 0:
+            return False
+        if sn & 1 or sn == tn:
+            if fn < sn:
+                fr = node_hash(c, fr)
+            sr = node_hash(c, sr)
+            while sn and not sn & 1:
+                fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+        else:
+            sr = node_hash(sr, c)
+        fn, sn, tn = fn >> 1, sn >> 1, tn >> 1
+    return tn == 0 and fr == subtree_root and sr == root

@@ -14,7 +14,7 @@ from carledger.ledger import block as _block
 from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
 from carledger.ledger.files import private_dir, private_file, repair_private
 from carledger.ledger.heads import Head, check_identity, signed_heads
-from carledger.ledger.keys import VerifyKey, kid, load_or_create_signing_key
+from carledger.ledger.keys import FileSigner, Signer, VerifyKey, key_path, kid, load_or_create_signing_key
 
 __all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
 
@@ -77,7 +77,8 @@ class Store:
         self.readonly = readonly
         self._conn = conn
         self._lock = threading.RLock()
-        self.signing_key = None
+        self.signing_key = None  # the PyNaCl key when the vehicle key is a file, else None
+        self.signer: Signer | None = None  # what the ledger signs through (keys.Signer); None when read-only
         self.verify_key = None
         self.marks_only = False  # open_marks: delivery marks only
         self._signed_heads: dict[str, Head] | None = None  # the writer's heads (Store.open): from signed blocks
@@ -89,10 +90,13 @@ class Store:
     # -- opening -----------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | os.PathLike, vehicle_id: str | None = None, create: bool = True) -> "Store":
+    def open(
+        cls, path: str | os.PathLike, vehicle_id: str | None = None, create: bool = True, *, signer: Signer | None = None
+    ) -> "Store":
         """Open (and with `create`, initialise) the store at directory `path` for writing.
 
-        Creates the directory, the signing key and the schema. The vehicle id
+        Creates the directory, the signing key (unless `signer`, a key kept
+        elsewhere, is given) and the schema. The vehicle id
         comes from the store; `vehicle_id` sets it on a new store and must match
         an existing one. A new store without a vehicle id gets the key id (hex).
         """
@@ -107,7 +111,7 @@ class Store:
             raise StoreError(f"{path}: cannot create the store: {exc}") from None
         writer_lock = _take_writer_lock(path)
         try:
-            store = cls._open_locked(path, vehicle_id)
+            store = cls._open_locked(path, vehicle_id, signer)
         except BaseException:
             writer_lock.close()
             raise
@@ -115,9 +119,11 @@ class Store:
         return store
 
     @classmethod
-    def _open_locked(cls, path: Path, vehicle_id: str | None) -> "Store":
+    def _open_locked(cls, path: Path, vehicle_id: str | None, signer: Signer | None) -> "Store":
+        if signer is None:
+            _refuse_a_new_key_for_a_keyed_store(path)
         try:
-            signing_key = load_or_create_signing_key(path)
+            signer = signer or FileSigner(load_or_create_signing_key(path))
         except KeyFileError as exc:
             raise StoreError(str(exc)) from None
         except OSError as exc:
@@ -129,7 +135,7 @@ class Store:
         conn = _connect(path / DB_FILE, readonly=False)
         with _closing_on_error(conn, path):
             _durable_wal(conn, path)
-            pub = bytes(signing_key.verify_key)
+            pub = bytes(signer.public_key)
             with _transaction(conn):
                 _create_schema(conn)
                 meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
@@ -148,7 +154,7 @@ class Store:
                 if have_pk is not None and have_pk != pub:
                     have_kid = kid(have_pk).hex() if isinstance(have_pk, bytes) and len(have_pk) == 32 else "?"
                     raise StoreError(
-                        f"{path}: keys/vehicle.key does not match the public key recorded in the store "
+                        f"{path}: the vehicle key does not match the public key recorded in the store "
                         f"(kid {kid(pub).hex()} vs {have_kid}); "
                         "the chain cannot be continued with another key"
                     )
@@ -163,12 +169,13 @@ class Store:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle,))
                 if have_pk is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
-                heads = signed_heads(conn, signing_key.verify_key, path / DB_FILE)
+                heads = signed_heads(conn, VerifyKey(pub), path / DB_FILE)
                 check_identity(vehicle, heads, path / DB_FILE)
         store = cls(path, conn, readonly=False)
         store._signed_heads = heads
-        store.signing_key = signing_key
-        store.verify_key = signing_key.verify_key
+        store.signer = signer
+        store.signing_key = signer.signing_key if isinstance(signer, FileSigner) else None
+        store.verify_key = VerifyKey(pub)
         return store
 
     @classmethod
@@ -585,6 +592,29 @@ def _private_db(path: Path) -> None:
     for name in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm"):
         if (path / name).exists():
             repair_private(path / name, "the store's database")
+
+
+def _refuse_a_new_key_for_a_keyed_store(path: Path) -> None:
+    """A store whose key is kept elsewhere (a TPM, a secure element: [agent] key) must not get a key file made up.
+
+    Without this, opening it without its key configuration would create
+    STORE/keys/vehicle.key, refuse it as the wrong key, and leave it behind.
+    """
+    if key_path(path).exists() or not (path / DB_FILE).exists():
+        return
+    try:
+        conn = _connect(path / DB_FILE, readonly=True)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'public_key'").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return  # not readable as a store: the open that follows reports it
+    if row is not None and isinstance(row[0], bytes) and len(row[0]) == 32:
+        raise StoreError(
+            f"{path}: keys/vehicle.key is missing and the store is signed by key kid {kid(row[0]).hex()}: "
+            "name where that key is kept ([agent] key, docs/key-protection.md); a new key cannot continue its chains"
+        )
 
 
 def _connect(db: Path, *, readonly: bool) -> sqlite3.Connection:

@@ -14,7 +14,7 @@ import cbor2
 from carledger.ledger import merkle
 from carledger.ledger.block import ZERO_DIGEST, SealedBlock, encode_event, seal_block, valid_stream_name
 from carledger.ledger.errors import LedgerError
-from carledger.ledger.keys import kid
+from carledger.ledger.keys import Signer, kid
 from carledger.ledger.store import Store
 
 __all__ = ["StreamWriter", "Ledger", "valid_stream_name"]
@@ -233,7 +233,7 @@ class StreamWriter:
             t1=t1,
             policy=policy,
             records=encoded,
-            signing_key=led.signing_key,
+            signing_key=led.signer,
             root=merkle.root(encoded),
         )
         self._built = (block, n)
@@ -261,10 +261,11 @@ class Ledger:
     """
 
     def __init__(self, store: Store, *, policy_digest: bytes | None = None):
-        if store.readonly or store.signing_key is None:
+        if store.readonly or store.signer is None:
             raise LedgerError("the ledger needs a store opened for writing (Store.open)")
         self.store = store
-        self.signing_key = store.signing_key
+        self.signer = store.signer  # every block is signed through it (keys.Signer: a file, a TPM, a secure element)
+        self.signing_key = store.signing_key  # the PyNaCl key when the vehicle key is a file, else None
         self.verify_key = store.verify_key
         self.kid = kid(self.verify_key)
         self.vehicle_id: str = store.vehicle_id  # type: ignore[assignment]
@@ -276,9 +277,15 @@ class Ledger:
 
     @classmethod
     def open(
-        cls, path: str | os.PathLike, vehicle_id: str | None = None, *, policy_digest: bytes | None = None
+        cls,
+        path: str | os.PathLike,
+        vehicle_id: str | None = None,
+        *,
+        policy_digest: bytes | None = None,
+        signer: Signer | None = None,
     ) -> "Ledger":
-        return cls(Store.open(path, vehicle_id), policy_digest=policy_digest)
+        """The ledger at `path`, signing with `signer` (default: STORE/keys/vehicle.key, created on first use)."""
+        return cls(Store.open(path, vehicle_id, signer=signer), policy_digest=policy_digest)
 
     @property
     def policy_digest(self) -> bytes:
