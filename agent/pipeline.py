@@ -325,10 +325,8 @@ class Pipeline:
 
     def _audit_disclosure(self, disclosure: Any) -> None:
         """The collector acked blocks of a stream: the audit stream says who got which blocks."""
-        self.actions.audit.add_event(disclosure.t, "disclosure", {
-            "stream": disclosure.stream, "recipient": disclosure.recipient,
-            "seqs": [[disclosure.first_seq, disclosure.last_seq]], "records": disclosure.records,
-        })
+        self.actions.disclose(disclosure.stream, disclosure.recipient, disclosure.first_seq, disclosure.last_seq,
+                              disclosure.records, disclosure.t)
 
     # -- OBD-II ---------------------------------------------------------------------------------
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from carledger.ledger import Ledger
+from carledger.owner.disclosure import consent_id, disclosure_events
 from carledger.owner.state import GRANT, REVOKE, ConsentDecision, OwnerState, Pause, iso, seconds, utc
 from carledger.policy.document import MAX_CONSENT, MAX_CONSENT_TEXT, KnownSignals, Policy, PolicyError, policy_from_text
 from carledger.sync.quota import seq_ranges
@@ -142,7 +143,9 @@ class OwnerActions:
             raise OwnerError(f"consent can last at most {MAX_CONSENT_TEXT}: give --until before {iso(now + MAX_CONSENT.total_seconds())}")
         self.state.consents[stream.name] = ConsentDecision(GRANT, now, until)
         self._audit(now, "consent-granted", {"stream": stream.name, "recipient": stream.recipient,
-                                              "purpose": stream.purpose, "granted": iso(now), "expires": iso(until)})
+                                              "purpose": stream.purpose, "granted": iso(now), "expires": iso(until),
+                                              "consent_id": consent_id(stream.name, stream.recipient, stream.purpose,
+                                                                       iso(now), iso(until))})
         self.state.save()
         return Outcome("grant", f"stream {stream.name}: consent granted until {iso(until)}",
                        detail={"stream": stream.name, "expires": iso(until)})
@@ -228,6 +231,16 @@ class OwnerActions:
         return Outcome("retention", f"deleted past retention: {text}", detail={"streams": dropped})
 
     # -- the audit stream ---------------------------------------------------------------------
+
+    def disclose(self, stream: str, recipient: str | None, first: int, last: int, records: int, t: float) -> None:
+        """The recipient acked blocks first..last of a stream: what they held, one event per policy version.
+
+        Each event names the signals, the policy version and the consent id
+        (carledger.owner.disclosure), so the audit alone says what was disclosed.
+        """
+        for detail in disclosure_events(self.ledger.store, self.state, self.known_signals, stream, recipient,
+                                        first, last, records):
+            self._audit(t, "disclosure", detail)
 
     def _audit(self, t: float, kind: str, detail: dict[str, Any]) -> None:
         self.audit.add_event(t, kind, {k: v for k, v in detail.items() if v is not None})

