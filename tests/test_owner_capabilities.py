@@ -333,3 +333,93 @@ def datetime_seconds(text: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+# -- item 12: policy updates ----------------------------------------------------------------------
+
+
+def vault_policy(version: int, signals: str = '"Vehicle.Speed"') -> str:
+    return f'version = {version}\n[[stream]]\nname = "vault"\nlocal = true\nsignals = [{signals}]\n'
+
+
+def sign(tmp_path: Path, version: int, key: str = "owner.key", signals: str = '"Vehicle.Speed"') -> Path:
+    """A policy version signed with the owner's key by `carledger remote sign-policy` (no --store: not checked against the car)."""
+    source = tmp_path / f"v{version}.toml"
+    source.write_text(vault_policy(version, signals))
+    signed = tmp_path / f"v{version}-{Path(key).stem}.cose"
+    assert main(["remote", "sign-policy", str(source), "--key", str(tmp_path / key), "-o", str(signed), "--no-dbc"]) == 0
+    return signed
+
+
+def applied_versions(store: Path, capsys) -> list[tuple[int, str | None]]:
+    return [(d["detail"]["version"], d["detail"].get("signed_by"))
+            for d in audit(store, capsys)["decisions"] if d["kind"] == "policy-applied"]
+
+
+def test_a_signed_update_with_a_lower_version_is_refused_end_to_end(broker, tmp_path, capsys):
+    """Through the broker and a running agent: an old signed update sent again (a replay) changes nothing."""
+    import hashlib
+
+    from carledger.ledger import kid, load_signing_key
+    from test_remote_policy import running_agent
+
+    assert main(["keygen", "owner", "-o", str(tmp_path / "owner.key")]) == 0
+    owner_kid = kid(load_signing_key(tmp_path / "owner.key").verify_key).hex()
+    older, newer = sign(tmp_path, 2), sign(tmp_path, 3, signals='"Vehicle.Speed", "Vehicle.Chassis.*"')
+    pipeline, runner = running_agent(tmp_path, broker, vehicle="car-13")
+    store = tmp_path / "ledger"
+    broker_args = ["--host", broker.host, "--port", str(broker.port), "--vehicle", "car-13", "--wait", "30"]
+    try:
+        assert main(["remote", "enroll-owner", str(tmp_path / "owner.pub"), "--store", str(store)]) == 0
+        capsys.readouterr()
+        assert main(["remote", "send-policy", str(newer), *broker_args]) == 0
+        assert json.loads(capsys.readouterr().out)["version"] == 3
+        assert main(["remote", "send-policy", str(older), *broker_args]) == 1
+        outcome = json.loads(capsys.readouterr().out)
+        assert outcome["ok"] is False and outcome["digest"] == hashlib.sha256(older.read_bytes()).hexdigest()
+        assert "version 2 is not higher than the version in force (3)" in outcome["error"]
+    finally:
+        pipeline.stop()
+        runner.join(30)
+    assert (store / "owner" / "policy.toml").read_text() == vault_policy(3, '"Vehicle.Speed", "Vehicle.Chassis.*"')
+    assert applied_versions(store, capsys) == [(1, None), (3, owner_kid)]  # v2 never applied
+    (v3,) = [d for d in audit(store, capsys)["decisions"] if d["detail"].get("version") == 3]
+    assert v3["detail"]["origin"] == "mqtt" and bytes.fromhex(v3["detail"]["update"]) == newer.read_bytes()
+    verified(store, capsys)
+
+
+def test_with_an_owner_key_enrolled_a_local_apply_needs_the_owners_signature(tmp_path, capsys):
+    """Running agent or not, CLI or a request written straight into the spool: unsigned changes are refused."""
+    from carledger.ledger import kid, load_signing_key
+    from carledger.owner import OwnerError
+    from carledger.owner.client import submit
+
+    config = agent(tmp_path, vault_policy(1), replay(record(tmp_path / "drive.log", 5.0, NOW - 60)))
+    assert main(["-q", "run", "-c", str(config)]) == 0
+    store = tmp_path / "ledger"
+    assert main(["keygen", "owner", "-o", str(tmp_path / "owner.key")]) == 0
+    assert main(["keygen", "owner", "-o", str(tmp_path / "thief.key")]) == 0
+    owner_kid = kid(load_signing_key(tmp_path / "owner.key").verify_key).hex()
+    (tmp_path / "v2.toml").write_text(vault_policy(2))
+    # Before an owner key is enrolled, a plain file is applied as always.
+    assert main(["policy", "apply", str(tmp_path / "v2.toml"), "--store", str(store)]) == 0
+    assert main(["remote", "enroll-owner", str(tmp_path / "owner.pub"), "--store", str(store)]) == 0
+    (tmp_path / "v3.toml").write_text(vault_policy(3, '"Vehicle.*"'))
+    capsys.readouterr()
+    assert main(["policy", "apply", str(tmp_path / "v3.toml"), "--store", str(store)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an owner key is enrolled" in err[0] and "--key owner.key" in err[0]
+    assert main(["policy", "apply", str(tmp_path / "v3.toml"), "--store", str(store), "--key", str(tmp_path / "thief.key")]) == 1
+    assert "signed by another key than the enrolled owner's" in capsys.readouterr().err
+    with pytest.raises(OwnerError, match="needs the owner's signature"):  # what a shell could queue by hand
+        submit(store, {"action": "apply-policy", "text": vault_policy(3, '"Vehicle.*"'), "origin": "mqtt"})
+    assert main(["policy", "apply", str(tmp_path / "v3.toml"), "--store", str(store), "--key", str(tmp_path / "owner.key")]) == 0
+    assert main(["policy", "apply", str(sign(tmp_path, 4)), "--store", str(store)]) == 0  # signed elsewhere
+    # The agent's configuration naming a newer unsigned file: the agent starts, and keeps the signed policy.
+    (tmp_path / "policy.toml").write_text(vault_policy(9, '"Vehicle.*"'))
+    assert main(["-q", "run", "-c", str(config)]) == 0
+    assert "version = 4" in (store / "owner" / "policy.toml").read_text()
+    assert applied_versions(store, capsys) == [(1, None), (2, None), (3, owner_kid), (4, owner_kid)]
+    text = audit_text(store, capsys)
+    assert f"applied policy v3 ({tmp_path / 'v3.toml'}, from the command line, signed by the owner key {owner_kid[:16]})" in text
+    verified(store, capsys)

@@ -163,7 +163,8 @@ def _decision(kind: str, d: dict) -> str:
     if kind == "policy-applied":
         origin = {"cli": "from the command line", "config": "from the agent's configuration",
                   "mqtt": "a signed remote update"}.get(d.get("origin"), d.get("origin"))
-        where = ", ".join(str(x) for x in (d.get("file"), origin) if x)
+        signer = f"signed by the owner key {d['signed_by'][:16]}" if isinstance(d.get("signed_by"), str) else None
+        where = ", ".join(str(x) for x in (d.get("file"), origin, signer) if x)
         return f"applied policy v{d.get('version')}" + (f" ({where})" if where else "") + \
             (f", replacing v{d['previous']}" if d.get("previous") else "") + \
             f": streams {', '.join(str(s) for s in d.get('streams') or []) or 'none'}"
@@ -210,5 +211,5 @@ def _wipe(d: dict) -> str:
 
 
 def _summary(detail: dict) -> str:
-    shown = {k: v for k, v in detail.items() if k not in ("document", "statement", "signature")}
+    shown = {k: v for k, v in detail.items() if k not in ("document", "statement", "signature", "update")}
     return ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))

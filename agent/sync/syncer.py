@@ -39,7 +39,7 @@ from carledger.sync.ack import AckRejected, collector_keys, open_ack
 from carledger.sync.config import MqttConfig
 from carledger.sync.gate import OutboundGate, OutboundStream
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
-from carledger.sync.policy_update import PolicyHandler, submit_policy
+from carledger.sync.policy_update import PolicyHandler
 from carledger.sync.window import Window
 from carledger.sync.wire import BlockPacker
 
@@ -120,7 +120,7 @@ class Syncer:
     checked against the policy in force in the store (OutboundGate): one the
     policy does not send to that recipient under a consent is refused, named
     in `stats.refused` and logged once. `on_policy(toml_bytes) -> dict` receives an
-    owner-signed policy (default: carledger.control.submit_policy);
+    owner-signed policy (default: carledger.sync.policy_update.submit_policy, which passes the signed update on);
     `on_disclosure(Disclosure)` is called (from the sync thread) whenever the
     collector acks blocks. Call `notify()` after sealing to send at once.
     """
@@ -145,7 +145,7 @@ class Syncer:
         self._streams_fn = streams or self._gate.allowed
         self._collector_keys: dict = {}
         self._logged: set[tuple[str, str]] = set()  # (what, cause) already logged once
-        self._policy = PolicyHandler(self.store_dir, on_policy or (lambda doc: submit_policy(self.store_dir, doc, origin="mqtt")))
+        self._policy = PolicyHandler(self.store_dir, on_policy)  # default: submit_policy, with the signed update
         self._on_disclosure = on_disclosure
         self.stats = SyncStats()
         self._stop = threading.Event()
