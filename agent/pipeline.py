@@ -33,6 +33,7 @@ from carledger.ledger.keys import signer_from_spec
 from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
 from carledger.owner.actions import AUDIT_STREAM
+from carledger.owner.signed import UnsignedPolicy, is_signed_update
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
 from carledger.run_summary import BusStats, RunSummary, dbc_matcher, log_counts, not_recorded
@@ -250,8 +251,16 @@ class Pipeline:
     def _apply_configured_policy(self) -> None:
         """The policy named in the configuration (or made up on the command line) goes in force if newer."""
         config, current = self.config, self.owner_state.policy
+        signed = None
         if config.policy is not None:
-            name, text = config.policy, _read_text(config.policy)
+            name, data = config.policy, _read_policy(config.policy)
+            if is_signed_update(data):  # the owner's signed update (carledger remote sign-policy)
+                signed, text = data, ""
+            else:
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise PipelineError(f"{name}: cannot read the policy: not UTF-8 text ({exc.reason})") from None
         elif config.policy_streams is not None:
             # The command line's streams, as the next version unless they are what is in force already.
             name, text = "--stream", local_streams_policy(config.policy_streams, current.version + 1)
@@ -264,9 +273,10 @@ class Pipeline:
         else:
             return
         try:
-            outcome = self.actions.apply_policy(text, origin="config", name=name, now=time.time())
+            outcome = self.actions.apply_policy(text, origin="config", name=name, now=time.time(), signed=signed)
         except OwnerError as exc:
-            if "is not higher than" not in str(exc):
+            # Not newer, or not the enrolled owner's: the policy in force stays, and the health stream says why.
+            if "is not higher than" not in str(exc) and not isinstance(exc, UnsignedPolicy):
                 raise PipelineError(str(exc)) from None
             log.warning("%s; keeping the policy in force (version %d)", exc, current.version)
             self._health_event("policy-rejected", {"file": name, "error": str(exc)[:300]})
@@ -369,10 +379,8 @@ class Pipeline:
 
     def _audit_disclosure(self, disclosure: Any) -> None:
         """The collector acked blocks of a stream: the audit stream says who got which blocks."""
-        self.actions.audit.add_event(disclosure.t, "disclosure", {
-            "stream": disclosure.stream, "recipient": disclosure.recipient,
-            "seqs": [[disclosure.first_seq, disclosure.last_seq]], "records": disclosure.records,
-        })
+        self.actions.disclose(disclosure.stream, disclosure.recipient, disclosure.first_seq, disclosure.last_seq,
+                              disclosure.records, disclosure.t)
 
     # -- OBD-II ---------------------------------------------------------------------------------
 
@@ -824,9 +832,10 @@ def _obd_signals() -> tuple[tuple[str, str, int], ...]:
     return pids + tuple((name, source, -1) for name, source in (*DTC_SERVICES.values(), VIN, *freeze))
 
 
-def _read_text(path: str) -> str:
+def _read_policy(path: str) -> bytes:
     try:
-        return open(path, encoding="utf-8").read()
+        with open(path, "rb") as handle:
+            return handle.read()
     except OSError as exc:
         raise PipelineError(f"{path}: cannot read the policy: {exc}") from None
 

@@ -19,10 +19,11 @@ examples:
 For each stream: its recipient and purpose, which blocks (seq) and time range
 were sealed under which policy version and consent (until when, or when it was
 revoked), how many records, how many blocks the broker (sent) and the
-recipient (acked) have. Then what happened, oldest first: the owner's
+recipient (acked) have. Then what each recipient got: per policy version and
+consent id, the blocks and the signals they held. Then what happened, oldest first: the owner's
 decisions (OWNER: policies applied, consents granted and revoked, pauses,
 wipe) and what the car did (car: the blocks each recipient acked, merged
-into one line per run, retention, disk quota). --json keeps every event, and
+into one line per run, consents that expired, retention, disk quota). --json keeps every event, and
 the merged runs under "sent" (docs/owner-state.md).
 """ + exit_status("printed", None)
 
@@ -64,6 +65,12 @@ def run(args: argparse.Namespace) -> int:
             f"{d.first_seq}..{d.last_seq}", _time(d.t0), _time(d.t1), str(d.records), str(d.synced), str(d.acked),
         ))
     out.write(table(rows, right=(8, 9, 10)) + "\n" if len(rows) > 1 else "  none\n")
+    got = received(report)
+    if got:
+        out.write("\nWhat each recipient got (named by the disclosure events: policy version, consent id, signals)\n")
+        rows = [("stream", "recipient", "policy", "consent", "blocks", "what")]
+        rows += [(stream, recipient, policy, consent, blocks, what) for stream, recipient, policy, consent, blocks, what in got]
+        out.write(table(rows) + "\n")
     out.write("\nWhat happened, oldest first (OWNER: the owner's decisions; car: what the car did)\n")
     rows = [("time", "by", "what")]
     for t, by, what in story(report):
@@ -83,6 +90,35 @@ def story(report) -> list[tuple[float, str, str]]:
              for e in report.decisions if e.kind != DISCLOSURE]
     lines += [(run.t, "car", _sent(run)) for run in report.sent]
     return sorted(lines, key=lambda line: line[0])
+
+
+def received(report) -> list[tuple[str, str, str, str, str, str]]:
+    """Per stream, recipient, policy version and consent: the blocks acked and what they held (signals ...)."""
+    from carledger.owner.audit import merge_ranges
+
+    merged: dict[tuple, list] = {}
+    for run in report.sent:
+        if run.policy is None and run.signals is None:
+            continue  # disclosures recorded before they named what they held
+        version = (run.policy or {}).get("version")
+        key = (run.stream, run.recipient or "?", f"v{version}" if version is not None else "?", (run.consent_id or "-")[:12])
+        entry = merged.setdefault(key, [[], run])
+        entry[0] += run.seqs
+    out = []
+    for (stream, recipient, policy, consent), (seqs, run) in merged.items():
+        out.append((stream, recipient, policy, consent, _blocks(merge_ranges([list(r) for r in seqs])), _held(run)))
+    return out
+
+
+def _held(run) -> str:
+    parts = []
+    if run.signals:
+        parts.append("signals " + ", ".join(run.signals))
+    if run.aggregates:
+        parts.append("aggregates " + ", ".join(run.aggregates))
+    if run.metrics:
+        parts.append("metrics " + ", ".join(run.metrics))
+    return "; ".join(parts) or "no signal (events only)"
 
 
 def _time(t: float | None) -> str:
@@ -114,6 +150,10 @@ def _sent(run) -> str:
     text = f"sent stream {run.stream} to {run.recipient or '?'} (acked): {_blocks(run.seqs)}, {_count(run.records, 'record')}"
     if run.t0 is not None:
         text += f" of {_time(run.t0)}" if _time(run.t0) == _time(run.t1) else f" from {_time(run.t0)} to {_time(run.t1)}"
+    if run.policy is not None:
+        text += f", policy v{run.policy.get('version')}"
+    if run.consent_id:
+        text += f", consent {run.consent_id[:12]}"
     return text
 
 
@@ -123,7 +163,8 @@ def _decision(kind: str, d: dict) -> str:
     if kind == "policy-applied":
         origin = {"cli": "from the command line", "config": "from the agent's configuration",
                   "mqtt": "a signed remote update"}.get(d.get("origin"), d.get("origin"))
-        where = ", ".join(str(x) for x in (d.get("file"), origin) if x)
+        signer = f"signed by the owner key {d['signed_by'][:16]}" if isinstance(d.get("signed_by"), str) else None
+        where = ", ".join(str(x) for x in (d.get("file"), origin, signer) if x)
         return f"applied policy v{d.get('version')}" + (f" ({where})" if where else "") + \
             (f", replacing v{d['previous']}" if d.get("previous") else "") + \
             f": streams {', '.join(str(s) for s in d.get('streams') or []) or 'none'}"
@@ -132,6 +173,9 @@ def _decision(kind: str, d: dict) -> str:
         return f"granted {d.get('recipient', '?')} consent to stream {stream}{purpose} until {d.get('expires', '?')}"
     if kind == "consent-revoked":
         return f"revoked the consent of {d.get('recipient', '?')} to stream {stream}{purpose}"
+    if kind == "consent-expired":
+        return (f"{d.get('recipient', '?')}: consent to stream {stream}{purpose} expired {d.get('expired', '?')}, "
+                f"stream stopped at seq {d.get('last_seq', '?')}")
     if kind == "pause":
         return f"paused all collection until {d.get('until') or '`carledger resume`'}"
     if kind == "resume":
@@ -167,5 +211,5 @@ def _wipe(d: dict) -> str:
 
 
 def _summary(detail: dict) -> str:
-    shown = {k: v for k, v in detail.items() if k not in ("document", "statement", "signature")}
+    shown = {k: v for k, v in detail.items() if k not in ("document", "statement", "signature", "update")}
     return ", ".join(f"{k}={v}" for k, v in sorted(shown.items()))

@@ -111,13 +111,20 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="put a new policy version in force (the running agent picks it up at once)",
         description="Validate FILE against the car's signals (from the agent's configuration) and put it in force "
         "atomically. Its version must be higher than the version in force. The ledger records the new "
-        "version's digest, and every block sealed under it names that digest. Works whether the agent runs or not.",
+        "version's digest, and every block sealed under it names that digest. Works whether the agent runs or not. "
+        "Once an owner key is enrolled (carledger remote enroll-owner), only a policy the owner signed is applied: "
+        "give --key owner.key, or FILE as the signed update `carledger remote sign-policy` wrote.",
         epilog="examples:\n  carledger policy apply /etc/carledger/policy.toml\n"
-        "  carledger policy apply new.toml --store /var/lib/carledger\n\n"
-        + exit_status("in force (or already was)", "refused (invalid, or the version is not higher)"),
+        "  carledger policy apply new.toml --store /var/lib/carledger\n"
+        "  carledger policy apply new.toml --key owner.key           with an owner key enrolled\n"
+        "  carledger policy apply policy.cose                         signed elsewhere (remote sign-policy)\n\n"
+        + exit_status("in force (or already was)", "refused (invalid, the version is not higher, or not signed by "
+                      "the enrolled owner key)"),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    apply.add_argument("file", metavar="FILE", help="policy file (TOML)")
+    apply.add_argument("file", metavar="FILE", help="policy file (TOML), or a signed update (remote sign-policy)")
+    apply.add_argument("--key", dest="owner_key", metavar="OWNER_KEY",
+                       help="sign the policy with the owner's private key first (needed once an owner key is enrolled)")
     from carledger.cli._store import add_store_options
 
     add_store_options(apply, create=True)
@@ -617,12 +624,41 @@ def diff_policies(old: Policy, new: Policy) -> list[dict[str, Any]]:
 def _apply(args: argparse.Namespace) -> int:
     from carledger.cli._owner import EXIT_USAGE, fail, run_request
 
+    from carledger.owner.signed import is_signed_update
+
     try:
-        with open(args.file, encoding="utf-8") as handle:
-            text = handle.read()
+        with open(args.file, "rb") as handle:
+            data = handle.read()
+        signed = is_signed_update(data)
+        text = "" if signed else data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         return fail(args, f"{args.file}: cannot read: {exc}", EXIT_USAGE)
-    return run_request(args, {"action": "apply-policy", "text": text, "name": args.file, "origin": "cli"}, known=True)
+    request = {"action": "apply-policy", "text": text, "name": args.file, "origin": "cli"}
+    if args.owner_key and signed:
+        return fail(args, f"{args.file}: signed already; give it without --key", EXIT_USAGE)
+    if args.owner_key:
+        data = _sign(args, data)
+        if data is None:
+            return EXIT_USAGE
+        signed = True
+    if signed:
+        request["signed"] = data.hex()
+    return run_request(args, request, known=True)
+
+
+def _sign(args: argparse.Namespace, document: bytes) -> bytes | None:
+    """The policy signed with the owner's key (--key); None after saying why it cannot be."""
+    from carledger.cli._owner import EXIT_USAGE, fail
+    from carledger.cli.remote import _owner_kind, _Refused
+    from carledger.ledger import KeyFileError, load_signing_key
+    from carledger.sync import sign_policy
+
+    try:
+        _owner_kind(args.owner_key, "private")
+        return sign_policy(document, load_signing_key(args.owner_key))
+    except (_Refused, KeyFileError) as exc:
+        fail(args, str(exc), EXIT_USAGE)
+        return None
 
 
 def _diff(args: argparse.Namespace) -> int:

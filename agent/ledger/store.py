@@ -474,6 +474,15 @@ class Store:
 
     # -- delivery: what the sync sends and what it may forget --------------------------------
 
+    def blocks_between(self, stream: str, first_seq: int, last_seq: int) -> list[BlockRow]:
+        """Blocks first_seq..last_seq of `stream`, in seq order (the audit names what an ack covered)."""
+        with self._lock:
+            rows = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM blocks WHERE stream = ? AND seq BETWEEN ? AND ? ORDER BY seq",
+                (stream, first_seq, last_seq),
+            ).fetchall()
+        return [BlockRow(*r) for r in rows]
+
     def unacked_blocks(self, stream: str, from_seq: int = 0, limit: int = 64) -> list[BlockRow]:
         """Up to `limit` blocks of `stream` not acked by the recipient, from `from_seq`, in seq order.
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from carledger.ledger import Ledger
+from carledger.owner.disclosure import consent_id, disclosure_events
 from carledger.owner.state import GRANT, REVOKE, ConsentDecision, OwnerState, Pause, iso, seconds, utc
 from carledger.policy.document import MAX_CONSENT, MAX_CONSENT_TEXT, KnownSignals, Policy, PolicyError, policy_from_text
 from carledger.sync.quota import seq_ranges
@@ -84,8 +85,10 @@ class OwnerActions:
         action = request.get("action")
         now = float(request.get("at") or self.clock())
         if action == "apply-policy":
-            return self.apply_policy(str(request["text"]), origin=str(request.get("origin", "cli")),
-                                     name=str(request.get("name", "policy")), now=now)
+            signed = request.get("signed")
+            return self.apply_policy(str(request.get("text") or ""), origin=str(request.get("origin", "cli")),
+                                     name=str(request.get("name", "policy")), now=now,
+                                     signed=None if signed is None else bytes.fromhex(str(signed)))
         if action == "grant":
             return self.grant(str(request["stream"]), float(request["until"]), now=now)
         if action == "revoke":
@@ -101,9 +104,20 @@ class OwnerActions:
 
     # -- the policy ---------------------------------------------------------------------------
 
-    def apply_policy(self, text: str, *, origin: str = "cli", name: str = "policy", now: float | None = None) -> Outcome:
-        """Put a new policy version in force (atomically); its version must be higher than the one in force."""
+    def apply_policy(self, text: str, *, origin: str = "cli", name: str = "policy", now: float | None = None,
+                     signed: bytes | None = None) -> Outcome:
+        """Put a new policy version in force (atomically); its version must be higher than the one in force.
+
+        `signed`: the owner's signed update (its payload is the policy, `text` is
+        then ignored). With an owner key enrolled, only a signed one may change
+        the policy in force (carledger.owner.signed).
+        """
+        from carledger.owner.signed import open_signed, require_signature
+
         now = self.clock() if now is None else now
+        signer = None
+        if signed is not None:
+            text, signer = open_signed(self.state.store, signed, name)
         try:
             policy = policy_from_text(name, text, self.known_signals, now=utc(now))
         except PolicyError as exc:
@@ -118,6 +132,8 @@ class OwnerActions:
                 f"set version = {current.version + 1} or higher"
             )
         _check_recipients(current, policy, name)
+        if signer is None:
+            require_signature(self.state.store, name)
         data = text.encode("utf-8")
         self.state.install_policy(policy, data)
         digest = policy.digest()
@@ -126,6 +142,8 @@ class OwnerActions:
             "version": policy.version, "digest": digest.hex(), "previous": current.version or None,
             "origin": origin, "file": name, "streams": [s.name for s in policy.streams],
             "document": policy.canonical(),
+            # The owner's signed update itself: anyone can check later that the owner's key signed this version.
+            "signed_by": signer, "update": None if signed is None else signed.hex(),
         })
         self.state.save()
         return Outcome("apply-policy", f"policy version {policy.version} is in force ({digest.hex()[:16]})",
@@ -142,7 +160,9 @@ class OwnerActions:
             raise OwnerError(f"consent can last at most {MAX_CONSENT_TEXT}: give --until before {iso(now + MAX_CONSENT.total_seconds())}")
         self.state.consents[stream.name] = ConsentDecision(GRANT, now, until)
         self._audit(now, "consent-granted", {"stream": stream.name, "recipient": stream.recipient,
-                                              "purpose": stream.purpose, "granted": iso(now), "expires": iso(until)})
+                                              "purpose": stream.purpose, "granted": iso(now), "expires": iso(until),
+                                              "consent_id": consent_id(stream.name, stream.recipient, stream.purpose,
+                                                                       iso(now), iso(until))})
         self.state.save()
         return Outcome("grant", f"stream {stream.name}: consent granted until {iso(until)}",
                        detail={"stream": stream.name, "expires": iso(until)})
@@ -228,6 +248,16 @@ class OwnerActions:
         return Outcome("retention", f"deleted past retention: {text}", detail={"streams": dropped})
 
     # -- the audit stream ---------------------------------------------------------------------
+
+    def disclose(self, stream: str, recipient: str | None, first: int, last: int, records: int, t: float) -> None:
+        """The recipient acked blocks first..last of a stream: what they held, one event per policy version.
+
+        Each event names the signals, the policy version and the consent id
+        (carledger.owner.disclosure), so the audit alone says what was disclosed.
+        """
+        for detail in disclosure_events(self.ledger.store, self.state, self.known_signals, stream, recipient,
+                                        first, last, records):
+            self._audit(t, "disclosure", detail)
 
     def _audit(self, t: float, kind: str, detail: dict[str, Any]) -> None:
         self.audit.add_event(t, kind, {k: v for k, v in detail.items() if v is not None})

@@ -41,6 +41,7 @@ _OWN = frozenset({"health", AUDIT_STREAM})
 DISCLOSURE = "disclosure"
 #: What the owner decided (everything else in the audit stream the car did by itself).
 OWNER_DECISIONS = frozenset({"policy-applied", "consent-granted", "consent-revoked", "pause", "resume", "wipe"})
+#: `consent-expired` is the car's: it ended the stream when the consent the owner gave ran out.
 _CONSENT_EVENTS = ("consent-granted", "consent-revoked")
 
 
@@ -90,6 +91,28 @@ class Sent:
     acks: int = 0  # disclosure events merged into this run
     t0: float | None = None  # the period the blocks cover (from their signed headers)
     t1: float | None = None
+    # What the blocks held, as the disclosure events name it (None: an event of a version that did not name it)
+    policy: dict[str, Any] | None = None  # {"version", "digest"}
+    consent_id: str | None = None
+    signals: list[str] | None = None
+    aggregates: list[str] | None = None
+    metrics: list[str] | None = None
+
+    @staticmethod
+    def key(event: Decision) -> tuple:
+        """Disclosures merge only while they name the same stream, recipient, policy and consent."""
+        d = event.detail
+        policy = d.get("policy") if isinstance(d.get("policy"), dict) else {}
+        return d.get("stream"), d.get("recipient"), policy.get("digest"), d.get("consent_id")
+
+    def named(self, event: Decision) -> None:
+        """Take what the first event of the run names (every event of a run names the same)."""
+        d = event.detail
+        self.policy = d.get("policy") if isinstance(d.get("policy"), dict) else None
+        self.consent_id = d.get("consent_id") if isinstance(d.get("consent_id"), str) else None
+        for what in ("signals", "aggregates", "metrics"):
+            items = d.get(what)
+            setattr(self, what, [str(x) for x in items] if isinstance(items, list) else None)
 
     def add(self, event: Decision) -> None:
         self.t_last = event.t
@@ -97,7 +120,7 @@ class Sent:
         records = event.detail.get("records")
         self.records += records if type(records) is int else 0
         ranges = [r for r in event.detail.get("seqs") or [] if _is_range(r)]
-        self.seqs = _merge(self.seqs + [list(r) for r in ranges])
+        self.seqs = merge_ranges(self.seqs + [list(r) for r in ranges])
 
 
 @dataclass
@@ -200,9 +223,13 @@ def _sent_runs(decisions: list[Decision]) -> list[Sent]:
         stream, recipient = e.detail.get("stream"), e.detail.get("recipient")
         if not isinstance(stream, str):
             continue
-        run = running.get((stream, recipient))
+        key = Sent.key(e)
+        run = running.get(key)
         if run is None:
-            run = running[(stream, recipient)] = Sent(stream, recipient if isinstance(recipient, str) else None, e.t, e.t)
+            for other in [k for k in running if k[:2] == key[:2]]:
+                del running[other]  # another policy or consent: that run of the stream is over
+            run = running[key] = Sent(stream, recipient if isinstance(recipient, str) else None, e.t, e.t)
+            run.named(e)
             runs.append(run)
         run.add(e)
     return runs
@@ -220,7 +247,7 @@ def _is_range(r: Any) -> bool:
     return isinstance(r, (list, tuple)) and len(r) == 2 and all(type(x) is int for x in r) and r[0] <= r[1]
 
 
-def _merge(ranges: list[list[int]]) -> list[list[int]]:
+def merge_ranges(ranges: list[list[int]]) -> list[list[int]]:
     out: list[list[int]] = []
     for first, last in sorted(ranges):
         if out and first <= out[-1][1] + 1:

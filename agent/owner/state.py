@@ -159,6 +159,22 @@ class OwnerState:
     def paused(self, t: float) -> bool:
         return self.policy.paused or (self.pause is not None and self.pause.covers(t))
 
+    def collection(self, t: float) -> dict[str, Any]:
+        """The owner's collection switch at t: collecting, paused (until resume), or paused until a time.
+
+        Read from STORE/owner/ (unsigned, the owner's own files): it is what the
+        car does, shown to the owner and on the status topic. Trusting it can
+        show a wrong switch, never change what is recorded or sent (the agent
+        decides that from the same files, and declares each pause in the chains).
+        """
+        if self.policy.paused:
+            return {"state": "paused", "since": None, "until": None, "by": "policy"}
+        pause = self.pause
+        if pause is not None and pause.covers(t):
+            return {"state": "paused", "since": iso(pause.since), "until": iso(pause.until), "by": "owner"}
+        ended = pause.until if pause is not None and pause.until is not None and pause.until <= t else None
+        return {"state": "collecting", "since": iso(ended), "until": None, "by": None}
+
     def consent(self, stream: Stream) -> tuple[Consent | None, str | None]:
         """The consent in force for a stream, and "revoked" when the owner's revocation decides it.
 

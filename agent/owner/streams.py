@@ -17,6 +17,8 @@ from dataclasses import replace
 from typing import Any, Callable
 
 from carledger.ledger import Ledger
+from carledger.owner.actions import AUDIT_STREAM
+from carledger.owner.disclosure import consent_fields
 from carledger.owner.state import OwnerState, StreamStatus, iso, seconds
 from carledger.policy import Policy, Stream
 from carledger.policy.engine import EngineSettings, StreamRuntime, stream_identity
@@ -133,6 +135,7 @@ class StreamManager:
                 writer = self._writer(stream) if stream is not None else self.ledger.writer(name)
                 writer.add_event(max(when, status.since), why, self._detail(stream, digest, why))
                 self._seal([writer])
+                self._audit_end(stream, why, max(when, status.since), writer)
                 state.status[name] = StreamStatus(False, when, why, digest.hex())
                 changed = True
         if changed:
@@ -177,6 +180,25 @@ class StreamManager:
             log.info("stream %s: stopped (%s)", name, reason)
             self.settings.on_event("stream-stopped", {"stream": name, "why": reason})
         self._seal([writer])
+        if reason is not None:
+            self._audit_end(stream, reason, end, writer)
+
+    def _audit_end(self, stream: Stream | None, reason: str, end: float, writer: Any) -> None:
+        """An expired consent is the owner's record too: an `audit` event names it and where the stream stopped.
+
+        (A revocation is there already: the owner's `consent-revoked`.) Sealed
+        at once, on the data's clock, like the owner's decisions.
+        """
+        if reason != "consent-expired" or stream is None or stream.local:
+            return
+        audit = self.ledger.writer(AUDIT_STREAM)
+        head = writer.head
+        detail: dict[str, Any] = {"stream": stream.name, "recipient": stream.recipient, "purpose": stream.purpose,
+                                  "expired": iso(end), "last_seq": head[0] if head else None,
+                                  "policy": {"version": self.policy.version, "digest": self.ledger.policy_digest.hex()},
+                                  **consent_fields(stream, stream.consent)}
+        audit.add_event(end, "consent-expired", {k: v for k, v in detail.items() if v is not None})
+        self._seal([audit])
 
     def _declare_policy(self, runtime: StreamRuntime, digest: bytes, t: float) -> None:
         status = self.state.status.get(runtime.stream.name)

@@ -87,13 +87,15 @@ def load_owner_key(store_dir: str | os.PathLike) -> VerifyKey | None:
     return load_verify_key(path)
 
 
-def submit_policy(store_dir: str | os.PathLike, document: bytes, origin: str = "mqtt") -> dict:
+def submit_policy(store_dir: str | os.PathLike, document: bytes, origin: str = "mqtt", signed: bytes | None = None) -> dict:
     """Hand a verified policy to the owner's actions, which check and apply it (the version must be higher).
 
     The one place the sync calls into the policy code: an `apply-policy`
     request through carledger.owner (the running agent takes it from its
     request spool within a fraction of a second; with no agent running, it
-    is applied here).
+    is applied here). `signed`, the owner's update as it arrived, goes
+    with it: the owner's actions check it again and keep it in the audit
+    (carledger.owner.signed).
     """
     from carledger.owner import OwnerError
     from carledger.owner.client import submit as owner_submit
@@ -103,7 +105,10 @@ def submit_policy(store_dir: str | os.PathLike, document: bytes, origin: str = "
     except UnicodeDecodeError:
         return {"ok": False, "error": "the policy is not UTF-8 text"}
     try:
-        return dict(owner_submit(store_dir, {"action": "apply-policy", "text": text, "origin": origin, "name": "remote"}))
+        request = {"action": "apply-policy", "text": text, "origin": origin, "name": "remote"}
+        if signed is not None:
+            request["signed"] = signed.hex()
+        return dict(owner_submit(store_dir, request))
     except OwnerError as exc:
         return {"ok": False, "error": str(exc)}
 
@@ -111,7 +116,7 @@ def submit_policy(store_dir: str | os.PathLike, document: bytes, origin: str = "
 class PolicyHandler:
     """Verifies each policy update, submits the good ones once, and remembers the last outcome for the status."""
 
-    def __init__(self, store_dir: Path, submit: Callable[[bytes], dict]):
+    def __init__(self, store_dir: Path, submit: Callable[[bytes], dict] | None = None):
         self.store_dir = store_dir
         self.submit = submit
         self.last: dict | None = None
@@ -134,7 +139,10 @@ class PolicyHandler:
             log.warning("sync: policy update rejected: %s", exc)
         else:
             try:
-                result = self.submit(document)
+                if self.submit is None:
+                    result = submit_policy(self.store_dir, document, origin="mqtt", signed=message)
+                else:
+                    result = self.submit(document)
             except Exception as exc:  # the policy code's failure is an outcome, never a dead sync thread
                 log.exception("sync: applying the policy update failed")
                 result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}

@@ -39,7 +39,7 @@ from carledger.sync.ack import AckRejected, collector_keys, open_ack
 from carledger.sync.config import MqttConfig
 from carledger.sync.gate import OutboundGate, OutboundStream
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client, status_expiry
-from carledger.sync.policy_update import PolicyHandler, submit_policy
+from carledger.sync.policy_update import PolicyHandler
 from carledger.sync.window import Window
 from carledger.sync.wire import BlockPacker
 
@@ -120,7 +120,7 @@ class Syncer:
     checked against the policy in force in the store (OutboundGate): one the
     policy does not send to that recipient under a consent is refused, named
     in `stats.refused` and logged once. `on_policy(toml_bytes) -> dict` receives an
-    owner-signed policy (default: carledger.control.submit_policy);
+    owner-signed policy (default: carledger.sync.policy_update.submit_policy, which passes the signed update on);
     `on_disclosure(Disclosure)` is called (from the sync thread) whenever the
     collector acks blocks. Call `notify()` after sealing to send at once.
     """
@@ -145,7 +145,7 @@ class Syncer:
         self._streams_fn = streams or self._gate.allowed
         self._collector_keys: dict = {}
         self._logged: set[tuple[str, str]] = set()  # (what, cause) already logged once
-        self._policy = PolicyHandler(self.store_dir, on_policy or (lambda doc: submit_policy(self.store_dir, doc, origin="mqtt")))
+        self._policy = PolicyHandler(self.store_dir, on_policy)  # default: submit_policy, with the signed update
         self._on_disclosure = on_disclosure
         self.stats = SyncStats()
         self._stop = threading.Event()
@@ -164,6 +164,7 @@ class Syncer:
         self._tokens = 0.0
         self._last_tokens = time.monotonic()
         self._subscribed = False
+        self._collection: dict | None = None  # the owner's collection switch, as last read
         self.problems: deque[str] = deque(maxlen=20)
 
     # -- the public surface ------------------------------------------------------------------
@@ -256,6 +257,10 @@ class Syncer:
         if now - self._last_streams >= 1.0 or self._gate.changed():  # a new policy counts at once
             self._refresh_streams()
             self._last_streams = now
+            collection = self._read_collection()
+            if collection != self._collection:  # paused, resumed (by the owner, or a pause's end): say so at once
+                self._collection = collection
+                self._status_due = True
         if self._synced and (now - self._last_mark >= MARK_EVERY or len(self._synced) >= 512):
             self._flush_marks()
         self._check_timeouts(now)
@@ -486,10 +491,25 @@ class Syncer:
         doc.update(extra)
         return json.dumps(doc, separators=(",", ":"), sort_keys=True).encode()
 
+    def _read_collection(self) -> dict | None:
+        """The owner's collection switch now (collecting, paused, paused until T), from STORE/owner/.
+
+        Unsigned files, read for the status only: a wrong value shows a wrong
+        switch to whoever reads the status, and changes nothing that is recorded or sent.
+        """
+        from carledger.owner.state import OwnerState  # here: carledger.owner imports the sync
+
+        try:
+            return OwnerState.load(self.store_dir).collection(time.time())
+        except Exception as exc:  # an owner state that cannot be read: the status says nothing of it
+            self._once("owner-state", str(exc), "sync: cannot read the owner state: %s", exc)
+            return None
+
     def status(self, state: str = "online") -> dict:
-        """What the retained status says: backlog, last sync, the last policy outcome."""
+        """What the retained status says: backlog, last sync, the collection switch, the last policy outcome."""
         backlog = self._store.backlog() if self._store is not None else {}
         return {
+            "collection": self._collection if self._collection is not None else self._read_collection(),
             "backlog": {
                 "blocks": sum(n for n, _ in backlog.values()),
                 "bytes": sum(b for _, b in backlog.values()),
