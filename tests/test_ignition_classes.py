@@ -8,18 +8,23 @@ every assertion reads what the recipient's chain or the owner's audit holds
 from __future__ import annotations
 
 import json
+import sqlite3
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import can
 
 from carledger.cli import main
 from carledger.config import load_config
+from carledger.dbc import path as dbc_path
 from carledger.owner import OwnerState
 from carledger.pipeline import Pipeline
 from carledger.policy.classes import LOCATION, default_class
 from carledger_sim.cycles import drive_starts, ignition_cycles
-from test_owner_policy import START, consent, events, export, samples, verify, write_agent, replay_bus
+from conftest import wait_until
+from test_owner_policy import START, consent, events, export, replay_bus, samples, verify, write_agent
 
 DRIVE_S = 20.0
 PARKED_S = 60.0  # over the policy's 30 s of silence
@@ -175,3 +180,48 @@ def test_policy_check_explains_ignition_mistakes(tmp_path, capsys):
         f"{path}:7: ignition.wake: unknown field",
     ):
         assert expected in out, out
+
+
+def test_allowing_location_for_this_drive_reaches_the_running_agent(tmp_path, capsys):
+    """The owner's command while the car runs (a live simulated bus): positions from the allowance on, none before."""
+    config = write_agent(tmp_path, f"""
+        [seal]
+        max_age = 0.2
+        [[bus]]
+        name = "car"
+        interface = "carledger-sim"
+        channel = "city"
+        options = {{ seed = 5, speed = 1, start_time = {time.time()} }}
+        dbc = ["{dbc_path('carledger_demo.dbc')}"]
+    """, POLICY.replace("SIGNAL", ""))
+    store = tmp_path / "ledger"
+    pipeline = Pipeline(load_config(config))
+    thread = threading.Thread(target=pipeline.run, daemon=True)
+    thread.start()
+    try:
+        wait_until(lambda: blocks(store, "fleet") >= 3)
+        capsys.readouterr()
+        assert consent_cmd(store, "allow", "location", "--this-drive") == 0
+        assert "by the running agent" in capsys.readouterr().out
+        then = blocks(store, "fleet")
+        wait_until(lambda: blocks(store, "fleet") >= then + 5)
+    finally:
+        pipeline.stop()
+        thread.join(15)
+    fleet = export(store, "fleet")
+    switched = [e for e in events(fleet) if e["event"] == "classes"]
+    assert [(e["detail"]["on"], e["detail"]["allowance"]) for e in switched] == [([LOCATION], {LOCATION: "this-drive"})]
+    at = switched[0]["t"]
+    assert not location_in(fleet, 0, at) and location_in(fleet, at, float("inf"))
+    assert audit(store, "class-allowed")[0]["detail"] == {"class": LOCATION, "scope": "this-drive", "cycle": 1}
+    verify(store, capsys)
+
+
+def blocks(store: Path, stream: str) -> int:
+    if not (store / "ledger.sqlite").exists():
+        return 0
+    db = sqlite3.connect(f"file:{store / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM blocks WHERE stream = ?", (stream,)).fetchone()[0]
+    finally:
+        db.close()
