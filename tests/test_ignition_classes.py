@@ -225,3 +225,21 @@ def blocks(store: Path, stream: str) -> int:
         return db.execute("SELECT count(*) FROM blocks WHERE stream = ?", (stream,)).fetchone()[0]
     finally:
         db.close()
+
+
+def test_the_simulator_records_drives_as_ignition_cycles(tmp_path, capsys):
+    """`carledger-sim record --drives 2`: each drive's frames are the scenario's own, moved; the agent sees two cycles."""
+    from carledger_sim.car import SimulatedCar
+    from carledger_sim.cli import main as sim
+
+    log = tmp_path / "two.log"
+    assert sim(["record", "--drives", "2", "--duration", "10", "--parked", "45", "--awake", "3", "--seed", "4",
+                "--start-time", str(START), "-o", str(log)]) == 0
+    frames = list(can.LogReader(str(log)))
+    second = SimulatedCar("city", seed=5, duration=10.0, start_time=START + 55.0).frames()
+    assert [(m.timestamp, m.arbitration_id, bytes(m.data)) for m in frames if m.timestamp >= START + 55.0] == \
+        [(m.timestamp, m.arbitration_id, bytes(m.data)) for m in second]
+    off = [m for m in frames if START + 10.0 <= m.timestamp < START + 55.0]
+    assert [(m.arbitration_id, m.data[0]) for m in off] == [(672, 0)] * 3  # IgnitionState OFF, then the bus sleeps
+    store = run(tmp_path / "car", log)
+    assert [e["detail"]["cause"] for e in audit(store, "ignition")] == ["first-frame", "bus-woke"]
