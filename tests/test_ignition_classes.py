@@ -243,3 +243,6 @@ def test_the_simulator_records_drives_as_ignition_cycles(tmp_path, capsys):
     assert [(m.arbitration_id, m.data[0]) for m in off] == [(672, 0)] * 3  # IgnitionState OFF, then the bus sleeps
     store = run(tmp_path / "car", log)
     assert [e["detail"]["cause"] for e in audit(store, "ignition")] == ["first-frame", "bus-woke"]
+    capsys.readouterr()
+    assert consent_cmd(store, "allow", "personal", "--this-drive") == 1  # the policy does not switch personal off
+    assert "'personal' is not switched off at each ignition" in capsys.readouterr().err
