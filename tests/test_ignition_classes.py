@@ -246,3 +246,36 @@ def test_the_simulator_records_drives_as_ignition_cycles(tmp_path, capsys):
     capsys.readouterr()
     assert consent_cmd(store, "allow", "personal", "--this-drive") == 1  # the policy does not switch personal off
     assert "'personal' is not switched off at each ignition" in capsys.readouterr().err
+
+
+def test_an_ignition_amid_busy_traffic_switches_off_at_its_very_frame(tmp_path, capsys):
+    """Ignition off for a second and on again while every ECU keeps sending: no position after the new cycle's first frame."""
+    from carledger_sim.car import SimulatedCar
+
+    frames = list(SimulatedCar("city", seed=1, duration=30.0, start_time=START).frames())
+    for msg in frames:  # the body module says OFF from 10 s to 11 s; the rest of the bus stays busy
+        if msg.arbitration_id == 672 and START + 10.0 <= msg.timestamp < START + 11.0:
+            msg.data = bytearray([0]) + msg.data[1:]
+
+    def write(path: Path, keep) -> Path:
+        with can.Logger(str(path)) as logger:
+            for msg in frames:
+                if keep(msg.timestamp - START):
+                    logger.on_message_received(msg)
+        return path
+
+    signal = 'signal = "Vehicle.LowVoltageSystemState"'
+    folder = tmp_path / "car"
+    config = write_agent(folder, replay_bus(write(tmp_path / "1.log", lambda t: t < 5.0)), POLICY.replace("SIGNAL", signal))
+    Pipeline(load_config(config)).run()
+    store = folder / "ledger"
+    assert consent_cmd(store, "allow", "location", "--this-drive") == 0
+    config = write_agent(folder, replay_bus(write(tmp_path / "2.log", lambda t: t >= 5.0)), POLICY.replace("SIGNAL", signal))
+    Pipeline(load_config(config)).run()
+    fleet = export(store, "fleet")
+    ignition = audit(store, "ignition")[-1]
+    assert (ignition["detail"]["cycle"], ignition["detail"]["cause"]) == (2, "ignition-signal")
+    assert START + 11.0 <= ignition["t"] < START + 11.2
+    assert location_in(fleet, START + 5.0, START + 10.0)
+    assert not location_in(fleet, ignition["t"], float("inf"))
+    verify(store, capsys)
