@@ -34,6 +34,7 @@ from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
 from carledger.owner.actions import AUDIT_STREAM
 from carledger.owner.signed import UnsignedPolicy, is_signed_update
+from carledger.owner.ignition import IgnitionWatch
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
 from carledger.run_summary import BusStats, RunSummary, dbc_matcher, log_counts, not_recorded
@@ -227,6 +228,7 @@ class Pipeline:
             self.streams = StreamManager(self.ledger, self.owner_state, settings, seal=self._seal)
             self.edr = CrashRecorder(self.ledger, seal=self._seal, on_event=self._health_event)
             self._configure_edr(time.time())
+            self.ignition = IgnitionWatch(self.owner_state.policy.ignition, self.owner_state.ignition.last_seen)
             self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
             self._sample_consumers: dict[tuple, list] = {}
             self.obd_pollers = self._make_obd_sources()
@@ -286,15 +288,17 @@ class Pipeline:
 
     def _plan(self) -> None:
         """Decode tables for what any stream of the policy (or its crash capture) could take; handlers for the running ones."""
-        streams, edr = self.streams, self.edr
+        streams, edr, ignition = self.streams, self.edr, self.ignition
+        ignition.configure(self.owner_state.policy.ignition)
         for bus in self.buses:
             mapping = bus.mapping
 
             def wanted(source: str, mapping: VssMapping = mapping) -> bool:
                 name = mapping.name(source)
-                return streams.wants(name, source) or edr.wants(name, source)
+                return streams.wants(name, source) or edr.wants(name, source) or ignition.wants(name, source)
 
             bus.plan(wanted, self._handler_maker(mapping, bus.config.name))
+            ignition.watch_bus(self.buses.index(bus), bus.table, mapping.name)
             log.info(
                 "bus %s: %d messages, %d signals the policy could need from %s",
                 bus.config.name, len(bus.table.keys()), len(bus.table.signals()), ", ".join(bus.config.dbc),
@@ -579,6 +583,7 @@ class Pipeline:
             if self._started:
                 self.edr.close(self._last_t if self._last_t is not None else self.now())
                 self.streams.close(self._last_t if self._last_t is not None else self.now())
+                self.actions.remember_last_frame(self._last_t)  # the next start tells a restart from a new drive
             self._seal(None)
             self.ledger.close()
             for source in self.sources:
@@ -629,6 +634,19 @@ class Pipeline:
         yield index, None
 
     def _process(self, index: int, batch: list) -> None:
+        """Hand a batch to its bus; where an ignition cycle begins inside it, the owner's state changes first."""
+        start = 0
+        for position, cause, detail in self.ignition.starts(index, batch):
+            if position > start:
+                self._process_part(index, batch[start:position])
+            start = position
+            t = self._last_t = batch[position][0]  # the pipeline's clock: the cycle's first frame
+            self._last_wall = time.monotonic()
+            self._owner_action(lambda: self.actions.ignition(t, cause, detail), at=t)
+            self._check_at = float("-inf")  # a checkpoint at the cycle's first frame: handlers of the switched streams
+        self._process_part(index, batch[start:] if start else batch)
+
+    def _process_part(self, index: int, batch: list) -> None:
         """Hand a batch to its bus, sealing at the right points inside it.
 
         A fast replay delivers seconds of log time in one batch; checking the
@@ -797,8 +815,8 @@ class Pipeline:
             answer = self._owner_action(lambda: self.actions.execute(request))
             self.spool.answer(request_id, answer)
 
-    def _owner_action(self, action: Callable[[], Any]) -> dict:
-        """Run an owner action, then put the owner's new state in force at once."""
+    def _owner_action(self, action: Callable[[], Any], at: float | None = None) -> dict:
+        """Run an owner action, then put the owner's new state in force at once (at `at`, default now)."""
         old_policy = self.owner_state.policy
         try:
             outcome = action()
@@ -807,7 +825,7 @@ class Pipeline:
             return {"ok": False, "error": str(exc)}
         if outcome.changed:
             log.info("%s", outcome.message)
-            now = self.now()
+            now = self.now() if at is None else at
             self.streams.reload(self.owner_state)
             self._configure_edr(now)
             if self.owner_state.policy is not old_policy:

@@ -188,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timestamp of the drive's start: POSIX seconds, ISO 8601 or 'now' (default now: a policy's "
                    "consents, judged at each sample's time, then cover the recording)")
     p.add_argument("--log-channel", default="can0", help="channel name written in the log (default can0)")
+    p.add_argument("--drives", type=_int, default=1,
+                   help="this many drives (seeds SEED, SEED+1, ...), each its own ignition cycle (default 1)")
+    p.add_argument("--parked", type=_positive, default=600.0,
+                   help="with --drives: seconds parked, ignition off, between drives (default 600)")
+    p.add_argument("--awake", type=float, default=5.0,
+                   help="with --drives: seconds the body module keeps sending IgnitionState OFF after each drive "
+                   "before the bus sleeps (default 5; >= --parked keeps the bus awake)")
 
     p = sub.add_parser("replay", help="replay a recorded log onto a CAN bus", epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -295,6 +302,9 @@ def _cmd_record(args) -> int:
 
     from .car import SimulatedCar
 
+    if args.drives != 1:
+        return _record_cycles(args)
+
     car = SimulatedCar(
         args.scenario, seed=args.seed, dbc=args.dbc, duration=args.duration,
         start_time=args.start_time, channel=args.log_channel, faults=_faults(args),
@@ -306,6 +316,28 @@ def _cmd_record(args) -> int:
             n += 1
     print(f"wrote {n} frames ({car.duration:g} s of {car.scenario.name}, seed {car.seed}) to {args.output}",
           file=sys.stderr)
+    return 0
+
+
+def _record_cycles(args) -> int:
+    """`record --drives N`: N drives parked between them (cycles.py); faults apply to single drives only."""
+    import can
+
+    from .cycles import ignition_cycles
+    from .scenarios import get_scenario
+
+    if args.drives < 1 or args.awake < 0 or _faults(args):
+        print("carledger-sim record: error: --drives needs N >= 1, --awake >= 0 and no fault options", file=sys.stderr)
+        return 2
+    duration = args.duration or get_scenario(args.scenario).default_duration
+    n = 0
+    with can.Logger(args.output) as writer:
+        for msg in ignition_cycles(args.scenario, [duration] * args.drives, seed=args.seed, start=args.start_time,
+                                   parked_s=args.parked, awake_s=args.awake, dbc=args.dbc, channel=args.log_channel):
+            writer.on_message_received(msg)
+            n += 1
+    print(f"wrote {n} frames ({args.drives} drives of {duration:g} s of {args.scenario}, parked {args.parked:g} s "
+          f"between them) to {args.output}", file=sys.stderr)
     return 0
 
 

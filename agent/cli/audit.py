@@ -182,6 +182,14 @@ def _decision(kind: str, d: dict) -> str:
         return f"resumed collection (paused since {d.get('paused_since')})"
     if kind == "wipe":
         return _wipe(d)
+    if kind == "ignition":
+        off = ", ".join(d.get("classes_off") or []) or "none"
+        return f"ignition cycle {d.get('cycle')} began ({d.get('cause')}): off until allowed: {off}"
+    if kind == "class-allowed":
+        scope = "every drive, until withdrawn" if d.get("scope") == "standing" else f"this drive (cycle {d.get('cycle')})"
+        return f"allowed {d.get('class')} for {scope}"
+    if kind == "class-withdrawn":
+        return f"withdrew the {d.get('scope')} allowance of {d.get('class')}: off until allowed again"
     if kind in ("retention", "eviction"):
         why = "past retention" if kind == "retention" else "for the disk quota"
         seqs = [r for r in d.get("seqs") or [] if isinstance(r, list) and len(r) == 2]

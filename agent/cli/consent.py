@@ -1,4 +1,4 @@
-"""`carledger consent list|grant|revoke`: the owner's consent for each stream that leaves the car."""
+"""`carledger consent list|grant|revoke|allow|withdraw`: the owner's consent per stream, and per class at each drive."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import time
 from carledger.cli._display import table
 from carledger.cli._owner import EXIT_OK, EXIT_USAGE, UsageError, add_store_options, fail, parse_when, run_request
 from carledger.cli._store import exit_status
+from carledger.policy.classes import LOCATION, PERSONAL
 
 EPILOG = """\
 examples:
@@ -16,6 +17,12 @@ examples:
   carledger consent revoke insurer            stop the insurer stream now (before its next block)
   carledger consent grant fleet --until 90d   renew the fleet stream's consent for 90 days
   carledger consent grant fleet --until 2027-06-01 --store /var/lib/carledger
+  carledger consent allow location --this-drive   location on until the ignition is next switched off
+  carledger consent allow location --standing     location on at every drive, until withdrawn
+  carledger consent withdraw location             location off again at once
+
+`allow` and `withdraw` are for the classes the policy's [ignition] each_drive
+switches off at every ignition cycle (docs/policy.md).
 
 A revocation or grant works whether the agent runs or not: a running agent
 applies it within a second; otherwise the command does it itself. Either way
@@ -43,7 +50,28 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("stream")
     add_store_options(p, create=True)
     p.set_defaults(func=revoke)
+    p = sub.add_parser("allow", help="switch on a class [ignition] turns off at each drive: for this drive or every drive",
+                       epilog=exit_status())
+    p.add_argument("cls", metavar="CLASS", choices=(LOCATION, PERSONAL), help=f"{LOCATION} or {PERSONAL}")
+    scope = p.add_mutually_exclusive_group(required=True)
+    scope.add_argument("--this-drive", action="store_true", help="for the current ignition cycle only")
+    scope.add_argument("--standing", action="store_true", help="for every ignition cycle, until `consent withdraw`")
+    add_store_options(p, create=True)
+    p.set_defaults(func=allow)
+    p = sub.add_parser("withdraw", help="end a class's allowance (this drive or standing): it is off at once",
+                       epilog=exit_status())
+    p.add_argument("cls", metavar="CLASS", choices=(LOCATION, PERSONAL), help=f"{LOCATION} or {PERSONAL}")
+    add_store_options(p, create=True)
+    p.set_defaults(func=withdraw)
     parser.set_defaults(func=lambda args: parser.print_help() or EXIT_USAGE)
+
+
+def allow(args: argparse.Namespace) -> int:
+    return run_request(args, {"action": "allow-class", "class": args.cls, "standing": args.standing})
+
+
+def withdraw(args: argparse.Namespace) -> int:
+    return run_request(args, {"action": "withdraw-class", "class": args.cls})
 
 
 def grant(args: argparse.Namespace) -> int:
@@ -81,12 +109,19 @@ def list_consents(args: argparse.Namespace) -> int:
             "state": "active" if why is None else why,
             "days_left": round((seconds(consent.expires) - now) / 86400, 1) if consent and why is None else None,
         })
+    marked = state.policy.ignition.each_drive if state.policy.ignition is not None else ()
+    classes = {c: state.ignition.allowance(c) or "off" for c in marked}
     if args.json:
-        print(json.dumps({"policy_version": state.policy.version, "streams": rows}, sort_keys=True))
+        print(json.dumps({"policy_version": state.policy.version, "streams": rows, "each_drive": classes,
+                          "ignition_cycle": state.ignition.cycle}, sort_keys=True))
         return EXIT_OK
     if not rows:
         print("no stream leaves the car (policy version %d)" % state.policy.version)
-        return EXIT_OK
-    header = ("stream", "recipient", "purpose", "granted", "expires", "state")
-    print(table([header] + [tuple(str(r[k] or "-") for k in header) for r in rows]))
+    else:
+        header = ("stream", "recipient", "purpose", "granted", "expires", "state")
+        print(table([header] + [tuple(str(r[k] or "-") for k in header) for r in rows]))
+    for cls, allowance in classes.items():
+        text = {"off": "off this drive (carledger consent allow %s --this-drive)" % cls,
+                "this-drive": "on for this drive only", "standing": "on at every drive (standing allowance)"}[allowance]
+        print(f"{cls}: {text}; ignition cycle {state.ignition.cycle}")
     return EXIT_OK

@@ -18,6 +18,7 @@ from carledger.policy.classes import CLASSES, DESCRIPTIONS, LOCATION, PERSONAL
 from carledger.policy.document import (
     Aggregate,
     CrashCapture,
+    Ignition,
     LocationPrecision,
     Metrics,
     Policy,
@@ -398,6 +399,21 @@ def describe_edr(edr: CrashCapture) -> list[str]:
     return lines
 
 
+def describe_ignition(ignition: Ignition) -> list[str]:
+    """The [ignition] section in plain language: the first line is the heading."""
+    classes = " and ".join(ignition.each_drive)
+    lines = [f"At every ignition: {classes} off until the owner allows it (China's 2021 provisions: "
+             "\"default no collection, each time\")"]
+    lines.append(f"allow for one drive: carledger consent allow {ignition.each_drive[0]} --this-drive; "
+                 "for every drive: --standing (until carledger consent withdraw)")
+    if ignition.signal is not None:
+        lines.append(f"a drive begins when {ignition.signal} turns to {' or '.join(str(v) for v in ignition.on)}, "
+                     f"or the bus wakes after {format_duration(ignition.silence)} of silence")
+    else:
+        lines.append(f"a drive begins when the bus wakes after {format_duration(ignition.silence)} of silence")
+    return lines
+
+
 # -- show ------------------------------------------------------------------------------------
 
 
@@ -417,6 +433,8 @@ def _show(args: argparse.Namespace) -> int:
                 "zones": plain(policy.zones),
                 "streams": [{**plain(s), "summary": lines} for s, lines in streams],
                 "edr": None if policy.edr is None else {**plain(policy.edr), "summary": describe_edr(policy.edr)},
+                "ignition": None if policy.ignition is None else {**plain(policy.ignition),
+                                                                  "summary": describe_ignition(policy.ignition)},
                 "never_leaves": never,
                 "notes": notes,
             }
@@ -427,7 +445,8 @@ def _show(args: argparse.Namespace) -> int:
             out.append("PAUSED: nothing is collected or sent while the policy is paused.")
         if not policy.streams:
             out.append("No streams: nothing is collected but the agent's own health.")
-        for lines in [lines for _, lines in streams] + ([describe_edr(policy.edr)] if policy.edr else []):
+        sections = [lines for _, lines in streams] + ([describe_edr(policy.edr)] if policy.edr else [])
+        for lines in sections + ([describe_ignition(policy.ignition)] if policy.ignition else []):
             out.append("")
             out.append(lines[0])
             out.extend(f"  {line}" for line in lines[1:])
@@ -618,6 +637,14 @@ def diff_policies(old: Policy, new: Policy) -> list[dict[str, Any]]:
         else:
             text = "crash capture changed: " + "; ".join(describe_edr(new.edr)[1:4])
         out.append(_change("edr", None, "edr", old.edr, new.edr, text))
+    if old.ignition != new.ignition:
+        if new.ignition is None:
+            marked = old.ignition.each_drive if old.ignition is not None else ()
+            text = f"no class is switched off at each ignition any more: {' and '.join(marked)} as the streams allow"
+        else:
+            text = ("[ignition] added: " if old.ignition is None else "[ignition] changed: ") + \
+                "; ".join(describe_ignition(new.ignition)[::2])
+        out.append(_change("ignition", None, "ignition", old.ignition, new.ignition, text))
     return out
 
 

@@ -100,6 +100,10 @@ class OwnerActions:
             return self.resume(now=now)
         if action == "retention":
             return self.retention(now=now)
+        if action == "allow-class":
+            return self.allow_class(str(request["class"]), standing=bool(request.get("standing")), now=now)
+        if action == "withdraw-class":
+            return self.withdraw_class(str(request["class"]), now=now)
         raise OwnerError(f"unknown action {action!r}")
 
     # -- the policy ---------------------------------------------------------------------------
@@ -190,6 +194,74 @@ class OwnerActions:
         if stream.local:
             raise OwnerError(f"stream {name!r} is local (it never leaves the car): it needs no consent")
         return stream
+
+    # -- classes off at each ignition ([ignition] each_drive) ---------------------------------
+
+    def ignition(self, t: float, cause: str, detail: dict[str, Any] | None = None) -> Outcome:
+        """A new ignition cycle began at t: allowances for the last drive end, the marked classes go off."""
+        cycles = self.state.ignition
+        before = self.state.classes_off()
+        cycles.cycle += 1
+        cycles.since = cycles.last_seen = t
+        cycles.this_drive = {c: n for c, n in cycles.this_drive.items() if n >= cycles.cycle}
+        off = sorted(self.state.classes_off())
+        self._audit(t, "ignition", {"cycle": cycles.cycle, "cause": cause, **(detail or {}), "classes_off": off,
+                                    "standing": sorted(cycles.standing) or None})
+        self.state.save()
+        text = f"ignition cycle {cycles.cycle} ({cause})" + (f": {', '.join(off)} off until allowed" if off else "")
+        return Outcome("ignition", text, changed=True,
+                       detail={"cycle": cycles.cycle, "classes_off": off, "switched": sorted(set(off) - before)})
+
+    def remember_last_frame(self, t: float | None) -> None:
+        """The agent stops: keep its last frame's time, so its next start tells a restart from a new drive."""
+        if t is not None and self.state.policy.ignition is not None:
+            self.state.ignition.last_seen = max(t, self.state.ignition.last_seen or t)
+            self.state.save()
+
+    def allow_class(self, cls: str, *, standing: bool = False, now: float | None = None) -> Outcome:
+        """The owner switches a class marked in `[ignition]` on: for this ignition cycle, or for every one."""
+        now = self.clock() if now is None else now
+        self._marked(cls)
+        cycles = self.state.ignition
+        if standing:
+            if cls in cycles.standing:
+                return Outcome("allow-class", f"{cls}: already allowed for every drive", changed=False, detail={"class": cls})
+            cycles.standing[cls] = now
+        else:
+            if cycles.allowance(cls) is not None:
+                return Outcome("allow-class", f"{cls}: already allowed ({cycles.allowance(cls)})", changed=False,
+                               detail={"class": cls})
+            if cycles.cycle == 0:
+                raise OwnerError(f"no ignition seen yet: allow {cls} for this drive once the car is on "
+                                 "(or give --standing for every drive)")
+            cycles.this_drive[cls] = cycles.cycle
+        scope = "standing" if standing else "this-drive"
+        self._audit(now, "class-allowed", {"class": cls, "scope": scope, "cycle": None if standing else cycles.cycle})
+        self.state.save()
+        text = "every drive, until withdrawn" if standing else f"this drive (ignition cycle {cycles.cycle})"
+        return Outcome("allow-class", f"{cls}: allowed for {text}", detail={"class": cls, "scope": scope, "cycle": cycles.cycle})
+
+    def withdraw_class(self, cls: str, *, now: float | None = None) -> Outcome:
+        """End every allowance of a marked class at once: it is off again until allowed."""
+        now = self.clock() if now is None else now
+        self._marked(cls)
+        cycles = self.state.ignition
+        if cycles.allowance(cls) is None:
+            cycles.this_drive.pop(cls, None)
+            return Outcome("withdraw-class", f"{cls}: not allowed; nothing to withdraw", changed=False, detail={"class": cls})
+        scope = cycles.allowance(cls)
+        cycles.standing.pop(cls, None)
+        cycles.this_drive.pop(cls, None)
+        self._audit(now, "class-withdrawn", {"class": cls, "scope": scope, "cycle": cycles.cycle})
+        self.state.save()
+        return Outcome("withdraw-class", f"{cls}: allowance withdrawn; off until allowed again", detail={"class": cls})
+
+    def _marked(self, cls: str) -> None:
+        ignition = self.state.policy.ignition
+        marked = ignition.each_drive if ignition is not None else ()
+        if cls not in marked:
+            shown = ", ".join(marked) or "none ([ignition] each_drive is not set)"
+            raise OwnerError(f"{cls!r} is not switched off at each ignition by the policy in force (classes marked: {shown})")
 
     # -- pause --------------------------------------------------------------------------------
 

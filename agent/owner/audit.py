@@ -40,7 +40,8 @@ Progress = Callable[[int, int], None]
 _OWN = frozenset({"health", AUDIT_STREAM})
 DISCLOSURE = "disclosure"
 #: What the owner decided (everything else in the audit stream the car did by itself).
-OWNER_DECISIONS = frozenset({"policy-applied", "consent-granted", "consent-revoked", "pause", "resume", "wipe"})
+OWNER_DECISIONS = frozenset({"policy-applied", "consent-granted", "consent-revoked", "pause", "resume", "wipe",
+                             "class-allowed", "class-withdrawn"})
 #: `consent-expired` is the car's: it ended the stream when the consent the owner gave ran out.
 _CONSENT_EVENTS = ("consent-granted", "consent-revoked")
 

@@ -81,6 +81,45 @@ class Pause:
         return self.since <= t and (self.until is None or t < self.until)
 
 
+@dataclass
+class IgnitionCycles:
+    """The ignition cycles the agent saw, and the owner's allowances for classes off at each one.
+
+    `cycle` counts ignitions; `last_seen` is the data's time of the newest
+    frame when the agent last stopped or saw an ignition, so that its next
+    start knows whether the bus was silent long enough for a new cycle.
+    `this_drive` maps a class to the cycle it is allowed for; `standing` a
+    class to when the owner allowed it for every cycle (until withdrawn).
+    """
+
+    cycle: int = 0
+    since: float | None = None
+    last_seen: float | None = None
+    this_drive: dict[str, int] = field(default_factory=dict)
+    standing: dict[str, float] = field(default_factory=dict)
+
+    def allowance(self, cls: str) -> str | None:
+        """"standing", "this-drive" or None: why a class marked in `[ignition]` is on now."""
+        if cls in self.standing:
+            return "standing"
+        if self.this_drive.get(cls) == self.cycle and self.cycle > 0:
+            return "this-drive"
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cycle": self.cycle, "since": self.since, "last_seen": self.last_seen,
+                "this_drive": dict(sorted(self.this_drive.items())), "standing": dict(sorted(self.standing.items()))}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "IgnitionCycles":
+        def num(key: str) -> float | None:
+            return None if data.get(key) is None else float(data[key])
+
+        return cls(int(data.get("cycle", 0)), num("since"), num("last_seen"),
+                   {str(k): int(v) for k, v in data.get("this_drive", {}).items()},
+                   {str(k): float(v) for k, v in data.get("standing", {}).items()})
+
+
 @dataclass(frozen=True)
 class StreamStatus:
     """Was a stream collecting at the last check, since when, and why (or why not)."""
@@ -104,6 +143,7 @@ class OwnerState:
     consents: dict[str, ConsentDecision] = field(default_factory=dict)
     pause: Pause | None = None
     status: dict[str, StreamStatus] = field(default_factory=dict)
+    ignition: IgnitionCycles = field(default_factory=IgnitionCycles)
 
     @property
     def directory(self) -> Path:
@@ -132,6 +172,11 @@ class OwnerState:
             state.status[name] = StreamStatus(
                 bool(item["active"]), float(item["since"]), str(item["reason"]), str(item.get("policy", ""))
             )
+        if data.get("ignition"):
+            try:
+                state.ignition = IgnitionCycles.from_json(data["ignition"])
+            except (AttributeError, TypeError, ValueError) as exc:
+                raise OwnerStateError(f"{state.directory / STATE_FILE}: ignition: unreadable owner state: {exc}") from None
         return state
 
     def save(self) -> None:
@@ -139,6 +184,7 @@ class OwnerState:
             "consents": {n: c.to_json() for n, c in sorted(self.consents.items())},
             "pause": None if self.pause is None else {"since": self.pause.since, "until": self.pause.until},
             "status": {n: s.to_json() for n, s in sorted(self.status.items())},
+            "ignition": self.ignition.to_json(),
         }
         _write_atomic(self.directory / STATE_FILE, (json.dumps(data, indent=1) + "\n").encode())
 
@@ -194,6 +240,11 @@ class OwnerState:
             return replace(consent, expires=utc(end)), "revoked"
         assert decision.expires is not None
         return Consent(utc(decision.at), utc(decision.expires)), None
+
+    def classes_off(self) -> frozenset[str]:
+        """The classes `[ignition]` marks that the owner has not allowed for the current cycle."""
+        marked = self.policy.ignition.each_drive if self.policy.ignition is not None else ()
+        return frozenset(c for c in marked if self.ignition.allowance(c) is None)
 
     def effective_policy(self) -> Policy:
         """The policy in force with the owner's CLI consent decisions folded in."""

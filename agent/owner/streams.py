@@ -72,8 +72,11 @@ class StreamManager:
         self.state = state
         digest = state.policy.digest()
         self.ledger.policy_digest = digest
-        self._effective = state.effective_policy()
-        self._probes = [StreamRuntime(s, self._effective, _Sink(), self.settings) for s in self._effective.streams]  # type: ignore[arg-type]
+        whole = state.effective_policy()
+        # Probes see every class, so what a later allowance switches on is decoded already;
+        # the running streams see only the classes on in this ignition cycle.
+        self._probes = [StreamRuntime(s, whole, _Sink(), self.settings) for s in whole.streams]  # type: ignore[arg-type]
+        self._effective = without_classes(whole, state.classes_off())
 
     def wants(self, name: str, source: str) -> bool:
         """Could any stream of the policy take this signal (now or once its consent starts)?"""
@@ -112,7 +115,10 @@ class StreamManager:
                 changed = True
             elif _definition(new) != _definition(runtime.stream):
                 self._stop(runtime, None, t)  # redefined: the same chain goes on under the new rules
-                self._start(new, t, "policy")
+                switched = _switched_classes(runtime.stream, new)
+                if switched is not None:
+                    switched.update(self._cycle_detail(switched["on"]))
+                self._start(new, t, "policy" if switched is None else "classes", switched)
                 changed = True
             else:
                 runtime.stream = new  # a renewed consent: same runtime
@@ -124,7 +130,11 @@ class StreamManager:
                     kind = "policy" if status.policy != digest.hex() else None  # ran when the agent stopped
                 else:
                     kind = _RESTART_KIND.get(status.reason, "stream-started") if status else "stream-started"
-                self._start(stream, t, kind)
+                off, on = self._class_state(stream)
+                if kind is None and (off or on):  # ran when the agent stopped; an allowance may have changed since
+                    self._start(stream, t, "classes", {"off": off, "on": on, **self._cycle_detail(on)})
+                else:
+                    self._start(stream, t, kind)
                 changed = True
         # Streams the status says were collecting when the agent last stopped, and no longer may.
         for name, status in list(state.status.items()):
@@ -151,13 +161,13 @@ class StreamManager:
         writer.sealer = _sealer(stream)
         return writer
 
-    def _start(self, stream: Stream, t: float, kind: str | None) -> None:
+    def _start(self, stream: Stream, t: float, kind: str | None, switched: dict[str, Any] | None = None) -> None:
         writer = self._writer(stream)
         runtime = StreamRuntime(stream, self._effective, writer, self.settings)
         self.runtimes[stream.name] = runtime
         digest = self.ledger.policy_digest
         if kind is not None:
-            writer.add_event(t, kind, self._detail(stream, digest, kind))
+            writer.add_event(t, kind, {**self._detail(stream, digest, kind), **(switched or {})})
         self.state.status[stream.name] = StreamStatus(True, t, kind or "running", digest.hex())
         log.log(logging.INFO if kind else logging.DEBUG, "stream %s: collecting (%s)", stream.name, kind or "running")
         self.settings.on_event("stream-started", {"stream": stream.name, "why": kind or "running"})
@@ -226,9 +236,35 @@ class StreamManager:
                 detail["recipient"] = stream.recipient
             if stream.purpose:
                 detail["purpose"] = stream.purpose
+        off = self._gated(stream) if stream is not None else []
+        if off:
+            detail["classes_off"] = off  # switched off for this ignition cycle ([ignition] each_drive)
         if kind == "pause" and self.state.pause is not None and self.state.pause.until is not None:
             detail["until"] = iso(self.state.pause.until)
         return detail
+
+    def _gated(self, stream: Stream) -> list[str]:
+        """The classes this stream allows in the policy that are off in this ignition cycle."""
+        return self._class_state(stream)[0]
+
+    def _class_state(self, stream: Stream) -> tuple[list[str], list[str]]:
+        """Of the classes this stream allows that `[ignition]` marks: those off now, and those on."""
+        ignition = self.policy.ignition
+        try:
+            allow = set(self.policy.stream(stream.name).allow)
+        except KeyError:
+            return [], []
+        marked = allow & set(ignition.each_drive if ignition is not None else ())
+        off = self.state.classes_off() & marked
+        return sorted(off), sorted(marked - off)
+
+    def _cycle_detail(self, on: list[str]) -> dict[str, Any]:
+        """The ignition cycle, and the owner's allowance behind each class switched on."""
+        cycles = self.state.ignition
+        out: dict[str, Any] = {"cycle": cycles.cycle}
+        if on:
+            out["allowance"] = {c: cycles.allowance(c) or "policy" for c in on}
+        return out
 
     # -- time ---------------------------------------------------------------------------------
 
@@ -240,6 +276,22 @@ class StreamManager:
         """The agent stops: record what is in progress. The streams' status stays active."""
         for runtime in self.runtimes.values():
             runtime.close(t)
+
+
+def without_classes(policy: Policy, off: frozenset[str]) -> Policy:
+    """The policy with the classes switched off for this ignition cycle taken out of every stream's `allow`."""
+    if not off:
+        return policy
+    return replace(policy, streams=tuple(
+        replace(s, allow=tuple(c for c in s.allow if c not in off)) if off & set(s.allow) else s for s in policy.streams
+    ))
+
+
+def _switched_classes(old: Stream, new: Stream) -> dict[str, Any] | None:
+    """When only the classes allowed changed (an ignition, an allowance): which went off and on; else None."""
+    if replace(_definition(old), allow=()) != replace(_definition(new), allow=()):
+        return None
+    return {"off": sorted(set(old.allow) - set(new.allow)), "on": sorted(set(new.allow) - set(old.allow))}
 
 
 def _sealer(stream: Stream) -> Any:

@@ -12,6 +12,7 @@ from carledger.policy.document import (
     METRICS,
     Aggregate,
     Consent,
+    Ignition,
     LocationPrecision,
     Metrics,
     Policy,
@@ -31,7 +32,7 @@ from carledger.tomlfile import FieldError
 
 __all__ = [
     "AGGREGATE_FUNCTIONS", "CLASSES", "LOCATION", "MAX_CONSENT", "METRICS", "PERSONAL", "TECHNICAL",
-    "Aggregate", "Classifier", "Consent", "DurationError", "FieldError", "LocationPrecision", "Metrics", "Policy",
+    "Aggregate", "Classifier", "Consent", "DurationError", "Ignition", "FieldError", "LocationPrecision", "Metrics", "Policy",
     "PolicyError", "PolicyUnreadable", "Stream", "Zone", "check_policy", "default_class", "load_policy",
     "new_secret", "parse_duration", "parse_policy", "policy_from_text", "pseudonym", "vehicle_signals",
 ]

@@ -44,6 +44,9 @@ DEFAULT_HARSH_BRAKING = 4.0  # m/s^2 of deceleration
 DEFAULT_HARSH_ACCELERATION = 3.0  # m/s^2
 DEFAULT_NIGHT = ("22:00", "05:00")
 MAX_DECIMALS = 8
+IGNITION_ON = ("ON", "START")  # VSS LowVoltageSystemState values of a running ignition (terminal 15)
+IGNITION_SILENCE = 30.0  # seconds without a frame on any bus that end an ignition cycle
+MAX_IGNITION_SILENCE = 86400.0
 MAX_GEOHASH = 12
 
 _HEX_KEY = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -200,6 +203,21 @@ class CrashCapture:
 
 
 @dataclass(frozen=True)
+class Ignition:
+    """The `[ignition]` section: classes off at every ignition cycle until the owner allows them.
+
+    China's 2021 automotive data provisions: "default no collection, each
+    time". A cycle begins when `signal` turns to one of `on` (from another
+    value), or when the first frame comes after `silence` seconds without any.
+    """
+
+    each_drive: tuple[str, ...]  # classes switched off at each ignition, sorted
+    signal: str | None = None  # VSS name or DBC Message.Signal of the ignition state
+    on: tuple[str | int, ...] = IGNITION_ON
+    silence: float = IGNITION_SILENCE
+
+
+@dataclass(frozen=True)
 class Policy:
     version: int = 0
     paused: bool = False
@@ -207,6 +225,7 @@ class Policy:
     zones: tuple[Zone, ...] = ()
     streams: tuple[Stream, ...] = ()
     edr: CrashCapture | None = None  # no [edr] section: no crash capture
+    ignition: Ignition | None = None  # no [ignition] section: classes stay on across drives
     path: str | None = field(default=None, compare=False)
 
     @classmethod
@@ -255,6 +274,8 @@ class Policy:
         }
         if self.edr is not None:  # absent, not null: digests of policies without [edr] stay what they were
             out["edr"] = plain(self.edr)
+        if self.ignition is not None:  # likewise absent when there is no [ignition]
+            out["ignition"] = plain(self.ignition)
         return out
 
     def digest(self) -> bytes:
@@ -330,7 +351,8 @@ def vehicle_signals(dbc_paths: Iterable[str | Path], vss_paths: Iterable[str | P
 
 # -- validation ---------------------------------------------------------------------
 
-_TOP = ("version", "paused", "classes", "zone", "stream", "edr")
+_TOP = ("version", "paused", "classes", "zone", "stream", "edr", "ignition")
+_IGNITION = ("each_drive", "signal", "on", "silence")
 _EDR = ("keys", "keep_non_deployment", "post", "event_timeout", "recipient", "purpose", "consent")
 _ZONE = ("name", "lat", "lon", "radius_m", "polygon")
 _STREAM = (
@@ -605,12 +627,44 @@ class _Validator:
                 seen[stream.name] = index
             streams.append(stream)
         edr = self.edr(top)
+        ignition = self.ignition(top)
         if self.p.items:
             return None
         return Policy(
             version=version or 0, paused=paused, classes=classes, zones=zones, streams=tuple(streams), edr=edr,
-            path=self.doc.path,
+            ignition=ignition, path=self.doc.path,
         )
+
+    def ignition(self, top: _Table) -> Ignition | None:
+        table = top.table("ignition")
+        if table is None:
+            return None
+        t = _Table(self.p, table, ("ignition",), _IGNITION)
+        before = len(self.p.items)
+        each = self.allow(t, "each_drive")
+        if not each and len(self.p.items) == before:
+            t.error("each_drive", f'required: the classes switched off at every ignition, e.g. ["{LOCATION}"]')
+        signal = t.text("signal")
+        if signal is not None:
+            self.check_known(t.at("signal"), signal)
+        on = t.typed("on", (list,), "a list of the signal's values that mean the ignition is on")
+        values: tuple[str | int, ...] = IGNITION_ON
+        if on is not None:
+            if signal is None:
+                t.error("on", "only with signal: the values of that signal that mean the ignition is on")
+            bad = [i for i, v in enumerate(on) if isinstance(v, bool) or not isinstance(v, (str, int))]
+            for i in bad:
+                self.p.add(t.at("on", i), f"expected a value name (\"ON\") or a raw number, got {_type_name(on[i])}")
+            if not on:
+                t.error("on", "must name at least one value")
+            values = tuple(on)
+        silence = t.duration("silence", positive=True)
+        if silence is not None and silence > MAX_IGNITION_SILENCE:
+            t.error("silence", f"must be at most 1 day, got {silence:g} s")
+        if len(self.p.items) > before:
+            return None
+        return Ignition(each_drive=each, signal=signal, on=values,
+                        silence=IGNITION_SILENCE if silence is None else silence)
 
     def edr(self, top: _Table) -> CrashCapture | None:
         table = top.table("edr")
@@ -790,19 +844,22 @@ class _Validator:
             identity=identity, paused=paused,
         )
 
-    def allow(self, t: _Table) -> tuple[str, ...]:
-        value = t.typed("allow", (list, str), f'a list of classes: {", ".join(repr(c) for c in (LOCATION, PERSONAL))}')
+    def allow(self, t: _Table, key: str = "allow") -> tuple[str, ...]:
+        """A list of sensitive classes (`allow`, `[ignition].each_drive`); technical is always on."""
+        value = t.typed(key, (list, str), f'a list of classes: {", ".join(repr(c) for c in (LOCATION, PERSONAL))}')
         if value is None:
             return ()
         items = [value] if isinstance(value, str) else value
         out = set()
         for i, item in enumerate(items):
+            path = t.at(key, i) if isinstance(value, list) else t.at(key)
             if not isinstance(item, str) or item not in CLASSES:
                 shown = repr(item) if isinstance(item, str) else _type_name(item)
-                path = t.at("allow", i) if isinstance(value, list) else t.at("allow")
                 self.p.add(path, f"unknown class {shown} (expected one of: {', '.join(CLASSES)})")
             elif item != TECHNICAL:
                 out.add(item)
+            elif key != "allow":
+                self.p.add(path, f"technical signals cannot be switched off per drive (expected {LOCATION!r} or {PERSONAL!r})")
         return tuple(sorted(out))
 
     def aggregates(self, t: _Table, classes: frozenset[str], label: str) -> tuple[Aggregate, ...]:
