@@ -192,6 +192,11 @@ class StreamWriter:
         return recs[-1][0] if recs else None
 
     @property
+    def chain_vid(self) -> str | None:
+        """The vehicle id this stream's last signed block carries (None: no block yet); `build` signs only under it."""
+        return self._chain_vid
+
+    @property
     def head(self) -> tuple[int, bytes] | None:
         """(seq, digest) of the last committed block of this stream."""
         return self._head
