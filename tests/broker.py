@@ -235,11 +235,26 @@ class Drive:
         self.ledger = Ledger.open(store, vehicle)
         if not OwnerState.load(store).policy.version:
             grant(store, {s: RECIPIENTS[s] for s in streams if s in RECIPIENTS})
+        self._name_the_car(store, streams)
         self.streams = streams
         self.per_block = per_block
         self.blocks = 0  # ticks sealed
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def _name_the_car(self, store: Path, streams: tuple[str, ...]) -> None:
+        """Each stream's blocks name the car as the pipeline's would: a recipient's stream by its pseudonym,
+        a stream the policy no longer has as its chain does."""
+        from carledger.ledger import load_or_create_secret
+        from carledger.owner import OwnerState
+        from carledger.policy.engine import stream_identity
+
+        secret = load_or_create_secret(store)
+        policy = {s.name: s for s in OwnerState.load(store).policy.streams}
+        for name in streams:
+            writer = self.ledger.writer(name)
+            stream = policy.get(name)
+            writer.vid = stream_identity(stream, self.ledger.vehicle_id, secret) if stream else writer.chain_vid
 
     def tick(self) -> None:
         t = T0 + self.blocks

@@ -9,6 +9,7 @@ that holds what the README's names stand for:
     drive.log    a recorded simulated drive (carledger-sim record)
     policy.toml  the example policy (docs/policy.example.toml)
     dbc/         the shipped dbc/ folder, as in a checkout
+    docs/policy.example.toml  the example policy where a checkout has it
 
 Commands that cannot run here are skipped by rule (SKIPPED, each with its
 reason: root, a CAN HAT, systemd, a running daemon, a broker across the
@@ -44,6 +45,7 @@ SKIPPED: tuple[tuple[str, str], ...] = (
     (r"^scripts/(demo|test|setup)\b", "runs the whole demo or suite; CI runs these itself"),
     (r"^(sudo )?scripts/vcan-", "needs root or user-mode-linux; tests/test_socketcan.py covers it"),
     (r"/etc/carledger/", "needs the installed agent's configuration under /etc"),
+    (r"/var/lib/carledger\b", "needs the installed agent's store under /var/lib"),
     (r"--interface socketcan|--channel vcan0|can0", "needs a CAN interface (a HAT or vcan)"),
     (r"carledger-sim elm327", "opens a pseudo-terminal and waits for a client"),
     (r"carledger-sim run\b", "broadcasts until stopped"),
@@ -62,7 +64,7 @@ SKIPPED: tuple[tuple[str, str], ...] = (
 
 # Further rules for docs/*.md, whose blocks show one step of a flow the README runs whole.
 DOCS_SKIPPED: tuple[tuple[str, str], ...] = (
-    (r"^carledger (sync|collect run)\b", "one step of the README's sync session, which runs whole with a broker"),
+    (r"^carledger (sync|collect (run|key))\b", "one step of the README's sync session, which runs whole with a broker"),
 )
 
 
@@ -102,8 +104,12 @@ def _strip_comment(command: str) -> str:
     return command.rstrip()
 
 
+# `carledger read: not encrypted ...`: what a command prints (its name, then a colon), shown as an example.
+OUTPUT = re.compile(r"^carledger(-sim)?( [a-z][\w-]*)*: ")
+
+
 def _is_command(line: str) -> bool:
-    return line.startswith(OURS)
+    return line.startswith(OURS) and not OUTPUT.match(line)
 
 
 def blocks_of(path: Path) -> list[Block]:
@@ -203,6 +209,8 @@ def shipped(tmp_path_factory) -> Path:
     shutil.copy(REPO / "dbc" / "carledger_demo.vss.toml", base / "car.vss.toml")
     shutil.copytree(REPO / "dbc", base / "dbc")
     shutil.copy(REPO / "docs" / "policy.example.toml", base / "policy.toml")
+    (base / "docs").mkdir()
+    shutil.copy(REPO / "docs" / "policy.example.toml", base / "docs" / "policy.example.toml")
     subprocess.run([str(BIN / "carledger-sim"), "record", "--scenario", "city", "--seed", "1", "--duration", "60",
                     "-o", str(base / "drive.log")], check=True, capture_output=True, timeout=300)
     return base
@@ -258,8 +266,10 @@ def test_replay_commands_of_the_readme_run_as_written(workdir):
 
 
 def test_doc_commands_run_as_written(workdir):
-    """Shell blocks of docs/*.md, in order, in one work directory like the README's."""
+    """Shell blocks of docs/*.md, in order, in one work directory like the README's, with its ./ledger replayed."""
     shutil.copy(workdir / "car.dbc", workdir / "other.dbc")  # `dbc check car.dbc other.dbc`
+    replay = next(c for b in blocks_of(REPO / "README.md") for c in b.commands if c.startswith("carledger run --replay drive.log"))
+    assert run_block(Block("README.md", [replay], None), workdir) == []  # the store the docs' commands read
     blocks = [b for path in sorted((REPO / "docs").glob("*.md")) for b in blocks_of(path) if not b.skip]
     failures = [line for block in blocks for line in run_block(block, workdir, rules=SKIPPED + DOCS_SKIPPED)]
     assert failures == []

@@ -143,7 +143,7 @@ class StreamWriter:
     def __init__(self, ledger: "Ledger", name: str, head: tuple[int, bytes] | None, chain_vid: str | None = None):
         self.name = name
         self.policy_digest: bytes | None = None  # None: the ledger's policy_digest
-        self.vid: str | None = None  # the vehicle as this stream's recipient knows it; None: the ledger's
+        self.vid: str | None = None  # the vehicle as this stream's recipient knows it; None: its chain's, else the ledger's
         # (records, t0_us, t1_us) -> the records to sign instead, e.g. ledger.encrypt.RecordSealer
         self.sealer: Callable[[list[bytes], int, int], list[bytes]] | None = None
         self._ledger = ledger
@@ -192,6 +192,11 @@ class StreamWriter:
         return recs[-1][0] if recs else None
 
     @property
+    def chain_vid(self) -> str | None:
+        """The vehicle id this stream's last signed block carries (None: no block yet); `build` signs only under it."""
+        return self._chain_vid
+
+    @property
     def head(self) -> tuple[int, bytes] | None:
         """(seq, digest) of the last committed block of this stream."""
         return self._head
@@ -218,7 +223,9 @@ class StreamWriter:
         head = self._head
         seq, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
         led = self._ledger
-        vid = self.vid or led.vehicle_id
+        # Unnamed, a stream goes on as its chain is signed (an eviction or closing event of a recipient's
+        # stream names the car by that recipient's pseudonym); only a new chain takes the store's id.
+        vid = self.vid or self._chain_vid or led.vehicle_id
         if self._chain_vid is not None and vid != self._chain_vid:
             raise LedgerError(
                 f"stream {self.name}: its chain is signed as vehicle {self._chain_vid!r}; "

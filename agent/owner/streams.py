@@ -143,6 +143,7 @@ class StreamManager:
                 stream = next((s for s in self._effective.streams if s.name == name), None)
                 when = self._stop_time(stream, why, t) if stream is not None else t
                 writer = self._writer(stream) if stream is not None else self.ledger.writer(name)
+                writer.vid = writer.chain_vid or writer.vid  # the closing event names the car as its chain does
                 writer.add_event(max(when, status.since), why, self._detail(stream, digest, why))
                 self._seal([writer])
                 self._audit_end(stream, why, max(when, status.since), writer)
@@ -179,6 +180,7 @@ class StreamManager:
         del self.runtimes[name]
         end = self._stop_time(stream, reason, t) if reason else t
         writer = runtime.writer
+        writer.vid = writer.chain_vid or writer.vid  # the closing event names the car as its chain does
         dropped = writer.discard_from(end) if reason else 0
         runtime.close(end)
         if reason is not None:
