@@ -91,7 +91,8 @@ def test_a_kill_during_a_replay_of_an_old_log_with_sync_keeps_the_disclosures_in
                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.err", "w"))
     try:
         wait_until(lambda: (store / "keys" / "vehicle.pub").exists(), timeout=30)
-        enroll(tmp_path / "collected", "car-5", store)
+        # The recipient named outright: when vehicle.pub appears the agent may not have stored the policy yet.
+        enroll(tmp_path / "collected", "car-5", store, recipients=("Fleet Ops",))
         collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-5"))
         wait_until(lambda: agent.poll() is not None or sum(map(len, _acked(store).values())) >= 6, timeout=60)
         assert agent.poll() is None, (tmp_path / "agent.err").read_text()

@@ -25,7 +25,7 @@ from carledger.config import load_config
 from carledger.dbc import path as dbc_path
 from carledger.ledger.keys import SigningKey
 from carledger.pipeline import Pipeline
-from carledger.sync import sign_policy
+from carledger.sync import collector_key, sign_policy
 from carledger.sync.policy_update import PolicyHandler
 from carledger.verify import verify_store
 from carledger_sim.car import SimulatedCar
@@ -87,7 +87,9 @@ def test_after_a_wipe_the_new_owner_enrols_with_the_handover_and_syncs(broker, t
         # The previous owner: an owner key for remote updates, the collector keys it trusts, a synced stream.
         old_owner = SigningKey.generate()
         assert main(["remote", "enroll-owner", bytes(old_owner.verify_key).hex(), "--store", str(store)]) == 0
-        (store / "keys" / "collectors.json").write_text(json.dumps({"Fleet Ops": "ab" * 32}))
+        collector_pub = tmp_path / "collector.pub"
+        collector_pub.write_text(bytes(collector_key(collected).verify_key).hex() + "\n")  # carledger collect key
+        assert main(["sync", str(store), "--enroll-collector", "Fleet Ops", str(collector_pub)]) == 0
         assert sync(store, broker) == 0
         old_blocks = verify_store(collected / "vehicles" / VEHICLE, key=old_pub).streams["fleet"].blocks
         assert old_blocks > 3
@@ -112,9 +114,10 @@ def test_after_a_wipe_the_new_owner_enrols_with_the_handover_and_syncs(broker, t
         err = capsys.readouterr().err.splitlines()
         assert len(err) == 1 and "--handover" in err[0] and "enrolled with another key" in err[0]
         forged = json.loads(handover.read_text())
-        forged["statement"]["new_key"] = "cd" * 32
+        intruder = bytes(SigningKey.generate().verify_key).hex()  # a well-formed key the old owner never handed over to
+        forged["statement"]["new_key"] = intruder
         (tmp_path / "forged.json").write_text(json.dumps(forged))
-        assert main(["collect", "enroll", str(collected), VEHICLE, "cd" * 32, "--handover", str(tmp_path / "forged.json")]) == 1
+        assert main(["collect", "enroll", str(collected), VEHICLE, intruder, "--handover", str(tmp_path / "forged.json")]) == 1
         assert "does not verify" in capsys.readouterr().err
         # ...only on the handover its enrolled key signed, and it keeps the previous owner's chains apart.
         assert main(["collect", "enroll", str(collected), VEHICLE, new_pub, "--handover", str(handover)]) == 0
@@ -126,6 +129,8 @@ def test_after_a_wipe_the_new_owner_enrols_with_the_handover_and_syncs(broker, t
         # with no warning on either side (the running collector saw the re-key and opened a new chain).
         drive(tmp_path, seed=2)
         assert verify_store(store).streams["fleet"].blocks > 3
+        # The previous owner's trust in collector keys went with the wipe: the new owner enrols its own.
+        assert main(["sync", str(store), "--enroll-collector", "Fleet Ops", str(collector_pub)]) == 0
         caplog.clear()
         with caplog.at_level(logging.WARNING):
             assert sync(store, broker) == 0
@@ -151,7 +156,8 @@ def test_the_identity_and_the_handover_a_collector_checks(tmp_path, capsys):
     assert main(["remote", "identity", "--store", str(store), "--handover", str(tmp_path / "h.json")]) == 2
     assert capsys.readouterr().err == f"carledger remote: {store}: never wiped: there is no handover (a first enrolment needs none)\n"
     assert main(["remote", "identity", "--store", str(tmp_path / "typo")]) == 2
-    assert capsys.readouterr().err == f"carledger remote: {tmp_path / 'typo'}: no carledger store here\n"
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"carledger remote identity: error: {tmp_path / 'typo'}: no such directory (not a carledger store)")
 
     assert main(["wipe", "--store", str(store), "--yes"]) == 0
     out = capsys.readouterr().out.splitlines()
@@ -169,13 +175,14 @@ def test_the_identity_and_the_handover_a_collector_checks(tmp_path, capsys):
     try:
         with pytest.raises(ValueError, match="is not enrolled: enrol it without --handover"):
             rekey(registry, "not-enrolled", new_pub, handover)
-        registry.enroll("other-car", "ef" * 32)
+        other_key, known_key = (bytes(SigningKey.generate().verify_key).hex() for _ in range(2))
+        registry.enroll("other-car", other_key)
         with pytest.raises(ValueError, match="the handover is for vehicle"):
             rekey(registry, "other-car", new_pub, handover)
-        registry.enroll(VEHICLE, "12" * 32)  # this collector knew another key than the one that signed
+        registry.enroll(VEHICLE, known_key)  # this collector knew another key than the one that signed
         with pytest.raises(ValueError, match="signed by another key than the one enrolled"):
             rekey(registry, VEHICLE, new_pub, handover)
-        assert bytes(registry.key(VEHICLE)).hex() == "12" * 32
+        assert bytes(registry.key(VEHICLE)).hex() == known_key
         assert (tmp_path / "collected" / "vehicles" / VEHICLE).is_dir() and not (tmp_path / "collected" / "retired").exists()
     finally:
         registry.close()

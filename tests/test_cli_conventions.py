@@ -373,14 +373,18 @@ def test_the_mqtt_page_lists_every_key_the_configuration_reads():
 
 def test_setup_skips_pip_when_the_install_is_current_and_runs_it_after_a_change(tmp_path):
     """scripts/setup in a copy of the tree whose .venv python records what it is asked to run."""
-    for name in ("scripts/setup", "setup.cfg", "pyproject.toml"):
+    for name in ("scripts/setup", "scripts/floors", "setup.cfg", "pyproject.toml"):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / name, tmp_path / name)
-    for venv in (".venv", ".venv-verifier"):
+    for venv in (".venv", ".venv-verifier", ".venv-min"):
         python = tmp_path / venv / "bin" / "python"
         python.parent.mkdir(parents=True)
         python.write_text(f'#!/bin/sh\necho "$*" >> "{tmp_path}/calls"\n')
         python.chmod(0o755)
+    # .venv-min is current too: it holds the floors setup.cfg declares (a change below adds no floor).
+    floors = subprocess.run([sys.executable, str(REPO / "scripts" / "floors"), str(REPO / "setup.cfg")],
+                            capture_output=True, text=True, check=True).stdout
+    (tmp_path / ".venv-min" / "floors.txt").write_text(floors)
     calls = tmp_path / "calls"
 
     def setup() -> tuple[str, list[str]]:

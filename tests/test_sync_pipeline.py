@@ -48,7 +48,7 @@ def test_a_simulated_drive_is_synced_while_it_runs_and_the_collector_has_it_all(
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
     wait_until(lambda: (store / "keys" / "vehicle.pub").exists(), timeout=20)
-    enroll(tmp_path / "collected", "car-1", store)
+    enroll(tmp_path / "collected", "car-1", store, recipients=("demo",))  # the policy may not be stored yet
     collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"))
     sync = Syncer(store, "car-1", mqtt_for(broker), lambda: {name: OutboundStream("demo") for name in STREAMS})
     sync.start()
