@@ -258,20 +258,26 @@ def test_the_agent_keeps_to_the_brokers_receive_maximum(tmp_path):
     more than 2 QoS 1 publishes waiting for a PUBACK, and still delivers everything."""
     from broker import all_acked, assert_same_ledgers
 
+    from mqtt_wire import WireProxy
+
     require_mosquitto()
     broker = Broker(tmp_path / "broker", extra="max_inflight_messages 2\n").start()
-    store, car, collector, sync = _drive_and_sync(tmp_path, broker)
+    wire = WireProxy(broker.host, broker.port)  # the car talks to the broker through it: what it counts is the wire
+    store, car, collector, sync = _drive_and_sync(tmp_path, broker, port=wire.port)
     sync.start()
     try:
-        wait_until(lambda: sync.stats.connected and sync._client is not None, timeout=20)
-        assert sync._client.max_inflight_messages == 2  # paho's cap: what is over it waits in paho's queue
         wait_until(lambda: all_acked(store), timeout=60)
     finally:
         sync.stop()
         collector.stop()
         car.close()
+        wire.close()
         broker.stop()
     assert_same_ledgers(store, tmp_path / "collected", "car-1")
+    with Store.open_readonly(store) as s:
+        blocks = sum(1 for _ in s.iter_blocks())
+    assert wire.published >= blocks > 2  # every block crossed the wire, many more than the window...
+    assert wire.in_flight_max == 2  # ...and never more than the broker's Receive Maximum awaited a PUBACK at once
 
 
 def test_an_online_status_expires_and_the_offline_one_stays(broker, tmp_path):
