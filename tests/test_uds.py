@@ -233,6 +233,11 @@ def test_the_simulators_j1939_bam_is_reassembled_and_decoded_by_pgn():
     assert listener.transport.stats.events == {} and len(DM1_PAYLOAD) == 10
 
 
+def reads(spy) -> list:
+    """The tester's single-frame requests the spy saw (not the ECU's answers, not J1939)."""
+    return [m for m in list(spy.frames) if not m.is_extended_id and not is_answer_id(m) and m.data[0] >> 4 == 0]
+
+
 # -- through the whole agent ------------------------------------------------------------------------
 
 def test_the_agent_polls_only_the_dids_its_policy_takes_and_records_the_evs_battery(tmp_path, capsys):
@@ -273,7 +278,8 @@ def test_the_agent_polls_only_the_dids_its_policy_takes_and_records_the_evs_batt
             thread = threading.Thread(target=pipeline.run, daemon=True)
             thread.start()
             try:
-                wait_until(lambda: sealed(tmp_path / "ledger", "battery") >= 10, timeout=30)
+                # Enough sealed records, and enough requests to measure their spacing (one answer holds many).
+                wait_until(lambda: sealed(tmp_path / "ledger", "battery") >= 10 and len(reads(spy)) >= 3, timeout=30)
             finally:
                 pipeline.stop()
                 thread.join(15)
@@ -291,11 +297,10 @@ def test_the_agent_polls_only_the_dids_its_policy_takes_and_records_the_evs_batt
     assert not any("StateOfHealth" in r["name"] or "PackVoltage" in r["name"] for r in records)  # not taken
     fmi = [r["value"] for r in records if r["name"] == "DM1.DTC1_FMI"]
     assert fmi and set(fmi) == {18}  # the BAM, reassembled, decoded by PGN
-    tester = [m for m in spy.frames if not m.is_extended_id and not is_answer_id(m)]
-    check_read_requests(tester)
-    asked = {bytes(m.data[:4]) for m in tester if m.data[0] >> 4 == 0}
+    check_read_requests([m for m in spy.frames if not m.is_extended_id and not is_answer_id(m)])
+    asked = {bytes(m.data[:4]) for m in reads(spy)}
     assert asked == {b"\x03\x22\x01\x01"}  # 0x0105 (state of health) is in the DBC, but no stream takes it
-    times = [m.timestamp for m in tester if m.data[0] >> 4 == 0]
+    times = [m.timestamp for m in reads(spy)]
     assert len(times) >= 3 and min(b - a for a, b in zip(times, times[1:])) >= 0.2 * 0.98  # the stream's min_interval
 
 
