@@ -67,7 +67,24 @@ def kid(verify_key: VerifyKey | bytes) -> bytes:
 
 
 _P = 2**255 - 19  # the field prime: a y coordinate at or above it is a non-canonical encoding
+_L = 2**252 + 27742317777372353535851937790883648493  # the order of the prime-order subgroup
 _IDENTITY = (1).to_bytes(32, "little")
+
+
+def _in_prime_order_subgroup(raw: bytes) -> bool:
+    """[L]P is the identity, computed here by double-and-add rather than taken from libsodium.
+
+    libsodium 1.0.18 (bundled with PyNaCl 1.4, and what many systems ship)
+    tests only that X of [L]P is zero, which also holds for a point plus the
+    order-2 point (0, -1): its crypto_core_ed25519_is_valid_point accepts such
+    a key (C2SP CCTV's fe894df1...). Point addition takes any curve point.
+    """
+    acc = _IDENTITY
+    for bit in bin(_L)[2:]:
+        acc = nacl.bindings.crypto_core_ed25519_add(acc, acc)
+        if bit == "1":
+            acc = nacl.bindings.crypto_core_ed25519_add(acc, raw)
+    return acc == _IDENTITY
 
 
 @functools.lru_cache(maxsize=256)
@@ -75,7 +92,8 @@ def public_key_problem(raw: bytes) -> str | None:
     """None for a public key carledger accepts, else why not (docs/ledger-keys.md).
 
     Accepted: the canonical encoding of a point of the prime-order subgroup
-    other than the identity (libsodium's crypto_core_ed25519_is_valid_point).
+    other than the identity (libsodium's crypto_core_ed25519_is_valid_point,
+    with the subgroup checked here too: see _in_prime_order_subgroup).
     Refused: small-order points, non-canonical encodings, non-points, and
     points with a small-order component, which libsodium's verify alone lets
     through. Cached: a collector checks the same few keys for every block.
@@ -83,7 +101,7 @@ def public_key_problem(raw: bytes) -> str | None:
     raw = bytes(raw)
     if len(raw) != 32:
         return f"{len(raw)} bytes, expected 32"
-    if nacl.bindings.crypto_core_ed25519_is_valid_point(raw):
+    if nacl.bindings.crypto_core_ed25519_is_valid_point(raw) and _in_prime_order_subgroup(raw):
         return None
     if int.from_bytes(raw, "little") & ((1 << 255) - 1) >= _P:
         return "a non-canonical encoding (y >= 2^255 - 19)"
