@@ -40,7 +40,7 @@ from carledger.policy.engine import EngineSettings
 from carledger.run_summary import BusStats, RunSummary, dbc_matcher, log_counts, not_recorded
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
-from carledger.sources.base import Pacer
+from carledger.sources.base import Pacer, pipeline_phase, reader_phase
 from carledger.sources.replay import ReplayError
 from carledger.sources.frame import EFF_FLAG
 from carledger.transport import TransportDecoder
@@ -53,7 +53,6 @@ _OWN_STREAMS = frozenset({HEALTH_STREAM, AUDIT_STREAM})  # the agent's and the o
 _SPOOL_INTERVAL = 0.2  # wall seconds between looks at the owner's queued requests
 _RETENTION_INTERVAL = 600.0  # seconds of the data's clock between retention runs
 _TICK = 0.25  # seconds the pipeline waits for frames before checking seals, stop and watchdog
-_PIPELINE_PHASE = 0.2  # of a wake-up interval: the pipeline wakes this long after the readers, to find their batches
 _QUEUE_BATCHES = 8  # bounds memory (a batch is up to 2048 frames) when a replay reads faster than the pipeline keeps up
 
 
@@ -240,6 +239,8 @@ class Pipeline:
             self.ledger.close()
             raise
         self.sources = [self._make_source(i, bus) for i, bus in enumerate(self.buses)]
+        for index, source in enumerate(self.sources):
+            source.wakeup_phase = reader_phase(index, config.wakeup_interval)
         self.watchdog = Watchdog(self.notifier, self.sources)  # fed only while loop, sources and store are alive
         self.syncer: Any = None  # started by run() when the configuration has [mqtt]
         self._outbound: dict[str, Any] = {}  # what the syncer may send: read from its thread, replaced whole
@@ -619,14 +620,14 @@ class Pipeline:
     def _queued_rounds(self) -> Iterator[list[tuple[int, list | None]]]:
         """The batches the reader threads queued, taken once per wake-up; [] every tick without any.
 
-        The pipeline wakes on the readers' grid, a little after them
-        (`Pacer`), and takes every batch waiting. Only when nothing was
+        The pipeline wakes on the readers' grid, a slot after the last of
+        them (`pipeline_phase`), and takes every batch waiting. Only when nothing was
         waiting does it block on the queue (an idle car), and only when the
         queue is full or a log is replayed as fast as it reads (readers faster
         than real time) does it skip the wait.
         """
         interval = self.config.wakeup_interval
-        pacer = Pacer(interval, phase=interval * _PIPELINE_PHASE)
+        pacer = Pacer(interval, pipeline_phase(len(self.sources), interval))
         get, get_nowait, waiting = self._queue.get, self._queue.get_nowait, self._queue.qsize
         stop = self.stop_event
         # a fast replay among the sources: the pipeline keeps up with the fastest reader, it is not the car's pace

@@ -16,7 +16,7 @@ import can
 from carledger.config import load_config
 from carledger.pipeline import Pipeline
 from carledger.sources import BusSource, LogSource
-from carledger.sources.base import WAKEUP_INTERVAL, Pacer
+from carledger.sources.base import WAKEUP_INTERVAL, Pacer, pipeline_phase, reader_phase
 from carledger.sources.socketcan import RECEIVE_BUFFER, receive_buffer_for
 from carledger_sim.car import SimulatedCar
 from conftest import wait_until
@@ -43,6 +43,10 @@ def test_pacer_wakes_on_a_grid_shared_by_every_thread():
     assert abs(pacer.at_or_after(10.05) - 10.05) < 1e-9
     later = Pacer(0.05, phase=0.01)
     assert abs(later.at_or_after(10.05) - 10.06) < 1e-9
+    # readers take turns, the pipeline comes after the last of them, all within the interval
+    phases = [reader_phase(i, 0.05) for i in range(4)]
+    assert phases == sorted(set(phases)) and phases[0] == 0.0
+    assert phases[-1] < pipeline_phase(4, 0.05) < 0.05
 
 
 def test_replay_at_recorded_speed_hands_frames_on_once_per_interval(tmp_path):

@@ -209,7 +209,7 @@ class BusSource(FrameSource):
 
     def _turns(self, bus, stop: threading.Event) -> Iterator[Pacer]:
         """One turn per read, for as long as the bus is needed; the caller paces busy turns with the pacer."""
-        pacer = Pacer(self.wakeup_interval)
+        pacer = Pacer(self.wakeup_interval, self.wakeup_phase)
         while not stop.is_set() and self._filter_applied(bus):
             self._expect(_RECV_TIMEOUT + self.wakeup_interval)
             yield pacer

@@ -119,7 +119,7 @@ class LogSource(FrameSource):
         behind takes everything due at once instead of catching up in small
         batches. Recorded times are untouched.
         """
-        pacer = Pacer(self.wakeup_interval)
+        pacer = Pacer(self.wakeup_interval, self.wakeup_phase)
         start_wall: float | None = None
         start_t = 0.0
         wake = float("-inf")  # monotonic time of the current wake-up: frames due by then go in this batch
