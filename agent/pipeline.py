@@ -1,12 +1,14 @@
 """The composition root: wires sources, decoding, the owner's policy and the ledger from a Config.
 
 Each bus runs in its own thread, reading only the frames some stream of the
-policy could need and handing them over in batches. One pipeline thread
-decodes, hands each new value to the consumers the policy engine attached
-(taps, location filters, metrics, aggregates), and seals blocks when they
-are due (by age or record count), one SQLite transaction for all streams due
-at once. Between batches it applies the owner's requests (queued by the CLI)
-and starts or stops streams as consents begin and end. Bus problems arrive
+policy could need and handing them over in batches, once per wake-up
+interval (`[agent] wakeup_interval`) while frames flow. One pipeline thread
+wakes just after the readers, decodes, hands each new value to the consumers
+the policy engine attached (taps, location filters, metrics, aggregates),
+and seals blocks when they are due (by age or record count), one SQLite
+transaction for all streams due at once. Once per round it applies the
+owner's requests (queued by the CLI) and starts or stops streams as consents
+begin and end. Bus problems arrive
 here as health events and go into the `health` stream.
 """
 
