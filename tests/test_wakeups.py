@@ -138,3 +138,27 @@ def test_the_receive_buffer_holds_four_full_buses_for_twice_the_interval():
     assert receive_buffer_for(0.2) > receive_buffer_for(0.05)
     source = BusSource("x", None, interface="virtual", channel="unused", wakeup_interval=0.2)
     assert source.receive_buffer == receive_buffer_for(0.2)
+
+
+def test_a_python_can_bus_reading_a_socket_gets_the_receive_buffer_too(tmp_path):
+    """udp_multicast and the like (`fileno()` a socket) hold frames between wake-ups as SocketCAN does."""
+    import os
+    import socket
+
+    from carledger.sources.bus import _size_socket_of
+
+    class Reads:  # what _size_socket_of uses of a python-can bus: fileno()
+        def __init__(self, fd: int):
+            self.fd = fd
+
+        def fileno(self) -> int:
+            return self.fd
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        granted = _size_socket_of(Reads(udp.fileno()), RECEIVE_BUFFER)
+        assert granted == udp.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) > 0  # the bus's own socket, sized
+    with open(tmp_path / "tty", "w") as not_a_socket:
+        open_before = len(os.listdir("/proc/self/fd"))
+        assert _size_socket_of(Reads(not_a_socket.fileno()), RECEIVE_BUFFER) == 0
+        assert len(os.listdir("/proc/self/fd")) == open_before  # the duplicate descriptor is closed
+    assert _size_socket_of(Reads(-1), RECEIVE_BUFFER) == 0

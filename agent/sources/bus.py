@@ -313,11 +313,17 @@ def _size_socket_of(bus, size: int) -> int:
         return 0
     if not isinstance(fd, int) or fd < 0 or not size:
         return 0
+    duplicate = os.dup(fd)  # the same socket; closing the duplicate leaves the bus's open
     try:
-        with socket.socket(fileno=os.dup(fd)) as sock:  # the same socket; closing the duplicate leaves it open
-            return set_receive_buffer(sock, size)
+        sock = socket.socket(fileno=duplicate)
     except OSError:  # not a socket (a serial port's fd)
+        os.close(duplicate)
         return 0
+    with sock:
+        try:
+            return set_receive_buffer(sock, size)
+        except OSError:
+            return 0
 
 
 def _queued_reader(bus) -> Callable[[], Any] | None:
