@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from carledger.ledger.block import valid_stream_name
+from carledger.sources.base import WAKEUP_INTERVAL
 from carledger.tomlfile import FieldError, TomlDocument, read_toml
 
 if TYPE_CHECKING:
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from carledger.sync.config import MqttConfig
 
 DEFAULT_PATH = "/etc/carledger/agent.toml"
+MAX_WAKEUP_INTERVAL = 1.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
 
@@ -74,6 +76,7 @@ class Config:
     seal_max_age: float = 1.0
     seal_max_records: int = 5000
     health_interval: float = 60.0
+    wakeup_interval: float = WAKEUP_INTERVAL  # seconds between a busy agent's wake-ups (readers and pipeline)
     timezone: str | None = None  # IANA name for local time (night driving); None: the system's
     elm327: tuple["ObdConfig", ...] = ()  # OBD-II through ELM327 adapters ([[elm327]])
     mqtt: "MqttConfig | None" = None  # sync to a broker ([mqtt], docs/sync.md); None: the ledger stays local
@@ -194,7 +197,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 
 _TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt"}
-_AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb", "key"}
+_AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb", "key", "wakeup_interval"}
 _SEAL = {"max_age", "max_records"}
 _SAMPLING = {"min_interval", "signals"}
 _BUS = {
@@ -281,7 +284,16 @@ def parse_config(doc: TomlDocument) -> Config:
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,
         health_interval=agent.number("health_interval", 60.0, minimum=1.0),  # type: ignore[arg-type]
+        wakeup_interval=_wakeup_interval(agent),
     )
+
+
+def _wakeup_interval(agent: "_Fields") -> float:
+    """`[agent] wakeup_interval`: 1 ms to 1 s; longer would hold a crash capture's seal (docs/edr.md) too long."""
+    value = agent.number("wakeup_interval", WAKEUP_INTERVAL, minimum=0.001) or WAKEUP_INTERVAL
+    if value > MAX_WAKEUP_INTERVAL:
+        raise agent.error("wakeup_interval", f"at most {MAX_WAKEUP_INTERVAL:g} seconds (a crash capture seals that much later)")
+    return value
 
 
 def _array(top: _Fields, key: str) -> list[dict[str, Any]]:

@@ -1,12 +1,14 @@
 """The composition root: wires sources, decoding, the owner's policy and the ledger from a Config.
 
 Each bus runs in its own thread, reading only the frames some stream of the
-policy could need and handing them over in batches. One pipeline thread
-decodes, hands each new value to the consumers the policy engine attached
-(taps, location filters, metrics, aggregates), and seals blocks when they
-are due (by age or record count), one SQLite transaction for all streams due
-at once. Between batches it applies the owner's requests (queued by the CLI)
-and starts or stops streams as consents begin and end. Bus problems arrive
+policy could need and handing them over in batches, once per wake-up
+interval (`[agent] wakeup_interval`) while frames flow. One pipeline thread
+wakes just after the readers, decodes, hands each new value to the consumers
+the policy engine attached (taps, location filters, metrics, aggregates),
+and seals blocks when they are due (by age or record count), one SQLite
+transaction for all streams due at once. Once per round it applies the
+owner's requests (queued by the CLI) and starts or stops streams as consents
+begin and end. Bus problems arrive
 here as health events and go into the `health` stream.
 """
 
@@ -40,6 +42,7 @@ from carledger.policy.engine import EngineSettings
 from carledger.run_summary import BusStats, RunSummary, dbc_matcher, log_counts, not_recorded
 from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameFilter, FrameSource, LogSource
+from carledger.sources.base import Pacer, pipeline_phase, reader_phase
 from carledger.sources.replay import ReplayError
 from carledger.sources.frame import EFF_FLAG
 from carledger.transport import TransportDecoder
@@ -238,6 +241,8 @@ class Pipeline:
             self.ledger.close()
             raise
         self.sources = [self._make_source(i, bus) for i, bus in enumerate(self.buses)]
+        for index, source in enumerate(self.sources):
+            source.wakeup_phase = reader_phase(index, config.wakeup_interval)
         self.watchdog = Watchdog(self.notifier, self.sources)  # fed only while loop, sources and store are alive
         self.syncer: Any = None  # started by run() when the configuration has [mqtt]
         self._outbound: dict[str, Any] = {}  # what the syncer may send: read from its thread, replaced whole
@@ -503,11 +508,13 @@ class Pipeline:
             return LogSource(
                 cfg.name, cfg.replay or "", bus.frame_filter,
                 speed=cfg.speed, channels=cfg.replay_channels, on_event=on_event,
+                wakeup_interval=self.config.wakeup_interval,
             )
         return BusSource(
             cfg.name, bus.frame_filter,
             interface=cfg.interface or "", channel=cfg.channel, bitrate=cfg.bitrate,
             fd=cfg.fd, data_bitrate=cfg.data_bitrate, options=cfg.options, on_event=on_event,
+            wakeup_interval=self.config.wakeup_interval,
         )
 
     # -- running ------------------------------------------------------------------
@@ -547,13 +554,17 @@ class Pipeline:
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
         next_health = time.monotonic() + self.config.health_interval
-        items = self._inline_items() if inline else self._queued_items()
+        rounds = self._inline_rounds() if inline else self._queued_rounds()
         try:
-            for index, item in items:
-                if item is None and index is not None:
-                    active -= 1
-                elif item is not None:
-                    self._process(index, item)
+            for items in rounds:
+                self.summary.rounds += 1
+                for index, item in items:
+                    if item is None:
+                        active -= 1
+                    else:
+                        self.summary.batches += 1
+                        self._process(index, item)
+                # once per round (a wake-up), however many batches it brought
                 while self._events:
                     self._bus_event(*self._events.popleft())
                 self._route_samples()
@@ -608,17 +619,35 @@ class Pipeline:
         policy = self.owner_state.effective_policy()
         summary.not_recorded = not_recorded(policy.streams, summary.streams, summary.first_t, summary.last_t)
 
-    def _queued_items(self) -> Iterator[tuple[int | None, list | None]]:
-        """Batches from the reader threads; (None, None) every tick without one."""
-        get = self._queue.get
-        while True:
-            try:
-                yield get(timeout=_TICK)
-            except queue.Empty:
-                yield None, None
+    def _queued_rounds(self) -> Iterator[list[tuple[int, list | None]]]:
+        """The batches the reader threads queued, taken once per wake-up; [] every tick without any.
 
-    def _inline_items(self) -> Iterator[tuple[int | None, list | None]]:
-        yield from self._batches_of(0, self.sources[0])
+        The pipeline wakes on the readers' grid, a slot after the last of
+        them (`pipeline_phase`), and takes every batch waiting. Only when nothing was
+        waiting does it block on the queue (an idle car), and only when the
+        queue is full or a log is replayed as fast as it reads (readers faster
+        than real time) does it skip the wait.
+        """
+        interval = self.config.wakeup_interval
+        pacer = Pacer(interval, pipeline_phase(len(self.sources), interval))
+        get, get_nowait, waiting = self._queue.get, self._queue.get_nowait, self._queue.qsize
+        stop = self.stop_event
+        # a fast replay among the sources: the pipeline keeps up with the fastest reader, it is not the car's pace
+        paced = not any(isinstance(s, LogSource) and s.speed <= 0 for s in self.sources)
+        while True:
+            items = [get_nowait() for _ in range(waiting())]  # only this thread takes: all are there
+            if not items:
+                try:
+                    items = [get(timeout=_TICK)]
+                except queue.Empty:
+                    pass
+            yield items
+            if paced and items and not self._queue.full():
+                pacer.wait(stop)
+
+    def _inline_rounds(self) -> Iterator[list[tuple[int, list | None]]]:
+        for item in self._batches_of(0, self.sources[0]):
+            yield [item]
 
     def _batches_of(self, index: int, source: FrameSource) -> Iterator[tuple[int, list | None]]:
         """(index, batch) for every batch of a source, then (index, None); never raises."""

@@ -59,6 +59,8 @@ class RunSummary:
     first_t: float | None = None  # the data's time span (the log's clock for a replay)
     last_t: float | None = None
     replay: bool = False
+    rounds: int = 0  # the pipeline's wake-ups: its per-round work (owner requests, seals due, clock) ran this often
+    batches: int = 0  # batches the sources handed over
 
     def count_block(self, stream: str, records: int, events: int) -> None:
         self.streams[stream] = self.streams.get(stream, 0) + records

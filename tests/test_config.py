@@ -44,6 +44,7 @@ def test_valid_config_resolves_paths_relative_to_the_file(tmp_path):
     assert config.sampling.overrides == (("Vehicle.CurrentLocation.*", 1.0),)
     assert config.policy == str(tmp_path / "policy.toml")
     assert config.timezone is None
+    assert config.wakeup_interval == 0.05  # the default: see docs/edr.md for why
 
 
 def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
@@ -57,6 +58,7 @@ def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
     config = load_config(path)
     assert config.policy == "/etc/carledger/policy.toml"
     assert config.timezone == "Europe/Berlin"
+    assert config.wakeup_interval == 0.05
 
 
 @pytest.mark.parametrize(
@@ -73,6 +75,8 @@ def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
         ('policy = "policy.toml"', 'policy = 3', 4, "agent.policy", "expected a string"),
         ('policy = "policy.toml"', 'timezone = "Mars/Base"', 4, "agent.timezone", "unknown time zone"),
         ('"Vehicle.CurrentLocation.*" = 1.0', '"Vehicle.CurrentLocation.*" = "x"', 10, "sampling.signals", "minimum interval"),
+        ('policy = "policy.toml"', 'wakeup_interval = 0', 4, "agent.wakeup_interval", "at least 0.001"),
+        ('policy = "policy.toml"', 'wakeup_interval = 5', 4, "agent.wakeup_interval", "at most 1 seconds"),
     ],
 )
 def test_mistakes_name_line_and_key(tmp_path, old, new, line, key, words):

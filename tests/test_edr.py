@@ -418,6 +418,22 @@ def test_the_trigger_window_holds_values_between_samples():
     assert accel.trace.largest_change(0.19, 0.15) == pytest.approx(150.0 * 0.06 * 3.6)  # its last 60 ms
 
 
+def test_the_quick_trigger_check_sees_exactly_the_range_the_trace_holds():
+    """could_trigger keeps the trace's min and max as points come: the same answer as scanning them."""
+    import random
+
+    rng = random.Random(4)
+    trace = VelocityTrace()
+    t, v = 0.0, 60.0
+    for _ in range(5000):
+        t += rng.choice((0.001, 0.01, 0.02, 0.3))
+        v += rng.uniform(-3.0, 3.0)
+        trace.add(t if rng.random() > 0.02 else t - 0.05, v)  # now and then out of order: ignored
+        values = trace.values
+        assert (trace.low, trace.high) == (min(values), max(values))
+        assert trace.could_trigger() == (len(values) > 1 and max(values) - min(values) >= 8.0)
+
+
 def test_the_ring_buffer_keeps_20_s_of_ticks_on_a_fixed_grid():
     ring = SnapshotRing()
     for k in range(3000):  # 30 s of a signal at 100 Hz

@@ -39,28 +39,38 @@ class Trigger:
 class VelocityTrace:
     """A velocity (km/h) sampled and held, kept for the last 200 ms."""
 
-    __slots__ = ("points", "values")
+    __slots__ = ("points", "values", "low", "high")
 
     def __init__(self) -> None:
         self.points: collections.deque[tuple[float, float]] = collections.deque()
         self.values: collections.deque[float] = collections.deque()  # the points' values, for min() and max()
+        # min(values) and max(values), kept as points come and recomputed only when the trace is pruned:
+        # could_trigger runs for every speed and acceleration sample, and scanning the values each time
+        # was a good part of what crash readiness cost (issue 16)
+        self.low = float("inf")
+        self.high = float("-inf")
 
     def add(self, t: float, v: float) -> None:
         points = self.points
         if points and t < points[-1][0]:
             return  # out of order: the held value already covers it
         points.append((t, v))
-        self.values.append(v)
+        values = self.values
+        values.append(v)
+        if v < self.low:
+            self.low = v
+        if v > self.high:
+            self.high = v
         if t - points[0][0] > _PRUNE:  # now and then, not per sample: older points only cost a little in could_trigger
             horizon = t - _KEEP
             while len(points) > 1 and points[1][0] <= horizon:
                 points.popleft()
-                self.values.popleft()
+                values.popleft()
+            self.low, self.high = min(values), max(values)
 
     def could_trigger(self) -> bool:
         """Cheap and conservative: could a window of what the trace holds (up to 0.5 s) have a trigger-size change?"""
-        values = self.values
-        return len(values) > 1 and max(values) - min(values) >= TRIGGER_KMH
+        return len(self.values) > 1 and self.high - self.low >= TRIGGER_KMH
 
     def at(self, t: float) -> float | None:
         """The held value at t (None before the first sample)."""

@@ -14,6 +14,7 @@ from any interface become rate-limited "bus-error" events
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -21,12 +22,12 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from carledger.sources.base import EventSink, FrameSource
+from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pacer
 from carledger.sources.canerror import CAN_ERR_FLAG, ErrorFrameLog
 from carledger.sources.frame import Frame, FrameFilter, frame_key
-from carledger.sources.socketcan import RECEIVE_BUFFER, SocketReader
+from carledger.sources.socketcan import SocketReader, receive_buffer_for, set_receive_buffer
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +57,18 @@ class BusSource(FrameSource):
         options: dict[str, Any] | None = None,
         on_event: EventSink | None = None,
         backoff: tuple[float, float] = (0.5, 30.0),
-        receive_buffer: int = RECEIVE_BUFFER,
+        receive_buffer: int | None = None,
         error_interval: float = 1.0,
+        wakeup_interval: float = WAKEUP_INTERVAL,
     ):
         super().__init__(name, frame_filter, on_event)
+        self.wakeup_interval = wakeup_interval  # a busy bus is read at most once per interval
         self.interface, self.channel = interface, channel
         self.bitrate, self.fd, self.data_bitrate = bitrate, fd, data_bitrate
         self.options = dict(options or {})
         self.backoff = backoff
-        self.receive_buffer = receive_buffer  # SocketCAN: bytes asked for (SO_RCVBUF)
+        # SocketCAN: bytes asked for (SO_RCVBUF), enough for the frames that arrive between two wake-ups
+        self.receive_buffer = receive_buffer_for(wakeup_interval) if receive_buffer is None else receive_buffer
         self.receive_buffer_granted = 0  # SocketCAN: what the kernel granted (it reports twice the request)
         self.error_frames = 0
         self.dropped = 0  # SocketCAN: frames the kernel dropped for a full receive buffer
@@ -87,7 +91,7 @@ class BusSource(FrameSource):
         """Read only what `frame_filter` lets through from now on: on the open bus and after reopens.
 
         Safe from any thread: the reader thread applies it within a receive
-        timeout (0.2 s). An empty filter closes the bus until a filter needs
+        timeout and a wake-up interval (0.2 s + 50 ms by default). An empty filter closes the bus until a filter needs
         it again; `None` reads everything.
         """
         self.frame_filter = frame_filter
@@ -170,6 +174,7 @@ class BusSource(FrameSource):
         bus = self._open()
         sock = getattr(bus, "socket", None)
         if self.interface != "socketcan" or sock is None:
+            self.receive_buffer_granted = _size_socket_of(bus, self.receive_buffer)
             return bus, None
         try:
             pending = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
@@ -202,14 +207,35 @@ class BusSource(FrameSource):
         bus.set_filters(frame_filter.to_can_filters() if frame_filter is not None else None)
         return True
 
-    def _receive(self, bus, stop: threading.Event) -> Iterator[list[Frame]]:
-        recv = bus.recv
+    def _turns(self, bus, stop: threading.Event) -> Iterator[Pacer]:
+        """One turn per read, for as long as the bus is needed; the caller paces busy turns with the pacer."""
+        pacer = Pacer(self.wakeup_interval, self.wakeup_phase)
         while not stop.is_set() and self._filter_applied(bus):
+            self._expect(_RECV_TIMEOUT + self.wakeup_interval)
+            yield pacer
+
+    def _rest(self, pacer: Pacer, batch: list, stop: threading.Event) -> bool:
+        """After a read: wait for the next wake-up when the bus is busy; False once stopped.
+
+        At most one read a `wakeup_interval` while frames flow. A full batch
+        does not wait (more is queued), nor does an empty one (the read
+        already waited for the bus to speak), so the first frame after
+        silence is taken at once.
+        """
+        if batch and len(batch) < _MAX_BATCH:
+            return not pacer.wait(stop)
+        return True
+
+    def _receive(self, bus, stop: threading.Event) -> Iterator[list[Frame]]:
+        recv, queued = bus.recv, _queued_reader(bus)
+        paced = queued is not None
+        if queued is None:
+            queued = functools.partial(recv, 0)
+        for pacer in self._turns(bus, stop):
             batch: list[Frame] = []
             failure: Exception | None = None
-            self._expect(_RECV_TIMEOUT)
             try:
-                msg = recv(_RECV_TIMEOUT)
+                msg = recv(_RECV_TIMEOUT)  # blocks only on an idle bus
                 while msg is not None:
                     if msg.is_error_frame:
                         self._error_frame(msg.timestamp, msg.arbitration_id | CAN_ERR_FLAG, bytes(msg.data))
@@ -217,7 +243,7 @@ class BusSource(FrameSource):
                         batch.append((msg.timestamp, frame_key(msg.arbitration_id, msg.is_extended_id), bytes(msg.data)))
                     if len(batch) >= _MAX_BATCH:
                         break
-                    msg = recv(0)
+                    msg = queued()
             except Exception as exc:  # hand on what was read before the failure, then report it
                 failure = exc
             self._flush_errors()
@@ -227,14 +253,15 @@ class BusSource(FrameSource):
                 yield batch
             if failure is not None:
                 raise failure
+            if paced and not self._rest(pacer, batch, stop):
+                return
 
     def _receive_socket(self, bus, reader: SocketReader, stop: threading.Event) -> Iterator[list[Frame]]:
         read, on_error = reader.read, self._error_frame
         reported, next_report = 0, 0.0  # drops already reported for this socket
         stamped_before = self.hardware_timestamps
-        while not stop.is_set() and self._filter_applied(bus):
-            self._expect(_RECV_TIMEOUT)
-            batch = read(_RECV_TIMEOUT, _MAX_BATCH, on_error)
+        for pacer in self._turns(bus, stop):
+            batch = read(_RECV_TIMEOUT, _MAX_BATCH, on_error)  # blocks only on an idle bus
             self._flush_errors()
             if reader.dropped > reported and time.monotonic() >= next_report:
                 next_report = time.monotonic() + _DROP_REPORT_INTERVAL
@@ -247,6 +274,8 @@ class BusSource(FrameSource):
                 self.frames_read += len(batch)
                 self.alive_until = math.inf  # time the consumer takes is not the reader's
                 yield batch
+            if not self._rest(pacer, batch, stop):
+                return
 
     def _error_frame(self, t: float, can_id: int, data: bytes) -> None:
         self.error_frames += 1
@@ -269,3 +298,54 @@ class BusSource(FrameSource):
 
     def _jitter(self, delay: float) -> float:
         return delay * (0.5 + self._random.random() / 2)
+
+
+def _size_socket_of(bus, size: int) -> int:
+    """Sizes the receive buffer of a python-can bus that reads a socket (`fileno()`, e.g. udp_multicast).
+
+    Frames wait there between two wake-ups as they do in a SocketCAN socket.
+    Returns what the kernel granted; 0 for a bus without a socket (virtual,
+    serial adapters, drivers that queue in their own library).
+    """
+    try:
+        fd = bus.fileno()
+    except Exception:  # NotImplementedError for most interfaces
+        return 0
+    if not isinstance(fd, int) or fd < 0 or not size:
+        return 0
+    duplicate = os.dup(fd)  # the same socket; closing the duplicate leaves the bus's open
+    try:
+        sock = socket.socket(fileno=duplicate)
+    except OSError:  # not a socket (a serial port's fd)
+        os.close(duplicate)
+        return 0
+    with sock:
+        try:
+            return set_receive_buffer(sock, size)
+        except OSError:
+            return 0
+
+
+def _queued_reader(bus) -> Callable[[], Any] | None:
+    """The next frame already queued on a python-can bus, or None only when none is.
+
+    `bus.recv(0)` also returns None when the next queued frame is one its
+    software filter drops (python-can filters in `recv`, and a zero timeout
+    leaves no time for another try), so None would not mean "drained" and a
+    paced reader would fall behind. This reads the way `BusABC.recv` does,
+    without the clock. A bus class that replaces `recv` keeps `recv(0)`, and
+    is read at once whenever it says nothing is queued (no pacing).
+    """
+    import can
+
+    if type(bus).recv is not can.BusABC.recv:
+        return None
+    internal, matches = bus._recv_internal, bus._matches_filters
+
+    def queued() -> Any:
+        while True:
+            msg, already_filtered = internal(timeout=0)
+            if msg is None or already_filtered or matches(msg):
+                return msg
+
+    return queued

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Iterable, Iterator
 
-from carledger.sources.base import EventSink, FrameSource
+from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pacer
 from carledger.sources.candump import read_candump
 from carledger.sources.frame import Frame, FrameFilter, frame_key
 from carledger.sources.logfile import LogFile, ReplayError
@@ -48,8 +48,10 @@ class LogSource(FrameSource):
         speed: float = 0.0,
         channels: Iterable[str] = (),
         on_event: EventSink | None = None,
+        wakeup_interval: float = WAKEUP_INTERVAL,
     ):
         super().__init__(name, frame_filter, on_event)
+        self.wakeup_interval = wakeup_interval  # at recorded speed: hands frames on at most once per interval
         self.path = path
         self.speed = speed
         self.channels = tuple(str(c) for c in channels)
@@ -109,22 +111,32 @@ class LogSource(FrameSource):
             yield batch
 
     def _paced(self, raw: Iterator[list[Frame]], stop: threading.Event) -> Iterator[list[Frame]]:
-        """Re-cut batches so each frame is handed on when its recorded time has come."""
+        """Re-cut batches the way a bus reader takes frames: on each wake-up, every frame due by then.
+
+        Wake-ups fall on the readers' grid (`Pacer`), at most one per
+        `wakeup_interval`, so a frame is handed on at most one interval after
+        its recorded time has come, and never before. A pipeline that fell
+        behind takes everything due at once instead of catching up in small
+        batches. Recorded times are untouched.
+        """
+        pacer = Pacer(self.wakeup_interval, self.wakeup_phase)
         start_wall: float | None = None
         start_t = 0.0
+        wake = float("-inf")  # monotonic time of the current wake-up: frames due by then go in this batch
+        out: list[Frame] = []
         for batch in raw:
-            out: list[Frame] = []
             for frame in batch:
                 if start_wall is None:
                     start_wall, start_t = time.monotonic(), frame[0]
                 due = start_wall + (frame[0] - start_t) / self.speed
-                delay = due - time.monotonic()
-                if delay > 0.005:
+                if due > wake:
                     if out:
                         yield out
                         out = []
-                    if stop.wait(delay):
+                    now = time.monotonic()
+                    wake = max(pacer.at_or_after(due), now)
+                    if wake > now and stop.wait(wake - now):
                         return
                 out.append(frame)
-            if out:
-                yield out
+        if out:
+            yield out

@@ -15,6 +15,7 @@ offer:
 
 from __future__ import annotations
 
+import math
 import select
 import socket
 import struct
@@ -26,7 +27,20 @@ from carledger.sources.frame import EFF_FLAG, EFF_MASK, SFF_MASK, Frame
 
 CAN_RTR_FLAG = 0x40000000
 CANFD_MTU = 72
-RECEIVE_BUFFER = 1 << 20  # bytes asked for; the kernel accounts about 1 KiB per frame, so ~1000 frames of burst
+RECEIVE_BUFFER = 1 << 20  # bytes asked for at least; the kernel accounts about 1 KiB per frame, so ~1000 frames of burst
+FRAME_ACCOUNTING = 1024  # bytes of receive buffer the kernel charges per classic CAN frame (766 measured, rounded up)
+SIZING_FRAMES_PER_SECOND = 4 * 4500  # four full 500 kbit/s buses: what one socket (channel "any") may see
+SIZING_ROOM = 2  # the reader may be held up as long again (the pipeline sealing, an fsync)
+
+
+def receive_buffer_for(wakeup_interval: float) -> int:
+    """Bytes of receive buffer for a reader that wakes every `wakeup_interval` seconds.
+
+    Between two wake-ups the kernel keeps the frames: four full buses for the
+    interval, twice over, and never less than `RECEIVE_BUFFER`.
+    """
+    frames = math.ceil(SIZING_FRAMES_PER_SECOND * wakeup_interval * SIZING_ROOM)
+    return max(RECEIVE_BUFFER, frames * FRAME_ACCOUNTING)
 
 SO_TIMESTAMPNS = 35
 SO_TIMESTAMPING = 37

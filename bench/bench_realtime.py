@@ -1,0 +1,286 @@
+"""Real time: the agent fed at the car's pace, against a python-can Notifier + cantools on the same feed.
+
+    python bench/bench_realtime.py [--seconds 30] [--interval 0.05] [--skip-four]
+
+The other benches replay a file as fast as it reads. In a car frames come at
+the bus's pace, a few at a time, and what costs is waking up for them. Here a
+feeder process sends the real 2017 RAV4 log at its recorded rate (897
+frames/s) through python-can's `udp_multicast` bus on loopback, the stand-in
+for the car's bus: it is the only python-can bus that two processes can share
+without a kernel CAN module (no vcan here; the SocketCAN tier of the tests
+runs inside user-mode-linux, too slow to time). Each frame is a UDP datagram
+with the kernel's receive timestamp, read by the agent like any python-can
+bus that is not SocketCAN (paced, software filter, receive buffer sized).
+
+For --seconds of feed, measured from inside each receiving process
+(`getrusage`, /proc/self/statm):
+
+- start-up: CPU seconds and RSS until every bus is open, before the feed;
+- CPU per frame during the feed (the process's user + system time over the
+  frames the feeder sent), voluntary context switches per second (wake-ups),
+  peak RSS (ru_maxrss) and steady RSS (median of samples every 2 s);
+- frames dropped: sent by the feeder (of the identifiers the receiver's
+  filter takes) minus read.
+
+Receivers, one after the other on the same feed:
+
+- baseline: python-can `Notifier` + cantools `decode_message` on every frame;
+- carledger recording the 16 signals of bench_pipeline.py (a fleet
+  recorder's choice), and recording every signal of the DBC;
+- 4 x 4,500 frames/s: four buses, each the RAV4 log at 5x its rate (4,485
+  frames/s, a full 500 kbit/s bus), agent (16 signals per bus) and baseline:
+  CPU as a share of one core, and drops (which must be zero).
+
+Prints each receiver's figures and carledger's CPU per frame as a ratio of
+the baseline's. Not a test: nothing here passes or fails, and the machine's
+other work moves the figures (say which machine and when, with them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import DBC, LOG, STREAMS  # noqa: E402  (bench scripts are run as files)
+
+REPO = Path(__file__).resolve().parents[1]
+GROUP = "239.74.163.{}"  # udp_multicast groups on loopback, one per bus, each on its own port
+PORT = 43200
+RSS_SAMPLE = 2.0  # seconds between steady-state RSS samples (one wake-up each)
+
+# Shared by both receivers: resource use of this process, RSS sampled now and then.
+MEASURE = """
+import json, os, resource, statistics, sys, threading, time
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def usage():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return {"cpu": r.ru_utime + r.ru_stime, "vcsw": r.ru_nvcsw, "ivcsw": r.ru_nivcsw,
+            "peak_mb": r.ru_maxrss * 1024 / 1e6, "wall": time.monotonic()}
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE / 1e6
+samples = []
+sampling = threading.Event()
+def sample():
+    while not sampling.wait(%(rss_sample)r):
+        samples.append(rss_mb())
+def feed_window(ready_rss):
+    print(json.dumps({"ready": True}), flush=True)
+    start = usage()
+    threading.Thread(target=sample, daemon=True).start()
+    sys.stdin.readline()  # the feed is over (and drained): blocks without waking
+    end = usage()
+    sampling.set()
+    return {"startup_cpu": start["cpu"], "startup_rss_mb": ready_rss,
+            "cpu": end["cpu"] - start["cpu"], "seconds": end["wall"] - start["wall"],
+            "vcsw": end["vcsw"] - start["vcsw"], "ivcsw": end["ivcsw"] - start["ivcsw"],
+            "peak_rss_mb": end["peak_mb"], "steady_rss_mb": statistics.median(samples) if samples else rss_mb()}
+""" % {"rss_sample": RSS_SAMPLE}
+
+AGENT = MEASURE + """
+from carledger.config import load_config
+from carledger.pipeline import Pipeline
+from carledger.sources.candump import read_candump_file
+config, log = sys.argv[1], sys.argv[2]
+pipeline = Pipeline(load_config(config))
+runner = threading.Thread(target=pipeline.run, daemon=True)
+runner.start()
+while not all(s.opened.is_set() for s in pipeline.sources):
+    time.sleep(0.01)
+window = feed_window(rss_mb())
+read = [s.frames_read for s in pipeline.sources]
+pipeline.stop()
+runner.join(60)
+keys = {key for _, key, _ in read_candump_file(log)}
+window.update(read=read, rounds=pipeline.summary.rounds, batches=pipeline.summary.batches,
+              records=pipeline.summary.records, blocks=pipeline.summary.blocks,
+              wanted=[sorted(k for k in keys if b.frame_filter.matches(k)) for b in pipeline.buses])
+print(json.dumps(window))
+"""
+
+BASELINE = MEASURE + """
+import can, cantools
+dbc, channels = sys.argv[1], json.loads(sys.argv[2])
+db = cantools.database.load_file(dbc, strict=False)
+class Decode(can.Listener):
+    def __init__(self):
+        self.frames = 0
+    def on_message_received(self, msg):
+        self.frames += 1
+        try:
+            db.decode_message(msg.arbitration_id, msg.data)
+        except KeyError:
+            pass
+buses = [can.Bus(interface="udp_multicast", channel=group, port=port) for group, port in channels]
+listeners = [Decode() for _ in buses]
+notifiers = [can.Notifier(bus, [listener]) for bus, listener in zip(buses, listeners)]
+window = feed_window(rss_mb())
+read = [listener.frames for listener in listeners]
+for notifier in notifiers:
+    notifier.stop()
+for bus in buses:
+    bus.shutdown()
+window.update(read=read, wanted=None)
+print(json.dumps(window))
+"""
+
+# Sends the log onto each bus at `speed` x its recorded rate, bus i starting 15 s further into it, for `seconds`.
+FEEDER = """
+import json, sys, time
+import can
+from carledger.sources.candump import read_candump_file
+from carledger.sources.frame import EFF_FLAG
+log, channels, speed, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+frames = list(read_candump_file(log))
+t0, span = frames[0][0], frames[-1][0] - frames[0][0] + 0.01
+messages = [(t - t0, can.Message(arbitration_id=key & 0x1FFFFFFF, is_extended_id=bool(key & EFF_FLAG), data=data),
+             key) for t, key, data in frames]
+feed = []
+for index in range(len(channels)):
+    shift, lap = index * 15.0, 0
+    while True:
+        start = lap * span - shift
+        lap += 1
+        batch = [((start + offset) / speed, index, msg, key) for offset, msg, key in messages
+                 if 0 <= (start + offset) / speed < seconds]
+        feed += batch
+        if (start + span) / speed >= seconds:
+            break
+feed.sort(key=lambda item: item[0])
+buses = [can.Bus(interface="udp_multicast", channel=group, port=port) for group, port in channels]
+sent = [dict() for _ in buses]
+time.sleep(0.5)
+begin = time.monotonic()
+for due, index, msg, key in feed:
+    delay = begin + due - time.monotonic()
+    if delay > 0.001:  # bursts, as a bus delivers them to a socket
+        time.sleep(delay)
+    buses[index].send(msg)
+    sent[index][key] = sent[index].get(key, 0) + 1
+late = time.monotonic() - begin - seconds
+for bus in buses:
+    bus.shutdown()
+print(json.dumps({"sent": [{str(k): n for k, n in s.items()} for s in sent], "late": late}))
+"""
+
+
+def channels(buses: int) -> list[tuple[str, int]]:
+    return [(GROUP.format(2 + i), PORT + i) for i in range(buses)]
+
+
+def write_agent(folder: Path, buses: int, streams: dict[str, list[str]], interval: float) -> Path:
+    """An agent configuration on `buses` udp_multicast buses and a policy of local streams (on every bus)."""
+    from carledger.config import local_streams_policy
+
+    folder.mkdir(parents=True)
+    (folder / "policy.toml").write_text(local_streams_policy(streams))
+    lines = ["[agent]", 'store = "ledger"', 'vehicle = "bench-car"', 'policy = "policy.toml"',
+             f"wakeup_interval = {interval}", "health_interval = 3600"]
+    for i, (group, port) in enumerate(channels(buses)):
+        lines += ["", "[[bus]]", f'name = "can{i}"', 'interface = "udp_multicast"', f'channel = "{group}"',
+                  f"options = {{ port = {port} }}", f'dbc = ["{DBC}"]']
+    path = folder / "agent.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def receive(receiver: list[str], buses: int, speed: float, seconds: float) -> dict:
+    """Start a receiver, feed it for `seconds`, let it drain, and collect what it measured of itself."""
+    proc = subprocess.Popen([sys.executable, "-c", *receiver], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=REPO)
+    assert proc.stdin is not None and proc.stdout is not None
+    ready = proc.stdout.readline()
+    if not ready:
+        proc.wait()
+        raise SystemExit(f"bench receiver failed to start ({receiver[0][-200:]!r})")
+    fed = subprocess.run([sys.executable, "-c", FEEDER, str(LOG), json.dumps(channels(buses)), str(speed),
+                          str(seconds)], capture_output=True, text=True, check=False, cwd=REPO)
+    if fed.returncode != 0:
+        proc.kill()
+        raise SystemExit(f"bench feeder failed:\n{fed.stderr}")
+    time.sleep(1.0)  # let the receiver take what is in flight (the agent: at most two wake-ups)
+    out, err = proc.communicate("stop\n", timeout=120)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench receiver failed:\n{err}")
+    result = json.loads(out.strip().splitlines()[-1])
+    feed = json.loads(fed.stdout)
+    sent = [{int(k): n for k, n in per_bus.items()} for per_bus in feed["sent"]]
+    if result["wanted"] is None:  # the baseline takes every frame
+        expected = [sum(per_bus.values()) for per_bus in sent]
+    else:
+        expected = [sum(per_bus.get(k, 0) for k in wanted) for per_bus, wanted in zip(sent, result["wanted"])]
+    result["sent"] = sum(sum(per_bus.values()) for per_bus in sent)
+    result["expected"] = sum(expected)
+    result["dropped"] = sum(expected) - sum(result["read"])
+    result["feeder_late"] = feed["late"]
+    result["us_per_frame"] = result["cpu"] / result["sent"] * 1e6  # per frame on the bus, whether read or not
+    result["core_share"] = result["cpu"] / result["seconds"]
+    result["wakeups_per_s"] = result["vcsw"] / result["seconds"]
+    return result
+
+
+def line(name: str, r: dict, base: dict | None) -> str:
+    ratio = f", {base['us_per_frame'] / r['us_per_frame']:.2f}x less CPU than the baseline" if base else ""
+    extra = f", {r['rounds'] / r['seconds']:.0f} pipeline rounds/s" if "rounds" in r else ""
+    return (f"{name}: {r['us_per_frame']:.1f} us CPU per frame ({r['core_share'] * 100:.1f} % of a core), "
+            f"{r['wakeups_per_s']:.0f} wake-ups/s{extra}; start-up {r['startup_cpu']:.2f} s CPU, "
+            f"{r['startup_rss_mb']:.0f} MB; RSS peak {r['peak_rss_mb']:.0f} MB, steady {r['steady_rss_mb']:.0f} MB; "
+            f"{r['sent']:,} frames sent, {r['dropped']:,} dropped{ratio}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=30.0, help="seconds of feed per receiver")
+    parser.add_argument("--interval", type=float, default=0.05, help="the agent's [agent] wakeup_interval")
+    parser.add_argument("--skip-four", action="store_true", help="leave out the 4 x 4,500 frames/s runs")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    args = parser.parse_args()
+    if not LOG.exists():
+        print(f"reference data not available: {LOG}", file=sys.stderr)
+        return 2
+    try:
+        import msgpack  # noqa: F401  (python-can's udp_multicast needs it)
+    except ImportError:
+        print("bench_realtime needs msgpack for python-can's udp_multicast bus: .venv/bin/pip install 'python-can[multicast]'",
+              file=sys.stderr)
+        return 2
+    from carledger.decode import load_dbc
+
+    every = sorted({f"{m.name}.*" for m in load_dbc(str(DBC)).database.messages})
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="carledger-bench-") as tmp:
+        runs = [("baseline", None, 1, 1.0), ("carledger, 16 signals", STREAMS, 1, 1.0),
+                ("carledger, every signal", {"all": every}, 1, 1.0)]
+        if not args.skip_four:
+            runs += [("baseline, 4 x 4,500 frames/s", None, 4, 5.0),
+                     ("carledger, 4 x 4,500 frames/s", STREAMS, 4, 5.0)]
+        for number, (name, streams, buses, speed) in enumerate(runs):
+            if streams is None:
+                receiver = [BASELINE, str(DBC), json.dumps(channels(buses))]
+            else:
+                config = write_agent(Path(tmp) / f"run{number}", buses, streams, args.interval)
+                receiver = [AGENT, str(config), str(LOG)]
+            results[name] = receive(receiver, buses, speed, args.seconds)
+            print(line(name, results[name], None), file=sys.stderr)
+    for name, r in results.items():
+        base = results["baseline, 4 x 4,500 frames/s" if "4 x" in name else "baseline"]
+        if name.startswith("carledger"):
+            r["ratio_vs_baseline"] = base["us_per_frame"] / r["us_per_frame"]
+    if args.json:
+        print(json.dumps({"seconds": args.seconds, "interval": args.interval, "results": results}))
+        return 0
+    print(f"{args.seconds:g} s of feed per receiver, agent wake-up interval {args.interval * 1000:g} ms")
+    for name, r in results.items():
+        base = results["baseline, 4 x 4,500 frames/s" if "4 x" in name else "baseline"]
+        print(line(name, r, base if name.startswith("carledger") else None))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
