@@ -14,6 +14,7 @@ from carledger.ledger import block as _block
 from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
 from carledger.ledger.files import private_dir, private_file, repair_private
 from carledger.ledger.heads import Head, check_identity, signed_heads
+from carledger.ledger.identity import KeyRing, keyring
 from carledger.ledger.keys import FileSigner, Signer, VerifyKey, key_path, kid, load_or_create_signing_key
 
 __all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS blocks(
 );
 CREATE INDEX IF NOT EXISTS blocks_stream_seq ON blocks(stream, seq);
 CREATE INDEX IF NOT EXISTS blocks_unacked ON blocks(stream, seq) WHERE acked = 0;
+CREATE TABLE IF NOT EXISTS key_statements(pseudonym TEXT PRIMARY KEY, statement BLOB NOT NULL);
 """
 
 _COLUMNS = "id, stream, seq, digest, t0, t1, count, sign1, records, synced, acked"
@@ -169,7 +171,7 @@ class Store:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle,))
                 if have_pk is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
-                heads = signed_heads(conn, VerifyKey(pub), path / DB_FILE)
+                heads = signed_heads(conn, keyring(conn, VerifyKey(pub)), path / DB_FILE)
                 check_identity(vehicle, heads, path / DB_FILE)
         store = cls(path, conn, readonly=False)
         store._signed_heads = heads
@@ -354,6 +356,20 @@ class Store:
         if include_records and block_row.records is not None:
             return _block.with_records(block_row.sign1, self.records(block_row))
         return bytes(block_row.sign1)
+
+    def keyring(self, vehicle_key: VerifyKey | None = None) -> KeyRing:
+        """Which key verifies which block: `vehicle_key` (default: the store's) and the statements it signed."""
+        key = vehicle_key or self.verify_key
+        if key is None:
+            raise StoreError(f"{self.path}: the store records no public key")
+        with self._lock:
+            return keyring(self._conn, key)
+
+    def add_key_statement(self, pseudonym: str, statement: bytes) -> None:
+        """File a key statement (identity.make_statement); a pseudonym keeps its first one."""
+        self._writable()
+        with self._lock, _transaction(self._conn):
+            self._conn.execute("INSERT OR IGNORE INTO key_statements VALUES (?, ?)", (pseudonym, statement))
 
     # -- writing -----------------------------------------------------------------------------
 
