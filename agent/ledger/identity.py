@@ -23,11 +23,14 @@ import hmac
 import sqlite3
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from carledger.ledger import cbor, cose
 from carledger.ledger.errors import MalformedBlock
 from carledger.ledger.keys import FileSigner, Signer, SigningKey, VerifyKey, kid, public_key_problem
+
+if TYPE_CHECKING:
+    from carledger.ledger.block import SealedBlock
 
 __all__ = [
     "KEY_DOMAIN",
@@ -161,6 +164,17 @@ class KeyRing:
         if cert is None or cert.pseudonym != vid:
             return None
         return VerifyKey(cert.public_key)
+
+    def open_block(self, message: bytes, **options: Any) -> "SealedBlock":
+        """block.open_block with the key this block's kid and vehicle id call for (the vehicle key when none may)."""
+        from carledger.ledger.block import Header, open_block, split_records
+
+        try:
+            msg = cose.decode_sign1(split_records(message)[0])
+            key = self.key_for(msg.protected.get(cose.HDR_KID), Header.decode(msg.payload).vid)
+        except Exception:  # open_block says what is wrong with it
+            key = None
+        return open_block(message, key or self.vehicle_key, **options)
 
     def for_pseudonym(self, pseudonym: str) -> Certified | None:
         return next((c for c in self.by_kid.values() if c.pseudonym == pseudonym), None)

@@ -11,13 +11,14 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from carledger.ledger import block as _block
-from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
+from carledger.ledger import cose
+from carledger.ledger.errors import KeyFileError, MalformedBlock, StoreError, StoreLocked
 from carledger.ledger.files import private_dir, private_file, repair_private
 from carledger.ledger.heads import Head, check_identity, signed_heads
 from carledger.ledger.identity import KeyRing, keyring
 from carledger.ledger.keys import FileSigner, Signer, VerifyKey, key_path, kid, load_or_create_signing_key
 
-__all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
+__all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT", "block_vid"]
 
 DB_FILE = "ledger.sqlite"
 STORE_FORMAT = 1
@@ -357,6 +358,19 @@ class Store:
             return _block.with_records(block_row.sign1, self.records(block_row))
         return bytes(block_row.sign1)
 
+    def stream_vids(self) -> dict[str, str]:
+        """Per stream, the vehicle id its last block carries, as stored (routing only: nothing is verified here)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT b.stream, b.sign1 FROM streams s JOIN blocks b ON b.stream = s.name AND b.seq = s.head_seq"
+            ).fetchall()
+        out = {}
+        for name, sign1 in rows:
+            vid = block_vid(sign1)
+            if isinstance(name, str) and vid is not None:
+                out[name] = vid
+        return out
+
     def keyring(self, vehicle_key: VerifyKey | None = None) -> KeyRing:
         """Which key verifies which block: `vehicle_key` (default: the store's) and the statements it signed."""
         key = vehicle_key or self.verify_key
@@ -574,6 +588,14 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def block_vid(sign1: object) -> str | None:
+    """The vehicle id a stored block's header names, None when it does not parse (not verified)."""
+    try:
+        return _block.Header.decode(cose.decode_sign1(bytes(sign1)).payload).vid  # type: ignore[arg-type]
+    except (MalformedBlock, TypeError, ValueError):
+        return None
 
 
 def _text(value) -> str | None:
