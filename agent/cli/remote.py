@@ -215,8 +215,7 @@ def check_proof(args: argparse.Namespace) -> int:
     def refuse(code: int, why: str) -> int:
         if args.json:
             print(json.dumps({"ok": False, "proof": args.proof, "error": why}))
-        else:
-            print(f"carledger remote check-proof: {args.proof}: refused: {why}", file=sys.stderr)
+        print(f"carledger remote: {args.proof}: refused: {why}", file=sys.stderr)
         return code
 
     try:
