@@ -1,0 +1,234 @@
+"""The console's pages and actions: what the CLI shows, through the CLI's own functions.
+
+"Now" is `status_report` (carledger status --json), "Who gets what" is
+`consent_report` (carledger consent list --json, with `policy show`'s text of
+each stream), "What left the car" is `audit_store` (carledger audit --json).
+A change goes through `owner_request`, as `carledger consent grant|revoke`,
+`pause` and `resume` do: the same rules (at most two years of consent) and the
+same path (through the running agent, which applies it before the next block).
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from importlib import resources
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from carledger.cli._store import Target
+from carledger.console import pages
+from carledger.console.auth import SESSION_MAX, Auth, Session, Throttled
+from carledger.console.pages import ask, e, hidden, layout, message, select
+from carledger.console.server import COOKIE, Request, Response
+
+GRANT_CHOICES = (("90d", "90 days"), ("30d", "30 days"), ("1y", "1 year"), ("2y", "2 years"))
+PAUSE_CHOICES = (("", "until I resume"), ("1h", "1 hour"), ("1d", "1 day"))
+ACTIONS = ("grant", "revoke", "pause", "resume")
+
+
+def _css() -> bytes:
+    return resources.files("carledger.console").joinpath("static/console.css").read_bytes()
+
+
+class Console:
+    """The web application: `Console(where, auth)(request) -> response`."""
+
+    def __init__(self, where: Target, auth: Auth, clock: Callable[[], float] = time.time):
+        self.where = where
+        self.auth = auth
+        self.clock = clock
+        self.css = _css()
+
+    def __call__(self, req: Request) -> Response:
+        if req.path == "/static/console.css" and req.method in ("GET", "HEAD"):
+            return Response(200, self.css, "text/css; charset=utf-8")
+        if req.method == "POST" and not _same_origin(req):
+            return Response.text(403, "refused: this form was sent from another site")
+        if req.path == "/pair":
+            return self.pair(req)
+        session = self.auth.session(req.cookie)
+        if session is None:
+            if req.method == "POST":
+                return Response.text(403, "refused: pair this device first (carledger console pair)")
+            return Response.redirect("/pair")
+        if req.method == "POST":
+            if not self.auth.check_csrf(session, req.form.get("csrf")):
+                return Response.text(403, "refused: this form is stale or was not made by the console; open the page again")
+            if req.path == "/do":
+                return self.do(req, session)
+            if req.path == "/logout":
+                self.auth.end(req.cookie)
+                return Response.redirect("/pair")
+            return Response.text(404, "no such action")
+        page = {"/": self.now, "/consents": self.consents, "/confirm": self.confirm, "/left": self.left}.get(req.path)
+        if page is None:
+            return Response.text(404, "no such page")
+        return page(req, session)
+
+    def _page(self, title: str, body: str, here: str, session: Session, status: int = 200) -> Response:
+        return Response(status, layout(title, body, here=here, csrf=self.auth.csrf_token(session)))
+
+    # -- pairing ----------------------------------------------------------------------------------
+
+    def pair(self, req: Request) -> Response:
+        note, status = "", 200
+        if req.method == "POST":
+            try:
+                token = self.auth.pair(req.form.get("code", ""))
+            except Throttled as exc:
+                token, note, status = None, message(str(exc), error=True), 429
+            if token is not None:
+                secure = "; Secure" if req.tls else ""
+                cookie = f"{COOKIE}={token}; Path=/; Max-Age={int(SESSION_MAX)}; HttpOnly; SameSite=Strict{secure}"
+                return Response(303, b"", headers={"Location": "/", "Set-Cookie": cookie})
+            if status == 200:
+                note, status = message("That code is wrong, used or expired. Run carledger console pair for a new one.",
+                                       error=True), 403
+        body = (f"{note}<p>On the car computer, run <code>carledger console pair</code> and type the code it prints. "
+                "A code works once, for ten minutes.</p>"
+                '<form method="post" action="/pair"><label for="code">Pairing code</label>'
+                '<input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required class="code">'
+                '<p><button type="submit">Pair this device</button></p></form>')
+        return Response(status, layout("Pair this device", body, signed_in=False))
+
+    # -- pages ------------------------------------------------------------------------------------
+
+    def now(self, req: Request, session: Session) -> Response:
+        from carledger.cli.status import describe, status_report
+
+        report = status_report(self.where.store, self.clock())
+        collection = report["collection"]
+        version = report["policy_version"]
+        body = [f'<p class="state" id="collection">{e(describe(collection).capitalize())}</p>',
+                f"<p>Policy: {e(f'version {version}' if version else 'none applied (nothing is collected)')}</p>",
+                f'<p id="disk">Disk used: {report["disk"]["store_bytes"]:,} bytes '
+                f'({report["disk"]["blocks_bytes"]:,} of signed blocks)</p>']
+        if collection["state"] == "collecting":
+            body.append(ask("pause", "Pause collection", {}, label="Pause all collection",
+                            choose=select("for", "Pause for", PAUSE_CHOICES, "pause-for")))
+        else:
+            body.append(ask("resume", "Resume collection", {}, label="Resume collection"))
+        rows = [(s["stream"], s["recipient"] or "kept in the car", s["state"],
+                 "-" if s["recipient"] is None else s["acked_until"] or "nothing yet") for s in report["streams"]]
+        body.append(pages.table(("Stream", "Goes to", "State", "Last sync (acked up to)"), rows, "Streams"))
+        return self._page("Now", "".join(body), "/", session)
+
+    def consents(self, req: Request, session: Session) -> Response:
+        from carledger.cli.consent import consent_report
+
+        report = consent_report(self.where.store, self.clock())
+        cards = []
+        for row in report["streams"]:
+            name = row["stream"]
+            active = row["state"] == "active"
+            until = (f"until {row['expires']} ({row['days_left']} days left)" if active
+                     else f"not sent: {row['state']}")
+            summary = "".join(f"<li>{e(line)}</li>" for line in row["summary"][1:])
+            choose = select("until", "Consent for", GRANT_CHOICES, f"until-{name}")
+            controls = [ask("grant", "Extend" if active else "Grant", {"stream": name}, choose=choose,
+                            label=f"{'Extend' if active else 'Grant'} the consent of {name}")]
+            if active:
+                controls.insert(0, ask("revoke", "Revoke", {"stream": name}, label=f"Revoke the consent of {name}"))
+            cards.append(
+                f'<section class="card" id="stream-{e(name)}" aria-labelledby="h-{e(name)}">'
+                f'<h2 id="h-{e(name)}">{e(row["recipient"])}: {e(row["purpose"])}</h2>'
+                f'<p class="state">{e(until)}</p><p>Stream <code>{e(name)}</code></p>'
+                f'<ul class="summary">{summary}</ul><div class="actions">{"".join(controls)}</div></section>'
+            )
+        if not cards:
+            cards.append("<p>No stream leaves the car: nothing is sent to anyone.</p>")
+        return self._page("Who gets what", "".join(cards), "/consents", session)
+
+    def left(self, req: Request, session: Session) -> Response:
+        from carledger.owner.audit import audit_store
+
+        report = audit_store(self.where.store).to_json()
+        days: dict[tuple[str, str], dict[str, Any]] = {}
+        for run in report["sent"]:
+            day = datetime.fromtimestamp(run["t"], timezone.utc).strftime("%Y-%m-%d")
+            entry = days.setdefault((run["recipient"] or "-", day), {"records": 0, "streams": set(), "signals": set()})
+            entry["records"] += run["records"]
+            entry["streams"].add(run["stream"])
+            entry["signals"].update(run["signals"] or [])
+        rows = [(recipient, day, ", ".join(sorted(v["streams"])), v["records"], ", ".join(sorted(v["signals"])) or "-")
+                for (recipient, day), v in sorted(days.items(), key=lambda kv: (kv[0][1], kv[0][0]), reverse=True)]
+        body = ("<p>What each recipient acknowledged receiving, per day (UTC), from the signed audit in the ledger "
+                "(<code>carledger audit</code>).</p>"
+                + pages.table(("Recipient", "Day", "Streams", "Records", "Signals"), rows, "Disclosures")
+                if rows else "<p>Nothing has left the car yet.</p>")
+        return self._page("What left the car", body, "/left", session)
+
+    # -- changes ----------------------------------------------------------------------------------
+
+    def confirm(self, req: Request, session: Session) -> Response:
+        action = req.query.get("action", "")
+        if action not in ACTIONS:
+            return Response.text(400, "no such action")
+        fields = {"action": action, "stream": req.query.get("stream", ""), "until": req.query.get("until", ""),
+                  "for": req.query.get("for", "")}
+        try:
+            question, button = self._question(fields)
+        except ValueError as exc:
+            return self._page("Confirm", message(str(exc), error=True), "", session, 400)
+        back = "/consents" if action in ("grant", "revoke") else "/"
+        form = (f'<p>{e(question)}</p><form method="post" action="/do" class="inline">'
+                + "".join(hidden(k, v) for k, v in fields.items())
+                + hidden("csrf", self.auth.csrf_token(session))
+                + f'<button type="submit" id="confirm" class="{"danger" if action in ("revoke", "pause") else ""}">'
+                f'{e(button)}</button></form> <a href="{back}">Cancel</a>')
+        return self._page("Confirm", form, "", session)
+
+    def _question(self, fields: dict[str, str]) -> tuple[str, str]:
+        from carledger.cli._owner import parse_when
+        from carledger.owner.state import iso
+
+        action, stream = fields["action"], fields["stream"]
+        if action == "revoke":
+            return (f"Revoke the consent of stream {stream}? It stops before its next block; "
+                    "nothing more is sent to its recipient.", "Yes, revoke")
+        if action == "grant":
+            until = iso(parse_when(fields["until"], now=self.clock()))
+            return f"Grant stream {stream} consent until {until}?", "Yes, grant"
+        if action == "pause":
+            if not fields["for"]:
+                return "Pause all collection until you resume it?", "Yes, pause"
+            until = iso(parse_when(fields["for"], now=self.clock()))
+            return f"Pause all collection until {until}?", "Yes, pause"
+        return "Resume collection? Every stream whose consent is in force collects again.", "Yes, resume"
+
+    def do(self, req: Request, session: Session) -> Response:
+        from carledger.cli._owner import owner_request, parse_when
+        from carledger.ledger import LedgerError
+        from carledger.owner import OwnerError, OwnerStateError
+
+        action, stream = req.form.get("action", ""), req.form.get("stream", "")
+        back = "/consents" if action in ("grant", "revoke") else "/"
+        try:
+            now = self.clock()
+            if action == "grant":
+                request: dict[str, Any] = {"action": "grant", "stream": stream, "until": parse_when(req.form.get("until", ""), now=now)}
+            elif action == "revoke":
+                request = {"action": "revoke", "stream": stream}
+            elif action == "pause":
+                duration = req.form.get("for", "")
+                request = {"action": "pause", "until": parse_when(duration, now=now) if duration else None}
+            elif action == "resume":
+                request = {"action": "resume"}
+            else:
+                raise ValueError("no such action")
+            result = owner_request(self.where, request)
+        except (ValueError, OwnerError, OwnerStateError, LedgerError, OSError) as exc:
+            body = message(f"Refused: {exc}", error=True) + f'<p><a href="{back}">Back</a></p>'
+            return self._page("Not done", body, "", session, 409)
+        where_ran = " (by the running agent)" if result.get("agent") == "running" else ""
+        body = message(f"{result.get('message', 'done')}{where_ran}") + f'<p><a href="{back}">Back</a></p>'
+        return self._page("Done", body, "", session)
+
+
+def _same_origin(req: Request) -> bool:
+    """A POST's Origin, when the browser sends one, must be this console (SameSite=Strict already keeps the
+    cookie off cross-site requests; this refuses them before anything is read)."""
+    if req.origin is None:
+        return True
+    return req.origin != "null" and urlsplit(req.origin).netloc == (req.host or "")
