@@ -1,0 +1,182 @@
+"""The owner's console in a real headless Chromium (issue 18, test tier 6), driven by Selenium.
+
+Debian's chromium and chromium-driver, named explicitly (/usr/bin/chromium,
+/usr/bin/chromedriver), so that Selenium's driver manager never downloads
+anything. The agent runs as `carledger run` on the simulated car and the
+console as `carledger console`, each its own process, as on the car; the
+owner pairs, reads, and revokes a consent in the browser, and the test
+reads the ledger to see the stream stop before its next block.
+
+Screenshots at 390 x 844 and 1280 x 800 go to build/console-screenshots/
+(or $CARLEDGER_ARTIFACTS): the test's artifacts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from carledger.dbc import path as dbc_path
+from conftest import wait_until
+from test_console import POLICY, new_code, start_console, stop
+
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = Path(os.environ.get("CARLEDGER_ARTIFACTS") or REPO / "build" / "console-screenshots")
+PHONE, DESKTOP = (390, 844), (1280, 800)
+
+if not (CHROMIUM.exists() and CHROMEDRIVER.exists()):
+    pytest.skip("Debian's chromium and chromium-driver are not installed (/usr/bin/chromium, /usr/bin/chromedriver): "
+                "scripts/setup installs them", allow_module_level=True)
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed (pip install -e '.[test]')")
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+@pytest.fixture
+def browser():
+    from selenium.webdriver.chrome.options import Options
+    from selenium.webdriver.chrome.service import Service
+
+    options = Options()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                f"--window-size={PHONE[0]},{PHONE[1]}", "--no-first-run", "--disable-extensions"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def screenshots(driver, name: str) -> None:
+    """The page as a phone (390 x 844) and as a laptop (1280 x 800) shows it."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for width, height in (PHONE, DESKTOP):
+        driver.set_window_rect(width=width, height=height)
+        driver.save_screenshot(str(ARTIFACTS / f"{name}-{width}x{height}.png"))
+    driver.set_window_rect(width=PHONE[0], height=PHONE[1])
+
+
+def element(driver, by: str, value: str, text: str = ""):
+    """The element once the page that has it (holding `text`) has loaded: a click returns before the next page is there."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
+    found = []
+
+    def there() -> bool:
+        try:
+            found[:] = [e for e in driver.find_elements(by, value) if text in e.text]
+        except StaleElementReferenceException:
+            return False
+        return bool(found)
+
+    wait_until(there, timeout=30, interval=0.05)
+    return found[0]
+
+
+def agent_config(folder: Path) -> Path:
+    (folder / "policy.toml").write_text(textwrap.dedent(POLICY))
+    config = folder / "agent.toml"
+    config.write_text(textwrap.dedent(f"""
+        [agent]
+        store = "ledger"
+        vehicle = "car-browser"
+        policy = "policy.toml"
+        [seal]
+        max_age = 0.2
+        [[bus]]
+        name = "car"
+        interface = "carledger-sim"
+        channel = "city"
+        options = {{ seed = 5, speed = 1, start_time = {time.time()} }}
+        dbc = ["{dbc_path('carledger_demo.dbc')}"]
+    """))
+    return config
+
+
+def sealed(store: Path, stream: str) -> int:
+    if not (store / "ledger.sqlite").exists():
+        return 0
+    db = sqlite3.connect(f"file:{store / 'ledger.sqlite'}?mode=ro", uri=True)
+    try:
+        return db.execute("SELECT count(*) FROM blocks WHERE stream = ?", (stream,)).fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+
+
+def export(store: Path, stream: str) -> list[dict]:
+    out = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", stream, "--events"],
+                         capture_output=True, text=True, check=True).stdout
+    return [json.loads(line) for line in out.splitlines()]
+
+
+def test_pair_view_and_revoke_and_the_running_agent_stops_the_stream(browser, tmp_path):
+    config = agent_config(tmp_path)
+    store = tmp_path / "ledger"
+    agent = subprocess.Popen([sys.executable, "-m", "carledger", "run", "-c", str(config)],
+                             stderr=subprocess.PIPE, text=True)
+    console = None
+    try:
+        wait_until(lambda: agent.poll() is None and sealed(store, "fleet") >= 3, timeout=60, interval=0.1)
+        console = start_console(store)
+        # pair: every page sends an unpaired browser to the pairing form
+        browser.get(console.url + "consents")
+        assert browser.current_url.endswith("/pair")
+        assert "Fleet" not in browser.page_source
+        screenshots(browser, "pair")
+        field = element(browser, By.ID, "code")
+        assert browser.find_element(By.CSS_SELECTOR, "label[for=code]").text == "Pairing code"
+        field.send_keys(new_code(store))
+        browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+        assert element(browser, By.ID, "collection").text == "Collecting"
+        cookie = browser.get_cookie("carledger_console")
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+        screenshots(browser, "now")
+        # view
+        browser.find_element(By.LINK_TEXT, "Who gets what").click()
+        card = element(browser, By.ID, "stream-fleet")
+        assert "Fleet Ops: maintenance" in card.text and "rounded to 5" in card.text
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0], \
+            "the page scrolls sideways on a phone"
+        screenshots(browser, "who-gets-what")
+        # revoke: one click, then the confirmation
+        card.find_element(By.CSS_SELECTOR, "button[aria-label='Revoke the consent of fleet']").click()
+        element(browser, By.TAG_NAME, "main", "Revoke the consent of stream fleet?")
+        screenshots(browser, "confirm-revoke")
+        browser.find_element(By.ID, "confirm").click()
+        done = element(browser, By.CSS_SELECTOR, "[role=status]").text
+        assert done == "stream fleet: consent revoked; it stops before its next block (by the running agent)"
+        browser.find_element(By.LINK_TEXT, "Back").click()
+        element(browser, By.ID, "stream-fleet", "not sent: consent-revoked")
+        vault = sealed(store, "vault")
+        wait_until(lambda: sealed(store, "vault") >= vault + 5, timeout=60, interval=0.1)  # later blocks were sealed
+    finally:
+        if console is not None:
+            stop(console)
+        agent.send_signal(signal.SIGTERM)
+        try:
+            _, err = agent.communicate(timeout=60)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+    assert agent.returncode == 0, err
+    fleet = export(store, "fleet")
+    revoked = [r for r in fleet if r.get("event") == "consent-revoked"]
+    assert len(revoked) == 1
+    assert not any(r["t"] > revoked[0]["t"] for r in fleet if "name" in r), "a sample after the revocation"
+    assert fleet[-1]["event"] == "consent-revoked", "the stream went on after the revocation"
+    insurer = export(store, "insurer")
+    assert max(r["t"] for r in insurer if "name" in r) > revoked[0]["t"], "the other recipient's stream stopped too"
