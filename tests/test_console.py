@@ -396,3 +396,67 @@ def test_pause_and_resume_with_a_confirmation(console, store):
     assert done.status == 200 and "Collecting" in console.request("/").text
     console.confirm(action="pause", **{"for": "1h"})
     assert "Paused until 20" in console.request("/").text
+
+
+# -- 5. what left the car, my data ----------------------------------------------------------------
+
+
+def test_what_left_the_car_is_the_audit_per_recipient_and_day(tmp_path):
+    from test_audit_story import make_store as audited_store
+
+    store = audited_store(tmp_path / "s")
+    console = start_console(store)
+    try:
+        console.pair()
+        page = console.request("/left")
+    finally:
+        stop(console)
+    audit = json.loads(subprocess.run([sys.executable, "-m", "carledger", "audit", str(store), "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+    days: dict = {}
+    for run in audit["sent"]:
+        key = (run["recipient"], datetime.fromtimestamp(run["t"], timezone.utc).strftime("%Y-%m-%d"))
+        days[key] = days.get(key, 0) + run["records"]
+    assert days, "the audit store has no disclosures"
+    for (recipient, day), records in days.items():
+        assert f"{recipient} {day} fleet {records}" in page.text
+
+
+def test_my_data_is_a_streamed_zip_that_a_third_party_verifies(tmp_path):
+    import io
+    import zipfile
+
+    from test_audit_story import make_store as audited_store
+
+    store = audited_store(tmp_path / "s")
+    console = start_console(store)
+    try:
+        assert console.request("/mydata.zip").status == 303, "my data without a session"
+        console.pair()
+        reply = urllib.request.build_opener().open(urllib.request.Request(
+            console.url + "mydata.zip", headers={"Cookie": f"carledger_console={console.cookie}"}), timeout=60)
+        assert reply.headers["Content-Type"] == "application/zip" and reply.headers["Content-Length"] is None
+        assert reply.headers["Content-Disposition"].startswith('attachment; filename="carledger-')
+        data = reply.read()
+    finally:
+        stop(console)
+    archive = zipfile.ZipFile(io.BytesIO(data))
+    names = set(archive.namelist())
+    assert {"README.txt", "vehicle.json", "policy.toml", "signals.json", "audit.json",
+            "streams/fleet.jsonl", "streams/fleet.cose", "streams/audit.jsonl"} <= names
+    assert archive.read("policy.toml") == (store / "owner" / "policy.toml").read_bytes()
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", "fleet",
+                               "--events"], capture_output=True, text=True, check=True).stdout
+    assert archive.read("streams/fleet.jsonl").decode() == exported
+    key = json.loads(archive.read("vehicle.json"))["public_key"]
+    verifier = Path(__file__).resolve().parents[1] / ".venv-verifier" / "bin" / "python"
+    if not verifier.exists():
+        pytest.skip("no .venv-verifier (scripts/setup makes it) to verify the download as a third party")
+    cose = tmp_path / "fleet.cose"
+    cose.write_bytes(archive.read("streams/fleet.cose"))
+    checked = subprocess.run([str(verifier), str(Path(__file__).resolve().parents[1] / "docs" / "third_party_verify.py"),
+                              key, str(cose)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert json.loads(checked.stdout)["blocks"] == json.loads(subprocess.run(
+        [sys.executable, "-m", "carledger", "log", "list", str(store), "--json"],
+        capture_output=True, text=True, check=True).stdout)["streams"]["fleet"]["blocks"]

@@ -61,7 +61,8 @@ class Console:
                 self.auth.end(req.cookie)
                 return Response.redirect("/pair")
             return Response.text(404, "no such action")
-        page = {"/": self.now, "/consents": self.consents, "/confirm": self.confirm, "/left": self.left}.get(req.path)
+        page = {"/": self.now, "/consents": self.consents, "/confirm": self.confirm, "/left": self.left,
+                "/mydata.zip": self.mydata}.get(req.path)
         if page is None:
             return Response.text(404, "no such page")
         return page(req, session)
@@ -112,7 +113,16 @@ class Console:
         rows = [(s["stream"], s["recipient"] or "kept in the car", s["state"],
                  "-" if s["recipient"] is None else s["acked_until"] or "nothing yet") for s in report["streams"]]
         body.append(pages.table(("Stream", "Goes to", "State", "Last sync (acked up to)"), rows, "Streams"))
+        body.append('<h2>My data</h2><p><a href="/mydata.zip" download>Download everything the car holds (ZIP)</a>: '
+                    "every stream as JSON lines and as signed blocks, the policies, the audit, and the key to check them.</p>")
         return self._page("Now", "".join(body), "/", session)
+
+    def mydata(self, req: Request, session: Session) -> Response:
+        from carledger.console.mydata import write_archive
+
+        name = f"carledger-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.zip"
+        return Response(200, lambda out: write_archive(out, self.where), "application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     def consents(self, req: Request, session: Session) -> Response:
         from carledger.cli.consent import consent_report

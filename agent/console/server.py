@@ -20,7 +20,7 @@ import threading
 from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable
+from typing import Any, BinaryIO, Callable
 from urllib.parse import parse_qs, urlsplit
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,7 @@ class Request:
 @dataclass
 class Response:
     status: int
-    body: bytes | Iterable[bytes] = b""
+    body: bytes | Callable[[BinaryIO], None] = b""  # a callable writes a streamed body itself
     content_type: str = "text/html; charset=utf-8"
     headers: dict[str, str] = field(default_factory=dict)
 
@@ -127,17 +127,16 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(response.body)))
         self.send_header("Connection", "close")
         self.end_headers()
+        self.close_connection = True
         if head:
             return
-        chunks = [response.body] if isinstance(response.body, bytes) else response.body
+        if isinstance(response.body, bytes):
+            self.wfile.write(response.body)
+            return
         try:
-            for chunk in chunks:
-                self.wfile.write(chunk)
-        finally:
-            close = getattr(chunks, "close", None)
-            if close is not None:
-                close()
-        self.close_connection = True
+            response.body(self.wfile)  # no Content-Length: the end of the connection ends the body
+        except Exception:
+            log.exception("console: streaming %s failed; the download is cut short", self.path)
 
 
 def _fields(text: str) -> dict[str, str]:
