@@ -204,8 +204,9 @@ def test_lan_mode_is_https_only_with_the_printed_fingerprint(store):
         pem = ssl.get_server_certificate(("127.0.0.1", port))
         served = ":".join(f"{b:02X}" for b in hashlib.sha256(ssl.PEM_cert_to_DER_cert(pem)).digest())
         assert served == console.fingerprint
-        key = store / "console" / "console-key.pem"
-        assert key.stat().st_mode & 0o777 == 0o600
+        for name in ("console-key.pem", "console-cert.pem"):
+            assert (store / "console" / name).stat().st_mode & 0o777 == 0o600, name
+        assert (store / "console").stat().st_mode & 0o777 == 0o700
         # plain HTTP to the TLS port: a refusal, and nothing else
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
             s.sendall(b"GET /consents HTTP/1.1\r\nHost: x\r\n\r\n")

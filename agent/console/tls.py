@@ -80,4 +80,5 @@ def _make(cert: Path, key: Path, address: str) -> None:
         tmp_key.unlink(missing_ok=True)
         raise TlsError(f"openssl could not make the console's certificate: {done.stderr.strip().splitlines()[-1:]}")
     tmp_key.chmod(0o600)
+    cert.chmod(0o600)  # like every file of the store (docs/store-format.md)
     tmp_key.replace(key)
