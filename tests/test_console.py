@@ -235,6 +235,16 @@ def test_a_bad_listen_address_and_a_busy_port_are_one_line(store, console):
     assert busy.returncode == 1 and busy.stderr.strip() == f"carledger: cannot serve on 127.0.0.1 port {port}: Address already in use"
 
 
+def test_on_loopback_only_a_loopback_host_is_answered(console, store):
+    """DNS rebinding: a web page whose name now points at 127.0.0.1 sends its own name as Host."""
+    for _ in range(console_auth.THROTTLE_TRIES):
+        rebound = console.request("/pair", {"code": "1234-5678"}, cookie=False, headers={"Host": "evil.example:8765"})
+        assert rebound.status == 421 and "pair" not in rebound.text.lower().split("refused")[0]
+    assert console.request("/pair", cookie=False, headers={"Host": "localhost"}).status == 200
+    code = new_code(store)
+    assert console.request("/pair", {"code": code}, cookie=False).status == 303, "refused requests used up the tries"
+
+
 # -- 2. authentication --------------------------------------------------------------------------
 
 

@@ -86,7 +86,7 @@ def serve(args: argparse.Namespace) -> int:
             return fail(args, str(exc), EXIT_REFUSED)
     where = target(args)
     try:
-        server = ConsoleServer((args.listen, args.port), Console(where, Auth(where.store)), tls)
+        server = ConsoleServer((args.listen, args.port), Console(where, Auth(where.store), local_only=loopback), tls)
     except OSError as exc:
         return fail(args, f"cannot serve on {args.listen} port {args.port}: {exc.strerror}", EXIT_REFUSED)
     host, port = server.server_address[:2]

@@ -10,6 +10,7 @@ same path (through the running agent, which applies it before the next block).
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from datetime import datetime, timezone
 from importlib import resources
@@ -34,13 +35,17 @@ def _css() -> bytes:
 class Console:
     """The web application: `Console(where, auth)(request) -> response`."""
 
-    def __init__(self, where: Target, auth: Auth, clock: Callable[[], float] = time.time):
+    def __init__(self, where: Target, auth: Auth, clock: Callable[[], float] = time.time, *,
+                 local_only: bool = False):
         self.where = where
         self.auth = auth
         self.clock = clock
+        self.local_only = local_only  # served on loopback: only a loopback name may be in Host
         self.css = _css()
 
     def __call__(self, req: Request) -> Response:
+        if self.local_only and not _loopback_host(req.host):
+            return Response.text(421, "refused: this console answers only to 127.0.0.1, [::1] or localhost")
         if req.path == "/static/console.css" and req.method in ("GET", "HEAD"):
             return Response(200, self.css, "text/css; charset=utf-8")
         if req.method == "POST" and not _same_origin(req):
@@ -234,6 +239,21 @@ class Console:
         where_ran = " (by the running agent)" if result.get("agent") == "running" else ""
         body = message(f"{result.get('message', 'done')}{where_ran}") + f'<p><a href="{back}">Back</a></p>'
         return self._page("Done", body, "", session)
+
+
+def _loopback_host(host: str | None) -> bool:
+    """A Host header naming this computer: a page whose own name was rebound to 127.0.0.1 (DNS rebinding)
+    sends its name, and is refused before it can try a pairing code or fill the throttle."""
+    if not host:
+        return False
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]").lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _same_origin(req: Request) -> bool:
