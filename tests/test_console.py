@@ -434,9 +434,6 @@ def test_what_left_the_car_is_the_audit_per_recipient_and_day(tmp_path):
 
 
 def test_my_data_is_a_streamed_zip_that_a_third_party_verifies(tmp_path):
-    import io
-    import zipfile
-
     from test_audit_story import make_store as audited_store
 
     store = audited_store(tmp_path / "s")
@@ -451,23 +448,31 @@ def test_my_data_is_a_streamed_zip_that_a_third_party_verifies(tmp_path):
         data = reply.read()
     finally:
         stop(console)
+    check_archive(data, store, "fleet", tmp_path)
+
+
+def check_archive(data: bytes, store: Path, stream: str, tmp_path: Path) -> None:
+    """The My data ZIP holds what the store holds, and its signed blocks verify as a third party checks them."""
+    import io
+    import zipfile
+
     archive = zipfile.ZipFile(io.BytesIO(data))
     names = set(archive.namelist())
     assert {"README.txt", "vehicle.json", "policy.toml", "signals.json", "audit.json",
-            "streams/fleet.jsonl", "streams/fleet.cose", "streams/audit.jsonl"} <= names
+            f"streams/{stream}.jsonl", f"streams/{stream}.cose", "streams/audit.jsonl"} <= names
     assert archive.read("policy.toml") == (store / "owner" / "policy.toml").read_bytes()
-    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", "fleet",
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", stream,
                                "--events"], capture_output=True, text=True, check=True).stdout
-    assert archive.read("streams/fleet.jsonl").decode() == exported
+    assert archive.read(f"streams/{stream}.jsonl").decode() == exported
     key = json.loads(archive.read("vehicle.json"))["public_key"]
     verifier = Path(__file__).resolve().parents[1] / ".venv-verifier" / "bin" / "python"
     if not verifier.exists():
         pytest.skip("no .venv-verifier (scripts/setup makes it) to verify the download as a third party")
-    cose = tmp_path / "fleet.cose"
-    cose.write_bytes(archive.read("streams/fleet.cose"))
+    cose = tmp_path / f"{stream}.cose"
+    cose.write_bytes(archive.read(f"streams/{stream}.cose"))
     checked = subprocess.run([str(verifier), str(Path(__file__).resolve().parents[1] / "docs" / "third_party_verify.py"),
                               key, str(cose)], capture_output=True, text=True)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert json.loads(checked.stdout)["blocks"] == json.loads(subprocess.run(
         [sys.executable, "-m", "carledger", "log", "list", str(store), "--json"],
-        capture_output=True, text=True, check=True).stdout)["streams"]["fleet"]["blocks"]
+        capture_output=True, text=True, check=True).stdout)["streams"][stream]["blocks"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -27,7 +28,7 @@ import pytest
 
 from carledger.dbc import path as dbc_path
 from conftest import wait_until
-from test_console import POLICY, new_code, start_console, stop
+from test_console import POLICY, check_archive, make_store, new_code, start_console, states, stop
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
@@ -42,12 +43,21 @@ from selenium.webdriver.common.by import By  # noqa: E402
 
 
 @pytest.fixture
-def browser():
+def downloads(tmp_path) -> Path:
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def browser(downloads):
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 
     options = Options()
     options.binary_location = str(CHROMIUM)
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
                 f"--window-size={PHONE[0]},{PHONE[1]}", "--no-first-run", "--disable-extensions"):
         options.add_argument(arg)
@@ -83,6 +93,21 @@ def element(driver, by: str, value: str, text: str = ""):
 
     wait_until(there, timeout=30, interval=0.05)
     return found[0]
+
+
+def pair(browser, console) -> None:
+    """Open the console and pair with a fresh code, as the owner does."""
+    browser.get(console.url)
+    element(browser, By.ID, "code").send_keys(new_code(console.store))
+    browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
+    element(browser, By.ID, "collection")
+
+
+def confirm(browser, expected: str) -> str:
+    """Press the confirmation page's button once it asks `expected`; the outcome's text."""
+    element(browser, By.TAG_NAME, "main", expected)
+    browser.find_element(By.ID, "confirm").click()
+    return element(browser, By.CSS_SELECTOR, "[role=status]").text
 
 
 def agent_config(folder: Path) -> Path:
@@ -180,3 +205,44 @@ def test_pair_view_and_revoke_and_the_running_agent_stops_the_stream(browser, tm
     assert fleet[-1]["event"] == "consent-revoked", "the stream went on after the revocation"
     insurer = export(store, "insurer")
     assert max(r["t"] for r in insurer if "name" in r) > revoked[0]["t"], "the other recipient's stream stopped too"
+
+
+def test_grant_pause_resume_and_download_my_data(browser, downloads, tmp_path):
+    from selenium.webdriver.support.select import Select
+
+    store = make_store(tmp_path)
+    assert subprocess.run([sys.executable, "-m", "carledger", "consent", "revoke", "insurer", "--store", str(store)],
+                          capture_output=True).returncode == 0
+    console = start_console(store)
+    try:
+        pair(browser, console)
+        # grant: choose how long, one click, the confirmation
+        browser.find_element(By.LINK_TEXT, "Who gets what").click()
+        card = element(browser, By.ID, "stream-insurer", "not sent: consent-revoked")
+        Select(card.find_element(By.ID, "until-insurer")).select_by_visible_text("1 year")
+        card.find_element(By.CSS_SELECTOR, "button[aria-label='Grant the consent of insurer']").click()
+        assert confirm(browser, "Grant stream insurer consent until").startswith("stream insurer: consent granted until")
+        assert states(store)["insurer"] == "active"
+        # pause for an hour, then resume
+        browser.find_element(By.LINK_TEXT, "Now").click()
+        Select(element(browser, By.ID, "pause-for")).select_by_visible_text("1 hour")
+        browser.find_element(By.CSS_SELECTOR, "button[aria-label='Pause all collection']").click()
+        assert confirm(browser, "Pause all collection until").startswith("all collection paused until")
+        browser.find_element(By.LINK_TEXT, "Back").click()
+        paused = element(browser, By.ID, "collection").text
+        assert re.fullmatch(r"Paused until 20\S+Z, since 20\S+Z", paused), paused
+        screenshots(browser, "paused")
+        browser.find_element(By.CSS_SELECTOR, "button[aria-label='Resume collection']").click()
+        confirm(browser, "Resume collection?")
+        browser.find_element(By.LINK_TEXT, "Back").click()
+        assert element(browser, By.ID, "collection").text.startswith("Collecting")
+        # my data
+        browser.find_element(By.PARTIAL_LINK_TEXT, "Download everything").click()
+        wait_until(lambda: [f for f in downloads.iterdir() if f.suffix == ".zip"], timeout=60, interval=0.1)
+        (zipped,) = [f for f in downloads.iterdir() if f.suffix == ".zip"]
+        assert zipped.name.startswith("carledger-")
+    finally:
+        stop(console)
+    kinds = [r["event"] for r in export(store, "audit") if "event" in r]
+    assert kinds[-3:] == ["consent-granted", "pause", "resume"]
+    check_archive(zipped.read_bytes(), store, "insurer", tmp_path)

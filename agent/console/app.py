@@ -106,7 +106,8 @@ class Console:
         report = status_report(self.where.store, self.clock())
         collection = report["collection"]
         version = report["policy_version"]
-        body = [f'<p class="state" id="collection">{e(describe(collection).capitalize())}</p>',
+        said = describe(collection)
+        body = [f'<p class="state" id="collection">{e(said[:1].upper() + said[1:])}</p>',
                 f"<p>Policy: {e(f'version {version}' if version else 'none applied (nothing is collected)')}</p>",
                 f'<p id="disk">Disk used: {report["disk"]["store_bytes"]:,} bytes '
                 f'({report["disk"]["blocks_bytes"]:,} of signed blocks)</p>']
