@@ -458,7 +458,7 @@ def check_archive(data: bytes, store: Path, stream: str, tmp_path: Path) -> None
 
     archive = zipfile.ZipFile(io.BytesIO(data))
     names = set(archive.namelist())
-    assert {"README.txt", "vehicle.json", "policy.toml", "signals.json", "audit.json",
+    assert {"README.txt", "vehicle.json", "policy.toml", "signals.json", "streams/audit.cose",
             f"streams/{stream}.jsonl", f"streams/{stream}.cose", "streams/audit.jsonl"} <= names
     assert archive.read("policy.toml") == (store / "owner" / "policy.toml").read_bytes()
     exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", stream,

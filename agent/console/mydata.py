@@ -13,8 +13,10 @@ The archive holds the data and what is needed to read and check it:
 - `policy.toml` and `policies/`: the policy in force and every version applied
   (the blocks name them by digest);
 - `signals.json`: each signal's VSS name, DBC message and signal, unit and
-  description (when the console knows the car's DBCs: `-c`);
-- `audit.json`: `carledger audit --json`.
+  description (when the console knows the car's DBCs: `-c`).
+
+The audit is there as the `audit` stream itself (what `carledger audit`
+reads); its --json report is not, since it is built whole in memory.
 """
 
 from __future__ import annotations
@@ -42,7 +44,6 @@ def write_archive(out: BinaryIO, where: Target) -> None:
     from carledger.cli._export import SAMPLE_FORMATS, Clock, Rounding, event_row, rounding_from, sample_row
     from carledger.cli.log import _checked_blocks
     from carledger.ledger import Sample, Store, decode_record
-    from carledger.owner.audit import audit_store
     from carledger.owner.state import OwnerState, iso
 
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -77,8 +78,6 @@ def write_archive(out: BinaryIO, where: Target) -> None:
                 with _member(archive, f"streams/{stream}.cose") as binary:
                     for row in store.iter_blocks(stream):
                         binary.write(store.message(row))
-        with _member(archive, "audit.json") as binary:
-            binary.write(json.dumps(audit_store(where.store).to_json(), sort_keys=True).encode())
 
 
 @contextmanager
