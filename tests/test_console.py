@@ -359,6 +359,30 @@ def test_now_shows_what_status_json_shows(console, store):
     assert page.headers["Cache-Control"] == "no-store" and page.headers["X-Frame-Options"] == "DENY"
 
 
+def test_now_shows_each_bus_health_from_the_signed_health_stream(tmp_path):
+    from carledger.dbc import path as dbc_path
+    from carledger_sim.cli import main as sim_main
+
+    log = tmp_path / "drive.log"
+    assert sim_main(["record", "--scenario", "city", "--seed", "1", "--duration", "20", "--start-time", "now",
+                     "-o", str(log)]) == 0
+    (tmp_path / "policy.toml").write_text(textwrap.dedent(POLICY))
+    store = tmp_path / "ledger"
+    assert main(["run", "--replay", str(log), "--dbc", dbc_path("carledger_demo.dbc"), "--store", str(store),
+                 "--policy", str(tmp_path / "policy.toml"), "--fast"]) == 0
+    status = json.loads(subprocess.run([sys.executable, "-m", "carledger", "status", str(store), "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    health = status["buses"]["replay"]
+    assert health["frames"] > 1000 and health["problem"] is None
+    console = start_console(store)
+    try:
+        console.pair()
+        page = console.request("/")
+    finally:
+        stop(console)
+    assert f"replay {health['frames']} by {health['counted']} - none" in page.text
+
+
 def test_who_gets_what_shows_consent_list_json_with_the_policy_show_text(console, store):
     console.pair()
     page = console.request("/consents")

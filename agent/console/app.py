@@ -119,6 +119,14 @@ class Console:
         rows = [(s["stream"], s["recipient"] or "kept in the car", s["state"],
                  "-" if s["recipient"] is None else s["acked_until"] or "nothing yet") for s in report["streams"]]
         body.append(pages.table(("Stream", "Goes to", "State", "Last sync (acked up to)"), rows, "Streams"))
+        buses = []
+        for bus, health in report["buses"].items():
+            problem = health.get("problem")
+            rate = "" if health.get("frames_per_s") is None else f"{health['frames_per_s']:g}/s"
+            buses.append((bus, f"{health.get('frames')} by {health.get('counted')}", rate or "-",
+                          f"{problem['kind']} at {problem['t']}: {problem.get('error') or ''}" if problem else "none"))
+        if buses:
+            body.append(pages.table(("Bus", "Frames counted", "Rate", "Last problem"), buses, "Buses (the agent's health)"))
         body.append('<h2>My data</h2><p><a href="/mydata.zip" download>Download everything the car holds (ZIP)</a>: '
                     "every stream as JSON lines and as signed blocks, the policies, the audit, and the key to check them.</p>")
         return self._page("Now", "".join(body), "/", session)
