@@ -500,3 +500,34 @@ def check_archive(data: bytes, store: Path, stream: str, tmp_path: Path) -> None
     assert json.loads(checked.stdout)["blocks"] == json.loads(subprocess.run(
         [sys.executable, "-m", "carledger", "log", "list", str(store), "--json"],
         capture_output=True, text=True, check=True).stdout)["streams"][stream]["blocks"]
+
+
+def test_crash_captures_are_edr_lists(console, store):
+    console.pair()
+    page = console.request("/crashes")
+    listed = json.loads(subprocess.run([sys.executable, "-m", "carledger", "edr", "list", str(store), "--json"],
+                                       capture_output=True, text=True, check=True).stdout)
+    assert listed["captures"] == [] and page.status == 200 and "No crash captures." in page.text
+
+
+def test_wipe_needs_the_word_a_confirmation_and_a_stopped_agent_then_signs_everyone_out(console, store):
+    from carledger.ledger import Ledger
+
+    console.pair()
+    unconfirmed = console.request("/confirm?action=wipe&word=wipe%3F")  # the word, as `carledger wipe` asks for it
+    assert unconfirmed.status == 400 and "type WIPE" in unconfirmed.text and 'action="/do"' not in unconfirmed.body
+    new_code(store)  # a code pending when the car changes hands
+    key = (store / "keys" / "vehicle.pub").read_text()
+    with Ledger.open(store):  # the agent holds the store
+        refused = console.confirm(action="wipe", word="WIPE")
+    assert refused.status == 409 and "stop it first" in refused.text
+    assert (store / "keys" / "vehicle.pub").read_text() == key
+    done = console.confirm(action="wipe", word="WIPE")
+    assert done.status == 200 and "Every paired device is signed out" in done.text
+    assert (store / "keys" / "vehicle.pub").read_text() != key
+    assert not (store / "console").exists(), "the previous owner's pairing code survived the wipe"
+    after = console.request("/")
+    assert after.status == 503 and "restart the console" in after.text
+    audit = json.loads(subprocess.run([sys.executable, "-m", "carledger", "audit", str(store), "--json"],
+                                      capture_output=True, text=True, check=True).stdout)
+    assert [d["kind"] for d in audit["decisions"]] == ["wipe"]

@@ -14,6 +14,7 @@ import ipaddress
 import time
 from datetime import datetime, timezone
 from importlib import resources
+from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
@@ -25,7 +26,8 @@ from carledger.console.server import COOKIE, Request, Response
 
 GRANT_CHOICES = (("90d", "90 days"), ("30d", "30 days"), ("1y", "1 year"), ("2y", "2 years"))
 PAUSE_CHOICES = (("", "until I resume"), ("1h", "1 hour"), ("1d", "1 day"))
-ACTIONS = ("grant", "revoke", "pause", "resume")
+ACTIONS = ("grant", "revoke", "pause", "resume", "wipe")
+WIPE_WORD = "WIPE"  # what `carledger wipe` asks the owner to type
 
 
 def _css() -> bytes:
@@ -42,12 +44,17 @@ class Console:
         self.clock = clock
         self.local_only = local_only  # served on loopback: only a loopback name may be in Host
         self.css = _css()
+        self.key = _vehicle_key(where.store)  # a wipe replaces it: every session of the old owner ends
 
     def __call__(self, req: Request) -> Response:
         if self.local_only and not _loopback_host(req.host):
             return Response.text(421, "refused: this console answers only to 127.0.0.1, [::1] or localhost")
         if req.path == "/static/console.css" and req.method in ("GET", "HEAD"):
             return Response(200, self.css, "text/css; charset=utf-8")
+        if _vehicle_key(self.where.store) != self.key:
+            self.auth.end_all()
+            return Response.text(503, "This car's store was wiped for a new owner: restart the console "
+                                      "(carledger console), then pair again.")
         if req.method == "POST" and not _same_origin(req):
             return Response.text(403, "refused: this form was sent from another site")
         if req.path == "/pair":
@@ -67,7 +74,7 @@ class Console:
                 return Response.redirect("/pair")
             return Response.text(404, "no such action")
         page = {"/": self.now, "/consents": self.consents, "/confirm": self.confirm, "/left": self.left,
-                "/mydata.zip": self.mydata}.get(req.path)
+                "/crashes": self.crashes, "/wipe": self.wipe_page, "/mydata.zip": self.mydata}.get(req.path)
         if page is None:
             return Response.text(404, "no such page")
         return page(req, session)
@@ -128,7 +135,8 @@ class Console:
         if buses:
             body.append(pages.table(("Bus", "Frames counted", "Rate", "Last problem"), buses, "Buses (the agent's health)"))
         body.append('<h2>My data</h2><p><a href="/mydata.zip" download>Download everything the car holds (ZIP)</a>: '
-                    "every stream as JSON lines and as signed blocks, the policies, the audit, and the key to check them.</p>")
+                    "every stream as JSON lines and as signed blocks, the policies, the audit, and the key to check them.</p>"
+                    '<h2>Change of owner</h2><p><a href="/wipe">Wipe the car\'s data for a new owner</a></p>')
         return self._page("Now", "".join(body), "/", session)
 
     def mydata(self, req: Request, session: Session) -> Response:
@@ -183,6 +191,36 @@ class Console:
                 if rows else "<p>Nothing has left the car yet.</p>")
         return self._page("What left the car", body, "/left", session)
 
+    def crashes(self, req: Request, session: Session) -> Response:
+        from carledger.edr import read_captures
+        from carledger.ledger import MalformedBlock, Store
+        from carledger.owner.state import iso
+
+        try:
+            with Store.open_readonly(self.where.store) as store:
+                captures = [c.to_json() for c in read_captures(store, store.verify_key)]
+        except MalformedBlock as exc:
+            return self._page("Crash captures", message(f"The crash stream does not verify: {exc}", error=True),
+                              "/crashes", session, 409)
+        rows = [(c["capture"], iso(c["t"]), c["trigger"].get("kind", "?"), f"{c['trigger'].get('delta_v_kmh', 0):.1f} km/h",
+                 "deployed" if c["deployment"] else "no", c["status"], ", ".join(k.get("name", "?") for k in c["keys"]))
+                for c in captures]
+        body = ("<p>What the event data recorder captured around a crash (<code>carledger edr list</code>). Each capture "
+                "is encrypted to the keys named: open one on a computer that holds such a key, with "
+                "<code>carledger edr export</code>.</p>")
+        body += (pages.table(("Capture", "Time (UTC)", "Trigger", "Delta-v", "Airbag", "Status", "Encrypted to"), rows,
+                             "Crash captures") if rows else "<p>No crash captures.</p>")
+        return self._page("Crash captures", body, "/crashes", session)
+
+    def wipe_page(self, req: Request, session: Session) -> Response:
+        body = ("<p>For a change of owner: this deletes every block of every stream, the policy, the consents and the "
+                "enrolments, and replaces the vehicle key (<code>carledger wipe</code>). Nothing is collected until the "
+                "new owner applies a policy. Stop the agent first; every paired device is signed out.</p>"
+                + ask("wipe", "Wipe the car's data", {}, label="Wipe all the car's data",
+                      choose=f'<label for="word">Type {WIPE_WORD} to go on</label>'
+                             '<input id="word" name="word" autocomplete="off" required>'))
+        return self._page("Wipe for a new owner", body, "/wipe", session)
+
     # -- changes ----------------------------------------------------------------------------------
 
     def confirm(self, req: Request, session: Session) -> Response:
@@ -190,7 +228,7 @@ class Console:
         if action not in ACTIONS:
             return Response.text(400, "no such action")
         fields = {"action": action, "stream": req.query.get("stream", ""), "until": req.query.get("until", ""),
-                  "for": req.query.get("for", "")}
+                  "for": req.query.get("for", ""), "word": req.query.get("word", "")}
         try:
             question, button = self._question(fields)
         except ValueError as exc:
@@ -199,7 +237,7 @@ class Console:
         form = (f'<p>{e(question)}</p><form method="post" action="/do" class="inline">'
                 + "".join(hidden(k, v) for k, v in fields.items())
                 + hidden("csrf", self.auth.csrf_token(session))
-                + f'<button type="submit" id="confirm" class="{"danger" if action in ("revoke", "pause") else ""}">'
+                + f'<button type="submit" id="confirm" class="{"danger" if action in ("revoke", "pause", "wipe") else ""}">'
                 f'{e(button)}</button></form> <a href="{back}">Cancel</a>')
         return self._page("Confirm", form, "", session)
 
@@ -219,6 +257,11 @@ class Console:
                 return "Pause all collection until you resume it?", "Yes, pause"
             until = iso(parse_when(fields["for"], now=self.clock()))
             return f"Pause all collection until {until}?", "Yes, pause"
+        if action == "wipe":
+            if fields["word"].strip() != WIPE_WORD:
+                raise ValueError(f"not confirmed: type {WIPE_WORD} to wipe; nothing changed")
+            return ("Delete ALL data in this car's store and replace the vehicle key? This cannot be undone.",
+                    "Yes, wipe everything")
         return "Resume collection? Every stream whose consent is in force collects again.", "Yes, resume"
 
     def do(self, req: Request, session: Session) -> Response:
@@ -239,6 +282,8 @@ class Console:
                 request = {"action": "pause", "until": parse_when(duration, now=now) if duration else None}
             elif action == "resume":
                 request = {"action": "resume"}
+            elif action == "wipe":
+                return self._wipe(req, session)
             else:
                 raise ValueError("no such action")
             result = owner_request(self.where, request)
@@ -248,6 +293,36 @@ class Console:
         where_ran = " (by the running agent)" if result.get("agent") == "running" else ""
         body = message(f"{result.get('message', 'done')}{where_ran}") + f'<p><a href="{back}">Back</a></p>'
         return self._page("Done", body, "", session)
+
+    def _wipe(self, req: Request, session: Session) -> Response:
+        """`carledger wipe`'s own function; then every session ends (they were the previous owner's)."""
+        from carledger.ledger import LedgerError, StoreLocked
+        from carledger.owner.wipe import wipe
+
+        if req.form.get("word", "").strip() != WIPE_WORD:
+            return self._page("Not done", message(f"Not confirmed: type {WIPE_WORD} to wipe; nothing changed.", error=True),
+                              "", session, 409)
+        try:
+            result = wipe(self.where.store)
+        except StoreLocked:
+            return self._page("Not done", message("The agent is running on this store: stop it first "
+                                                  "(systemctl stop carledger), then wipe.", error=True), "", session, 409)
+        except (LedgerError, OSError) as exc:
+            return self._page("Not done", message(f"Refused: {exc}", error=True), "", session, 409)
+        self.auth.end_all()  # and, the key having changed, every request now asks for a restart
+        text = (f"wiped {result.blocks} blocks of {result.streams} streams; vehicle key {result.old_kid} replaced by "
+                f"{result.new_kid}. Every paired device is signed out. Restart the console (with --listen it makes a "
+                "new certificate), then the new owner pairs with carledger console pair.")
+        return Response(200, layout("Wiped", message(text), signed_in=False))
+
+
+def _vehicle_key(store: str) -> bytes | None:
+    from carledger.ledger.keys import KEY_DIR, PUB_FILE
+
+    try:
+        return (Path(store) / KEY_DIR / PUB_FILE).read_bytes()
+    except OSError:
+        return None
 
 
 def _loopback_host(host: str | None) -> bool:

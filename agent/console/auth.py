@@ -133,6 +133,11 @@ class Auth:
             session.seen = now
             return session
 
+    def end_all(self) -> None:
+        """Every session ends (a wipe: they were the previous owner's)."""
+        with self.lock:
+            self.sessions.clear()
+
     def end(self, token: str | None) -> None:
         with self.lock:
             self.sessions.pop(_key(token or ""), None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Iterable
 
-NAV = (("/", "Now"), ("/consents", "Who gets what"), ("/left", "What left the car"))
+NAV = (("/", "Now"), ("/consents", "Who gets what"), ("/left", "What left the car"), ("/crashes", "Crash captures"))
 
 
 def e(value: Any) -> str:

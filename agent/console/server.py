@@ -73,6 +73,9 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = TIMEOUT
     server: "ConsoleServer"
 
+    def version_string(self) -> str:
+        return self.server_version  # no Python version in the Server header
+
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.info("%s %s", self.address_string(), format % args)
 
