@@ -360,16 +360,7 @@ def test_now_shows_what_status_json_shows(console, store):
 
 
 def test_now_shows_each_bus_health_from_the_signed_health_stream(tmp_path):
-    from carledger.dbc import path as dbc_path
-    from carledger_sim.cli import main as sim_main
-
-    log = tmp_path / "drive.log"
-    assert sim_main(["record", "--scenario", "city", "--seed", "1", "--duration", "20", "--start-time", "now",
-                     "-o", str(log)]) == 0
-    (tmp_path / "policy.toml").write_text(textwrap.dedent(POLICY))
-    store = tmp_path / "ledger"
-    assert main(["run", "--replay", str(log), "--dbc", dbc_path("carledger_demo.dbc"), "--store", str(store),
-                 "--policy", str(tmp_path / "policy.toml"), "--fast"]) == 0
+    store = driven_store(tmp_path, POLICY, duration=20)
     status = json.loads(subprocess.run([sys.executable, "-m", "carledger", "status", str(store), "--json"],
                                        capture_output=True, text=True, check=True).stdout)
     health = status["buses"]["replay"]
@@ -531,3 +522,56 @@ def test_wipe_needs_the_word_a_confirmation_and_a_stopped_agent_then_signs_every
     audit = json.loads(subprocess.run([sys.executable, "-m", "carledger", "audit", str(store), "--json"],
                                       capture_output=True, text=True, check=True).stdout)
     assert [d["kind"] for d in audit["decisions"]] == ["wipe"]
+
+
+TRIPS_POLICY = """
+version = 1
+[[stream]]
+name = "vault"
+local = true
+purpose = "my own driving log"
+signals = ["Vehicle.Speed", "Vehicle.CurrentLocation.*"]
+allow = ["location"]
+[stream.metrics]
+every = "1m"
+distance = true
+harsh_braking = true
+night_driving = true
+"""
+
+
+def driven_store(folder: Path, policy: str, duration: int = 240) -> Path:
+    """The store `carledger run --replay` leaves after a simulated city drive under `policy`."""
+    from carledger.dbc import path as dbc_path
+    from carledger_sim.cli import main as sim_main
+
+    log = folder / "drive.log"
+    assert sim_main(["record", "--scenario", "city", "--seed", "1", "--duration", str(duration), "--start-time", "now",
+                     "-o", str(log)]) == 0
+    (folder / "policy.toml").write_text(textwrap.dedent(policy))
+    store = folder / "ledger"
+    assert main(["run", "--replay", str(log), "--dbc", dbc_path("carledger_demo.dbc"), "--store", str(store),
+                 "--policy", str(folder / "policy.toml"), "--fast"]) == 0
+    return store
+
+
+def test_trips_and_metrics_are_drawn_from_the_local_streams_without_tiles(tmp_path):
+    from carledger.console.trips import LAT, LON
+
+    store = driven_store(tmp_path, TRIPS_POLICY)
+    rows = [json.loads(line) for line in subprocess.run(
+        [sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", "vault"],
+        capture_output=True, text=True, check=True).stdout.splitlines()]
+    positions = {r["t"] for r in rows if r["name"] in (LAT, LON)}  # a position: each time either changed
+    distance = sum(r["value"] for r in rows if r["name"] == "metric.distance_km")
+    assert positions and distance > 0
+    console = start_console(store)
+    try:
+        console.pair()
+        page = console.request("/trips")
+    finally:
+        stop(console)
+    assert page.status == 200
+    assert page.body.count("<polyline") == 1 and f"{len(positions)} positions" in page.text
+    assert "distance km (total)" in page.text and f"{distance:.4g}" in page.text
+    assert "http" not in page.body.split("<main>", 1)[1], "a drawing fetches something"

@@ -28,7 +28,8 @@ import pytest
 
 from carledger.dbc import path as dbc_path
 from conftest import wait_until
-from test_console import POLICY, check_archive, make_store, new_code, start_console, states, stop
+from test_console import (POLICY, TRIPS_POLICY, check_archive, driven_store, make_store, new_code, start_console,
+                          states, stop)
 
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
@@ -63,19 +64,34 @@ def browser(downloads):
         options.add_argument(arg)
     driver = webdriver.Chrome(service=Service(executable_path=str(CHROMEDRIVER)), options=options)
     driver.set_page_load_timeout(60)
+    viewport(driver, *PHONE)
     try:
         yield driver
     finally:
         driver.quit()
 
 
+def viewport(driver, width: int, height: int) -> None:
+    """Exactly this viewport, as the device would have it: a headless window is never narrower than 500 px,
+    so --window-size=390 alone leaves a 500 px page, and a page too wide for a phone would pass unnoticed."""
+    driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+        "width": width, "height": height, "deviceScaleFactor": 1, "mobile": (width, height) == PHONE})
+
+
+def fits_a_phone(driver) -> None:
+    """The page is laid out for the phone's 390 px (its viewport meta works) and does not scroll sideways."""
+    assert driver.execute_script("return window.innerWidth") == PHONE[0]
+    assert driver.execute_script("return document.documentElement.scrollWidth") <= PHONE[0], \
+        "the page scrolls sideways on a phone"
+
+
 def screenshots(driver, name: str) -> None:
     """The page as a phone (390 x 844) and as a laptop (1280 x 800) shows it."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for width, height in (PHONE, DESKTOP):
-        driver.set_window_rect(width=width, height=height)
+        viewport(driver, width, height)
         driver.save_screenshot(str(ARTIFACTS / f"{name}-{width}x{height}.png"))
-    driver.set_window_rect(width=PHONE[0], height=PHONE[1])
+    viewport(driver, *PHONE)
 
 
 def element(driver, by: str, value: str, text: str = ""):
@@ -167,6 +183,7 @@ def test_pair_view_and_revoke_and_the_running_agent_stops_the_stream(browser, tm
         field.send_keys(new_code(store))
         browser.find_element(By.CSS_SELECTOR, "main form button[type=submit]").click()
         assert element(browser, By.ID, "collection").text == "Collecting"
+        fits_a_phone(browser)
         cookie = browser.get_cookie("carledger_console")
         assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
         screenshots(browser, "now")
@@ -174,8 +191,7 @@ def test_pair_view_and_revoke_and_the_running_agent_stops_the_stream(browser, tm
         browser.find_element(By.LINK_TEXT, "Who gets what").click()
         card = element(browser, By.ID, "stream-fleet")
         assert "Fleet Ops: maintenance" in card.text and "rounded to 5" in card.text
-        assert browser.execute_script("return document.documentElement.scrollWidth") <= PHONE[0], \
-            "the page scrolls sideways on a phone"
+        fits_a_phone(browser)
         screenshots(browser, "who-gets-what")
         # revoke: one click, then the confirmation
         card.find_element(By.CSS_SELECTOR, "button[aria-label='Revoke the consent of fleet']").click()
@@ -246,3 +262,18 @@ def test_grant_pause_resume_and_download_my_data(browser, downloads, tmp_path):
     kinds = [r["event"] for r in export(store, "audit") if "event" in r]
     assert kinds[-3:] == ["consent-granted", "pause", "resume"]
     check_archive(zipped.read_bytes(), store, "insurer", tmp_path)
+
+
+def test_trips_and_metrics_fit_a_phone(browser, tmp_path):
+    store = driven_store(tmp_path, TRIPS_POLICY)
+    console = start_console(store)
+    try:
+        pair(browser, console)
+        browser.find_element(By.LINK_TEXT, "Trips").click()
+        track = element(browser, By.CSS_SELECTOR, "svg.track")
+        assert track.size["width"] <= PHONE[0] and track.size["height"] > 100
+        assert browser.find_elements(By.CSS_SELECTOR, "svg.chart")
+        fits_a_phone(browser)
+        screenshots(browser, "trips")
+    finally:
+        stop(console)

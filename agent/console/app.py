@@ -74,7 +74,7 @@ class Console:
                 return Response.redirect("/pair")
             return Response.text(404, "no such action")
         page = {"/": self.now, "/consents": self.consents, "/confirm": self.confirm, "/left": self.left,
-                "/crashes": self.crashes, "/wipe": self.wipe_page, "/mydata.zip": self.mydata}.get(req.path)
+                "/crashes": self.crashes, "/trips": self.trips, "/wipe": self.wipe_page, "/mydata.zip": self.mydata}.get(req.path)
         if page is None:
             return Response.text(404, "no such page")
         return page(req, session)
@@ -190,6 +190,35 @@ class Console:
                 + pages.table(("Recipient", "Day", "Streams", "Records", "Signals"), rows, "Disclosures")
                 if rows else "<p>Nothing has left the car yet.</p>")
         return self._page("What left the car", body, "/left", session)
+
+    def trips(self, req: Request, session: Session) -> Response:
+        from carledger.console import trips
+        from carledger.owner.state import OwnerState
+
+        local = [s.name for s in OwnerState.load(self.where.store).policy.streams if s.local]
+        found = trips.read(self.where.store, local)
+        body = [f"<p>From the streams that stay in the car ({e(', '.join(local) or 'none')}), drawn here: no map "
+                "tiles, nothing from the internet.</p>"]
+        if found["problems"]:
+            body.append(message(f"{found['problems']} blocks do not verify and are left out (carledger verify says why).",
+                                error=True))
+        body.append("<h2>Trips</h2>")
+        for trip in reversed(found["trips"]):
+            start = datetime.fromtimestamp(trip.start, timezone.utc)
+            end = datetime.fromtimestamp(trip.end, timezone.utc)
+            body.append(f'<figure class="trip">{trips.track_svg(trip)}<figcaption>{start:%Y-%m-%d %H:%M}–{end:%H:%M} UTC, '
+                        f"{trip.seen} positions (green: start, red: end)</figcaption></figure>")
+        if not found["trips"]:
+            body.append("<p>No trips: no local stream holds positions (allow location in a local stream, docs/policy.md).</p>")
+        body.append("<h2>Metrics per day (UTC)</h2>")
+        for name, days in found["metrics"].items():
+            words = name.removeprefix("metric.").replace("_", " ")
+            how = "total" if name in trips.SUMMED else "average"
+            body.append(f"<h3>{e(words)} ({how})</h3>{trips.bars_svg(words, days)}"
+                        + pages.table(("Day", words), [(d, f"{v:.4g}") for d, v in days.items()], f"{words} per day"))
+        if not found["metrics"]:
+            body.append("<p>No metrics: add [stream.metrics] to a local stream (docs/policy.md).</p>")
+        return self._page("Trips and metrics", "".join(body), "/trips", session)
 
     def crashes(self, req: Request, session: Session) -> Response:
         from carledger.edr import read_captures

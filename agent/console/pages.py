@@ -9,7 +9,8 @@ from __future__ import annotations
 from html import escape
 from typing import Any, Iterable
 
-NAV = (("/", "Now"), ("/consents", "Who gets what"), ("/left", "What left the car"), ("/crashes", "Crash captures"))
+NAV = (("/", "Now"), ("/consents", "Who gets what"), ("/left", "What left the car"), ("/trips", "Trips"),
+       ("/crashes", "Crash captures"))
 
 
 def e(value: Any) -> str:
