@@ -277,3 +277,23 @@ def test_trips_and_metrics_fit_a_phone(browser, tmp_path):
         screenshots(browser, "trips")
     finally:
         stop(console)
+
+
+def test_the_tables_of_what_left_the_car_and_crash_captures_fit_a_phone(browser, tmp_path):
+    from test_audit_story import make_store as audited_store
+
+    store = audited_store(tmp_path / "s")
+    console = start_console(store)
+    try:
+        pair(browser, console)
+        browser.find_element(By.LINK_TEXT, "What left the car").click()
+        cell = element(browser, By.CSS_SELECTOR, "tbody td", "Fleet Ops B.V.")
+        before = browser.execute_script("return getComputedStyle(arguments[0], '::before').content", cell)
+        assert before == '"Recipient: "', "a phone's card names each cell's column"
+        fits_a_phone(browser)
+        screenshots(browser, "what-left-the-car")
+        browser.find_element(By.LINK_TEXT, "Crash captures").click()
+        element(browser, By.TAG_NAME, "main", "No crash captures.")
+        fits_a_phone(browser)
+    finally:
+        stop(console)

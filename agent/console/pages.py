@@ -52,8 +52,10 @@ def ask(action: str, button: str, fields: dict[str, Any], *, label: str, choose:
 
 
 def table(header: tuple[str, ...], rows: list[tuple[Any, ...]], caption: str) -> str:
+    """A table; on a phone each row is a card whose cells carry their column's name (data-label, console.css)."""
     head = "".join(f'<th scope="col">{e(h)}</th>' for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f'<td data-label="{e(h)}">{e(c)}</td>' for h, c in zip(header, row)) + "</tr>"
+                   for row in rows)
     return f"<table><caption>{e(caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
