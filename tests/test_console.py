@@ -575,3 +575,36 @@ def test_trips_and_metrics_are_drawn_from_the_local_streams_without_tiles(tmp_pa
     assert page.body.count("<polyline") == 1 and f"{len(positions)} positions" in page.text
     assert "distance km (total)" in page.text and f"{distance:.4g}" in page.text
     assert "http" not in page.body.split("<main>", 1)[1], "a drawing fetches something"
+
+
+def test_pairing_with_the_owners_key_signing_the_pages_challenge(console, store, tmp_path):
+    assert "owner's key" not in console.request("/pair", cookie=False).text, "offered with no owner key enrolled"
+    owner = subprocess.run([sys.executable, "-m", "carledger", "keygen", "owner", "-o", str(tmp_path / "owner.key")],
+                           capture_output=True, text=True, check=True)
+    assert owner.returncode == 0
+    subprocess.run([sys.executable, "-m", "carledger", "remote", "enroll-owner", str(tmp_path / "owner.pub"),
+                    "--store", str(store)], capture_output=True, text=True, check=True)
+    other = tmp_path / "other.key"
+    subprocess.run([sys.executable, "-m", "carledger", "keygen", "owner", "-o", str(other)], capture_output=True, check=True)
+
+    def attempt(key: Path, challenge: str | None = None) -> Reply:
+        page = console.request("/pair", cookie=False)
+        shown = re.search(r"sign-pairing ([0-9a-f]{32}) --key owner.key", page.text).group(1)
+        signed = subprocess.run([sys.executable, "-m", "carledger", "console", "sign-pairing", challenge or shown,
+                                 "--key", str(key)], capture_output=True, text=True, check=True).stdout.strip()
+        return console.request("/pair", {"challenge": challenge or shown, "signature": signed}, cookie=False)
+
+    assert attempt(other).status == 403, "a key that is not the enrolled owner's paired"
+    assert attempt(tmp_path / "owner.key", challenge="0" * 32).status == 403, "a challenge the console never gave"
+    reply = attempt(tmp_path / "owner.key")
+    assert reply.status == 303 and "HttpOnly" in reply.headers["Set-Cookie"]
+    page = console.request("/pair", cookie=False)
+    shown = re.search(r"sign-pairing ([0-9a-f]{32})", page.text).group(1)
+    signed = subprocess.run([sys.executable, "-m", "carledger", "console", "sign-pairing", shown, "--key",
+                             str(tmp_path / "owner.key")], capture_output=True, text=True, check=True).stdout.strip()
+    assert console.request("/pair", {"challenge": shown, "signature": signed}, cookie=False).status == 303
+    assert console.request("/pair", {"challenge": shown, "signature": signed}, cookie=False).status in (403, 429), \
+        "a signed challenge paired twice"
+    bad = subprocess.run([sys.executable, "-m", "carledger", "console", "sign-pairing", "xyz", "--key", str(other)],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "is not a challenge" in bad.stderr.splitlines()[-1]

@@ -46,6 +46,14 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                           epilog=exit_status("printed", None))
     add_store_options(pair)
     pair.set_defaults(func=pair_code)
+    sign = sub.add_parser("sign-pairing", help="sign the pairing page's challenge with the owner's key (on any computer)",
+                          description="Pair a browser with the console without a shell on the car: sign the challenge "
+                          "its pairing page shows with the owner key enrolled in the car (carledger remote enroll-owner), "
+                          "and paste the signature into that page.",
+                          epilog=exit_status("printed the signature", None))
+    sign.add_argument("challenge", metavar="CHALLENGE", help="the challenge the pairing page shows (32 hex digits)")
+    sign.add_argument("--key", required=True, metavar="FILE", help="the owner's private key (carledger keygen owner)")
+    sign.set_defaults(func=sign_pairing, store_create=None)
     parser.set_defaults(func=serve)
 
 
@@ -61,6 +69,21 @@ def pair_code(args: argparse.Namespace) -> int:
         print(json.dumps({"code": code, "expires": iso(expires)}))
     else:
         print(f"pairing code: {code} (works once, until {iso(expires)})")
+    return EXIT_OK
+
+
+def sign_pairing(args: argparse.Namespace) -> int:
+    from carledger.console.auth import pairing_message
+    from carledger.ledger import KeyFileError, load_signing_key
+
+    challenge = args.challenge.strip().lower()
+    if len(challenge) != 32 or any(c not in "0123456789abcdef" for c in challenge):
+        raise UsageError(f"{args.challenge[:40]!r} is not a challenge (32 hex digits, as the pairing page shows it)")
+    try:
+        key = load_signing_key(args.key)
+    except KeyFileError as exc:
+        raise UsageError(str(exc)) from None
+    print(key.sign(pairing_message(challenge)).signature.hex())
     return EXIT_OK
 
 

@@ -88,7 +88,10 @@ class Console:
         note, status = "", 200
         if req.method == "POST":
             try:
-                token = self.auth.pair(req.form.get("code", ""))
+                if "signature" in req.form:
+                    token = self.auth.pair_with_key(req.form.get("challenge", ""), req.form.get("signature", ""))
+                else:
+                    token = self.auth.pair(req.form.get("code", ""))
             except Throttled as exc:
                 token, note, status = None, message(str(exc), error=True), 429
             if token is not None:
@@ -96,14 +99,33 @@ class Console:
                 cookie = f"{COOKIE}={token}; Path=/; Max-Age={int(SESSION_MAX)}; HttpOnly; SameSite=Strict{secure}"
                 return Response(303, b"", headers={"Location": "/", "Set-Cookie": cookie})
             if status == 200:
-                note, status = message("That code is wrong, used or expired. Run carledger console pair for a new one.",
-                                       error=True), 403
+                what = ("That signature is not the enrolled owner key's over this page's challenge (a challenge works "
+                        "once: use the new one below)." if "signature" in req.form else
+                        "That code is wrong, used or expired. Run carledger console pair for a new one.")
+                note, status = message(what, error=True), 403
         body = (f"{note}<p>On the car computer, run <code>carledger console pair</code> and type the code it prints. "
                 "A code works once, for ten minutes.</p>"
                 '<form method="post" action="/pair"><label for="code">Pairing code</label>'
                 '<input id="code" name="code" inputmode="numeric" autocomplete="one-time-code" required class="code">'
                 '<p><button type="submit">Pair this device</button></p></form>')
+        body += self._key_pairing()
         return Response(status, layout("Pair this device", body, signed_in=False))
+
+    def _key_pairing(self) -> str:
+        """The other way in: the owner's key (enrolled with `carledger remote enroll-owner`) signs a challenge."""
+        from carledger.ledger.keys import KEY_DIR
+        from carledger.sync.policy_update import OWNER_PUB
+
+        if not (Path(self.where.store) / KEY_DIR / OWNER_PUB).exists():
+            return ""
+        challenge = self.auth.challenge()
+        return ("<h2>Or with the owner's key</h2><p>On a computer that holds your owner key, run "
+                f'<code id="challenge-command">carledger console sign-pairing {challenge} --key owner.key</code> '
+                "and paste what it prints.</p>"
+                f'<form method="post" action="/pair">{hidden("challenge", challenge)}'
+                '<label for="signature">Signature</label>'
+                '<input id="signature" name="signature" autocomplete="off" required spellcheck="false">'
+                '<p><button type="submit">Pair with the owner key</button></p></form>')
 
     # -- pages ------------------------------------------------------------------------------------
 

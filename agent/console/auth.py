@@ -37,6 +37,13 @@ SESSION_MAX = 24 * 3600.0  # and every session ends this long after pairing
 CSRF_LIFETIME = 900.0  # a form must be sent within this long
 CSRF_KEPT = 32  # outstanding tokens per session (the oldest go first)
 PBKDF2_ROUNDS = 200_000
+KEY_PAIRING = b"carledger/console-pair/v1\n"  # the domain of an owner-key pairing signature, then the challenge
+CHALLENGES_KEPT = 32  # outstanding owner-key challenges (the oldest go first)
+
+
+def pairing_message(challenge: str) -> bytes:
+    """What the owner's key signs to pair (`carledger console sign-pairing`): a domain, then the server's challenge."""
+    return KEY_PAIRING + challenge.strip().lower().encode("ascii", "replace")
 
 
 def _hash(code: str, salt: bytes) -> bytes:
@@ -73,9 +80,60 @@ class Auth:
         self.clock = clock
         self.sessions: dict[bytes, Session] = {}
         self.attempts: deque[float] = deque()
+        self.challenges: dict[str, float] = {}  # owner-key challenges shown on the pairing page -> expiry
+        self.store = Path(store)
         self.lock = threading.Lock()
 
     # -- pairing ----------------------------------------------------------------------------------
+
+    def _throttle(self, now: float) -> None:
+        """Count one pairing attempt (by code or by key); Throttled when there were too many lately. Holds the lock."""
+        while self.attempts and self.attempts[0] <= now - THROTTLE_WINDOW:
+            self.attempts.popleft()
+        if len(self.attempts) >= THROTTLE_TRIES:
+            wait = self.attempts[0] + THROTTLE_WINDOW - now
+            raise Throttled(f"too many pairing attempts: try again in {max(1, round(wait))} s")
+        self.attempts.append(now)
+
+    def _session(self, now: float) -> str:
+        token = secrets.token_urlsafe(32)
+        self.sessions[_key(token)] = Session(created=now, seen=now)
+        return token
+
+    def challenge(self) -> str:
+        """A fresh challenge for pairing with the owner's key, valid CODE_LIFETIME seconds, once."""
+        now = self.clock()
+        challenge = secrets.token_hex(16)
+        with self.lock:
+            self.challenges = {c: e for c, e in self.challenges.items() if e > now}
+            while len(self.challenges) >= CHALLENGES_KEPT:
+                self.challenges.pop(next(iter(self.challenges)))
+            self.challenges[challenge] = now + CODE_LIFETIME
+        return challenge
+
+    def pair_with_key(self, challenge: str, signature: str) -> str | None:
+        """A new session token when `signature` (hex) is the enrolled owner key's over this server's unused
+        `challenge` (which is then used up, right or wrong); else None. Raises Throttled like `pair`."""
+        from nacl.exceptions import BadSignatureError
+
+        from carledger.ledger import KeyFileError
+        from carledger.sync.policy_update import load_owner_key
+
+        now = self.clock()
+        with self.lock:
+            self._throttle(now)
+            expires = self.challenges.pop(challenge.strip().lower(), None)
+            if expires is None or expires <= now:
+                return None
+            try:
+                owner = load_owner_key(self.store)
+                raw = bytes.fromhex(signature.strip())
+                if owner is None or len(raw) != 64:
+                    return None
+                owner.verify(pairing_message(challenge), raw)
+            except (KeyFileError, ValueError, BadSignatureError):
+                return None
+            return self._session(now)
 
     def pair(self, code: str) -> str | None:
         """A new session token when `code` is the current pairing code (which is then used up); else None.
@@ -84,12 +142,7 @@ class Auth:
         """
         now = self.clock()
         with self.lock:
-            while self.attempts and self.attempts[0] <= now - THROTTLE_WINDOW:
-                self.attempts.popleft()
-            if len(self.attempts) >= THROTTLE_TRIES:
-                wait = self.attempts[0] + THROTTLE_WINDOW - now
-                raise Throttled(f"too many pairing attempts: try again in {max(1, round(wait))} s")
-            self.attempts.append(now)
+            self._throttle(now)
             record = self._pairing(now)
             if record is None:
                 return None
@@ -102,9 +155,7 @@ class Auth:
                     write_private(self.pair_file, json.dumps(record).encode())
                 return None
             self.pair_file.unlink(missing_ok=True)  # one time only
-            token = secrets.token_urlsafe(32)
-            self.sessions[_key(token)] = Session(created=now, seen=now)
-            return token
+            return self._session(now)
 
     def _pairing(self, now: float) -> dict | None:
         try:
