@@ -608,3 +608,28 @@ def test_pairing_with_the_owners_key_signing_the_pages_challenge(console, store,
     bad = subprocess.run([sys.executable, "-m", "carledger", "console", "sign-pairing", "xyz", "--key", str(other)],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "is not a challenge" in bad.stderr.splitlines()[-1]
+
+
+def test_classes_off_at_each_drive_are_switched_as_consent_allow_and_withdraw_do(tmp_path):
+    store = make_store(tmp_path, POLICY.replace("version = 1\n", 'version = 1\n[ignition]\neach_drive = ["location"]\n'))
+    console = start_console(store)
+
+    def allowance() -> str:
+        return consent_list(store)["each_drive"]["location"]
+
+    try:
+        console.pair()
+        page = console.request("/consents")
+        assert "off this drive" in page.text and 'aria-label="Switch location on for this drive"' in page.body
+        assert allowance() == "off"
+        refused = console.confirm(action="allow", cls="location", scope="this-drive")  # no drive yet: the CLI's refusal
+        cli = subprocess.run([sys.executable, "-m", "carledger", "consent", "allow", "location", "--this-drive",
+                              "--store", str(store)], capture_output=True, text=True)
+        assert refused.status == 409 and cli.returncode == 1
+        assert cli.stderr.strip().removeprefix("carledger: ") in refused.text
+        assert console.confirm(action="allow", cls="location", scope="standing").status == 200
+        assert allowance() == "standing" and "on at every drive" in console.request("/consents").text
+        assert console.confirm(action="withdraw", cls="location").status == 200 and allowance() == "off"
+        assert console.confirm(action="allow", cls="technical", scope="standing").status == 409  # the CLI's rule
+    finally:
+        stop(console)

@@ -26,7 +26,7 @@ from carledger.console.server import COOKIE, Request, Response
 
 GRANT_CHOICES = (("90d", "90 days"), ("30d", "30 days"), ("1y", "1 year"), ("2y", "2 years"))
 PAUSE_CHOICES = (("", "until I resume"), ("1h", "1 hour"), ("1d", "1 day"))
-ACTIONS = ("grant", "revoke", "pause", "resume", "wipe")
+ACTIONS = ("grant", "revoke", "pause", "resume", "wipe", "allow", "withdraw")
 WIPE_WORD = "WIPE"  # what `carledger wipe` asks the owner to type
 
 
@@ -192,6 +192,21 @@ class Console:
             )
         if not cards:
             cards.append("<p>No stream leaves the car: nothing is sent to anyone.</p>")
+        words = {"off": "off this drive", "this-drive": "on for this drive only", "standing": "on at every drive"}
+        for cls, allowance in report["each_drive"].items():
+            controls = []
+            if allowance != "this-drive":
+                controls.append(ask("allow", "On for this drive", {"cls": cls, "scope": "this-drive"},
+                                    label=f"Switch {cls} on for this drive"))
+            if allowance != "standing":
+                controls.append(ask("allow", "On at every drive", {"cls": cls, "scope": "standing"},
+                                    label=f"Switch {cls} on at every drive"))
+            if allowance != "off":
+                controls.insert(0, ask("withdraw", "Switch off", {"cls": cls}, label=f"Switch {cls} off"))
+            cards.append(f'<section class="card" id="class-{e(cls)}"><h2>{e(cls.capitalize())} signals</h2>'
+                         f'<p class="state">{e(words[allowance])} (ignition cycle {e(report["ignition_cycle"])})</p>'
+                         "<p>The policy switches them off at every drive until you switch them on.</p>"
+                         f'<div class="actions">{"".join(controls)}</div></section>')
         return self._page("Who gets what", "".join(cards), "/consents", session)
 
     def left(self, req: Request, session: Session) -> Response:
@@ -279,12 +294,13 @@ class Console:
         if action not in ACTIONS:
             return Response.text(400, "no such action")
         fields = {"action": action, "stream": req.query.get("stream", ""), "until": req.query.get("until", ""),
-                  "for": req.query.get("for", ""), "word": req.query.get("word", "")}
+                  "for": req.query.get("for", ""), "word": req.query.get("word", ""), "cls": req.query.get("cls", ""),
+                  "scope": req.query.get("scope", "")}
         try:
             question, button = self._question(fields)
         except ValueError as exc:
             return self._page("Confirm", message(str(exc), error=True), "", session, 400)
-        back = "/consents" if action in ("grant", "revoke") else "/"
+        back = "/consents" if action in ("grant", "revoke", "allow", "withdraw") else "/"
         form = (f'<p>{e(question)}</p><form method="post" action="/do" class="inline">'
                 + "".join(hidden(k, v) for k, v in fields.items())
                 + hidden("csrf", self.auth.csrf_token(session))
@@ -308,6 +324,11 @@ class Console:
                 return "Pause all collection until you resume it?", "Yes, pause"
             until = iso(parse_when(fields["for"], now=self.clock()))
             return f"Pause all collection until {until}?", "Yes, pause"
+        if action == "allow":
+            when = "for this drive only" if fields["scope"] == "this-drive" else "at every drive, until you switch them off"
+            return f"Switch {fields['cls']} signals on {when}?", "Yes, switch on"
+        if action == "withdraw":
+            return f"Switch {fields['cls']} signals off now?", "Yes, switch off"
         if action == "wipe":
             if fields["word"].strip() != WIPE_WORD:
                 raise ValueError(f"not confirmed: type {WIPE_WORD} to wipe; nothing changed")
@@ -321,7 +342,7 @@ class Console:
         from carledger.owner import OwnerError, OwnerStateError
 
         action, stream = req.form.get("action", ""), req.form.get("stream", "")
-        back = "/consents" if action in ("grant", "revoke") else "/"
+        back = "/consents" if action in ("grant", "revoke", "allow", "withdraw") else "/"
         try:
             now = self.clock()
             if action == "grant":
@@ -333,6 +354,11 @@ class Console:
                 request = {"action": "pause", "until": parse_when(duration, now=now) if duration else None}
             elif action == "resume":
                 request = {"action": "resume"}
+            elif action == "allow":  # as `carledger consent allow CLASS --this-drive|--standing`
+                request = {"action": "allow-class", "class": req.form.get("cls", ""),
+                           "standing": req.form.get("scope") == "standing"}
+            elif action == "withdraw":  # as `carledger consent withdraw CLASS`
+                request = {"action": "withdraw-class", "class": req.form.get("cls", "")}
             elif action == "wipe":
                 return self._wipe(req, session)
             else:
