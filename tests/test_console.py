@@ -256,6 +256,13 @@ def test_no_session_means_no_data(console, path):
     assert forged.status == 303 and forged.body == ""
 
 
+def test_oversized_and_overfull_requests_get_one_answer_and_no_work(console):
+    many = "&".join(f"f{i}=1" for i in range(40))
+    assert console.request("/pair?" + many, cookie=False).status == 400
+    assert console.request("/pair", {f"f{i}": "1" for i in range(40)}, cookie=False).status == 400
+    assert console.request("/pair", {"code": "1" * 9000}, cookie=False).status == 413
+
+
 def test_no_session_means_no_change(console, store):
     reply = console.request("/do", {"action": "revoke", "stream": "fleet", "csrf": "x"})
     assert reply.status == 403 and "pair" in reply.text

@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 TIMEOUT = 20.0  # seconds a connection may stay silent
 MAX_CONNECTIONS = 16  # connections served at once; more are closed at once
 MAX_BODY = 8192  # bytes of a form: the console's forms are a few fields
+MAX_FIELDS = 32  # fields of a query or a form
 COOKIE = "carledger_console"
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
@@ -111,13 +112,17 @@ class _Handler(BaseHTTPRequestHandler):
                 self._send(Response.text(413, f"a form is at most {MAX_BODY} bytes"))
                 return None
             form = _fields(self.rfile.read(length).decode("utf-8", "replace"))
+        query = _fields(parts.query)
+        if form is None or query is None:
+            self._send(Response.text(400, f"at most {MAX_FIELDS} fields in a query or a form"))
+            return None
         cookie = None
         try:
             jar = SimpleCookie(self.headers.get("Cookie") or "")
             cookie = jar[COOKIE].value if COOKIE in jar else None
         except CookieError:
             pass
-        return Request(method, parts.path, _fields(parts.query), form, cookie, self.headers.get("Origin"),
+        return Request(method, parts.path, query, form, cookie, self.headers.get("Origin"),
                        self.headers.get("Host"), self.server.tls is not None)
 
     def _send(self, response: Response, head: bool = False) -> None:
@@ -142,9 +147,12 @@ class _Handler(BaseHTTPRequestHandler):
             log.exception("console: streaming %s failed; the download is cut short", self.path)
 
 
-def _fields(text: str) -> dict[str, str]:
-    """A query string or urlencoded form, one value per name (the first)."""
-    return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True, max_num_fields=32).items()}
+def _fields(text: str) -> dict[str, str] | None:
+    """A query string or urlencoded form, one value per name (the first); None when it has too many fields."""
+    try:
+        return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FIELDS).items()}
+    except ValueError:  # "Max number of fields exceeded"
+        return None
 
 
 REFUSE_PLAIN = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
