@@ -6,8 +6,9 @@ Starts `carledger console` (its own process) on a store of --blocks sealed
 blocks of 50 samples each, then reads the process's RSS from /proc:
 
 1. idle, just started;
-2. idle after pairing and one visit of each page (the modules the pages
-   import stay loaded);
+2. idle after pairing and a visit of Now and Who gets what, then after one
+   visit of every page (the modules the pages import stay loaded; What left
+   the car reads the audit, which loads the owner's actions and the sync);
 3. the peak (VmHWM) after downloading My data, whose size grows with the
    store while the process's memory should not (it streams block by block).
 
@@ -74,6 +75,10 @@ def main() -> None:
             for page in ("/", "/consents"):
                 assert console.request(page).status == 200, page
             time.sleep(1)
+            owner_pages = rss(console.proc.pid)
+            for page in ("/left", "/trips", "/crashes"):
+                assert console.request(page).status == 200, page
+            time.sleep(1)
             used = rss(console.proc.pid)
             t0 = time.perf_counter()
             request = urllib.request.Request(console.url + "mydata.zip",
@@ -88,6 +93,7 @@ def main() -> None:
             stop(console)
     print(f"import carledger.cli alone:          {int(baseline) / 1024:6.1f} MB RSS")
     print(f"console idle, just started:          {started:6.1f} MB RSS")
+    print(f"console idle after Now, Who gets what: {owner_pages:4.1f} MB RSS")
     print(f"console idle after every page:       {used:6.1f} MB RSS")
     print(f"console peak after My data download: {peak:6.1f} MB (VmHWM); {size / 1e6:.1f} MB of ZIP "
           f"for {args.blocks} blocks in {took:.1f} s")
