@@ -244,8 +244,13 @@ class Ed25519Signer:
 
 
 def _algorithms() -> dict[int, tuple[Callable[[str, bytes], Verifier], Callable[[str, bytes], Signer]]]:
-    """alg byte -> (verifier from public key, signer from seed)."""
-    return {ALG_ED25519: (Ed25519Verifier, Ed25519Signer)}
+    """alg byte -> (verifier from public key, signer from seed); 0x04 is cosignature.py's."""
+    from carledger.transparency import cosignature  # imports this module: only at call time
+
+    return {
+        ALG_ED25519: (Ed25519Verifier, Ed25519Signer),
+        cosignature.ALG_COSIGNATURE_V1: (cosignature.CosignatureVerifier, cosignature.CosignatureSigner),
+    }
 
 
 def verifier_key(name: str, alg: int, public_key: bytes) -> str:
