@@ -14,7 +14,7 @@ import logging
 import sys
 
 # Subcommand modules, in the order `carledger --help` lists them.
-SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "status", "wipe", "sync", "collect", "read", "edr", "keygen", "remote", "doctor")
+SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "status", "wipe", "sync", "collect", "read", "edr", "keygen", "remote", "witness", "doctor")
 
 
 class CommandParser(argparse.ArgumentParser):
