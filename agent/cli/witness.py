@@ -173,6 +173,10 @@ def run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _indented(raw: bytes) -> str:
+    return "\n".join("    " + line for line in raw.decode(errors="replace").rstrip("\n").split("\n"))
+
+
 def run_evidence(args: argparse.Namespace) -> int:
     import sqlite3
 
@@ -190,8 +194,8 @@ def run_evidence(args: argparse.Namespace) -> int:
                               "stored": base64.b64encode(e["stored"]).decode()}))
         else:
             print(f"#{e['id']} {e['origin']}: {e['kind']} at {e['received']}")
-            print("  offered:\n    " + e["request"].decode(errors="replace").rstrip("\n").replace("\n", "\n    "))
-            print("  cosigned before:\n    " + e["stored"].decode(errors="replace").rstrip("\n").replace("\n", "\n    "))
+            print("  offered:\n" + _indented(e["request"]))
+            print("  cosigned before:\n" + _indented(e["stored"]))
     if not entries and not args.json:
         print("no evidence of a fork")
     return 1 if entries else 0

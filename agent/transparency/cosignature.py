@@ -81,7 +81,9 @@ class CosignatureSigner:
 
     alg = ALG_COSIGNATURE_V1
 
-    def __init__(self, name: str, seed: bytes | nacl.signing.SigningKey, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, name: str, seed: bytes | nacl.signing.SigningKey, clock: Callable[[], float] = time.time
+    ) -> None:
         if not valid_name(name):
             raise KeyFormatError(f"invalid key name {name!r}")
         self._sk = seed if isinstance(seed, nacl.signing.SigningKey) else nacl.signing.SigningKey(bytes(seed))

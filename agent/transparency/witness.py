@@ -218,12 +218,14 @@ class Witness:
             elif cp.size == size and size > 0:
                 if cp.root_hash != root:
                     self._keep(cp.origin, "conflict", body, stored)
-                    refused = _text(HTTPStatus.CONFLICT, f"checkpoint of size {size} with another root than the one cosigned")
+                    why = f"checkpoint of size {size} with another root than the one cosigned"
+                    refused = _text(HTTPStatus.CONFLICT, why)
                 elif req.proof:
                     refused = _text(HTTPStatus.UNPROCESSABLE_ENTITY, "a proof between equal sizes must be empty")
             elif size > 0 and not merkle.verify_consistency(size, cp.size, root, cp.root_hash, req.proof):
                 self._keep(cp.origin, "bad-proof", body, stored)
-                refused = _text(HTTPStatus.UNPROCESSABLE_ENTITY, f"consistency proof from {size} to {cp.size} does not verify")
+                why = f"consistency proof from {size} to {cp.size} does not verify"
+                refused = _text(HTTPStatus.UNPROCESSABLE_ENTITY, why)
             if refused is None:
                 db.execute(
                     "INSERT INTO logs (origin, size, root, checkpoint, updated) VALUES (?, ?, ?, ?, ?) "
