@@ -7,6 +7,8 @@ import math
 import sys
 from datetime import datetime, timezone
 
+from carledger.cli._args import add_logging_options, configure_logging
+
 EPILOG = """\
 examples:
   carledger-sim scenarios
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    add_logging_options(parser, "carledger-sim")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
 
@@ -397,6 +400,7 @@ def _cmd_obd(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    configure_logging(parser, args)
     import cantools
 
     commands = {"scenarios": _cmd_scenarios, "run": _cmd_run, "record": _cmd_record, "replay": _cmd_replay,

@@ -240,11 +240,17 @@ def run_cli(*argv: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([str(VENV_BIN / "carledger"), *argv], capture_output=True, text=True, timeout=300, **kwargs)
 
 
-def test_version_prints_the_package_version():
+@pytest.mark.parametrize("prog", ["carledger", "carledger-sim"])
+def test_version_prints_the_package_version(prog):
     from importlib.metadata import version
 
-    done = run_cli("--version")
-    assert (done.returncode, done.stdout) == (0, f"carledger {version('carledger')}\n")
+    done = subprocess.run([str(VENV_BIN / prog), "--version"], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout) == (0, f"{prog} {version('carledger')}\n")
+    both = subprocess.run([str(VENV_BIN / prog), "-q", "-v", "--help"], capture_output=True, text=True, timeout=60)
+    assert both.returncode == 0  # --help wins; the contradiction is only an error when a command runs
+    wrong = subprocess.run([str(VENV_BIN / prog), "-q", "-v", "scenarios" if prog == "carledger-sim" else "status"],
+                           capture_output=True, text=True, timeout=60)
+    assert wrong.returncode == 2 and wrong.stderr.splitlines()[-1] == f"{prog}: error: -q and -v contradict each other: give one"
 
 
 def test_info_lines_only_with_v_and_warnings_silenced_by_q(recorded, tmp_path):

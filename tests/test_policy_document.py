@@ -490,6 +490,18 @@ def test_syntax_error_and_missing_file(tmp_path: Path) -> None:
     assert load_policy(tmp_path / "nope.toml", missing_ok=True) == Policy.empty()
 
 
+@pytest.mark.parametrize("version, ok", [(2**53 - 1, True), (2**53, False), (2**70, False)])
+def test_a_version_beyond_exact_json_numbers_is_refused(tmp_path: Path, version: int, ok: bool) -> None:
+    """2**70 once passed: a version a JSON reader rounds could never be told from its neighbour."""
+    path = write(tmp_path, f"version = {version}\n")
+    problems = check_policy(path)
+    if ok:
+        assert problems == [] and load_policy(path).version == version
+    else:
+        (problem,) = problems
+        assert problem.line == 1 and problem.field == "version" and problem.message == f"must be at most {2**53 - 1} (2**53 - 1), got {version}"
+
+
 def test_example_policy_is_valid(demo) -> None:
     assert check_policy(EXAMPLE, demo, now=NOW) == []
     policy = load_policy(EXAMPLE, demo, now=NOW)

@@ -13,6 +13,8 @@ import importlib
 import logging
 import sys
 
+from carledger.cli._args import add_logging_options, configure_logging
+
 # Subcommand modules, in the order `carledger --help` lists them.
 SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "status", "wipe", "sync", "collect", "read", "edr", "keygen", "remote", "witness", "doctor")
 
@@ -48,9 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="The owner's in-vehicle data agent: CAN in, signed ledger out. "
         "Exit status: 0 ok; 1 problems found or request refused; 2 usage error, unreadable input or a wrong path.",
     )
-    parser.add_argument("--version", action="version", version=f"carledger {version()}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="log INFO lines (-vv: DEBUG) on stderr")
-    parser.add_argument("-q", "--quiet", action="store_true", help="log errors only (no warnings)")
+    add_logging_options(parser, "carledger")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND")
     for name in SUBCOMMANDS:
         importlib.import_module(f"carledger.cli.{name}").add_subparser(subparsers)
@@ -60,14 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.quiet and args.verbose:
-        parser.error("-q and -v contradict each other: give one")
-    # The command's own output is clean: WARNING and above by default, INFO with -v, DEBUG with -vv, errors with -q.
-    logging.basicConfig(
-        level=logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    configure_logging(parser, args)
     if not hasattr(args, "func"):
         parser.print_help()
         return 2

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import sys
 
 
 def stream_name(text: str) -> str:
@@ -14,3 +16,23 @@ def stream_name(text: str) -> str:
             f"{text[:80]!r} is not a stream name: 1-64 of [A-Za-z0-9._:-], starting with a letter or digit"
         )
     return text
+
+
+def add_logging_options(parser: argparse.ArgumentParser, prog: str) -> None:
+    """--version, -v and -q, the same on every command line the package installs (docs/cli.md)."""
+    from carledger.cli import version
+
+    parser.add_argument("--version", action="version", version=f"{prog} {version()}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="log INFO lines (-vv: DEBUG) on stderr")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log errors only (no warnings)")
+
+
+def configure_logging(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """The command's own output stays clean: WARNING and above by default, INFO with -v, DEBUG with -vv, errors with -q."""
+    if args.quiet and args.verbose:
+        parser.error("-q and -v contradict each other: give one")
+    logging.basicConfig(
+        level=logging.ERROR if args.quiet else logging.WARNING - 10 * min(args.verbose, 2),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )

@@ -16,6 +16,7 @@ One place for what a reader of an export relies on (docs/exports.md):
 
 from __future__ import annotations
 
+import abc
 import argparse
 import csv
 import json
@@ -141,7 +142,7 @@ def json_default(value: Any) -> Any:
     return str(value)
 
 
-class SampleWriter:
+class SampleWriter(abc.ABC):
     """Writes rows of one format; `events` says whether the format carries declared events."""
 
     events = False
@@ -149,8 +150,9 @@ class SampleWriter:
     def __init__(self, out: TextIO):
         self.out = out
 
+    @abc.abstractmethod
     def sample(self, row: dict[str, Any]) -> None:
-        raise NotImplementedError
+        """Writes one sample row (docs/exports.md: the columns)."""
 
     def event(self, row: dict[str, Any]) -> None:
         """Formats without events leave them out (docs/exports.md)."""

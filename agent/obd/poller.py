@@ -13,6 +13,7 @@ counts every frame it sends (`stats["frames_sent"]`).
 
 from __future__ import annotations
 
+import abc
 import logging
 import threading
 from collections.abc import Callable, Mapping
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 BusOrFactory = Union[can.BusABC, Callable[[], can.BusABC]]
 
 
-class BusPoller:
+class BusPoller(abc.ABC):
     """A polling thread that owns its bus handle: opens it, makes the link, reopens with back-off on failure.
 
     Subclasses say which link (`_link`) and what the session runs (`self.session`, with `.link` and
@@ -50,8 +51,9 @@ class BusPoller:
         self.link: IsoTpLink | None = None
         self.session: Any = None
 
+    @abc.abstractmethod
     def _link(self, bus: can.BusABC) -> IsoTpLink:
-        raise NotImplementedError
+        """The ISO-TP link this poller talks through on `bus`."""
 
     def _forget(self) -> None:
         """The link is gone: drop what the session learnt through it."""

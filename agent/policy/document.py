@@ -40,6 +40,7 @@ EDR_OWNER_KEY = "owner"
 AGGREGATE_FUNCTIONS = ("min", "max", "mean", "count")
 METRICS = ("distance", "harsh_braking", "harsh_acceleration", "night_driving", "over_speed")
 IDENTITIES = ("pseudonym", "vin")
+MAX_VERSION = 2**53 - 1  # a policy version stays exact as a JSON number (IEEE double)
 DEFAULT_HARSH_BRAKING = 4.0  # m/s^2 of deceleration
 DEFAULT_HARSH_ACCELERATION = 3.0  # m/s^2
 DEFAULT_NIGHT = ("22:00", "05:00")
@@ -608,6 +609,10 @@ class _Validator:
         version = top.typed("version", (int,), "an integer of at least 1", required="required: the policy's version, an integer of at least 1 that only goes up")
         if version is not None and version < 1:
             top.error("version", f"must be an integer of at least 1 (it only goes up), got {version}")
+        elif version is not None and version > MAX_VERSION:
+            # The bound keeps the version exact everywhere it goes: JSON readers that use doubles,
+            # SQLite's 64-bit integers, the signed events that carry it.
+            top.error("version", f"must be at most {MAX_VERSION} (2**53 - 1), got {version}")
         paused = top.boolean("paused", False)
         classes = self.classes(top)
         self.classifier = Classifier(classes)
