@@ -73,6 +73,7 @@ class Config:
     sampling: SamplingConfig = SamplingConfig()
     seal_max_age: float = 1.0
     seal_max_records: int = 5000
+    checkpoint_every: int = 16  # blocks of a stream between signed checkpoints of its log (docs/transparency.md)
     health_interval: float = 60.0
     timezone: str | None = None  # IANA name for local time (night driving); None: the system's
     elm327: tuple["ObdConfig", ...] = ()  # OBD-II through ELM327 adapters ([[elm327]])
@@ -195,7 +196,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 _TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt"}
 _AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb", "key"}
-_SEAL = {"max_age", "max_records"}
+_SEAL = {"max_age", "max_records", "checkpoint_every"}
 _SAMPLING = {"min_interval", "signals"}
 _BUS = {
     "name", "interface", "channel", "bitrate", "fd", "data_bitrate", "options",
@@ -266,6 +267,9 @@ def parse_config(doc: TomlDocument) -> Config:
     max_records = seal.get("max_records", int, 5000)
     if max_records < 1:
         raise seal.error("max_records", "must be at least 1")
+    checkpoint_every = seal.get("checkpoint_every", int, 16)
+    if checkpoint_every < 1:
+        raise seal.error("checkpoint_every", "must be at least 1")
     return Config(
         path=doc.path,
         store=agent.path(store),
@@ -280,6 +284,7 @@ def parse_config(doc: TomlDocument) -> Config:
         key=key,
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,
+        checkpoint_every=checkpoint_every,
         health_interval=agent.number("health_interval", 60.0, minimum=1.0),  # type: ignore[arg-type]
     )
 

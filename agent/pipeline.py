@@ -29,6 +29,7 @@ from carledger.decode import DecodeTable, VssMapping, load_dbc
 from carledger.decode.dbcfile import check_message_names
 from carledger.edr import CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
+from carledger.ledger.checkpoints import ForkedStore
 from carledger.ledger.keys import signer_from_spec
 from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
@@ -205,6 +206,10 @@ class Pipeline:
         self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         signer = signer_from_spec(config.key, config.store) if config.key else None  # None: STORE/keys/vehicle.key
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle, signer=signer)
+        self.ledger.checkpoint_every = config.checkpoint_every
+        if self.ledger.store.refusal is not None:  # a copy of the store, or rolled back: it must not sign on
+            self.ledger.close(seal=False)
+            raise ForkedStore(self.ledger.store.refusal)
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
             self.buses = [_Bus(bus) for bus in config.buses]
