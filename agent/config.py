@@ -74,6 +74,7 @@ class Config:
     seal_max_age: float = 1.0
     seal_max_records: int = 5000
     checkpoint_every: int = 16  # blocks of a stream between signed checkpoints of its log (docs/transparency.md)
+    witnesses: tuple = ()  # [[witness]]: carledger.sync.witnesses.WitnessConfig, where checkpoints are submitted
     health_interval: float = 60.0
     timezone: str | None = None  # IANA name for local time (night driving); None: the system's
     elm327: tuple["ObdConfig", ...] = ()  # OBD-II through ELM327 adapters ([[elm327]])
@@ -194,7 +195,7 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt"}
+_TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt", "witness"}
 _AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb", "key"}
 _SEAL = {"max_age", "max_records", "checkpoint_every"}
 _SAMPLING = {"min_interval", "signals"}
@@ -249,6 +250,9 @@ def parse_config(doc: TomlDocument) -> Config:
         from carledger.sync.config import mqtt_config_from_table
 
         mqtt = mqtt_config_from_table(doc, top.get("mqtt", dict, {}), "mqtt")
+    from carledger.sync.witnesses import witnesses_from_table
+
+    witnesses = tuple(witnesses_from_table(top.get("witness", list, []), top.error))
     if not buses and not elm327:
         raise top.error("bus", "at least one [[bus]] (or [[elm327]] adapter) is required")
     _unique(doc, [b.name for b in buses], "bus")
@@ -285,6 +289,7 @@ def parse_config(doc: TomlDocument) -> Config:
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,
         checkpoint_every=checkpoint_every,
+        witnesses=witnesses,
         health_interval=agent.number("health_interval", 60.0, minimum=1.0),  # type: ignore[arg-type]
     )
 

@@ -245,6 +245,7 @@ class Pipeline:
         self.sources = [self._make_source(i, bus) for i, bus in enumerate(self.buses)]
         self.watchdog = Watchdog(self.notifier, self.sources)  # fed only while loop, sources and store are alive
         self.syncer: Any = None  # started by run() when the configuration has [mqtt]
+        self.witness_thread: Any = None  # started by run() when the configuration names [[witness]]es
         self._outbound: dict[str, Any] = {}  # what the syncer may send: read from its thread, replaced whole
         self._disclosures: collections.deque = collections.deque()  # acked by the collector, for the audit
         self._started = False  # streams are started at the first frame's time (a replay's clock)
@@ -360,6 +361,11 @@ class Pipeline:
     # -- sync ---------------------------------------------------------------------------------
 
     def _start_sync(self) -> None:
+        if self.config.witnesses:
+            from carledger.sync.witnesses import WitnessThread
+
+            self.witness_thread = WitnessThread(self.config.store, self.config.witnesses)
+            self.witness_thread.start()
         if self.config.mqtt is None:
             return
         from carledger.sync import Syncer
@@ -373,6 +379,9 @@ class Pipeline:
 
     def _stop_sync(self) -> None:
         """Stop the syncer first, so that every ack it took is in the audit before the last seal."""
+        witness_thread, self.witness_thread = self.witness_thread, None
+        if witness_thread is not None:
+            witness_thread.stop()
         if self.syncer is None:
             return
         syncer, self.syncer = self.syncer, None

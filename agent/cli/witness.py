@@ -68,6 +68,34 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     evidence.add_argument("--json", action="store_true", help="one JSON object per entry, bodies in base64")
     evidence.set_defaults(func=run_evidence)
 
+    submit = sub.add_parser(
+        "submit", help="submit a store's newest checkpoints to witnesses and keep their cosignatures",
+        description="For each stream's newest signed checkpoint, POST add-checkpoint (old size, consistency proof, "
+        "checkpoint) to each witness of --config's [[witness]] tables or --to; each cosignature is verified with "
+        "the witness's key and kept in the store. Works beside a running agent (delivery marks only). A witness "
+        "holding a checkpoint of the car's that the store lacks shows the store is an older copy: the evidence "
+        "is kept and the store refuses to write (docs/transparency.md, Recovery).",
+        epilog=exit_status("every submission cosigned", "some were not (unreachable, refused, or the store is an "
+                           "older copy: the message says which)"),
+    )
+    submit.add_argument("store", metavar="STORE", help="the carledger store")
+    submit.add_argument("--config", metavar="FILE", help="the agent configuration naming the witnesses ([[witness]])")
+    submit.add_argument("--to", nargs=2, action="append", default=[], metavar=("URL", "VKEY"),
+                        help="a witness: its URL (POST URL/add-checkpoint) and verifier key. Repeatable")
+    submit.add_argument("--stream", action="append", metavar="NAME", help="only this stream (repeatable)")
+    submit.add_argument("--json", action="store_true", help="one JSON object per submission")
+    submit.set_defaults(func=run_submit)
+
+    logs = sub.add_parser(
+        "logs", help="print the note verifier key of each stream's log (what a witness's --logs file holds)",
+        description="One line per stream that has a signed checkpoint: its log's verifier key, whose name is the "
+        "log's origin. Give a witness only the streams it should see.",
+        epilog=exit_status(refused=None),
+    )
+    logs.add_argument("store", metavar="STORE", help="the carledger store")
+    logs.add_argument("--stream", action="append", metavar="NAME", help="only this stream (repeatable)")
+    logs.set_defaults(func=run_logs)
+
 
 def run_keygen(args: argparse.Namespace) -> int:
     from carledger.ledger.files import private_dir, write_private
@@ -199,3 +227,57 @@ def run_evidence(args: argparse.Namespace) -> int:
     if not entries and not args.json:
         print("no evidence of a fork")
     return 1 if entries else 0
+
+
+def _witnesses(args: argparse.Namespace) -> list:
+    from carledger.sync.witnesses import witnesses_from_table
+
+    found: list = []
+    if args.config:
+        from carledger.config import ConfigError, load_config
+
+        try:
+            found += load_config(args.config).witnesses
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+
+    def error(field: str, why: str) -> UsageError:
+        return UsageError(f"--to: {why}")
+
+    found += witnesses_from_table([{"url": url, "key": key} for url, key in args.to], error)
+    if not found:
+        raise UsageError("no witness: give --config FILE (with [[witness]] tables) or --to URL VKEY")
+    return found
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    from carledger.ledger import Store
+    from carledger.ledger.checkpoints import ForkedStore
+    from carledger.sync.witnesses import submit
+
+    witnesses = _witnesses(args)
+    with Store.open_marks(require_dir_with(args.store, "ledger.sqlite", "store")) as store:
+        try:
+            results = submit(store, witnesses, args.stream)
+        except ForkedStore as exc:
+            print(f"carledger witness submit: {exc}", file=sys.stderr)
+            return 1
+    for r in results:
+        if args.json:
+            print(json.dumps({"witness": r.witness, "stream": r.stream, "size": r.size, "status": r.status,
+                              "cosigned": r.cosigned, "detail": r.detail}))
+        else:
+            print(f"{r.witness} {r.stream} {r.size}: {r.detail}")
+    return 0 if results and all(r.cosigned for r in results) else 1
+
+
+def run_logs(args: argparse.Namespace) -> int:
+    from carledger.ledger import Store
+    from carledger.ledger.checkpoints import log_verifier
+
+    with Store.open_readonly(require_dir_with(args.store, "ledger.sqlite", "store")) as store:
+        for name in args.stream or store.streams():
+            key = store.stream_key(name)
+            if key is not None:
+                print(log_verifier(key, name).vkey())
+    return 0

@@ -69,6 +69,10 @@ CREATE TABLE IF NOT EXISTS checkpoints(
   note BLOB NOT NULL, created INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS checkpoints_stream ON checkpoints(stream, id);
+CREATE TABLE IF NOT EXISTS cosignatures(
+  id INTEGER PRIMARY KEY, checkpoint INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL,
+  received INTEGER NOT NULL, UNIQUE(checkpoint, witness)
+);
 CREATE TABLE IF NOT EXISTS forks(
   id INTEGER PRIMARY KEY, stream TEXT NOT NULL, source TEXT NOT NULL, note BLOB NOT NULL,
   detail TEXT NOT NULL, received INTEGER NOT NULL

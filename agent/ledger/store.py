@@ -522,6 +522,27 @@ class Store:
         with self._lock:
             return _cp.consistency_proof(self._conn, stream, old, new, self.db_path)
 
+    def checkpoint_note(self, row: int) -> bytes | None:
+        """The signed note of `checkpoints` row `row`, as stored (open it before trusting it)."""
+        with self._lock:
+            got = self._conn.execute("SELECT note FROM checkpoints WHERE id = ?", (row,)).fetchone()
+        return bytes(got[0]) if got else None
+
+    def add_cosignature(self, checkpoint_row: int, witness: str, line: str) -> None:
+        """Keep a witness's cosignature line of a checkpoint (the caller verified it; readers verify it again)."""
+        self._writable(marks=True)
+        with self._lock, _transaction(self._conn):
+            self._conn.execute("INSERT OR IGNORE INTO cosignatures(checkpoint, witness, line, received) "
+                               "VALUES (?, ?, ?, strftime('%s', 'now'))", (checkpoint_row, witness, line))
+
+    def cosigned(self, witness: str, stream: str) -> list[tuple[int, int, str]]:
+        """(checkpoint row, its size column, line) of every cosignature `witness` gave on `stream`, newest first
+        (as stored: a hint of what the witness holds, never trusted as proof)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT c.id, c.size, s.line FROM cosignatures s JOIN checkpoints c ON c.id = s.checkpoint "
+                "WHERE s.witness = ? AND c.stream = ? ORDER BY c.id DESC", (witness, stream)).fetchall()
+
     def check_signed_checkpoint(self, stream: str, signed: bytes, source: str) -> "_cp.Checkpoint":
         """A checkpoint of `stream` learnt from `source` (witness, collector): ForkedStore, and kept as
         evidence, when the store does not hold its tree (checkpoints.check_signed_checkpoint)."""

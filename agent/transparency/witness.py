@@ -28,6 +28,7 @@ checkpoint: both signed checkpoints, the log's own proof against itself.
 
 from __future__ import annotations
 
+import base64
 import logging
 import sqlite3
 import threading
@@ -44,6 +45,7 @@ from carledger.transparency.checkpoint import Checkpoint, CheckpointError, open_
 from carledger.transparency.cosignature import CosignatureSigner
 
 __all__ = [
+    "CHECKPOINT_HEADER",
     "DB_FILE",
     "MAX_PROOF_LINES",
     "MAX_BODY",
@@ -94,11 +96,15 @@ class AddCheckpoint:
     checkpoint: bytes  # the signed note
 
 
+CHECKPOINT_HEADER = "Carledger-Checkpoint"  # on a 409: base64 of the signed checkpoint held (not in the spec)
+
+
 @dataclass(frozen=True)
 class Answer:
     status: int
     body: bytes
     content_type: str = "text/plain; charset=utf-8"
+    held: bytes = b""  # on a 409: the signed checkpoint the witness holds, sent in CHECKPOINT_HEADER
 
 
 def _decimal(text: str, what: str) -> int:
@@ -214,12 +220,12 @@ class Witness:
             size, root, stored = (row[0], bytes(row[1]), bytes(row[2])) if row else (0, merkle.EMPTY_ROOT, b"")
             refused = None
             if req.old_size != size:
-                refused = Answer(HTTPStatus.CONFLICT, f"{size}\n".encode(), SIZE_CONTENT_TYPE)
+                refused = Answer(HTTPStatus.CONFLICT, f"{size}\n".encode(), SIZE_CONTENT_TYPE, stored)
             elif cp.size == size and size > 0:
                 if cp.root_hash != root:
                     self._keep(cp.origin, "conflict", body, stored)
                     why = f"checkpoint of size {size} with another root than the one cosigned"
-                    refused = _text(HTTPStatus.CONFLICT, why)
+                    refused = Answer(HTTPStatus.CONFLICT, (why + "\n").encode(), held=stored)
                 elif req.proof:
                     refused = _text(HTTPStatus.UNPROCESSABLE_ENTITY, "a proof between equal sizes must be empty")
             elif size > 0 and not merkle.verify_consistency(size, cp.size, root, cp.root_hash, req.proof):
@@ -289,6 +295,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_response(answer.status)
         self.send_header("Content-Type", answer.content_type)
         self.send_header("Content-Length", str(len(answer.body)))
+        if answer.held:  # lets the log's own client see the checkpoint it is told of: its fork evidence
+            self.send_header(CHECKPOINT_HEADER, base64.b64encode(answer.held).decode())
         self.end_headers()
         self.wfile.write(answer.body)
 
