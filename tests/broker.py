@@ -346,8 +346,10 @@ def enroll(collector_dir: Path, vehicle: str, store: Path, recipients: tuple[str
     registry = Registry(collector_dir)
     if only is None:
         registry.enroll(vehicle, store / "keys" / "vehicle.pub")
-    if named or recipients or only:  # the car makes its pseudonym secret as it starts
-        wait_until(lambda: (store / "keys" / "pseudonym.key").exists(), timeout=20)
+    if named or recipients or only:
+        from carledger.ledger import load_or_create_secret
+
+        load_or_create_secret(store)  # as the agent does when it starts (atomic: one secret whoever is first)
     for recipient in sorted({*named, *recipients} if only is None else set(only)):
         vid, pub = recipient_identity(store, recipient)
         if vid != vehicle or only is not None:
