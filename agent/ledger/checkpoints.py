@@ -45,6 +45,7 @@ __all__ = [
     "log_verifier",
     "NoteSigner",
     "append_leaf",
+    "reader",
     "ensure_tree",
     "consistency_proof",
     "held",
@@ -125,7 +126,7 @@ class NoteSigner:
 # -- the log's stored hashes ---------------------------------------------------------------
 
 
-def _reader(conn: sqlite3.Connection, stream: str, db: Path) -> tlog.HashReader:
+def reader(conn: sqlite3.Connection, stream: str, db: Path) -> tlog.HashReader:
     def read(indexes: Sequence[int]) -> list[bytes]:
         if not indexes:
             return []
@@ -144,7 +145,7 @@ def _reader(conn: sqlite3.Connection, stream: str, db: Path) -> tlog.HashReader:
 
 def append_leaf(conn: sqlite3.Connection, stream: str, index: int, sign1: bytes, db: Path) -> None:
     """Add block `index` (its COSE_Sign1) to the stream's log; the caller holds the transaction."""
-    hashes = tlog.stored_hashes_for_record_hash(index, merkle.leaf_hash(sign1), _reader(conn, stream, db))
+    hashes = tlog.stored_hashes_for_record_hash(index, merkle.leaf_hash(sign1), reader(conn, stream, db))
     first = tlog.stored_hash_index(0, index)
     conn.executemany(
         "INSERT OR REPLACE INTO tree_hashes(stream, idx, hash) VALUES (?, ?, ?)",
@@ -187,12 +188,12 @@ def consistency_proof(conn: sqlite3.Connection, stream: str, old: int, new: int,
     """The RFC 6962 consistency proof from the first `old` blocks to the first `new` ([] when old is 0 or new)."""
     if old == 0 or old == new:
         return []
-    return tlog.prove_tree(new, old, _reader(conn, stream, db))
+    return tlog.prove_tree(new, old, reader(conn, stream, db))
 
 
 def tree_root(conn: sqlite3.Connection, stream: str, size: int, db: Path) -> bytes:
     """The root of the stream's first `size` blocks, from the stored hashes (a cache: check before signing)."""
-    return tlog.tree_hash(size, _reader(conn, stream, db))
+    return tlog.tree_hash(size, reader(conn, stream, db))
 
 
 # -- the checkpoints the car signed --------------------------------------------------------
@@ -258,7 +259,7 @@ def _held(conn: sqlite3.Connection, stream: str, cp: Checkpoint, blocks: int, db
         return f"the car signed a checkpoint of {cp.size} blocks, the store holds {blocks}"
     if cp.size == 0:
         return None
-    read = _reader(conn, stream, db)
+    read = reader(conn, stream, db)
     try:
         root = tlog.tree_hash(cp.size, read)
         last = _leaves(conn, stream, cp.size - 1, cp.size, db)[0]
@@ -278,7 +279,7 @@ def _recheck_new_leaves(conn: sqlite3.Connection, stream: str, old: int, new: in
     Those derivations read only hashes of the old tree's frontier (which the
     signed old root pins) and of the new blocks themselves.
     """
-    read = _reader(conn, stream, db)
+    read = reader(conn, stream, db)
     for index, sign1 in enumerate(_leaves(conn, stream, old, new, db), start=old):
         want = tlog.stored_hashes_for_record_hash(index, merkle.leaf_hash(sign1), read)
         first = tlog.stored_hash_index(0, index)
@@ -312,7 +313,7 @@ def sign_checkpoint(conn: sqlite3.Connection, stream: str, size: int, signer: Si
         _recheck_new_leaves(conn, stream, old, size, db)
     root = tree_root(conn, stream, size, db)
     if old:
-        proof = tlog.prove_tree(size, old, _reader(conn, stream, db))
+        proof = tlog.prove_tree(size, old, reader(conn, stream, db))
         if not tlog.check_tree(proof, size, root, old, last.checkpoint.root_hash):  # type: ignore[union-attr]
             raise ForkedStore(f"{db}: stream {stream!r}: no consistency proof joins the checkpoint of {old} blocks "
                               f"to {size}; nothing is signed. See {RECOVERY}")

@@ -543,6 +543,20 @@ class Store:
                 "SELECT c.id, c.size, s.line FROM cosignatures s JOIN checkpoints c ON c.id = s.checkpoint "
                 "WHERE s.witness = ? AND c.stream = ? ORDER BY c.id DESC", (witness, stream)).fetchall()
 
+    def cosignatures_of(self, checkpoint_row: int) -> list[str]:
+        """The cosignature lines kept for `checkpoints` row `checkpoint_row`, as stored (verify them before trusting)."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                "SELECT line FROM cosignatures WHERE checkpoint = ? ORDER BY id", (checkpoint_row,))]
+
+    def hash_reader(self, stream: str):
+        """The stream's log's stored hashes (tlog.HashReader): proofs against a checkpoint are checked by their reader."""
+        def read(indexes):
+            with self._lock:
+                return _cp.reader(self._conn, stream, self.db_path)(indexes)
+
+        return read
+
     def check_signed_checkpoint(self, stream: str, signed: bytes, source: str) -> "_cp.Checkpoint":
         """A checkpoint of `stream` learnt from `source` (witness, collector): ForkedStore, and kept as
         evidence, when the store does not hold its tree (checkpoints.check_signed_checkpoint)."""
