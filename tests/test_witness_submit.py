@@ -167,3 +167,23 @@ def test_the_agents_thread_submits_while_it_runs(two_witnesses):
         wait_until(lambda: len(_cosignatures(store_dir)) == 4, timeout=30)
     finally:
         thread.stop()
+
+
+def test_the_agent_configuration_names_the_witnesses(two_witnesses, tmp_path):
+    store_dir, (w1, w2) = two_witnesses
+    (tmp_path / "car.dbc").write_text('VERSION ""\n')
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nstore = "{store_dir}"\nvehicle = "{VID}"\n\n[seal]\ncheckpoint_every = 4\n\n'
+        '[[bus]]\nname = "pt"\ninterface = "virtual"\nchannel = "x"\ndbc = ["car.dbc"]\n\n'
+        f'[[witness]]\nurl = "{w1.url}"\nkey = "{w1.key}"\nstreams = ["ubi"]\n\n'
+        f'[[witness]]\nurl = "{w2.url}"\nkey = "{w2.key}"\n')
+    from carledger.config import load_config
+
+    assert load_config(config).checkpoint_every == 4
+    done = _carledger("witness", "submit", "-c", str(config), "--json")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert sorted((w.count(w1.url), w.count(w2.url)) for w in done.stdout.splitlines()) == [(0, 1)] * 2 + [(1, 0)]
+    config.write_text(config.read_text().replace('key = "' + w1.key, 'key = "nonsense'))
+    bad = _carledger("witness", "submit", "-c", str(config))
+    assert bad.returncode == 2 and "witness[0].key" in bad.stderr and "Traceback" not in bad.stderr

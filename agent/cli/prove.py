@@ -17,7 +17,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
-from carledger.cli._store import UsageError, exit_status, fail, open_output, require_store
+from carledger.cli._store import UsageError, add_store_options, exit_status, fail, open_output
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
@@ -28,7 +28,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "other record of the stream. Times: ISO 8601 (UTC unless an offset is given) or POSIX seconds.",
         epilog=exit_status("written", "no checkpoint or no block covers the window, or records were dropped"),
     )
-    prove.add_argument("store", metavar="STORE", help="the carledger store")
+    add_store_options(prove, positional=True, json_output=False)
     prove.add_argument("--stream", required=True, help="the stream")
     prove.add_argument("--from", dest="t_from", required=True, metavar="T1", help="first time of the window")
     prove.add_argument("--to", dest="t_to", required=True, metavar="T2", help="last time of the window")
@@ -69,7 +69,7 @@ def run_prove(args: argparse.Namespace) -> int:
     from carledger.ledger.proofs import ProofError, build_bundle, dumps
 
     t_from, t_to = parse_time(args.t_from, "--from"), parse_time(args.t_to, "--to")
-    with Store.open_readonly(require_store(args.store)) as store:
+    with Store.open_readonly(args.store) as store:
         try:
             bundle = build_bundle(store, args.stream, t_from, t_to)
         except (ProofError, StoreError) as exc:

@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from carledger.cli._store import UsageError, exit_status, require_dir_with
+from carledger.cli._store import UsageError, add_store_options, exit_status, require_dir_with
 
 KEY_FILE = "witness.key"
 VKEY_FILE = "witness.vkey"
@@ -71,19 +71,17 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     submit = sub.add_parser(
         "submit", help="submit a store's newest checkpoints to witnesses and keep their cosignatures",
         description="For each stream's newest signed checkpoint, POST add-checkpoint (old size, consistency proof, "
-        "checkpoint) to each witness of --config's [[witness]] tables or --to; each cosignature is verified with "
-        "the witness's key and kept in the store. Works beside a running agent (delivery marks only). A witness "
+        "checkpoint) to each witness of the agent configuration's [[witness]] tables (-c) or --to; each "
+        "cosignature is verified with the witness's key and kept in the store. Works beside a running agent (delivery marks only). A witness "
         "holding a checkpoint of the car's that the store lacks shows the store is an older copy: the evidence "
         "is kept and the store refuses to write (docs/transparency.md, Recovery).",
         epilog=exit_status("every submission cosigned", "some were not (unreachable, refused, or the store is an "
                            "older copy: the message says which)"),
     )
-    submit.add_argument("store", metavar="STORE", help="the carledger store")
-    submit.add_argument("--config", metavar="FILE", help="the agent configuration naming the witnesses ([[witness]])")
+    add_store_options(submit, positional=True)  # -c FILE: the agent configuration also names the witnesses
     submit.add_argument("--to", nargs=2, action="append", default=[], metavar=("URL", "VKEY"),
                         help="a witness: its URL (POST URL/add-checkpoint) and verifier key. Repeatable")
     submit.add_argument("--stream", action="append", metavar="NAME", help="only this stream (repeatable)")
-    submit.add_argument("--json", action="store_true", help="one JSON object per submission")
     submit.set_defaults(func=run_submit)
 
     logs = sub.add_parser(
@@ -92,7 +90,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "log's origin. Give a witness only the streams it should see.",
         epilog=exit_status(refused=None),
     )
-    logs.add_argument("store", metavar="STORE", help="the carledger store")
+    add_store_options(logs, positional=True, json_output=False)
     logs.add_argument("--stream", action="append", metavar="NAME", help="only this stream (repeatable)")
     logs.set_defaults(func=run_logs)
 
@@ -246,7 +244,7 @@ def _witnesses(args: argparse.Namespace) -> list:
 
     found += witnesses_from_table([{"url": url, "key": key} for url, key in args.to], error)
     if not found:
-        raise UsageError("no witness: give --config FILE (with [[witness]] tables) or --to URL VKEY")
+        raise UsageError("no witness: give -c FILE (the agent configuration, with [[witness]] tables) or --to URL VKEY")
     return found
 
 
@@ -256,7 +254,7 @@ def run_submit(args: argparse.Namespace) -> int:
     from carledger.sync.witnesses import submit
 
     witnesses = _witnesses(args)
-    with Store.open_marks(require_dir_with(args.store, "ledger.sqlite", "store")) as store:
+    with Store.open_marks(args.store) as store:
         try:
             results = submit(store, witnesses, args.stream)
         except ForkedStore as exc:
@@ -275,7 +273,7 @@ def run_logs(args: argparse.Namespace) -> int:
     from carledger.ledger import Store
     from carledger.ledger.checkpoints import log_verifier
 
-    with Store.open_readonly(require_dir_with(args.store, "ledger.sqlite", "store")) as store:
+    with Store.open_readonly(args.store) as store:
         for name in args.stream or store.streams():
             key = store.stream_key(name)
             if key is not None:
