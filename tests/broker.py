@@ -302,15 +302,22 @@ def start_collector(path: Path, cfg, *, group: str | None = "carledger", gap_wai
 RECIPIENTS = {"speed": "insurer", "gps": "fleet"}  # the recipients the policy of grant() names by default
 
 
-def grant(store: Path, streams: dict[str, str] | None = None, local: tuple[str, ...] = (), version: int = 1) -> None:
+def grant(store: Path, streams: dict[str, str] | None = None, local: tuple[str, ...] = (), version: int = 1,
+          identity: str = "vin") -> None:
     """Put a policy in force in `store` that sends each of `streams` (name -> recipient) under a consent
-    covering T0 (the Drive's time), and keeps `local` in the car: what the sync needs before anything leaves."""
+    covering T0 (the Drive's time), and keeps `local` in the car: what the sync needs before anything leaves.
+
+    `identity`: "vin" (default) names the car by its vehicle id on every stream, so that the tests of the
+    sync's and the collector's mechanics address one car by one id and key; "pseudonym" gives each recipient
+    its own id and key (tests/test_unlinkable_recipients.py, and every test that runs the agent itself).
+    """
     from carledger.owner import OwnerState
     from carledger.policy import policy_from_text
 
     lines = [f"version = {version}"]
+    named = 'identity = "vin"\nallow = ["personal"]' if identity == "vin" else f'identity = "{identity}"'
     for name, recipient in (RECIPIENTS if streams is None else streams).items():
-        lines += ["[[stream]]", f'name = "{name}"', f'recipient = "{recipient}"', 'purpose = "test"',
+        lines += ["[[stream]]", f'name = "{name}"', f'recipient = "{recipient}"', 'purpose = "test"', named,
                   'signals = ["Vehicle.*"]', "consent = { granted = 2023-06-01T00:00:00Z, expires = 2025-05-01T00:00:00Z }"]
     for name in local:
         lines += ["[[stream]]", f'name = "{name}"', "local = true", 'signals = ["Vehicle.*"]']

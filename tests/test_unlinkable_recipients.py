@@ -155,7 +155,7 @@ def car(tmp_path) -> Path:
     """A store with two pseudonymous recipient streams and a few blocks each (no broker needed)."""
     store = tmp_path / "car"
     Ledger.open(store, VIN).close()
-    grant(store, STREAMS)
+    grant(store, STREAMS, identity="pseudonym")
     drive = Drive(store, vehicle=VIN, streams=tuple(STREAMS), per_block=5)
     for _ in range(3):
         drive.tick()

@@ -4,6 +4,9 @@ enroll-owner puts the owner's public key in the agent's store; sign-policy signs
 policy file with the owner's key (COSE_Sign1 over the file's bytes);
 send-policy publishes the signed update to the vehicle's policy topic and,
 with --wait, prints the outcome the vehicle reports on its status topic.
+identity prints what a collector enrols (a recipient's pseudonym and own key
+with --recipient) and writes the owner's proof that recipients' keys are this
+car's (--prove); check-proof checks such a proof offline.
 """
 
 from __future__ import annotations
@@ -26,6 +29,9 @@ examples:
   carledger remote sign-policy policy.toml --key owner.key --previous 3 -o policy.cose   # checked first
   carledger remote send-policy policy.cose --vehicle car-1 --host broker.example --ca ca.crt \\
       --cert owner.crt --key owner-tls.key --wait 60
+  carledger remote identity --store /var/lib/carledger --recipient "Acme Insurance"   # what Acme enrols
+  carledger remote identity --store /var/lib/carledger --prove "Acme Insurance" "Fleet Ops" -o proof.json
+  carledger remote check-proof proof.json --vehicle-key vehicle.pub                   # anyone, offline
 """  # each command's exit status is in its own help
 
 
@@ -215,8 +221,7 @@ def check_proof(args: argparse.Namespace) -> int:
     def refuse(code: int, why: str) -> int:
         if args.json:
             print(json.dumps({"ok": False, "proof": args.proof, "error": why}))
-        else:
-            print(f"carledger remote check-proof: {args.proof}: refused: {why}", file=sys.stderr)
+        print(f"carledger remote: {args.proof}: refused: {why}", file=sys.stderr)
         return code
 
     try:
@@ -252,7 +257,10 @@ def check_proof(args: argparse.Namespace) -> int:
         print(json.dumps({"ok": True, "vehicle": certs[0].vehicle, "vehicle_key": bytes(key).hex(), "kid": kid(key).hex(),
                           "pinned": bool(args.vehicle_key), "keys": [c.as_json() for c in certs]}))
         return 0
-    keys = ", ".join(f"{c.recipient} = {c.pseudonym} (key id {c.key_id.hex()})" for c in certs)
+    from carledger.cli._export import iso
+
+    keys = ", ".join(f"{c.recipient} = {c.pseudonym} (key id {c.key_id.hex()}, certified {iso(c.created, 0)})"
+                     for c in certs)
     print(f"proof OK: vehicle {certs[0].vehicle} (key id {kid(key).hex()}, {pinned}) signed the keys of {keys}")
     return 0
 
@@ -307,6 +315,8 @@ def identity(args: argparse.Namespace) -> int:
         return 0
     print(f"vehicle     {vehicle}\npublic key  {out['public_key']}  (key id {out['kid']})")
     print(f"enrol it:   carledger collect enroll COLLECTOR {vehicle} {out['public_key']}")
+    print(f"(a recipient the policy gives a pseudonym enrols that and its own key: carledger remote identity "
+          f"--store {store} --recipient RECIPIENT)")
     if detail is not None:
         print(f"owner changed {out['wiped_at']}: a collector that enrolled the previous key ({out['previous_kid']}) "
               f"re-keys it with the handover: carledger collect enroll COLLECTOR {vehicle} {out['public_key']} "
