@@ -237,3 +237,33 @@ def test_checkpoints_not_signed_by_the_car_are_not_evidence(tmp_path):
             store.check_signed_checkpoint("ubi", forged, "somebody")
         assert store.refusal is None
     assert _count(tmp_path, "forks") == 0
+
+
+def test_the_agent_does_not_start_on_a_store_that_refuses(tmp_path):
+    """`carledger run` on a copy that met its car's newer checkpoint: exit 2, one line, nothing sealed."""
+    import subprocess
+    import sys
+
+    from carledger.dbc import path as dbc_path
+    from carledger_sim.cli import main as sim_main
+
+    log = tmp_path / "drive.log"
+    assert sim_main(["record", "--scenario", "city", "--seed", "2", "--duration", "10", "--start-time", "now",
+                     "-o", str(log)]) == 0
+    orig, copy = tmp_path / "orig", tmp_path / "copy"
+    with _open(orig) as ledger:
+        _drive(ledger, "ubi", 4)
+    shutil.copytree(orig, copy)
+    with _open(orig) as ledger:
+        _drive(ledger, "ubi", 4, start=50)
+        theirs = ledger.store.latest_checkpoint("ubi").note
+    with Store.open(copy) as store, pytest.raises(ForkedStore):
+        store.check_signed_checkpoint("ubi", theirs, "witness.example/w1")
+    blocks = _count(copy, "blocks")
+    done = subprocess.run([sys.executable, "-m", "carledger", "run", "--replay", str(log), "--dbc",
+                           dbc_path("carledger_demo.dbc"), "--store", str(copy), "--stream", "s=Vehicle.Speed",
+                           "--fast"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "refuses to write" in line and "Recovery" in line
+    assert _count(copy, "blocks") == blocks
