@@ -315,12 +315,12 @@ def identity(args: argparse.Namespace) -> int:
         return 0
     print(f"vehicle     {vehicle}\npublic key  {out['public_key']}  (key id {out['kid']})")
     print(f"enrol it:   carledger collect enroll COLLECTOR {vehicle} {out['public_key']}")
-    print(f"(a recipient the policy gives a pseudonym enrols that and its own key: carledger remote identity "
-          f"--store {store} --recipient RECIPIENT)")
     if detail is not None:
         print(f"owner changed {out['wiped_at']}: a collector that enrolled the previous key ({out['previous_kid']}) "
               f"re-keys it with the handover: carledger collect enroll COLLECTOR {vehicle} {out['public_key']} "
               f"--handover {args.handover or 'FILE'}" + ("" if args.handover else " (write FILE with --handover FILE)"))
+    print(f"(a recipient the policy gives a pseudonym enrols that and its own key instead: carledger remote identity "
+          f"--store {store} --recipient RECIPIENT)")
     return 0
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "open_statement",
     "read_statements",
     "keyring",
+    "pseudonym_signer",
 ]
 
 KEY_DOMAIN = b"carledger/pseudonym-key/v1"
