@@ -291,9 +291,10 @@ class Console:
     def _export_form(self, captures: list[dict[str, Any]], session: Session) -> str:
         """The owner's key, picked from a file, opens one capture; the download is `carledger edr export`'s."""
         from carledger.console.server import MAX_BODY
+        from carledger.owner.state import iso
 
         newest = captures[-1]["capture"]
-        choices = [(str(c["capture"]), f"capture {c['capture']}") for c in reversed(captures)]
+        choices = [(str(c["capture"]), f"capture {c['capture']}, {iso(c['t'])}") for c in reversed(captures)]
         return ("<h2>Open a capture</h2><p>Pick the key file the capture is encrypted to (the one "
                 "<code>carledger keygen recipient</code> wrote). The car uses it for this download only: it is not "
                 "saved, logged or kept. For the most caution, open the capture on a computer you trust instead: "
