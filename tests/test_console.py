@@ -500,7 +500,9 @@ def check_archive(data: bytes, store: Path, stream: str, tmp_path: Path) -> None
     exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", stream,
                                "--events"], capture_output=True, text=True, check=True).stdout
     assert archive.read(f"streams/{stream}.jsonl").decode() == exported
-    key = json.loads(archive.read("vehicle.json"))["public_key"]
+    vehicle = json.loads(archive.read("vehicle.json"))
+    key = vehicle["stream_keys"][stream]  # a recipient's pseudonymous stream: its own key (docs/ledger-keys.md)
+    assert vehicle["stream_keys"]["audit"] == vehicle["public_key"]  # the car's own streams: the vehicle key
     verifier = Path(__file__).resolve().parents[1] / ".venv-verifier" / "bin" / "python"
     if not verifier.exists():
         pytest.skip("no .venv-verifier (scripts/setup makes it) to verify the download as a third party")

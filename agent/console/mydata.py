@@ -35,7 +35,9 @@ Everything this car's carledger store held when it was exported, with what is
 needed to read and check it. Formats: docs/exports.md (jsonl), docs/block-format.md
 (cose), docs/console.md ("My data"). Verify a stream without carledger:
     python third_party_verify.py PUBLIC_KEY_HEX streams/NAME.cose
-with public_key from vehicle.json. Times in jsonl are seconds since 1970 (UTC).
+with stream_keys[NAME] from vehicle.json: the vehicle's public_key for the
+car's own streams; a recipient's pseudonymous stream is signed with a key of
+that recipient's own, which the vehicle key certifies (docs/ledger-keys.md). Times in jsonl are seconds since 1970 (UTC).
 """
 
 
@@ -54,6 +56,7 @@ def write_archive(out: BinaryIO, where: Target) -> None:
             archive.writestr("vehicle.json", json.dumps({
                 "vehicle": vehicle.decode() if isinstance(vehicle, bytes) else vehicle,
                 "public_key": bytes(meta["public_key"]).hex(), "exported": iso(time.time()),
+                "stream_keys": {name: key.hex() for name in store.streams() if (key := store.stream_key(name))},
             }, indent=1))
             state = OwnerState.load(where.store)
             if state.policy_bytes:
