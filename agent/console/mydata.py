@@ -8,8 +8,9 @@ The archive holds the data and what is needed to read and check it:
 - `streams/NAME.jsonl`: samples and declared events, the `log export --events`
   format (docs/exports.md), from blocks whose signature and Merkle root were checked;
 - `streams/NAME.cose`: the same blocks as signed (`log export --format cose`),
-  for docs/third_party_verify.py with the key in `vehicle.json`;
-- `vehicle.json`: the vehicle id, its Ed25519 public key, the time of the export;
+  for docs/third_party_verify.py with the stream's key in `vehicle.json`;
+- `vehicle.json`: the vehicle id, its Ed25519 public key, the time of the export,
+  and each stream's signing key (a recipient's pseudonymous stream has its own);
 - `policy.toml` and `policies/`: the policy in force and every version applied
   (the blocks name them by digest);
 - `signals.json`: each signal's VSS name, DBC message and signal, unit and
