@@ -503,6 +503,16 @@ def check_archive(data: bytes, store: Path, stream: str, tmp_path: Path) -> None
     vehicle = json.loads(archive.read("vehicle.json"))
     key = vehicle["stream_keys"][stream]  # a recipient's pseudonymous stream: its own key (docs/ledger-keys.md)
     assert vehicle["stream_keys"]["audit"] == vehicle["public_key"]  # the car's own streams: the vehicle key
+    # ... and, for a stream with a key of its own, the vehicle key's certificate for it, checked as check-proof does
+    proof = json.loads(archive.read("key-proof.json"))
+    assert proof["vehicle_key"] == vehicle["public_key"]
+    if key != vehicle["public_key"]:
+        (tmp_path / "key-proof.json").write_bytes(archive.read("key-proof.json"))
+        proved = subprocess.run([sys.executable, "-m", "carledger", "remote", "check-proof",
+                                 str(tmp_path / "key-proof.json"), "--vehicle-key", vehicle["public_key"], "--json"],
+                                capture_output=True, text=True)
+        assert proved.returncode == 0, proved.stdout + proved.stderr
+        assert key in proved.stdout  # the stream's key is among those the vehicle key certified
     verifier = Path(__file__).resolve().parents[1] / ".venv-verifier" / "bin" / "python"
     if not verifier.exists():
         pytest.skip("no .venv-verifier (scripts/setup makes it) to verify the download as a third party")
