@@ -134,6 +134,23 @@ class Registry(CollectorStore):
         """The replica's append: BEGIN IMMEDIATE locks the whole file, so every stream in it."""
         self.replica(vehicle).append(blocks)
 
+    def streams(self, vehicle: str) -> dict[str, dict]:
+        """Read from the replica without opening it for writing (safe while collectors run; {} before any block)."""
+        try:
+            store = Store.open_readonly(self.path / VEHICLES_DIR / vehicle)
+        except StoreError:
+            return {}
+        try:
+            heads = store.heads()
+            out = {}
+            for name, blocks, records, first, _last, *_ in store.summaries():
+                head = heads.get(name, (None, None))
+                out[name] = {"blocks": blocks, "records": records or 0, "first_seq": first, "head_seq": head[0],
+                             "head": head[1].hex() if isinstance(head[1], bytes) else None}
+            return out
+        finally:
+            store.close()
+
     def replace_key(self, vehicle: str, key: VerifyKey) -> Path:
         """Enrol `key` in place of the vehicle's key; its chains move to COLLECTOR/retired/VEHICLE-OLDKID/.
 

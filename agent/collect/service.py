@@ -40,8 +40,8 @@ class CollectorService:
     """Runs a Collector against a broker until stop(); reconnects with backoff, keeps a persistent session."""
 
     def __init__(self, path: str | os.PathLike, mqtt: MqttConfig, *, group: str | None = DEFAULT_GROUP,
-                 gap_wait: float = 30.0):
-        self.collector = Collector(path, gap_wait=gap_wait)
+                 gap_wait: float = 30.0, store: str | None = None):
+        self.collector = Collector(path, gap_wait=gap_wait, store=store)
         self.cfg = mqtt
         self.group = group
         self.client_id = mqtt.client_id or f"carledger-collector-{group or 'all'}-{os.uname().nodename}"

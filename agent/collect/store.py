@@ -51,6 +51,10 @@ class CollectorStore(ABC):
         Each block must continue its stream's head, else StoreError and nothing is written.
         """
 
+    @abstractmethod
+    def streams(self, vehicle: str) -> dict[str, dict]:
+        """{stream: {"blocks", "records", "first_seq", "head_seq", "head" (hex)}} of the stored chains."""
+
     # -- blocks waiting for a gap ------------------------------------------------------------
     @abstractmethod
     def pending(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes] | None: ...
