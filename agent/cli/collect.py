@@ -100,6 +100,9 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                    "every worker shares)")
     p.add_argument("--dsn", help=DSN_HELP)
     p.add_argument("--group", default="carledger", help="shared subscription group (default: carledger); '' for a plain subscription")
+    p.add_argument("--broker", action="append", metavar="HOST[:PORT]",
+                   help="a broker to subscribe on; repeat for several (every worker subscribes on every broker; "
+                        "default: --host/--port)")
     p.add_argument("--gap-wait", type=float, default=30.0, metavar="S", help="report a gap after waiting this long (default 30 s)")
     p.add_argument("--session-expiry", type=int, default=0, metavar="S",
                    help="keep this collector's MQTT session S seconds after it disconnects (default 0: a member of a "
@@ -189,25 +192,30 @@ def key(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carledger.collect import CollectorService
+    from carledger.collect.fleet import FleetWorker, parse_broker
     from carledger.ledger import StoreError
 
     try:
         cfg = mqtt_config_from_args(args).with_(session_expiry=args.session_expiry)
-        service = CollectorService(args.dir, cfg, group=args.group or None, gap_wait=args.gap_wait, store=args.dsn)
+        brokers = [cfg.with_(host=host, port=port) for host, port in
+                   (parse_broker(b, cfg.effective_port) for b in args.broker)] if args.broker else [cfg]
+        worker = FleetWorker(args.dir, brokers, group=args.group or None, gap_wait=args.gap_wait, store=args.dsn)
+    except ValueError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
     except (StoreError, OSError) as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)
         return 2
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    service.start()
+    worker.start()
     while not done.wait(0.5):
         pass
-    service.stop()
-    stats = service.collector.stats
-    print(f"received {stats.received}, accepted {stats.accepted}, duplicates {stats.duplicates}, "
-          f"rejected {stats.rejected}", file=sys.stderr)
+    worker.stop()
+    stats = worker.stats()
+    print(f"received {stats['received']}, accepted {stats['accepted']}, duplicates {stats['duplicates']}, "
+          f"rejected {stats['rejected']}", file=sys.stderr)
     return 0
 
 

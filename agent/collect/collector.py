@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from carledger.collect.store import CollectorStore, open_store
+from carledger.collect.store import CollectorStore, StoreUnavailable, open_store
 from carledger.ledger import ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, cose, decode_record, open_block
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
@@ -102,18 +102,24 @@ class Collector:
         queue, self._queue = self._queue, []
         now = self.clock()
         batches: dict[str, _Batch] = {}
-        for topic, payload in queue:
-            try:
-                self._one(topic, payload, batches, now)
-            except StoreError:
-                raise
-            except Exception as exc:  # hostile input must never stop the collector
-                log.exception("collect: unexpected error on %s", topic)
-                self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
-        acks = []
-        for vehicle, batch in batches.items():
-            self._commit(vehicle, batch, now)
-            acks += self._acks(vehicle, batch.acks)
+        try:
+            for topic, payload in queue:
+                try:
+                    self._one(topic, payload, batches, now)
+                except StoreError:
+                    raise
+                except Exception as exc:  # hostile input must never stop the collector
+                    log.exception("collect: unexpected error on %s", topic)
+                    self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
+            acks = []
+            for vehicle, batch in batches.items():
+                self._commit(vehicle, batch, now)
+                acks += self._acks(vehicle, batch.acks)
+        except StoreUnavailable:
+            # Nothing of this batch is acked: all of it is checked again once the store is back (what was
+            # committed meanwhile comes back as duplicates, which are acked then).
+            self._queue = queue + self._queue
+            raise
         self.stats.acks += len(acks)
         return acks
 
@@ -305,12 +311,16 @@ class Collector:
         try:
             store.append(vehicle, batch.blocks, now)
             done = batch.blocks
+        except StoreUnavailable:
+            raise
         except StoreError:
             done = []
             for block in batch.blocks:
                 try:
                     store.append(vehicle, [block], now)
                     done.append(block)
+                except StoreUnavailable:
+                    raise
                 except StoreError:
                     stored = store.stored(vehicle, block.stream, block.seq)
                     if stored is not None and stored[0] == block.digest:
@@ -347,6 +357,8 @@ class Collector:
         for vehicle, stream, low, high, oldest, count in self.registry.waiting():
             try:
                 head = self.registry.stream_head(vehicle, stream)
+            except StoreUnavailable:
+                raise
             except StoreError:
                 continue
             head_seq = -1 if head is None else head[0]

@@ -24,7 +24,7 @@ import time
 from typing import Any, Callable, Iterator, Sequence, TypeVar
 
 from carledger.collect.registry import MAX_EVIDENCE, MAX_PENDING, MAX_PROBLEMS
-from carledger.collect.store import CollectorStore
+from carledger.collect.store import CollectorStore, StoreUnavailable
 from carledger.ledger import ZERO_DIGEST, SealedBlock, StoreError, VerifyKey, kid
 from carledger.ledger.keys import enrolment_key
 from carledger.sync import topics
@@ -97,10 +97,13 @@ def _db(method: Callable[..., T]) -> Callable[..., T]:
             try:
                 return method(self, *args, **kwargs)
             except psycopg.Error as exc:
-                if self._conn is not None and (self._conn.closed or isinstance(exc, psycopg.OperationalError)):
-                    self._conn.close()
-                    self._conn = None
-                raise StoreError(f"PostgreSQL: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}") from None
+                detail = f"PostgreSQL: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+                if self._conn is None or self._conn.closed or isinstance(exc, psycopg.OperationalError):
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                    raise StoreUnavailable(detail) from None
+                raise StoreError(detail) from None
 
     return wrapper
 
@@ -131,7 +134,7 @@ class PgStore(CollectorStore):
             try:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
             except psycopg.Error as exc:
-                raise StoreError(f"PostgreSQL: cannot connect: {str(exc).strip().splitlines()[0] if str(exc) else exc}") from None
+                raise StoreUnavailable(f"PostgreSQL: cannot connect: {str(exc).strip().splitlines()[0] if str(exc) else exc}") from None
         return self._conn
 
     def _q(self, sql: str, params: Sequence[Any] = ()) -> Any:

@@ -16,6 +16,7 @@ import time
 import paho.mqtt.client as paho
 
 from carledger.collect.collector import Collector
+from carledger.collect.store import StoreUnavailable
 from carledger.sync import topics
 from carledger.sync.config import MqttConfig
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
@@ -49,6 +50,9 @@ class CollectorService:
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         self._failing = False  # the last connection attempt failed (and was logged)
+        self._store_backoff = Backoff(0.2, 5.0)
+        self._store_retry = 0.0  # monotonic time before which the store is not tried again
+        self._store_failing = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="carledger-collect", daemon=True)
@@ -97,23 +101,40 @@ class CollectorService:
             while not self._stop.is_set():
                 rc = client.loop(timeout=BATCH_WAIT if self.collector.queued else 0.2)
                 now = time.monotonic()
-                if self.collector.queued:
+                if self.collector.queued and now >= self._store_retry:
                     first_wait = first_wait or now
                     if self.collector.queued >= BATCH or now - first_wait >= BATCH_WAIT or rc != paho.MQTT_ERR_SUCCESS:
-                        self._send(client, self.collector.flush())
+                        self._guarded(client, self.collector.flush)
                         first_wait = None
-                if now - last_gaps >= GAP_CHECK:
-                    self._send(client, self.collector.check_gaps())
+                if now - last_gaps >= GAP_CHECK and now >= self._store_retry:
+                    self._guarded(client, self.collector.check_gaps)
                     last_gaps = now
                 if rc != paho.MQTT_ERR_SUCCESS:
                     raise ConnectError(f"connection lost: {paho.error_string(rc)}")
             if self.collector.queued:
-                self._send(client, self.collector.flush())
+                self._guarded(client, self.collector.flush)
             client.disconnect()
             client.loop(timeout=0.1)
         finally:
             self.connected.clear()
             close(client)
+
+    def _guarded(self, client: paho.Client, work) -> None:
+        """Run a flush or gap check and publish its acks; an unreachable store (a database restarting) is
+        tried again with backoff while the broker connection stays up, the batch kept and nothing acked."""
+        try:
+            acks = work()
+        except StoreUnavailable as exc:
+            log.log(logging.DEBUG if self._store_failing else logging.WARNING,
+                    "collect: the store is unavailable: %s (trying again with backoff)", exc)
+            self._store_failing = True
+            self._store_retry = time.monotonic() + self._store_backoff.next()
+            return
+        if self._store_failing:
+            log.info("collect: the store is back")
+        self._store_failing = False
+        self._store_backoff.reset()
+        self._send(client, acks)
 
     @staticmethod
     def _send(client: paho.Client, acks: list[tuple[str, bytes]]) -> None:

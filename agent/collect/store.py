@@ -12,9 +12,13 @@ import os
 from abc import ABC, abstractmethod
 from typing import Any, Iterator, Sequence
 
-from carledger.ledger import SealedBlock, VerifyKey
+from carledger.ledger import SealedBlock, StoreError, VerifyKey
 
-__all__ = ["CollectorStore", "open_store", "is_dsn"]
+__all__ = ["CollectorStore", "StoreUnavailable", "open_store", "is_dsn"]
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (a database restarting): try the same work again later."""
 
 
 class CollectorStore(ABC):
