@@ -247,14 +247,18 @@ class Drive:
         a stream the policy no longer has as its chain does."""
         from carledger.ledger import load_or_create_secret
         from carledger.owner import OwnerState
-        from carledger.policy.engine import stream_identity
+        from carledger.owner.streams import name_the_car
 
         secret = load_or_create_secret(store)
+        self.ledger.load_certified(secret)
         policy = {s.name: s for s in OwnerState.load(store).policy.streams}
         for name in streams:
             writer = self.ledger.writer(name)
             stream = policy.get(name)
-            writer.vid = stream_identity(stream, self.ledger.vehicle_id, secret) if stream else writer.chain_vid
+            if stream:
+                name_the_car(self.ledger, writer, stream, secret)
+            else:
+                writer.vid = writer.chain_vid
 
     def tick(self) -> None:
         t = T0 + self.blocks
@@ -298,15 +302,22 @@ def start_collector(path: Path, cfg, *, group: str | None = "carledger", gap_wai
 RECIPIENTS = {"speed": "insurer", "gps": "fleet"}  # the recipients the policy of grant() names by default
 
 
-def grant(store: Path, streams: dict[str, str] | None = None, local: tuple[str, ...] = (), version: int = 1) -> None:
+def grant(store: Path, streams: dict[str, str] | None = None, local: tuple[str, ...] = (), version: int = 1,
+          identity: str = "vin") -> None:
     """Put a policy in force in `store` that sends each of `streams` (name -> recipient) under a consent
-    covering T0 (the Drive's time), and keeps `local` in the car: what the sync needs before anything leaves."""
+    covering T0 (the Drive's time), and keeps `local` in the car: what the sync needs before anything leaves.
+
+    `identity`: "vin" (default) names the car by its vehicle id on every stream, so that the tests of the
+    sync's and the collector's mechanics address one car by one id and key; "pseudonym" gives each recipient
+    its own id and key (tests/test_unlinkable_recipients.py, and every test that runs the agent itself).
+    """
     from carledger.owner import OwnerState
     from carledger.policy import policy_from_text
 
     lines = [f"version = {version}"]
+    named = 'identity = "vin"\nallow = ["personal"]' if identity == "vin" else f'identity = "{identity}"'
     for name, recipient in (RECIPIENTS if streams is None else streams).items():
-        lines += ["[[stream]]", f'name = "{name}"', f'recipient = "{recipient}"', 'purpose = "test"',
+        lines += ["[[stream]]", f'name = "{name}"', f'recipient = "{recipient}"', 'purpose = "test"', named,
                   'signals = ["Vehicle.*"]', "consent = { granted = 2023-06-01T00:00:00Z, expires = 2025-05-01T00:00:00Z }"]
     for name in local:
         lines += ["[[stream]]", f'name = "{name}"', "local = true", 'signals = ["Vehicle.*"]']
@@ -315,18 +326,45 @@ def grant(store: Path, streams: dict[str, str] | None = None, local: tuple[str, 
     state.install_policy(policy_from_text("test-policy", text, check_expiry=False), text.encode())
 
 
-def enroll(collector_dir: Path, vehicle: str, store: Path, recipients: tuple[str, ...] = ()) -> None:
+def recipient_identity(store: Path, recipient: str, vehicle: str | None = None) -> tuple[str, bytes]:
+    """(the id the recipient knows the car by, the public key its blocks verify with), as `carledger remote
+    identity --recipient` prints them: the recipient's pseudonym and own key, or the vehicle's for the VIN."""
+    from carledger.cli.remote import recipient_identity as identity
+
+    doc = identity(store, recipient)
+    return doc["vehicle"], bytes.fromhex(doc["public_key"])
+
+
+def enroll(collector_dir: Path, vehicle: str, store: Path, recipients: tuple[str, ...] = (),
+           only: tuple[str, ...] | None = None, into=None) -> None:
     """Pair a car and a collector both ways: the car's key in the collector, the collector's ack key in the car
-    (for `recipients` and every recipient the car's policy names)."""
+    (for `recipients` and every recipient the car's policy names).
+
+    The collector enrols the vehicle key under `vehicle`, and for each recipient the id and key that recipient
+    knows the car by (its pseudonym and own key: `carledger remote identity --recipient`). `only`: enrol just
+    these recipients' identities (each recipient's own collector), not the vehicle's. `into`: an open
+    CollectorStore (a PostgreSQL one) to enrol in instead of collector_dir's, which then holds only the ack key.
+    """
     from carledger.collect import Registry
     from carledger.owner import OwnerState
     from carledger.sync import collector_key, enroll_collector
 
-    registry = Registry(collector_dir)
-    registry.enroll(vehicle, store / "keys" / "vehicle.pub")
-    registry.close()
     policy = OwnerState.load(store).policy
-    recipients = {*recipients, *(s.recipient for s in policy.streams if s.recipient)}
+    named = {s.recipient for s in policy.streams if s.recipient}
+    registry = into if into is not None else Registry(collector_dir)
+    if only is None:
+        registry.enroll(vehicle, store / "keys" / "vehicle.pub")
+    if named or recipients or only:
+        from carledger.ledger import load_or_create_secret
+
+        load_or_create_secret(store)  # as the agent does when it starts (atomic: one secret whoever is first)
+    for recipient in sorted({*named, *recipients} if only is None else set(only)):
+        vid, pub = recipient_identity(store, recipient)
+        if vid != vehicle or only is not None:
+            registry.enroll(vid, pub)
+    if into is None:
+        registry.close()
+    recipients = {*recipients, *(named if only is None else only)}
     if policy.edr is not None and policy.edr.recipient:
         recipients.add(policy.edr.recipient)
     key = collector_key(collector_dir).verify_key
@@ -356,12 +394,46 @@ def assert_same_ledgers(store: Path, collector_dir: Path, vehicle: str, streams:
     """The collector holds every sealed block of every (outbound) stream once, in order, and its copy verifies."""
     from carledger.verify import verify_store
 
-    agent, copy = chains(store), chains(collector_dir / "vehicles" / vehicle)
+    agent = chains(store)
     if streams is not None:
         agent = {name: blocks for name, blocks in agent.items() if name in streams}
-    assert set(copy) == set(agent)
+    vids = stream_vids(store)
+    copies: dict[str, dict] = {}
     for stream, blocks in agent.items():
-        assert copy[stream] == blocks, f"stream {stream}: {len(copy[stream])} blocks collected of {len(blocks)}"
+        vid = vehicle if vids[stream] == vehicle_id(store) else vids[stream]  # a recipient's: under its pseudonym
+        copy = copies.setdefault(vid, chains(collector_dir / "vehicles" / vid))
+        assert copy.get(stream) == blocks, f"stream {stream}: {len(copy.get(stream, []))} blocks collected of {len(blocks)}"
         assert [seq for seq, _ in blocks] == list(range(len(blocks)))
-    report = verify_store(collector_dir / "vehicles" / vehicle, key=store / "keys" / "vehicle.pub")
-    assert report.ok, report.problems
+    assert {s for copy in copies.values() for s in copy} == set(agent)
+    for vid in copies:
+        report = verify_store(collector_dir / "vehicles" / vid)
+        assert report.ok, report.problems
+
+
+def stream_vids(store: Path) -> dict[str, str]:
+    """Per stream of the car's store, the vehicle id its blocks carry (a recipient's pseudonym, or the car's id)."""
+    from carledger.ledger import Store
+
+    with Store.open_readonly(store) as s:
+        return s.stream_vids()
+
+
+def vehicle_id(store: Path) -> str:
+    from carledger.ledger import Store
+
+    with Store.open_readonly(store) as s:
+        return s.vehicle_id
+
+
+def copies(collector_dir: Path, store: Path) -> dict[str, list[tuple[int, bytes]]]:
+    """`chains` of the collector's copy of the car at `store`: each stream from the replica of the id it carries."""
+    out: dict[str, list[tuple[int, bytes]]] = {}
+    for vid in sorted(set(stream_vids(store).values())):
+        if (collector_dir / "vehicles" / vid).is_dir():
+            out.update({s: b for s, b in chains(collector_dir / "vehicles" / vid).items() if stream_vids(store).get(s) == vid})
+    return out
+
+
+def replica(collector_dir: Path, store: Path, stream: str) -> Path:
+    """Where the collector keeps `stream` of the car at `store`: COLLECTOR/vehicles/<the id its blocks carry>."""
+    return collector_dir / "vehicles" / stream_vids(store)[stream]

@@ -9,11 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from broker import Broker, Drive, all_acked, chains, mqtt_for
+from broker import Broker, Drive, all_acked, chains, enroll, mqtt_for
 from carledger.collect.fleet import broker_for
 from carledger.collect.pgstore import PgStore
 from carledger.collect.verify import verify_collected
-from carledger.sync import OutboundStream, Syncer, collector_key, enroll_collector
+from carledger.sync import OutboundStream, Syncer
 from conftest import REPO, wait_until
 
 OUT = {"speed": OutboundStream("insurer"), "gps": OutboundStream("fleet")}
@@ -27,16 +27,12 @@ class Fleet:
         self.dsn = dsn
         self.brokers = [Broker(tmp_path / f"broker-{i}").start() for i in range(2)]
         self.keydir = tmp_path / "worker"  # what every worker machine holds: the ack key
-        key = collector_key(self.keydir).verify_key
         store = PgStore(dsn)
         self.cars: dict[str, Drive] = {}
         self.syncers: dict[str, Syncer] = {}
         for vid in self._spread(cars):
-            drive = Drive(tmp_path / vid, vid)
-            store.enroll(vid, tmp_path / vid / "keys" / "vehicle.pub")
-            for recipient in {s.recipient for s in OUT.values()}:
-                enroll_collector(tmp_path / vid, recipient, key)
-            self.cars[vid] = drive
+            self.cars[vid] = Drive(tmp_path / vid, vid)
+            enroll(self.keydir, vid, tmp_path / vid, into=store)
         store.close()
         self.workers: list[subprocess.Popen | None] = []
         for i in range(workers):

@@ -50,6 +50,8 @@ def drive(folder: Path, seed: int) -> Path:
         name = "fleet"
         recipient = "Fleet Ops"
         purpose = "maintenance"
+        identity = "vin"  # the collector knows the car by its VIN (a pseudonymous recipient sees a new car after a wipe)
+        allow = ["personal"]
         signals = ["Vehicle.Speed"]
         consent = {{ granted = {iso(now - 86400)}, expires = {iso(now + 86400)} }}
         [[stream]]

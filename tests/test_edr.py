@@ -22,7 +22,7 @@ from pathlib import Path
 import can
 import pytest
 
-from broker import broker  # noqa: F401,F811 - a fixture, taken by name
+from broker import broker, replica  # noqa: F401,F811 - a fixture, taken by name
 from carledger.cli import main
 from carledger.config import load_config
 from carledger.dbc import path as dbc_path
@@ -516,13 +516,17 @@ def test_captures_leave_the_car_only_to_the_recipient_the_policy_names(broker, d
     finally:
         collector.stop()
     with Store.open_readonly(collected / "vehicles" / "car-a") as s:
-        assert "crash" not in s.streams() and "fleet" in s.streams()  # no recipient: the capture stayed in the car
+        assert "crash" not in s.streams()  # no recipient: the capture stayed in the car
+    with Store.open_readonly(replica(collected, tmp_path / "car-a" / "ledger", "fleet")) as s:
+        assert s.streams() == ["fleet"]  # under Fleet's pseudonym of car-a
     with Store.open_readonly(tmp_path / "car-a" / "ledger") as s:
         assert not any(row.synced for row in s.iter_blocks("crash"))  # not one capture block was even sent
         assert all(row.acked for row in s.iter_blocks("fleet"))
-    copy = collected / "vehicles" / "car-b"
+    copy = collected / "vehicles" / "car-b"  # the capture names the car by its id: the investigator's copy
     with Store.open_readonly(copy) as s:
-        assert {"crash", "fleet"} <= set(s.streams())
+        assert {"crash"} <= set(s.streams())
+    with Store.open_readonly(replica(collected, tmp_path / "car-b" / "ledger", "fleet")) as s:
+        assert s.streams() == ["fleet"]
     for name in ("investigator", "owner"):
         code, doc = export(copy, keys[name], capsys)
         assert code == 0 and doc["capture"]["deployment"] is True, name

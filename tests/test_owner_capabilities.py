@@ -17,7 +17,7 @@ from pathlib import Path
 import can
 import pytest
 
-from broker import broker, enroll, mqtt_for, start_collector  # noqa: F401 - fixture
+from broker import broker, enroll, mqtt_for, replica, start_collector  # noqa: F401 - fixture
 from carledger.cli import main
 from carledger.config import load_config
 from carledger.dbc import path as dbc_path
@@ -193,7 +193,8 @@ def test_each_disclosure_names_the_signals_the_policy_version_and_the_consent(br
     finally:
         collector.stop()
     (tmp_path / "policy.toml").unlink()  # the answer must not need it
-    with Store.open_readonly(tmp_path / "collected" / "vehicles" / VIN) as copy:
+    copy_dir = replica(tmp_path / "collected", store, "insurer")  # under the insurer's pseudonym of the car
+    with Store.open_readonly(copy_dir) as copy:
         assert set(copy.streams()) == {"insurer"}
     report = audit(store, capsys)
     disclosures = [d["detail"] for d in report["decisions"] if d["kind"] == "disclosure"]
@@ -211,7 +212,7 @@ def test_each_disclosure_names_the_signals_the_policy_version_and_the_consent(br
         assert len(d["signals"]) > 2  # the pattern resolved to the DBC's engine signals
     # Everything the collector holds is among the signals the disclosures named.
     capsys.readouterr()
-    assert main(["read", str(tmp_path / "collected" / "vehicles" / VIN), "--stream", "insurer"]) == 0
+    assert main(["read", str(copy_dir), "--stream", "insurer"]) == 0
     names = {json.loads(line).get("name") for line in capsys.readouterr().out.splitlines()} - {None}
     assert names and names <= set(disclosures[0]["signals"])
     (run,) = report["sent"]

@@ -48,9 +48,15 @@ class Run:
     """What one `carledger run` of a simulated drive left: the car's store and the collector's copy."""
 
     store: Path
-    copy: Path
+    copy: Path  # the copy of the streams that carry the vehicle id (COLLECTOR/vehicles/VEHICLE)
     start: float  # the drive's first timestamp
     duration: float
+
+    def copy_of(self, stream: str) -> Path:
+        """The collector's copy holding `stream`: under the pseudonym its recipient knows the car by."""
+        from broker import replica
+
+        return replica(self.copy.parent.parent, self.store, stream)
 
 
 def run_drive(folder: Path, broker: Broker, policy: str, recipients: tuple[str, ...], outbound: set[str], *,
@@ -174,13 +180,13 @@ def owner_drive(tmp_path_factory) -> Run:
 def test_each_recipient_gets_the_same_signal_at_its_own_rate(owner_drive, capsys, stream, interval):
     """On the collector's copy: never two values closer than the stream's min_interval, and while the speed
     moves, the next value as soon as the interval has passed (the next 10 ms frame, give or take jitter)."""
-    speeds = samples(read_copy(owner_drive.copy, stream, capsys), SPEED)
+    speeds = samples(read_copy(owner_drive.copy_of(stream), stream, capsys), SPEED)
     assert len(speeds) > owner_drive.duration / interval / 3, len(speeds)
     gaps = [b[0] - a[0] for a, b in zip(speeds, speeds[1:])]
     assert min(gaps) >= interval - 1e-6
     on_time = [g for g in gaps if g <= interval + 0.025]
     assert len(on_time) >= 0.8 * len(gaps), sorted(gaps)[-10:]  # the rest: the car stood still (no change)
-    assert {r["name"] for r in read_copy(owner_drive.copy, stream, capsys) if "name" in r} == {SPEED}
+    assert {r["name"] for r in read_copy(owner_drive.copy_of(stream), stream, capsys) if "name" in r} == {SPEED}
 
 
 def test_the_two_rates_are_two_samplings_of_one_signal(owner_drive, capsys):
@@ -188,8 +194,8 @@ def test_the_two_rates_are_two_samplings_of_one_signal(owner_drive, capsys):
     sampled at two rates, not two different signals."""
     import bisect
 
-    slow = samples(read_copy(owner_drive.copy, "insurer", capsys), SPEED)
-    fast = samples(read_copy(owner_drive.copy, "fleet", capsys), SPEED)
+    slow = samples(read_copy(owner_drive.copy_of("insurer"), "insurer", capsys), SPEED)
+    fast = samples(read_copy(owner_drive.copy_of("fleet"), "fleet", capsys), SPEED)
     assert 4 * len(slow) < len(fast) < 6 * len(slow) + 50
     times = [t for t, _ in fast]
     inside = 0
@@ -204,7 +210,7 @@ def test_the_two_rates_are_two_samplings_of_one_signal(owner_drive, capsys):
 
 
 def test_an_aggregates_only_stream_delivers_windows_and_not_one_raw_sample(owner_drive, capsys):
-    rows = read_copy(owner_drive.copy, "scores", capsys)
+    rows = read_copy(owner_drive.copy_of("scores"), "scores", capsys)
     names = {r["name"] for r in rows if "name" in r}
     signals = (SPEED, "Vehicle.Powertrain.CombustionEngine.Speed")
     assert names == {f"{s}.{f}" for s in signals for f in ("min", "max", "mean", "count")}
@@ -221,7 +227,7 @@ def test_an_aggregates_only_stream_delivers_windows_and_not_one_raw_sample(owner
         assert w[f"{SPEED}.count"] >= 1
     # The fast raw stream of another recipient lies inside each window's [min, max]: the aggregates
     # summarise the same signal the car saw.
-    fast = samples(read_copy(owner_drive.copy, "fleet", capsys), SPEED)
+    fast = samples(read_copy(owner_drive.copy_of("fleet"), "fleet", capsys), SPEED)
     checked = 0
     for t, v in fast:
         end = (t // 10.0 + 1) * 10.0
@@ -230,8 +236,10 @@ def test_an_aggregates_only_stream_delivers_windows_and_not_one_raw_sample(owner
             assert w[f"{SPEED}.min"] - 1e-9 <= v <= w[f"{SPEED}.max"] + 1e-9, (t, v, w)
             checked += 1
     assert checked > len(fast) // 2
-    with Store.open_readonly(owner_drive.copy) as s:
-        assert {"insurer", "fleet", "scores"} == set(s.streams())
+    with Store.open_readonly(owner_drive.copy_of("insurer")) as s:
+        assert {"insurer", "scores"} == set(s.streams())  # what the Insurer knows under its pseudonym
+    with Store.open_readonly(owner_drive.copy_of("fleet")) as s:
+        assert {"fleet"} == set(s.streams())  # and Fleet Ops under its own
 
 
 # -- item 11: MQTT 5 as it is meant to be used ------------------------------------------------
@@ -313,7 +321,7 @@ def test_a_car_away_longer_than_its_session_resumes_from_the_retained_ack(broker
     """The car sends blocks and leaves before the collector acks them; its session (1 s) expires while it
     is away, so the broker keeps nothing for it. On its return the retained ack alone tells it where the
     collector is: every block is acked, and the collector's copy is the car's."""
-    from broker import all_acked, assert_same_ledgers, chains
+    from broker import all_acked, assert_same_ledgers, copies
 
     store, car, collector, sync = _drive_and_sync(tmp_path, broker, blocks=20, session_expiry=1,
                                                   ack_timeout=60.0)  # sends each block once while away
@@ -329,10 +337,8 @@ def test_a_car_away_longer_than_its_session_resumes_from_the_retained_ack(broker
         sent = {(row.stream, row.seq) for row in s.iter_blocks() if row.synced}
     # The collector comes up, takes what its session queued, acks it (retained) and goes away again.
     collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="col-1"), group=None)
-    copy = tmp_path / "collected" / "vehicles" / "car-1"
-
     def collected() -> bool:
-        return copy.exists() and {(name, seq) for name, blocks in chains(copy).items() for seq, _ in blocks} == sent
+        return {(name, seq) for name, blocks in copies(tmp_path / "collected", store).items() for seq, _ in blocks} == sent
 
     wait_until(lambda: collected() and collector.collector.stats.acks >= 2, timeout=30)
     collector.stop()

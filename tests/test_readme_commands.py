@@ -57,8 +57,8 @@ SKIPPED: tuple[tuple[str, str], ...] = (
     (r"^carledger (consent|pause|resume|status|audit|wipe)\b(?!.*(--store|-c ))", "needs the installed agent's default store"),
     (r"^carledger edr", "needs a crash capture first (tests/test_edr.py)"),
     (r"\[|\b(COLLECTOR|STORE|KEY|CONFIG)\b", "a synopsis with placeholders, not a command as written"),
-    (r"^carledger remote ", "needs an enrolled owner and a running car"),
-    (r"^carledger read \./collected/vehicles/car-1 --stream insurer", "needs an encrypted stream synced first"),
+    (r"^carledger remote (?!identity --store \./ledger)", "needs an enrolled owner and a running car"),
+    (r"^carledger read \./collected/vehicles/\* --stream insurer", "needs an encrypted stream synced first"),
     (r"^carledger policy (diff|apply)", "needs two policy versions and the agent's default store"),
 )
 

@@ -7,7 +7,7 @@ import threading
 
 import can
 
-from broker import assert_same_ledgers, broker, enroll, mqtt_for, start_collector  # noqa: F401 - fixture
+from broker import assert_same_ledgers, broker, enroll, mqtt_for, replica, start_collector  # noqa: F401 - fixture
 from carledger.cli import main
 from carledger.config import replay_config
 from carledger.dbc import path as dbc_path
@@ -66,7 +66,7 @@ def test_a_simulated_drive_is_synced_while_it_runs_and_the_collector_has_it_all(
         sync.stop()
         collector.stop()
     assert_same_ledgers(store, tmp_path / "collected", "car-1", set(STREAMS))
-    copy = tmp_path / "collected" / "vehicles" / "car-1"
+    copy = replica(tmp_path / "collected", store, "driving")  # under the pseudonym the recipient knows the car by
     for name in STREAMS:
         capsys.readouterr()
         assert main(["log", "export", str(store), "--stream", name]) == 0
@@ -152,7 +152,7 @@ def test_the_agent_syncs_what_the_policy_sends_encrypted_and_audits_the_disclosu
     stats = collector.collector.stats  # every message it received was a fleet block: nothing else left the car
     assert stats.received == stats.accepted + stats.duplicates and stats.rejected == 0
     assert_same_ledgers(store, tmp_path / "collected", "car-2", {"fleet"})
-    copy = tmp_path / "collected" / "vehicles" / "car-2"
+    copy = replica(tmp_path / "collected", store, "fleet")
     with Store.open_readonly(copy) as s:
         assert set(s.streams()) == {"fleet"}  # the vault, health and audit never leave the car
     capsys.readouterr()

@@ -158,7 +158,7 @@ def test_a_remote_policy_that_drops_a_stream_stops_it_leaving(broker, tmp_path):
         wait_until(lambda: all_acked(store), timeout=30)
         now = time.time()
         policy = (f'version = 2\n[[stream]]\nname = "gps"\nrecipient = "fleet"\npurpose = "test"\n'
-                  f'signals = ["Vehicle.*"]\nconsent = {{ granted = {iso(now - 86400)}, expires = {iso(now + 86400)} }}\n')
+                  f'identity = "vin"\nallow = ["personal"]\nsignals = ["Vehicle.*"]\nconsent = {{ granted = {iso(now - 86400)}, expires = {iso(now + 86400)} }}\n')
         client = paho.Client(CallbackAPIVersion.VERSION2, client_id="owner")
         client.connect(broker.host, broker.port)
         client.loop_start()

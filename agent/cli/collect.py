@@ -87,9 +87,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("enroll", help="enrol a vehicle's Ed25519 public key (its keys/vehicle.pub)",
                        epilog=exit_status("enrolled", "refused (bad vehicle id or key, or another key is enrolled)"))
-    p.add_argument("dir", metavar="DIR", nargs="?", help="collector directory (created if missing; not with --dsn)")
-    p.add_argument("vehicle", metavar="VEHICLE", help="vehicle id: its topic level carledger/v1/VEHICLE/")
-    p.add_argument("public_key", metavar="PUBKEY", help="64 hex digits or a file holding them")
+    p.add_argument("dir", metavar="DIR", nargs="?", help="collector directory (created if missing); omitted with --dsn")
+    p.add_argument("vehicle", metavar="VEHICLE", nargs="?", help="vehicle id: its topic level carledger/v1/VEHICLE/ "
+                   "(for a recipient the car knows you by a pseudonym: that pseudonym)")
+    p.add_argument("public_key", metavar="PUBKEY", nargs="?", help="64 hex digits or a file holding them")
+    p.add_argument("--identity", metavar="FILE", help="instead of VEHICLE PUBKEY: the JSON `carledger remote identity "
+                   "--recipient R --json` printed for you (your pseudonym of the car and its key)")
     p.add_argument("--handover", metavar="FILE", help="after a change of owner: the statement the previous key signed "
                    "(carledger remote identity --handover); the previous chains move to DIR/retired/")
     p.add_argument("--dsn", help=DSN_HELP)
@@ -132,10 +135,36 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
+class _Usage(Exception):
+    """A bad command line or an unreadable --identity file: one line, exit 2."""
+
+
+def _identity_file(path: str) -> tuple[str, str]:
+    """(vehicle, public key hex) of a `remote identity --json` document; _Usage naming the field otherwise.
+
+    Nothing in it is trusted: the key is what the collector will verify every block with.
+    """
+    with open(path, encoding="utf-8") as fh:
+        try:
+            doc = json.load(fh)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _Usage(f"{path}: not JSON: {exc}") from None
+    for field in ("vehicle", "public_key"):
+        if not isinstance(doc, dict) or not isinstance(doc.get(field), str):
+            raise _Usage(f"{path}: field {field!r}: missing or not text (expected `carledger remote identity --json`)")
+    return doc["vehicle"], doc["public_key"]
+
+
 def enroll(args: argparse.Namespace) -> int:
     from carledger.collect import Registry
     from carledger.ledger import KeyFileError, StoreError, kid
 
+    if args.dsn:  # no DIR: the positionals are VEHICLE PUBKEY
+        args.dir, args.vehicle, args.public_key = None, *([x for x in (args.dir, args.vehicle, args.public_key)
+                                                           if x is not None] + [None, None])[:2]
+    elif args.dir is None:
+        print("carledger collect enroll: error: give DIR (or --dsn)", file=sys.stderr)
+        return 2
     try:
         registry = _open_store(args, create=True)
     except StoreError as exc:
@@ -144,9 +173,13 @@ def enroll(args: argparse.Namespace) -> int:
     retired = None
     try:
         if args.handover and not isinstance(registry, Registry):
-            print("carledger collect: --handover: a change of owner is done on a collector directory only (not yet "
-                  "with --dsn)", file=sys.stderr)
-            return 2
+            raise _Usage("--handover: a change of owner is done on a collector directory only (not yet with --dsn)")
+        if args.identity is not None:
+            if args.vehicle is not None or args.handover:
+                raise _Usage("--identity FILE replaces VEHICLE PUBKEY (and has no --handover)")
+            args.vehicle, args.public_key = _identity_file(args.identity)
+        elif args.public_key is None:
+            raise _Usage("give VEHICLE PUBKEY, or --identity FILE")
         if args.handover:
             from carledger.collect.rekey import rekey
 
@@ -155,8 +188,11 @@ def enroll(args: argparse.Namespace) -> int:
             key, retired = rekey(registry, args.vehicle, args.public_key, handover)
         else:
             key = registry.enroll(args.vehicle, args.public_key)
+    except _Usage as exc:
+        print(f"carledger collect enroll: error: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
-        print(f"carledger collect: {args.handover}: {exc.strerror}", file=sys.stderr)
+        print(f"carledger collect: {exc.filename or args.handover}: {exc.strerror}", file=sys.stderr)
         return 2
     except json.JSONDecodeError as exc:
         print(f"carledger collect: {args.handover}: not a handover (JSON): {exc}", file=sys.stderr)

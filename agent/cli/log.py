@@ -124,12 +124,12 @@ def _text(value: Any) -> str | None:
 
 def _checked_blocks(store, stream: str, problems: list[BlockProblem]) -> Iterator[tuple[Any, list[bytes]]]:
     """Rows of a stream with their records, each checked against its signature and Merkle root; failures in `problems`."""
-    from carledger.ledger import MalformedBlock, open_block
+    from carledger.ledger import MalformedBlock
 
-    key = _verify_key(store)
+    ring = store.keyring(_verify_key(store))  # a recipient's stream: its own key, which the vehicle key certified
     for row in store.iter_blocks(stream):
         try:
-            block = open_block(store.message(row), key, allow_bare=True)  # records NULL: dropped, checked by verify
+            block = ring.open_block(store.message(row), allow_bare=True)  # records NULL: dropped, checked by verify
         except MalformedBlock as exc:
             problems.append((stream, row.seq, str(exc)))
             continue
@@ -144,7 +144,7 @@ def _report_skipped(problems: list[BlockProblem]) -> int:
 
 
 def show_block(args: argparse.Namespace) -> int:
-    from carledger.ledger import Header, MalformedBlock, Sample, decode_record, decode_sign1, open_block
+    from carledger.ledger import Header, MalformedBlock, Sample, decode_record, decode_sign1
 
     rounding = rounding_from(args.dbc)
     store = _open(args.store)
@@ -160,7 +160,7 @@ def show_block(args: argparse.Namespace) -> int:
         header = Header.decode(decode_sign1(row.sign1).payload)
         status = "signature and Merkle root OK"
         try:
-            open_block(store.message(row), _verify_key(store), allow_bare=True)
+            store.keyring(_verify_key(store)).open_block(store.message(row), allow_bare=True)
         except MalformedBlock as exc:
             status = f"FAILED: {exc}"
         records = [decode_record(r) for r in store.records(row)]

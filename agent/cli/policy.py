@@ -339,7 +339,7 @@ def describe_stream(policy: Policy, s: Stream, known: list[tuple[str, str]] | No
         if s.identity == "vin":
             lines.append("identity: the VIN")
         else:
-            lines.append(f"identity: a pseudonym only {s.recipient} gets (not the VIN)")
+            lines.append(f"identity: a pseudonym only {s.recipient} gets (not the VIN), signed with a key only {s.recipient} gets")
         lines.append(f"encryption: to key {s.encrypt_to[:16]}..." if s.encrypt_to else "encryption: none (brokers and relays can read it)")
     kept = f"for {format_duration(s.retention)}" if s.retention else "until the disk quota needs the space (no retention set)"
     lines.append(f"kept in the car {kept}")
@@ -365,7 +365,7 @@ def never_leaves(policy: Policy) -> tuple[list[str], list[str]]:
         finest = min(located, key=lambda s: s.location.cell_m())  # type: ignore[union-attr]
         never.append(f"location more precise than {describe_location(finest.location).split(' ', 1)[1]}")
     if outbound and not any(s.identity == "vin" for s in outbound):
-        never.append("the VIN: each recipient gets its own pseudonym of it (all streams are signed with the one vehicle key, so recipients who compare keys can still tell it is one car)")
+        never.append("the VIN: each recipient gets its own pseudonym of it and its own signing key, so recipients who compare what they hold cannot tell it is one car (unless you give them the proof: carledger remote identity --prove)")
     elif outbound:
         notes.append("the VIN goes to: " + ", ".join(s.recipient or "" for s in outbound if s.identity == "vin"))
     local = [s.name for s in policy.streams if s.local]

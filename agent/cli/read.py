@@ -50,12 +50,13 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def _rows(store, stream: str, vkey, key, problems: list[BlockProblem]):
     """(seq, records) of each block of `stream` that verifies (and decrypts); problems for the rest."""
-    from carledger.ledger import MalformedBlock, open_block
+    from carledger.ledger import MalformedBlock
     from carledger.ledger.encrypt import DecryptError, is_sealed, open_sealed
 
+    ring = store.keyring(vkey)  # a recipient's stream: its own key, which the vehicle key certified
     for row in store.iter_blocks(stream):
         try:
-            block = open_block(store.message(row), vkey, allow_bare=True)  # records NULL: dropped, checked by verify
+            block = ring.open_block(store.message(row), allow_bare=True)  # records NULL: dropped, checked by verify
             records = block.records
             if records and is_sealed(records):
                 if key is None:

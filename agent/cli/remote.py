@@ -4,6 +4,9 @@ enroll-owner puts the owner's public key in the agent's store; sign-policy signs
 policy file with the owner's key (COSE_Sign1 over the file's bytes);
 send-policy publishes the signed update to the vehicle's policy topic and,
 with --wait, prints the outcome the vehicle reports on its status topic.
+identity prints what a collector enrols (a recipient's pseudonym and own key
+with --recipient) and writes the owner's proof that recipients' keys are this
+car's (--prove); check-proof checks such a proof offline.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from carledger.cli._store import add_store_options, open_output, target
+from carledger.cli._store import UsageError, add_store_options, open_output, target
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 from carledger.cli.keygen import KINDS
 
@@ -26,6 +29,9 @@ examples:
   carledger remote sign-policy policy.toml --key owner.key --previous 3 -o policy.cose   # checked first
   carledger remote send-policy policy.cose --vehicle car-1 --host broker.example --ca ca.crt \\
       --cert owner.crt --key owner-tls.key --wait 60
+  carledger remote identity --store /var/lib/carledger --recipient "Acme Insurance"   # what Acme enrols
+  carledger remote identity --store /var/lib/carledger --prove "Acme Insurance" "Fleet Ops" -o proof.json
+  carledger remote check-proof proof.json --vehicle-key vehicle.pub                   # anyone, offline
 """  # each command's exit status is in its own help
 
 
@@ -65,13 +71,34 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "identity", help="what a collector enrols for this car: its vehicle id and public key (and the handover)",
         description="Print the vehicle id and the vehicle's public key, and the command a collector runs to enrol "
-        "them. After a change of owner (carledger wipe), --handover writes the statement the previous key signed, "
-        "with which a collector that knew the previous key re-keys the vehicle.",
-        epilog="exit status: 0 printed, 2 not a store, or --handover on a store that was never wiped.",
+        "them. With --recipient R: what R's collector enrols instead, R's pseudonym and R's own key, which name "
+        "nothing else of the car (docs/owner-state.md, Identities). --prove R... -o FILE writes the key statements "
+        "the vehicle key signed for those recipients, with which the owner shows whoever they choose that those "
+        "keys are this car's (check it with `carledger remote check-proof FILE`). After a change of owner "
+        "(carledger wipe), --handover writes the statement the previous key signed, with which a collector that "
+        "knew the previous key re-keys the vehicle.",
+        epilog="exit status: 0 printed (or written), 2 not a store, no pseudonym secret or key statement yet, "
+        "or --handover on a store that was never wiped.",
     )
     add_store_options(p)
-    p.add_argument("--handover", metavar="FILE", help="write the handover (JSON) for the collectors of the previous owner")
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--recipient", metavar="R", help="what recipient R's collector enrols: R's pseudonym and key")
+    group.add_argument("--prove", nargs="+", metavar="R", help="write the key statements of these recipients (-o FILE)")
+    group.add_argument("--handover", metavar="FILE", help="write the handover (JSON) for the collectors of the previous owner")
+    p.add_argument("-o", "--output", metavar="FILE", help="with --prove: the proof (JSON) to write")
     p.set_defaults(func=identity)
+
+    p = sub.add_parser(
+        "check-proof", help="check, offline, a proof that recipients' keys are one car's (remote identity --prove)",
+        description="Checks every key statement of the proof against the vehicle key: the file's own, or "
+        "--vehicle-key (the key you know the car by: pin it, since whoever wrote the file chose the file's).",
+        epilog="exit status: 0 every statement verifies, 1 refused (a statement or the key does not verify), "
+        "2 unreadable file or key.",
+    )
+    p.add_argument("proof", metavar="FILE", help="the proof `carledger remote identity --prove` wrote")
+    p.add_argument("--vehicle-key", metavar="PUB", help="the vehicle's public key (64 hex digits or vehicle.pub)")
+    p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    p.set_defaults(func=check_proof)
 
     p = sub.add_parser("send-policy", help="publish a signed update to carledger/v1/VEHICLE/policy",
                        epilog="exit status: 0 sent (with --wait: applied), 1 refused by the vehicle or no outcome "
@@ -132,8 +159,114 @@ def enroll(args: argparse.Namespace) -> int:
     return 0
 
 
+PROOF_TYPE = "carledger/key-proof/v1"
+
+
+def recipient_identity(store: str | os.PathLike, recipient: str) -> dict:
+    """What `recipient`'s collector enrols: its pseudonym and own key (or, for identity = "vin", the vehicle's).
+
+    Derived from the pseudonym secret and the store's vehicle id, exactly as
+    the writer derives them (Ledger.certify); _Refused before the car made its secret.
+    """
+    from carledger.ledger import Store, kid
+    from carledger.ledger.identity import derive_signing_key
+    from carledger.ledger.keys import load_secret
+    from carledger.owner.state import OwnerState
+    from carledger.policy import pseudonym
+
+    with Store.open_readonly(store) as s:
+        vehicle, public = s.vehicle_id, s.public_key
+    streams = [x for x in OwnerState.load(store).policy.streams if x.recipient == recipient and not x.local]
+    if streams and all(x.identity == "vin" for x in streams):
+        return {"recipient": recipient, "identity": "vin", "vehicle": vehicle, "public_key": public.hex(),
+                "kid": kid(public).hex()}
+    secret = load_secret(store)
+    if secret is None:
+        raise _Refused(f"{store}: the car has no pseudonym secret yet (keys/pseudonym.key): run the agent once")
+    pub = bytes(derive_signing_key(secret, vehicle, recipient).verify_key)
+    name = pseudonym(secret, vehicle, recipient)
+    return {"recipient": recipient, "identity": "pseudonym", "vehicle": name, "pseudonym": name,
+            "public_key": pub.hex(), "kid": kid(pub).hex()}
+
+
+def _prove(store: Path, recipients: list[str], output: str) -> dict:
+    """The proof file: the vehicle key and the key statements it signed for `recipients` (docs/owner-state.md)."""
+    from carledger.ledger import Store
+
+    with Store.open_readonly(store) as s:
+        ring = s.keyring()
+        vehicle, public = s.vehicle_id, s.public_key
+    statements = []
+    for recipient in recipients:
+        name = recipient_identity(store, recipient).get("pseudonym")
+        cert = ring.for_pseudonym(name) if name else None
+        if cert is None:
+            raise _Refused(f"{recipient}: no key statement yet (the car certifies a recipient's key when its "
+                           "pseudonymous stream first runs)" if name else f"{recipient}: identified by the VIN; "
+                           "its blocks are signed with the vehicle key itself")
+        statements.append(cert.statement.hex())
+    proof = {"type": PROOF_TYPE, "vehicle": vehicle, "vehicle_key": public.hex(), "statements": statements}
+    with open_output(output) as fh:
+        json.dump(proof, fh, indent=1)
+        fh.write("\n")
+    return proof
+
+
+def check_proof(args: argparse.Namespace) -> int:
+    """One line: every statement verifies with the vehicle key (0), or why the proof is refused (1, 2)."""
+    from carledger.ledger import KeyFileError, MalformedBlock, kid
+    from carledger.ledger.identity import open_statement
+    from carledger.ledger.keys import enrolment_key
+
+    def refuse(code: int, why: str) -> int:
+        if args.json:
+            print(json.dumps({"ok": False, "proof": args.proof, "error": why}))
+        print(f"carledger remote: {args.proof}: refused: {why}", file=sys.stderr)
+        return code
+
+    try:
+        with open(args.proof, encoding="utf-8") as fh:
+            proof = json.load(fh)
+        if not isinstance(proof, dict) or proof.get("type") != PROOF_TYPE:
+            return refuse(2, f"not a carledger key proof (type {PROOF_TYPE})")
+        statements = [bytes.fromhex(x) for x in proof["statements"]]
+        own = enrolment_key(bytes.fromhex(proof["vehicle_key"]))
+    except OSError as exc:
+        return refuse(2, exc.strerror or str(exc))
+    except (ValueError, KeyError, TypeError, KeyFileError) as exc:
+        return refuse(2, f"unreadable field ({type(exc).__name__}: {exc})")
+    try:
+        key = enrolment_key(args.vehicle_key) if args.vehicle_key else own
+    except KeyFileError as exc:
+        return refuse(2, f"--vehicle-key: {exc}")
+    if bytes(key) != bytes(own):
+        return refuse(1, f"vehicle_key (key id {kid(own).hex()}) is not the given --vehicle-key ({kid(key).hex()})")
+    certs = []
+    for i, statement in enumerate(statements):
+        try:
+            cert = open_statement(statement, key)
+        except MalformedBlock as exc:
+            return refuse(1, f"statements[{i}]: {exc}")
+        if cert.vehicle != proof.get("vehicle"):
+            return refuse(1, f"statements[{i}]: signed for vehicle {cert.vehicle!r}, the proof names {proof.get('vehicle')!r}")
+        certs.append(cert)
+    if not certs:
+        return refuse(1, "no statements")
+    pinned = "pinned" if args.vehicle_key else "from the file: compare it with the car's"
+    if args.json:
+        print(json.dumps({"ok": True, "vehicle": certs[0].vehicle, "vehicle_key": bytes(key).hex(), "kid": kid(key).hex(),
+                          "pinned": bool(args.vehicle_key), "keys": [c.as_json() for c in certs]}))
+        return 0
+    from carledger.cli._export import iso
+
+    keys = ", ".join(f"{c.recipient} = {c.pseudonym} (key id {c.key_id.hex()}, certified {iso(c.created, 0)})"
+                     for c in certs)
+    print(f"proof OK: vehicle {certs[0].vehicle} (key id {kid(key).hex()}, {pinned}) signed the keys of {keys}")
+    return 0
+
+
 def identity(args: argparse.Namespace) -> int:
-    """The vehicle id and key as the store records them.
+    """The vehicle id and key as the store records them (or a recipient's pseudonym and key, or the proof).
 
     Both are read from the store's meta (unsigned): a wrong value printed
     here cannot forge anything, since the collector verifies every block
@@ -141,10 +274,23 @@ def identity(args: argparse.Namespace) -> int:
     """
     from carledger.config import ConfigError
     from carledger.ledger import LedgerError, Store, kid
+    from carledger.owner.state import OwnerStateError
     from carledger.owner.wipe import handover
 
+    if args.output and not args.prove:
+        return _fail("-o goes with --prove")
     try:
         store = _store_dir(target(args).store)
+        if args.prove:
+            if not args.output:
+                raise _Refused("--prove needs -o FILE (the proof to write)")
+            proof = _prove(store, args.prove, args.output)
+            print(f"wrote {args.output}: {len(proof['statements'])} key statement(s) signed by the vehicle key "
+                  f"(key id {kid(bytes.fromhex(proof['vehicle_key'])).hex()}); check it: carledger remote check-proof "
+                  f"{args.output}")
+            return 0
+        if args.recipient is not None:
+            return _print_recipient(recipient_identity(store, args.recipient), args.json)
         with Store.open_readonly(store) as s:
             vehicle, public = s.vehicle_id, s.public_key
         detail = handover(store)
@@ -153,7 +299,7 @@ def identity(args: argparse.Namespace) -> int:
         if args.handover:
             with open(args.handover, "x", encoding="utf-8") as fh:
                 json.dump(detail, fh, indent=1)
-    except (ConfigError, LedgerError, _Refused) as exc:
+    except (ConfigError, LedgerError, _Refused, UsageError, OwnerStateError) as exc:
         return _fail(str(exc))
     except FileExistsError:
         return _fail(f"{args.handover}: exists already; not overwritten")
@@ -173,6 +319,20 @@ def identity(args: argparse.Namespace) -> int:
         print(f"owner changed {out['wiped_at']}: a collector that enrolled the previous key ({out['previous_kid']}) "
               f"re-keys it with the handover: carledger collect enroll COLLECTOR {vehicle} {out['public_key']} "
               f"--handover {args.handover or 'FILE'}" + ("" if args.handover else " (write FILE with --handover FILE)"))
+    print(f"(a recipient the policy gives a pseudonym enrols that and its own key instead: carledger remote identity "
+          f"--store {store} --recipient RECIPIENT)")
+    return 0
+
+
+def _print_recipient(doc: dict, as_json: bool) -> int:
+    """What R's collector enrols; nothing here names the car (for a pseudonymous recipient)."""
+    if as_json:
+        print(json.dumps(doc))
+        return 0
+    known = "its pseudonym of this car" if doc["identity"] == "pseudonym" else "the vehicle id (identity = \"vin\")"
+    print(f"recipient   {doc['recipient']}\nvehicle     {doc['vehicle']}  ({known})\n"
+          f"public key  {doc['public_key']}  (key id {doc['kid']})")
+    print(f"enrol it:   carledger collect enroll COLLECTOR {doc['vehicle']} {doc['public_key']}")
     return 0
 
 

@@ -151,6 +151,10 @@ class Collector:
         if block.header.stream != topic.stream:
             self._problem(topic, block.seq, REPLAY, f"a block of stream {block.header.stream!r} published as {topic.stream!r}", now)
             return
+        if block.header.vid != topic.vehicle:  # the enrolled key may sign for other ids (the car's own streams): file none of them here
+            self._problem(topic, block.seq, REPLAY, f"a block signed as vehicle {block.header.vid!r} published as "
+                                                   f"{topic.vehicle!r}; not kept", now)
+            return
         self._place(topic.vehicle, block, message, batches.setdefault(topic.vehicle, _Batch()), now)
 
     def _bad_signature(self, topic: topics.Topic, message: bytes, detail: str, now: float) -> None:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 from carledger.ledger import cose
 from carledger.ledger.block import Header
 from carledger.ledger.errors import MalformedBlock, StoreError
-from carledger.ledger.keys import VerifyKey
+from carledger.ledger.identity import KeyRing
 
 __all__ = ["Head", "signed_heads", "check_identity", "identity_signed"]
 
@@ -58,7 +58,7 @@ def _refuse(db: Path, what: str, fix: str) -> StoreError:
     )
 
 
-def _last_block(conn: sqlite3.Connection, key: VerifyKey, db: Path, name: str) -> tuple[int, Head] | None:
+def _last_block(conn: sqlite3.Connection, ring: KeyRing, db: Path, name: str) -> tuple[int, Head] | None:
     """(row id, head) of the stream's highest-seq block, verified; None when it has no block."""
     rows = conn.execute(
         "SELECT id, seq, digest, sign1 FROM blocks WHERE stream = ? AND seq = (SELECT max(seq) FROM blocks WHERE stream = ?)",
@@ -72,9 +72,12 @@ def _last_block(conn: sqlite3.Connection, key: VerifyKey, db: Path, name: str) -
     row_id, seq, digest, sign1 = rows[0]
     try:
         msg = cose.decode_sign1(sign1 if isinstance(sign1, bytes) else b"")
-        if not cose.verify_sign1(msg, key):
-            raise MalformedBlock("the signature does not verify with the vehicle key")
         header = Header.decode(msg.payload)
+        key = ring.key_for(msg.protected.get(cose.HDR_KID), header.vid)
+        if key is None:
+            raise MalformedBlock("its key is neither the vehicle key nor one the vehicle key certified for its vehicle id")
+        if not cose.verify_sign1(msg, key):
+            raise MalformedBlock("the signature does not verify with the vehicle key (or the key it certified)")
     except MalformedBlock as exc:
         raise _refuse(db, f"stream {name!r}: its last stored block (row {row_id}) is not a block the vehicle key signed: {exc}", restore) from None
     signed = hashlib.sha256(msg.payload).digest()
@@ -88,7 +91,7 @@ def _last_block(conn: sqlite3.Connection, key: VerifyKey, db: Path, name: str) -
     return row_id, Head(header.seq, signed, header.vid)
 
 
-def signed_heads(conn: sqlite3.Connection, key: VerifyKey, db: Path) -> dict[str, Head]:
+def signed_heads(conn: sqlite3.Connection, ring: KeyRing, db: Path) -> dict[str, Head]:
     """The head of every stream, from its last signed block; StoreError when the `streams` cache disagrees."""
     heads: dict[str, Head] = {}
     cached = conn.execute("SELECT name, head_seq, head_digest FROM streams").fetchall()
@@ -96,7 +99,7 @@ def signed_heads(conn: sqlite3.Connection, key: VerifyKey, db: Path) -> dict[str
         if type(name) is not str:
             raise _refuse(db, f"streams.name {_hex(name) if isinstance(name, bytes) else repr(name)} is not UTF-8 text",
                           "restore the store from a backup taken before the damage")
-        last = _last_block(conn, key, db, name)
+        last = _last_block(conn, ring, db, name)
         says = f"streams says head_seq {seq!r}, head_digest {_hex(digest)}"
         if last is None:
             if seq is None:
@@ -115,7 +118,7 @@ def signed_heads(conn: sqlite3.Connection, key: VerifyKey, db: Path) -> dict[str
     cached_names = {r[0] for r in cached}
     for name in _stream_names(conn):
         if type(name) is str and name not in cached_names:
-            row_id, head = _last_block(conn, key, db, name)  # type: ignore[misc]
+            row_id, head = _last_block(conn, ring, db, name)  # type: ignore[misc]
             raise _refuse(
                 db,
                 f"stream {name!r}: no streams row, yet blocks up to seq {head.seq} (row {row_id}) are stored",

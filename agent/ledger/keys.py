@@ -32,6 +32,7 @@ __all__ = [
     "VerifyKey",
     "key_path",
     "load_or_create_secret",
+    "load_secret",
     "load_or_create_signing_key",
     "load_signing_key",
     "load_verify_key",
@@ -218,6 +219,12 @@ def load_or_create_secret(store_dir: str | os.PathLike, name: str = PSEUDONYM_FI
     """A 32-byte secret in STORE/keys/NAME (mode 0600), created on first use; it never leaves the car."""
     path = _create_private_hex(_key_dir(store_dir), name, secrets.token_bytes(32))
     return _read_private_hex(path, "the secret")
+
+
+def load_secret(store_dir: str | os.PathLike, name: str = PSEUDONYM_FILE) -> bytes | None:
+    """The secret in STORE/keys/NAME, None when the car has not made it yet (readers never create it)."""
+    path = Path(store_dir) / KEY_DIR / name
+    return _read_private_hex(path, "the secret") if path.exists() else None
 
 
 def load_or_create_signing_key(store_dir: str | os.PathLike) -> SigningKey:

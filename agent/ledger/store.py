@@ -11,12 +11,14 @@ from pathlib import Path
 from typing import Iterator, NamedTuple, Sequence
 
 from carledger.ledger import block as _block
-from carledger.ledger.errors import KeyFileError, StoreError, StoreLocked
+from carledger.ledger import cose
+from carledger.ledger.errors import KeyFileError, MalformedBlock, StoreError, StoreLocked
 from carledger.ledger.files import private_dir, private_file, repair_private
 from carledger.ledger.heads import Head, check_identity, signed_heads
+from carledger.ledger.identity import KeyRing, keyring
 from carledger.ledger.keys import FileSigner, Signer, VerifyKey, key_path, kid, load_or_create_signing_key
 
-__all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT"]
+__all__ = ["Store", "BlockRow", "DB_FILE", "STORE_FORMAT", "block_vid"]
 
 DB_FILE = "ledger.sqlite"
 STORE_FORMAT = 1
@@ -42,6 +44,7 @@ CREATE TABLE IF NOT EXISTS blocks(
 );
 CREATE INDEX IF NOT EXISTS blocks_stream_seq ON blocks(stream, seq);
 CREATE INDEX IF NOT EXISTS blocks_unacked ON blocks(stream, seq) WHERE acked = 0;
+CREATE TABLE IF NOT EXISTS key_statements(pseudonym TEXT PRIMARY KEY, statement BLOB NOT NULL);
 """
 
 _COLUMNS = "id, stream, seq, digest, t0, t1, count, sign1, records, synced, acked"
@@ -169,7 +172,7 @@ class Store:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle,))
                 if have_pk is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
-                heads = signed_heads(conn, VerifyKey(pub), path / DB_FILE)
+                heads = signed_heads(conn, keyring(conn, VerifyKey(pub)), path / DB_FILE)
                 check_identity(vehicle, heads, path / DB_FILE)
         store = cls(path, conn, readonly=False)
         store._signed_heads = heads
@@ -354,6 +357,33 @@ class Store:
         if include_records and block_row.records is not None:
             return _block.with_records(block_row.sign1, self.records(block_row))
         return bytes(block_row.sign1)
+
+    def stream_vids(self) -> dict[str, str]:
+        """Per stream, the vehicle id its last block carries, as stored (routing only: nothing is verified here)."""
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT b.stream, b.sign1 FROM streams s JOIN blocks b ON b.stream = s.name AND b.seq = s.head_seq"
+            ).fetchall()
+        out = {}
+        for name, sign1 in rows:
+            vid = block_vid(sign1)
+            if isinstance(name, str) and vid is not None:
+                out[name] = vid
+        return out
+
+    def keyring(self, vehicle_key: VerifyKey | None = None) -> KeyRing:
+        """Which key verifies which block: `vehicle_key` (default: the store's) and the statements it signed."""
+        key = vehicle_key or self.verify_key
+        if key is None:
+            raise StoreError(f"{self.path}: the store records no public key")
+        with self._lock:
+            return keyring(self._conn, key)
+
+    def add_key_statement(self, pseudonym: str, statement: bytes) -> None:
+        """File a key statement (identity.make_statement); a pseudonym keeps its first one."""
+        self._writable()
+        with self._lock, _transaction(self._conn):
+            self._conn.execute("INSERT OR IGNORE INTO key_statements VALUES (?, ?)", (pseudonym, statement))
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -558,6 +588,14 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def block_vid(sign1: object) -> str | None:
+    """The vehicle id a stored block's header names, None when it does not parse (not verified)."""
+    try:
+        return _block.Header.decode(cose.decode_sign1(bytes(sign1)).payload).vid  # type: ignore[arg-type]
+    except (MalformedBlock, TypeError, ValueError):
+        return None
 
 
 def _text(value) -> str | None:

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import cbor2
 
-from carledger.ledger import merkle
+from carledger.ledger import identity, merkle
 from carledger.ledger.block import ZERO_DIGEST, SealedBlock, encode_event, seal_block, valid_stream_name
 from carledger.ledger.errors import LedgerError
 from carledger.ledger.keys import Signer, kid
@@ -138,12 +138,13 @@ class StreamWriter:
     `add_sample` / `add_event` only append a tuple: call them from the hot path.
     """
 
-    __slots__ = ("name", "policy_digest", "vid", "sealer", "_ledger", "_recs", "_head", "_chain_vid", "_built")
+    __slots__ = ("name", "policy_digest", "vid", "signer", "sealer", "_ledger", "_recs", "_head", "_chain_vid", "_built")
 
     def __init__(self, ledger: "Ledger", name: str, head: tuple[int, bytes] | None, chain_vid: str | None = None):
         self.name = name
         self.policy_digest: bytes | None = None  # None: the ledger's policy_digest
         self.vid: str | None = None  # the vehicle as this stream's recipient knows it; None: its chain's, else the ledger's
+        self.signer: Signer | None = None  # None: the key of its vehicle id (Ledger.signer_for)
         # (records, t0_us, t1_us) -> the records to sign instead, e.g. ledger.encrypt.RecordSealer
         self.sealer: Callable[[list[bytes], int, int], list[bytes]] | None = None
         self._ledger = ledger
@@ -240,7 +241,7 @@ class StreamWriter:
             t1=t1,
             policy=policy,
             records=encoded,
-            signing_key=led.signer,
+            signing_key=self.signer or led.signer_for(vid),
             root=merkle.root(encoded),
         )
         self._built = (block, n)
@@ -281,6 +282,7 @@ class Ledger:
             self.policy_digest = policy_digest
         self._writers: dict[str, StreamWriter] = {}
         self._lock = threading.RLock()
+        self._pseudonym_signers: dict[str, Signer] = {}  # pseudonym -> the recipient's own key (identity.py)
 
     @classmethod
     def open(
@@ -293,6 +295,39 @@ class Ledger:
     ) -> "Ledger":
         """The ledger at `path`, signing with `signer` (default: STORE/keys/vehicle.key, created on first use)."""
         return cls(Store.open(path, vehicle_id, signer=signer), policy_digest=policy_digest)
+
+    def signer_for(self, vid: str) -> Signer:
+        """The key a block naming the car as `vid` is signed with: a recipient's own key for its pseudonym, else the vehicle key."""
+        return self._pseudonym_signers.get(vid, self.signer)
+
+    def certify(self, secret: bytes, recipient: str, pseudonym: str) -> Signer:
+        """The recipient's own signing key, certified once by a key statement the vehicle key signs (stored).
+
+        Keys of an earlier secret (before `carledger wipe`) never come back: the
+        key is derived from the secret in force, and its statement says so.
+        """
+        signer = self._pseudonym_signers.get(pseudonym)
+        if signer is not None:
+            return signer
+        signer = identity.pseudonym_signer(secret, self.vehicle_id, recipient)
+        have = self.store.keyring().for_pseudonym(pseudonym)
+        if have is None or have.public_key != signer.public_key:
+            if have is not None:
+                raise LedgerError(f"pseudonym {pseudonym}: the store certifies another key (kid {have.key_id.hex()}) "
+                                  f"than the pseudonym secret gives (kid {signer.key_id.hex()})")
+            self.store.add_key_statement(pseudonym, identity.make_statement(
+                self.signer, self.vehicle_id, recipient, pseudonym, signer.public_key))
+        self._pseudonym_signers[pseudonym] = signer
+        return signer
+
+    def load_certified(self, secret: bytes) -> None:
+        """Sign with every recipient key the store certifies and `secret` gives (a closing event of a stream
+        the policy no longer names is signed as its chain was)."""
+        for cert in self.store.keyring().by_kid.values():
+            if cert.vehicle == self.vehicle_id and cert.pseudonym not in self._pseudonym_signers:
+                signer = identity.pseudonym_signer(secret, self.vehicle_id, cert.recipient)
+                if signer.public_key == cert.public_key:
+                    self._pseudonym_signers[cert.pseudonym] = signer
 
     @property
     def policy_digest(self) -> bytes:

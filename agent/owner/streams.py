@@ -45,6 +45,20 @@ class _Sink:
         return None
 
 
+def name_the_car(ledger: Ledger, writer: Any, stream: Stream, secret: bytes | None) -> None:
+    """The stream's blocks name the car as its recipient knows it, and are signed with that recipient's own key.
+
+    A pseudonymous stream gets the key `Ledger.certify` derives for its
+    recipient, so that two recipients cannot link their data through a
+    common key; the VIN's and local streams keep the vehicle key.
+    """
+    writer.vid = stream_identity(stream, ledger.vehicle_id, secret)
+    if secret is not None and writer.vid != ledger.vehicle_id and stream.recipient:
+        writer.signer = ledger.certify(secret, stream.recipient, writer.vid)
+    else:
+        writer.signer = None
+
+
 class StreamManager:
     """The running streams of the policy in force, started and stopped as the owner's state says."""
 
@@ -54,6 +68,8 @@ class StreamManager:
     ):
         self.ledger = ledger
         self.settings = settings
+        if settings.pseudonym_secret is not None:
+            ledger.load_certified(settings.pseudonym_secret)
         self._seal = seal or ledger.seal
         self.runtimes: dict[str, StreamRuntime] = {}
         self.generation = 0  # bumps whenever the set of consumers changes: the pipeline rebuilds handlers
@@ -158,7 +174,7 @@ class StreamManager:
         """The stream's writer, naming the vehicle as its recipient knows it, under the policy in force."""
         writer = self.ledger.writer(stream.name)
         writer.policy_digest = self.ledger.policy_digest
-        writer.vid = stream_identity(stream, self.ledger.vehicle_id, self.settings.pseudonym_secret)
+        name_the_car(self.ledger, writer, stream, self.settings.pseudonym_secret)
         writer.sealer = _sealer(stream)
         return writer
 

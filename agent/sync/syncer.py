@@ -33,9 +33,10 @@ from typing import Callable, Mapping
 import paho.mqtt.client as paho
 
 from carledger.ledger import BlockRow, Store, StoreError
+from carledger.ledger.store import block_vid
 from carledger.ledger.errors import KeyFileError
 from carledger.sync import topics
-from carledger.sync.ack import AckRejected, collector_keys, open_ack
+from carledger.sync.ack import WRONG_SUBJECT, AckRejected, collector_keys, open_ack
 from carledger.sync.config import MqttConfig
 from carledger.sync.gate import OutboundGate, OutboundStream
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client, status_expiry
@@ -87,7 +88,7 @@ class _Out:
     """One outbound stream's send state: the window between the collector's ack and the cursor."""
 
     __slots__ = ("name", "spec", "acked", "cursor", "buffer", "inflight", "last_progress", "window", "sent_max",
-                 "last_fetch")
+                 "last_fetch", "vid")
 
     def __init__(self, name: str, spec: OutboundStream, acked: int | None, cfg: MqttConfig):
         self.name, self.spec = name, spec
@@ -99,6 +100,7 @@ class _Out:
         self.window = Window(cfg)
         self.sent_max = self.acked  # highest seq ever sent: a lower one sent again is a resend
         self.last_fetch = 0.0  # when the store was last asked for blocks from the cursor on
+        self.vid: str | None = None  # the vehicle id its blocks carry: its topics' (a recipient's pseudonym, or ours)
 
     @property
     def room(self) -> int:
@@ -164,6 +166,7 @@ class Syncer:
         self._tokens = 0.0
         self._last_tokens = time.monotonic()
         self._subscribed = False
+        self._ack_vids: set[str] = set()  # the vehicle ids whose acks this session subscribed to
         self._collection: dict | None = None  # the owner's collection switch, as last read
         self.problems: deque[str] = deque(maxlen=20)
 
@@ -238,7 +241,9 @@ class Syncer:
         self._mids.clear()
         for out in self._out.values():
             out.rewind()  # resume from the first unacked block: the broker may have lost anything after it
-        client.subscribe([(topics.ack(self.vehicle, "+"), 1), (topics.policy(self.vehicle), 1)])
+        # A recipient's stream is sent, and acked, under the id its blocks carry (that recipient's pseudonym).
+        self._ack_vids = {self.vehicle, *self._store.stream_vids().values()}
+        client.subscribe([*((topics.ack(v, "+"), 1) for v in sorted(self._ack_vids)), (topics.policy(self.vehicle), 1)])
         self._status_due = True
         log.info("sync: connected to %s:%s as %s", self.cfg.host, self.cfg.effective_port, self.client_id)
         deadline_sub = time.monotonic() + self.cfg.connect_timeout
@@ -339,8 +344,17 @@ class Syncer:
         if len(out.buffer) == len(rows) and rows:
             out.last_fetch = 0.0  # a full window: there may be more right behind it
 
+    def _vid(self, out: _Out, row: BlockRow) -> str:
+        """The id `out`'s blocks carry (from its block: a stream's id never changes); its acks are subscribed to."""
+        if out.vid is None:
+            out.vid = block_vid(row.sign1) or self.vehicle
+        if out.vid not in self._ack_vids:
+            self._ack_vids.add(out.vid)
+            self._client.subscribe(topics.ack(out.vid, "+"), 1)
+        return out.vid
+
     def _publish_block(self, out: _Out, row: BlockRow, payload: bytes) -> None:
-        topic = topics.block(self.vehicle, out.name)
+        topic = topics.block(self._vid(out, row), out.name)
         info = self._client.publish(topic, payload, qos=1)
         if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_QUEUE_SIZE):
             raise ConnectError(f"publish failed: {paho.error_string(info.rc)}")
@@ -393,12 +407,12 @@ class Syncer:
 
     def _on_message(self, _client, _userdata, msg) -> None:
         topic = topics.parse(msg.topic)
-        if topic is None or topic.vehicle != self.vehicle:
+        if topic is None or topic.vehicle not in self._ack_vids:
             return
         try:
             if topic.kind == topics.ACK:
-                self._on_ack(topic.stream, msg.payload)
-            elif topic.kind == topics.POLICY:
+                self._on_ack(topic.stream, msg.payload, topic.vehicle)
+            elif topic.kind == topics.POLICY and topic.vehicle == self.vehicle:
                 outcome = self._policy.receive(bytes(msg.payload))
                 if outcome is not None:
                     self._status_due = True
@@ -407,7 +421,7 @@ class Syncer:
         except Exception:
             log.exception("sync: could not handle a message on %s", msg.topic)
 
-    def _on_ack(self, stream: str, payload: bytes) -> None:
+    def _on_ack(self, stream: str, payload: bytes, vid: str) -> None:
         """Mark blocks acked, only on an ack the recipient's enrolled collector signed for one of our blocks.
 
         Anything else is counted per cause (`stats.acks_ignored`), logged once
@@ -420,7 +434,10 @@ class Syncer:
             recipient = None
         key = self._collector_keys.get(recipient) if recipient is not None else None
         try:
-            ack = open_ack(payload, key, self.vehicle, stream)
+            out = self._out.get(stream)
+            if out is not None and out.vid is not None and out.vid != vid:
+                raise AckRejected(WRONG_SUBJECT, f"an ack under vehicle {vid!r} for stream {stream}, which is sent as {out.vid!r}")
+            ack = open_ack(payload, key, vid, stream)
         except AckRejected as exc:
             self._ignore_ack(stream, exc.cause, str(exc))
             return

@@ -27,6 +27,7 @@ from carledger.ledger.block import (
 )
 from carledger.ledger.errors import KeyFileError, MalformedBlock
 from carledger.ledger.heads import identity_signed
+from carledger.ledger.identity import KeyRing
 from carledger.ledger.keys import KEY_DIR, KEY_FILE, VerifyKey, kid, load_signing_key, load_verify_key
 from carledger.ledger.store import BlockRow, Store
 from carledger.verify.report import (
@@ -129,6 +130,7 @@ class _Verifier:
         self.chains: dict[str, _Chain] = {}
         self.key: VerifyKey | None = None
         self.kid: bytes | None = None
+        self.ring: KeyRing | None = None  # the pinned key and the recipient keys it certified (ledger/identity.py)
         self.meta_vid: str | None = None
         self.stream_vids: dict[str, str] = {}
         self.dropped: list[tuple[str, int, int]] = []  # (stream, seq, row) of blocks whose records are gone
@@ -180,6 +182,9 @@ class _Verifier:
         if self.key is not None:
             self.kid = kid(self.key)
             self.report.key_id = self.kid.hex()
+            self.ring = self.store.keyring(self.key)
+            for detail in self.ring.problems:  # an edited or forged statement certifies nothing
+                self.problem(None, None, BAD_SIGNATURE, detail)
         private = Path(self.store.path) / KEY_DIR / KEY_FILE
         if meta_pk is not None and private.exists():
             try:
@@ -215,22 +220,27 @@ class _Verifier:
         except MalformedBlock as exc:
             self.bad_row(row, MALFORMED, str(exc))
             return
-        if self.key is not None:
+        try:
+            header, unreadable = Header.decode(msg.payload), None
+        except MalformedBlock as exc:  # the signature is still checked first: a flipped byte is a bad signature
+            header, unreadable = None, exc
+        if self.ring is not None:
             alg = msg.protected.get(cose.HDR_ALG)
             row_kid = msg.protected.get(cose.HDR_KID)
             if alg != cose.ALG_EDDSA:
                 self.bad_row(row, BAD_SIGNATURE, f"algorithm {alg!r} is not EdDSA (-8)")
                 return
-            if row_kid is not None and row_kid != self.kid:
-                self.bad_row(row, BAD_SIGNATURE, f"signed by another key (kid {_short(row_kid)}, pinned {self.kid.hex()})")
+            key = self.ring.key_for(row_kid, header.vid if header else None)
+            if key is None:
+                self.bad_row(row, BAD_SIGNATURE, f"signed by another key (kid {_short(row_kid)}): neither the pinned "
+                                                 f"key {self.kid.hex()} nor one it certified for vehicle "
+                                                 f"{header.vid if header else None!r}")
                 return
-            if not cose.verify_sign1(msg, self.key):
+            if not cose.verify_sign1(msg, key):
                 self.bad_row(row, BAD_SIGNATURE, "the signature does not verify")
                 return
-        try:
-            header = Header.decode(msg.payload)
-        except MalformedBlock as exc:
-            self.bad_row(row, MALFORMED, str(exc))
+        if header is None:
+            self.bad_row(row, MALFORMED, str(unreadable))
             return
         digest = _sha256(msg.payload).digest()
         stream, seq = header.stream, header.seq
