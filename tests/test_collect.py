@@ -196,3 +196,24 @@ def open_header(message: bytes):
 
     bare, _ = split_records(message)
     return Header.decode(cose.decode_sign1(bare).payload)
+
+
+def test_export_streams_samples_of_one_stream_or_a_time_range(car, tmp_path, capsys):
+    """collect export: jsonl and csv with `vehicle` first, a time range, each block checked again (both backends)."""
+    messages, _, collector, _ = car
+    send(collector, messages)
+    collector.close()
+    where = (["--dsn", collector.registry.dsn] if not isinstance(collector.registry, Registry)
+             else [str(tmp_path / "collected")])
+    assert main(["collect", "export", *where, "--vehicle", "car-1", "--stream", "speed"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 60 and rows[0]["vehicle"] == "car-1" and rows[0]["t"] == T0 and rows[-1]["seq"] == 5
+    # blocks 2 and 3 hold T0+2 .. T0+3.9: a range inside them, in ISO and in epoch seconds
+    since, until = "2023-11-14T22:13:22Z", str(T0 + 3.45)
+    assert main(["collect", "export", *where, "--since", since, "--until", until, "--format", "csv",
+                 "-o", str(tmp_path / "out.csv")]) == 0
+    lines = (tmp_path / "out.csv").read_text().splitlines()
+    assert lines[0] == "vehicle,t,stream,seq,name,message,signal,value" and len(lines) == 1 + 15
+    assert {line.split(",")[3] for line in lines[1:]} == {"2", "3"}
+    assert main(["collect", "export", *where, "--since", "yesterday"]) == 2
+    assert "--since 'yesterday': not ISO 8601" in capsys.readouterr().err

@@ -122,3 +122,13 @@ def test_a_tampered_row_fails_collect_verify(fleet, tmp_path, capsys):
     collector.close()
     assert main(["collect", "verify", "--dsn", dsn]) == 1
     assert "seq 3" in capsys.readouterr().out
+
+
+def test_blocks_are_read_in_keyset_pages_in_chain_order(fleet, tmp_path):
+    messages, _, dsn = fleet
+    collector = Collector(tmp_path / "keydir", store=dsn, clock=Clock())
+    send(collector, messages)
+    pages = list(collector.registry.blocks(batch=4))  # 6 blocks: a full page of 4, then 2
+    assert [(v, s, q) for v, s, q, _ in pages] == [("car-1", "speed", q) for q in range(6)]
+    assert [m for *_, m in pages] == messages
+    collector.close()

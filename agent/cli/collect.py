@@ -132,6 +132,21 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vehicle", metavar="VEHICLE", help="only this vehicle's chains")
     p.add_argument("--json", action="store_true", help="one JSON object per stream")
     p.set_defaults(func=verify)
+
+    p = sub.add_parser("export", help="the stored samples, streamed: one vehicle's stream, or all over a time range",
+                       epilog=exit_status("exported", "a block failed its checks (left out; each named on stderr)"))
+    p.add_argument("dir", metavar="DIR", nargs="?", help="collector directory")
+    p.add_argument("--dsn", help=DSN_HELP)
+    p.add_argument("--vehicle", metavar="VEHICLE", help="only this vehicle (default: all)")
+    p.add_argument("--stream", metavar="STREAM", help="only this stream (default: all)")
+    p.add_argument("--since", metavar="TIME", help="samples at or after TIME (ISO 8601, or epoch seconds)")
+    p.add_argument("--until", metavar="TIME", help="samples at or before TIME")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="jsonl (default) or csv: docs/exports.md's columns, `vehicle` first")
+    p.add_argument("--time", choices=("iso", "epoch", "relative"), help="how times are written (docs/exports.md)")
+    p.add_argument("--events", action="store_true", help="also export declared events (jsonl only)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.set_defaults(func=export)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -317,3 +332,54 @@ def verify(args: argparse.Namespace) -> int:
     if not checks and not args.json:
         print("no chains stored" + (f" for vehicle {args.vehicle}" if args.vehicle else ""))
     return 0 if all(c.ok for c in checks) else 1
+
+
+def _micros(option: str, text: str | None) -> int | None:
+    """--since/--until as µs since the epoch: ISO 8601 (UTC unless it says) or epoch seconds."""
+    from datetime import datetime, timezone
+
+    if text is None:
+        return None
+    try:
+        return round(float(text) * 1e6)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Usage(f"{option} {text!r}: not ISO 8601 (2026-12-05T12:00:00Z) nor epoch seconds") from None
+    return round((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() * 1e6)
+
+
+def export(args: argparse.Namespace) -> int:
+    """Samples of the store streamed to stdout or -o FILE; 1 when a block failed its checks and was left out."""
+    from carledger.collect.export import export_samples
+    from carledger.ledger import StoreError
+
+    try:
+        t_from, t_to = _micros("--since", args.since), _micros("--until", args.until)
+    except _Usage as exc:
+        print(f"carledger collect export: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = _open_store(args, create=False)
+        try:
+            out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+            try:
+                written, problems = export_samples(store, out, fmt=args.format, vehicle=args.vehicle,
+                                                   stream=args.stream, t_from=t_from, t_to=t_to,
+                                                   time_mode=args.time, events=args.events)
+            finally:
+                if out is not sys.stdout:
+                    out.close()
+        finally:
+            store.close()
+    except OSError as exc:
+        print(f"carledger collect: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"carledger collect export: {p}", file=sys.stderr)
+    return 1 if problems else 0

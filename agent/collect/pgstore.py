@@ -274,6 +274,29 @@ class PgStore(CollectorStore):
             "SELECT seq, message FROM blocks WHERE vehicle = %s AND stream = %s AND seq > %s ORDER BY seq LIMIT %s",
             (vehicle, stream, after, limit))]
 
+    def blocks(self, vehicle: str | None = None, stream: str | None = None, t_from: int | None = None,
+               t_to: int | None = None, *, batch: int = 500) -> Iterator[tuple[str, str, int, bytes]]:
+        """Keyset pages on (vehicle, stream, seq), the blocks_chain index's order: no server cursor to hold open."""
+        after = ("", "", -1)
+        while True:
+            rows = self._blocks_page(vehicle, stream, t_from, t_to, after, batch)
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1][:3]
+
+    @_db
+    def _blocks_page(self, vehicle: str | None, stream: str | None, t_from: int | None, t_to: int | None,
+                     after: tuple[str, str, int], limit: int) -> list[tuple[str, str, int, bytes]]:
+        where, args = ["(vehicle, stream, seq) > (%s, %s, %s)"], list(after)
+        for sql, value in (("vehicle = %s", vehicle), ("stream = %s", stream), ("t1 >= %s", t_from), ("t0 <= %s", t_to)):
+            if value is not None:
+                where.append(sql)
+                args.append(value)
+        return [(v, s, int(q), bytes(m)) for v, s, q, m in self._q(
+            f"SELECT vehicle, stream, seq, message FROM blocks WHERE {' AND '.join(where)} "
+            "ORDER BY vehicle, stream, seq LIMIT %s", (*args, limit))]
+
     @_db
     def block_count(self, vehicle: str, stream: str) -> tuple[int, int]:
         """(rows, distinct seqs) stored for a stream: equal when every block is stored once."""

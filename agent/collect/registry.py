@@ -151,6 +151,22 @@ class Registry(CollectorStore):
         finally:
             store.close()
 
+    def blocks(self, vehicle: str | None = None, stream: str | None = None, t_from: int | None = None,
+               t_to: int | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+        for vid, _key, _t in self.vehicles():
+            if vehicle is not None and vid != vehicle:
+                continue
+            try:
+                store = Store.open_readonly(self.path / VEHICLES_DIR / vid)
+            except StoreError:
+                continue  # enrolled, nothing received yet
+            try:
+                for row in store.iter_blocks(stream):
+                    if (t_from is None or row.t1 >= t_from) and (t_to is None or row.t0 <= t_to):
+                        yield vid, row.stream, row.seq, store.message(row)
+            finally:
+                store.close()
+
     def replace_key(self, vehicle: str, key: VerifyKey) -> Path:
         """Enrol `key` in place of the vehicle's key; its chains move to COLLECTOR/retired/VEHICLE-OLDKID/.
 

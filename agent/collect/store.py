@@ -59,6 +59,12 @@ class CollectorStore(ABC):
     def streams(self, vehicle: str) -> dict[str, dict]:
         """{stream: {"blocks", "records", "first_seq", "head_seq", "head" (hex)}} of the stored chains."""
 
+    @abstractmethod
+    def blocks(self, vehicle: str | None = None, stream: str | None = None, t_from: int | None = None,
+               t_to: int | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+        """(vehicle, stream, seq, message) of the stored blocks whose [t0, t1] (µs) meets [t_from, t_to], each
+        stream by seq; fetched in pages, so memory stays constant whatever the size (collect export)."""
+
     # -- blocks waiting for a gap ------------------------------------------------------------
     @abstractmethod
     def pending(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes] | None: ...
