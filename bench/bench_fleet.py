@@ -131,7 +131,9 @@ def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, clus
         cmd += ["--dsn", dsn] if dsn else []
         for n in names:
             cmd += ["--broker", n]
-        procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+        # stderr to a file: a pipe nobody reads fills up with the workers' warnings and stalls them
+        with open(tmp / f"{backend}-{workers}-w{i}.log", "w") as log:
+            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log))
     for i in range(workers):
         for j, b in enumerate(brokers):
             wait_until(lambda: f" as w{i}-{j} " in b.log_text(), timeout=30)
@@ -155,10 +157,10 @@ def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, clus
     elapsed = acks.last - start
     xacts = _xacts(dsn) - xacts0 if dsn else None
     per_worker = []
-    for p in procs:
+    for i, p in enumerate(procs):
         p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-        m = re.search(r"accepted (\d+)", err or "")
+        p.wait(timeout=60)
+        m = re.search(r"accepted (\d+)", (tmp / f"{backend}-{workers}-w{i}.log").read_text())
         per_worker.append(int(m.group(1)) if m else None)
     for c in clients.values():
         c.loop_stop()

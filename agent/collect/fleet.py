@@ -4,7 +4,9 @@ A worker runs one CollectorService per broker, each with its own Collector
 and its own database connection, all in the same shared-subscription group:
 every worker subscribes on every broker, the brokers split each group's
 messages between the workers, and an ack goes back through the broker the
-block came from (the service that received it publishes it).
+block came from (the service that received it publishes it). Only the acks
+of held blocks that a periodic gap check links go through every broker: the
+block that closed the gap may have come through another broker than the car's.
 
 Cars are spread over the brokers by `broker_for`: rendezvous (highest random
 weight) hashing of the vehicle id over the broker list, so adding or removing
@@ -62,6 +64,14 @@ class FleetWorker:
             if len(brokers) > 1 and cfg.client_id:
                 cfg = cfg.with_(client_id=f"{cfg.client_id}-{i}")
             self.services.append(CollectorService(path, cfg, group=group, gap_wait=gap_wait, store=store))
+        if len(self.services) > 1:
+            for s in self.services:
+                s.gap_acks = self._everywhere
+
+    def _everywhere(self, acks: list[tuple[str, bytes]]) -> None:
+        """Acks of blocks a gap check linked: through every broker (which one the car uses is not known here)."""
+        for s in self.services:
+            s.publish(acks)
 
     def start(self) -> None:
         for s in self.services:

@@ -12,6 +12,7 @@ import logging
 import os
 import threading
 import time
+from typing import Callable
 
 import paho.mqtt.client as paho
 
@@ -53,6 +54,10 @@ class CollectorService:
         self._store_backoff = Backoff(0.2, 5.0)
         self._store_retry = 0.0  # monotonic time before which the store is not tried again
         self._store_failing = False
+        self._client: paho.Client | None = None  # while a session is up: publish() goes through it
+        # Where the acks of held blocks linked by check_gaps go. A FleetWorker sends them through every broker:
+        # the block that closed the gap may have come through another broker than the car's.
+        self.gap_acks: Callable[[list[tuple[str, bytes]]], None] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="carledger-collect", daemon=True)
@@ -88,6 +93,7 @@ class CollectorService:
 
     def _session(self) -> None:
         client = make_client(self.cfg, self.client_id)
+        self._client = client
         client.on_message = lambda _c, _u, msg: self.collector.receive(msg.topic, msg.payload)
         try:
             connect(client, self.cfg, self._stop.is_set)
@@ -107,7 +113,7 @@ class CollectorService:
                         self._guarded(client, self.collector.flush)
                         first_wait = None
                 if now - last_gaps >= GAP_CHECK and now >= self._store_retry:
-                    self._guarded(client, self.collector.check_gaps)
+                    self._guarded(client, self.collector.check_gaps, self.gap_acks)
                     last_gaps = now
                 if rc != paho.MQTT_ERR_SUCCESS:
                     raise ConnectError(f"connection lost: {paho.error_string(rc)}")
@@ -117,9 +123,16 @@ class CollectorService:
             client.loop(timeout=0.1)
         finally:
             self.connected.clear()
+            self._client = None
             close(client)
 
-    def _guarded(self, client: paho.Client, work) -> None:
+    def publish(self, acks: list[tuple[str, bytes]]) -> None:
+        """Publish acks through this service's broker, if connected (paho's publish may be called from any thread)."""
+        client = self._client
+        if client is not None and self.connected.is_set():
+            self._send(client, acks)
+
+    def _guarded(self, client: paho.Client, work, send: Callable[[list[tuple[str, bytes]]], None] | None = None) -> None:
         """Run a flush or gap check and publish its acks; an unreachable store (a database restarting) is
         tried again with backoff while the broker connection stays up, the batch kept and nothing acked."""
         try:
@@ -134,7 +147,10 @@ class CollectorService:
             log.info("collect: the store is back")
         self._store_failing = False
         self._store_backoff.reset()
-        self._send(client, acks)
+        if send is not None and acks:
+            send(acks)
+        else:
+            self._send(client, acks)
 
     @staticmethod
     def _send(client: paho.Client, acks: list[tuple[str, bytes]]) -> None:
