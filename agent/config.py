@@ -75,6 +75,8 @@ class Config:
     sampling: SamplingConfig = SamplingConfig()
     seal_max_age: float = 1.0
     seal_max_records: int = 5000
+    checkpoint_every: int = 16  # blocks of a stream between signed checkpoints of its log (docs/transparency.md)
+    witnesses: tuple = ()  # [[witness]]: carledger.sync.witnesses.WitnessConfig, where checkpoints are submitted
     health_interval: float = 60.0
     wakeup_interval: float = WAKEUP_INTERVAL  # seconds between a busy agent's wake-ups (readers and pipeline)
     timezone: str | None = None  # IANA name for local time (night driving); None: the system's
@@ -196,9 +198,9 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-_TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt"}
+_TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt", "witness"}
 _AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb", "key", "wakeup_interval"}
-_SEAL = {"max_age", "max_records"}
+_SEAL = {"max_age", "max_records", "checkpoint_every"}
 _SAMPLING = {"min_interval", "signals"}
 _BUS = {
     "name", "interface", "channel", "bitrate", "fd", "data_bitrate", "options",
@@ -251,6 +253,9 @@ def parse_config(doc: TomlDocument) -> Config:
         from carledger.sync.config import mqtt_config_from_table
 
         mqtt = mqtt_config_from_table(doc, top.get("mqtt", dict, {}), "mqtt")
+    from carledger.sync.witnesses import witnesses_from_table
+
+    witnesses = tuple(witnesses_from_table(top.get("witness", list, []), top.error))
     if not buses and not elm327:
         raise top.error("bus", "at least one [[bus]] (or [[elm327]] adapter) is required")
     _unique(doc, [b.name for b in buses], "bus")
@@ -269,6 +274,9 @@ def parse_config(doc: TomlDocument) -> Config:
     max_records = seal.get("max_records", int, 5000)
     if max_records < 1:
         raise seal.error("max_records", "must be at least 1")
+    checkpoint_every = seal.get("checkpoint_every", int, 16)
+    if checkpoint_every < 1:
+        raise seal.error("checkpoint_every", "must be at least 1")
     return Config(
         path=doc.path,
         store=agent.path(store),
@@ -283,6 +291,8 @@ def parse_config(doc: TomlDocument) -> Config:
         key=key,
         seal_max_age=seal.number("max_age", 1.0, minimum=0.001),  # type: ignore[arg-type]
         seal_max_records=max_records,
+        checkpoint_every=checkpoint_every,
+        witnesses=witnesses,
         health_interval=agent.number("health_interval", 60.0, minimum=1.0),  # type: ignore[arg-type]
         wakeup_interval=_wakeup_interval(agent),
     )

@@ -31,6 +31,7 @@ from carledger.decode import DecodeTable, VssMapping, load_dbc
 from carledger.decode.dbcfile import check_message_names
 from carledger.edr import CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
+from carledger.ledger.checkpoints import ForkedStore
 from carledger.ledger.keys import signer_from_spec
 from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
@@ -208,6 +209,10 @@ class Pipeline:
         self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         signer = signer_from_spec(config.key, config.store) if config.key else None  # None: STORE/keys/vehicle.key
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle, signer=signer)
+        self.ledger.checkpoint_every = config.checkpoint_every
+        if self.ledger.store.refusal is not None:  # a copy of the store, or rolled back: it must not sign on
+            self.ledger.close(seal=False)
+            raise ForkedStore(self.ledger.store.refusal)
         try:
             self._health = self.ledger.writer(HEALTH_STREAM)
             self.buses = [_Bus(bus) for bus in config.buses]
@@ -245,6 +250,7 @@ class Pipeline:
             source.wakeup_phase = reader_phase(index, config.wakeup_interval)
         self.watchdog = Watchdog(self.notifier, self.sources)  # fed only while loop, sources and store are alive
         self.syncer: Any = None  # started by run() when the configuration has [mqtt]
+        self.witness_thread: Any = None  # started by run() when the configuration names [[witness]]es
         self._outbound: dict[str, Any] = {}  # what the syncer may send: read from its thread, replaced whole
         self._disclosures: collections.deque = collections.deque()  # acked by the collector, for the audit
         self._started = False  # streams are started at the first frame's time (a replay's clock)
@@ -360,6 +366,11 @@ class Pipeline:
     # -- sync ---------------------------------------------------------------------------------
 
     def _start_sync(self) -> None:
+        if self.config.witnesses:
+            from carledger.sync.witnesses import WitnessThread
+
+            self.witness_thread = WitnessThread(self.config.store, self.config.witnesses)
+            self.witness_thread.start()
         if self.config.mqtt is None:
             return
         from carledger.sync import Syncer
@@ -373,6 +384,9 @@ class Pipeline:
 
     def _stop_sync(self) -> None:
         """Stop the syncer first, so that every ack it took is in the audit before the last seal."""
+        witness_thread, self.witness_thread = self.witness_thread, None
+        if witness_thread is not None:
+            witness_thread.stop()
         if self.syncer is None:
             return
         syncer, self.syncer = self.syncer, None

@@ -93,7 +93,7 @@ def test_seal_is_one_transaction_and_heads_move_only_after_commit(tmp_path, monk
     calls = []
     real_append = ledger.store.append
 
-    def failing(blocks):
+    def failing(blocks, checkpoint=None):
         calls.append(len(blocks))
         raise sqlite3.OperationalError("disk I/O error")
 
@@ -103,7 +103,7 @@ def test_seal_is_one_transaction_and_heads_move_only_after_commit(tmp_path, monk
     assert calls == [3]
     assert all(w.pending == 5 and w.head is None for w in ledger.writers)
 
-    monkeypatch.setattr(ledger.store, "append", lambda blocks: calls.append(len(blocks)) or real_append(blocks))
+    monkeypatch.setattr(ledger.store, "append", lambda blocks, checkpoint=None: calls.append(len(blocks)) or real_append(blocks, checkpoint))
     blocks = ledger.seal()
     assert calls == [3, 3]
     assert sorted(b.stream for b in blocks) == ["crash", "insurer", "vault"]

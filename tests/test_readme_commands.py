@@ -56,6 +56,7 @@ SKIPPED: tuple[tuple[str, str], ...] = (
     (r"--host (?!localhost)", "a broker across the network, with TLS files"),
     (r"^carledger (consent|pause|resume|status|audit|wipe)\b(?!.*(--store|-c ))", "needs the installed agent's default store"),
     (r"^carledger edr", "needs a crash capture first (tests/test_edr.py)"),
+    (r"^carledger console\b", "serves until stopped, on the installed agent's store (tests/test_console.py runs it)"),
     (r"\[|\b(COLLECTOR|STORE|KEY|CONFIG)\b", "a synopsis with placeholders, not a command as written"),
     (r"^carledger remote (?!identity --store \./ledger)", "needs an enrolled owner and a running car"),
     (r"^carledger read \./collected/vehicles/\* --stream insurer", "needs an encrypted stream synced first"),

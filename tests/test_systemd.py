@@ -27,6 +27,7 @@ from conftest import wait_until
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
 SERVICE = SYSTEMD / "carledger.service"
+CONSOLE = SYSTEMD / "carledger-console.service"
 INSTALLED_PATH = "/opt/carledger/bin/carledger"  # where docs/raspberry-pi.md installs the agent
 NETWORKD = Path("/lib/systemd/systemd-networkd")
 
@@ -45,13 +46,14 @@ def service_settings() -> dict[str, list[str]]:
 
 
 @needs_systemd
-def test_the_service_passes_systemd_analyze_verify(tmp_path):
+@pytest.mark.parametrize("service", [SERVICE, CONSOLE], ids=lambda p: p.name)
+def test_the_service_passes_systemd_analyze_verify(tmp_path, service):
     # verify also checks that ExecStart's program exists: point it at this checkout's carledger
     installed = shutil.which("carledger", path=str(Path(sys.executable).parent))
     assert installed
-    text = SERVICE.read_text()
+    text = service.read_text()
     assert text.count(INSTALLED_PATH) == 1
-    unit = tmp_path / "carledger.service"
+    unit = tmp_path / service.name
     unit.write_text(text.replace(INSTALLED_PATH, installed))
     done = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert (done.returncode, done.stderr) == (0, "")
@@ -66,14 +68,15 @@ def test_a_misspelt_setting_would_fail_that_check(tmp_path):
 
 
 @needs_systemd
-def test_exposure_score(capsys):
+@pytest.mark.parametrize("service", [SERVICE, CONSOLE], ids=lambda p: p.name)
+def test_exposure_score(capsys, service):
     done = subprocess.run(
-        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(SERVICE)], capture_output=True, text=True,
+        ["systemd-analyze", "security", "--offline=yes", "--no-pager", str(service)], capture_output=True, text=True,
     )
-    match = re.search(r"Overall exposure level for carledger.service: (\d+\.\d+)", done.stdout)
+    match = re.search(rf"Overall exposure level for {re.escape(service.name)}: (\d+\.\d+)", done.stdout)
     assert match, done.stdout + done.stderr
     with capsys.disabled():
-        print(f"\nsystemd-analyze security --offline=yes systemd/carledger.service: exposure {match.group(1)}")
+        print(f"\nsystemd-analyze security --offline=yes systemd/{service.name}: exposure {match.group(1)}")
     assert float(match.group(1)) <= 2.0
 
 

@@ -15,29 +15,31 @@ from carledger.cli._store import (  # noqa: F401
 
 def run_request(args: argparse.Namespace, request: dict[str, Any], *, known: bool = False) -> int:
     """Run an owner request on the store (through the agent when it runs) and print the outcome."""
+    from carledger.ledger import LedgerError
     from carledger.owner import OwnerError, OwnerStateError
-    from carledger.owner.client import submit
 
-    where = target(args, create=True)
     try:
-        result = submit(
-            where.store, request, vehicle=where.vehicle,
-            known_signals=where.known_signals() if known else None, create=where.from_config,
-        )
+        result = owner_request(target(args, create=True), request, known=known)
     except (OwnerError, OwnerStateError) as exc:
         return fail(args, str(exc), EXIT_REFUSED)
-    except Exception as exc:  # the store cannot be opened: a clear line, not a traceback
-        from carledger.ledger import LedgerError
-
-        if isinstance(exc, (LedgerError, OSError)):
-            return fail(args, str(exc), EXIT_USAGE)
-        raise
+    except (LedgerError, OSError) as exc:  # the store cannot be opened: a clear line, not a traceback
+        return fail(args, str(exc), EXIT_USAGE)
     if getattr(args, "json", False):
         print(json.dumps(result, sort_keys=True))
     else:
         where_ran = " (by the running agent)" if result.get("agent") == "running" else ""
         print(f"{result.get('message', 'done')}{where_ran}")
     return EXIT_OK
+
+
+def owner_request(where: Target, request: dict[str, Any], *, known: bool = False) -> dict[str, Any]:
+    """Run `request` on the store `where` names, through the agent when it runs: the one way the CLI and the
+    console change the owner's state. Returns the outcome; raises OwnerError or OwnerStateError (refused),
+    LedgerError or OSError (the store cannot be opened)."""
+    from carledger.owner.client import submit
+
+    return submit(where.store, request, vehicle=where.vehicle,
+                  known_signals=where.known_signals() if known else None, create=where.from_config)
 
 
 def parse_when(text: str, *, now: float) -> float:

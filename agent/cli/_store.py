@@ -69,8 +69,8 @@ def add_store_options(parser: argparse.ArgumentParser, *, positional: bool = Fal
 
 def resolve_store(args: argparse.Namespace) -> None:
     """Set `args.target` and `args.store` from STORE, --store or -c; UsageError when they do not name a store."""
-    if not hasattr(args, "store_create"):
-        return  # the command takes no store
+    if getattr(args, "store_create", None) is None:
+        return  # the command takes no store (or a subcommand says so: store_create=None)
     args.target = target(args, create=args.store_create)
     args.store = args.target.store
 

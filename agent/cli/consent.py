@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from typing import Any
 
 from carledger.cli._display import table
 from carledger.cli._owner import EXIT_OK, EXIT_USAGE, UsageError, add_store_options, fail, parse_when, run_request
@@ -88,14 +89,41 @@ def revoke(args: argparse.Namespace) -> int:
 
 def list_consents(args: argparse.Namespace) -> int:
     from carledger.config import ConfigError
-    from carledger.owner import OwnerState, OwnerStateError
-    from carledger.owner.state import iso, seconds
+    from carledger.owner import OwnerStateError
 
     try:
-        state = OwnerState.load(args.store)
+        report = consent_report(args.store, time.time())
     except (ConfigError, OwnerStateError, OSError) as exc:
         return fail(args, str(exc), EXIT_USAGE)
-    now = time.time()
+    rows, classes = report["streams"], report["each_drive"]
+    if args.json:
+        print(json.dumps(report, sort_keys=True))
+        return EXIT_OK
+    if not rows:
+        print("no stream leaves the car (policy version %d)" % report["policy_version"])
+    else:
+        header = ("stream", "recipient", "purpose", "granted", "expires", "state")
+        print(table([header] + [tuple(str(r[k] or "-") for k in header) for r in rows]))
+    for cls, allowance in classes.items():
+        text = {"off": "off this drive (carledger consent allow %s --this-drive)" % cls,
+                "this-drive": "on for this drive only", "standing": "on at every drive (standing allowance)"}[allowance]
+        print(f"{cls}: {text}; ignition cycle {report['ignition_cycle']}")
+    return EXIT_OK
+
+
+def consent_report(store: str, now: float, known: list[tuple[str, str]] | None = None) -> dict[str, Any]:
+    """What `consent list --json` prints, for the command and the console's "Who gets what" page alike.
+
+    Each stream's `summary` is `policy show`'s plain-language text of it
+    (signals, precision, rate, location, identity); `known` (the vehicle's
+    signals, from its DBC) lets it say which signals a pattern matches.
+    Raises ConfigError, OwnerStateError, OSError.
+    """
+    from carledger.cli.policy import describe_stream
+    from carledger.owner import OwnerState
+    from carledger.owner.state import iso, seconds, utc
+
+    state = OwnerState.load(store)
     rows = []
     for stream in state.policy.streams:
         if stream.local:
@@ -108,20 +136,9 @@ def list_consents(args: argparse.Namespace) -> int:
             "expires": iso(seconds(consent.expires)) if consent else None,
             "state": "active" if why is None else why,
             "days_left": round((seconds(consent.expires) - now) / 86400, 1) if consent and why is None else None,
+            "summary": describe_stream(state.policy, stream, known, utc(now)),
         })
     marked = state.policy.ignition.each_drive if state.policy.ignition is not None else ()
     classes = {c: state.ignition.allowance(c) or "off" for c in marked}
-    if args.json:
-        print(json.dumps({"policy_version": state.policy.version, "streams": rows, "each_drive": classes,
-                          "ignition_cycle": state.ignition.cycle}, sort_keys=True))
-        return EXIT_OK
-    if not rows:
-        print("no stream leaves the car (policy version %d)" % state.policy.version)
-    else:
-        header = ("stream", "recipient", "purpose", "granted", "expires", "state")
-        print(table([header] + [tuple(str(r[k] or "-") for k in header) for r in rows]))
-    for cls, allowance in classes.items():
-        text = {"off": "off this drive (carledger consent allow %s --this-drive)" % cls,
-                "this-drive": "on for this drive only", "standing": "on at every drive (standing allowance)"}[allowance]
-        print(f"{cls}: {text}; ignition cycle {state.ignition.cycle}")
-    return EXIT_OK
+    return {"policy_version": state.policy.version, "streams": rows, "each_drive": classes,
+            "ignition_cycle": state.ignition.cycle}

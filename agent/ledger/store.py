@@ -8,9 +8,10 @@ import sqlite3
 import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, NamedTuple, Sequence
+from typing import Iterator, Mapping, NamedTuple, Sequence
 
 from carledger.ledger import block as _block
+from carledger.ledger import checkpoints as _cp
 from carledger.ledger import cose
 from carledger.ledger.errors import KeyFileError, MalformedBlock, StoreError, StoreLocked
 from carledger.ledger.files import private_dir, private_file, repair_private
@@ -45,7 +46,7 @@ CREATE TABLE IF NOT EXISTS blocks(
 CREATE INDEX IF NOT EXISTS blocks_stream_seq ON blocks(stream, seq);
 CREATE INDEX IF NOT EXISTS blocks_unacked ON blocks(stream, seq) WHERE acked = 0;
 CREATE TABLE IF NOT EXISTS key_statements(pseudonym TEXT PRIMARY KEY, statement BLOB NOT NULL);
-"""
+""" + _cp.SCHEMA
 
 _COLUMNS = "id, stream, seq, digest, t0, t1, count, sign1, records, synced, acked"
 
@@ -85,6 +86,8 @@ class Store:
         self.verify_key = None
         self.marks_only = False  # open_marks: delivery marks only
         self._signed_heads: dict[str, Head] | None = None  # the writer's heads (Store.open): from signed blocks
+        self._checkpointed: dict[str, int] = {}  # the writer's: size of each stream's last signed checkpoint
+        self.refusal: str | None = None  # the writer's: why it refuses to write (checkpoints.py), None when it may
         meta = self.meta()
         self.vehicle_id: str | None = _text(meta.get("vehicle"))
         pk = meta.get("public_key")
@@ -172,10 +175,14 @@ class Store:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('vehicle', ?)", (vehicle,))
                 if have_pk is None:
                     conn.execute("INSERT OR REPLACE INTO meta VALUES('public_key', ?)", (pub,))
-                heads = signed_heads(conn, keyring(conn, VerifyKey(pub)), path / DB_FILE)
+                ring = keyring(conn, VerifyKey(pub))
+                heads = signed_heads(conn, ring, path / DB_FILE)
                 check_identity(vehicle, heads, path / DB_FILE)
+                checkpointed, refusal = _checkpoint_state(conn, ring, heads, path / DB_FILE)
         store = cls(path, conn, readonly=False)
         store._signed_heads = heads
+        store._checkpointed = checkpointed
+        store.refusal = refusal
         store.signer = signer
         store.signing_key = signer.signing_key if isinstance(signer, FileSigner) else None
         store.verify_key = VerifyKey(pub)
@@ -387,13 +394,18 @@ class Store:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def append(self, blocks: Sequence["_block.SealedBlock"]) -> list[int]:
+    def append(
+        self, blocks: Sequence["_block.SealedBlock"], checkpoint: Mapping[str, Signer] | None = None
+    ) -> list[int]:
         """Insert blocks (any streams) and move their heads in ONE durable transaction.
 
         Each block must continue its stream's head (seq = head + 1, prev = head
         digest), else StoreError and nothing is written. Returns the row ids.
         A block received without its records (count > 0, records []) is stored
-        with records NULL, as retention leaves one.
+        with records NULL, as retention leaves one. Each block is added to its
+        stream's log (checkpoints.py); for each stream in `checkpoint`, a
+        checkpoint is signed with its signer in the same transaction (refused,
+        and nothing written, when it would not extend the last one signed).
         """
         self._writable()
         if not blocks:
@@ -403,6 +415,7 @@ class Store:
             conn = self._conn
             try:
                 conn.execute("BEGIN IMMEDIATE")
+                self._refuse_when_forked()
                 heads: dict[str, tuple[int, bytes] | None] = {}
                 moved: dict[str, Head] = {}
                 for blk in blocks:
@@ -436,6 +449,8 @@ class Store:
                         ),
                     )
                     ids.append(cur.lastrowid)
+                    _cp.ensure_tree(conn, h.stream, h.seq, self.db_path)
+                    _cp.append_leaf(conn, h.stream, h.seq, blk.sign1, self.db_path)
                     heads[h.stream] = (h.seq, blk.digest)
                     moved[h.stream] = Head(h.seq, blk.digest, h.vid)
                 for name, head in heads.items():
@@ -445,6 +460,10 @@ class Store:
                         "head_digest = excluded.head_digest",
                         (name, head[0], head[1]),
                     )
+                signed = {
+                    name: _cp.sign_checkpoint(conn, name, heads[name][0] + 1, signer, self.db_path)  # type: ignore[index]
+                    for name, signer in (checkpoint or {}).items() if heads.get(name) is not None
+                }
                 conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -452,7 +471,102 @@ class Store:
                 raise
             if self._signed_heads is not None:
                 self._signed_heads.update(moved)
+            self._checkpointed.update({name: cp.checkpoint.size for name, cp in signed.items() if cp is not None})
         return ids
+
+    # -- checkpoints: each stream is a log (checkpoints.py, docs/transparency.md) -------------
+
+    def _refuse_when_forked(self) -> None:
+        """Inside a write transaction: ForkedStore when the store knows it must not write (any connection's evidence)."""
+        why = self.refusal or _cp.refusal(self._conn, self.db_path)
+        if why is not None:
+            self.refusal = why
+            raise _cp.ForkedStore(why)
+
+    def checkpoint_size(self, stream: str) -> int:
+        """Size of the last checkpoint the writer signed for `stream` (0: none)."""
+        return self._checkpointed.get(stream, 0)
+
+    def sign_checkpoints(self, signers: Mapping[str, Signer]) -> list[_cp.Signed]:
+        """Sign a checkpoint of each given stream that grew since its last one, in one transaction."""
+        self._writable()
+        with self._lock, _transaction(self._conn) as conn:
+            self._refuse_when_forked()
+            out = []
+            for name, signer in signers.items():
+                head = self.signed_head(name)
+                if head is None:
+                    continue
+                _cp.ensure_tree(conn, name, head.seq + 1, self.db_path)
+                signed = _cp.sign_checkpoint(conn, name, head.seq + 1, signer, self.db_path)
+                if signed is not None:
+                    out.append((name, signed))
+        self._checkpointed.update({name: s.checkpoint.size for name, s in out})
+        return [s for _, s in out]
+
+    def stream_key(self, stream: str) -> bytes | None:
+        """The public key of the stream's log (its newest block's key, through the key ring)."""
+        with self._lock:
+            return _cp.stream_key(self._conn, self.keyring(), stream)
+
+    def latest_checkpoint(self, stream: str) -> _cp.Signed | None:
+        """The newest checkpoint signed for `stream`, verified with its key; StoreError when it does not verify."""
+        key = self.stream_key(stream)
+        if key is None:
+            return None
+        with self._lock:
+            return _cp.last_checkpoint(self._conn, stream, key, self.db_path)
+
+    def consistency_proof(self, stream: str, old: int, new: int) -> list[bytes]:
+        """RFC 6962 consistency proof from the stream's first `old` blocks to its first `new` (stored hashes)."""
+        with self._lock:
+            return _cp.consistency_proof(self._conn, stream, old, new, self.db_path)
+
+    def checkpoint_note(self, row: int) -> bytes | None:
+        """The signed note of `checkpoints` row `row`, as stored (open it before trusting it)."""
+        with self._lock:
+            got = self._conn.execute("SELECT note FROM checkpoints WHERE id = ?", (row,)).fetchone()
+        return bytes(got[0]) if got else None
+
+    def add_cosignature(self, checkpoint_row: int, witness: str, line: str) -> None:
+        """Keep a witness's cosignature line of a checkpoint (the caller verified it; readers verify it again)."""
+        self._writable(marks=True)
+        with self._lock, _transaction(self._conn):
+            self._conn.execute("INSERT OR IGNORE INTO cosignatures(checkpoint, witness, line, received) "
+                               "VALUES (?, ?, ?, strftime('%s', 'now'))", (checkpoint_row, witness, line))
+
+    def cosigned(self, witness: str, stream: str) -> list[tuple[int, int, str]]:
+        """(checkpoint row, its size column, line) of every cosignature `witness` gave on `stream`, newest first
+        (as stored: a hint of what the witness holds, never trusted as proof)."""
+        with self._lock:
+            return self._conn.execute(
+                "SELECT c.id, c.size, s.line FROM cosignatures s JOIN checkpoints c ON c.id = s.checkpoint "
+                "WHERE s.witness = ? AND c.stream = ? ORDER BY c.id DESC", (witness, stream)).fetchall()
+
+    def cosignatures_of(self, checkpoint_row: int) -> list[str]:
+        """The cosignature lines kept for `checkpoints` row `checkpoint_row`, as stored (verify them before trusting)."""
+        with self._lock:
+            return [r[0] for r in self._conn.execute(
+                "SELECT line FROM cosignatures WHERE checkpoint = ? ORDER BY id", (checkpoint_row,))]
+
+    def hash_reader(self, stream: str):
+        """The stream's log's stored hashes (tlog.HashReader): proofs against a checkpoint are checked by their reader."""
+        def read(indexes):
+            with self._lock:
+                return _cp.reader(self._conn, stream, self.db_path)(indexes)
+
+        return read
+
+    def check_signed_checkpoint(self, stream: str, signed: bytes, source: str) -> "_cp.Checkpoint":
+        """A checkpoint of `stream` learnt from `source` (witness, collector): ForkedStore, and kept as
+        evidence, when the store does not hold its tree (checkpoints.check_signed_checkpoint)."""
+        self._writable(marks=True)
+        with self._lock:
+            try:
+                return _cp.check_signed_checkpoint(self._conn, self.keyring(), stream, signed, source, self.db_path)
+            except _cp.ForkedStore as exc:
+                self.refusal = str(exc)
+                raise
 
     def mark_synced(self, block_ids: Sequence[int]) -> None:
         """The broker has these blocks (PUBACK); not proof that a recipient does."""
@@ -588,6 +702,35 @@ class Store:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _checkpoint_state(
+    conn: sqlite3.Connection, ring: KeyRing, heads: dict[str, Head], db: Path
+) -> tuple[dict[str, int], str | None]:
+    """At the writer's open: each stream's last signed checkpoint size, and why the store refuses to write (None: it may).
+
+    A store that lacks a tree it signed (rolled back: blocks deleted after a
+    checkpoint) refuses, as one with evidence from outside (`forks`) does.
+    """
+    sizes: dict[str, int] = {}
+    refusal = _cp.refusal(conn, db)
+    for name, head in heads.items():
+        _cp.ensure_tree(conn, name, head.seq + 1, db)
+        key = _cp.stream_key(conn, ring, name)
+        if key is None:
+            continue
+        try:
+            last = _cp.last_checkpoint(conn, name, key, db)
+            why = None if last is None else _cp.held(conn, name, last.checkpoint, head.seq + 1, db)
+        except StoreError as exc:
+            refusal = refusal or str(exc)
+            continue
+        if why is not None:
+            refusal = refusal or (f"{db}: stream {name!r}: {why}: this store is an older copy or was rolled back, "
+                                  f"and continuing would fork the log; it refuses to write. See {_cp.RECOVERY}")
+        elif last is not None:
+            sizes[name] = last.checkpoint.size
+    return sizes, refusal
 
 
 def block_vid(sign1: object) -> str | None:

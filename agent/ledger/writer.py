@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 import cbor2
 
-from carledger.ledger import identity, merkle
+from carledger.ledger import checkpoints, identity, merkle
 from carledger.ledger.block import ZERO_DIGEST, SealedBlock, encode_event, seal_block, valid_stream_name
 from carledger.ledger.errors import LedgerError
 from carledger.ledger.keys import Signer, kid
@@ -283,6 +283,8 @@ class Ledger:
         self._writers: dict[str, StreamWriter] = {}
         self._lock = threading.RLock()
         self._pseudonym_signers: dict[str, Signer] = {}  # pseudonym -> the recipient's own key (identity.py)
+        # A stream's log gets a signed checkpoint once it grew this many blocks (1: at each seal), and at close.
+        self.checkpoint_every = checkpoints.DEFAULT_EVERY
 
     @classmethod
     def open(
@@ -399,16 +401,45 @@ class Ledger:
                     built.append((w, block))
             if not built:
                 return []
-            self.store.append([b for _, b in built])
+            every = max(1, int(self.checkpoint_every))
+            due = {
+                w.name: self._log_signer(w, b.header.vid) for w, b in built
+                if b.header.seq + 1 - self.store.checkpoint_size(w.name) >= every
+            }
+            self.store.append([b for _, b in built], checkpoint=due)
             for w, b in built:
                 w.committed(b)
             return [b for _, b in built]
 
+    def _log_signer(self, w: StreamWriter, vid: str) -> Signer:
+        """The key of the stream's log: the one its blocks are signed with."""
+        return w.signer or self.signer_for(vid)
+
+    def checkpoint(self, names: Iterable[str] | None = None) -> list[checkpoints.Signed]:
+        """Sign a checkpoint of every given stream (default: every stream with a writer) that grew since its last.
+
+        A stream whose log key this process does not hold (a recipient's key
+        before `load_certified`) is skipped: its checkpoint must be signed with
+        the key its blocks are.
+        """
+        with self._lock:
+            signers = {}
+            for name in (list(self._writers) if names is None else list(names)):
+                w = self.writer(name)
+                if w.chain_vid is None:
+                    continue
+                signer = self._log_signer(w, w.chain_vid)
+                if bytes(signer.public_key) == self.store.stream_key(name):
+                    signers[name] = signer
+            return self.store.sign_checkpoints(signers) if signers else []
+
     def close(self, seal: bool = True) -> None:
-        """Seal what is pending (unless seal=False) and close the store."""
+        """Seal what is pending (unless seal=False), sign the checkpoints that are due, and close the store."""
         try:
             if seal and self.store._conn is not None:
                 self.seal()
+                if self.store.refusal is None:
+                    self.checkpoint()
         finally:
             self.store.close()
 

@@ -6,10 +6,28 @@ to match; `Spool` carries the CLI's requests to a running agent, and
 `submit` runs a request either way (docs/owner-state.md).
 """
 
-from carledger.owner.actions import AUDIT_STREAM, OwnerActions, OwnerError, Outcome
-from carledger.owner.spool import Spool
-from carledger.owner.state import OwnerState, OwnerStateError
-from carledger.owner.streams import StreamManager
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: Each name and the module that defines it, imported on first use: a reader of the owner's state (status,
+#: consent list, the console's pages) then never loads the sync and the policy engine that the actions need.
+_WHERE = {
+    "AUDIT_STREAM": "actions", "OwnerActions": "actions", "OwnerError": "actions", "Outcome": "actions",
+    "Spool": "spool", "OwnerState": "state", "OwnerStateError": "state", "StreamManager": "streams",
+}
+
+if TYPE_CHECKING:
+    from carledger.owner.actions import AUDIT_STREAM, OwnerActions, OwnerError, Outcome  # noqa: F401
+    from carledger.owner.spool import Spool  # noqa: F401
+    from carledger.owner.state import OwnerState, OwnerStateError  # noqa: F401
+    from carledger.owner.streams import StreamManager  # noqa: F401
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        return getattr(importlib.import_module(f"carledger.owner.{_WHERE[name]}"), name)
+    raise AttributeError(f"module 'carledger.owner' has no attribute {name!r}")
+
 
 __all__ = [
     "AUDIT_STREAM", "OwnerActions", "OwnerError", "OwnerState", "OwnerStateError", "Outcome", "Spool", "StreamManager",

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from carledger.console import CONSOLE_DIR
 from carledger.ledger import Ledger, Store, cbor
 from carledger.ledger.block import Event, decode_record
 from carledger.ledger.keys import KEY_DIR, kid
@@ -63,6 +64,7 @@ def wipe(store: str | os.PathLike) -> WipeResult:
             (path / name).unlink(missing_ok=True)
         shutil.rmtree(path / OWNER_DIR, ignore_errors=True)
         shutil.rmtree(path / KEY_DIR, ignore_errors=True)
+        shutil.rmtree(path / CONSOLE_DIR, ignore_errors=True)  # a pending pairing code, the console's TLS key
     with Ledger.open(path, vehicle_id=vehicle) as new:
         statement = {
             "what": _STATEMENT_DOMAIN, "at": iso(now), "vehicle": vehicle,

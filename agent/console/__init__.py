@@ -1,0 +1,11 @@
+"""The owner's console: a small web application served from the car computer (docs/console.md).
+
+It shows what the owner's commands show, read through the same functions
+(`carledger status`, `consent list`, `policy show`, `audit`), and changes the
+owner's state through the same request path (`owner_request`), so no rule is
+written twice. `tls` makes the LAN mode's certificate, `auth` pairs phones and
+keeps sessions, `server` is the HTTP(S) server and `pages` the HTML.
+"""
+
+CONSOLE_DIR = "console"  # under the store: the pairing code's hash and the TLS certificate
+DEFAULT_PORT = 8765

@@ -1,0 +1,108 @@
+"""'My data': everything the car holds, as one ZIP written straight to the connection (docs/console.md).
+
+Streaming with constant memory: zipfile writes each member through a
+deflate stream to the unseekable socket (sizes in data descriptors), and
+each stream is read block by block, as `carledger log export` reads it.
+The archive holds the data and what is needed to read and check it:
+
+- `streams/NAME.jsonl`: samples and declared events, the `log export --events`
+  format (docs/exports.md), from blocks whose signature and Merkle root were checked;
+- `streams/NAME.cose`: the same blocks as signed (`log export --format cose`),
+  for docs/third_party_verify.py with the key in `vehicle.json`;
+- `vehicle.json`: the vehicle id, its Ed25519 public key, the time of the export;
+- `policy.toml` and `policies/`: the policy in force and every version applied
+  (the blocks name them by digest);
+- `signals.json`: each signal's VSS name, DBC message and signal, unit and
+  description (when the console knows the car's DBCs: `-c`).
+
+The audit is there as the `audit` stream itself (what `carledger audit`
+reads); its --json report is not, since it is built whole in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import zipfile
+from contextlib import contextmanager
+from typing import Any, BinaryIO, Iterator
+
+from carledger.cli._store import Target
+
+README = """carledger: my data
+Everything this car's carledger store held when it was exported, with what is
+needed to read and check it. Formats: docs/exports.md (jsonl), docs/block-format.md
+(cose), docs/console.md ("My data"). Verify a stream without carledger:
+    python third_party_verify.py PUBLIC_KEY_HEX streams/NAME.cose
+with public_key from vehicle.json. Times in jsonl are seconds since 1970 (UTC).
+"""
+
+
+def write_archive(out: BinaryIO, where: Target) -> None:
+    """Write the whole archive to `out` (an unseekable stream is fine)."""
+    from carledger.cli._export import SAMPLE_FORMATS, Clock, Rounding, event_row, rounding_from, sample_row
+    from carledger.cli.log import _checked_blocks
+    from carledger.ledger import Sample, Store, decode_record
+    from carledger.owner.state import OwnerState, iso
+
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("README.txt", README)
+        with Store.open_readonly(where.store) as store:
+            meta = store.meta()
+            vehicle = meta.get("vehicle")
+            archive.writestr("vehicle.json", json.dumps({
+                "vehicle": vehicle.decode() if isinstance(vehicle, bytes) else vehicle,
+                "public_key": bytes(meta["public_key"]).hex(), "exported": iso(time.time()),
+            }, indent=1))
+            state = OwnerState.load(where.store)
+            if state.policy_bytes:
+                archive.writestr("policy.toml", state.policy_bytes)
+            for path in state.history():
+                archive.write(path, f"policies/{path.name}")
+            archive.writestr("signals.json", json.dumps(_signals(where), indent=1))
+            clock = Clock(None, machine=True)
+            rounding = (rounding_from(list(where.dbc)) if where.dbc else None) or Rounding()  # as log export --dbc
+            for stream in store.streams():
+                problems: list = []
+                with _member(archive, f"streams/{stream}.jsonl") as binary, \
+                        io.TextIOWrapper(binary, encoding="utf-8", newline="") as text:
+                    writer = SAMPLE_FORMATS["jsonl"].writer(text)
+                    for row, records in _checked_blocks(store, stream, problems):
+                        for raw in records:
+                            rec = decode_record(raw)
+                            if isinstance(rec, Sample):
+                                writer.sample(sample_row(stream, row.seq, rec, clock, rounding))
+                            else:
+                                writer.event(event_row(stream, row.seq, rec, clock))
+                with _member(archive, f"streams/{stream}.cose") as binary:
+                    for row in store.iter_blocks(stream):
+                        binary.write(store.message(row))
+
+
+@contextmanager
+def _member(archive: zipfile.ZipFile, name: str) -> Iterator[BinaryIO]:
+    """A member written as a stream (zip64: its size is not known in advance)."""
+    info = zipfile.ZipInfo(name, date_time=time.gmtime()[:6])
+    info.compress_type = zipfile.ZIP_DEFLATED
+    with archive.open(info, "w", force_zip64=True) as member:
+        yield member  # type: ignore[misc]
+
+
+def _signals(where: Target) -> dict[str, Any]:
+    """Each signal of the car's DBCs: its ledger name (VSS path), DBC source, unit and description."""
+    if not where.dbc:
+        return {"signals": [], "note": "the console was not given the car's DBCs (start it with -c agent.toml)"}
+    from carledger.decode import VssMapping, load_dbc
+
+    mapping = VssMapping.load(list(where.vss) if where.vss else VssMapping.beside(list(where.dbc)))
+    signals = []
+    for path in where.dbc:
+        for message in load_dbc(path).database.messages:
+            for signal in message.signals:
+                source = f"{message.name}.{signal.name}"
+                comment = signal.comment
+                signals.append({"name": mapping.name(source), "message": message.name, "signal": signal.name,
+                                "unit": signal.unit, "description": comment if isinstance(comment, str) else None,
+                                "dbc": str(path)})
+    return {"signals": signals}

@@ -1,0 +1,243 @@
+"""Portable proofs: a few seconds of one stream, provable offline without the rest (docs/transparency.md).
+
+A bundle (JSON, `carledger/proof-bundle/v1`) holds:
+
+- `checkpoint`: a signed checkpoint of the stream's log with the witnesses'
+  cosignature lines (a C2SP note);
+- `blocks`: the blocks of the stream whose time span meets the window, in seq
+  order, each as its COSE_Sign1 (header only) with its RFC 6962 inclusion
+  proof into the checkpoint (C2SP tlog-proof's index and hashes: the index
+  is the block's seq) and the selected records, each with its inclusion
+  proof into the block's Merkle root;
+- the block just before and just after (when the checkpoint covers it),
+  header and proof only: their times show no other block meets the window.
+
+Nothing else of the stream is in it: the headers of those blocks (time
+span, record count, policy digest, chain link) and the hashes the proofs
+need. `verify_bundle` needs only the bundle and the keys of a policy.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from carledger.ledger import cose, encrypt, merkle
+from carledger.ledger.block import Header, decode_record
+from carledger.ledger.checkpoints import Signed
+from carledger.ledger.errors import LedgerError, MalformedBlock
+from carledger.ledger.keys import VerifyKey
+from carledger.ledger.store import Store
+from carledger.transparency import note, tlog
+from carledger.transparency.checkpoint import CheckpointError, open_checkpoint
+
+__all__ = ["FORMAT", "ProofError", "Policy", "parse_policy", "build_bundle", "verify_bundle", "Verified"]
+
+FORMAT = "carledger/proof-bundle/v1"
+
+
+class ProofError(LedgerError):
+    """A bundle that cannot be built, or that does not verify: the message says which part and why."""
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+def _unb64(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise ProofError(f"{what}: not a base64 string")
+    try:
+        return note.b64decode_strict(text)
+    except ValueError as exc:
+        raise ProofError(f"{what}: {exc}") from None
+
+
+def _record_time(data: bytes) -> int | None:
+    try:
+        return decode_record(data).t
+    except MalformedBlock:
+        return None
+
+
+def build_bundle(store: Store, stream: str, t_from: int, t_to: int) -> dict[str, Any]:
+    """The bundle of `stream`'s records with times in [t_from, t_to] (microseconds), under its newest checkpoint.
+
+    An encrypted block is disclosed whole (its two records are one
+    ciphertext; the Merkle root covers that ciphertext, not the plaintext).
+    """
+    if t_from > t_to:
+        raise ProofError(f"--from is after --to ({t_from} > {t_to} µs)")
+    signed: Signed | None = store.latest_checkpoint(stream)
+    if signed is None:
+        raise ProofError(f"stream {stream!r}: no signed checkpoint yet (the agent signs them as it seals)")
+    size = signed.checkpoint.size
+    rows = store.blocks_between(stream, 0, size - 1)
+    meets = [r for r in rows if r.t1 >= t_from and r.t0 <= t_to]
+    if not meets:
+        raise ProofError(f"stream {stream!r}: no block of the first {size} (the newest checkpoint) meets that window")
+    first, last = meets[0].seq, meets[-1].seq
+    cosigs = store.cosignatures_of(signed.row)
+    read = store.hash_reader(stream)
+    blocks = []
+    for row in rows[max(first - 1, 0): min(last + 2, size)]:
+        entry: dict[str, Any] = {"sign1": _b64(bytes(row.sign1)),
+                                 "proof": [_b64(h) for h in tlog.prove_record(size, row.seq, read)]}
+        if first <= row.seq <= last:
+            if row.records is None and row.count:
+                raise ProofError(f"stream {stream!r}: block {row.seq}'s records were dropped by retention")
+            records = store.records(row)
+            whole = encrypt.is_sealed(records)
+            picked = [i for i, r in enumerate(records) if whole or t_from <= (_record_time(r) or -1) <= t_to]
+            entry["records"] = [{"index": i, "data": _b64(records[i]),
+                                 "proof": [_b64(h) for h in merkle.inclusion_proof(records, i)]} for i in picked]
+        blocks.append(entry)
+    return {"format": FORMAT, "stream": stream, "from_us": t_from, "to_us": t_to,
+            "checkpoint": signed.note.decode() + "".join(cosigs), "blocks": blocks}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Whom a verifier trusts, in the spirit of C2SP tlog-policy: the log's key, witness keys, a quorum."""
+
+    log: note.Ed25519Verifier
+    witnesses: tuple[note.Verifier, ...]
+    quorum: int
+
+
+def parse_policy(text: str, where: str) -> Policy:
+    """Lines `log VKEY`, `witness VKEY` (repeatable), `quorum N`; '#' comments. ProofError names the line."""
+    log_key, witnesses, quorum = None, [], None
+    for number, raw in enumerate(text.splitlines(), 1):
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        word, _, rest = line.partition(" ")
+        rest = rest.strip()
+        try:
+            if word == "log" and log_key is None:
+                log_key = note.parse_verifier_key(rest)
+                if not isinstance(log_key, note.Ed25519Verifier):
+                    raise ProofError("the log key must be an Ed25519 (0x01) note key")
+            elif word == "witness":
+                witnesses.append(note.parse_verifier_key(rest))
+            elif word == "quorum" and quorum is None and rest.isdigit():
+                quorum = int(rest)
+            else:
+                raise ProofError("expected `log VKEY` (once), `witness VKEY` or `quorum N` (once)")
+        except (note.NoteError, ProofError) as exc:
+            raise ProofError(f"{where}:{number}: {exc}") from None
+    if log_key is None:
+        raise ProofError(f"{where}: no `log VKEY` line")
+    quorum = len(witnesses) if quorum is None else quorum
+    if quorum > len(witnesses):
+        raise ProofError(f"{where}: quorum {quorum} of {len(witnesses)} witnesses can never be met")
+    return Policy(log_key, tuple(witnesses), quorum)
+
+
+@dataclass(frozen=True)
+class Verified:
+    stream: str
+    size: int
+    witnesses: tuple[str, ...]  # who cosigned, by key name
+    blocks: tuple[int, int]  # seqs of the first and last block that meet the window
+    records: list  # the disclosed records, decoded (Sample / Event), in order
+
+
+def verify_bundle(bundle: Any, policy: Policy) -> Verified:
+    """Every signature and proof in the bundle, with nothing but the policy's keys; ProofError names the first failure."""
+    if not isinstance(bundle, dict) or bundle.get("format") != FORMAT:
+        raise ProofError(f"not a {FORMAT} bundle")
+    stream, t_from, t_to = bundle.get("stream"), bundle.get("from_us"), bundle.get("to_us")
+    if not isinstance(stream, str) or type(t_from) is not int or type(t_to) is not int:
+        raise ProofError("stream, from_us, to_us: missing or of the wrong type")
+    try:
+        cp, opened = open_checkpoint(str(bundle.get("checkpoint", "")).encode(), [policy.log, *policy.witnesses],
+                                     policy.log.name)
+    except (note.NoteError, CheckpointError) as exc:
+        raise ProofError(f"checkpoint: {exc}") from None
+    if not any(s.name == policy.log.name and s.key_id == policy.log.key_id for s in opened.sigs):
+        raise ProofError("checkpoint: not signed by the log's key (only by witnesses)")
+    if not cp.origin.endswith("/" + stream):
+        raise ProofError(f"checkpoint: the log {cp.origin!r} is not stream {stream!r}'s")
+    cosigners = {s.name for s in opened.sigs if s.name != policy.log.name}
+    if len(cosigners) < policy.quorum:
+        raise ProofError(f"checkpoint: cosigned by {len(cosigners)} of the policy's witnesses, quorum {policy.quorum}")
+    key = VerifyKey(policy.log.public_key)
+    entries = bundle.get("blocks")
+    if not isinstance(entries, list) or not entries:
+        raise ProofError("blocks: missing or empty")
+    prev: tuple[int, bytes] | None = None
+    meets: list[int] = []
+    edges = [False, False]  # the first / last entry is a block outside the window
+    records: list = []
+    for n, entry in enumerate(entries):
+        what = f"blocks[{n}]"
+        if not isinstance(entry, dict):
+            raise ProofError(f"{what}: not an object")
+        sign1 = _unb64(entry.get("sign1"), f"{what}.sign1")
+        try:
+            msg = cose.decode_sign1(sign1)
+            if not cose.verify_sign1(msg, key):
+                raise MalformedBlock("the signature does not verify with the log's key")
+            header = Header.decode(msg.payload)
+        except MalformedBlock as exc:
+            raise ProofError(f"{what}: {exc}") from None
+        proof = [_unb64(h, f"{what}.proof") for h in entry.get("proof") or []]
+        if header.stream != stream or not tlog.check_record(proof, cp.size, cp.root_hash, header.seq,
+                                                             merkle.leaf_hash(sign1)):
+            raise ProofError(f"{what}: block {header.seq} is not in the checkpoint's tree (inclusion proof fails)")
+        if prev is not None and (header.seq != prev[0] + 1 or header.prev != prev[1]):
+            raise ProofError(f"{what}: block {header.seq} does not follow block {prev[0]} in the chain")
+        prev = (header.seq, hashlib.sha256(msg.payload).digest())
+        if header.t1 >= t_from and header.t0 <= t_to:
+            meets.append(header.seq)
+            records += _check_records(entry.get("records"), header, t_from, t_to, what)
+        elif "records" in entry:
+            raise ProofError(f"{what}: block {header.seq} is outside the window but carries records")
+        elif n == 0 and len(entries) > 1:
+            edges[0] = True
+        elif n == len(entries) - 1 and meets:
+            edges[1] = True
+        else:
+            raise ProofError(f"{what}: block {header.seq} is outside the window and not at its edge")
+    if not meets:
+        raise ProofError("no block of the bundle meets its window")
+    if meets[0] > 0 and not edges[0]:
+        raise ProofError(f"block {meets[0] - 1}, before the window, is missing: the bundle does not show it complete")
+    if meets[-1] + 1 < cp.size and not edges[1]:
+        raise ProofError(f"block {meets[-1] + 1}, after the window, is missing: the bundle does not show it complete")
+    return Verified(stream, cp.size, tuple(sorted(cosigners)), (meets[0], meets[-1]), records)
+
+
+def _check_records(items: Any, header: Header, t_from: int, t_to: int, what: str) -> list:
+    if not isinstance(items, list):
+        raise ProofError(f"{what}.records: missing")
+    out = []
+    datas = []
+    for i, item in enumerate(items):
+        where = f"{what}.records[{i}]"
+        if not isinstance(item, dict) or type(item.get("index")) is not int:
+            raise ProofError(f"{where}: needs index, data, proof")
+        data = _unb64(item.get("data"), f"{where}.data")
+        proof = [_unb64(h, f"{where}.proof") for h in item.get("proof") or []]
+        if not merkle.verify_inclusion(merkle.leaf_hash(data), item["index"], header.count, proof, header.root):
+            raise ProofError(f"{where}: not record {item['index']} of block {header.seq} (inclusion proof fails)")
+        datas.append(data)
+    sealed = encrypt.is_sealed(datas) and len(datas) == header.count
+    for i, data in enumerate(datas):
+        try:
+            record = decode_record(data)
+        except MalformedBlock as exc:
+            raise ProofError(f"{what}.records[{i}]: {exc}") from None
+        if not sealed and not t_from <= record.t <= t_to:
+            raise ProofError(f"{what}.records[{i}]: time {record.t} µs is outside the window")
+        out.append(record)
+    return out
+
+
+def dumps(bundle: dict[str, Any]) -> str:
+    return json.dumps(bundle, indent=1, sort_keys=True) + "\n"

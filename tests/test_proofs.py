@@ -1,0 +1,165 @@
+"""Portable proofs (agent/ledger/proofs.py, `carledger prove` / `verify-proof`): 20 s of a 10-minute drive.
+
+The bundle verifies offline with nothing but the policy's keys, holds no
+record outside the window, and fails on any flipped byte (a flip inside the
+window's own numbers either fails or states another window that the
+disclosed records do satisfy: it forges nothing).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from carledger.ledger import Ledger, Store
+from carledger.ledger.block import Sample, decode_record
+from carledger.ledger.checkpoints import log_verifier
+from carledger.ledger.proofs import ProofError, build_bundle, dumps, parse_policy, verify_bundle
+from carledger.transparency.cosignature import CosignatureSigner
+from carledger.transparency.witness import Witness, format_request
+from test_transparency_interop import _go, go_interop  # noqa: F401 - a fixture, taken by name
+
+T0 = 1_700_000_000  # the drive's start, POSIX seconds
+VID = "VIN-PROOFS"
+
+
+def _carledger(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carledger", *args], capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def drive(tmp_path_factory):
+    """A store with 10 minutes of stream 'ubi' (2 signals at 2 Hz, a block every 10 s), cosigned by a witness."""
+    tmp = tmp_path_factory.mktemp("proofs")
+    store_dir = tmp / "car"
+    with Ledger.open(store_dir, VID) as ledger:
+        w = ledger.writer("ubi")
+        for step in range(1200):
+            t = T0 + step / 2
+            w.add_sample(t, "Vehicle.Speed", float(step % 130))
+            w.add_sample(t, "Vehicle.Powertrain.Rpm", 800 + step)
+            if step % 20 == 19:
+                ledger.seal([w])
+        pub = bytes(ledger.verify_key)
+    witness_dir = tmp / "w1"
+    witness_dir.mkdir()
+    signer = CosignatureSigner("witness.example/w1", os.urandom(32))
+    witness = Witness(witness_dir, signer, [log_verifier(pub, "ubi")])
+    with Store.open(store_dir) as store:
+        cp = store.latest_checkpoint("ubi")
+        answer = witness.add_checkpoint(format_request(0, [], cp.note))
+        assert answer.status == 200
+        store.add_cosignature(cp.row, signer.name, answer.body.decode())
+    witness.close()
+    policy = tmp / "policy.txt"
+    policy.write_text(f"# the insurer's policy\nlog {log_verifier(pub, 'ubi').vkey()}\n"
+                      f"witness {signer.verifier().vkey()}\nquorum 1\n")
+    return store_dir, policy, tmp
+
+
+def test_twenty_seconds_verify_offline_and_hold_nothing_else(drive):
+    store_dir, policy, tmp = drive
+    out = tmp / "crash.json"
+    made = _carledger("prove", str(store_dir), "--stream", "ubi", "--from", str(T0 + 300),
+                      "--to", "2023-11-14T22:18:40Z", "-o", str(out))  # T0 + 320
+    assert made.returncode == 0, made.stderr
+    checked = _carledger("verify-proof", str(out), "--policy", str(policy), "--json")
+    assert checked.returncode == 0, checked.stderr
+    result = json.loads(checked.stdout)
+    assert result["witnesses"] == ["witness.example/w1"] and result["checkpoint_size"] == 60
+    bundle = json.loads(out.read_text())
+    import base64
+
+    times = [decode_record(base64.b64decode(r["data"])).t for b in bundle["blocks"] for r in b.get("records", [])]
+    assert len(times) == 41 * 2 and min(times) == (T0 + 300) * 10**6 and max(times) == (T0 + 320) * 10**6
+    assert len(bundle["blocks"]) == 5  # blocks 29 (edge), 30, 31, 32 (one record pair at 320 s), 33 (edge)
+    assert "records" not in bundle["blocks"][0] and "records" not in bundle["blocks"][-1]
+    assert out.stat().st_size < 40_000
+
+
+def test_any_flipped_byte_fails(drive):
+    store_dir, policy, _ = drive
+    with Store.open_readonly(store_dir) as store:
+        text = dumps(build_bundle(store, "ubi", (T0 + 300) * 10**6, (T0 + 320) * 10**6)).encode()
+    rules = parse_policy(policy.read_text(), str(policy))
+    verify_bundle(json.loads(text), rules)
+    window = {i for key in (b'"from_us"', b'"to_us"') for i in range(text.index(key), text.index(key) + 30)}
+    forged = 0
+    for i in range(len(text)):
+        flipped = bytearray(text)
+        flipped[i] ^= 0x01
+        try:
+            got = verify_bundle(json.loads(flipped.decode("utf-8", "strict")), rules)
+        except (ProofError, ValueError, TypeError, KeyError):
+            continue
+        assert i in window, f"byte {i} ({chr(text[i])!r}) flipped still verifies"
+        bundle = json.loads(flipped)
+        assert all(bundle["from_us"] <= r.t <= bundle["to_us"] for r in got.records if isinstance(r, Sample))
+        forged += 1
+    assert forged < 10
+
+
+def test_policy_and_quorum(drive, tmp_path):
+    store_dir, policy, _ = drive
+    with Store.open_readonly(store_dir) as store:
+        bundle = build_bundle(store, "ubi", (T0 + 100) * 10**6, (T0 + 101) * 10**6)
+    lines = policy.read_text().splitlines()
+    two = parse_policy("\n".join(lines[:3] + [f"witness {CosignatureSigner('w2.example', os.urandom(32)).verifier().vkey()}",
+                                               "quorum 2"]), "p")
+    with pytest.raises(ProofError, match="quorum 2"):
+        verify_bundle(bundle, two)
+    other = parse_policy(f"log {log_verifier(_other_key(), 'ubi').vkey()}\nquorum 0",
+                         "p")
+    with pytest.raises(ProofError, match="checkpoint"):
+        verify_bundle(bundle, other)
+    bad = tmp_path / "bad.txt"
+    bad.write_text("log nonsense\n")
+    done = _carledger("verify-proof", str(tmp_path / "x.json"), "--policy", str(bad))
+    assert done.returncode == 2 and "bad.txt:1" in done.stderr and "Traceback" not in done.stderr
+
+
+def _other_key() -> bytes:
+    import nacl.signing
+
+    return bytes(nacl.signing.SigningKey.generate().verify_key)
+
+
+def test_prove_refuses_a_window_without_blocks(drive):
+    store_dir, _, _ = drive
+    done = _carledger("prove", str(store_dir), "--stream", "ubi", "--from", str(T0 + 5000), "--to", str(T0 + 5001))
+    assert done.returncode == 1 and "no block" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_go_checks_the_bundles_checkpoint_and_every_proof(drive, go_interop):
+    """Go's sumdb/note opens the car's cosigned checkpoint; sumdb/tlog checks every block and record proof."""
+    import base64
+
+    from carledger.ledger import cose, merkle
+    from carledger.ledger.block import Header
+
+    store_dir, policy, _ = drive
+    with Store.open_readonly(store_dir) as store:
+        bundle = build_bundle(store, "ubi", (T0 + 300) * 10**6, (T0 + 320) * 10**6)
+    keys = dict(line.split(" ", 1) for line in policy.read_text().splitlines() if not line.startswith("#"))
+    cp_lines = bundle["checkpoint"].split("\n")
+    size, root = int(cp_lines[1]), cp_lines[2]
+    checks = []
+    for block in bundle["blocks"]:
+        sign1 = base64.b64decode(block["sign1"])
+        header = Header.decode(cose.decode_sign1(sign1).payload)
+        checks.append({"size": size, "root": root, "index": header.seq,
+                       "leaf_hash": base64.b64encode(merkle.leaf_hash(sign1)).decode(), "proof": block["proof"]})
+        for rec in block.get("records", []):
+            checks.append({"size": header.count, "root": base64.b64encode(header.root).decode(), "index": rec["index"],
+                           "leaf_hash": base64.b64encode(merkle.leaf_hash(base64.b64decode(rec["data"]))).decode(),
+                           "proof": rec["proof"]})
+    forged = dict(checks[1], index=checks[1]["index"] + 1)
+    answer = _go(go_interop, {"vkeys": [keys["log"]], "cosig_vkeys": [keys["witness"]],
+                              "notes": [bundle["checkpoint"]], "records": checks + [forged]})
+    (opened,) = answer["notes"]
+    assert opened.get("err") is None and len(opened["sigs"]) == 2  # the car's key and the witness
+    assert answer["records"][:-1] == [""] * len(checks) and answer["records"][-1] != ""
