@@ -336,13 +336,14 @@ def recipient_identity(store: Path, recipient: str, vehicle: str | None = None) 
 
 
 def enroll(collector_dir: Path, vehicle: str, store: Path, recipients: tuple[str, ...] = (),
-           only: tuple[str, ...] | None = None) -> None:
+           only: tuple[str, ...] | None = None, into=None) -> None:
     """Pair a car and a collector both ways: the car's key in the collector, the collector's ack key in the car
     (for `recipients` and every recipient the car's policy names).
 
     The collector enrols the vehicle key under `vehicle`, and for each recipient the id and key that recipient
     knows the car by (its pseudonym and own key: `carledger remote identity --recipient`). `only`: enrol just
-    these recipients' identities (each recipient's own collector), not the vehicle's.
+    these recipients' identities (each recipient's own collector), not the vehicle's. `into`: an open
+    CollectorStore (a PostgreSQL one) to enrol in instead of collector_dir's, which then holds only the ack key.
     """
     from carledger.collect import Registry
     from carledger.owner import OwnerState
@@ -350,7 +351,7 @@ def enroll(collector_dir: Path, vehicle: str, store: Path, recipients: tuple[str
 
     policy = OwnerState.load(store).policy
     named = {s.recipient for s in policy.streams if s.recipient}
-    registry = Registry(collector_dir)
+    registry = into if into is not None else Registry(collector_dir)
     if only is None:
         registry.enroll(vehicle, store / "keys" / "vehicle.pub")
     if named or recipients or only:
@@ -361,7 +362,8 @@ def enroll(collector_dir: Path, vehicle: str, store: Path, recipients: tuple[str
         vid, pub = recipient_identity(store, recipient)
         if vid != vehicle or only is not None:
             registry.enroll(vid, pub)
-    registry.close()
+    if into is None:
+        registry.close()
     recipients = {*recipients, *(named if only is None else only)}
     if policy.edr is not None and policy.edr.recipient:
         recipients.add(policy.edr.recipient)

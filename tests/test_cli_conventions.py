@@ -400,11 +400,11 @@ def test_setup_skips_pip_when_the_install_is_current_and_runs_it_after_a_change(
         return done.stdout, [c for c in calls.read_text().splitlines() if "pip install" in c] if calls.exists() else []
 
     out, pip = setup()
-    assert "setup: installing carledger into .venv" in out and any("-e .[test,mf4]" in c for c in pip)
+    assert "setup: installing carledger into .venv" in out and any("-e .[test,mf4,fleet]" in c for c in pip)
     out, pip = setup()
     assert out.splitlines()[0] == "setup: carledger in .venv is current (setup.cfg and pyproject.toml unchanged)"
     assert pip == []
     with open(tmp_path / "setup.cfg", "a") as cfg:
         cfg.write("\n# a changed dependency\n")
     out, pip = setup()
-    assert "setup: installing carledger into .venv" in out and any("-e .[test,mf4]" in c for c in pip)
+    assert "setup: installing carledger into .venv" in out and any("-e .[test,mf4,fleet]" in c for c in pip)

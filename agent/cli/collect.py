@@ -17,11 +17,33 @@ examples:
   carledger collect key ./collected > collector.pub           # for the cars: carledger sync --enroll-collector
   carledger collect run ./collected --host broker.example --ca ca.crt --cert collector.crt --key collector.key
   carledger collect status ./collected --json
+  carledger collect run ./collector-key --dsn postgresql://collector@db/fleet   # stateless worker (docs/collector.md)
+  carledger collect status --dsn postgresql://collector@db/fleet
+  carledger collect verify --dsn postgresql://collector@db/fleet --vehicle car-1
   carledger verify ./collected/vehicles/car-1               # each vehicle's chains are a carledger store
 
 exit status: 0 done, 1 refused (the message says why), 2 usage error, unreadable input or a path that is not
 a collector.
 """
+
+DSN_HELP = ("PostgreSQL connection string (libpq URI or key=value): the collector store is that database instead of "
+            "DIR's SQLite files (docs/collector.md, \"PostgreSQL\")")
+
+
+def _open_store(args: argparse.Namespace, *, create: bool):
+    """The store the arguments name: --dsn's database, else DIR (which must already be a collector unless `create`)."""
+    from carledger.collect.store import open_store
+
+    if args.dsn:
+        return open_store(args.dsn)
+    if args.dir is None:
+        print("carledger collect: give DIR or --dsn", file=sys.stderr)
+        raise SystemExit(2)
+    if not create:
+        from carledger.collect.registry import DB_FILE
+
+        require_dir_with(args.dir, DB_FILE, "collector")  # reading it must not create one
+    return open_store(args.dir)
 
 
 def add_mqtt_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,7 +87,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("enroll", help="enrol a vehicle's Ed25519 public key (its keys/vehicle.pub)",
                        epilog=exit_status("enrolled", "refused (bad vehicle id or key, or another key is enrolled)"))
-    p.add_argument("dir", metavar="DIR", help="collector directory (created if missing)")
+    p.add_argument("dir", metavar="DIR", nargs="?", help="collector directory (created if missing); omitted with --dsn")
     p.add_argument("vehicle", metavar="VEHICLE", nargs="?", help="vehicle id: its topic level carledger/v1/VEHICLE/ "
                    "(for a recipient the car knows you by a pseudonym: that pseudonym)")
     p.add_argument("public_key", metavar="PUBKEY", nargs="?", help="64 hex digits or a file holding them")
@@ -73,11 +95,17 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                    "--recipient R --json` printed for you (your pseudonym of the car and its key)")
     p.add_argument("--handover", metavar="FILE", help="after a change of owner: the statement the previous key signed "
                    "(carledger remote identity --handover); the previous chains move to DIR/retired/")
+    p.add_argument("--dsn", help=DSN_HELP)
     p.set_defaults(func=enroll)
 
     p = sub.add_parser("run", help="receive, verify, store and ack until SIGTERM/SIGINT", epilog=exit_status("stopped", None))
-    p.add_argument("dir", metavar="DIR")
+    p.add_argument("dir", metavar="DIR", help="collector directory (with --dsn: only its keys/collector.key, the ack key "
+                   "every worker shares)")
+    p.add_argument("--dsn", help=DSN_HELP)
     p.add_argument("--group", default="carledger", help="shared subscription group (default: carledger); '' for a plain subscription")
+    p.add_argument("--broker", action="append", metavar="HOST[:PORT]",
+                   help="a broker to subscribe on; repeat for several (every worker subscribes on every broker; "
+                        "default: --host/--port)")
     p.add_argument("--gap-wait", type=float, default=30.0, metavar="S", help="report a gap after waiting this long (default 30 s)")
     p.add_argument("--session-expiry", type=int, default=0, metavar="S",
                    help="keep this collector's MQTT session S seconds after it disconnects (default 0: a member of a "
@@ -92,9 +120,33 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("status", help="vehicles, streams and heads, blocks waiting behind gaps, problems",
                        epilog=exit_status("shown", None))
-    p.add_argument("dir", metavar="DIR", help="collector directory (holding collector.sqlite)")
+    p.add_argument("dir", metavar="DIR", nargs="?", help="collector directory (holding collector.sqlite)")
+    p.add_argument("--dsn", help=DSN_HELP)
     p.add_argument("--json", action="store_true", help="one JSON object")
     p.set_defaults(func=status)
+
+    p = sub.add_parser("verify", help="re-check every stored chain from the signed blocks alone",
+                       epilog=exit_status("every chain intact", "a chain is broken (each problem on one line)"))
+    p.add_argument("dir", metavar="DIR", nargs="?", help="collector directory")
+    p.add_argument("--dsn", help=DSN_HELP)
+    p.add_argument("--vehicle", metavar="VEHICLE", help="only this vehicle's chains")
+    p.add_argument("--json", action="store_true", help="one JSON object per stream")
+    p.set_defaults(func=verify)
+
+    p = sub.add_parser("export", help="the stored samples, streamed: one vehicle's stream, or all over a time range",
+                       epilog=exit_status("exported", "a block failed its checks (left out; each named on stderr)"))
+    p.add_argument("dir", metavar="DIR", nargs="?", help="collector directory")
+    p.add_argument("--dsn", help=DSN_HELP)
+    p.add_argument("--vehicle", metavar="VEHICLE", help="only this vehicle (default: all)")
+    p.add_argument("--stream", metavar="STREAM", help="only this stream (default: all)")
+    p.add_argument("--since", metavar="TIME", help="samples at or after TIME (ISO 8601, or epoch seconds)")
+    p.add_argument("--until", metavar="TIME", help="samples at or before TIME")
+    p.add_argument("--format", choices=("jsonl", "csv"), default="jsonl",
+                   help="jsonl (default) or csv: docs/exports.md's columns, `vehicle` first")
+    p.add_argument("--time", choices=("iso", "epoch", "relative"), help="how times are written (docs/exports.md)")
+    p.add_argument("--events", action="store_true", help="also export declared events (jsonl only)")
+    p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
+    p.set_defaults(func=export)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
@@ -122,13 +174,21 @@ def enroll(args: argparse.Namespace) -> int:
     from carledger.collect import Registry
     from carledger.ledger import KeyFileError, StoreError, kid
 
+    if args.dsn:  # no DIR: the positionals are VEHICLE PUBKEY
+        args.dir, args.vehicle, args.public_key = None, *([x for x in (args.dir, args.vehicle, args.public_key)
+                                                           if x is not None] + [None, None])[:2]
+    elif args.dir is None:
+        print("carledger collect enroll: error: give DIR (or --dsn)", file=sys.stderr)
+        return 2
     try:
-        registry = Registry(args.dir)
+        registry = _open_store(args, create=True)
     except StoreError as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)
         return 2
     retired = None
     try:
+        if args.handover and not isinstance(registry, Registry):
+            raise _Usage("--handover: a change of owner is done on a collector directory only (not yet with --dsn)")
         if args.identity is not None:
             if args.vehicle is not None or args.handover:
                 raise _Usage("--identity FILE replaces VEHICLE PUBKEY (and has no --handover)")
@@ -155,6 +215,9 @@ def enroll(args: argparse.Namespace) -> int:
     except (ValueError, KeyFileError) as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)
         return 1
+    except StoreError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
     finally:
         registry.close()
     print(f"enrolled vehicle {args.vehicle} (key id {kid(key).hex()})"
@@ -169,7 +232,10 @@ def key(args: argparse.Namespace) -> int:
     from carledger.collect.registry import DB_FILE
     from carledger.sync import collector_key
 
-    if not (Path(args.dir) / DB_FILE).is_file():
+    from carledger.sync.ack import COLLECTOR_KEY
+
+    # A PostgreSQL worker's directory holds only the ack key (keys/collector.key).
+    if not (Path(args.dir) / DB_FILE).is_file() and not list(Path(args.dir).glob(f"*/{COLLECTOR_KEY}")):
         print(f"carledger collect: {args.dir}: not a collector directory (no {DB_FILE})", file=sys.stderr)
         return 2
     print(bytes(collector_key(args.dir).verify_key).hex())
@@ -177,36 +243,43 @@ def key(args: argparse.Namespace) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from carledger.collect import CollectorService
+    from carledger.collect.fleet import FleetWorker, parse_broker
     from carledger.ledger import StoreError
 
     try:
         cfg = mqtt_config_from_args(args).with_(session_expiry=args.session_expiry)
-        service = CollectorService(args.dir, cfg, group=args.group or None, gap_wait=args.gap_wait)
+        brokers = [cfg.with_(host=host, port=port) for host, port in
+                   (parse_broker(b, cfg.effective_port) for b in args.broker)] if args.broker else [cfg]
+        worker = FleetWorker(args.dir, brokers, group=args.group or None, gap_wait=args.gap_wait, store=args.dsn)
+    except ValueError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
     except (StoreError, OSError) as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)
         return 2
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    service.start()
+    worker.start()
     while not done.wait(0.5):
         pass
-    service.stop()
-    stats = service.collector.stats
-    print(f"received {stats.received}, accepted {stats.accepted}, duplicates {stats.duplicates}, "
-          f"rejected {stats.rejected}", file=sys.stderr)
+    worker.stop()
+    stats = worker.stats()
+    print(f"received {stats['received']}, accepted {stats['accepted']}, duplicates {stats['duplicates']}, "
+          f"rejected {stats['rejected']}", file=sys.stderr)
     return 0
 
 
 def status(args: argparse.Namespace) -> int:
     from carledger.collect import collector_state
-    from carledger.collect.registry import DB_FILE
     from carledger.ledger import StoreError
 
-    require_dir_with(args.dir, DB_FILE, "collector")  # reading it must not create one
     try:
-        state = collector_state(args.dir)
+        store = _open_store(args, create=False)
+        try:
+            state = collector_state(store)
+        finally:
+            store.close()
     except StoreError as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)
         return 2
@@ -233,3 +306,80 @@ def status(args: argparse.Namespace) -> int:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(p["last"]))
             print(f"  {where or 'broker'}: {p['kind']}: {p['detail']} (x{p['count']}, last {when})")
     return 0
+
+
+def verify(args: argparse.Namespace) -> int:
+    """Every chain re-opened against the enrolled keys: 0 when all are intact, 1 naming each broken one."""
+    from carledger.collect.verify import verify_collected
+    from carledger.ledger import StoreError
+
+    try:
+        store = _open_store(args, create=False)
+        try:
+            checks = verify_collected(store, args.vehicle)
+        finally:
+            store.close()
+    except StoreError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
+    for c in checks:
+        if args.json:
+            print(json.dumps({"vehicle": c.vehicle, "stream": c.stream, "blocks": c.blocks, "records": c.records,
+                              "ok": c.ok, "problems": c.problems}))
+        else:
+            print(f"{c.vehicle} {c.stream}: {c.blocks} blocks, {c.records} records: "
+                  + ("intact" if c.ok else "; ".join(c.problems)))
+    if not checks and not args.json:
+        print("no chains stored" + (f" for vehicle {args.vehicle}" if args.vehicle else ""))
+    return 0 if all(c.ok for c in checks) else 1
+
+
+def _micros(option: str, text: str | None) -> int | None:
+    """--since/--until as µs since the epoch: ISO 8601 (UTC unless it says) or epoch seconds."""
+    from datetime import datetime, timezone
+
+    if text is None:
+        return None
+    try:
+        return round(float(text) * 1e6)
+    except ValueError:
+        pass
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        raise _Usage(f"{option} {text!r}: not ISO 8601 (2026-12-05T12:00:00Z) nor epoch seconds") from None
+    return round((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() * 1e6)
+
+
+def export(args: argparse.Namespace) -> int:
+    """Samples of the store streamed to stdout or -o FILE; 1 when a block failed its checks and was left out."""
+    from carledger.collect.export import export_samples
+    from carledger.ledger import StoreError
+
+    try:
+        t_from, t_to = _micros("--since", args.since), _micros("--until", args.until)
+    except _Usage as exc:
+        print(f"carledger collect export: error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        store = _open_store(args, create=False)
+        try:
+            out = open(args.output, "w", encoding="utf-8", newline="") if args.output else sys.stdout
+            try:
+                written, problems = export_samples(store, out, fmt=args.format, vehicle=args.vehicle,
+                                                   stream=args.stream, t_from=t_from, t_to=t_to,
+                                                   time_mode=args.time, events=args.events)
+            finally:
+                if out is not sys.stdout:
+                    out.close()
+        finally:
+            store.close()
+    except OSError as exc:
+        print(f"carledger collect: {exc.filename}: {exc.strerror}", file=sys.stderr)
+        return 2
+    except StoreError as exc:
+        print(f"carledger collect: {exc}", file=sys.stderr)
+        return 2
+    for p in problems:
+        print(f"carledger collect export: {p}", file=sys.stderr)
+    return 1 if problems else 0

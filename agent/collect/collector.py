@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from carledger.collect.registry import Registry
+from carledger.collect.store import CollectorStore, StoreUnavailable, open_store
 from carledger.ledger import ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, cose, decode_record, open_block
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
@@ -68,10 +68,15 @@ class _Batch:
 
 
 class Collector:
-    """Verifies and stores blocks for the vehicles enrolled in the collector directory `path`."""
+    """Verifies and stores blocks for the vehicles enrolled in a collector store.
 
-    def __init__(self, path: str | os.PathLike, *, gap_wait: float = 30.0, clock: Callable[[], float] = time.time):
-        self.registry = Registry(path)
+    `path` is the collector directory (its ack key, and the SQLite store
+    unless `store` names another: a PostgreSQL DSN or an open CollectorStore).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, gap_wait: float = 30.0, clock: Callable[[], float] = time.time,
+                 store: CollectorStore | str | None = None):
+        self.registry: CollectorStore = store if isinstance(store, CollectorStore) else open_store(store or path)
         self.ack_key = collector_key(path)  # signs every ack (docs/sync.md, "Acks"); made at the first start
         self.gap_wait = gap_wait
         self.clock = clock
@@ -97,18 +102,24 @@ class Collector:
         queue, self._queue = self._queue, []
         now = self.clock()
         batches: dict[str, _Batch] = {}
-        for topic, payload in queue:
-            try:
-                self._one(topic, payload, batches, now)
-            except StoreError:
-                raise
-            except Exception as exc:  # hostile input must never stop the collector
-                log.exception("collect: unexpected error on %s", topic)
-                self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
-        acks = []
-        for vehicle, batch in batches.items():
-            self._commit(vehicle, batch, now)
-            acks += self._acks(vehicle, batch.acks)
+        try:
+            for topic, payload in queue:
+                try:
+                    self._one(topic, payload, batches, now)
+                except StoreError:
+                    raise
+                except Exception as exc:  # hostile input must never stop the collector
+                    log.exception("collect: unexpected error on %s", topic)
+                    self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
+            acks = []
+            for vehicle, batch in batches.items():
+                self._commit(vehicle, batch, now)
+                acks += self._acks(vehicle, batch.acks)
+        except StoreUnavailable:
+            # Nothing of this batch is acked: all of it is checked again once the store is back (what was
+            # committed meanwhile comes back as duplicates, which are acked then).
+            self._queue = queue + self._queue
+            raise
         self.stats.acks += len(acks)
         return acks
 
@@ -164,7 +175,7 @@ class Collector:
 
     def _head(self, vehicle: str, batch: _Batch, stream: str) -> tuple[int, bytes] | None:
         if stream not in batch.heads:
-            batch.heads[stream] = self.registry.replica(vehicle).stream_head(stream)
+            batch.heads[stream] = self.registry.stream_head(vehicle, stream)
         return batch.heads[stream]
 
     def _stored(self, vehicle: str, batch: _Batch, stream: str, seq: int) -> tuple[bytes, bytes, bool] | None:
@@ -172,12 +183,7 @@ class Collector:
         for blk in batch.blocks:
             if blk.stream == stream and blk.seq == seq:
                 return blk.digest, blk.sign1, not blk.bare
-        replica = self.registry.replica(vehicle)
-        for block_id in replica.block_ids(stream, seq, seq):
-            row = replica.get_block(block_id)
-            if row is not None:
-                return bytes(row.digest), bytes(row.sign1), row.records is not None
-        return None
+        return self.registry.stored(vehicle, stream, seq)
 
     def _copy(self, topic: topics.Topic, block: SealedBlock, sign1: bytes, with_records: bool, now: float) -> bool:
         """Whether `block` is exactly the one kept with its digest; reports it when it is another copy of it.
@@ -305,18 +311,23 @@ class Collector:
         """Append the batch in one transaction; if another collector moved a head meanwhile, place block by block."""
         if not batch.blocks:
             return
-        replica = self.registry.replica(vehicle)
+        store = self.registry
         try:
-            replica.append(batch.blocks)
+            store.append(vehicle, batch.blocks, now)
             done = batch.blocks
+        except StoreUnavailable:
+            raise
         except StoreError:
             done = []
             for block in batch.blocks:
                 try:
-                    replica.append([block])
+                    store.append(vehicle, [block], now)
                     done.append(block)
+                except StoreUnavailable:
+                    raise
                 except StoreError:
-                    if replica.digest_at(block.stream, block.seq) == block.digest:
+                    stored = store.stored(vehicle, block.stream, block.seq)
+                    if stored is not None and stored[0] == block.digest:
                         self.stats.duplicates += 1  # the other collector stored the very same block
                     else:
                         self.registry.hold(vehicle, block.stream, block.seq, block.digest, block.message(), now)
@@ -325,16 +336,15 @@ class Collector:
             per_stream[block.stream] = per_stream.get(block.stream, 0) + 1
         for stream, n in per_stream.items():
             self.registry.count(vehicle, stream, accepted=n, now=now)
-            head = replica.stream_head(stream)
+            head = store.stream_head(vehicle, stream)
             if head is not None:
                 self.registry.release(vehicle, stream, head[0])
         self.stats.accepted += len(done)
 
     def _acks(self, vehicle: str, streams: set[str]) -> list[tuple[str, bytes]]:
-        replica = self.registry.replica(vehicle)
         out = []
         for stream in sorted(streams):
-            head = replica.stream_head(stream)
+            head = self.registry.stream_head(vehicle, stream)
             if head is not None:
                 out.append((topics.ack(vehicle, stream), sign_ack(self.ack_key, Ack(vehicle, stream, head[0], head[1]))))
         return out
@@ -350,10 +360,11 @@ class Collector:
         acks = []
         for vehicle, stream, low, high, oldest, count in self.registry.waiting():
             try:
-                replica = self.registry.replica(vehicle)
+                head = self.registry.stream_head(vehicle, stream)
+            except StoreUnavailable:
+                raise
             except StoreError:
                 continue
-            head = replica.stream_head(stream)
             head_seq = -1 if head is None else head[0]
             if low <= head_seq + 1:
                 self.registry.release(vehicle, stream, head_seq)

@@ -14,9 +14,10 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
-from carledger.ledger import Store, StoreError, VerifyKey, kid
+from carledger.collect.store import CollectorStore
+from carledger.ledger import SealedBlock, Store, StoreError, VerifyKey, kid
 from carledger.ledger.keys import enrolment_key
 from carledger.ledger.files import private_dir, private_file
 from carledger.sync import topics
@@ -49,7 +50,7 @@ CREATE TABLE IF NOT EXISTS counters(
 """
 
 
-class Registry:
+class Registry(CollectorStore):
     """collector.sqlite, and the replica store of each enrolled vehicle."""
 
     def __init__(self, path: str | os.PathLike):
@@ -117,6 +118,54 @@ class Registry:
             store = Store.open_replica(self.path / VEHICLES_DIR / vehicle, vehicle, bytes(key))
             self._replicas[vehicle] = store
         return store
+
+    def stream_head(self, vehicle: str, stream: str) -> tuple[int, bytes] | None:
+        return self.replica(vehicle).stream_head(stream)
+
+    def stored(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes, bool] | None:
+        replica = self.replica(vehicle)
+        for block_id in replica.block_ids(stream, seq, seq):
+            row = replica.get_block(block_id)
+            if row is not None:
+                return bytes(row.digest), bytes(row.sign1), row.records is not None
+        return None
+
+    def append(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
+        """The replica's append: BEGIN IMMEDIATE locks the whole file, so every stream in it."""
+        self.replica(vehicle).append(blocks)
+
+    def streams(self, vehicle: str) -> dict[str, dict]:
+        """Read from the replica without opening it for writing (safe while collectors run; {} before any block)."""
+        try:
+            store = Store.open_readonly(self.path / VEHICLES_DIR / vehicle)
+        except StoreError:
+            return {}
+        try:
+            heads = store.heads()
+            out = {}
+            for name, blocks, records, first, _last, *_ in store.summaries():
+                head = heads.get(name, (None, None))
+                out[name] = {"blocks": blocks, "records": records or 0, "first_seq": first, "head_seq": head[0],
+                             "head": head[1].hex() if isinstance(head[1], bytes) else None}
+            return out
+        finally:
+            store.close()
+
+    def blocks(self, vehicle: str | None = None, stream: str | None = None, t_from: int | None = None,
+               t_to: int | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+        for vid, _key, _t in self.vehicles():
+            if vehicle is not None and vid != vehicle:
+                continue
+            try:
+                store = Store.open_readonly(self.path / VEHICLES_DIR / vid)
+            except StoreError:
+                continue  # enrolled, nothing received yet
+            try:
+                for row in store.iter_blocks(stream):
+                    if (t_from is None or row.t1 >= t_from) and (t_to is None or row.t0 <= t_to):
+                        yield vid, row.stream, row.seq, store.message(row)
+            finally:
+                store.close()
 
     def replace_key(self, vehicle: str, key: VerifyKey) -> Path:
         """Enrol `key` in place of the vehicle's key; its chains move to COLLECTOR/retired/VEHICLE-OLDKID/.

@@ -12,10 +12,12 @@ import logging
 import os
 import threading
 import time
+from typing import Callable
 
 import paho.mqtt.client as paho
 
 from carledger.collect.collector import Collector
+from carledger.collect.store import StoreUnavailable
 from carledger.sync import topics
 from carledger.sync.config import MqttConfig
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client
@@ -40,8 +42,8 @@ class CollectorService:
     """Runs a Collector against a broker until stop(); reconnects with backoff, keeps a persistent session."""
 
     def __init__(self, path: str | os.PathLike, mqtt: MqttConfig, *, group: str | None = DEFAULT_GROUP,
-                 gap_wait: float = 30.0):
-        self.collector = Collector(path, gap_wait=gap_wait)
+                 gap_wait: float = 30.0, store: str | None = None):
+        self.collector = Collector(path, gap_wait=gap_wait, store=store)
         self.cfg = mqtt
         self.group = group
         self.client_id = mqtt.client_id or f"carledger-collector-{group or 'all'}-{os.uname().nodename}"
@@ -49,6 +51,13 @@ class CollectorService:
         self._thread: threading.Thread | None = None
         self.connected = threading.Event()
         self._failing = False  # the last connection attempt failed (and was logged)
+        self._store_backoff = Backoff(0.2, 5.0)
+        self._store_retry = 0.0  # monotonic time before which the store is not tried again
+        self._store_failing = False
+        self._client: paho.Client | None = None  # while a session is up: publish() goes through it
+        # Where the acks of held blocks linked by check_gaps go. A FleetWorker sends them through every broker:
+        # the block that closed the gap may have come through another broker than the car's.
+        self.gap_acks: Callable[[list[tuple[str, bytes]]], None] | None = None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self.run, name="carledger-collect", daemon=True)
@@ -84,6 +93,7 @@ class CollectorService:
 
     def _session(self) -> None:
         client = make_client(self.cfg, self.client_id)
+        self._client = client
         client.on_message = lambda _c, _u, msg: self.collector.receive(msg.topic, msg.payload)
         try:
             connect(client, self.cfg, self._stop.is_set)
@@ -97,23 +107,50 @@ class CollectorService:
             while not self._stop.is_set():
                 rc = client.loop(timeout=BATCH_WAIT if self.collector.queued else 0.2)
                 now = time.monotonic()
-                if self.collector.queued:
+                if self.collector.queued and now >= self._store_retry:
                     first_wait = first_wait or now
                     if self.collector.queued >= BATCH or now - first_wait >= BATCH_WAIT or rc != paho.MQTT_ERR_SUCCESS:
-                        self._send(client, self.collector.flush())
+                        self._guarded(client, self.collector.flush)
                         first_wait = None
-                if now - last_gaps >= GAP_CHECK:
-                    self._send(client, self.collector.check_gaps())
+                if now - last_gaps >= GAP_CHECK and now >= self._store_retry:
+                    self._guarded(client, self.collector.check_gaps, self.gap_acks)
                     last_gaps = now
                 if rc != paho.MQTT_ERR_SUCCESS:
                     raise ConnectError(f"connection lost: {paho.error_string(rc)}")
             if self.collector.queued:
-                self._send(client, self.collector.flush())
+                self._guarded(client, self.collector.flush)
             client.disconnect()
             client.loop(timeout=0.1)
         finally:
             self.connected.clear()
+            self._client = None
             close(client)
+
+    def publish(self, acks: list[tuple[str, bytes]]) -> None:
+        """Publish acks through this service's broker, if connected (paho's publish may be called from any thread)."""
+        client = self._client
+        if client is not None and self.connected.is_set():
+            self._send(client, acks)
+
+    def _guarded(self, client: paho.Client, work, send: Callable[[list[tuple[str, bytes]]], None] | None = None) -> None:
+        """Run a flush or gap check and publish its acks; an unreachable store (a database restarting) is
+        tried again with backoff while the broker connection stays up, the batch kept and nothing acked."""
+        try:
+            acks = work()
+        except StoreUnavailable as exc:
+            log.log(logging.DEBUG if self._store_failing else logging.WARNING,
+                    "collect: the store is unavailable: %s (trying again with backoff)", exc)
+            self._store_failing = True
+            self._store_retry = time.monotonic() + self._store_backoff.next()
+            return
+        if self._store_failing:
+            log.info("collect: the store is back")
+        self._store_failing = False
+        self._store_backoff.reset()
+        if send is not None and acks:
+            send(acks)
+        else:
+            self._send(client, acks)
 
     @staticmethod
     def _send(client: paho.Client, acks: list[tuple[str, bytes]]) -> None:

@@ -1,45 +1,28 @@
 """What a collector directory holds: vehicles, streams and their heads, blocks waiting, problems.
 
-Read-only: safe while collectors run (`carledger collect status`).
+Read-only: safe while collectors run (`carledger collect status`). Works on
+any CollectorStore: a directory or a PostgreSQL DSN.
 """
 
 from __future__ import annotations
 
 import os
 
-from carledger.collect.registry import Registry, VEHICLES_DIR
-from carledger.ledger import Store, StoreError, kid
+from carledger.collect.store import CollectorStore, open_store
+from carledger.ledger import kid
 
 __all__ = ["collector_state"]
 
 
-def collector_state(path: str | os.PathLike) -> dict:
+def collector_state(path: str | os.PathLike | CollectorStore) -> dict:
     """{"vehicles": {vehicle: {"kid", "enrolled", "streams": {stream: {...}}}}, "problems": [...]}."""
-    registry = Registry(path)
+    registry = path if isinstance(path, CollectorStore) else open_store(path)
     try:
         counters = registry.counters()
         waiting = {(v, s): (low, high, n) for v, s, low, high, _t, n in registry.waiting()}
         vehicles = {}
         for vehicle, public_key, enrolled in registry.vehicles():
-            streams: dict[str, dict] = {}
-            try:
-                store = Store.open_readonly(registry.path / VEHICLES_DIR / vehicle)
-            except StoreError:
-                store = None
-            if store is not None:
-                try:
-                    heads = store.heads()
-                    for name, blocks, records, first, last, *_ in store.summaries():
-                        head = heads.get(name, (None, None))
-                        streams[name] = {
-                            "blocks": blocks,
-                            "records": records or 0,
-                            "first_seq": first,
-                            "head_seq": head[0],
-                            "head": head[1].hex() if isinstance(head[1], bytes) else None,
-                        }
-                finally:
-                    store.close()
+            streams: dict[str, dict] = registry.streams(vehicle)
             for (v, name), (accepted, duplicates, last) in counters.items():
                 if v == vehicle:
                     entry = streams.setdefault(name, {"blocks": 0, "records": 0, "first_seq": None, "head_seq": None, "head": None})
@@ -51,4 +34,5 @@ def collector_state(path: str | os.PathLike) -> dict:
             vehicles[vehicle] = {"kid": kid(public_key).hex(), "enrolled": enrolled, "streams": dict(sorted(streams.items()))}
         return {"vehicles": vehicles, "problems": list(registry.problems())}
     finally:
-        registry.close()
+        if registry is not path:
+            registry.close()

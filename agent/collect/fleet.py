@@ -1,0 +1,94 @@
+"""Workers that scale out: one process, every broker, one shared database (docs/collector.md, "Fleet").
+
+A worker runs one CollectorService per broker, each with its own Collector
+and its own database connection, all in the same shared-subscription group:
+every worker subscribes on every broker, the brokers split each group's
+messages between the workers, and an ack goes back through the broker the
+block came from (the service that received it publishes it). Only the acks
+of held blocks that a periodic gap check links go through every broker: the
+block that closed the gap may have come through another broker than the car's.
+
+Cars are spread over the brokers by `broker_for`: rendezvous (highest random
+weight) hashing of the vehicle id over the broker list, so adding or removing
+one broker moves only the cars that must move (about 1/n of them), not all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from typing import Sequence
+
+from carledger.collect.service import DEFAULT_GROUP, CollectorService
+from carledger.sync.config import MqttConfig
+
+__all__ = ["FleetWorker", "broker_for", "parse_broker"]
+
+
+def broker_for(vehicle: str, brokers: Sequence[str]) -> str:
+    """The broker a vehicle publishes to: the one whose SHA-256(broker + "\\n" + vehicle) is highest.
+
+    `brokers` are "host:port" strings as the operator lists them; the order
+    does not matter, only the set. Any party can compute it from the vehicle id.
+    """
+    if not brokers:
+        raise ValueError("no brokers")
+    return max(brokers, key=lambda b: hashlib.sha256(f"{b}\n{vehicle}".encode()).digest())
+
+
+def parse_broker(text: str, default_port: int) -> tuple[str, int]:
+    """HOST or HOST:PORT ([v6]:PORT) -> (host, port); ValueError naming the text when it is not one."""
+    host, port = text, default_port
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ValueError(f"--broker {text!r}: unclosed [")
+        host, rest = text[1:end], text[end + 1:]
+        if rest:
+            port = int(rest.removeprefix(":")) if rest.startswith(":") else -1
+    elif text.count(":") == 1:
+        host, p = text.split(":")
+        port = int(p) if p.isdigit() else -1
+    if not host or not 0 < port < 65536:
+        raise ValueError(f"--broker {text!r}: not HOST or HOST:PORT")
+    return host, port
+
+
+class FleetWorker:
+    """One CollectorService per broker over one store (a PostgreSQL DSN, or a shared collector directory)."""
+
+    def __init__(self, path: str | os.PathLike, brokers: Sequence[MqttConfig], *, group: str | None = DEFAULT_GROUP,
+                 gap_wait: float = 30.0, store: str | None = None):
+        self.services = []
+        for i, cfg in enumerate(brokers):
+            if len(brokers) > 1 and cfg.client_id:
+                cfg = cfg.with_(client_id=f"{cfg.client_id}-{i}")
+            self.services.append(CollectorService(path, cfg, group=group, gap_wait=gap_wait, store=store))
+        if len(self.services) > 1:
+            for s in self.services:
+                s.gap_acks = self._everywhere
+
+    def _everywhere(self, acks: list[tuple[str, bytes]]) -> None:
+        """Acks of blocks a gap check linked: through every broker (which one the car uses is not known here)."""
+        for s in self.services:
+            s.publish(acks)
+
+    def start(self) -> None:
+        for s in self.services:
+            s.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        for s in self.services:
+            s.stop(timeout)
+
+    @property
+    def connected(self) -> bool:
+        return all(s.connected.is_set() for s in self.services)
+
+    def stats(self) -> dict[str, int]:
+        """The services' counters summed."""
+        out: dict[str, int] = {}
+        for s in self.services:
+            for name, value in vars(s.collector.stats).items():
+                out[name] = out.get(name, 0) + value
+        return out

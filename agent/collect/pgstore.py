@@ -1,0 +1,392 @@
+"""The collector's store on PostgreSQL: many stateless workers, one database (docs/collector.md, "PostgreSQL").
+
+Exactly once: a block is inserted only when it continues its stream's head
+(seq = head + 1, prev = head digest), and the head row moves in the same
+transaction, under `pg_advisory_xact_lock` of (vehicle, stream). The advisory
+lock, not a row lock, because a stream's first block has no head row to lock
+yet. Two workers holding the same block: the second waits for the lock, then
+sees the head already past it and counts a duplicate (or keeps a fork).
+
+`blocks` is range-partitioned by arrival time, one partition per month, made
+on first use: dropping a month is `DROP TABLE`, not a DELETE. A partitioned
+table cannot carry a unique index without its partition key, so uniqueness
+of (vehicle, stream, seq) is the head rule above, which every insert obeys.
+
+Schema changes are numbered migrations (MIGRATIONS), applied in order under
+an advisory lock by the first worker to start; `schema_version` records them.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from typing import Any, Callable, Iterator, Sequence, TypeVar
+
+from carledger.collect.registry import MAX_EVIDENCE, MAX_PENDING, MAX_PROBLEMS
+from carledger.collect.store import CollectorStore, StoreUnavailable
+from carledger.ledger import ZERO_DIGEST, SealedBlock, StoreError, VerifyKey, kid
+from carledger.ledger.keys import enrolment_key
+from carledger.sync import topics
+
+__all__ = ["PgStore", "MIGRATIONS", "partition_name"]
+
+_MIGRATE_LOCK = 0x6361726C65646772  # pg_advisory_lock key while migrating ("carledgr")
+_PARTITION_LOCK = _MIGRATE_LOCK + 1  # while creating a month's partition
+
+MIGRATIONS: list[str] = [
+    # 1: the first schema.
+    """
+    CREATE TABLE vehicles(
+      vehicle text PRIMARY KEY, public_key bytea NOT NULL, kid bytea NOT NULL, enrolled double precision NOT NULL);
+    CREATE INDEX vehicles_kid ON vehicles(kid);
+    CREATE TABLE heads(
+      vehicle text NOT NULL, stream text NOT NULL, seq bigint NOT NULL, digest bytea NOT NULL,
+      first_seq bigint NOT NULL, blocks bigint NOT NULL, records bigint NOT NULL, PRIMARY KEY(vehicle, stream));
+    CREATE TABLE blocks(
+      vehicle text NOT NULL, stream text NOT NULL, seq bigint NOT NULL, digest bytea NOT NULL, prev bytea NOT NULL,
+      t0 bigint NOT NULL, t1 bigint NOT NULL, count integer NOT NULL, sign1 bytea NOT NULL, message bytea NOT NULL,
+      bare boolean NOT NULL, received double precision NOT NULL
+    ) PARTITION BY RANGE (received);
+    CREATE TABLE blocks_default PARTITION OF blocks DEFAULT;
+    CREATE INDEX blocks_chain ON blocks(vehicle, stream, seq);
+    CREATE TABLE pending(
+      vehicle text NOT NULL, stream text NOT NULL, seq bigint NOT NULL, digest bytea NOT NULL,
+      message bytea NOT NULL, received double precision NOT NULL, PRIMARY KEY(vehicle, stream, seq));
+    CREATE TABLE evidence(
+      id bigserial PRIMARY KEY, vehicle text NOT NULL, stream text NOT NULL, seq bigint NOT NULL,
+      digest bytea NOT NULL, message bytea NOT NULL, received double precision NOT NULL,
+      UNIQUE(vehicle, stream, seq, digest));
+    CREATE TABLE problems(
+      id bigserial PRIMARY KEY, vehicle text NOT NULL, stream text NOT NULL, seq bigint NOT NULL, kind text NOT NULL,
+      detail text NOT NULL, first double precision NOT NULL, last double precision NOT NULL, count bigint NOT NULL,
+      UNIQUE(vehicle, stream, seq, kind));
+    CREATE TABLE counters(
+      vehicle text NOT NULL, stream text NOT NULL, accepted bigint NOT NULL DEFAULT 0,
+      duplicates bigint NOT NULL DEFAULT 0, last double precision, PRIMARY KEY(vehicle, stream));
+    """,
+]
+
+T = TypeVar("T")
+
+
+def partition_name(t: float) -> tuple[str, float, float]:
+    """(table name, start, end) of the month partition holding arrival time `t` (UTC)."""
+    tm = time.gmtime(t)
+    year, month = tm.tm_year, tm.tm_mon
+    nyear, nmonth = (year + 1, 1) if month == 12 else (year, month + 1)
+    start = float(_timegm(year, month))
+    end = float(_timegm(nyear, nmonth))
+    return f"blocks_{year:04d}_{month:02d}", start, end
+
+
+def _timegm(year: int, month: int) -> int:
+    import calendar
+
+    return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
+
+
+def _db(method: Callable[..., T]) -> Callable[..., T]:
+    """A database that went away is a StoreError (the worker reconnects at its next call), never a traceback."""
+
+    @functools.wraps(method)
+    def wrapper(self: "PgStore", *args: Any, **kwargs: Any) -> T:
+        import psycopg
+
+        with self._lock:
+            try:
+                return method(self, *args, **kwargs)
+            except psycopg.Error as exc:
+                detail = f"PostgreSQL: {type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc) else ''}"
+                if self._conn is None or self._conn.closed or isinstance(exc, psycopg.OperationalError):
+                    if self._conn is not None:
+                        self._conn.close()
+                        self._conn = None
+                    raise StoreUnavailable(detail) from None
+                raise StoreError(detail) from None
+
+    return wrapper
+
+
+class PgStore(CollectorStore):
+    """The collector store in one PostgreSQL database named by a DSN (libpq URI or key=value)."""
+
+    def __init__(self, dsn: str, *, connect_timeout: float = 10.0):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            raise StoreError("the PostgreSQL backend needs psycopg 3: pip install 'carledger[fleet]'") from None
+        self.dsn = dsn
+        self.connect_timeout = connect_timeout
+        self._lock = threading.RLock()
+        self._conn: Any = None
+        self._partitions: set[str] = set()
+        self.round_trips = 0  # statements sent: bench_fleet reports them per block
+        self._migrate()
+
+    # -- connection and schema ---------------------------------------------------------------
+
+    @property
+    def conn(self) -> Any:
+        import psycopg
+
+        if self._conn is None or self._conn.closed:
+            try:
+                self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
+            except psycopg.Error as exc:
+                raise StoreUnavailable(f"PostgreSQL: cannot connect: {str(exc).strip().splitlines()[0] if str(exc) else exc}") from None
+        return self._conn
+
+    def _q(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        self.round_trips += 1
+        return self.conn.execute(sql, params)
+
+    @_db
+    def _migrate(self) -> None:
+        """Apply the migrations this database lacks, one transaction each, under a lock across workers."""
+        conn = self.conn
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATE_LOCK,))
+        try:
+            conn.execute("CREATE TABLE IF NOT EXISTS schema_version(version integer PRIMARY KEY, applied double precision NOT NULL)")
+            done = conn.execute("SELECT coalesce(max(version), 0) FROM schema_version").fetchone()[0]
+            if done > len(MIGRATIONS):
+                raise StoreError(f"PostgreSQL: schema version {done} is newer than this carledger knows ({len(MIGRATIONS)})")
+            for version, sql in enumerate(MIGRATIONS[done:], start=done + 1):
+                with conn.transaction():
+                    conn.execute(sql)
+                    conn.execute("INSERT INTO schema_version VALUES (%s, %s)", (version, time.time()))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATE_LOCK,))
+
+    @_db
+    def schema_version(self) -> int:
+        return self._q("SELECT max(version) FROM schema_version").fetchone()[0]
+
+    def _partition(self, now: float) -> None:
+        """Create the month partition for `now` once (any worker; the lock makes the check-and-create atomic)."""
+        name, start, end = partition_name(now)
+        if name in self._partitions:
+            return
+        with self.conn.transaction():
+            self._q("SELECT pg_advisory_xact_lock(%s)", (_PARTITION_LOCK,))
+            exists = self._q("SELECT to_regclass(%s)", (name,)).fetchone()[0]
+            if exists is None:
+                self._q(f"CREATE TABLE {name} PARTITION OF blocks FOR VALUES FROM ({start!r}) TO ({end!r})")
+        self._partitions.add(name)
+
+    # -- vehicles ----------------------------------------------------------------------------
+
+    @_db
+    def enroll(self, vehicle: str, public_key: Any) -> VerifyKey:
+        if not topics.valid_vehicle_id(vehicle):
+            raise ValueError(f"vehicle id {vehicle!r}: 1-64 of [A-Za-z0-9._:-], alphanumeric first")
+        key = enrolment_key(public_key)
+        raw = bytes(key)
+        self._q("INSERT INTO vehicles VALUES (%s, %s, %s, %s) ON CONFLICT (vehicle) DO NOTHING",
+                (vehicle, raw, kid(raw), time.time()))
+        row = self._q("SELECT public_key FROM vehicles WHERE vehicle = %s", (vehicle,)).fetchone()
+        if bytes(row[0]) != raw:
+            raise ValueError(
+                f"vehicle {vehicle!r} is enrolled with another key (kid {kid(bytes(row[0])).hex()}); "
+                "a vehicle's key changes only with its owner (collect enroll --handover, on a collector directory)")
+        return key
+
+    @_db
+    def key(self, vehicle: str) -> VerifyKey | None:
+        row = self._q("SELECT public_key FROM vehicles WHERE vehicle = %s", (vehicle,)).fetchone()
+        return VerifyKey(bytes(row[0])) if row else None
+
+    @_db
+    def vehicle_of_kid(self, key_id: bytes) -> tuple[str, VerifyKey] | None:
+        row = self._q("SELECT vehicle, public_key FROM vehicles WHERE kid = %s", (key_id,)).fetchone()
+        return (row[0], VerifyKey(bytes(row[1]))) if row else None
+
+    @_db
+    def vehicles(self) -> list[tuple[str, bytes, float]]:
+        return [(v, bytes(k), t) for v, k, t in self._q("SELECT vehicle, public_key, enrolled FROM vehicles ORDER BY vehicle")]
+
+    # -- chains ------------------------------------------------------------------------------
+
+    @_db
+    def stream_head(self, vehicle: str, stream: str) -> tuple[int, bytes] | None:
+        row = self._q("SELECT seq, digest FROM heads WHERE vehicle = %s AND stream = %s", (vehicle, stream)).fetchone()
+        return (int(row[0]), bytes(row[1])) if row else None
+
+    @_db
+    def stored(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes, bool] | None:
+        row = self._q("SELECT digest, sign1, bare FROM blocks WHERE vehicle = %s AND stream = %s AND seq = %s LIMIT 1",
+                      (vehicle, stream, seq)).fetchone()
+        return (bytes(row[0]), bytes(row[1]), not row[2]) if row else None
+
+    @_db
+    def append(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
+        if not blocks:
+            return
+        self._partition(now)
+        streams = sorted({b.stream for b in blocks})
+        with self.conn.transaction():
+            # Locks in one order (sorted streams): two workers appending to the same streams cannot deadlock.
+            self._q("SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || s, 0)) FROM unnest(%s::text[]) AS s "
+                    "ORDER BY s", (vehicle, streams))
+            heads = {s: (q, bytes(d), f, n, r) for s, q, d, f, n, r in self._q(
+                "SELECT stream, seq, digest, first_seq, blocks, records FROM heads WHERE vehicle = %s AND stream = ANY(%s)",
+                (vehicle, streams))}
+            rows = []
+            for b in blocks:
+                head = heads.get(b.stream)
+                seq, digest = (head[0], head[1]) if head else (-1, ZERO_DIGEST)
+                if b.seq != seq + 1 or b.header.prev != digest:
+                    raise StoreError(f"{vehicle} {b.stream}: seq {b.seq} does not continue the stored head (seq {seq})")
+                first, n, r = (head[2], head[3], head[4]) if head else (b.seq, 0, 0)
+                heads[b.stream] = (b.seq, b.digest, first, n + 1, r + (0 if b.bare else b.header.count))
+                h = b.header
+                rows.append((vehicle, b.stream, b.seq, b.digest, h.prev, h.t0, h.t1, h.count, b.sign1, b.message(),
+                             b.bare, now))
+            with self.conn.cursor() as cur:
+                self.round_trips += 1
+                cur.executemany("INSERT INTO blocks VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
+                self.round_trips += 1
+                cur.executemany(
+                    "INSERT INTO heads VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (vehicle, stream) DO UPDATE SET "
+                    "seq = excluded.seq, digest = excluded.digest, blocks = excluded.blocks, records = excluded.records",
+                    [(vehicle, s, *heads[s]) for s in streams if s in {b.stream for b in blocks}])
+
+    @_db
+    def streams(self, vehicle: str) -> dict[str, dict]:
+        return {s: {"blocks": n, "records": r, "first_seq": f, "head_seq": q, "head": bytes(d).hex()}
+                for s, q, d, f, n, r in self._q(
+                    "SELECT stream, seq, digest, first_seq, blocks, records FROM heads WHERE vehicle = %s ORDER BY stream",
+                    (vehicle,))}
+
+    def chain(self, vehicle: str, stream: str, *, batch: int = 500) -> Iterator[tuple[int, bytes]]:
+        """(seq, message) of a stored stream, by seq, fetched `batch` rows at a time (constant memory)."""
+        last = -1
+        while True:
+            rows = self._page(vehicle, stream, last, batch)
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    @_db
+    def _page(self, vehicle: str, stream: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(int(q), bytes(m)) for q, m in self._q(
+            "SELECT seq, message FROM blocks WHERE vehicle = %s AND stream = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (vehicle, stream, after, limit))]
+
+    def blocks(self, vehicle: str | None = None, stream: str | None = None, t_from: int | None = None,
+               t_to: int | None = None, *, batch: int = 500) -> Iterator[tuple[str, str, int, bytes]]:
+        """Keyset pages on (vehicle, stream, seq), the blocks_chain index's order: no server cursor to hold open."""
+        after = ("", "", -1)
+        while True:
+            rows = self._blocks_page(vehicle, stream, t_from, t_to, after, batch)
+            yield from rows
+            if len(rows) < batch:
+                return
+            after = rows[-1][:3]
+
+    @_db
+    def _blocks_page(self, vehicle: str | None, stream: str | None, t_from: int | None, t_to: int | None,
+                     after: tuple[str, str, int], limit: int) -> list[tuple[str, str, int, bytes]]:
+        where, args = ["(vehicle, stream, seq) > (%s, %s, %s)"], list(after)
+        for sql, value in (("vehicle = %s", vehicle), ("stream = %s", stream), ("t1 >= %s", t_from), ("t0 <= %s", t_to)):
+            if value is not None:
+                where.append(sql)
+                args.append(value)
+        return [(v, s, int(q), bytes(m)) for v, s, q, m in self._q(
+            f"SELECT vehicle, stream, seq, message FROM blocks WHERE {' AND '.join(where)} "
+            "ORDER BY vehicle, stream, seq LIMIT %s", (*args, limit))]
+
+    @_db
+    def block_count(self, vehicle: str, stream: str) -> tuple[int, int]:
+        """(rows, distinct seqs) stored for a stream: equal when every block is stored once."""
+        row = self._q("SELECT count(*), count(DISTINCT seq) FROM blocks WHERE vehicle = %s AND stream = %s",
+                      (vehicle, stream)).fetchone()
+        return int(row[0]), int(row[1])
+
+    # -- blocks waiting for a gap ------------------------------------------------------------
+
+    @_db
+    def pending(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes] | None:
+        row = self._q("SELECT digest, message FROM pending WHERE vehicle = %s AND stream = %s AND seq = %s",
+                      (vehicle, stream, seq)).fetchone()
+        return (bytes(row[0]), bytes(row[1])) if row else None
+
+    @_db
+    def pending_after(self, vehicle: str, stream: str, seq: int) -> list[tuple[int, bytes]]:
+        return [(int(q), bytes(m)) for q, m in self._q(
+            "SELECT seq, message FROM pending WHERE vehicle = %s AND stream = %s AND seq > %s ORDER BY seq",
+            (vehicle, stream, seq))]
+
+    @_db
+    def replace_pending(self, vehicle: str, stream: str, seq: int, message: bytes) -> None:
+        self._q("UPDATE pending SET message = %s WHERE vehicle = %s AND stream = %s AND seq = %s",
+                (message, vehicle, stream, seq))
+
+    @_db
+    def hold(self, vehicle: str, stream: str, seq: int, digest: bytes, message: bytes, now: float) -> bool:
+        n = self._q("SELECT count(*) FROM pending WHERE vehicle = %s AND stream = %s", (vehicle, stream)).fetchone()[0]
+        if n >= MAX_PENDING:
+            return False
+        self._q("INSERT INTO pending VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (vehicle, stream, seq, digest, message, now))
+        return True
+
+    @_db
+    def release(self, vehicle: str, stream: str, upto_seq: int) -> None:
+        self._q("DELETE FROM pending WHERE vehicle = %s AND stream = %s AND seq <= %s", (vehicle, stream, upto_seq))
+
+    @_db
+    def waiting(self) -> list[tuple[str, str, int, int, float, int]]:
+        return [(v, s, int(lo), int(hi), t, int(n)) for v, s, lo, hi, t, n in self._q(
+            "SELECT vehicle, stream, min(seq), max(seq), min(received), count(*) FROM pending GROUP BY vehicle, stream")]
+
+    # -- evidence, problems, counters --------------------------------------------------------
+
+    @_db
+    def keep_evidence(self, vehicle: str, stream: str, seq: int, digest: bytes, message: bytes, now: float) -> bool:
+        n = self._q("SELECT count(*) FROM evidence WHERE vehicle = %s AND stream = %s", (vehicle, stream)).fetchone()[0]
+        if n >= MAX_EVIDENCE:
+            return False
+        cur = self._q("INSERT INTO evidence(vehicle, stream, seq, digest, message, received) VALUES (%s, %s, %s, %s, %s, %s) "
+                      "ON CONFLICT DO NOTHING", (vehicle, stream, seq, digest, message, now))
+        return cur.rowcount > 0
+
+    @_db
+    def evidence(self, vehicle: str, stream: str, seq: int) -> list[bytes]:
+        return [bytes(r[0]) for r in self._q(
+            "SELECT message FROM evidence WHERE vehicle = %s AND stream = %s AND seq = %s ORDER BY id", (vehicle, stream, seq))]
+
+    @_db
+    def problem(self, vehicle: str | None, stream: str | None, seq: int | None, kind: str, detail: str, now: float) -> None:
+        key = (vehicle or "", stream or "", -1 if seq is None else seq, kind)
+        n = self._q("SELECT count(*) FROM problems").fetchone()[0]
+        if n >= MAX_PROBLEMS and not self._q("SELECT 1 FROM problems WHERE vehicle = %s AND stream = %s AND seq = %s "
+                                             "AND kind = %s", key).fetchone():
+            key = ("", "", -1, kind)  # a flood: count it under the kind alone
+        self._q("INSERT INTO problems(vehicle, stream, seq, kind, detail, first, last, count) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s, 1) ON CONFLICT (vehicle, stream, seq, kind) DO UPDATE SET "
+                "count = problems.count + 1, last = excluded.last, detail = excluded.detail",
+                (*key, detail[:500], now, now))
+
+    @_db
+    def problems(self) -> Iterator[dict]:
+        rows = self._q("SELECT vehicle, stream, seq, kind, detail, count, first, last FROM problems ORDER BY first, id").fetchall()
+        return iter([{"vehicle": v or None, "stream": s or None, "seq": None if q < 0 else q, "kind": k, "detail": d,
+                      "count": c, "first": f, "last": l} for v, s, q, k, d, c, f, l in rows])
+
+    @_db
+    def count(self, vehicle: str, stream: str, *, accepted: int = 0, duplicates: int = 0, now: float) -> None:
+        self._q("INSERT INTO counters VALUES (%s, %s, %s, %s, %s) ON CONFLICT (vehicle, stream) DO UPDATE SET "
+                "accepted = counters.accepted + excluded.accepted, duplicates = counters.duplicates + excluded.duplicates, "
+                "last = excluded.last", (vehicle, stream, accepted, duplicates, now))
+
+    @_db
+    def counters(self) -> dict[tuple[str, str], tuple[int, int, float | None]]:
+        return {(v, s): (int(a), int(d), t) for v, s, a, d, t in self._q("SELECT * FROM counters")}
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None

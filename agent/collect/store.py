@@ -1,0 +1,126 @@
+"""The collector's store interface: what `Collector` reads and writes, whatever holds it (docs/collector.md).
+
+Like python-can's `BusABC`, one small abstract base and one class per
+backend: `Registry` (a directory of SQLite files, the embedded default) and
+`PgStore` (PostgreSQL, for workers on many machines). The collector's checks
+never know which one they write; `open_store` picks by the location's form.
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from typing import Any, Iterator, Sequence
+
+from carledger.ledger import SealedBlock, StoreError, VerifyKey
+
+__all__ = ["CollectorStore", "StoreUnavailable", "open_store", "is_dsn"]
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached right now (a database restarting): try the same work again later."""
+
+
+class CollectorStore(ABC):
+    """Enrolment, the accepted chains, blocks held behind gaps, fork evidence, problems and counters."""
+
+    # -- vehicles ----------------------------------------------------------------------------
+    @abstractmethod
+    def enroll(self, vehicle: str, public_key: Any) -> VerifyKey:
+        """Enrol (or confirm) a vehicle's key; ValueError when another key is enrolled."""
+
+    @abstractmethod
+    def key(self, vehicle: str) -> VerifyKey | None: ...
+
+    @abstractmethod
+    def vehicle_of_kid(self, key_id: bytes) -> tuple[str, VerifyKey] | None: ...
+
+    @abstractmethod
+    def vehicles(self) -> list[tuple[str, bytes, float]]:
+        """(vehicle, raw public key, enrolment time), by vehicle."""
+
+    # -- chains ------------------------------------------------------------------------------
+    @abstractmethod
+    def stream_head(self, vehicle: str, stream: str) -> tuple[int, bytes] | None:
+        """(seq, digest) of the stream's stored head, None before its first block."""
+
+    @abstractmethod
+    def stored(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes, bool] | None:
+        """(digest, bare COSE_Sign1, stored with its records) of the block the chain holds at seq."""
+
+    @abstractmethod
+    def append(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
+        """Store blocks and move their heads in ONE transaction, each stream locked for it alone.
+
+        Each block must continue its stream's head, else StoreError and nothing is written.
+        """
+
+    @abstractmethod
+    def streams(self, vehicle: str) -> dict[str, dict]:
+        """{stream: {"blocks", "records", "first_seq", "head_seq", "head" (hex)}} of the stored chains."""
+
+    @abstractmethod
+    def blocks(self, vehicle: str | None = None, stream: str | None = None, t_from: int | None = None,
+               t_to: int | None = None) -> Iterator[tuple[str, str, int, bytes]]:
+        """(vehicle, stream, seq, message) of the stored blocks whose [t0, t1] (µs) meets [t_from, t_to], each
+        stream by seq; fetched in pages, so memory stays constant whatever the size (collect export)."""
+
+    # -- blocks waiting for a gap ------------------------------------------------------------
+    @abstractmethod
+    def pending(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes] | None: ...
+
+    @abstractmethod
+    def pending_after(self, vehicle: str, stream: str, seq: int) -> list[tuple[int, bytes]]: ...
+
+    @abstractmethod
+    def replace_pending(self, vehicle: str, stream: str, seq: int, message: bytes) -> None: ...
+
+    @abstractmethod
+    def hold(self, vehicle: str, stream: str, seq: int, digest: bytes, message: bytes, now: float) -> bool:
+        """Keep a verified block that does not link yet; False when the stream holds too many."""
+
+    @abstractmethod
+    def release(self, vehicle: str, stream: str, upto_seq: int) -> None: ...
+
+    @abstractmethod
+    def waiting(self) -> list[tuple[str, str, int, int, float, int]]:
+        """Per stream with held blocks: (vehicle, stream, lowest seq, highest seq, oldest arrival, count)."""
+
+    # -- evidence, problems, counters --------------------------------------------------------
+    @abstractmethod
+    def keep_evidence(self, vehicle: str, stream: str, seq: int, digest: bytes, message: bytes, now: float) -> bool: ...
+
+    @abstractmethod
+    def evidence(self, vehicle: str, stream: str, seq: int) -> list[bytes]: ...
+
+    @abstractmethod
+    def problem(self, vehicle: str | None, stream: str | None, seq: int | None, kind: str, detail: str, now: float) -> None: ...
+
+    @abstractmethod
+    def problems(self) -> Iterator[dict]: ...
+
+    @abstractmethod
+    def count(self, vehicle: str, stream: str, *, accepted: int = 0, duplicates: int = 0, now: float) -> None: ...
+
+    @abstractmethod
+    def counters(self) -> dict[tuple[str, str], tuple[int, int, float | None]]: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+
+def is_dsn(location: str | os.PathLike) -> bool:
+    """A PostgreSQL connection string (URI or key=value), as opposed to a collector directory."""
+    s = str(location)
+    return s.startswith(("postgresql://", "postgres://")) or ("=" in s and ("dbname=" in s or "host=" in s))
+
+
+def open_store(location: str | os.PathLike) -> CollectorStore:
+    """The store at `location`: a PostgreSQL DSN opens PgStore, anything else a collector directory."""
+    if is_dsn(location):
+        from carledger.collect.pgstore import PgStore
+
+        return PgStore(str(location))
+    from carledger.collect.registry import Registry
+
+    return Registry(location)
