@@ -53,7 +53,10 @@ def test_ledger_seals_through_another_signer_and_blocks_verify(tmp_path):
             _record(ledger, "driving", 4)
             ledger.seal()
         assert ledger.kid == device.key_id
-    assert len(device.signed) == 3  # one signature per block, all of them by the device
+    # one signature per block and one for the checkpoint of the stream's log at close, all of them by the device
+    blocks = [m for m in device.signed if m.startswith(b"\x84jSignature1")]
+    notes = [m for m in device.signed if m not in blocks]
+    assert len(blocks) == 3 and len(notes) == 1 and notes[0].split(b"\n")[1] == b"3"  # a checkpoint of 3 blocks
     assert not (store / "keys" / "vehicle.key").exists()  # no key material was made or kept on disk
     report = verify_store(store, key=device.public_key)
     assert report.ok and report.streams["driving"].blocks == 3 and report.key_id == device.key_id.hex()
