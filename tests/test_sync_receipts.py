@@ -30,6 +30,7 @@ def test_the_collectors_ack_carries_a_receipt_the_car_verifies_and_keeps(broker,
         sync.stop()
         drive.close()
     assert sync.stats.receipts_refused == 0
+    check_on_the_command_line(store, tmp_path)
     keys = collector_keys(store)
     with Store.open_readonly(store) as s:
         for _id, stream, recipient, size, text, line, stated, received in s.receipts():
@@ -38,6 +39,42 @@ def test_the_collectors_ack_carries_a_receipt_the_car_verifies_and_keeps(broker,
             assert cp.root_hash == s.tree_root(stream, size, derived=True)
             assert check_receipt(keys[recipient], text, line) == stated
             assert abs(stated - received) < 120
+
+
+def check_on_the_command_line(store, tmp_path) -> None:
+    """`receipts verify` passes; `audit` shows the receipts; a receipt row edited or a key re-enrolled fails (exit 1)."""
+    import contextlib
+    import io
+    import json
+    import shutil
+    import sqlite3
+
+    from carledger.cli import main
+    from carledger.sync import enroll_collector
+
+    def run(*argv) -> tuple[int, str]:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(io.StringIO()):
+            code = main(list(argv))
+        return code, out.getvalue()
+
+    code, out = run("receipts", "verify", str(store), "--json")
+    got = json.loads(out)
+    assert code == 0 and got["ok"] and {r["recipient"] for r in got["receipts"]} == {"insurer", "fleet"}
+    code, out = run("audit", str(store))
+    assert code == 0 and "Receipts" in out and "insurer" in out.split("Receipts")[1]
+    edited = tmp_path / "edited"
+    shutil.copytree(store, edited)
+    with sqlite3.connect(edited / "ledger.sqlite") as db:
+        db.execute("UPDATE receipts SET size = size - 1, text = replace(text, char(10) || '6' || char(10), "
+                   "char(10) || '5' || char(10)) WHERE stream = 'speed'")
+    assert run("receipts", "verify", str(edited))[0] == 1
+    other = tmp_path / "rekeyed"
+    shutil.copytree(store, other)
+    enroll_collector(other, "insurer", SigningKey.generate().verify_key)
+    code, out = run("receipts", "verify", str(other))
+    assert code == 1 and "NO:" in out
+    assert run("receipts", "verify", str(tmp_path / "nowhere"))[0] == 2
 
 
 def test_a_receipt_forged_with_the_wrong_key_is_refused_and_the_ack_still_counts(broker, tmp_path):
