@@ -581,6 +581,16 @@ class Store:
             return self._conn.execute("SELECT id, stream, recipient, size, text, line, stated, received FROM receipts "
                                       "ORDER BY stream, recipient, size").fetchall()
 
+    def forks(self) -> list[tuple[str, str, bytes, str, int]]:
+        """(stream, source, signed note, detail, received) of each checkpoint kept as evidence, as stored
+        (open the note with the stream's key before trusting it); [] for a store older than checkpoints."""
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT stream, source, note, detail, received FROM forks ORDER BY id").fetchall()
+            except sqlite3.OperationalError:
+                return []
+        return [(s, src, bytes(n), d, r) for s, src, n, d, r in rows]
+
     def check_signed_checkpoint(self, stream: str, signed: bytes, source: str) -> "_cp.Checkpoint":
         """A checkpoint of `stream` learnt from `source` (witness, collector): ForkedStore, and kept as
         evidence, when the store does not hold its tree (checkpoints.check_signed_checkpoint)."""
