@@ -77,6 +77,7 @@ class Collector:
         self.clock = clock
         self.stats = CollectorStats()
         self._queue: list[tuple[str, bytes]] = []
+        self._no_receipt: set[tuple[str, str]] = set()  # streams whose receipt cannot be computed (logged once)
 
     def close(self) -> None:
         self.registry.close()
@@ -353,8 +354,10 @@ class Collector:
         key = self.registry.key(vehicle)
         try:
             root = self.registry.replica(vehicle).tree_root(stream, size)
-        except (StoreError, MalformedBlock, ValueError) as exc:
-            log.warning("collect: %s %s: no receipt for %d blocks: %s", vehicle, stream, size, exc)
+        except (StoreError, MalformedBlock, ValueError) as exc:  # e.g. a replica older than its stored hashes
+            if (vehicle, stream) not in self._no_receipt:
+                self._no_receipt.add((vehicle, stream))
+                log.warning("collect: %s %s: acks go without a receipt: %s", vehicle, stream, exc)
             return None
         return None if key is None else cosign_tree(self.ack_key, origin_for(bytes(key), stream), size, root, self.clock)
 
