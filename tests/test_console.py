@@ -103,8 +103,12 @@ class Console:
     lines: list[str] = field(default_factory=list)
 
     def request(self, path: str, form: dict[str, str] | None = None, *, cookie: bool = True,
-                headers: dict[str, str] | None = None) -> Reply:
+                headers: dict[str, str] | None = None, files: dict[str, bytes] | None = None) -> Reply:
+        """GET, or POST `form` (urlencoded; multipart/form-data, as a browser sends a file input, with `files`)."""
         data = None if form is None else urllib.parse.urlencode(form).encode()
+        if files is not None:
+            data, kind = multipart(form or {}, files)
+            headers = {**(headers or {}), "Content-Type": kind}
         req = urllib.request.Request(self.url + path.lstrip("/"), data=data, headers=headers or {})
         if cookie and self.cookie:
             req.add_header("Cookie", f"carledger_console={self.cookie}")
@@ -134,6 +138,16 @@ class Console:
         page, token = self.csrf("/confirm?" + urllib.parse.urlencode(query))
         fields = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page.body.split('action="/do"')[1]))
         return self.request("/do", {**{k: unescape(v) for k, v in fields.items()}, "csrf": token})
+
+
+def multipart(form: dict[str, str], files: dict[str, bytes]) -> tuple[bytes, str]:
+    """A multipart/form-data body as a browser makes it: the fields, then each file as `NAME.key`."""
+    boundary = "----carledgertest" + os.urandom(8).hex()
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"\r\n\r\n{v}\r\n'.encode()
+             for k, v in form.items()]
+    parts += [f'--{boundary}\r\nContent-Disposition: form-data; name="{k}"; filename="{k}.key"\r\n'
+              "Content-Type: application/octet-stream\r\n\r\n".encode() + v + b"\r\n" for k, v in files.items()]
+    return b"".join(parts) + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
 def new_code(store: Path) -> str:
@@ -486,7 +500,19 @@ def check_archive(data: bytes, store: Path, stream: str, tmp_path: Path) -> None
     exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store), "--stream", stream,
                                "--events"], capture_output=True, text=True, check=True).stdout
     assert archive.read(f"streams/{stream}.jsonl").decode() == exported
-    key = json.loads(archive.read("vehicle.json"))["public_key"]
+    vehicle = json.loads(archive.read("vehicle.json"))
+    key = vehicle["stream_keys"][stream]  # a recipient's pseudonymous stream: its own key (docs/ledger-keys.md)
+    assert vehicle["stream_keys"]["audit"] == vehicle["public_key"]  # the car's own streams: the vehicle key
+    # ... and, for a stream with a key of its own, the vehicle key's certificate for it, checked as check-proof does
+    proof = json.loads(archive.read("key-proof.json"))
+    assert proof["vehicle_key"] == vehicle["public_key"]
+    if key != vehicle["public_key"]:
+        (tmp_path / "key-proof.json").write_bytes(archive.read("key-proof.json"))
+        proved = subprocess.run([sys.executable, "-m", "carledger", "remote", "check-proof",
+                                 str(tmp_path / "key-proof.json"), "--vehicle-key", vehicle["public_key"], "--json"],
+                                capture_output=True, text=True)
+        assert proved.returncode == 0, proved.stdout + proved.stderr
+        assert key in proved.stdout  # the stream's key is among those the vehicle key certified
     verifier = Path(__file__).resolve().parents[1] / ".venv-verifier" / "bin" / "python"
     if not verifier.exists():
         pytest.skip("no .venv-verifier (scripts/setup makes it) to verify the download as a third party")
@@ -506,6 +532,93 @@ def test_crash_captures_are_edr_lists(console, store):
     listed = json.loads(subprocess.run([sys.executable, "-m", "carledger", "edr", "list", str(store), "--json"],
                                        capture_output=True, text=True, check=True).stdout)
     assert listed["captures"] == [] and page.status == 200 and "No crash captures." in page.text
+
+
+@pytest.fixture(scope="module")
+def crash(tmp_path_factory) -> dict[str, Path]:
+    """A store with a real crash capture (the simulated car's `crash` through the agent, as tests/test_edr.py
+    makes it), encrypted to `owner` but not to `stranger`."""
+    from carledger.ledger.encrypt import create_private_key
+    from test_edr import drive, edr_policy, record
+
+    folder = tmp_path_factory.mktemp("crash")
+    keys = {name: folder / f"{name}.key" for name in ("owner", "stranger")}
+    for path in keys.values():
+        create_private_key(path)
+    store = drive(folder / "car", record(folder / "crash.log", "crash"), edr_policy(keys, "owner"))
+    return {"store": store, **keys}
+
+
+def edr_export(store: Path, key: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "carledger", "edr", "export", str(store), "--key", str(key), *args],
+                          capture_output=True)
+
+
+def export_form(console: Console) -> dict[str, str]:
+    """The crash page's export form: its CSRF token and the capture it offers first (the newest)."""
+    page = console.request("/crashes")
+    form = page.body.split('action="/crashes/export"')[1]
+    return {"csrf": unescape(re.search(r'name="csrf" value="([^"]+)"', form).group(1)),
+            "capture": re.search(r'<option value="(\d+)"', form).group(1)}
+
+
+def test_a_crash_capture_downloads_decrypted_byte_for_byte_as_edr_export_and_the_key_stays_nowhere(crash):
+    store, owner = crash["store"], crash["owner"]
+    key = owner.read_bytes()
+    console = start_console(store)
+    try:
+        console.pair()
+        page = console.request("/crashes")
+        assert 'enctype="multipart/form-data"' in page.body and 'type="file"' in page.body
+        assert '<label for="export-key">' in page.body
+        for fmt in ("csv", "jsonl", "json"):
+            reply = console.request("/crashes/export", {**export_form(console), "format": fmt}, files={"key": key})
+            cli = edr_export(store, owner, "--format", fmt)
+            assert cli.returncode == 0, cli.stderr
+            assert reply.status == 200 and reply.body.encode() == cli.stdout and len(cli.stdout) > 100_000, fmt
+            assert reply.headers["Content-Disposition"].startswith('attachment; filename="carledger-capture-')
+        assert reply.headers["Content-Type"] == "application/json" and json.loads(reply.body)["verified"] is True
+    finally:
+        stop(console)
+    secret = key.strip()
+    raw = bytes.fromhex(secret.decode())
+    for path in store.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            assert secret not in content and secret.upper() not in content and raw not in content, path
+    logged = console.proc.stdout.read() + console.proc.stderr.read()
+    assert secret.decode() not in logged and secret.decode().upper() not in logged
+
+
+def test_opening_a_capture_needs_its_key_a_session_and_a_fresh_form(crash):
+    store, owner, stranger = crash["store"], crash["owner"], crash["stranger"]
+    console = start_console(store)
+    try:
+        form = {"capture": "1", "format": "csv"}
+        assert console.request("/crashes/export", form, files={"key": owner.read_bytes()}).status == 403  # no session
+        console.pair()
+        wrong = console.request("/crashes/export", {**export_form(console), "format": "csv"},
+                                files={"key": stranger.read_bytes()})
+        cli = edr_export(store, stranger, "--format", "csv")
+        assert wrong.status == 409 and cli.returncode == 1 and cli.stdout == b""
+        line = cli.stderr.decode().strip().splitlines()[-1].split(": ", 1)[1]
+        assert "is not encrypted to key" in line and f"Not opened: {line}" in wrong.text
+        assert "Traceback" not in wrong.body and "Download decrypted" in wrong.text  # the form again, to retry
+        assert console.request("/crashes/export", form, files={"key": owner.read_bytes()}).status == 403  # no token
+        stale = export_form(console)
+        assert console.request("/crashes/export", {**stale, "format": "csv"}, files={"key": owner.read_bytes()}).status == 200
+        assert console.request("/crashes/export", {**stale, "format": "csv"}, files={"key": owner.read_bytes()}).status == 403
+        other_site = console.request("/crashes/export", {**export_form(console), "format": "csv"},
+                                     files={"key": owner.read_bytes()}, headers={"Origin": "https://evil.example"})
+        assert other_site.status == 403
+        not_a_key = console.request("/crashes/export", {**export_form(console), "format": "csv"}, files={"key": b"\xff" * 40})
+        assert not_a_key.status == 400 and "Not opened: the recipient key file: not hex" in not_a_key.text
+        huge = console.request("/crashes/export", {**export_form(console), "format": "csv"}, files={"key": b"0" * 9000})
+        assert huge.status == 413
+        missing = console.request("/crashes/export", {**export_form(console), "format": "csv"}, files={"key": b""})
+        assert missing.status == 400 and "choose the file" in missing.text
+    finally:
+        stop(console)
 
 
 def test_wipe_needs_the_word_a_confirmation_and_a_stopped_agent_then_signs_everyone_out(console, store):

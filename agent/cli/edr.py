@@ -8,7 +8,7 @@ import sys
 from typing import Any, TextIO
 
 from carledger.cli._display import table
-from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, json_default, rounding_from, sample_row
+from carledger.cli._export import SAMPLE_FORMATS, Clock, Rounding, add_time_option, event_row, json_default, rounding_from, sample_row
 from carledger.cli._store import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, exit_status, fail, open_output, output_path
 
 EPILOG = """\
@@ -108,12 +108,58 @@ def list_captures(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def export_capture(args: argparse.Namespace) -> int:
+class ExportRefused(Exception):
+    """Why a capture cannot be exported: the one line `edr export` prints (and the console shows), its exit status."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+def open_for_export(store_path: str, key: Any, number: int | None = None,
+                    vehicle_key: str | None = None) -> tuple[int, Any]:
+    """(number, CaptureContent): capture `number` (default the newest) verified and decrypted with `key`.
+
+    The one path from a key to a capture's content, for `edr export` and the
+    console alike; every refusal is an ExportRefused with the CLI's message.
+    """
     from carledger.config import ConfigError
     from carledger.edr import CaptureError, open_capture, read_captures
-    from carledger.ledger import KeyFileError, LedgerError, MalformedBlock, load_verify_key
-    from carledger.ledger.encrypt import DecryptError, load_private_key
+    from carledger.ledger import KeyFileError, LedgerError, MalformedBlock, Store, load_verify_key
+    from carledger.ledger.encrypt import DecryptError
     from carledger.ledger.keys import kid
+
+    try:
+        store = Store.open_readonly(store_path)
+    except (ConfigError, LedgerError, OSError) as exc:
+        raise ExportRefused(str(exc), EXIT_USAGE) from None
+    with store:
+        try:
+            vkey = load_verify_key(vehicle_key) if vehicle_key else store.verify_key
+            if vkey is None:
+                raise ExportRefused(f"{store.path} records no vehicle key; pass --vehicle-key", EXIT_USAGE)
+            asked = number
+            if number is None:
+                captures = [c for c in read_captures(store, vkey) if not c.overwritten]
+                if not captures:
+                    raise ExportRefused(f"no crash capture to export in {store.path}", EXIT_REFUSED)
+                number = captures[-1].capture
+            return number, open_capture(store, number, key, vkey)
+        except KeyFileError as exc:
+            raise ExportRefused(str(exc), EXIT_USAGE) from None
+        except CaptureError as exc:  # its message names the capture
+            raise ExportRefused(str(exc), EXIT_REFUSED) from None
+        except MalformedBlock as exc:  # the metadata itself does not verify: every block would say the same
+            raise ExportRefused(f"the crash stream does not verify with vehicle key {kid(vkey).hex()}: {exc}",
+                                EXIT_REFUSED) from None
+        except (DecryptError, LedgerError) as exc:
+            raise ExportRefused(f"capture {asked or number}: {exc}", EXIT_REFUSED) from None
+
+
+def export_capture(args: argparse.Namespace) -> int:
+    from carledger.config import ConfigError
+    from carledger.ledger import KeyFileError
+    from carledger.ledger.encrypt import load_private_key
 
     if args.output:
         output_path(args.output)  # before any work: a directory or a missing parent is a usage error
@@ -123,35 +169,18 @@ def export_capture(args: argparse.Namespace) -> int:
         return fail(args, "--key is required (or --proof)", EXIT_USAGE)
     try:
         key = load_private_key(args.key)
-        store = _open_store(args)
-    except (ConfigError, KeyFileError, LedgerError, OSError) as exc:
+    except (ConfigError, KeyFileError, OSError) as exc:
         return fail(args, str(exc), EXIT_USAGE)
-    with store:
-        try:
-            vkey = load_verify_key(args.vehicle_key) if args.vehicle_key else store.verify_key
-            if vkey is None:
-                return fail(args, f"{store.path} records no vehicle key; pass --vehicle-key", EXIT_USAGE)
-            number = args.capture
-            if number is None:
-                captures = [c for c in read_captures(store, vkey) if not c.overwritten]
-                if not captures:
-                    return fail(args, f"no crash capture to export in {store.path}", EXIT_REFUSED)
-                number = captures[-1].capture
-            content = open_capture(store, number, key, vkey)
-        except KeyFileError as exc:
-            return fail(args, str(exc), EXIT_USAGE)
-        except CaptureError as exc:  # its message names the capture
-            return fail(args, str(exc), EXIT_REFUSED)
-        except MalformedBlock as exc:  # the metadata itself does not verify: every block would say the same
-            return fail(args, f"the crash stream does not verify with vehicle key {kid(vkey).hex()}: {exc}", EXIT_REFUSED)
-        except (DecryptError, LedgerError) as exc:
-            return fail(args, f"capture {args.capture or number}: {exc}", EXIT_REFUSED)
+    try:
+        number, content = open_for_export(args.store, key, args.capture, args.vehicle_key)
+    except ExportRefused as exc:
+        return fail(args, str(exc), exc.status)
     rounding = rounding_from(args.dbc)
     if rounding is None:
         return EXIT_USAGE
     out: TextIO = open_output(args.output)
     try:
-        _write_capture(args, content, out, rounding)
+        write_capture(content, out, args.format, events=args.events, time=args.time, rounding=rounding)
     finally:
         if args.output:
             out.close()
@@ -208,12 +237,15 @@ def _counted(content: Any) -> str:
             f"{events} event{'s' * (events != 1)})")
 
 
-def _write_capture(args: argparse.Namespace, content: Any, out: TextIO, rounding: Any) -> None:
-    """The capture in the format asked: a JSON document, or the samples as every export writes them."""
+def write_capture(content: Any, out: TextIO, fmt_name: str = "json", *, events: bool = False,
+                  time: str | None = None, rounding: Any = None) -> None:
+    """The capture in the format asked (json, jsonl, csv): a JSON document, or the samples as every export
+    writes them. `edr export` and the console's download both write through here."""
     from carledger.edr import CRASH_STREAM
 
-    fmt = SAMPLE_FORMATS.get(args.format)
-    clock = Clock(args.time, machine=fmt is None or fmt.machine)
+    rounding = Rounding(()) if rounding is None else rounding
+    fmt = SAMPLE_FORMATS.get(fmt_name)
+    clock = Clock(time, machine=fmt is None or fmt.machine)
     samples = [sample_row(CRASH_STREAM, seq, s, clock, rounding) for s, seq in zip(content.samples, content.sample_seqs)]
     if fmt is None:  # json: the capture's metadata, then its samples and events
         info = content.info.to_json()
@@ -227,7 +259,7 @@ def _write_capture(args: argparse.Namespace, content: Any, out: TextIO, rounding
         return
     writer = fmt.writer(out)
     rows = [(s.t, 0, row) for s, row in zip(content.samples, samples)]
-    if args.events:
+    if events:
         rows += [(e.t, 1, event_row(CRASH_STREAM, seq, e, clock)) for e, seq in zip(content.events, content.event_seqs)]
-    for _, is_event, row in sorted(rows, key=lambda r: (r[0], r[1])) if args.events else rows:
+    for _, is_event, row in sorted(rows, key=lambda r: (r[0], r[1])) if events else rows:
         (writer.event if is_event else writer.sample)(row)

@@ -189,6 +189,11 @@ def recipient_identity(store: str | os.PathLike, recipient: str) -> dict:
             "public_key": pub.hex(), "kid": kid(pub).hex()}
 
 
+def key_proof(vehicle: str, vehicle_key: bytes, statements: list[str]) -> dict:
+    """The proof document `check-proof` reads: the vehicle key and key statements it signed (hex)."""
+    return {"type": PROOF_TYPE, "vehicle": vehicle, "vehicle_key": bytes(vehicle_key).hex(), "statements": statements}
+
+
 def _prove(store: Path, recipients: list[str], output: str) -> dict:
     """The proof file: the vehicle key and the key statements it signed for `recipients` (docs/owner-state.md)."""
     from carledger.ledger import Store
@@ -205,7 +210,7 @@ def _prove(store: Path, recipients: list[str], output: str) -> dict:
                            "pseudonymous stream first runs)" if name else f"{recipient}: identified by the VIN; "
                            "its blocks are signed with the vehicle key itself")
         statements.append(cert.statement.hex())
-    proof = {"type": PROOF_TYPE, "vehicle": vehicle, "vehicle_key": public.hex(), "statements": statements}
+    proof = key_proof(vehicle, public, statements)
     with open_output(output) as fh:
         json.dump(proof, fh, indent=1)
         fh.write("\n")

@@ -10,12 +10,13 @@ same path (through the running agent, which applies it before the next block).
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import time
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable, TextIO
 from urllib.parse import urlsplit
 
 from carledger.cli._store import Target
@@ -28,6 +29,11 @@ GRANT_CHOICES = (("90d", "90 days"), ("30d", "30 days"), ("1y", "1 year"), ("2y"
 PAUSE_CHOICES = (("", "until I resume"), ("1h", "1 hour"), ("1d", "1 day"))
 ACTIONS = ("grant", "revoke", "pause", "resume", "wipe", "allow", "withdraw")
 WIPE_WORD = "WIPE"  # what `carledger wipe` asks the owner to type
+EXPORT_FORMATS = {  # `carledger edr export --format`: (what the owner reads, the download's type)
+    "csv": ("CSV (a spreadsheet)", "text/csv; charset=utf-8"),
+    "jsonl": ("JSON lines (one sample a line)", "application/x-ndjson"),
+    "json": ("JSON (one document, with the metadata)", "application/json"),
+}
 
 
 def _css() -> bytes:
@@ -69,6 +75,8 @@ class Console:
                 return Response.text(403, "refused: this form is stale or was not made by the console; open the page again")
             if req.path == "/do":
                 return self.do(req, session)
+            if req.path == "/crashes/export":
+                return self.export_capture(req, session)
             if req.path == "/logout":
                 self.auth.end(req.cookie)
                 return Response.redirect("/pair")
@@ -257,7 +265,7 @@ class Console:
             body.append("<p>No metrics: add [stream.metrics] to a local stream (docs/policy.md).</p>")
         return self._page("Trips and metrics", "".join(body), "/trips", session)
 
-    def crashes(self, req: Request, session: Session) -> Response:
+    def crashes(self, req: Request, session: Session, note: str = "", status: int = 200) -> Response:
         from carledger.edr import read_captures
         from carledger.ledger import MalformedBlock, Store
         from carledger.owner.state import iso
@@ -271,12 +279,71 @@ class Console:
         rows = [(c["capture"], iso(c["t"]), c["trigger"].get("kind", "?"), f"{c['trigger'].get('delta_v_kmh', 0):.1f} km/h",
                  "deployed" if c["deployment"] else "no", c["status"], ", ".join(k.get("name", "?") for k in c["keys"]))
                 for c in captures]
-        body = ("<p>What the event data recorder captured around a crash (<code>carledger edr list</code>). Each capture "
-                "is encrypted to the keys named: open one on a computer that holds such a key, with "
-                "<code>carledger edr export</code>.</p>")
+        body = note + ("<p>What the event data recorder captured around a crash (<code>carledger edr list</code>). Each "
+                       "capture is encrypted to the keys named: only such a key opens it.</p>")
         body += (pages.table(("Capture", "Time (UTC)", "Trigger", "Delta-v", "Airbag", "Status", "Encrypted to"), rows,
                              "Crash captures") if rows else "<p>No crash captures.</p>")
-        return self._page("Crash captures", body, "/crashes", session)
+        readable = [c for c in captures if c["status"] != "overwritten"]
+        if readable:
+            body += self._export_form(readable, session)
+        return self._page("Crash captures", body, "/crashes", session, status)
+
+    def _export_form(self, captures: list[dict[str, Any]], session: Session) -> str:
+        """The owner's key, picked from a file, opens one capture; the download is `carledger edr export`'s."""
+        from carledger.console.server import MAX_BODY
+        from carledger.owner.state import iso
+
+        newest = captures[-1]["capture"]
+        choices = [(str(c["capture"]), f"capture {c['capture']}, {iso(c['t'])}") for c in reversed(captures)]
+        return ("<h2>Open a capture</h2><p>Pick the key file the capture is encrypted to (the one "
+                "<code>carledger keygen recipient</code> wrote). The car uses it for this download only: it is not "
+                "saved, logged or kept. For the most caution, open the capture on a computer you trust instead: "
+                f"<code>carledger edr export --key owner.key --capture {newest}</code>.</p>"
+                '<form method="post" action="/crashes/export" enctype="multipart/form-data" class="ask">'
+                + hidden("csrf", self.auth.csrf_token(session))
+                + select("capture", "Capture", choices, "export-capture")
+                + select("format", "Format", [(k, v[0]) for k, v in EXPORT_FORMATS.items()], "export-format")
+                + f'<label for="export-key">Recipient key file (at most {MAX_BODY // 1024} KiB)</label>'
+                '<input id="export-key" name="key" type="file" required>'
+                '<button type="submit" aria-label="Verify, decrypt and download the capture">Download decrypted</button>'
+                "</form>")
+
+    def export_capture(self, req: Request, session: Session) -> Response:
+        """`carledger edr export --key` over the console: the key from the form, in this request's memory only.
+
+        Verified and decrypted before the first byte is sent, through the very
+        functions the command uses, so a refusal is the command's own line on
+        the page; the download then writes what `edr export` writes.
+        """
+        from carledger.cli._store import EXIT_REFUSED
+        from carledger.cli.edr import ExportRefused, open_for_export, write_capture
+        from carledger.ledger import KeyFileError
+        from carledger.ledger.encrypt import parse_private_key
+
+        raw = req.files.pop("key", None)  # the request keeps no copy of it
+        fmt = req.form.get("format", "csv")
+        wanted = req.form.get("capture", "")
+        try:
+            if fmt not in EXPORT_FORMATS:
+                raise ExportRefused(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", 400)
+            if not wanted.isdigit():
+                raise ExportRefused("capture: choose a capture from the list", 400)
+            if not raw:
+                raise ExportRefused("the recipient key file: choose the file (it was empty or missing)", 400)
+            try:
+                key = parse_private_key(raw.decode("ascii"), "the recipient key file")
+            except UnicodeDecodeError:
+                raise ExportRefused("the recipient key file: not hex", 400) from None
+            finally:
+                del raw
+            number, content = open_for_export(self.where.store, key, int(wanted))
+            del key  # only the decrypted capture goes on to the download
+        except (ExportRefused, KeyFileError) as exc:
+            status = 409 if getattr(exc, "status", None) == EXIT_REFUSED else 400  # refused, or a bad form
+            return self.crashes(req, session, message(f"Not opened: {exc}", error=True), status)
+        name = f"carledger-capture-{number}.{fmt}"
+        return Response(200, lambda out: _write_text(out, lambda text: write_capture(content, text, fmt)),
+                        EXPORT_FORMATS[fmt][1], headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     def wipe_page(self, req: Request, session: Session) -> Response:
         body = ("<p>For a change of owner: this deletes every block of every stream, the policy, the consents and the "
@@ -391,6 +458,16 @@ class Console:
                 f"{result.new_kid}. Every paired device is signed out. Restart the console (with --listen it makes a "
                 "new certificate), then the new owner pairs with carledger console pair.")
         return Response(200, layout("Wiped", message(text), signed_in=False))
+
+
+def _write_text(out: BinaryIO, write: Callable[[TextIO], None]) -> None:
+    """`write` a text export to the connection as UTF-8, byte for byte what the command writes to a file."""
+    text = io.TextIOWrapper(out, encoding="utf-8", newline="")
+    try:
+        write(text)
+        text.flush()
+    finally:
+        text.detach()  # the server closes the connection, not this wrapper
 
 
 def _vehicle_key(store: str) -> bytes | None:

@@ -8,8 +8,12 @@ The archive holds the data and what is needed to read and check it:
 - `streams/NAME.jsonl`: samples and declared events, the `log export --events`
   format (docs/exports.md), from blocks whose signature and Merkle root were checked;
 - `streams/NAME.cose`: the same blocks as signed (`log export --format cose`),
-  for docs/third_party_verify.py with the key in `vehicle.json`;
-- `vehicle.json`: the vehicle id, its Ed25519 public key, the time of the export;
+  for docs/third_party_verify.py with the stream's key in `vehicle.json`;
+- `vehicle.json`: the vehicle id, its Ed25519 public key, the time of the export,
+  and each stream's signing key (a recipient's pseudonymous stream has its own);
+- `key-proof.json`: the key statements by which the vehicle key certifies each
+  recipient's own key, as `carledger remote identity --prove` writes them
+  (`carledger remote check-proof key-proof.json` checks them);
 - `policy.toml` and `policies/`: the policy in force and every version applied
   (the blocks name them by digest);
 - `signals.json`: each signal's VSS name, DBC message and signal, unit and
@@ -35,7 +39,11 @@ Everything this car's carledger store held when it was exported, with what is
 needed to read and check it. Formats: docs/exports.md (jsonl), docs/block-format.md
 (cose), docs/console.md ("My data"). Verify a stream without carledger:
     python third_party_verify.py PUBLIC_KEY_HEX streams/NAME.cose
-with public_key from vehicle.json. Times in jsonl are seconds since 1970 (UTC).
+with stream_keys[NAME] from vehicle.json: the vehicle's public_key for the
+car's own streams; a recipient's pseudonymous stream is signed with a key of
+that recipient's own, which the vehicle key certifies: key-proof.json holds those
+certificates (carledger remote check-proof key-proof.json; docs/ledger-keys.md).
+Times in jsonl are seconds since 1970 (UTC).
 """
 
 
@@ -43,6 +51,7 @@ def write_archive(out: BinaryIO, where: Target) -> None:
     """Write the whole archive to `out` (an unseekable stream is fine)."""
     from carledger.cli._export import SAMPLE_FORMATS, Clock, Rounding, event_row, rounding_from, sample_row
     from carledger.cli.log import _checked_blocks
+    from carledger.cli.remote import key_proof
     from carledger.ledger import Sample, Store, decode_record
     from carledger.owner.state import OwnerState, iso
 
@@ -54,7 +63,11 @@ def write_archive(out: BinaryIO, where: Target) -> None:
             archive.writestr("vehicle.json", json.dumps({
                 "vehicle": vehicle.decode() if isinstance(vehicle, bytes) else vehicle,
                 "public_key": bytes(meta["public_key"]).hex(), "exported": iso(time.time()),
+                "stream_keys": {name: key.hex() for name in store.streams() if (key := store.stream_key(name))},
             }, indent=1))
+            ring = store.keyring()  # only statements the vehicle key signed: the ring checked each one
+            archive.writestr("key-proof.json", json.dumps(key_proof(
+                store.vehicle_id, store.public_key, [cert.statement.hex() for cert in ring.by_kid.values()]), indent=1))
             state = OwnerState.load(where.store)
             if state.policy_bytes:
                 archive.writestr("policy.toml", state.policy_bytes)

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 TIMEOUT = 20.0  # seconds a connection may stay silent
 MAX_CONNECTIONS = 16  # connections served at once; more are closed at once
-MAX_BODY = 8192  # bytes of a form: the console's forms are a few fields
+MAX_BODY = 8192  # bytes of a form: the console's forms are a few fields, or a key file of 65 bytes
 MAX_FIELDS = 32  # fields of a query or a form
 COOKIE = "carledger_console"
 HEADERS = {
@@ -50,6 +50,7 @@ class Request:
     origin: str | None
     host: str | None
     tls: bool
+    files: dict[str, bytes] = field(default_factory=dict)  # a multipart form's files, in memory only
 
 
 @dataclass
@@ -102,7 +103,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _request(self, method: str) -> Request | None:
         parts = urlsplit(self.path)
-        form: dict[str, str] = {}
+        form: dict[str, str] | None = {}
+        files: dict[str, bytes] = {}
         if method == "POST":
             try:
                 length = int(self.headers.get("Content-Length") or 0)
@@ -111,7 +113,16 @@ class _Handler(BaseHTTPRequestHandler):
             if not 0 <= length <= MAX_BODY:
                 self._send(Response.text(413, f"a form is at most {MAX_BODY} bytes"))
                 return None
-            form = _fields(self.rfile.read(length).decode("utf-8", "replace"))
+            body = self.rfile.read(length)
+            kind = self.headers.get("Content-Type") or ""
+            if kind.lower().startswith("multipart/form-data"):
+                parsed = _multipart(kind, body)
+                if parsed is None:
+                    self._send(Response.text(400, f"a form of at most {MAX_FIELDS} fields, as a browser sends it"))
+                    return None
+                form, files = parsed
+            else:
+                form = _fields(body.decode("utf-8", "replace"))
         query = _fields(parts.query)
         if form is None or query is None:
             self._send(Response.text(400, f"at most {MAX_FIELDS} fields in a query or a form"))
@@ -123,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
         except CookieError:
             pass
         return Request(method, parts.path, query, form, cookie, self.headers.get("Origin"),
-                       self.headers.get("Host"), self.server.tls is not None)
+                       self.headers.get("Host"), self.server.tls is not None, files)
 
     def _send(self, response: Response, head: bool = False) -> None:
         self.send_response(response.status)
@@ -153,6 +164,34 @@ def _fields(text: str) -> dict[str, str] | None:
         return {k: v[0] for k, v in parse_qs(text, keep_blank_values=True, max_num_fields=MAX_FIELDS).items()}
     except ValueError:  # "Max number of fields exceeded"
         return None
+
+
+def _multipart(content_type: str, body: bytes) -> tuple[dict[str, str], dict[str, bytes]] | None:
+    """A multipart/form-data body (a form with a file, MAX_BODY at most): its fields and its files, kept in
+    memory only; None when it is not one or has more than MAX_FIELDS parts. The email parser reads it, as
+    the standard library's removed `cgi` module did."""
+    from email import policy
+    from email.parser import BytesParser
+
+    head = b"Content-Type: " + content_type.encode("latin-1", "replace") + b"\r\n\r\n"
+    message = BytesParser(policy=policy.HTTP).parsebytes(head + body)
+    if not message.is_multipart() or message.defects:
+        return None
+    parts = list(message.iter_parts())  # type: ignore[attr-defined] - policy.HTTP makes an EmailMessage
+    if len(parts) > MAX_FIELDS:
+        return None
+    form: dict[str, str] = {}
+    files: dict[str, bytes] = {}
+    for part in parts:
+        name = part.get_param("name", header="content-disposition")
+        if not isinstance(name, str):
+            continue
+        data = part.get_payload(decode=True) or b""
+        if part.get_filename() is not None:
+            files.setdefault(name, data)
+        else:
+            form.setdefault(name, data.decode("utf-8", "replace"))
+    return form, files
 
 
 REFUSE_PLAIN = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"

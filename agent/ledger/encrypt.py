@@ -83,6 +83,12 @@ def load_private_key(path_or_hex: str | os.PathLike) -> PrivateKey:
     return PrivateKey(_read_private_hex(Path(text), "the recipient key"))
 
 
+def parse_private_key(text: str, what: str) -> PrivateKey:
+    """A recipient's X25519 private key from a key file's text already in memory (the console's upload):
+    never written anywhere; an error names `what`, never the text."""
+    return PrivateKey(_parse_hex_key(text, what))
+
+
 def create_private_key(path: str | os.PathLike) -> PrivateKey:
     """Generate a recipient key and write it as hex to `path` (mode 0600, never overwriting)."""
     key = PrivateKey.generate()
