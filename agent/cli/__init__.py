@@ -16,7 +16,7 @@ import sys
 from carledger.cli._args import add_logging_options, configure_logging
 
 # Subcommand modules, in the order `carledger --help` lists them.
-SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "status", "console", "wipe", "sync", "collect", "read", "edr", "keygen", "remote", "witness", "prove", "doctor")
+SUBCOMMANDS = ("run", "verify", "log", "dbc", "policy", "consent", "pause", "resume", "audit", "status", "console", "wipe", "sync", "collect", "read", "edr", "keygen", "remote", "witness", "prove", "receipts", "doctor")
 
 
 class CommandParser(argparse.ArgumentParser):

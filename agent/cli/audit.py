@@ -19,7 +19,9 @@ examples:
 For each stream: its recipient and purpose, which blocks (seq) and time range
 were sealed under which policy version and consent (until when, or when it was
 revoked), how many records, how many blocks the broker (sent) and the
-recipient (acked) have. Then what each recipient got: per policy version and
+recipient (acked) have. Then the receipts: per recipient and stream, the
+largest checkpoint its collector cosigned (a signed receipt: blocks 0..N, the
+root, when), verified. Then what each recipient got: per policy version and
 consent id, the blocks and the signals they held. Then what happened, oldest first: the owner's
 decisions (OWNER: policies applied, consents granted and revoked, pauses,
 wipe) and what the car did (car: the blocks each recipient acked, merged
@@ -51,8 +53,14 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if progress:
             progress.clear()
+    from carledger.owner.receipts import check_receipts, latest_receipts
+
+    try:
+        checks = check_receipts(args.store)
+    except (LedgerError, OSError) as exc:
+        return fail(args, str(exc), EXIT_USAGE)
     if args.json:
-        print(json.dumps(report.to_json(), sort_keys=True))
+        print(json.dumps({**report.to_json(), "receipts": [c._asdict() for c in checks]}, sort_keys=True))
         return EXIT_OK
     out = sys.stdout
     out.write(f"vehicle {report.vehicle}\n\nDisclosures (blocks sealed per stream and policy version)\n")
@@ -71,6 +79,14 @@ def run(args: argparse.Namespace) -> int:
         rows = [("stream", "recipient", "policy", "consent", "blocks", "what")]
         rows += [(stream, recipient, policy, consent, blocks, what) for stream, recipient, policy, consent, blocks, what in got]
         out.write(table(rows) + "\n")
+    out.write("\nReceipts (what each recipient signed it received: its collector's cosignature of the stream's log)\n")
+    rows = [("recipient", "stream", "blocks", "root", "cosigned at", "kept at")]
+    rows += [(c.recipient, c.stream, f"0..{c.size - 1}", c.root[:16], _time(c.stated), _time(c.received))
+             for c in latest_receipts(checks)]
+    out.write(table(rows) + "\n" if len(rows) > 1 else "  none yet\n")
+    bad = [c for c in checks if c.problem]
+    if bad:
+        out.write(f"  {len(bad)} receipts do not verify: carledger receipts verify {args.store}\n")
     out.write("\nWhat happened, oldest first (OWNER: the owner's decisions; car: what the car did)\n")
     rows = [("time", "by", "what")]
     for t, by, what in story(report):

@@ -18,6 +18,7 @@ examples:
   carledger keygen recipient -o owner.key              prints the public key to name in the policy's [edr] keys
   carledger edr export ./ledger --key owner.key        the newest capture, verified and decrypted, as JSON
   carledger edr export ./collected/vehicles/car-1 --key investigator.key --capture 2 --format csv -o crash.csv
+  carledger edr export ./ledger --proof -o crash.proof.json   a proof bundle: `carledger verify-proof` checks it offline
 
 A capture is encrypted to the keys the owner's policy names in [edr] keys
 (the owner's, and optionally an investigator's or an escrow key); only those
@@ -28,6 +29,9 @@ its record count before it prints anything. A capture's records are what the
 car recorded during it (samples and events such as end-of-event): the count the
 agent's log line, `edr list`, `edr export` and `verify` all give. Formats and
 columns: docs/exports.md (jsonl and csv as in `log export` and `read`).
+`export --proof` needs no key: it writes the capture's blocks as signed (the
+data blocks as ciphertext) with their proofs into the crash stream's signed,
+cosigned checkpoint (docs/transparency.md, "Crash capture as evidence").
 """ + exit_status("done", "not verified or not readable with this key")
 
 
@@ -47,7 +51,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     export = commands.add_parser("export", help="verify and decrypt one capture with a recipient's key",
                                  epilog=exit_status("exported", "not verified or not readable with this key"))
     add_store_options(export, positional=True, json_output=False)
-    export.add_argument("--key", required=True, metavar="KEY", help="an X25519 private key the capture is encrypted to (file or 64 hex digits)")
+    export.add_argument("--key", metavar="KEY", help="an X25519 private key the capture is encrypted to (file or 64 hex "
+                        "digits); required unless --proof")
+    export.add_argument("--proof", action="store_true", help="write a proof bundle of the capture (blocks as signed, "
+                        "inclusion proofs, the cosigned checkpoint) for `carledger verify-proof`, instead of its content")
     export.add_argument("--capture", type=int, metavar="N", help="the capture's number (default: the newest)")
     export.add_argument("--vehicle-key", metavar="PUBKEY", help="pin the vehicle's public key (default: the store's)")
     export.add_argument("--format", choices=("json", *SAMPLE_FORMATS), default="json",
@@ -156,6 +163,10 @@ def export_capture(args: argparse.Namespace) -> int:
 
     if args.output:
         output_path(args.output)  # before any work: a directory or a missing parent is a usage error
+    if args.proof:
+        return _export_proof(args)
+    if not args.key:
+        return fail(args, "--key is required (or --proof)", EXIT_USAGE)
     try:
         key = load_private_key(args.key)
     except (ConfigError, KeyFileError, OSError) as exc:
@@ -174,6 +185,46 @@ def export_capture(args: argparse.Namespace) -> int:
         if args.output:
             out.close()
     print(f"capture {number}: {_counted(content)}, signatures and chain verified", file=sys.stderr)
+    return EXIT_OK
+
+
+def _export_proof(args: argparse.Namespace) -> int:
+    """`edr export --proof`: the capture's proof bundle, written only once built whole."""
+    from carledger.config import ConfigError
+    from carledger.edr import CaptureError, capture_bundle, read_captures
+    from carledger.ledger import KeyFileError, LedgerError, MalformedBlock, load_verify_key
+    from carledger.ledger.proofs import dumps
+
+    try:
+        store = _open_store(args)
+    except (ConfigError, LedgerError, OSError) as exc:
+        return fail(args, str(exc), EXIT_USAGE)
+    with store:
+        try:
+            vkey = load_verify_key(args.vehicle_key) if args.vehicle_key else store.verify_key
+            captures = {c.capture: c for c in read_captures(store, vkey)}
+            if args.capture is None:
+                live = [n for n, c in captures.items() if not c.overwritten]
+                if not live:
+                    return fail(args, f"no crash capture to export in {store.path}", EXIT_REFUSED)
+                number = live[-1]
+            elif args.capture not in captures:
+                return fail(args, f"capture {args.capture}: no such capture in {store.path}", EXIT_REFUSED)
+            else:
+                number = args.capture
+            bundle = capture_bundle(store, captures[number])
+        except KeyFileError as exc:
+            return fail(args, str(exc), EXIT_USAGE)
+        except (CaptureError, MalformedBlock, LedgerError) as exc:
+            return fail(args, f"edr export --proof: {exc}", EXIT_REFUSED)
+    out: TextIO = open_output(args.output)
+    try:
+        out.write(dumps(bundle))
+    finally:
+        if args.output:
+            out.close()
+    print(f"capture {number}: proof bundle of crash blocks {captures[number].start_seq}-"
+          f"{captures[number].end_seq} under a checkpoint; check it with `carledger verify-proof`", file=sys.stderr)
     return EXIT_OK
 
 

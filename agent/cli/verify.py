@@ -16,6 +16,12 @@ examples:
   carledger verify ./ledger
   carledger verify --store ./ledger --key keys/vehicle.pub --json
   carledger verify -c /etc/carledger/agent.toml
+  carledger verify ./ledger --witness /var/lib/witness   also the forks this witness saw of the car's logs
+
+Forks: a checkpoint the car signed that the store does not hold (table
+forks: the store is an older copy and refuses to write), and with --witness
+two checkpoints of one of the car's logs that the witness saw not joined by a
+proof; each with its signed notes, opened with the stream's log key.
 
 """ + exit_status("every chain is intact", "a problem was found")
 
@@ -36,7 +42,36 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         help="pin the vehicle's public key (64 hex digits or a file such as keys/vehicle.pub); "
         "default: the key the store records",
     )
+    parser.add_argument("--witness", action="append", default=[], metavar="DIR",
+                        help="a witness's directory (repeatable): report its evidence of forks of this car's logs")
     parser.set_defaults(func=run)
+
+
+def _forks(args: argparse.Namespace) -> list:
+    """The fork evidence of the store and the given witnesses; UsageError for a witness directory that is not one."""
+    import sqlite3
+
+    from carledger.cli._store import UsageError, require_dir_with
+    from carledger.transparency.witness import DB_FILE
+    from carledger.verify.forks import fork_evidence
+
+    for directory in args.witness:
+        require_dir_with(directory, DB_FILE, "witness directory")
+    try:
+        return fork_evidence(args.store, tuple(args.witness))
+    except sqlite3.Error as exc:
+        raise UsageError(f"--witness: {exc}") from None
+
+
+def _fork_lines(forks: list) -> list[str]:
+    lines = []
+    for f in forks:
+        signed = "signed by the car's log key" if f.signed else "NOT signed by the car's log key: no evidence"
+        lines.append(f"  stream {f.stream}: {f.kind} ({f.source}, {signed}): {f.detail}")
+        for note in f.notes:
+            lines += ["    | " + line for line in note.rstrip("\n").split("\n")]
+            lines.append("    |")
+    return lines
 
 
 def _table(report) -> str:
@@ -114,14 +149,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if progress:
         progress.clear()
+    forks = _forks(args)
+    evidence = [f for f in forks if f.signed]
+    ok = report.ok and not evidence
 
     if args.json:
         doc = report.to_json()
+        doc["forks"] = [f.to_json() for f in forks]
+        doc["ok"] = ok
         doc["captures"] = [{"capture": c.capture, "records": c.records, "data_seqs": list(c.data_seqs) if c.data_seqs else None,
                             "status": c.status} for c in _captures(args, report)]
         json.dump(doc, sys.stdout, sort_keys=False)
         sys.stdout.write("\n")
-        return 0 if report.ok else 1
+        return 0 if ok else 1
 
     if report.vehicle is not None:
         print(f"vehicle {report.vehicle}, key {report.key_id or 'none'}")
@@ -136,8 +176,17 @@ def run(args: argparse.Namespace) -> int:
         print(f"problems ({len(report.problems)}):")
         for line in _problem_lines(report.problems):
             print(f"  {line}")
+    if forks:
+        print()
+        print(f"forks ({len(evidence)} signed by the car; docs/transparency.md, Recovery):")
+        for line in _fork_lines(forks):
+            print(line)
     blocks = sum(s.blocks for s in report.streams.values())
     n = len(report.streams)
+    if evidence and report.ok:
+        print(f"FAILED: {len(evidence)} fork{'s' * (len(evidence) != 1)} of the car's logs, with signed evidence "
+              f"(the chains here are intact: {n} streams, {blocks} blocks)")
+        return 1
     if report.ok:
         print(f"OK: {n} stream{'s' * (n != 1)}, {blocks} blocks, every chain intact")
         return 0

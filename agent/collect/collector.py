@@ -32,7 +32,7 @@ from carledger.collect.store import CollectorStore, StoreUnavailable, open_store
 from carledger.ledger import ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, cose, decode_record, open_block
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
-from carledger.sync.ack import Ack, collector_key, sign_ack
+from carledger.sync.ack import Ack, collector_key, cosign_tree, sign_ack
 from carledger.sync.wire import unpack_block
 from carledger.verify.report import FORK, GAP, MALFORMED
 from carledger.verify.verifier import DROP_EVENTS
@@ -82,6 +82,7 @@ class Collector:
         self.clock = clock
         self.stats = CollectorStats()
         self._queue: list[tuple[str, bytes]] = []
+        self._no_receipt: set[tuple[str, str]] = set()  # streams whose receipt cannot be computed (logged once)
 
     def close(self) -> None:
         self.registry.close()
@@ -346,8 +347,29 @@ class Collector:
         for stream in sorted(streams):
             head = self.registry.stream_head(vehicle, stream)
             if head is not None:
-                out.append((topics.ack(vehicle, stream), sign_ack(self.ack_key, Ack(vehicle, stream, head[0], head[1]))))
+                ack = Ack(vehicle, stream, head[0], head[1], self._receipt(vehicle, stream, head[0] + 1))
+                out.append((topics.ack(vehicle, stream), sign_ack(self.ack_key, ack)))
         return out
+
+    def _receipt(self, vehicle: str, stream: str, size: int) -> str | None:
+        """The receipt the ack carries: the ack key's cosignature of the stream's tree of `size` blocks as stored here.
+
+        The tree and its root are the car's (one log per stream, leaf = the
+        block's COSE_Sign1 without records: docs/transparency.md), computed
+        from the blocks this collector verified, so the car finds the very
+        checkpoint text of its own log. None when it cannot be computed.
+        """
+        from carledger.ledger.checkpoints import origin_for
+
+        key = self.registry.key(vehicle)
+        try:
+            root = self.registry.replica(vehicle).tree_root(stream, size)
+        except (StoreError, MalformedBlock, ValueError) as exc:  # e.g. a replica older than its stored hashes
+            if (vehicle, stream) not in self._no_receipt:
+                self._no_receipt.add((vehicle, stream))
+                log.warning("collect: %s %s: acks go without a receipt: %s", vehicle, stream, exc)
+            return None
+        return None if key is None else cosign_tree(self.ack_key, origin_for(bytes(key), stream), size, root, self.clock)
 
     # -- gaps --------------------------------------------------------------------------------
 

@@ -7,10 +7,11 @@ with a recipient's key. The format is in docs/edr.md.
 """
 
 from carledger.edr.captures import (
-    CRASH_STREAM, CaptureContent, CaptureError, CaptureInfo, open_capture, read_captures,
+    CRASH_STREAM, CaptureContent, CaptureError, CaptureInfo, capture_bundle, open_capture, read_captures,
 )
 from carledger.edr.recorder import CrashRecorder
 
 __all__ = [
-    "CRASH_STREAM", "CaptureContent", "CaptureError", "CaptureInfo", "CrashRecorder", "open_capture", "read_captures",
+    "CRASH_STREAM", "CaptureContent", "CaptureError", "CaptureInfo", "CrashRecorder", "capture_bundle", "open_capture",
+    "read_captures",
 ]

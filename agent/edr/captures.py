@@ -197,3 +197,28 @@ def open_capture(store: Store, number: int, key: PrivateKey, verify_key: Any) ->
     if info.records is not None and content.records != info.records:
         raise CaptureError(f"capture {number}: {content.records} records, the capture-end event says {info.records}")
     return content
+
+
+def capture_bundle(store: Store, info: CaptureInfo) -> dict[str, Any]:
+    """A proof bundle (docs/transparency.md, "Portable proofs") of one capture: its blocks start_seq..end_seq.
+
+    The window is the capture's own blocks' time span, so the bundle holds
+    them whole (the data blocks are ciphertext: the investigator opens them
+    with a key the policy's [edr] names), the blocks just outside as edges,
+    and the crash stream's newest checkpoint with its cosignatures. Refused
+    while the capture is recording, once it was overwritten, or while no
+    signed checkpoint covers its end block yet.
+    """
+    from carledger.ledger.proofs import ProofError, build_bundle
+
+    if info.overwritten or info.end_seq is None:
+        raise CaptureError(f"capture {info.capture} is {info.status}: no proof of a whole capture")
+    signed = store.latest_checkpoint(CRASH_STREAM)
+    if signed is None or signed.checkpoint.size <= info.end_seq:
+        raise CaptureError(f"capture {info.capture}: no signed checkpoint of the crash stream covers its last block "
+                           f"{info.end_seq} yet (the agent signs one when it stops)")
+    rows = store.blocks_between(CRASH_STREAM, info.start_seq, info.end_seq)
+    try:
+        return build_bundle(store, CRASH_STREAM, min(r.t0 for r in rows), max(r.t1 for r in rows))
+    except (ProofError, ValueError) as exc:
+        raise CaptureError(f"capture {info.capture}: {exc}") from None

@@ -74,6 +74,11 @@ CREATE TABLE IF NOT EXISTS cosignatures(
   id INTEGER PRIMARY KEY, checkpoint INTEGER NOT NULL, witness TEXT NOT NULL, line TEXT NOT NULL,
   received INTEGER NOT NULL, UNIQUE(checkpoint, witness)
 );
+CREATE TABLE IF NOT EXISTS receipts(
+  id INTEGER PRIMARY KEY, stream TEXT NOT NULL, recipient TEXT NOT NULL, size INTEGER NOT NULL,
+  text TEXT NOT NULL, line TEXT NOT NULL, stated INTEGER NOT NULL, received INTEGER NOT NULL,
+  UNIQUE(stream, recipient, size)
+);
 CREATE TABLE IF NOT EXISTS forks(
   id INTEGER PRIMARY KEY, stream TEXT NOT NULL, source TEXT NOT NULL, note BLOB NOT NULL,
   detail TEXT NOT NULL, received INTEGER NOT NULL
@@ -189,6 +194,11 @@ def consistency_proof(conn: sqlite3.Connection, stream: str, old: int, new: int,
     if old == 0 or old == new:
         return []
     return tlog.prove_tree(new, old, reader(conn, stream, db))
+
+
+def derived_root(conn: sqlite3.Connection, stream: str, size: int, db: Path) -> bytes:
+    """The root of the stream's first `size` blocks derived from the blocks themselves (no cache): for offline checks."""
+    return merkle.root(_leaves(conn, stream, 0, size, db)) if size else merkle.root([])
 
 
 def tree_root(conn: sqlite3.Connection, stream: str, size: int, db: Path) -> bytes:

@@ -557,6 +557,40 @@ class Store:
 
         return read
 
+    def tree_root(self, stream: str, size: int, *, derived: bool = False) -> bytes:
+        """Root of the stream's first `size` blocks: from the stored hashes, or `derived` again from the blocks."""
+        with self._lock:
+            if derived:
+                return _cp.derived_root(self._conn, stream, size, self.db_path)
+            return _cp.tree_root(self._conn, stream, size, self.db_path)
+
+    def add_receipt(self, stream: str, recipient: str, text: str, size: int, line: str, stated: int) -> bool:
+        """Keep a recipient's receipt (its cosignature `line` of the checkpoint `text`; the caller verified it).
+        False when one of that size was kept already."""
+        self._writable(marks=True)
+        with self._lock, _transaction(self._conn):
+            cur = self._conn.execute(
+                "INSERT OR IGNORE INTO receipts(stream, recipient, size, text, line, stated, received) "
+                "VALUES (?, ?, ?, ?, ?, ?, strftime('%s', 'now'))", (stream, recipient, size, text, line, stated))
+            return cur.rowcount == 1
+
+    def receipts(self) -> list[tuple[int, str, str, int, str, str, int, int]]:
+        """(id, stream, recipient, size, text, line, stated time, received time) of every receipt, as stored
+        (verify before trusting: `carledger receipts verify`)."""
+        with self._lock:
+            return self._conn.execute("SELECT id, stream, recipient, size, text, line, stated, received FROM receipts "
+                                      "ORDER BY stream, recipient, size").fetchall()
+
+    def forks(self) -> list[tuple[str, str, bytes, str, int]]:
+        """(stream, source, signed note, detail, received) of each checkpoint kept as evidence, as stored
+        (open the note with the stream's key before trusting it); [] for a store older than checkpoints."""
+        with self._lock:
+            try:
+                rows = self._conn.execute("SELECT stream, source, note, detail, received FROM forks ORDER BY id").fetchall()
+            except sqlite3.OperationalError:
+                return []
+        return [(s, src, bytes(n), d, r) for s, src, n, d, r in rows]
+
     def check_signed_checkpoint(self, stream: str, signed: bytes, source: str) -> "_cp.Checkpoint":
         """A checkpoint of `stream` learnt from `source` (witness, collector): ForkedStore, and kept as
         evidence, when the store does not hold its tree (checkpoints.check_signed_checkpoint)."""

@@ -12,6 +12,14 @@ nothing.
 The collector's key is made at its first start in COLLECTOR/keys/collector.key;
 the car keeps the public keys it trusts, one per recipient, in
 STORE/keys/collectors.json (`carledger sync STORE --enroll-collector`).
+
+Receipts (docs/transparency.md, "Receipts"): the same Ed25519 key also
+cosigns, in C2SP `cosignature/v1`, the checkpoint text of the stream's tree as
+the collector holds it up to the acked seq, and the ack carries that line. The
+two uses cannot be confused: a COSE Sig_structure starts with byte 0x84, a
+cosigned message with "cosignature/v1\n". The cosigner's key name is derived
+from the key alone (`cosigner_name`), so car and collector agree on it
+without naming the recipient.
 """
 
 from __future__ import annotations
@@ -19,11 +27,15 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, NamedTuple
+import time
+from typing import Any, Callable, NamedTuple
 
 from carledger.ledger import cbor, cose
 from carledger.ledger.errors import KeyFileError, MalformedBlock
 from carledger.ledger.keys import KEY_DIR, SigningKey, VerifyKey, kid, load_or_create_secret, load_verify_key
+from carledger.transparency import note
+from carledger.transparency.checkpoint import Checkpoint
+from carledger.transparency.cosignature import CosignatureSigner, CosignatureVerifier, cosignature_times
 
 __all__ = [
     "ACK_TYPE",
@@ -34,6 +46,11 @@ __all__ = [
     "MAX_SEQ",
     "Ack",
     "collector_key",
+    "keep_receipt",
+    "check_receipt",
+    "cosign_tree",
+    "cosigner",
+    "cosigner_name",
     "collector_keys",
     "enroll_collector",
     "open_ack",
@@ -46,6 +63,9 @@ MAX_SEQ = (1 << 63) - 1  # a seq the store can hold (SQLite INTEGER); anything a
 COLLECTOR_KEY = "collector.key"  # in COLLECTOR/keys/
 COLLECTORS_FILE = "collectors.json"  # in STORE/keys/: {recipient: public key hex}
 _FIELDS = ("vehicle", "stream", "seq", "digest")
+_OPTIONAL = ("cosignature",)  # the receipt line; an ack without one still acks
+MAX_LINE = 200  # bytes of a cosignature line: a genuine one is about 150
+COSIGNER_PREFIX = "carledger.example/collector"
 
 # Causes an ack is ignored for (counted per cause by the syncer).
 MALFORMED, NO_KEY, BAD_SIGNATURE, WRONG_SUBJECT, OUT_OF_RANGE = (
@@ -65,11 +85,45 @@ class Ack(NamedTuple):
     stream: str
     seq: int
     digest: bytes
+    cosignature: str | None = None  # the collector's cosignature/v1 line over the tree up to seq (unchecked here)
+
+
+def cosigner_name(public_key: bytes) -> str:
+    """The note key name of a collector's cosigning key: derived from the key, so both sides compute it."""
+    return f"{COSIGNER_PREFIX}/{kid(public_key).hex()}"
+
+
+def cosigner(public_key: Any) -> CosignatureVerifier:
+    """The 0x04 verifier of an enrolled collector key: what checks its receipts."""
+    raw = bytes(load_verify_key(public_key))
+    return CosignatureVerifier(cosigner_name(raw), raw)
+
+
+def cosign_tree(key: SigningKey, origin: str, size: int, root: bytes, clock: Callable[[], float] = time.time) -> str:
+    """The collector's receipt: its cosignature line over the checkpoint text (origin, size, root) of what it holds."""
+    signer = CosignatureSigner(cosigner_name(bytes(key.verify_key)), key, clock)
+    return note.signature_for(Checkpoint(origin, size, root).text(), signer).line().rstrip("\n")
+
+
+def check_receipt(public_key: Any, text: str, line: str) -> int:
+    """The time a collector's receipt line states, if it is `public_key`'s cosignature of the checkpoint `text`.
+
+    ValueError (why) otherwise: malformed, another key, or a signature over another text.
+    """
+    verifier = cosigner(public_key)
+    try:
+        opened = note.open_note(text.encode() + b"\n" + line.encode() + b"\n", [verifier])
+    except note.NoteError as exc:
+        raise ValueError(f"not a cosignature by {verifier.name} of this checkpoint: {exc}") from None
+    return cosignature_times(opened, [verifier])[verifier.name]
 
 
 def sign_ack(key: SigningKey, ack: Ack) -> bytes:
     """The collector holds and verified every block of `ack.stream` up to `ack.seq`, whose digest is `ack.digest`."""
-    payload = cbor.encode({"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest})
+    body: dict[str, Any] = {"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest}
+    if ack.cosignature is not None:
+        body["cosignature"] = ack.cosignature
+    payload = cbor.encode(body)
     protected = {cose.HDR_ALG: cose.ALG_EDDSA, 3: ACK_TYPE, cose.HDR_KID: kid(key.verify_key)}
     return cose.sign1(payload, key, protected)
 
@@ -96,8 +150,11 @@ def open_ack(payload: bytes, key: VerifyKey | None, vehicle: str, stream: str) -
         body: Any = cbor.decode(message.payload, what="ack payload")
     except MalformedBlock as exc:
         raise AckRejected(MALFORMED, str(exc)) from None
-    if not isinstance(body, dict) or sorted(body) != sorted(_FIELDS):
-        raise AckRejected(MALFORMED, f"ack payload: expected the fields {', '.join(_FIELDS)}")
+    if not isinstance(body, dict) or not set(_FIELDS) <= set(body) or not set(body) <= {*_FIELDS, *_OPTIONAL}:
+        raise AckRejected(MALFORMED, f"ack payload: expected the fields {', '.join(_FIELDS)} (and {', '.join(_OPTIONAL)})")
+    line = body.get("cosignature")
+    if line is not None and (not isinstance(line, str) or not 0 < len(line.encode()) <= MAX_LINE):
+        raise AckRejected(MALFORMED, f"ack cosignature: expected a line of at most {MAX_LINE} bytes")
     seq, digest = body["seq"], body["digest"]
     if type(seq) is not int or not 0 <= seq <= MAX_SEQ:
         raise AckRejected(OUT_OF_RANGE, f"ack seq {str(seq)[:40]} is not in 0..2^63-1")
@@ -106,7 +163,7 @@ def open_ack(payload: bytes, key: VerifyKey | None, vehicle: str, stream: str) -
     if body["vehicle"] != vehicle or body["stream"] != stream:
         raise AckRejected(WRONG_SUBJECT, f"an ack for {str(body['vehicle'])[:64]!r}/{str(body['stream'])[:64]!r} "
                                          f"on the topic of {vehicle}/{stream}")
-    return Ack(vehicle, stream, seq, digest)
+    return Ack(vehicle, stream, seq, digest, line)
 
 
 def collector_key(collector_dir: str | os.PathLike) -> SigningKey:
@@ -151,3 +208,29 @@ def enroll_collector(store_dir: str | os.PathLike, recipient: str, public_key: A
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return key
+
+
+def keep_receipt(store: Any, recipient: str, key: Any, ack: Ack) -> str:
+    """Check the receipt an ack carries against the car's own log and `recipient`'s enrolled key, and keep it.
+
+    The checkpoint text is the car's, built from its store (origin from the
+    stream's key, size seq + 1, root of its stored tree): a receipt over any
+    other text does not verify. Returns '' when kept (or already kept, or
+    none came), else why it was refused (the ack itself still counts).
+    """
+    if ack.cosignature is None:
+        return ""
+    from carledger.ledger.checkpoints import origin_for
+    from carledger.ledger.errors import StoreError
+
+    size = ack.seq + 1
+    try:
+        public = store.stream_key(ack.stream)
+        if public is None:
+            return f"no key for stream {ack.stream!r}"
+        text = Checkpoint(origin_for(public, ack.stream), size, store.tree_root(ack.stream, size)).text()
+        stated = check_receipt(key, text, ack.cosignature)
+    except (ValueError, StoreError, KeyFileError) as exc:
+        return str(exc)
+    store.add_receipt(ack.stream, recipient, text, size, ack.cosignature, stated)
+    return ""

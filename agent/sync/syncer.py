@@ -36,7 +36,7 @@ from carledger.ledger import BlockRow, Store, StoreError
 from carledger.ledger.store import block_vid
 from carledger.ledger.errors import KeyFileError
 from carledger.sync import topics
-from carledger.sync.ack import WRONG_SUBJECT, AckRejected, collector_keys, open_ack
+from carledger.sync.ack import WRONG_SUBJECT, AckRejected, collector_keys, keep_receipt, open_ack
 from carledger.sync.config import MqttConfig
 from carledger.sync.gate import OutboundGate, OutboundStream
 from carledger.sync.mqtt import Backoff, ConnectError, close, connect, make_client, status_expiry
@@ -78,6 +78,7 @@ class SyncStats:
     last_sync: float | None = None  # time of the last collector ack that advanced a stream
     timeouts: int = 0  # ack timeouts (each sends a stream again from its first unacked block)
     acks_ignored: dict[str, int] = field(default_factory=dict)  # cause -> acks the car did not act on
+    receipts_refused: int = 0  # acks whose receipt (cosignature) did not verify: the ack counted, no receipt kept
     refused: dict[str, str] = field(default_factory=dict)  # stream -> why the policy does not let it leave
     connect_error: str | None = None  # why the last connection attempt failed (None once connected)
     unknown_host: bool = False  # ... because the broker's host name does not resolve
@@ -456,6 +457,11 @@ class Syncer:
             self._ignore_ack(stream, "other-digest", f"the collector acked seq {seq} with digest {digest.hex()[:16]}…, "
                                                      f"ours is {mine.hex()[:16]}…")
             return
+        why = keep_receipt(self._store, recipient, key, ack) if recipient is not None else ""
+        if why:
+            self.stats.receipts_refused += 1
+            self.problems.append(f"stream {stream}: receipt refused: {why}")
+            self._once("receipt", stream, "sync: stream %s: the ack's receipt is refused: %s", stream, why)
         out = self._out.get(stream)
         stored = self._store.acked_seq(stream) if out is None else None
         known = out.acked if out is not None else (-1 if stored is None else stored)

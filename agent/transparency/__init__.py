@@ -5,6 +5,9 @@ against them (tests/test_transparency_interop.py). Self-contained: nothing
 here reads the ledger store; docs/transparency.md says how it plugs in.
 """
 
+# The ledger first: its store imports checkpoint.py, which imports the ledger's merkle module; entered here
+# first, that cycle found carledger.transparency.checkpoint half made (test_witness.py failed to import).
+import carledger.ledger  # noqa: F401,I001
 from carledger.transparency.checkpoint import Checkpoint, CheckpointError, open_checkpoint, sign_checkpoint
 from carledger.transparency.cosignature import CosignatureSigner, CosignatureVerifier, cosignature_times
 from carledger.transparency.note import (
