@@ -321,13 +321,20 @@ class Pipeline:
 
         def make_handler(extractor: Any) -> MessageHandler | None:
             consumers = []
-            for signal in extractor.names:
+            held = []  # crash capture signals the ring reads from the newest frame at each tick
+            for index, signal in enumerate(extractor.names):
                 source = f"{extractor.message.name}.{signal}"
                 name = mapping.name(source)
-                consumers.append(streams.consumers(name, source, bus) + edr.consumers(name, source))
-            if not any(consumers):
+                inputs, per_tick = edr.frame_consumers(name, source)
+                consumers.append(streams.consumers(name, source, bus) + inputs)
+                if per_tick:
+                    held.append((index, name, source))
+            if held:
+                handler = edr.handler((bus, extractor.message.name), extractor.extract, consumers, held)
+            elif not any(consumers):
                 return None  # no running stream takes anything from this message now
-            handler = MessageHandler(extractor.extract, consumers)
+            else:
+                handler = MessageHandler(extractor.extract, consumers)
             adopted: set[int] = set()
             for taps in consumers:
                 for tap in taps:

@@ -32,6 +32,7 @@ from carledger.edr.ring import PERIOD, PRE_CRASH, SnapshotRing, Tick
 from carledger.edr.trigger import SETTLE_WINDOW, TRIGGER_WINDOW, DeltaV, Trigger
 from carledger.ledger import Ledger
 from carledger.policy.document import CrashCapture
+from carledger.sampling import MessageHandler
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,32 @@ class _FlagInput(_Input):
 
 _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
            signals.AIRBAG: _FlagInput, signals.CRASH: _FlagInput}
+
+
+class WatchedHandler(MessageHandler):
+    """A message handler whose message has capture signals the ring reads at each tick (`SnapshotRing.watch`).
+
+    Before a frame is handled, the ticks before it are emitted (from the frames before it); after,
+    a running capture is polled: what every sample of those signals did before, once per frame.
+    """
+
+    __slots__ = ("recorder", "ring", "decode")
+
+    def __init__(self, recorder: "CrashRecorder", extract: Callable[[bytes], list], taps: list[list]):
+        super().__init__(extract, taps)
+        self.recorder, self.ring = recorder, recorder.ring
+        self.decode = any(taps)  # only the ring reads this message: keep its frame, decode at the ticks
+
+    def handle(self, t: float, data: bytes) -> None:
+        ring = self.ring
+        if t >= ring.due:
+            ring.advance(t)
+        if self.decode:
+            MessageHandler.handle(self, t, data)
+        else:
+            self.last_data = data
+        if self.recorder.capture is not None:
+            self.recorder.poll(t)
 
 
 class _Capture:
@@ -164,10 +191,33 @@ class CrashRecorder:
         return self.settings is not None and signals.role_of(name, source) is not None
 
     def consumers(self, name: str, source: str | None = None) -> list[_Input]:
+        """Inputs that take every sample of the signal (OBD-II samples; the trigger's signals on a bus)."""
         if not self.enabled:
             return []
         role = signals.role_of(name, source)
         return [] if role is None else [_INPUTS.get(role, _Input)(self, role, name, source)]
+
+    def frame_consumers(self, name: str, source: str | None = None) -> tuple[list[_Input], bool]:
+        """For a signal of a bus's message: the inputs taking every sample, and whether the ring reads it per tick.
+
+        Only the trigger's signals (speed, acceleration, airbag, crash) need every sample; the
+        rest only fill ticks, so the ring reads them from their message's newest frame (`watch`).
+        """
+        if not self.enabled:
+            return [], False
+        role = signals.role_of(name, source)
+        if role is None:
+            return [], False
+        if role in _INPUTS:
+            return [_INPUTS[role](self, role, name, source)], False
+        return [], True
+
+    def handler(self, key: tuple[str, str], extract: Callable[[bytes], list], taps: list[list],
+                held: list[tuple[int, str, str | None]]) -> MessageHandler:
+        """The handler of a bus's message with capture signals the ring reads per tick (`held`: index, name, source)."""
+        handler = WatchedHandler(self, extract, taps)
+        self.ring.watch(key, handler, held)
+        return handler
 
     # -- the data -----------------------------------------------------------------------------
 
@@ -258,6 +308,7 @@ class CrashRecorder:
         assert settings is not None
         from carledger.ledger.encrypt import recipient_kid, parse_public_key
 
+        self.ring.refresh()  # the signals read per tick, as they are at the trigger
         number = max((c.capture for c in self.captures), default=0) + 1
         deployment = trigger.kind == "airbag" or any(
             v for n, v in self._flags.items() if signals.role_of(n) == signals.AIRBAG
