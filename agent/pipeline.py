@@ -330,7 +330,9 @@ class Pipeline:
                 if per_tick:
                     held.append((index, name, source))
             if held:
-                handler = edr.handler((bus, extractor.message.name), extractor.extract, consumers, held)
+                message = extractor.message
+                handler = edr.handler((bus, message.name), extractor.extract, consumers, held,
+                                      length=message.length, multiplexed=message.is_multiplexed())
             elif not any(consumers):
                 return None  # no running stream takes anything from this message now
             else:

@@ -104,17 +104,22 @@ class WatchedHandler(MessageHandler):
     a running capture is polled: what every sample of those signals did before, once per frame.
     """
 
-    __slots__ = ("recorder", "ring", "decode")
+    __slots__ = ("recorder", "ring", "decode", "key", "length", "partial")
 
-    def __init__(self, recorder: "CrashRecorder", extract: Callable[[bytes], list], taps: list[list]):
+    def __init__(self, recorder: "CrashRecorder", key: tuple[str, str], extract: Callable[[bytes], list],
+                 taps: list[list], length: int, multiplexed: bool):
         super().__init__(extract, taps)
-        self.recorder, self.ring = recorder, recorder.ring
+        self.recorder, self.ring, self.key = recorder, recorder.ring, key
         self.decode = any(taps)  # only the ring reads this message: keep its frame, decode at the ticks
+        self.length = length
+        self.partial = multiplexed  # every frame may lack some of the signals
 
     def handle(self, t: float, data: bytes) -> None:
         ring = self.ring
         if t >= ring.due:
             ring.advance(t)
+        if (self.partial or len(data) < self.length) and self.last_data is not None and data != self.last_data:
+            ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
         if self.decode:
             MessageHandler.handle(self, t, data)
         else:
@@ -213,9 +218,12 @@ class CrashRecorder:
         return [], True
 
     def handler(self, key: tuple[str, str], extract: Callable[[bytes], list], taps: list[list],
-                held: list[tuple[int, str, str | None]]) -> MessageHandler:
-        """The handler of a bus's message with capture signals the ring reads per tick (`held`: index, name, source)."""
-        handler = WatchedHandler(self, extract, taps)
+                held: list[tuple[int, str, str | None]], *, length: int = 8, multiplexed: bool = False) -> MessageHandler:
+        """The handler of a bus's message with capture signals the ring reads per tick (`held`: index, name, source).
+
+        `length`: the message's payload length (a shorter frame may lack signals); `multiplexed`: any frame may.
+        """
+        handler = WatchedHandler(self, key, extract, taps, length, multiplexed)
         self.ring.watch(key, handler, held)
         return handler
 

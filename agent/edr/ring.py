@@ -51,14 +51,12 @@ class SnapshotRing:
         # (bus, message) -> its frame source and the (index, name) of the signals read from it at each tick;
         # keyed by message so that a handler rebuilt for another policy replaces the old one
         self.watched: dict[tuple[str, str], tuple[FrameSource, tuple[tuple[int, str], ...]]] = {}
-        self._stale: dict[tuple[str, str], bytes | None] = {}  # frames from before a silence: not current
 
     def watch(self, key: tuple[str, str], source: FrameSource, signals: list[tuple[int, str, "str | None"]]) -> None:
         """Fill ticks with these signals of `source`'s newest frame (index in its decode, name, DBC source)."""
         for _, name, dbc in signals:
             self.sources[name] = dbc
         self.watched[key] = (source, tuple((index, name) for index, name, _ in signals))
-        self._stale.pop(key, None)
 
     def refresh(self) -> None:
         """Bring the watched signals' held values up to their messages' newest frames.
@@ -66,21 +64,35 @@ class SnapshotRing:
         Runs before a tick is emitted, and advance() runs before any frame at or past the tick is
         handled, so the newest frame is the one at or before the tick: the value sample and hold gives.
         """
-        values, stale = self.values, self._stale
-        for key, (source, names) in self.watched.items():
-            data = source.last_data
-            if data is None or (stale and stale.get(key, 0) is data):
-                continue
-            decoded = source.extract(data)
-            for index, name in names:
-                value = decoded[index]
-                if value is not None:
-                    values[name] = value
+        for key in self.watched:
+            self.fold(key)
+
+    def fold(self, key: tuple[str, str]) -> None:
+        """Hold the watched message's newest frame's values (a signal absent from it keeps its held value).
+
+        Also runs before a frame that may lack a signal (multiplexed, or shorter than the message)
+        replaces the newest one, so that what the replaced frame carried is held as a sample would be.
+        """
+        source, names = self.watched[key]
+        data = source.last_data
+        if data is None:
+            return
+        decoded = source.extract(data)
+        values = self.values
+        for index, name in names:
+            value = decoded[index]
+            if value is not None:
+                values[name] = value
 
     def _forget(self) -> None:
-        """Nothing held is current: neither the values nor the watched messages' frames so far."""
+        """Nothing held is current: neither the values nor the watched messages' frames so far.
+
+        A handler without a newest frame takes the next one even when it repeats the last: the
+        streams' taps drop a repeated value themselves.
+        """
         self.values.clear()
-        self._stale = {key: source.last_data for key, (source, _) in self.watched.items()}
+        for source, _ in self.watched.values():
+            source.last_data = None
 
     def offer(self, t: float, name: str, value: Any, source: str | None) -> None:
         if t >= self.due:
@@ -124,7 +136,6 @@ class SnapshotRing:
         self.ticks.clear()
         self.values.clear()
         self.watched.clear()
-        self._stale = {}
         self._next = None
         self._last_t = -math.inf
         self.due = -math.inf
