@@ -29,7 +29,7 @@ from carledger.edr.captures import (
     CAPTURE, CAPTURE_END, CRASH_STREAM, DELTA_V, END_OF_EVENT, OVERWRITTEN, CaptureInfo, read_captures,
 )
 from carledger.edr.ring import PERIOD, PRE_CRASH, SnapshotRing, Tick
-from carledger.edr.trigger import SETTLE_WINDOW, TRIGGER_WINDOW, DeltaV, Trigger
+from carledger.edr.trigger import SETTLE_WINDOW, TRIGGER_KMH, TRIGGER_WINDOW, DeltaV, Trigger
 from carledger.ledger import Ledger
 from carledger.policy.document import CrashCapture
 from carledger.sampling import MessageHandler
@@ -76,11 +76,39 @@ class _Input:
 
 
 class _VelocityInput(_Input):
-    """Speed or longitudinal acceleration: also what the delta-V trigger watches."""
+    """Speed or longitudinal acceleration: also what the delta-V trigger watches.
 
-    __slots__ = ()
+    Between captures a float sample only extends its trace and reads the trace's range (two
+    calls, not six): the full path (`CrashRecorder.velocity`) runs when a trigger-size change
+    is possible, for the first sample (which names the trace's signal) and during a capture.
+    """
 
-    def then(self, t: float, value: Any) -> None:
+    __slots__ = ("add", "trace", "ready")
+
+    def __init__(self, recorder: "CrashRecorder", role: str, name: str, source: str | None):
+        super().__init__(recorder, role, name, source)
+        dv = recorder.delta_v
+        speed = role == signals.SPEED
+        self.add = dv.speed.add if speed else dv.accel.add
+        self.trace = dv.speed if speed else dv.accel.trace
+        self.ready = False  # the first sample goes the full way
+
+    def offer(self, t: float, value: Any) -> None:
+        ring = self.ring
+        if t >= ring.due:
+            ring.advance(t)
+        ring.values[self.name] = value
+        if self.ready and type(value) is float and self.recorder.capture is None:
+            self.add(t, value)
+            trace = self.trace
+            if trace.high - trace.low < TRIGGER_KMH:  # could_trigger() inline: no window can hold a trigger
+                return
+            recorder = self.recorder
+            recorder.trigger_check(trace, self.name, t)
+            if recorder.capture is not None:
+                recorder.poll(t)
+            return
+        self.ready = True
         self.recorder.velocity(self.role, self.name, t, value)
 
 
@@ -245,15 +273,19 @@ class CrashRecorder:
             dv.accel_signal = dv.accel_signal or name
         capture = self.capture
         if capture is None:
-            trigger = dv.check(trace, name, t)
-            if trigger is not None and self.enabled:
-                self._start(trigger)
+            self.trigger_check(trace, name, t)
         elif capture.end_of_event is None and name == capture.trigger.signal and capture.reference is not None:
             delta = dv.velocity(t, name) - capture.reference
             capture.max_delta = max(capture.max_delta, abs(delta))
             self._add_sample(t, DELTA_V, round(delta, 3), name)
         if self.capture is not None:
             self.poll(t)
+
+    def trigger_check(self, trace: Any, name: str, t: float) -> None:
+        """No capture runs and `trace` (of signal `name`) just took a sample at t: start one on a delta-V trigger."""
+        trigger = self.delta_v.check(trace, name, t)
+        if trigger is not None and self.enabled:
+            self._start(trigger)
 
     def flag(self, role: str, name: str, t: float, value: Any) -> None:
         """An airbag or crash signal: a rising edge starts a capture (an airbag one marks it a deployment)."""
