@@ -712,6 +712,7 @@ class Pipeline:
             batch = batch[start:]
             self._check_at = check_at
         self.buses[index].process(batch)
+        self.edr.flush()  # a trigger in this batch starts its capture before the clock below moves on
         self._last_t = batch[-1][0]
         self._last_wall = time.monotonic()
 

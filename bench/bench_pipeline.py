@@ -153,6 +153,7 @@ def measure(log: Path, dbc: Path, pipeline_code: str, pipeline_args: list[str], 
             "baseline_rss_mb": max(r["rss_mb"] for r in results["baseline"]),
             "pipeline_rss_mb": max(r["rss_mb"] for r in results[kind]),
             "records": best["records"],
+            **({"cpu_s": min(r["cpu_s"] for r in results[kind])} if "cpu_s" in best else {}),
             "blocks": best["blocks"],
         }
 

@@ -39,7 +39,7 @@ def _sampled(frames: list[tuple[float, bytes]]) -> SnapshotRing:
 
 def _watched(frames: list[tuple[float, bytes]], *, multiplexed: bool) -> SnapshotRing:
     ring = SnapshotRing()
-    recorder = SimpleNamespace(ring=ring, capture=None)
+    recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
     handler = WatchedHandler(recorder, ("car", "M"), _extract, [[], []], 2, multiplexed)  # type: ignore[arg-type]
     ring.watch(("car", "M"), handler, [(0, "a", "M.a"), (1, "b", "M.b")])
     for t, data in frames:

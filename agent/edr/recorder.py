@@ -22,6 +22,7 @@ declared overwritten and its records dropped (its metadata stays).
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Callable
 
 from carledger.edr import signals
@@ -65,6 +66,7 @@ class _Input:
     def offer(self, t: float, value: Any) -> None:
         ring = self.ring
         if t >= ring.due:
+            self.recorder.flush()
             ring.advance(t)
         ring.values[self.name] = value
         self.then(t, value)
@@ -76,40 +78,50 @@ class _Input:
 
 
 class _VelocityInput(_Input):
-    """Speed or longitudinal acceleration: also what the delta-V trigger watches.
+    """Speed or longitudinal acceleration (OBD-II samples): also what the delta-V trigger watches."""
 
-    Between captures a float sample only extends its trace and reads the trace's range (two
-    calls, not six): the full path (`CrashRecorder.velocity`) runs when a trigger-size change
-    is possible, for the first sample (which names the trace's signal) and during a capture.
+    __slots__ = ()
+
+    def then(self, t: float, value: Any) -> None:
+        self.recorder.velocity(self.role, self.name, t, value)
+
+
+class _BufferedVelocity:
+    """Speed or longitudinal acceleration on a bus: the trigger checked per tick, not per sample.
+
+    Between captures `offer` is the `__setitem__` of a dict (time -> value): no Python code runs
+    per sample. At each tick, and after each batch of frames, `CrashRecorder.flush` adds the
+    samples to their trace at once and looks for a trigger only where the trace's range allows
+    one, checking each sample then as before: the trigger's time and the 150 ms window are the
+    same, found up to a tick or a wake-up later. During a capture every sample goes the full
+    way at once (`now`), as the event's delta-V record and end need. The ring reads the signal
+    from its frames (`SnapshotRing.watch`).
     """
 
-    __slots__ = ("add", "trace", "ready")
+    __slots__ = ("recorder", "role", "name", "samples", "offer", "owner", "__weakref__")
+    pending = False  # never holds a value back (the pipeline asks)
 
-    def __init__(self, recorder: "CrashRecorder", role: str, name: str, source: str | None):
-        super().__init__(recorder, role, name, source)
-        dv = recorder.delta_v
-        speed = role == signals.SPEED
-        self.add = dv.speed.add if speed else dv.accel.add
-        self.trace = dv.speed if speed else dv.accel.trace
-        self.ready = False  # the first sample goes the full way
+    def __init__(self, recorder: "CrashRecorder", role: str, name: str):
+        self.recorder, self.role, self.name = recorder, role, name
+        self.samples: dict[float, Any] = {}
+        self.owner: Any = None
+        self.immediate(recorder.capture is not None)
 
-    def offer(self, t: float, value: Any) -> None:
-        ring = self.ring
-        if t >= ring.due:
-            ring.advance(t)
-        ring.values[self.name] = value
-        if self.ready and type(value) is float and self.recorder.capture is None:
-            self.add(t, value)
-            trace = self.trace
-            if trace.high - trace.low < TRIGGER_KMH:  # could_trigger() inline: no window can hold a trigger
-                return
-            recorder = self.recorder
-            recorder.trigger_check(trace, self.name, t)
-            if recorder.capture is not None:
-                recorder.poll(t)
-            return
-        self.ready = True
+    def immediate(self, on: bool) -> None:
+        """Every sample at once (a capture runs), or buffered until the next tick."""
+        self.offer = self.now if on else self.samples.__setitem__
+
+    def now(self, t: float, value: Any) -> None:
         self.recorder.velocity(self.role, self.name, t, value)
+
+    def take(self) -> list[tuple[float, float]]:
+        """The samples since the last flush, as numbers, in arrival order."""
+        samples = self.samples
+        if not samples:
+            return []
+        out = [(t, v if type(v) is float else _number(v)) for t, v in samples.items()]
+        samples.clear()
+        return [(t, v) for t, v in out if v is not None]
 
 
 class _FlagInput(_Input):
@@ -145,6 +157,7 @@ class WatchedHandler(MessageHandler):
     def handle(self, t: float, data: bytes) -> None:
         ring = self.ring
         if t >= ring.due:
+            self.recorder.flush()  # a trigger before this frame starts its capture before the ticks go out
             ring.advance(t)
         if (self.partial or len(data) < self.length) and self.last_data is not None and data != self.last_data:
             ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
@@ -192,6 +205,7 @@ class CrashRecorder:
         self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
         self._sealer: Any = None  # encrypts to the [edr] keys
         self.captures: list[CaptureInfo] = read_captures(ledger.store)
+        self._buffered: weakref.WeakSet[_BufferedVelocity] = weakref.WeakSet()  # held by the bus handlers
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -241,6 +255,10 @@ class CrashRecorder:
         role = signals.role_of(name, source)
         if role is None:
             return [], False
+        if role in (signals.SPEED, signals.ACCEL_LONG):
+            buffered = _BufferedVelocity(self, role, name)
+            self._buffered.add(buffered)
+            return [buffered], True  # type: ignore[list-item]
         if role in _INPUTS:
             return [_INPUTS[role](self, role, name, source)], False
         return [], True
@@ -281,8 +299,54 @@ class CrashRecorder:
         if self.capture is not None:
             self.poll(t)
 
+    def flush(self) -> None:
+        """The speed and acceleration samples buffered since the last tick: into their traces, and the trigger.
+
+        The earliest trigger among them starts a capture; the samples after it then go the full
+        way in time order (their traces already hold them: the delta-V record reads the held value).
+        """
+        if self.capture is not None or not self._buffered:
+            return
+        dv = self.delta_v
+        first: tuple[Trigger, _BufferedVelocity] | None = None
+        taken = []
+        for each in list(self._buffered):
+            samples = each.take()
+            if not samples:
+                continue
+            taken.append((each, samples))
+            if each.role == signals.SPEED:
+                trace = dv.speed
+                trace.extend(samples)
+                dv.speed_signal = dv.speed_signal or each.name
+            else:
+                dv.accel.add_all(samples)
+                trace = dv.accel.trace
+                dv.accel_signal = dv.accel_signal or each.name
+            if trace.high - trace.low < TRIGGER_KMH:  # could_trigger(): no window of the trace can hold one
+                continue
+            for t, _ in samples:
+                if first is not None and t >= first[0].t:
+                    break
+                trigger = dv.check(trace, each.name, t)
+                if trigger is not None:
+                    first = (trigger, each)
+                    break
+        if first is None or not self.enabled:
+            return
+        trigger, source = first
+        self._start(trigger)
+        later = sorted(((t, each is not source, each, v) for each, samples in taken for t, v in samples
+                        if t > trigger.t or (t == trigger.t and each is not source)), key=lambda x: (x[0], x[1]))
+        self.poll(trigger.t)
+        for t, _, each, v in later:
+            self.velocity(each.role, each.name, t, v)
+
     def trigger_check(self, trace: Any, name: str, t: float) -> None:
         """No capture runs and `trace` (of signal `name`) just took a sample at t: start one on a delta-V trigger."""
+        self.flush()  # a trigger in the samples buffered before this one comes first
+        if self.capture is not None:
+            return
         trigger = self.delta_v.check(trace, name, t)
         if trigger is not None and self.enabled:
             self._start(trigger)
@@ -294,6 +358,9 @@ class CrashRecorder:
         self._flags[name] = number
         capture = self.capture
         if number and before is not None and not before:  # a rising edge, not a car that was already so
+            if capture is None:
+                self.flush()  # a delta-V trigger in the samples buffered before this edge comes first
+                capture = self.capture
             if capture is not None:
                 capture.deployment = capture.deployment or role == signals.AIRBAG
             elif self.enabled:
@@ -305,6 +372,7 @@ class CrashRecorder:
         """The data's clock is at t: emit ticks, end the event, seal, finish the capture when due."""
         capture = self.capture
         if capture is None:
+            self.flush()  # the pipeline flushes after each batch; this covers any other caller
             return
         if capture.done_at is None or t < capture.done_at:
             self.ring.advance(t)
@@ -322,6 +390,7 @@ class CrashRecorder:
 
     def close(self, t: float) -> None:
         """The agent stops: a running capture ends here, marked interrupted."""
+        self.flush()
         if self.capture is not None:
             self._finish(t, interrupted=True)
 
@@ -375,6 +444,8 @@ class CrashRecorder:
         for tick in self.ring.window(trigger.t - PRE_CRASH):
             self._add_tick(tick)
         self.ring.sink = self._add_tick
+        for each in self._buffered:
+            each.immediate(True)  # the event's delta-V record and its end need every sample as it comes
         self._seal_data(trigger.t)
         log.warning("crash capture %d: %s trigger at %.3f (%s, %.1f km/h); pre-crash data sealed",
                     number, trigger.kind, trigger.t, trigger.signal, trigger.delta_kmh)
@@ -408,6 +479,8 @@ class CrashRecorder:
         assert capture is not None
         self.ring.sink = None
         self.capture = None
+        for each in self._buffered:
+            each.immediate(False)
         first = capture.start_seq + 1
         self._seal([self._writer])
         self._writer.sealer = None  # the capture's data is all sealed
