@@ -14,7 +14,8 @@ at any time, also between samples.
 
 from __future__ import annotations
 
-import collections
+import bisect
+import math
 from dataclasses import dataclass, field
 
 TRIGGER_KMH = 8.0
@@ -42,8 +43,8 @@ class VelocityTrace:
     __slots__ = ("points", "values", "low", "high")
 
     def __init__(self) -> None:
-        self.points: collections.deque[tuple[float, float]] = collections.deque()
-        self.values: collections.deque[float] = collections.deque()  # the points' values, for min() and max()
+        self.points: list[tuple[float, float]] = []  # in time order
+        self.values: list[float] = []  # the points' values, for min() and max()
         # min(values) and max(values), kept as points come and recomputed only when the trace is pruned:
         # could_trigger runs for every speed and acceleration sample, and scanning the values each time
         # was a good part of what crash readiness cost (issue 16)
@@ -62,11 +63,16 @@ class VelocityTrace:
         if v > self.high:
             self.high = v
         if t - points[0][0] > _PRUNE:  # now and then, not per sample: older points only cost a little in could_trigger
-            horizon = t - _KEEP
-            while len(points) > 1 and points[1][0] <= horizon:
-                points.popleft()
-                values.popleft()
-            self.low, self.high = min(values), max(values)
+            self._prune(t - _KEEP)
+
+    def _prune(self, horizon: float) -> None:
+        """Drop the points before the last one at or before `horizon` (its value is held into the window)."""
+        points, values = self.points, self.values
+        drop = bisect.bisect_right(points, (horizon, math.inf)) - 1  # one slice, not a pop per point
+        if drop > 0:
+            del points[:drop]
+            del values[:drop]
+        self.low, self.high = min(values), max(values)
 
     def extend(self, points: list[tuple[float, float]]) -> None:
         """Add the samples since the last tick at once (in time order): what add() does for each, in C loops.
@@ -91,11 +97,7 @@ class VelocityTrace:
         if high > self.high:
             self.high = high
         if times[0] - mine[0][0] > _PRUNE:
-            horizon = times[0] - _KEEP
-            while len(mine) > 1 and mine[1][0] <= horizon:
-                mine.popleft()
-                values.popleft()
-            self.low, self.high = min(values), max(values)
+            self._prune(times[0] - _KEEP)
 
     def could_trigger(self) -> bool:
         """Cheap and conservative: could a window of what the trace holds (up to 0.5 s) have a trigger-size change?"""
