@@ -327,13 +327,22 @@ class Pipeline:
 
         def make_handler(extractor: Any) -> MessageHandler | None:
             consumers = []
-            for signal in extractor.names:
+            held = []  # crash capture signals the ring reads from the newest frame at each tick
+            for index, signal in enumerate(extractor.names):
                 source = f"{extractor.message.name}.{signal}"
                 name = mapping.name(source)
-                consumers.append(streams.consumers(name, source, bus) + edr.consumers(name, source))
-            if not any(consumers):
+                inputs, per_tick = edr.frame_consumers(name, source)
+                consumers.append(streams.consumers(name, source, bus) + inputs)
+                if per_tick:
+                    held.append((index, name, source))
+            if held:
+                message = extractor.message
+                handler = edr.handler((bus, message.name), extractor.extract, consumers, held,
+                                      length=message.length, multiplexed=message.is_multiplexed())
+            elif not any(consumers):
                 return None  # no running stream takes anything from this message now
-            handler = MessageHandler(extractor.extract, consumers)
+            else:
+                handler = MessageHandler(extractor.extract, consumers)
             adopted: set[int] = set()
             for taps in consumers:
                 for tap in taps:
@@ -717,6 +726,7 @@ class Pipeline:
             batch = batch[start:]
             self._check_at = check_at
         self.buses[index].process(batch)
+        self.edr.flush()  # a trigger in this batch starts its capture before the clock below moves on
         self._last_t = batch[-1][0]
         self._last_wall = time.monotonic()
 

@@ -120,28 +120,47 @@ def main() -> int:
     return 0
 
 
-def measure(log: Path, dbc: Path, pipeline_code: str, pipeline_args: list[str], runs: int) -> dict:
-    """Alternate baseline and pipeline child processes on the same log; the best run of each."""
+def measure(log: Path, dbc: Path, pipeline_code: str, pipeline_args: list[str], runs: int,
+            variant_args: list[str] | None = None) -> dict:
+    """Alternate baseline and pipeline child processes on the same log; the best run of each.
+
+    With `variant_args`, a third child per run (the pipeline with those arguments) joins the
+    alternation, so that its cost against the pipeline is measured under the same load
+    (`result["variant"]`): on a shared machine, runs minutes apart are not comparable.
+    """
     frames = sum(1 for _ in log.open())
-    baselines, pipelines = [], []
+    kinds = {"baseline": (BASELINE, [str(log), str(dbc)]), "pipeline": (pipeline_code, pipeline_args)}
+    if variant_args is not None:
+        kinds["variant"] = (pipeline_code, variant_args)
+    results: dict[str, list[dict]] = {kind: [] for kind in kinds}
     for run in range(runs):
-        baselines.append(child(BASELINE, str(log), str(dbc)))
-        store = Path(tempfile.mkdtemp(prefix="run", dir=log.parent)) / "store"  # measure() may run more than once
-        pipelines.append(child(pipeline_code, str(log), str(dbc), str(store), *pipeline_args))
-        print(f"run {run + 1}: baseline {baselines[-1]['seconds']:.2f} s, "
-              f"pipeline {pipelines[-1]['seconds']:.2f} s", file=sys.stderr)
-    base = min(baselines, key=lambda r: r["seconds"])
-    pipe = min(pipelines, key=lambda r: r["seconds"])
-    return {
-        "frames": frames,
-        "baseline_fps": frames / base["seconds"],
-        "pipeline_fps": frames / pipe["seconds"],
-        "ratio": base["seconds"] / pipe["seconds"],
-        "baseline_rss_mb": max(r["rss_mb"] for r in baselines),
-        "pipeline_rss_mb": max(r["rss_mb"] for r in pipelines),
-        "records": pipe["records"],
-        "blocks": pipe["blocks"],
-    }
+        for kind, (code, args) in kinds.items():
+            if kind != "baseline":
+                store = Path(tempfile.mkdtemp(prefix="run", dir=log.parent)) / "store"  # measure() may run more than once
+                args = [str(log), str(dbc), str(store), *args]
+            results[kind].append(child(code, *args))
+        print(f"run {run + 1}: " + ", ".join(f"{kind} {r[-1]['seconds']:.2f} s" for kind, r in results.items()),
+              file=sys.stderr)
+    base = min(results["baseline"], key=lambda r: r["seconds"])
+
+    def summary(kind: str) -> dict:
+        best = min(results[kind], key=lambda r: r["seconds"])
+        return {
+            "frames": frames,
+            "baseline_fps": frames / base["seconds"],
+            "pipeline_fps": frames / best["seconds"],
+            "ratio": base["seconds"] / best["seconds"],
+            "baseline_rss_mb": max(r["rss_mb"] for r in results["baseline"]),
+            "pipeline_rss_mb": max(r["rss_mb"] for r in results[kind]),
+            "records": best["records"],
+            **({"cpu_s": min(r["cpu_s"] for r in results[kind])} if "cpu_s" in best else {}),
+            "blocks": best["blocks"],
+        }
+
+    result = summary("pipeline")
+    if variant_args is not None:
+        result["variant"] = summary("variant")
+    return result
 
 
 def report(result: dict, what: str) -> None:

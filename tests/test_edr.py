@@ -576,3 +576,41 @@ def test_a_forged_capture_block_is_reported_not_exported(drives, keys, tmp_path,
     assert "block seq 2" in capsys.readouterr().err
     assert main(["verify", str(store)]) == 1
     assert main(["edr", "list", str(store)]) == 0  # the metadata blocks are intact: the list still shows it
+
+
+@pytest.mark.parametrize("scenario", ["crash", "bump"])
+def test_the_trigger_checked_per_tick_is_the_one_every_sample_gives(drives, keys, tmp_path, capsys, scenario):
+    """Speed and acceleration are buffered between ticks (issue 16): the trigger's time, signal and delta-V are
+    what checking every sample in arrival order finds, and the capture starts with the same ticks."""
+    import cantools
+
+    from carledger.edr.trigger import DeltaV
+
+    db = cantools.database.load_file(str(dbc_path("carledger_demo.dbc")))
+    wanted = {0xB4: ("VehicleSpeed", "Vehicle.Speed"), 0x130: ("LongitudinalAccel", "Vehicle.Acceleration.Longitudinal")}
+    dv, expected, last = DeltaV(), None, {}
+    for msg in can.LogReader(str(drives[scenario])):
+        if msg.arbitration_id not in wanted:
+            continue
+        signal, name = wanted[msg.arbitration_id]
+        value = float(db.decode_message(msg.arbitration_id, msg.data)[signal])
+        if last.get(name) == value:
+            continue  # the pipeline skips a frame that repeats the last one
+        last[name] = value
+        if name == "Vehicle.Speed":
+            dv.speed.add(msg.timestamp, value)
+            trace = dv.speed
+        else:
+            dv.accel.add(msg.timestamp, value)
+            trace = dv.accel.trace
+        expected = dv.check(trace, name, msg.timestamp)
+        if expected is not None:
+            break
+    assert expected is not None
+    store = drive(tmp_path / "car", drives[scenario], edr_policy(keys, "owner"))
+    (capture,) = captures(store, capsys)
+    assert (capture["t"], capture["trigger"]["signal"], capture["trigger"]["delta_v_kmh"]) == \
+        (expected.t, expected.signal, expected.delta_kmh)
+    code, doc = export(store, keys["owner"], capsys)
+    pre = sorted(t for t in ticks(doc["samples"]) if t < capture["t"])
+    assert len(pre) == 200 and pre[-1] < capture["t"] <= pre[-1] + 0.1

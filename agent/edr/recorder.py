@@ -22,6 +22,7 @@ declared overwritten and its records dropped (its metadata stays).
 from __future__ import annotations
 
 import logging
+import weakref
 from typing import Any, Callable
 
 from carledger.edr import signals
@@ -29,9 +30,10 @@ from carledger.edr.captures import (
     CAPTURE, CAPTURE_END, CRASH_STREAM, DELTA_V, END_OF_EVENT, OVERWRITTEN, CaptureInfo, read_captures,
 )
 from carledger.edr.ring import PERIOD, PRE_CRASH, SnapshotRing, Tick
-from carledger.edr.trigger import SETTLE_WINDOW, TRIGGER_WINDOW, DeltaV, Trigger
+from carledger.edr.trigger import SETTLE_WINDOW, TRIGGER_KMH, TRIGGER_WINDOW, DeltaV, Trigger
 from carledger.ledger import Ledger
 from carledger.policy.document import CrashCapture
+from carledger.sampling import MessageHandler
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,7 @@ class _Input:
     def offer(self, t: float, value: Any) -> None:
         ring = self.ring
         if t >= ring.due:
+            self.recorder.flush()
             ring.advance(t)
         ring.values[self.name] = value
         self.then(t, value)
@@ -75,12 +78,50 @@ class _Input:
 
 
 class _VelocityInput(_Input):
-    """Speed or longitudinal acceleration: also what the delta-V trigger watches."""
+    """Speed or longitudinal acceleration (OBD-II samples): also what the delta-V trigger watches."""
 
     __slots__ = ()
 
     def then(self, t: float, value: Any) -> None:
         self.recorder.velocity(self.role, self.name, t, value)
+
+
+class _BufferedVelocity:
+    """Speed or longitudinal acceleration on a bus: the trigger checked per tick, not per sample.
+
+    Between captures `offer` is the `__setitem__` of a dict (time -> value): no Python code runs
+    per sample. At each tick, and after each batch of frames, `CrashRecorder.flush` adds the
+    samples to their trace at once and looks for a trigger only where the trace's range allows
+    one, checking each sample then as before: the trigger's time and the 150 ms window are the
+    same, found up to a tick or a wake-up later. During a capture every sample goes the full
+    way at once (`now`), as the event's delta-V record and end need. The ring reads the signal
+    from its frames (`SnapshotRing.watch`).
+    """
+
+    __slots__ = ("recorder", "role", "name", "samples", "offer", "owner", "__weakref__")
+    pending = False  # never holds a value back (the pipeline asks)
+
+    def __init__(self, recorder: "CrashRecorder", role: str, name: str):
+        self.recorder, self.role, self.name = recorder, role, name
+        self.samples: dict[float, Any] = {}
+        self.owner: Any = None
+        self.immediate(recorder.capture is not None)
+
+    def immediate(self, on: bool) -> None:
+        """Every sample at once (a capture runs), or buffered until the next tick."""
+        self.offer = self.now if on else self.samples.__setitem__
+
+    def now(self, t: float, value: Any) -> None:
+        self.recorder.velocity(self.role, self.name, t, value)
+
+    def take(self) -> list[tuple[float, float]]:
+        """The samples since the last flush, as numbers, in arrival order."""
+        samples = self.samples
+        if not samples:
+            return []
+        out = [(t, v if type(v) is float else _number(v)) for t, v in samples.items()]
+        samples.clear()
+        return [(t, v) for t, v in out if v is not None]
 
 
 class _FlagInput(_Input):
@@ -94,6 +135,38 @@ class _FlagInput(_Input):
 
 _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
            signals.AIRBAG: _FlagInput, signals.CRASH: _FlagInput}
+
+
+class WatchedHandler(MessageHandler):
+    """A message handler whose message has capture signals the ring reads at each tick (`SnapshotRing.watch`).
+
+    Before a frame is handled, the ticks before it are emitted (from the frames before it); after,
+    a running capture is polled: what every sample of those signals did before, once per frame.
+    """
+
+    __slots__ = ("recorder", "ring", "decode", "key", "length", "partial")
+
+    def __init__(self, recorder: "CrashRecorder", key: tuple[str, str], extract: Callable[[bytes], list],
+                 taps: list[list], length: int, multiplexed: bool):
+        super().__init__(extract, taps)
+        self.recorder, self.ring, self.key = recorder, recorder.ring, key
+        self.decode = any(taps)  # only the ring reads this message: keep its frame, decode at the ticks
+        self.length = length
+        self.partial = multiplexed  # every frame may lack some of the signals
+
+    def handle(self, t: float, data: bytes) -> None:
+        ring = self.ring
+        if t >= ring.due:
+            self.recorder.flush()  # a trigger before this frame starts its capture before the ticks go out
+            ring.advance(t)
+        if (self.partial or len(data) < self.length) and self.last_data is not None and data != self.last_data:
+            ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
+        if self.decode:
+            MessageHandler.handle(self, t, data)
+        else:
+            self.last_data = data
+        if self.recorder.capture is not None:
+            self.recorder.poll(t)
 
 
 class _Capture:
@@ -132,6 +205,7 @@ class CrashRecorder:
         self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
         self._sealer: Any = None  # encrypts to the [edr] keys
         self.captures: list[CaptureInfo] = read_captures(ledger.store)
+        self._buffered: weakref.WeakSet[_BufferedVelocity] = weakref.WeakSet()  # held by the bus handlers
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -164,10 +238,40 @@ class CrashRecorder:
         return self.settings is not None and signals.role_of(name, source) is not None
 
     def consumers(self, name: str, source: str | None = None) -> list[_Input]:
+        """Inputs that take every sample of the signal (OBD-II samples; the trigger's signals on a bus)."""
         if not self.enabled:
             return []
         role = signals.role_of(name, source)
         return [] if role is None else [_INPUTS.get(role, _Input)(self, role, name, source)]
+
+    def frame_consumers(self, name: str, source: str | None = None) -> tuple[list[_Input], bool]:
+        """For a signal of a bus's message: the inputs taking every sample, and whether the ring reads it per tick.
+
+        Only the trigger's signals (speed, acceleration, airbag, crash) need every sample; the
+        rest only fill ticks, so the ring reads them from their message's newest frame (`watch`).
+        """
+        if not self.enabled:
+            return [], False
+        role = signals.role_of(name, source)
+        if role is None:
+            return [], False
+        if role in (signals.SPEED, signals.ACCEL_LONG):
+            buffered = _BufferedVelocity(self, role, name)
+            self._buffered.add(buffered)
+            return [buffered], True  # type: ignore[list-item]
+        if role in _INPUTS:
+            return [_INPUTS[role](self, role, name, source)], False
+        return [], True
+
+    def handler(self, key: tuple[str, str], extract: Callable[[bytes], list], taps: list[list],
+                held: list[tuple[int, str, str | None]], *, length: int = 8, multiplexed: bool = False) -> MessageHandler:
+        """The handler of a bus's message with capture signals the ring reads per tick (`held`: index, name, source).
+
+        `length`: the message's payload length (a shorter frame may lack signals); `multiplexed`: any frame may.
+        """
+        handler = WatchedHandler(self, key, extract, taps, length, multiplexed)
+        self.ring.watch(key, handler, held)
+        return handler
 
     # -- the data -----------------------------------------------------------------------------
 
@@ -187,15 +291,65 @@ class CrashRecorder:
             dv.accel_signal = dv.accel_signal or name
         capture = self.capture
         if capture is None:
-            trigger = dv.check(trace, name, t)
-            if trigger is not None and self.enabled:
-                self._start(trigger)
+            self.trigger_check(trace, name, t)
         elif capture.end_of_event is None and name == capture.trigger.signal and capture.reference is not None:
             delta = dv.velocity(t, name) - capture.reference
             capture.max_delta = max(capture.max_delta, abs(delta))
             self._add_sample(t, DELTA_V, round(delta, 3), name)
         if self.capture is not None:
             self.poll(t)
+
+    def flush(self) -> None:
+        """The speed and acceleration samples buffered since the last tick: into their traces, and the trigger.
+
+        The earliest trigger among them starts a capture; the samples after it then go the full
+        way in time order (their traces already hold them: the delta-V record reads the held value).
+        """
+        if self.capture is not None or not self._buffered:
+            return
+        dv = self.delta_v
+        first: tuple[Trigger, _BufferedVelocity] | None = None
+        taken = []
+        for each in list(self._buffered):
+            samples = each.take()
+            if not samples:
+                continue
+            taken.append((each, samples))
+            if each.role == signals.SPEED:
+                trace = dv.speed
+                trace.extend(samples)
+                dv.speed_signal = dv.speed_signal or each.name
+            else:
+                dv.accel.add_all(samples)
+                trace = dv.accel.trace
+                dv.accel_signal = dv.accel_signal or each.name
+            if trace.high - trace.low < TRIGGER_KMH:  # could_trigger(): no window of the trace can hold one
+                continue
+            for t, _ in samples:
+                if first is not None and t >= first[0].t:
+                    break
+                trigger = dv.check(trace, each.name, t)
+                if trigger is not None:
+                    first = (trigger, each)
+                    break
+        if first is None or not self.enabled:
+            return
+        trigger, source = first
+        self._start(trigger)
+        later = sorted(((t, each is not source, each, v) for each, samples in taken for t, v in samples
+                        if t > trigger.t or (t == trigger.t and each is not source)), key=lambda x: (x[0], x[1]))
+        self.poll(trigger.t)
+        for t, _, each, v in later:
+            self.velocity(each.role, each.name, t, v)
+
+    def trigger_check(self, trace: Any, name: str, t: float) -> None:
+        """No capture runs and `trace` (of signal `name`) just took a sample at t: start one on a delta-V trigger."""
+        self.flush()  # a trigger in the samples buffered before this one comes first
+        if self.capture is not None:
+            return
+        trigger = self.delta_v.check(trace, name, t)
+        if trigger is not None and self.enabled:
+            self._start(trigger)
 
     def flag(self, role: str, name: str, t: float, value: Any) -> None:
         """An airbag or crash signal: a rising edge starts a capture (an airbag one marks it a deployment)."""
@@ -204,6 +358,9 @@ class CrashRecorder:
         self._flags[name] = number
         capture = self.capture
         if number and before is not None and not before:  # a rising edge, not a car that was already so
+            if capture is None:
+                self.flush()  # a delta-V trigger in the samples buffered before this edge comes first
+                capture = self.capture
             if capture is not None:
                 capture.deployment = capture.deployment or role == signals.AIRBAG
             elif self.enabled:
@@ -215,6 +372,7 @@ class CrashRecorder:
         """The data's clock is at t: emit ticks, end the event, seal, finish the capture when due."""
         capture = self.capture
         if capture is None:
+            self.flush()  # the pipeline flushes after each batch; this covers any other caller
             return
         if capture.done_at is None or t < capture.done_at:
             self.ring.advance(t)
@@ -232,6 +390,7 @@ class CrashRecorder:
 
     def close(self, t: float) -> None:
         """The agent stops: a running capture ends here, marked interrupted."""
+        self.flush()
         if self.capture is not None:
             self._finish(t, interrupted=True)
 
@@ -258,6 +417,7 @@ class CrashRecorder:
         assert settings is not None
         from carledger.ledger.encrypt import recipient_kid, parse_public_key
 
+        self.ring.refresh()  # the signals read per tick, as they are at the trigger
         number = max((c.capture for c in self.captures), default=0) + 1
         deployment = trigger.kind == "airbag" or any(
             v for n, v in self._flags.items() if signals.role_of(n) == signals.AIRBAG
@@ -284,6 +444,8 @@ class CrashRecorder:
         for tick in self.ring.window(trigger.t - PRE_CRASH):
             self._add_tick(tick)
         self.ring.sink = self._add_tick
+        for each in self._buffered:
+            each.immediate(True)  # the event's delta-V record and its end need every sample as it comes
         self._seal_data(trigger.t)
         log.warning("crash capture %d: %s trigger at %.3f (%s, %.1f km/h); pre-crash data sealed",
                     number, trigger.kind, trigger.t, trigger.signal, trigger.delta_kmh)
@@ -317,6 +479,8 @@ class CrashRecorder:
         assert capture is not None
         self.ring.sink = None
         self.capture = None
+        for each in self._buffered:
+            each.immediate(False)
         first = capture.start_seq + 1
         self._seal([self._writer])
         self._writer.sealer = None  # the capture's data is all sealed

@@ -14,7 +14,8 @@ at any time, also between samples.
 
 from __future__ import annotations
 
-import collections
+import bisect
+import math
 from dataclasses import dataclass, field
 
 TRIGGER_KMH = 8.0
@@ -42,8 +43,8 @@ class VelocityTrace:
     __slots__ = ("points", "values", "low", "high")
 
     def __init__(self) -> None:
-        self.points: collections.deque[tuple[float, float]] = collections.deque()
-        self.values: collections.deque[float] = collections.deque()  # the points' values, for min() and max()
+        self.points: list[tuple[float, float]] = []  # in time order
+        self.values: list[float] = []  # the points' values, for min() and max()
         # min(values) and max(values), kept as points come and recomputed only when the trace is pruned:
         # could_trigger runs for every speed and acceleration sample, and scanning the values each time
         # was a good part of what crash readiness cost (issue 16)
@@ -62,11 +63,41 @@ class VelocityTrace:
         if v > self.high:
             self.high = v
         if t - points[0][0] > _PRUNE:  # now and then, not per sample: older points only cost a little in could_trigger
-            horizon = t - _KEEP
-            while len(points) > 1 and points[1][0] <= horizon:
-                points.popleft()
-                values.popleft()
-            self.low, self.high = min(values), max(values)
+            self._prune(t - _KEEP)
+
+    def _prune(self, horizon: float) -> None:
+        """Drop the points before the last one at or before `horizon` (its value is held into the window)."""
+        points, values = self.points, self.values
+        drop = bisect.bisect_right(points, (horizon, math.inf)) - 1  # one slice, not a pop per point
+        if drop > 0:
+            del points[:drop]
+            del values[:drop]
+        self.low, self.high = min(values), max(values)
+
+    def extend(self, points: list[tuple[float, float]]) -> None:
+        """Add the samples since the last tick at once (in time order): what add() does for each, in C loops.
+
+        Pruned from the first new point on, so that a check at any of them finds its window whole.
+        """
+        if not points:
+            return
+        mine = self.points
+        times = [t for t, _ in points]
+        if (mine and times[0] < mine[-1][0]) or times != sorted(times):
+            for t, v in points:  # out of order: add() drops what the held value already covers
+                self.add(t, v)
+            return
+        new = [v for _, v in points]
+        mine.extend(points)
+        values = self.values
+        values.extend(new)
+        low, high = min(new), max(new)
+        if low < self.low:
+            self.low = low
+        if high > self.high:
+            self.high = high
+        if times[0] - mine[0][0] > _PRUNE:
+            self._prune(times[0] - _KEEP)
 
     def could_trigger(self) -> bool:
         """Cheap and conservative: could a window of what the trace holds (up to 0.5 s) have a trigger-size change?"""
@@ -117,6 +148,21 @@ class AccelerationIntegral:
             self._v += self._a * min(t - self._t, ACCEL_HOLD) * 3.6
         self._t, self._a = t, accel
         self.trace.add(t, self._v)
+
+    def add_all(self, samples: list[tuple[float, float]]) -> None:
+        """add() for each of the samples since the last tick (in arrival order), the trace extended once."""
+        points = []
+        last_t, a, v = self._t, self._a, self._v
+        for t, accel in samples:
+            if last_t is not None:
+                if t < last_t:
+                    continue
+                dt = t - last_t
+                v += a * (dt if dt < ACCEL_HOLD else ACCEL_HOLD) * 3.6
+            last_t, a = t, accel
+            points.append((t, v))
+        self._t, self._a, self._v = last_t, a, v
+        self.trace.extend(points)
 
     def extend(self, t: float) -> None:
         """Carry the held acceleration up to t (no sample since): keeps the trace current between frames."""

@@ -1,0 +1,66 @@
+"""The ring's tick-only signals, read from their message's newest frame, give the ticks every sample would."""
+
+from __future__ import annotations
+
+import random
+from types import SimpleNamespace
+
+from carledger.edr.recorder import WatchedHandler
+from carledger.edr.ring import SnapshotRing
+
+
+def _extract(data: bytes) -> list:
+    """Two one-byte signals; the second is absent from a 1-byte frame, and from a frame muxed out (byte 255)."""
+    b = None if len(data) < 2 or data[1] == 255 else data[1]
+    return [data[0], b]
+
+
+def _frames(seed: int) -> list[tuple[float, bytes]]:
+    rng = random.Random(seed)
+    t, out = 1000.0, []
+    for _ in range(800):
+        t += rng.choice([0.003, 0.01, 0.02, 0.05, 0.1, 0.13])
+        if rng.random() < 0.01:
+            t += 2.5  # a silence longer than STALE: nothing held is current after it
+        kind = rng.random()
+        data = bytes([rng.randrange(4)]) if kind < 0.1 else bytes([rng.randrange(4), rng.choice([rng.randrange(4), 255])])
+        out.append((round(t, 6), data))
+    return out
+
+
+def _sampled(frames: list[tuple[float, bytes]]) -> SnapshotRing:
+    ring = SnapshotRing()
+    for t, data in frames:
+        for name, value in zip("ab", _extract(data)):
+            if value is not None:
+                ring.offer(t, name, value, f"M.{name}")
+    return ring
+
+
+def _watched(frames: list[tuple[float, bytes]], *, multiplexed: bool) -> SnapshotRing:
+    ring = SnapshotRing()
+    recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
+    handler = WatchedHandler(recorder, ("car", "M"), _extract, [[], []], 2, multiplexed)  # type: ignore[arg-type]
+    ring.watch(("car", "M"), handler, [(0, "a", "M.a"), (1, "b", "M.b")])
+    for t, data in frames:
+        handler.handle(t, data)
+    return ring
+
+
+def test_ticks_from_frames_equal_ticks_from_every_sample() -> None:
+    for seed in range(6):
+        frames = _frames(seed)
+        expected = [(t, sorted(row)) for t, row in _sampled(frames).ticks]
+        assert len(expected) > 50
+        assert [(t, sorted(row)) for t, row in _watched(frames, multiplexed=True).ticks] == expected
+        short_only = [(t, data if data[-1] != 255 else data[:1]) for t, data in frames]  # no mux: short frames only
+        expected = [(t, sorted(row)) for t, row in _sampled(short_only).ticks]
+        assert [(t, sorted(row)) for t, row in _watched(short_only, multiplexed=False).ticks] == expected
+
+
+def test_a_silence_forgets_the_frames_before_it() -> None:
+    ring = _watched([(100.0, b"\x07\x00"), (100.05, b"\x07\x00"), (100.12, b"\x07\x00")], multiplexed=False)
+    assert ring.ticks[-1][1] == (("a", 7, "M.a"), ("b", 0, "M.b"))
+    ring.advance(105.0)  # the car was silent for longer than STALE; no new frame of M since
+    ring.advance(105.3)
+    assert ring.ticks[-1][1] == ()
