@@ -31,6 +31,7 @@ def test_the_collectors_ack_carries_a_receipt_the_car_verifies_and_keeps(broker,
         drive.close()
     assert sync.stats.receipts_refused == 0
     check_on_the_command_line(store, tmp_path)
+    check_in_the_console(store)
     keys = collector_keys(store)
     with Store.open_readonly(store) as s:
         for _id, stream, recipient, size, text, line, stated, received in s.receipts():
@@ -75,6 +76,23 @@ def check_on_the_command_line(store, tmp_path) -> None:
     code, out = run("receipts", "verify", str(other))
     assert code == 1 and "NO:" in out
     assert run("receipts", "verify", str(tmp_path / "nowhere"))[0] == 2
+
+
+def check_in_the_console(store) -> None:
+    """The owner's console shows the same receipts on "What left the car" (issue 18), as audit lists them."""
+    from test_console import start_console, stop
+
+    console = start_console(store)
+    try:
+        console.pair()
+        page = console.request("/left")
+    finally:
+        stop(console)
+    assert page.status == 200 and "Signed receipts" in page.text
+    latest = {(r[2], r[1]): r[3] for r in sorted(receipts(store), key=lambda r: r[3])}
+    assert latest
+    for (recipient, stream), size in latest.items():
+        assert f"{recipient} {stream} 0..{size - 1}" in page.text, page.text
 
 
 def test_a_receipt_forged_with_the_wrong_key_is_refused_and_the_ack_still_counts(broker, tmp_path):

@@ -234,7 +234,25 @@ class Console:
                 "(<code>carledger audit</code>).</p>"
                 + pages.table(("Recipient", "Day", "Streams", "Records", "Signals"), rows, "Disclosures")
                 if rows else "<p>Nothing has left the car yet.</p>")
-        return self._page("What left the car", body, "/left", session)
+        return self._page("What left the car", body + self._receipts(), "/left", session)
+
+    def _receipts(self) -> str:
+        """The signed receipts, as `carledger audit` lists them: each checked against the recipient's enrolled key."""
+        from carledger.owner.receipts import check_receipts, latest_receipts
+        from carledger.owner.state import iso
+
+        checks = check_receipts(self.where.store)
+        rows = [(c.recipient, c.stream, f"0..{c.size - 1}", c.root[:16], iso(c.stated), iso(c.received))
+                for c in latest_receipts(checks)]
+        html = ("<h2>Signed receipts</h2><p>What each recipient signed that it received: its collector's "
+                "cosignature of the stream's log, kept in the car (<code>carledger receipts verify</code> "
+                "checks them offline).</p>")
+        html += (pages.table(("Recipient", "Stream", "Blocks", "Root", "Cosigned at", "Kept at"), rows, "Receipts")
+                 if rows else "<p>No signed receipt yet.</p>")
+        bad = sum(1 for c in checks if c.problem)
+        if bad:
+            html += message(f"{bad} receipts do not verify (carledger receipts verify says why).", error=True)
+        return html
 
     def trips(self, req: Request, session: Session) -> Response:
         from carledger.console import trips
