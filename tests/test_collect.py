@@ -89,6 +89,17 @@ def test_a_chain_is_stored_acked_and_verifies_as_a_store(car, tmp_path):
     [check] = verify_collected(collector.registry, "car-1")
     assert (check.ok, check.stream, check.blocks, check.records) == (True, "speed", 6, 60), check.problems
     assert collector.stats.accepted == 6 and kinds(collector) == {}
+    # the ack is a receipt on either backend: a cosignature of the car's own log of 6 blocks (issue 14)
+    from carledger.ledger.checkpoints import origin_for
+    from carledger.sync.ack import check_receipt
+    from carledger.transparency.checkpoint import Checkpoint
+
+    topic = topics.parse(acks[-1][0])
+    line = open_ack(acks[-1][1], collector.ack_key.verify_key, topic.vehicle, topic.stream).cosignature
+    with Store.open_readonly(store) as agent:
+        text = Checkpoint(origin_for(agent.stream_key("speed"), "speed"), 6,
+                          agent.tree_root("speed", 6, derived=True)).text()
+    assert line is not None and check_receipt(collector.ack_key.verify_key, text, line) > 0
 
 
 def test_duplicates_are_idempotent_and_acked_again(car):

@@ -363,7 +363,7 @@ class Collector:
 
         key = self.registry.key(vehicle)
         try:
-            root = self.registry.replica(vehicle).tree_root(stream, size)
+            root = self.registry.tree_root(vehicle, stream, size)
         except (StoreError, MalformedBlock, ValueError) as exc:  # e.g. a replica older than its stored hashes
             if (vehicle, stream) not in self._no_receipt:
                 self._no_receipt.add((vehicle, stream))

@@ -104,6 +104,10 @@ class Registry(CollectorStore):
         with self._lock:
             return [(v, bytes(k), t) for v, k, t in self.conn.execute("SELECT vehicle, public_key, enrolled FROM vehicles ORDER BY vehicle")]
 
+    def tree_root(self, vehicle: str, stream: str, size: int) -> bytes:
+        """The replica's own tree of the stream (stored hashes, as the car keeps them)."""
+        return self.replica(vehicle).tree_root(stream, size)
+
     def replica(self, vehicle: str) -> Store:
         """The vehicle's chains as a carledger store (COLLECTOR/vehicles/<vehicle>/)."""
         store = self._replicas.get(vehicle)

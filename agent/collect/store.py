@@ -65,6 +65,27 @@ class CollectorStore(ABC):
         """(vehicle, stream, seq, message) of the stored blocks whose [t0, t1] (µs) meets [t_from, t_to], each
         stream by seq; fetched in pages, so memory stays constant whatever the size (collect export)."""
 
+    def tree_root(self, vehicle: str, stream: str, size: int) -> bytes:
+        """Root of the RFC 6962 tree of the stream's first `size` stored blocks: what a receipt cosigns.
+
+        Leaf i is block i's COSE_Sign1 without its records, as the car's log has it
+        (docs/transparency.md). Derived from the blocks themselves, read in pages; a
+        backend with a cached tree (the SQLite replica) answers from that instead.
+        """
+        from carledger.ledger import merkle
+        from carledger.ledger.block import split_records
+
+        hashes: list[bytes] = []
+        for _vehicle, _stream, seq, message in self.blocks(vehicle, stream):
+            if seq >= size:
+                break
+            if seq != len(hashes):
+                raise StoreError(f"{vehicle} {stream}: block {len(hashes)} is not stored; no tree of {size} blocks")
+            hashes.append(merkle.leaf_hash(split_records(message)[0]))
+        if len(hashes) != size:
+            raise StoreError(f"{vehicle} {stream}: {len(hashes)} blocks stored; no tree of {size} blocks")
+        return merkle.root_from_hashes(hashes)
+
     # -- blocks waiting for a gap ------------------------------------------------------------
     @abstractmethod
     def pending(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes] | None: ...
