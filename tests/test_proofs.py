@@ -113,6 +113,22 @@ def test_window_statement_binds_the_window(drive):
         verify_bundle({k: v for k, v in bundle.items() if k != "window"}, rules)
 
 
+def test_a_block_inside_the_window_must_carry_every_record(drive):
+    """Block 31 lies wholly inside 300..320 s: a bundle that leaves out one of its records is refused."""
+    store_dir, policy, _ = drive
+    rules = parse_policy(policy.read_text(), str(policy))
+    with Store.open_readonly(store_dir) as store:
+        bundle = build_bundle(store, "ubi", (T0 + 300) * 10**6, (T0 + 320) * 10**6)
+    inside = bundle["blocks"][2]  # blocks 29 (edge), 30, 31, ...
+    assert len(inside["records"]) == 40
+    for drop in (0, 17, 39):
+        cut = json.loads(json.dumps(bundle))
+        del cut["blocks"][2]["records"][drop]
+        with pytest.raises(ProofError, match=r"blocks\[2\]\.records: block 31 lies inside the window"):
+            verify_bundle(cut, rules)
+    verify_bundle(bundle, rules)
+
+
 def test_policy_and_quorum(drive, tmp_path):
     store_dir, policy, _ = drive
     with Store.open_readonly(store_dir) as store:

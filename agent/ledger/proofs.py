@@ -265,6 +265,10 @@ def _check_records(items: Any, header: Header, t_from: int, t_to: int, what: str
         if not merkle.verify_inclusion(merkle.leaf_hash(data), item["index"], header.count, proof, header.root):
             raise ProofError(f"{where}: not record {item['index']} of block {header.seq} (inclusion proof fails)")
         datas.append(data)
+    indices = [item["index"] for item in items]
+    if t_from <= header.t0 and header.t1 <= t_to and indices != list(range(header.count)):
+        raise ProofError(f"{what}.records: block {header.seq} lies inside the window but the bundle carries records "
+                         f"{_spans(indices)} of its {header.count}: it does not show the block complete")
     sealed = encrypt.is_sealed(datas) and len(datas) == header.count
     for i, data in enumerate(datas):
         try:
@@ -275,6 +279,12 @@ def _check_records(items: Any, header: Header, t_from: int, t_to: int, what: str
             raise ProofError(f"{what}.records[{i}]: time {record.t} µs is outside the window")
         out.append(record)
     return out
+
+
+def _spans(indices: list[int]) -> str:
+    """A short list of indices for an error line (the first few, then how many)."""
+    shown = ", ".join(map(str, indices[:6]))
+    return f"[{shown}{', …' if len(indices) > 6 else ''}] ({len(indices)})"
 
 
 def dumps(bundle: dict[str, Any]) -> str:
