@@ -391,11 +391,14 @@ class Pipeline:
         )
         self.syncer.start()
 
-    def _stop_sync(self) -> None:
-        """Stop the syncer first, so that every ack it took is in the audit before the last seal."""
+    def _stop_witnesses(self) -> None:
+        """After the ledger closed: the witness thread's last round then carries the checkpoints the close signed."""
         witness_thread, self.witness_thread = self.witness_thread, None
         if witness_thread is not None:
             witness_thread.stop()
+
+    def _stop_sync(self) -> None:
+        """Stop the syncer first, so that every ack it took is in the audit before the last seal."""
         if self.syncer is None:
             return
         syncer, self.syncer = self.syncer, None
@@ -619,7 +622,10 @@ class Pipeline:
                 self.streams.close(self._last_t if self._last_t is not None else self.now())
                 self.actions.remember_last_frame(self._last_t)  # the next start tells a restart from a new drive
             self._seal(None)
-            self.ledger.close()
+            try:
+                self.ledger.close()
+            finally:
+                self._stop_witnesses()
             for source in self.sources:
                 source.close()
         self._finish_summary(time.monotonic() - started)

@@ -8,13 +8,18 @@ checkpoint the witness holds.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
+from collections.abc import Iterator
 
 import pytest
+
+from broker import broker  # noqa: F401 - fixture
 
 from carledger.ledger import Ledger, Store
 from carledger.ledger.checkpoints import ForkedStore, log_verifier
@@ -49,6 +54,13 @@ def two_witnesses(tmp_path):
     assert logs.returncode == 0, logs.stderr
     (tmp_path / "logs.txt").write_text(logs.stdout)
     assert len(logs.stdout.splitlines()) == len(STREAMS)
+    with witness_processes(tmp_path, tmp_path / "logs.txt") as configs:
+        yield store_dir, configs
+
+
+@contextlib.contextmanager
+def witness_processes(tmp_path, logs_file) -> Iterator[list[WitnessConfig]]:
+    """Two `carledger witness run` processes on loopback (w1, w2 under tmp_path) for the logs in `logs_file`."""
     procs, configs = [], []
     try:
         for name in ("w1", "w2"):
@@ -56,14 +68,14 @@ def two_witnesses(tmp_path):
             assert made.returncode == 0, made.stderr
             proc = subprocess.Popen(
                 [sys.executable, "-m", "carledger", "witness", "run", str(tmp_path / name),
-                 "--logs", str(tmp_path / "logs.txt"), "--listen", "127.0.0.1:0"],
+                 "--logs", str(logs_file), "--listen", "127.0.0.1:0"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             procs.append(proc)
             line = proc.stdout.readline()
             assert "listening on http://" in line, line
             url = line.split("listening on ")[1].split()[0].removesuffix("/add-checkpoint")
             configs.append(WitnessConfig(url, made.stdout.strip()))
-        yield store_dir, configs
+        yield configs
     finally:
         for proc in procs:
             proc.send_signal(signal.SIGTERM)
@@ -187,3 +199,86 @@ def test_the_agent_configuration_names_the_witnesses(two_witnesses, tmp_path):
     config.write_text(config.read_text().replace('key = "' + w1.key, 'key = "nonsense'))
     bad = _carledger("witness", "submit", "-c", str(config))
     assert bad.returncode == 2 and "witness[0].key" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_the_agent_syncs_to_a_collector_with_receipts_and_to_two_witnesses(broker, tmp_path):  # noqa: F811
+    """`carledger run` on the simulated car, [mqtt] to a real mosquitto and collector, two [[witness]] processes:
+    afterwards both witnesses hold cosigned checkpoints of the car's outbound streams, the store keeps both
+    cosignatures of each, and it holds the collector's receipts."""
+    from broker import enroll, mqtt_for, recipient_identity, start_collector
+    from carledger.dbc import path as dbc_path
+    from conftest import wait_until
+    from test_owner_e2e import NOW, iso
+
+    streams = {"ubi": "insurer", "fleet": "fleet"}
+    consent = f"consent = {{ granted = {iso(NOW - 86400)}, expires = {iso(NOW + 86400)} }}"
+    (tmp_path / "policy.toml").write_text("version = 1\n" + "".join(
+        f'[[stream]]\nname = "{name}"\nrecipient = "{who}"\npurpose = "insurance"\n'
+        f'signals = ["Vehicle.Speed"]\n{consent}\n' for name, who in streams.items()))
+    store = tmp_path / "ledger"
+    Ledger.open(store, vehicle_id="car-w").close()
+    enroll(tmp_path / "collected", "car-w", store, tuple(streams.values()))  # and the secret behind their keys
+    logs = [log_verifier(recipient_identity(store, who)[1], name).vkey() for name, who in streams.items()]
+    (tmp_path / "logs.txt").write_text("\n".join(logs) + "\n")
+    collector = start_collector(tmp_path / "collected", mqtt_for(broker, client_id="collector-w"))
+    try:
+        with witness_processes(tmp_path, tmp_path / "logs.txt") as (w1, w2):
+            config = tmp_path / "agent.toml"
+            config.write_text(textwrap.dedent(f"""
+                [agent]
+                store = "ledger"
+                vehicle = "car-w"
+                policy = "policy.toml"
+                [seal]
+                checkpoint_every = 2
+                [mqtt]
+                host = "127.0.0.1"
+                port = {broker.port}
+                [[bus]]
+                name = "car"
+                interface = "carledger-sim"
+                channel = "city"
+                options = {{ seed = 4, speed = 0, duration = 60.0, start_time = {float(int(NOW) - 600)} }}
+                dbc = ["{dbc_path('carledger_demo.dbc')}"]
+            """) + "".join(f'[[witness]]\nurl = "{w.url}"\nkey = "{w.key}"\n' for w in (w1, w2)))
+            proc = subprocess.Popen([sys.executable, "-m", "carledger", "run", "-c", str(config)],
+                                    stderr=subprocess.PIPE, text=True)
+            try:
+                def receipted() -> bool:
+                    assert proc.poll() is None, proc.stderr.read()
+                    with Store.open_readonly(store) as s:
+                        return {r[1] for r in s.receipts()} == set(streams) and not set(s.backlog()) & set(streams)
+
+                wait_until(receipted, timeout=240, interval=0.2)
+            finally:
+                proc.send_signal(signal.SIGTERM)  # the agent submits to its witnesses once more as it stops
+                _, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            held = {w.url: _witness_logs(tmp_path / name) for w, name in ((w1, "w1"), (w2, "w2"))}
+    finally:
+        collector.stop()
+    with Store.open_readonly(store) as s:
+        for name, who in streams.items():
+            signed = s.latest_checkpoint(name)
+            assert signed is not None and signed.checkpoint.size >= 2
+            kept = {line.split(" ")[1] for line in s.cosignatures_of(signed.row)}
+            assert kept == {"witness.example/w1", "witness.example/w2"}, (name, kept)
+            for url, logs_held in held.items():
+                assert logs_held[signed.checkpoint.origin] == signed.checkpoint.size, (url, name)
+        receipts = s.receipts()
+    assert {(r[1], r[2]) for r in receipts} == set(streams.items())
+    witness_keys = [w.verifier for w in (w1, w2)]
+    for signed, witness, line in _cosignatures(store):
+        stream = signed.decode().split("\n")[0].rsplit("/", 1)[1]
+        key = recipient_identity(store, streams[stream])[1]
+        _, opened = open_checkpoint(signed + line.encode(), [log_verifier(key, stream), *witness_keys])
+        assert witness in {s.name for s in opened.sigs}
+
+
+def _witness_logs(witness_dir) -> dict[str, int]:
+    """origin -> the size of the newest checkpoint the witness cosigned (its own database)."""
+    conn = sqlite3.connect(witness_dir / "witness.sqlite")
+    try:
+        return dict(conn.execute("SELECT origin, size FROM logs"))
+    finally:
+        conn.close()

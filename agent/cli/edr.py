@@ -29,7 +29,7 @@ its record count before it prints anything. A capture's records are what the
 car recorded during it (samples and events such as end-of-event): the count the
 agent's log line, `edr list`, `edr export` and `verify` all give. Formats and
 columns: docs/exports.md (jsonl and csv as in `log export` and `read`).
-`export --proof` needs no key: it writes the capture's blocks as signed (the
+`export --proof` needs no recipient's key (only the store's vehicle key, to sign the window): it writes the capture's blocks as signed (the
 data blocks as ciphertext) with their proofs into the crash stream's signed,
 cosigned checkpoint (docs/transparency.md, "Crash capture as evidence").
 """ + exit_status("done", "not verified or not readable with this key")

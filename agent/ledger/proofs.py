@@ -10,7 +10,11 @@ A bundle (JSON, `carledger/proof-bundle/v1`) holds:
   is the block's seq) and the selected records, each with its inclusion
   proof into the block's Merkle root;
 - the block just before and just after (when the checkpoint covers it),
-  header and proof only: their times show no other block meets the window.
+  header and proof only: their times show no other block meets the window;
+- `window`: a signed note (`carledger/proof-window/v1`) the car signs at
+  prove time with the stream's own key, naming the stream's log, the window
+  and the checkpoint (size, root): the window's numbers are signed too, so no
+  byte of the bundle can change without the bundle failing.
 
 Nothing else of the stream is in it: the headers of those blocks (time
 span, record count, policy digest, chain link) and the hashes the proofs
@@ -27,9 +31,9 @@ from typing import Any
 
 from carledger.ledger import cose, encrypt, merkle
 from carledger.ledger.block import Header, decode_record
-from carledger.ledger.checkpoints import Signed
-from carledger.ledger.errors import LedgerError, MalformedBlock
-from carledger.ledger.keys import VerifyKey
+from carledger.ledger.checkpoints import NoteSigner, Signed, origin_for
+from carledger.ledger.errors import KeyFileError, LedgerError, MalformedBlock
+from carledger.ledger.keys import FileSigner, Signer, VerifyKey, key_path, kid, load_signing_key
 from carledger.ledger.store import Store
 from carledger.transparency import note, tlog
 from carledger.transparency.checkpoint import CheckpointError, open_checkpoint
@@ -37,6 +41,7 @@ from carledger.transparency.checkpoint import CheckpointError, open_checkpoint
 __all__ = ["FORMAT", "ProofError", "Policy", "parse_policy", "build_bundle", "verify_bundle", "Verified"]
 
 FORMAT = "carledger/proof-bundle/v1"
+WINDOW_FORMAT = "carledger/proof-window/v1"
 
 
 class ProofError(LedgerError):
@@ -63,11 +68,26 @@ def _record_time(data: bytes) -> int | None:
         return None
 
 
-def build_bundle(store: Store, stream: str, t_from: int, t_to: int) -> dict[str, Any]:
+def _window_text(origin: str, t_from: int, t_to: int, size: int, root: bytes) -> str:
+    """The window statement's text: its first line can never be a checkpoint's origin, so neither passes for the other."""
+    return f"{WINDOW_FORMAT}\n{origin}\n{t_from}\n{t_to}\n{size}\n{_b64(root)}\n"
+
+
+def store_signer(store: Store) -> Signer:
+    """The vehicle key of the store (STORE/keys/vehicle.key): what signs a bundle's window statement."""
+    try:
+        return FileSigner(load_signing_key(key_path(store.path)))
+    except (KeyFileError, OSError) as exc:
+        raise ProofError(f"{key_path(store.path)}: the stream's key is needed to sign the window: {exc}") from None
+
+
+def build_bundle(store: Store, stream: str, t_from: int, t_to: int, signer: Signer | None = None) -> dict[str, Any]:
     """The bundle of `stream`'s records with times in [t_from, t_to] (microseconds), under its newest checkpoint.
 
     An encrypted block is disclosed whole (its two records are one
     ciphertext; the Merkle root covers that ciphertext, not the plaintext).
+    `signer` (default: the store's vehicle key) must be the stream's log key:
+    it signs the window statement.
     """
     if t_from > t_to:
         raise ProofError(f"--from is after --to ({t_from} > {t_to} µs)")
@@ -95,7 +115,14 @@ def build_bundle(store: Store, stream: str, t_from: int, t_to: int) -> dict[str,
             entry["records"] = [{"index": i, "data": _b64(records[i]),
                                  "proof": [_b64(h) for h in merkle.inclusion_proof(records, i)]} for i in picked]
         blocks.append(entry)
-    return {"format": FORMAT, "stream": stream, "from_us": t_from, "to_us": t_to,
+    signer = signer or store_signer(store)
+    origin = signed.checkpoint.origin
+    if origin_for(bytes(signer.public_key), stream) != origin:
+        raise ProofError(f"stream {stream!r}: its log {origin!r} is signed with another key than "
+                         f"{kid(bytes(signer.public_key)).hex()} (a recipient's own key?); the window needs the log's key")
+    window = note.sign_note(_window_text(origin, t_from, t_to, size, signed.checkpoint.root_hash),
+                            [NoteSigner(origin, signer)])
+    return {"format": FORMAT, "stream": stream, "from_us": t_from, "to_us": t_to, "window": window.decode(),
             "checkpoint": signed.note.decode() + "".join(cosigs), "blocks": blocks}
 
 
@@ -166,6 +193,7 @@ def verify_bundle(bundle: Any, policy: Policy) -> Verified:
     cosigners = {s.name for s in opened.sigs if s.name != policy.log.name}
     if len(cosigners) < policy.quorum:
         raise ProofError(f"checkpoint: cosigned by {len(cosigners)} of the policy's witnesses, quorum {policy.quorum}")
+    _check_window(bundle.get("window"), policy, cp.origin, t_from, t_to, cp.size, cp.root_hash)
     key = VerifyKey(policy.log.public_key)
     entries = bundle.get("blocks")
     if not isinstance(entries, list) or not entries:
@@ -213,6 +241,16 @@ def verify_bundle(bundle: Any, policy: Policy) -> Verified:
     return Verified(stream, cp.size, tuple(sorted(cosigners)), (meets[0], meets[-1]), records)
 
 
+def _check_window(window: Any, policy: Policy, origin: str, t_from: int, t_to: int, size: int, root: bytes) -> None:
+    """The car's signed window statement must name exactly this bundle's log, window and checkpoint."""
+    try:
+        opened = note.open_note(str(window or "").encode(), [policy.log])
+    except note.NoteError as exc:
+        raise ProofError(f"window: {exc}") from None
+    if opened.text != _window_text(origin, t_from, t_to, size, root):
+        raise ProofError("window: the signed statement names another log, window or checkpoint than the bundle")
+
+
 def _check_records(items: Any, header: Header, t_from: int, t_to: int, what: str) -> list:
     if not isinstance(items, list):
         raise ProofError(f"{what}.records: missing")
@@ -227,6 +265,10 @@ def _check_records(items: Any, header: Header, t_from: int, t_to: int, what: str
         if not merkle.verify_inclusion(merkle.leaf_hash(data), item["index"], header.count, proof, header.root):
             raise ProofError(f"{where}: not record {item['index']} of block {header.seq} (inclusion proof fails)")
         datas.append(data)
+    indices = [item["index"] for item in items]
+    if t_from <= header.t0 and header.t1 <= t_to and indices != list(range(header.count)):
+        raise ProofError(f"{what}.records: block {header.seq} lies inside the window but the bundle carries records "
+                         f"{_spans(indices)} of its {header.count}: it does not show the block complete")
     sealed = encrypt.is_sealed(datas) and len(datas) == header.count
     for i, data in enumerate(datas):
         try:
@@ -237,6 +279,12 @@ def _check_records(items: Any, header: Header, t_from: int, t_to: int, what: str
             raise ProofError(f"{what}.records[{i}]: time {record.t} µs is outside the window")
         out.append(record)
     return out
+
+
+def _spans(indices: list[int]) -> str:
+    """A short list of indices for an error line (the first few, then how many)."""
+    shown = ", ".join(map(str, indices[:6]))
+    return f"[{shown}{', …' if len(indices) > 6 else ''}] ({len(indices)})"
 
 
 def dumps(bundle: dict[str, Any]) -> str:
