@@ -189,3 +189,35 @@ def test_go_checks_the_bundles_checkpoint_and_every_proof(drive, go_interop):
     (opened,) = answer["notes"]
     assert opened.get("err") is None and len(opened["sigs"]) == 2  # the car's key and the witness
     assert answer["records"][:-1] == [""] * len(checks) and answer["records"][-1] != ""
+
+
+def test_a_recipients_pseudonymous_stream_is_proven_under_its_own_key(tmp_path):
+    """The streams that leave the car are signed with their recipient's key: prove signs the window with it too."""
+    from carledger.ledger.keys import load_or_create_secret
+    from carledger.policy import pseudonym
+
+    store_dir = tmp_path / "car"
+    with Ledger.open(store_dir, VID) as ledger:
+        secret = load_or_create_secret(store_dir)
+        w = ledger.writer("insurer")
+        w.vid = pseudonym(secret, VID, "Acme Insurance")
+        w.signer = ledger.certify(secret, "Acme Insurance", w.vid)
+        for step in range(120):
+            w.add_sample(T0 + step / 2, "Vehicle.Speed", float(step))
+            if step % 20 == 19:
+                ledger.seal([w])
+        vehicle_key = bytes(ledger.verify_key)
+    with Store.open_readonly(store_dir) as store:
+        key = store.stream_key("insurer")
+    assert key is not None and bytes(key) != vehicle_key  # the recipient's own key, not the vehicle's
+    policy = tmp_path / "policy.txt"
+    policy.write_text(f"log {log_verifier(bytes(key), 'insurer').vkey()}\nquorum 0\n")
+    out = tmp_path / "insurer.proof"
+    made = _carledger("prove", str(store_dir), "--stream", "insurer", "--from", str(T0 + 10), "--to", str(T0 + 30),
+                      "-o", str(out))
+    assert made.returncode == 0, made.stderr
+    checked = _carledger("verify-proof", str(out), "--policy", str(policy))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    other = tmp_path / "vehicle-policy.txt"  # under the vehicle key, the recipient's log does not verify
+    other.write_text(f"log {log_verifier(vehicle_key, 'insurer').vkey()}\nquorum 0\n")
+    assert _carledger("verify-proof", str(out), "--policy", str(other)).returncode == 1

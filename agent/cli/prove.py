@@ -5,7 +5,7 @@
 records with their inclusion proofs into their blocks, the blocks with their
 inclusion proofs into the stream's newest signed checkpoint, and that
 checkpoint with the cosignatures the store keeps, and a window statement the
-stream's key (STORE/keys/vehicle.key) signs so the window itself is bound. `verify-proof FILE
+stream's own key (the vehicle key, or a recipient's own key) signs so the window itself is bound. `verify-proof FILE
 --policy P` checks it with nothing but the bundle and the policy's keys.
 """
 
@@ -26,7 +26,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         "prove", help="export a stream's records over a time window with proofs that verify offline",
         description="Write a proof bundle (docs/transparency.md, Portable proofs) of the records of STREAM with "
         "times in [FROM, TO], under the stream's newest signed checkpoint and its kept cosignatures. It holds no "
-        "other record of the stream; the store's vehicle key signs its window. Times: ISO 8601 (UTC unless an offset is given) or POSIX seconds.",
+        "other record of the stream; the stream's own key signs its window. Times: ISO 8601 (UTC unless an offset is given) or POSIX seconds.",
         epilog=exit_status("written", "no checkpoint or no block covers the window, records were dropped, or the "
                            "stream's key is not at hand"),
     )

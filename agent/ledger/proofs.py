@@ -73,12 +73,30 @@ def _window_text(origin: str, t_from: int, t_to: int, size: int, root: bytes) ->
     return f"{WINDOW_FORMAT}\n{origin}\n{t_from}\n{t_to}\n{size}\n{_b64(root)}\n"
 
 
-def store_signer(store: Store) -> Signer:
-    """The vehicle key of the store (STORE/keys/vehicle.key): what signs a bundle's window statement."""
+def stream_signer(store: Store, stream: str) -> Signer:
+    """The stream's own key, which signs a bundle's window statement as it signs the stream's blocks and checkpoints.
+
+    The vehicle key (STORE/keys/vehicle.key) for the car's own streams and those
+    sent under the VIN; for a recipient's pseudonymous stream, that recipient's
+    key, derived again from STORE/keys/pseudonym.key for the recipient the
+    vehicle key's statement names (docs/ledger-keys.md).
+    """
+    from carledger.ledger.identity import pseudonym_signer
+    from carledger.ledger.keys import load_secret
+
+    wanted = store.stream_key(stream)
     try:
-        return FileSigner(load_signing_key(key_path(store.path)))
+        vehicle = FileSigner(load_signing_key(key_path(store.path)))
     except (KeyFileError, OSError) as exc:
         raise ProofError(f"{key_path(store.path)}: the stream's key is needed to sign the window: {exc}") from None
+    if wanted is None or bytes(vehicle.public_key) == bytes(wanted):
+        return vehicle
+    cert = next((c for c in store.keyring().by_kid.values() if c.public_key == bytes(wanted)), None)
+    secret = load_secret(store.path)
+    if cert is None or secret is None:
+        raise ProofError(f"stream {stream!r}: its key {kid(bytes(wanted)).hex()} is neither the vehicle key nor one "
+                         "the vehicle key certified with a secret this store holds; the window needs the log's key")
+    return pseudonym_signer(secret, store.vehicle_id, cert.recipient)
 
 
 def build_bundle(store: Store, stream: str, t_from: int, t_to: int, signer: Signer | None = None) -> dict[str, Any]:
@@ -86,7 +104,7 @@ def build_bundle(store: Store, stream: str, t_from: int, t_to: int, signer: Sign
 
     An encrypted block is disclosed whole (its two records are one
     ciphertext; the Merkle root covers that ciphertext, not the plaintext).
-    `signer` (default: the store's vehicle key) must be the stream's log key:
+    `signer` (default: the stream's own key, `stream_signer`) must be the stream's log key:
     it signs the window statement.
     """
     if t_from > t_to:
@@ -115,7 +133,7 @@ def build_bundle(store: Store, stream: str, t_from: int, t_to: int, signer: Sign
             entry["records"] = [{"index": i, "data": _b64(records[i]),
                                  "proof": [_b64(h) for h in merkle.inclusion_proof(records, i)]} for i in picked]
         blocks.append(entry)
-    signer = signer or store_signer(store)
+    signer = signer or stream_signer(store, stream)
     origin = signed.checkpoint.origin
     if origin_for(bytes(signer.public_key), stream) != origin:
         raise ProofError(f"stream {stream!r}: its log {origin!r} is signed with another key than "
