@@ -166,6 +166,51 @@ def test_edited_checkpoint_row_refuses(tmp_path):
     ledger.close(seal=False)
 
 
+@pytest.mark.parametrize("edit", [
+    "UPDATE checkpoints SET note = replace(note, X'0a340a', X'0a350a')",  # the signed note itself
+    "UPDATE checkpoints SET size = size + 1",  # the unsigned size column beside it
+])
+def test_verify_reports_an_edited_checkpoint_before_the_writer_refuses(tmp_path, edit):
+    """What makes the writer refuse must make `carledger verify` fail too, or its advice to run verify misleads."""
+    from carledger.verify import verify_store
+
+    with _open(tmp_path) as ledger:
+        _drive(ledger, "ubi", 4)
+    assert verify_store(tmp_path).ok
+    _sql(tmp_path, edit)
+    report = verify_store(tmp_path)
+    assert not report.ok and [(p.stream, p.kind) for p in report.problems] == [("ubi", "row-mismatch")]
+    assert "checkpoint" in report.problems[0].detail
+
+
+def test_verify_reports_blocks_rewritten_under_a_signed_checkpoint(tmp_path):
+    """Blocks re-signed with the car's own key after a checkpoint (a chain rebuilt whole): the checkpoint shows it."""
+    from carledger.verify import verify_store
+
+    with _open(tmp_path) as ledger:
+        _drive(ledger, "ubi", 4)
+    rewritten = tmp_path.parent / f"{tmp_path.name}-rewritten"
+    shutil.copytree(tmp_path / "keys", rewritten / "keys")  # the car's own key signs the rewritten chain
+    with Ledger.open(rewritten, VID) as other:  # another chain of 4 blocks, with other values
+        other.checkpoint_every = 1000
+        _drive(other, "ubi", 4, start=100)
+    _sql(tmp_path, "DELETE FROM blocks WHERE stream = 'ubi'")
+    src = sqlite3.connect(rewritten / DB_FILE)
+    cols = [r[1] for r in src.execute("PRAGMA table_info(blocks)")]
+    rows = src.execute(f"SELECT {', '.join(cols)} FROM blocks WHERE stream = 'ubi'").fetchall()
+    src.close()
+    src = sqlite3.connect(rewritten / DB_FILE)
+    head = src.execute("SELECT head_seq, head_digest FROM streams WHERE name = 'ubi'").fetchone()
+    src.close()
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    with conn:  # the blocks, and the cached head to match them: only the signed checkpoint still disagrees
+        conn.executemany(f"INSERT INTO blocks({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", rows)
+        conn.execute("UPDATE streams SET head_seq = ?, head_digest = ? WHERE name = 'ubi'", head)
+    conn.close()
+    report = verify_store(tmp_path)
+    assert not report.ok and "checkpoint" in " ".join(p.detail for p in report.problems)
+
+
 def test_a_store_older_than_checkpoints_gets_its_log_from_its_blocks(tmp_path):
     with _open(tmp_path, every=1000) as ledger:
         _drive(ledger, "ubi", 7)

@@ -25,7 +25,7 @@ from carledger.ledger.block import (
     decode_records,
     check_records_root,
 )
-from carledger.ledger.errors import KeyFileError, MalformedBlock
+from carledger.ledger.errors import KeyFileError, MalformedBlock, StoreError
 from carledger.ledger.heads import identity_signed
 from carledger.ledger.identity import KeyRing
 from carledger.ledger.keys import KEY_DIR, KEY_FILE, VerifyKey, kid, load_signing_key, load_verify_key
@@ -384,6 +384,7 @@ class _Verifier:
                 s.first_seq, s.last_seq = ch.min_seq, ch.max_seq
                 s.head = ch.max_digest.hex() if ch.max_digest else None
         self.check_heads()
+        self.check_checkpoints()
         self.check_identity()
         if self.check_records:
             self.check_drops()
@@ -442,6 +443,31 @@ class _Verifier:
                     ROW_MISMATCH,
                     f"blocks seq {head_seq + 1}..{last} come after the recorded head seq {head_seq}",
                 )
+
+    def check_checkpoints(self) -> None:
+        """Each stream's newest signed checkpoint opens with the stream's key and commits to the stored blocks.
+
+        The writer checks the same before it signs the next one (ledger/checkpoints.py),
+        so a store that fails here refuses to write: verify says why first. A stream
+        whose blocks already have problems gets only the signature check: its blocks'
+        own problems say what changed.
+        """
+        troubled = {p.stream for p in self.report.problems}  # their blocks' problems are reported already
+        for stream in sorted(self.chains, key=str):
+            try:
+                signed = self.store.latest_checkpoint(stream)
+                if signed is None or stream in troubled:
+                    continue
+                root = self.store.tree_root(stream, signed.checkpoint.size, derived=True)
+            except sqlite3.OperationalError:
+                return  # a store from before checkpoints (no table): nothing was signed
+            except StoreError as exc:
+                self.problem(stream, None, ROW_MISMATCH, f"checkpoint: {exc}")
+                continue
+            if root != signed.checkpoint.root_hash:
+                self.problem(stream, signed.checkpoint.size - 1, FORK,
+                             f"the newest checkpoint the car signed ({signed.checkpoint.size} blocks, row {signed.row}) "
+                             "is not the tree of the stored blocks: they were rewritten after it was signed")
 
     def check_identity(self) -> None:
         """In the car's own store, `meta.vehicle` is what its writer signs as: some chain must carry it.
