@@ -10,8 +10,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
-from carledger.decode.dbcfile import DbcError, LoadedDbc, load_dbc
+if TYPE_CHECKING:  # cantools is imported when a dbc command runs, not by every command's parser
+    from carledger.decode.dbcfile import LoadedDbc
 
 _DESCRIPTION = """\
 Check and inspect DBC files the way the agent loads them. Real DBC files are
@@ -79,6 +81,8 @@ def _counts(loaded: LoadedDbc) -> tuple[int, int]:
 
 
 def _check(args: argparse.Namespace) -> int:
+    from carledger.decode.dbcfile import DbcError, load_dbc
+
     reports = []
     rejected = 0
     for path in args.files:
@@ -105,6 +109,8 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from carledger.decode.dbcfile import DbcError, load_dbc
+
     try:
         loaded = load_dbc(args.file, strict=args.strict)
     except DbcError as exc:
