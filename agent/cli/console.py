@@ -104,29 +104,29 @@ def serve(args: argparse.Namespace) -> int:
     if args.tls or not loopback:
         try:
             cert, key, fingerprint = certificate(args.store, args.listen)
-            tls = server_context(cert, key)
+            tls = (server_context(cert, key), str(cert), str(key))
         except TlsError as exc:
             return fail(args, str(exc), EXIT_REFUSED)
     where = target(args)
     try:
         server = ConsoleServer((args.listen, args.port), Console(where, Auth(where.store), local_only=loopback), tls)
     except OSError as exc:
-        return fail(args, f"cannot serve on {args.listen} port {args.port}: {exc.strerror}", EXIT_REFUSED)
-    host, port = server.server_address[:2]
+        return fail(args, f"cannot serve on {args.listen} port {args.port}: {exc.strerror or exc}", EXIT_REFUSED)
+    host, port = server.address
     host = f"[{host}]" if ":" in host else host
     print(f"console: {'https' if tls else 'http'}://{host}:{port}/ (pair a device: carledger console pair)", flush=True)
     if fingerprint:
         print(f"certificate SHA-256 fingerprint: {fingerprint}", flush=True)
 
     def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        threading.Thread(target=server.stop, daemon=True).start()
 
     signal.signal(signal.SIGTERM, stop)
     try:
-        server.serve_forever(poll_interval=0.5)
+        server.serve()
     except KeyboardInterrupt:
         pass
     finally:
-        server.server_close()
+        server.stop()
     print("console: stopped", file=sys.stderr)
     return EXIT_OK

@@ -16,14 +16,14 @@ import time
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, TextIO
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from carledger.cli._store import Target
 from carledger.console import pages
 from carledger.console.auth import SESSION_MAX, Auth, Session, Throttled
 from carledger.console.pages import ask, e, hidden, layout, message, select
-from carledger.console.server import COOKIE, Request, Response
+from carledger.console.web import COOKIE, Request, Response
 
 GRANT_CHOICES = (("90d", "90 days"), ("30d", "30 days"), ("1y", "1 year"), ("2y", "2 years"))
 PAUSE_CHOICES = (("", "until I resume"), ("1h", "1 hour"), ("1d", "1 day"))
@@ -170,10 +170,10 @@ class Console:
         return self._page("Now", "".join(body), "/", session)
 
     def mydata(self, req: Request, session: Session) -> Response:
-        from carledger.console.mydata import write_archive
+        from carledger.console.mydata import archive
 
         name = f"carledger-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}.zip"
-        return Response(200, lambda out: write_archive(out, self.where), "application/zip",
+        return Response(200, archive(self.where), "application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     def consents(self, req: Request, session: Session) -> Response:
@@ -308,7 +308,7 @@ class Console:
 
     def _export_form(self, captures: list[dict[str, Any]], session: Session) -> str:
         """The owner's key, picked from a file, opens one capture; the download is `carledger edr export`'s."""
-        from carledger.console.server import MAX_BODY
+        from carledger.console.web import MAX_BODY
         from carledger.owner.state import iso
 
         newest = captures[-1]["capture"]
@@ -360,8 +360,9 @@ class Console:
             status = 409 if getattr(exc, "status", None) == EXIT_REFUSED else 400  # refused, or a bad form
             return self.crashes(req, session, message(f"Not opened: {exc}", error=True), status)
         name = f"carledger-capture-{number}.{fmt}"
-        return Response(200, lambda out: _write_text(out, lambda text: write_capture(content, text, fmt)),
-                        EXPORT_FORMATS[fmt][1], headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        text = io.StringIO(newline="")  # the capture is in memory already: the download is its text, in UTF-8
+        write_capture(content, text, fmt)
+        return Response(200, text.getvalue().encode(), EXPORT_FORMATS[fmt][1], headers={"Content-Disposition": f'attachment; filename="{name}"'})
 
     def wipe_page(self, req: Request, session: Session) -> Response:
         body = ("<p>For a change of owner: this deletes every block of every stream, the policy, the consents and the "
@@ -476,16 +477,6 @@ class Console:
                 f"{result.new_kid}. Every paired device is signed out. Restart the console (with --listen it makes a "
                 "new certificate), then the new owner pairs with carledger console pair.")
         return Response(200, layout("Wiped", message(text), signed_in=False))
-
-
-def _write_text(out: BinaryIO, write: Callable[[TextIO], None]) -> None:
-    """`write` a text export to the connection as UTF-8, byte for byte what the command writes to a file."""
-    text = io.TextIOWrapper(out, encoding="utf-8", newline="")
-    try:
-        write(text)
-        text.flush()
-    finally:
-        text.detach()  # the server closes the connection, not this wrapper
 
 
 def _vehicle_key(store: str) -> bytes | None:

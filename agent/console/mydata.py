@@ -1,8 +1,10 @@
-"""'My data': everything the car holds, as one ZIP written straight to the connection (docs/console.md).
+"""'My data': everything the car holds, as one ZIP streamed to the connection (docs/console.md).
 
 Streaming with constant memory: zipfile writes each member through a
-deflate stream to the unseekable socket (sizes in data descriptors), and
-each stream is read block by block, as `carledger log export` reads it.
+deflate stream into an unseekable sink (sizes in data descriptors), each
+stream is read block by block, as `carledger log export` reads it, and what
+the sink holds is handed to the server after each block: the archive is a
+generator of chunks, which the server sends as they come.
 The archive holds the data and what is needed to read and check it:
 
 - `streams/NAME.jsonl`: samples and declared events, the `log export --events`
@@ -47,15 +49,39 @@ Times in jsonl are seconds since 1970 (UTC).
 """
 
 
-def write_archive(out: BinaryIO, where: Target) -> None:
-    """Write the whole archive to `out` (an unseekable stream is fine)."""
+class _Sink(io.RawIOBase):
+    """Where zipfile writes: bytes kept until the next `take`; unseekable, so zipfile streams (data descriptors)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self.chunks = b"".join(self.chunks), []
+        return data
+
+
+def archive(where: Target) -> Iterator[bytes]:
+    """The whole archive, as chunks of at most about one block's worth each (empty ones are skipped)."""
+    sink = _Sink()
+    yield from (chunk for chunk in _write_archive(sink, where) if chunk)
+
+
+def _write_archive(sink: _Sink, where: Target) -> Iterator[bytes]:
     from carledger.cli._export import SAMPLE_FORMATS, Clock, Rounding, event_row, rounding_from, sample_row
     from carledger.cli.log import _checked_blocks
     from carledger.cli.remote import key_proof
     from carledger.ledger import Sample, Store, decode_record
     from carledger.owner.state import OwnerState, iso
 
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with zipfile.ZipFile(sink, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("README.txt", README)
         with Store.open_readonly(where.store) as store:
             meta = store.meta()
@@ -74,6 +100,7 @@ def write_archive(out: BinaryIO, where: Target) -> None:
             for path in state.history():
                 archive.write(path, f"policies/{path.name}")
             archive.writestr("signals.json", json.dumps(_signals(where), indent=1))
+            yield sink.take()
             clock = Clock(None, machine=True)
             rounding = (rounding_from(list(where.dbc)) if where.dbc else None) or Rounding()  # as log export --dbc
             for stream in store.streams():
@@ -88,9 +115,12 @@ def write_archive(out: BinaryIO, where: Target) -> None:
                                 writer.sample(sample_row(stream, row.seq, rec, clock, rounding))
                             else:
                                 writer.event(event_row(stream, row.seq, rec, clock))
+                        yield sink.take()
                 with _member(archive, f"streams/{stream}.cose") as binary:
                     for row in store.iter_blocks(stream):
                         binary.write(store.message(row))
+                        yield sink.take()
+    yield sink.take()  # the central directory, written when the archive closes
 
 
 @contextmanager
