@@ -277,6 +277,20 @@ def test_oversized_and_overfull_requests_get_one_answer_and_no_work(console):
     assert console.request("/pair", {"code": "1" * 9000}, cookie=False).status == 413
 
 
+def test_every_answer_has_the_security_headers_and_names_no_version(console):
+    """The server's own answers too (a method the console does not serve), and no framework or Python version."""
+    for method, path in (("PUT", "/consents"), ("GET", "/pair"), ("GET", "/nowhere")):
+        req = urllib.request.Request(console.url + path.lstrip("/"), method=method, data=b"" if method == "PUT" else None)
+        try:
+            with urllib.request.build_opener(NoRedirect).open(req, timeout=30) as r:
+                status, headers = r.status, r.headers
+        except urllib.error.HTTPError as err:
+            status, headers = err.code, err.headers
+        assert status == {"PUT": 405}.get(method, 200 if path == "/pair" else 303), (method, path, status)
+        assert headers["Content-Security-Policy"].startswith("default-src 'none'") and headers["X-Frame-Options"] == "DENY"
+        assert headers["Server"] == "carledger-console", headers["Server"]
+
+
 def test_no_session_means_no_change(console, store):
     reply = console.request("/do", {"action": "revoke", "stream": "fleet", "csrf": "x"})
     assert reply.status == 403 and "pair" in reply.text
