@@ -12,8 +12,8 @@ blocks of 50 samples each, then reads the process's RSS from /proc:
 3. the peak (VmHWM) after downloading My data, whose size grows with the
    store while the process's memory should not (it streams block by block).
 
-For scale: `python -c "import carledger.cli"` alone is printed too (python-can,
-cantools and the command line are most of the console's memory).
+For scale: `python -c "import carledger.cli"` alone is printed too (python-can
+and the command line are most of the console's memory).
 
 Not a test: nothing here passes or fails.
 """
