@@ -6,8 +6,8 @@
 `--memory` prints instead what each part of the agent costs in RSS: the
 interpreter, each library and carledger's own modules as `carledger run`
 imports them, the pipeline built and its bus open; what the configuration
-adds ([mqtt], OBD polling); and the peak RSS of replaying the RAV4 log and
-an MF4 file. Every receiver runs with the service unit's `Environment=`
+adds ([mqtt], OBD polling); and the peak RSS of `carledger run --replay`
+of the RAV4 log and of an MF4 file (CSS Electronics' CANedge). Every receiver runs with the service unit's `Environment=`
 (systemd/carledger.service: MALLOC_ARENA_MAX), as the agent does in the car.
 
 The other benches replay a file as fast as it reads. In a car frames come at
@@ -187,13 +187,18 @@ for name, code in (("paho-mqtt, ssl (only with [mqtt])", "import carledger.sync.
 print(json.dumps({"stages": out, "extra": extra, "modules": len(sys.modules)}))
 """
 
-# Peak RSS of replaying a log through LogSource (all frames, no decoding): argv: the log.
+# Runs `carledger run --replay LOG --dbc DBC --fast --stream all=*` and reports the command's peak RSS.
 REPLAY = """
-import json, os, resource, sys, threading
-from carledger.sources import LogSource
-frames = sum(len(b) for b in LogSource("replay", sys.argv[1], None, speed=0).batches(threading.Event()))
-print(json.dumps({"frames": frames, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e6,
-                  "asammdf": "asammdf" in sys.modules, "numpy": "numpy" in sys.modules}))
+import json, os, subprocess, sys, tempfile
+log, dbc = sys.argv[1], sys.argv[2]
+with tempfile.TemporaryDirectory() as store:
+    command = [sys.executable, "-m", "carledger", "run", "--replay", log, "--dbc", dbc, "--store", store + "/ledger",
+               "--fast", "--stream", "all=*", "--json"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    summary = json.loads(out) if status == 0 else {}
+print(json.dumps({"status": status, "peak_rss_mb": usage.ru_maxrss * 1024 / 1e6, "summary": summary}))
 """
 
 # Sends the log onto each bus at `speed` x its recorded rate, bus i starting 15 s further into it, for `seconds`.
@@ -272,11 +277,11 @@ def memory(folder: Path) -> None:
     for name, cost in result["extra"]:
         print(f"{'  + ' + name:<84} {'':>9}    {cost:+5.1f} MB")
     print(f"({result['modules']} modules loaded)")
-    for log in (LOG, MF4):
+    for log, dbc in ((LOG, DBC), (MF4, MF4.parent / "OBD-v4.4.dbc")):
         if log.exists():
-            r = python(REPLAY, str(log))
-            print(f"replay of {log.name} ({r['frames']:,} frames): peak RSS {r['peak_rss_mb']:.1f} MB"
-                  f"{' (asammdf and numpy loaded)' if r['asammdf'] or r['numpy'] else ''}")
+            r = python(REPLAY, str(log), str(dbc))
+            print(f"carledger run --replay {log.name} --fast, every signal: peak RSS {r['peak_rss_mb']:.1f} MB"
+                  f"{'' if r['status'] == 0 else ' (FAILED)'}")
 
 
 def channels(buses: int) -> list[tuple[str, int]]:
