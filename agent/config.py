@@ -253,9 +253,11 @@ def parse_config(doc: TomlDocument) -> Config:
         from carledger.sync.config import mqtt_config_from_table
 
         mqtt = mqtt_config_from_table(doc, top.get("mqtt", dict, {}), "mqtt")
-    from carledger.sync.witnesses import witnesses_from_table
+    witnesses: tuple = ()
+    if "witness" in doc.data:  # its module needs http.client and ssl: imported where witnesses are configured
+        from carledger.sync.witnesses import witnesses_from_table
 
-    witnesses = tuple(witnesses_from_table(top.get("witness", list, []), top.error))
+        witnesses = tuple(witnesses_from_table(top.get("witness", list, []), top.error))
     if not buses and not elm327:
         raise top.error("bus", "at least one [[bus]] (or [[elm327]] adapter) is required")
     _unique(doc, [b.name for b in buses], "bus")

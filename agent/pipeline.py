@@ -509,6 +509,8 @@ class Pipeline:
 
     def _poll_dids_streams_take(self) -> None:
         """Poll the DIDs whose signals a running stream takes, at that stream's interval (else [bus.uds] interval)."""
+        if not self.uds_pollers:
+            return  # no UDS polling: its module (and can-isotp) stays unimported
         from carledger.obd.uds import dids_to_poll
 
         running = [s for s in self.owner_state.policy.streams if s.name in self.streams.runtimes]

@@ -1,6 +1,14 @@
 """Real time: the agent fed at the car's pace, against a python-can Notifier + cantools on the same feed.
 
     python bench/bench_realtime.py [--seconds 30] [--interval 0.05] [--skip-four]
+    python bench/bench_realtime.py --memory
+
+`--memory` prints instead what each part of the agent costs in RSS: the
+interpreter, each library and carledger's own modules as `carledger run`
+imports them, the pipeline built and its bus open; what the configuration
+adds ([mqtt], OBD polling); and the peak RSS of `carledger run --replay`
+of the RAV4 log and of an MF4 file (CSS Electronics' CANedge). Every receiver runs with the service unit's `Environment=`
+(systemd/carledger.service: MALLOC_ARENA_MAX), as the agent does in the car.
 
 The other benches replay a file as fast as it reads. In a car frames come at
 the bus's pace, a few at a time, and what costs is waking up for them. Here a
@@ -40,6 +48,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -130,6 +140,67 @@ window.update(read=read, wanted=None)
 print(json.dumps(window))
 """
 
+# RSS after each import stage of the agent, in the order `carledger run` takes them, then the pipeline built and
+# its bus open; each stage's cost is the difference from the one before. argv: agent.toml, stage names to skip.
+STAGES = """
+import json, os, resource, sys, threading, time
+PAGE = os.sysconf("SC_PAGE_SIZE")
+def rss_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * PAGE / 1e6
+out = [("Python itself (interpreter, site)", rss_mb())]
+def stage(name, *modules):
+    for module in modules:
+        __import__(module)
+    out.append((name, rss_mb()))
+stage("stdlib python-can needs (importlib.metadata, typing_extensions, ...)", "importlib.metadata", "typing_extensions",
+      "json", "configparser", "platform", "concurrent.futures.thread", "logging", "threading", "socket")
+stage("python-can, the parts a bus needs (carledger._imports)", "carledger._imports", "can.interface", "can.bus")
+stage("cantools (database, DBC format)", "cantools.database", "cantools.j1939")
+stage("cbor2, PyNaCl, zstandard", "cbor2", "nacl.signing", "nacl.public", "zstandard")
+stage("sqlite3", "sqlite3")
+stage("stdlib the agent needs (hashlib with OpenSSL's libcrypto, zoneinfo, tomllib ...)", "hashlib", "hmac",
+      "secrets", "zoneinfo", "tomllib", "difflib", "gzip", "dataclasses", "datetime", "queue", "select")
+stage("carledger's own modules (carledger.pipeline)", "carledger.pipeline", "carledger.cli.run")
+from carledger.config import load_config
+from carledger.pipeline import Pipeline
+pipeline = Pipeline(load_config(sys.argv[1]))
+out.append(("pipeline built (DBC, decoders, policy, store open)", rss_mb()))
+runner = threading.Thread(target=pipeline.run, daemon=True)
+runner.start()
+while not all(s.opened.is_set() for s in pipeline.sources):
+    time.sleep(0.01)
+out.append(("buses open (the udp_multicast driver, msgpack)", rss_mb()))
+pipeline.stop()
+runner.join(60)
+extra = []
+for name, code in (("paho-mqtt, ssl (only with [mqtt])", "import carledger.sync.syncer"),
+                   ("can-isotp (only with OBD-II/UDS polling)", "import carledger.obd.poller"),
+                   ("the rest of python-can (asyncio, log readers: not loaded)", "import can; can.Notifier"),
+                   ("asammdf, numpy, pandas (only to replay .mf4 through asammdf)", "import asammdf")):
+    before = rss_mb()
+    try:
+        exec(code)
+    except ImportError:
+        continue
+    extra.append((name, rss_mb() - before))
+print(json.dumps({"stages": out, "extra": extra, "modules": len(sys.modules)}))
+"""
+
+# Runs `carledger run --replay LOG --dbc DBC --fast --stream all=*` and reports the command's peak RSS.
+REPLAY = """
+import json, os, subprocess, sys, tempfile
+log, dbc = sys.argv[1], sys.argv[2]
+with tempfile.TemporaryDirectory() as store:
+    command = [sys.executable, "-m", "carledger", "run", "--replay", log, "--dbc", dbc, "--store", store + "/ledger",
+               "--fast", "--stream", "all=*", "--json"]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    summary = json.loads(out) if status == 0 else {}
+print(json.dumps({"status": status, "peak_rss_mb": usage.ru_maxrss * 1024 / 1e6, "summary": summary}))
+"""
+
 # Sends the log onto each bus at `speed` x its recorded rate, bus i starting 15 s further into it, for `seconds`.
 FEEDER = """
 import json, sys, time
@@ -170,6 +241,49 @@ print(json.dumps({"sent": [{str(k): n for k, n in s.items()} for s in sent], "la
 """
 
 
+MF4 = REPO.parent / "shared" / "data" / "logs" / "css_obd2_gnss" / "00000164_00000001-60FE3F04.MF4"
+UNIT = REPO / "systemd" / "carledger.service"
+
+
+def unit_environment() -> dict[str, str]:
+    """This environment plus the service unit's `Environment=` (MALLOC_ARENA_MAX): the agent as the car runs it."""
+    env = dict(os.environ)
+    for text in UNIT.read_text().splitlines():
+        if text.startswith("Environment="):
+            for assignment in shlex.split(text.partition("=")[2]):
+                key, _, value = assignment.partition("=")
+                env[key] = value
+    return env
+
+
+def python(code: str, *args: str) -> dict:
+    """Runs `code` in a fresh interpreter as the unit would; its last line of output, as JSON."""
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
+                          env=unit_environment(), check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"bench step failed:\n{done.stderr}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def memory(folder: Path) -> None:
+    """Prints what each part of the agent costs in RSS, and the peak RSS of replaying logs."""
+    config = write_agent(folder / "memory", 1, STREAMS, 0.05)
+    result = python(STAGES, str(config))
+    print(f"{'part':<84} {'RSS after':>9} {'costs':>7}")
+    before = 0.0
+    for name, rss in result["stages"]:
+        print(f"{name:<84} {rss:7.1f} MB {rss - before:+5.1f} MB")
+        before = rss
+    for name, cost in result["extra"]:
+        print(f"{'  + ' + name:<84} {'':>9}    {cost:+5.1f} MB")
+    print(f"({result['modules']} modules loaded)")
+    for log, dbc in ((LOG, DBC), (MF4, MF4.parent / "OBD-v4.4.dbc")):
+        if log.exists():
+            r = python(REPLAY, str(log), str(dbc))
+            print(f"carledger run --replay {log.name} --fast, every signal: peak RSS {r['peak_rss_mb']:.1f} MB"
+                  f"{'' if r['status'] == 0 else ' (FAILED)'}")
+
+
 def channels(buses: int) -> list[tuple[str, int]]:
     return [(GROUP.format(2 + i), PORT + i) for i in range(buses)]
 
@@ -193,7 +307,7 @@ def write_agent(folder: Path, buses: int, streams: dict[str, list[str]], interva
 def receive(receiver: list[str], buses: int, speed: float, seconds: float) -> dict:
     """Start a receiver, feed it for `seconds`, let it drain, and collect what it measured of itself."""
     proc = subprocess.Popen([sys.executable, "-c", *receiver], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, cwd=REPO)
+                            text=True, cwd=REPO, env=unit_environment())
     assert proc.stdin is not None and proc.stdout is not None
     ready = proc.stdout.readline()
     if not ready:
@@ -240,6 +354,7 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=0.05, help="the agent's [agent] wakeup_interval")
     parser.add_argument("--skip-four", action="store_true", help="leave out the 4 x 4,500 frames/s runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--memory", action="store_true", help="only the RSS of each part of the agent, and of replays")
     args = parser.parse_args()
     if not LOG.exists():
         print(f"reference data not available: {LOG}", file=sys.stderr)
@@ -250,6 +365,10 @@ def main() -> int:
         print("bench_realtime needs msgpack for python-can's udp_multicast bus: .venv/bin/pip install 'python-can[multicast]'",
               file=sys.stderr)
         return 2
+    if args.memory:
+        with tempfile.TemporaryDirectory(prefix="carledger-bench-") as tmp:
+            memory(Path(tmp))
+        return 0
     from carledger.decode import load_dbc
 
     every = sorted({f"{m.name}.*" for m in load_dbc(str(DBC)).database.messages})

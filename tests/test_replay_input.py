@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import json
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -115,9 +116,12 @@ def test_garbage_named_mf4_is_one_line_exit_2(tmp_path):
 
 
 def test_mf4_without_asammdf_says_how_to_install_it(tmp_path):
-    src = shared_path("logs", "css_obd2_gnss", "00000164_00000001-60FE3F04.MF4")
+    """Our own reader takes sorted bus-logging files; one it does not (here: marked unsorted) needs asammdf."""
+    data = bytearray(shared_path("logs", "css_obd2_gnss", "00000164_00000001-60FE3F04.MF4").read_bytes())
+    first_group = struct.unpack_from("<Q", data, 64 + 24)[0]  # the header block's first link
+    data[first_group + 24 + 4 * 8] = 1  # the data group's record-id size: its records would carry ids
     log = tmp_path / "drive.mf4"
-    log.symlink_to(src)
+    log.write_bytes(bytes(data))
     # A directory on the path that makes `import asammdf` fail, as on an install without the extra.
     hide = tmp_path / "hide"
     hide.mkdir()

@@ -11,6 +11,7 @@ from carledger.sources import EFF_FLAG, FrameFilter, LogSource
 from carledger.sources.candump import format_candump, read_candump
 
 from conftest import shared_path
+from mf4_file import write_mf4
 
 SAMPLE = """\
 (1.000000) can0 123#DEADBEEF
@@ -131,6 +132,88 @@ def test_mf4_replays_through_asammdf_on_demand():
     frames = [f for b in source.batches(threading.Event()) for f in b]
     assert len(frames) > 1000 and {k for _, k, _ in frames} == {0x7E8}
     assert all(d[1] == 0x41 for _, _, d in frames if d[0] <= 7)  # mode 01 positive responses
+
+
+def _fields(messages) -> list[tuple]:
+    return [(m.timestamp, m.arbitration_id, m.is_extended_id, bytes(m.data), m.channel, m.is_error_frame,
+             m.is_remote_frame, m.dlc, m.is_fd) for m in messages]
+
+
+def _random_frames(count: int, seed: int = 7) -> list[tuple[float, int, bool, int, bytes]]:
+    """A bus's worth of identifiers (64, a third of them 29-bit), random payloads of 0 to 8 bytes, 4 channels."""
+    rnd = __import__("random").Random(seed)
+    idents = [(rnd.getrandbits(29), True) if i % 3 == 0 else (rnd.getrandbits(11), False) for i in range(64)]
+    return [(i * 0.0005, *idents[rnd.randrange(64)], i % 4, bytes(rnd.getrandbits(8) for _ in range(i % 9)))
+            for i in range(count)]
+
+
+def test_mf4_streaming_reader_gives_what_python_can_gives(tmp_path):
+    """Our reader against python-can's MF4Reader (asammdf) on CANedge files, python-can's own and ours."""
+    pytest.importorskip("asammdf", reason="the comparison needs asammdf (pip install 'carledger[mf4]')")
+    from carledger._imports import enable_mf4
+    from carledger.sources.mf4 import Mf4Reader
+
+    enable_mf4()
+    import can.io.mf4
+
+    written = tmp_path / "python-can.mf4"  # deflated DZ blocks, error and remote frame groups
+    with can.io.mf4.MF4Writer(str(written)) as writer:
+        for i, (t, ident, extended, channel, data) in enumerate(_random_frames(600)):
+            writer.on_message_received(can.Message(timestamp=1.7e9 + t, arbitration_id=ident, is_extended_id=extended,
+                                                   channel=channel, data=data))
+            if i % 50 == 1:
+                writer.on_message_received(can.Message(timestamp=1.7e9 + t, is_error_frame=True, channel=1))
+            if i % 50 == 2:
+                writer.on_message_received(can.Message(timestamp=1.7e9 + t, arbitration_id=0x123, dlc=4,
+                                                       is_remote_frame=True, channel=0))
+    ours = tmp_path / "ours.mf4"
+    write_mf4(ours, _random_frames(3000), 1_700_000_000_123_456_789)
+    css = shared_path("logs", "css_obd2_gnss")
+    for path in [*sorted(css.glob("*.MF4")), written, ours]:
+        reader = Mf4Reader(str(path))
+        try:
+            mine = _fields(reader)
+        finally:
+            reader.stop()
+        theirs = can.io.mf4.MF4Reader(str(path))
+        try:
+            assert mine == _fields(theirs) and mine, path.name
+        finally:
+            theirs.stop()
+
+
+def test_mf4_file_of_ten_times_the_frames_replays_in_the_same_memory(tmp_path):
+    """Replay streams the file: Python's allocations peak the same for 20,000 frames and 200,000."""
+    import tracemalloc
+
+    peaks = []
+    for count in (20_000, 200_000):
+        path = tmp_path / f"{count}.mf4"
+        frames = _random_frames(count)
+        write_mf4(path, frames, 1_700_000_000_000_000_000)
+        del frames
+        source = LogSource("mf4", str(path), None, speed=0)
+        tracemalloc.start()
+        read = 0
+        for batch in source.batches(threading.Event()):
+            read += len(batch)
+        peaks.append(tracemalloc.get_traced_memory()[1])
+        tracemalloc.stop()
+        assert read == count
+    assert peaks[1] < peaks[0] * 1.5, peaks
+
+
+def test_mf4_replay_does_not_need_asammdf(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "drive.mf4"
+    write_mf4(path, _random_frames(100), 1_700_000_000_000_000_000)
+    code = ("import sys, threading; from carledger.sources import LogSource; "
+            "n = sum(len(b) for b in LogSource('m', sys.argv[1], None).batches(threading.Event())); "
+            "print(n, 'asammdf' in sys.modules, 'numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["100", "False", "False"]
 
 
 def test_importing_the_agent_does_not_drag_in_asammdf():

@@ -36,7 +36,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-c", "--config", metavar="FILE", help=f"configuration file (default {DEFAULT_PATH})")
     quick = parser.add_argument_group("quick replay without a configuration file")
-    quick.add_argument("--replay", metavar="LOG", help="recorded log: candump (.log, .candump, .txt), .asc, .blf, .trc, .mf4 (needs carledger[mf4])")
+    quick.add_argument("--replay", metavar="LOG", help="recorded log: candump (.log, .candump, .txt), .asc, .blf, .trc, .mf4 (bus logging; other MF4 needs carledger[mf4])")
     quick.add_argument("--dbc", metavar="DBC", action="append", default=[], help="DBC file (repeatable)")
     quick.add_argument("--vss", metavar="MAP", action="append", default=[], help="VSS mapping file (repeatable)")
     quick.add_argument("--store", metavar="DIR", help="ledger directory")

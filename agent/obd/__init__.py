@@ -12,17 +12,28 @@ paths (``Vehicle.Speed``) or ``OBD.<NAME>``, sources ``OBD.01.0D``, ``OBD.03``:
 the public surface. The formats and the configuration are in docs/obd.md.
 """
 
-from carledger.obd.config import ObdConfig, elm327_config_from_table, obd_config_from_table
-from carledger.obd.dtc import decode_dtc, encode_dtc
-from carledger.obd.elm327 import Elm327Source
-from carledger.obd.messages import ResponseError, parse_response, request
-from carledger.obd.passive import PassiveDecoder
-from carledger.obd.pids import PIDS, Pid, PidSignal, pid_by_name, pids_for_name
-from carledger.obd.poller import ObdPoller
-from carledger.obd.session import ObdSession, pid_intervals
+from typing import TYPE_CHECKING
 
-__all__ = [
-    "Elm327Source", "ObdConfig", "ObdPoller", "ObdSession", "PIDS", "PassiveDecoder", "Pid", "PidSignal",
-    "ResponseError", "decode_dtc", "elm327_config_from_table", "encode_dtc", "obd_config_from_table",
-    "parse_response", "pid_by_name", "pid_intervals", "pids_for_name", "request",
-]
+from carledger._imports import lazy_exports
+
+# Loaded on first use: a run without OBD-II does not import the poller's can-isotp (docs/performance.md).
+__all__, __getattr__, __dir__ = lazy_exports(__name__, {
+    "config": ("ObdConfig", "elm327_config_from_table", "obd_config_from_table"),
+    "dtc": ("decode_dtc", "encode_dtc"),
+    "elm327": ("Elm327Source",),
+    "messages": ("ResponseError", "parse_response", "request"),
+    "passive": ("PassiveDecoder",),
+    "pids": ("PIDS", "Pid", "PidSignal", "pid_by_name", "pids_for_name"),
+    "poller": ("ObdPoller",),
+    "session": ("ObdSession", "pid_intervals"),
+})
+
+if TYPE_CHECKING:
+    from carledger.obd.config import ObdConfig, elm327_config_from_table, obd_config_from_table
+    from carledger.obd.dtc import decode_dtc, encode_dtc
+    from carledger.obd.elm327 import Elm327Source
+    from carledger.obd.messages import ResponseError, parse_response, request
+    from carledger.obd.passive import PassiveDecoder
+    from carledger.obd.pids import PIDS, Pid, PidSignal, pid_by_name, pids_for_name
+    from carledger.obd.poller import ObdPoller
+    from carledger.obd.session import ObdSession, pid_intervals

@@ -186,12 +186,21 @@ class LogFile:
         return self._mf4_reader()
 
     def _mf4_reader(self) -> Any:
+        """Our streaming reader (carledger.sources.mf4) where it reads the file, else python-can's through asammdf."""
+        from carledger.sources.mf4 import Mf4Error, Mf4Reader, Unsupported
+
+        try:
+            return Mf4Reader(self.path)
+        except Unsupported as exc:
+            unsupported = str(exc)
+        except (Mf4Error, struct.error, OSError) as exc:
+            raise ReplayError(self.path, f"cannot read it as MF4: {_why(exc)}") from None
         from carledger._imports import enable_mf4
 
         try:
             enable_mf4()
         except ImportError as exc:
-            raise ReplayError(self.path, str(exc)) from None
+            raise ReplayError(self.path, f"{exc} (this file has {unsupported})") from None
         import can.io.mf4
 
         # asammdf's __del__ on a file it failed to open raises again and Python prints that
