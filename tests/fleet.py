@@ -25,18 +25,26 @@ class Fleet:
     def __init__(self, tmp_path: Path, dsn: str, *, cars: int = 3, workers: int = 3):
         self.tmp = tmp_path
         self.dsn = dsn
-        self.brokers = [Broker(tmp_path / f"broker-{i}").start() for i in range(2)]
         self.keydir = tmp_path / "worker"  # what every worker machine holds: the ack key
-        store = PgStore(dsn)
+        self.brokers: list[Broker] = []
         self.cars: dict[str, Drive] = {}
         self.syncers: dict[str, Syncer] = {}
-        for vid in self._spread(cars):
-            self.cars[vid] = Drive(tmp_path / vid, vid)
-            enroll(self.keydir, vid, tmp_path / vid, into=store)
-        store.close()
         self.workers: list[subprocess.Popen | None] = []
-        for i in range(workers):
-            self.start_worker(i)
+        try:  # half started (a broker or a worker that would not start): stop what did start
+            for i in range(2):
+                self.brokers.append(Broker(tmp_path / f"broker-{i}").start())
+            store = PgStore(dsn)
+            try:
+                for vid in self._spread(cars):
+                    self.cars[vid] = Drive(tmp_path / vid, vid)
+                    enroll(self.keydir, vid, tmp_path / vid, into=store)
+            finally:
+                store.close()
+            for i in range(workers):
+                self.start_worker(i)
+        except BaseException:
+            self.close()
+            raise
 
     def _spread(self, n: int) -> list[str]:
         """n vehicle ids that the assignment rule spreads over both brokers (the ports are random)."""

@@ -94,7 +94,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--identity", metavar="FILE", help="instead of VEHICLE PUBKEY: the JSON `carledger remote identity "
                    "--recipient R --json` printed for you (your pseudonym of the car and its key)")
     p.add_argument("--handover", metavar="FILE", help="after a change of owner: the statement the previous key signed "
-                   "(carledger remote identity --handover); the previous chains move to DIR/retired/")
+                   "(carledger remote identity --handover); the previous chains move to DIR/retired/ (with --dsn: to the "
+                   "table retired_blocks)")
     p.add_argument("--dsn", help=DSN_HELP)
     p.set_defaults(func=enroll)
 
@@ -171,7 +172,6 @@ def _identity_file(path: str) -> tuple[str, str]:
 
 
 def enroll(args: argparse.Namespace) -> int:
-    from carledger.collect import Registry
     from carledger.ledger import KeyFileError, StoreError, kid
 
     if args.dsn:  # no DIR: the positionals are VEHICLE PUBKEY
@@ -187,8 +187,6 @@ def enroll(args: argparse.Namespace) -> int:
         return 2
     retired = None
     try:
-        if args.handover and not isinstance(registry, Registry):
-            raise _Usage("--handover: a change of owner is done on a collector directory only (not yet with --dsn)")
         if args.identity is not None:
             if args.vehicle is not None or args.handover:
                 raise _Usage("--identity FILE replaces VEHICLE PUBKEY (and has no --handover)")

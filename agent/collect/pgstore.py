@@ -65,6 +65,17 @@ MIGRATIONS: list[str] = [
       vehicle text NOT NULL, stream text NOT NULL, accepted bigint NOT NULL DEFAULT 0,
       duplicates bigint NOT NULL DEFAULT 0, last double precision, PRIMARY KEY(vehicle, stream));
     """,
+    # 2: a change of owner (replace_key): the previous key's chains, kept apart from the enrolled key's.
+    """
+    CREATE TABLE retired(
+      id bigserial PRIMARY KEY, vehicle text NOT NULL, public_key bytea NOT NULL, kid bytea NOT NULL,
+      enrolled double precision NOT NULL, retired double precision NOT NULL);
+    CREATE TABLE retired_blocks(
+      retired bigint NOT NULL REFERENCES retired(id), stream text NOT NULL, seq bigint NOT NULL, digest bytea NOT NULL,
+      prev bytea NOT NULL, t0 bigint NOT NULL, t1 bigint NOT NULL, count integer NOT NULL, sign1 bytea NOT NULL,
+      message bytea NOT NULL, bare boolean NOT NULL, received double precision NOT NULL,
+      PRIMARY KEY(retired, stream, seq));
+    """,
 ]
 
 T = TypeVar("T")
@@ -188,7 +199,8 @@ class PgStore(CollectorStore):
         if bytes(row[0]) != raw:
             raise ValueError(
                 f"vehicle {vehicle!r} is enrolled with another key (kid {kid(bytes(row[0])).hex()}); "
-                "a vehicle's key changes only with its owner (collect enroll --handover, on a collector directory)")
+                "a vehicle's key changes only with its owner: give the handover the car wrote "
+                "(carledger remote identity --handover FILE) with --handover FILE")
         return key
 
     @_db
@@ -204,6 +216,53 @@ class PgStore(CollectorStore):
     @_db
     def vehicles(self) -> list[tuple[str, bytes, float]]:
         return [(v, bytes(k), t) for v, k, t in self._q("SELECT vehicle, public_key, enrolled FROM vehicles ORDER BY vehicle")]
+
+    @_db
+    def replace_key(self, vehicle: str, key: VerifyKey) -> str:
+        """The vehicle's blocks move to `retired_blocks` under a new `retired` row (the previous key), in ONE
+        transaction with the key's change; returns where they went.
+
+        Every stream of the vehicle is locked as `append` locks it, so a worker's append in flight either
+        commits before (and its block moves) or sees no head after (and cannot continue the old chain).
+        """
+        with self.conn.transaction():
+            row = self._q("SELECT public_key, enrolled FROM vehicles WHERE vehicle = %s FOR UPDATE", (vehicle,)).fetchone()
+            if row is None:
+                raise StoreError(f"vehicle {vehicle!r} is not enrolled")
+            old = bytes(row[0])
+            self._q("SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || stream, 0)) FROM heads "
+                    "WHERE vehicle = %s ORDER BY stream", (vehicle, vehicle))
+            retired = self._q("INSERT INTO retired(vehicle, public_key, kid, enrolled, retired) VALUES (%s, %s, %s, %s, %s) "
+                              "RETURNING id", (vehicle, old, kid(old), row[1], time.time())).fetchone()[0]
+            self._q("INSERT INTO retired_blocks SELECT %s, stream, seq, digest, prev, t0, t1, count, sign1, message, bare, "
+                    "received FROM blocks WHERE vehicle = %s", (retired, vehicle))
+            for table in ("blocks", "heads", "pending", "counters"):
+                self._q(f"DELETE FROM {table} WHERE vehicle = %s", (vehicle,))
+            self._q("UPDATE vehicles SET public_key = %s, kid = %s, enrolled = %s WHERE vehicle = %s",
+                    (bytes(key), kid(key), time.time(), vehicle))
+        return f"retired_blocks (retired = {retired}, kid {kid(old).hex()})"
+
+    @_db
+    def retired(self, vehicle: str) -> list[tuple[int, bytes, float]]:
+        """(retired id, previous public key, when retired) of the vehicle's retired chains, oldest first."""
+        return [(int(i), bytes(k), t) for i, k, t in self._q(
+            "SELECT id, public_key, retired FROM retired WHERE vehicle = %s ORDER BY id", (vehicle,))]
+
+    def retired_chain(self, retired: int, stream: str, *, batch: int = 500) -> Iterator[tuple[int, bytes]]:
+        """(seq, message) of one retired stream, by seq, in pages like `chain`."""
+        last = -1
+        while True:
+            rows = self._retired_page(retired, stream, last, batch)
+            yield from rows
+            if len(rows) < batch:
+                return
+            last = rows[-1][0]
+
+    @_db
+    def _retired_page(self, retired: int, stream: str, after: int, limit: int) -> list[tuple[int, bytes]]:
+        return [(int(q), bytes(m)) for q, m in self._q(
+            "SELECT seq, message FROM retired_blocks WHERE retired = %s AND stream = %s AND seq > %s ORDER BY seq LIMIT %s",
+            (retired, stream, after, limit))]
 
     # -- chains ------------------------------------------------------------------------------
 

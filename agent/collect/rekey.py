@@ -11,10 +11,10 @@ chains are retired, never mixed with the new owner's.
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 from typing import Any
 
-from carledger.collect.registry import Registry
+from carledger.collect.store import CollectorStore
 from carledger.ledger import VerifyKey, kid
 from carledger.ledger.keys import enrolment_key
 from carledger.owner.wipe import check_statement
@@ -22,11 +22,13 @@ from carledger.owner.wipe import check_statement
 __all__ = ["rekey"]
 
 
-def rekey(registry: Registry, vehicle: str, public_key: Any, handover: Any) -> tuple[VerifyKey, Path | None]:
+def rekey(registry: CollectorStore, vehicle: str, public_key: Any, handover: Any
+          ) -> tuple[VerifyKey, "str | os.PathLike[str] | None"]:
     """Enrol `public_key` for `vehicle` in place of its key; ValueError (why) unless `handover` proves the change.
 
     Returns the new key and where the previous key's chains went (None when
-    that key is already enrolled: running it twice changes nothing).
+    that key is already enrolled: running it twice changes nothing). Any
+    CollectorStore: the checks here are the same whichever holds the chains.
     """
     enrolled = registry.key(vehicle)
     if enrolled is None:

@@ -56,6 +56,16 @@ class CollectorStore(ABC):
         """
 
     @abstractmethod
+    def replace_key(self, vehicle: str, key: VerifyKey) -> "str | os.PathLike[str]":
+        """Enrol `key` in place of the vehicle's key, its previous chains set apart; where they went.
+
+        Only after `carledger.collect.rekey` checked the handover the enrolled key
+        signed (docs/owner-state.md, "Change of owner"). In one step: the previous
+        key's chains are kept, apart and verifiable with that key, never mixed with
+        the new key's, which start from seq 0; its held blocks and counters go.
+        """
+
+    @abstractmethod
     def streams(self, vehicle: str) -> dict[str, dict]:
         """{stream: {"blocks", "records", "first_seq", "head_seq", "head" (hex)}} of the stored chains."""
 
