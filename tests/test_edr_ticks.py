@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from carledger.edr.recorder import WatchedHandler
+from carledger.edr.recorder import CrashRecorder, WatchedHandler
 from carledger.edr.ring import SnapshotRing
 
 
@@ -40,10 +40,11 @@ def _sampled(frames: list[tuple[float, bytes]]) -> SnapshotRing:
 def _watched(frames: list[tuple[float, bytes]], *, multiplexed: bool) -> SnapshotRing:
     ring = SnapshotRing()
     recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
+    recorder.tick = lambda t: CrashRecorder.tick(recorder, t)  # type: ignore[arg-type]
     handler = WatchedHandler(recorder, ("car", "M"), _extract, [[], []], 2, multiplexed)  # type: ignore[arg-type]
     ring.watch(("car", "M"), handler, [(0, "a", "M.a"), (1, "b", "M.b")])
     for t, data in frames:
-        handler.handle(t, data)
+        CrashRecorder.frame(recorder, handler, t, data)  # type: ignore[arg-type]  # what the bus's frame loop does
     return ring
 
 

@@ -37,6 +37,7 @@ from carledger.sampling import MessageHandler
 
 log = logging.getLogger(__name__)
 
+_FLOATS = {float}
 POST_SEAL_EVERY = 1.0  # seconds of the post-crash window between seals (durability within a second)
 
 
@@ -114,14 +115,17 @@ class _BufferedVelocity:
     def now(self, t: float, value: Any) -> None:
         self.recorder.velocity(self.role, self.name, t, value)
 
-    def take(self) -> list[tuple[float, float]]:
-        """The samples since the last flush, as numbers, in arrival order."""
+    def take(self) -> tuple[list[float], list[float]]:
+        """The samples since the last flush, as numbers, in arrival order: (times, values), built in C loops."""
         samples = self.samples
         if not samples:
-            return []
-        out = [(t, v if type(v) is float else _number(v)) for t, v in samples.items()]
+            return [], []
+        times, values = list(samples), list(samples.values())
         samples.clear()
-        return [(t, v) for t, v in out if v is not None]
+        if set(map(type, values)) != _FLOATS:  # not all floats (ints, a cantools NamedSignalValue ...): convert
+            pairs = [(t, n) for t, n in zip(times, map(_number, values)) if n is not None]
+            times, values = [t for t, _ in pairs], [n for _, n in pairs]
+        return times, values
 
 
 class _FlagInput(_Input):
@@ -140,11 +144,15 @@ _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
 class WatchedHandler(MessageHandler):
     """A message handler whose message has capture signals the ring reads at each tick (`SnapshotRing.watch`).
 
-    Before a frame is handled, the ticks before it are emitted (from the frames before it); after,
-    a running capture is polled: what every sample of those signals did before, once per frame.
+    Its `handle` only keeps (and, when a stream takes the message, decodes) the frame. What the
+    ring needs around a frame runs in the bus's frame loop instead (`CrashRecorder.frame` says
+    what): the ticks before it are emitted when the frame is at or past the next tick, and a
+    running capture is polled after it. Checked there, a frame costs a comparison, not a call
+    (issue 16: this handler's own check per frame was most of what crash readiness still cost).
     """
 
     __slots__ = ("recorder", "ring", "decode", "key", "length", "partial")
+    watched = True
 
     def __init__(self, recorder: "CrashRecorder", key: tuple[str, str], extract: Callable[[bytes], list],
                  taps: list[list], length: int, multiplexed: bool):
@@ -155,18 +163,17 @@ class WatchedHandler(MessageHandler):
         self.partial = multiplexed  # every frame may lack some of the signals
 
     def handle(self, t: float, data: bytes) -> None:
-        ring = self.ring
-        if t >= ring.due:
-            self.recorder.flush()  # a trigger before this frame starts its capture before the ticks go out
-            ring.advance(t)
-        if (self.partial or len(data) < self.length) and self.last_data is not None and data != self.last_data:
-            ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
+        last = self.last_data
+        if data == last and not self.pending:
+            return
+        if last is not None and data != last and (self.partial or len(data) < self.length):
+            self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
+        self.last_data = data
         if self.decode:
-            MessageHandler.handle(self, t, data)
-        else:
-            self.last_data = data
-        if self.recorder.capture is not None:
-            self.recorder.poll(t)
+            for value, taps in zip(self.extract(data), self.taps):
+                if value is not None:
+                    for tap in taps:
+                        tap.offer(t, value)
 
 
 class _Capture:
@@ -273,6 +280,28 @@ class CrashRecorder:
         self.ring.watch(key, handler, held)
         return handler
 
+    def frame(self, handler: MessageHandler, t: float, data: bytes) -> None:
+        """Hand a frame to its message's handler, with what the ring needs around a watched message's frame.
+
+        The buses' frame loop (`carledger.pipeline._Bus.process`) does the same inline; this is
+        the one-frame form, for frames that come another way (reassembled messages).
+        """
+        watched = handler.watched
+        if watched and t >= self.ring.due:
+            self.tick(t)
+        handler.handle(t, data)
+        if watched and self.capture is not None:
+            self.poll(t)
+
+    def tick(self, t: float) -> None:
+        """A watched message's frame at t is at or past the ring's next tick: emit the ticks before it.
+
+        A trigger in the samples buffered before t starts its capture first, so that the ticks go
+        to it (the frames before t are handled: the newest frame is the one at or before each tick).
+        """
+        self.flush()
+        self.ring.advance(t)
+
     # -- the data -----------------------------------------------------------------------------
 
     def velocity(self, role: str, name: str, t: float, value: Any) -> None:
@@ -311,21 +340,21 @@ class CrashRecorder:
         first: tuple[Trigger, _BufferedVelocity] | None = None
         taken = []
         for each in list(self._buffered):
-            samples = each.take()
-            if not samples:
+            times, values = each.take()
+            if not times:
                 continue
-            taken.append((each, samples))
+            taken.append((each, times, values))
             if each.role == signals.SPEED:
                 trace = dv.speed
-                trace.extend(samples)
+                trace.extend(times, values)
                 dv.speed_signal = dv.speed_signal or each.name
             else:
-                dv.accel.add_all(samples)
+                dv.accel.add_all(times, values)
                 trace = dv.accel.trace
                 dv.accel_signal = dv.accel_signal or each.name
             if trace.high - trace.low < TRIGGER_KMH:  # could_trigger(): no window of the trace can hold one
                 continue
-            for t, _ in samples:
+            for t in times:
                 if first is not None and t >= first[0].t:
                     break
                 trigger = dv.check(trace, each.name, t)
@@ -336,7 +365,7 @@ class CrashRecorder:
             return
         trigger, source = first
         self._start(trigger)
-        later = sorted(((t, each is not source, each, v) for each, samples in taken for t, v in samples
+        later = sorted(((t, each is not source, each, v) for each, times, values in taken for t, v in zip(times, values)
                         if t > trigger.t or (t == trigger.t and each is not source)), key=lambda x: (x[0], x[1]))
         self.poll(trigger.t)
         for t, _, each, v in later:
