@@ -134,7 +134,12 @@ class _FlagInput(_Input):
     __slots__ = ()
 
     def then(self, t: float, value: Any) -> None:
-        self.recorder.flag(self.role, self.name, t, value)
+        recorder = self.recorder
+        last = recorder._flag_values
+        if recorder.capture is None and self.name in last and last[self.name] == value:
+            return  # the value the signal had: no edge (what flag() would find, without its calls per frame)
+        last[self.name] = value
+        recorder.flag(self.role, self.name, t, value)
 
 
 _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
@@ -212,7 +217,10 @@ class CrashRecorder:
         self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
         self._sealer: Any = None  # encrypts to the [edr] keys
         self.captures: list[CaptureInfo] = read_captures(ledger.store)
-        self._buffered: weakref.WeakSet[_BufferedVelocity] = weakref.WeakSet()  # held by the bus handlers
+        # held by the bus handlers: weak references, so that the handlers of a policy no longer in force go
+        # (a list, not a WeakSet: flush walks it at every tick, and a WeakSet's iterator is Python code)
+        self._buffered: list[weakref.ref[_BufferedVelocity]] = []
+        self._flag_values: dict[str, Any] = {}  # airbag and crash signals: the last value as decoded
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -264,7 +272,8 @@ class CrashRecorder:
             return [], False
         if role in (signals.SPEED, signals.ACCEL_LONG):
             buffered = _BufferedVelocity(self, role, name)
-            self._buffered.add(buffered)
+            self._buffered = [ref for ref in self._buffered if ref() is not None]
+            self._buffered.append(weakref.ref(buffered))
             return [buffered], True  # type: ignore[list-item]
         if role in _INPUTS:
             return [_INPUTS[role](self, role, name, source)], False
@@ -328,6 +337,9 @@ class CrashRecorder:
         if self.capture is not None:
             self.poll(t)
 
+    def _live_buffered(self) -> list[_BufferedVelocity]:
+        return [each for each in (ref() for ref in self._buffered) if each is not None]
+
     def flush(self) -> None:
         """The speed and acceleration samples buffered since the last tick: into their traces, and the trigger.
 
@@ -339,7 +351,10 @@ class CrashRecorder:
         dv = self.delta_v
         first: tuple[Trigger, _BufferedVelocity] | None = None
         taken = []
-        for each in list(self._buffered):
+        for ref in self._buffered:
+            each = ref()
+            if each is None:
+                continue
             times, values = each.take()
             if not times:
                 continue
@@ -473,7 +488,7 @@ class CrashRecorder:
         for tick in self.ring.window(trigger.t - PRE_CRASH):
             self._add_tick(tick)
         self.ring.sink = self._add_tick
-        for each in self._buffered:
+        for each in self._live_buffered():
             each.immediate(True)  # the event's delta-V record and its end need every sample as it comes
         self._seal_data(trigger.t)
         log.warning("crash capture %d: %s trigger at %.3f (%s, %.1f km/h); pre-crash data sealed",
@@ -508,7 +523,7 @@ class CrashRecorder:
         assert capture is not None
         self.ring.sink = None
         self.capture = None
-        for each in self._buffered:
+        for each in self._live_buffered():
             each.immediate(False)
         first = capture.start_seq + 1
         self._seal([self._writer])
