@@ -886,7 +886,8 @@ class Pipeline:
         for bus in self.buses:
             bus.transport.expire(t)  # a diagnostic answer that never completed is an event even on a silent bus
         streams.poll(t)
-        self.edr.poll(t)
+        if self.edr.capture is not None:  # between captures, the ticks and each batch's end flush the trigger's samples
+            self.edr.poll(t)
         if t >= self._next_retention:
             self._next_retention = t + _RETENTION_INTERVAL
             self._owner_action(lambda: self.actions.retention(now=t))

@@ -255,10 +255,10 @@ class CrashRecorder:
 
         While paused nothing is buffered; a running capture finishes under the terms it started with.
         """
-        from carledger.ledger.encrypt import RecordSealer
-
         was = self.enabled
-        if settings is not None and settings != self.settings:
+        if settings is not None and settings is not self.settings and settings != self.settings:
+            from carledger.ledger.encrypt import RecordSealer  # runs at every checkpoint: imported only when needed
+
             self._sealer = RecordSealer([key for _, key in settings.keys])
         self.settings, self.paused = settings, paused
         if settings is not None:
