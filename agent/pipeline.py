@@ -85,6 +85,7 @@ class _Bus:
         self._make_handler: Callable[[Any], MessageHandler | None] = lambda extractor: None
         self._by_extractor: dict[int, MessageHandler | None] = {}
         self.handlers: dict[int, MessageHandler | None] = {}
+        self.recorder: CrashRecorder | None = None  # crash capture, when some of this bus's messages feed its ring
         self.stats = BusStats(log=config.replay, channels=tuple(config.replay_channels), dbc=tuple(config.dbc))
 
     def signals(self) -> list[tuple[str, str]]:
@@ -149,6 +150,11 @@ class _Bus:
         return handler
 
     def process(self, batch: list) -> None:
+        """Hand each frame to its message's handler (made on the first frame of the message)."""
+        recorder = self.recorder
+        if recorder is not None and recorder.enabled:
+            self._process_ready(batch, recorder)
+            return
         get = self.handlers.get
         resolve = self.resolve
         decoded = 0
@@ -162,11 +168,36 @@ class _Bus:
         self.stats.frames += len(batch)
         self.stats.decoded += decoded
 
+    def _process_ready(self, batch: list, recorder: CrashRecorder) -> None:
+        """`process` while crash capture is on: `CrashRecorder.frame` for each frame, inline.
+
+        The ring's tick and a running capture are checked here, by comparisons, rather than
+        by a call per frame in the handlers (issue 16: readiness must cost little).
+        """
+        get = self.handlers.get
+        resolve = self.resolve
+        ring = recorder.ring
+        decoded = 0
+        for t, key, data in batch:
+            handler = get(key, False)
+            if handler is False:
+                handler = resolve(key)
+            if handler is not None:
+                if t >= ring.due and handler.watched:
+                    recorder.tick(t)
+                handler.handle(t, data)
+                decoded += 1
+                if recorder.capture is not None and handler.watched:
+                    recorder.poll(t)
+        self.stats.frames += len(batch)
+        self.stats.decoded += decoded
+
 
 class _ObdFrames:
     """The handler of one OBD-II identifier on a listened-to bus: frames to the passive decoder."""
 
     __slots__ = ("decoder", "key", "sink")
+    watched = False  # never read by the crash ring at its ticks
 
     def __init__(self, decoder: Any, key: int, sink: Callable[..., None]):
         self.decoder, self.key, self.sink = decoder, key, sink
@@ -180,6 +211,7 @@ class _TransportFrames:
     """The handler of a transport-protocol identifier: frames to the reassembler, whole messages to the DBC's."""
 
     __slots__ = ("bus", "key", "obd")
+    watched = False  # never read by the crash ring at its ticks
 
     def __init__(self, bus: _Bus, key: int, obd: _ObdFrames | None):
         self.bus, self.key, self.obd = bus, key, obd
@@ -189,7 +221,12 @@ class _TransportFrames:
             self.obd.handle(t, data)
         for when, key, message in self.bus.transport.feed(t, self.key, data):
             handler = self.bus.message_handler(key)
-            if handler is not None:
+            if handler is None:
+                continue
+            recorder = self.bus.recorder
+            if recorder is not None and recorder.enabled:
+                recorder.frame(handler, when, message)
+            else:
                 handler.handle(when, message)
 
 
@@ -235,6 +272,8 @@ class Pipeline:
             )
             self.streams = StreamManager(self.ledger, self.owner_state, settings, seal=self._seal)
             self.edr = CrashRecorder(self.ledger, seal=self._seal, on_event=self._health_event)
+            for bus in self.buses:
+                bus.recorder = self.edr
             self._configure_edr(time.time())
             self.ignition = IgnitionWatch(self.owner_state.policy.ignition, self.owner_state.ignition.last_seen)
             self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
@@ -849,7 +888,8 @@ class Pipeline:
         for bus in self.buses:
             bus.transport.expire(t)  # a diagnostic answer that never completed is an event even on a silent bus
         streams.poll(t)
-        self.edr.poll(t)
+        if self.edr.capture is not None:  # between captures, the ticks and each batch's end flush the trigger's samples
+            self.edr.poll(t)
         if t >= self._next_retention:
             self._next_retention = t + _RETENTION_INTERVAL
             self._owner_action(lambda: self.actions.retention(now=t))

@@ -54,6 +54,7 @@ class MessageHandler:
     """Everything the pipeline does with one message's frames: skip, extract, sample."""
 
     __slots__ = ("extract", "taps", "last_data", "pending")
+    watched = False  # the crash ring reads this message at its ticks (carledger.edr.recorder.WatchedHandler)
 
     def __init__(self, extract: Callable[[bytes], list], taps: list[list[Tap]]):
         self.extract = extract

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 from types import SimpleNamespace
 
-from carledger.edr.recorder import WatchedHandler
+from carledger.edr.recorder import CrashRecorder, WatchedHandler, _WatchedDecoded
 from carledger.edr.ring import SnapshotRing
 
 
@@ -37,13 +37,27 @@ def _sampled(frames: list[tuple[float, bytes]]) -> SnapshotRing:
     return ring
 
 
-def _watched(frames: list[tuple[float, bytes]], *, multiplexed: bool) -> SnapshotRing:
+class _Taken:
+    """A stream's tap, as far as the handler sees one: what it was offered."""
+
+    def __init__(self) -> None:
+        self.offered: list[tuple[float, object]] = []
+
+    def offer(self, t: float, value: object) -> None:
+        self.offered.append((t, value))
+
+
+def _watched(frames: list[tuple[float, bytes]], *, multiplexed: bool, taken: _Taken | None = None) -> SnapshotRing:
+    """The ring fed as the bus's frame loop feeds it; with `taken`, a stream also takes signal a (the decoding handler)."""
     ring = SnapshotRing()
     recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
-    handler = WatchedHandler(recorder, ("car", "M"), _extract, [[], []], 2, multiplexed)  # type: ignore[arg-type]
+    recorder.tick = lambda t: CrashRecorder.tick(recorder, t)  # type: ignore[arg-type]
+    kind = WatchedHandler if taken is None else _WatchedDecoded
+    taps = [[], []] if taken is None else [[taken], []]
+    handler = kind(recorder, ("car", "M"), _extract, taps, 2, multiplexed)  # type: ignore[arg-type]
     ring.watch(("car", "M"), handler, [(0, "a", "M.a"), (1, "b", "M.b")])
     for t, data in frames:
-        handler.handle(t, data)
+        CrashRecorder.frame(recorder, handler, t, data)  # type: ignore[arg-type]  # what the bus's frame loop does
     return ring
 
 
@@ -56,6 +70,9 @@ def test_ticks_from_frames_equal_ticks_from_every_sample() -> None:
         short_only = [(t, data if data[-1] != 255 else data[:1]) for t, data in frames]  # no mux: short frames only
         expected = [(t, sorted(row)) for t, row in _sampled(short_only).ticks]
         assert [(t, sorted(row)) for t, row in _watched(short_only, multiplexed=False).ticks] == expected
+        taken = _Taken()
+        assert [(t, sorted(row)) for t, row in _watched(short_only, multiplexed=False, taken=taken).ticks] == expected
+        assert taken.offered and all(value is not None for _, value in taken.offered)
 
 
 def test_a_silence_forgets_the_frames_before_it() -> None:

@@ -37,6 +37,7 @@ from carledger.sampling import MessageHandler
 
 log = logging.getLogger(__name__)
 
+_FLOATS = {float}
 POST_SEAL_EVERY = 1.0  # seconds of the post-crash window between seals (durability within a second)
 
 
@@ -114,14 +115,17 @@ class _BufferedVelocity:
     def now(self, t: float, value: Any) -> None:
         self.recorder.velocity(self.role, self.name, t, value)
 
-    def take(self) -> list[tuple[float, float]]:
-        """The samples since the last flush, as numbers, in arrival order."""
+    def take(self) -> tuple[list[float], list[float]]:
+        """The samples since the last flush, as numbers, in arrival order: (times, values), built in C loops."""
         samples = self.samples
         if not samples:
-            return []
-        out = [(t, v if type(v) is float else _number(v)) for t, v in samples.items()]
+            return [], []
+        times, values = list(samples), list(samples.values())
         samples.clear()
-        return [(t, v) for t, v in out if v is not None]
+        if set(map(type, values)) != _FLOATS:  # not all floats (ints, a cantools NamedSignalValue ...): convert
+            pairs = [(t, n) for t, n in zip(times, map(_number, values)) if n is not None]
+            times, values = [t for t, _ in pairs], [n for _, n in pairs]
+        return times, values
 
 
 class _FlagInput(_Input):
@@ -130,7 +134,12 @@ class _FlagInput(_Input):
     __slots__ = ()
 
     def then(self, t: float, value: Any) -> None:
-        self.recorder.flag(self.role, self.name, t, value)
+        recorder = self.recorder
+        last = recorder._flag_values
+        if recorder.capture is None and self.name in last and last[self.name] == value:
+            return  # the value the signal had: no edge (what flag() would find, without its calls per frame)
+        last[self.name] = value
+        recorder.flag(self.role, self.name, t, value)
 
 
 _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
@@ -140,11 +149,15 @@ _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
 class WatchedHandler(MessageHandler):
     """A message handler whose message has capture signals the ring reads at each tick (`SnapshotRing.watch`).
 
-    Before a frame is handled, the ticks before it are emitted (from the frames before it); after,
-    a running capture is polled: what every sample of those signals did before, once per frame.
+    Its `handle` only keeps (and, when a stream takes the message, decodes) the frame. What the
+    ring needs around a frame runs in the bus's frame loop instead (`CrashRecorder.frame` says
+    what): the ticks before it are emitted when the frame is at or past the next tick, and a
+    running capture is polled after it. Checked there, a frame costs a comparison, not a call
+    (issue 16: this handler's own check per frame was most of what crash readiness still cost).
     """
 
     __slots__ = ("recorder", "ring", "decode", "key", "length", "partial")
+    watched = True
 
     def __init__(self, recorder: "CrashRecorder", key: tuple[str, str], extract: Callable[[bytes], list],
                  taps: list[list], length: int, multiplexed: bool):
@@ -155,18 +168,38 @@ class WatchedHandler(MessageHandler):
         self.partial = multiplexed  # every frame may lack some of the signals
 
     def handle(self, t: float, data: bytes) -> None:
-        ring = self.ring
-        if t >= ring.due:
-            self.recorder.flush()  # a trigger before this frame starts its capture before the ticks go out
-            ring.advance(t)
-        if (self.partial or len(data) < self.length) and self.last_data is not None and data != self.last_data:
-            ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
+        last = self.last_data
+        if data == last and not self.pending:
+            return
+        if last is not None and data != last and (self.partial or len(data) < self.length):
+            self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
+        self.last_data = data
         if self.decode:
-            MessageHandler.handle(self, t, data)
-        else:
-            self.last_data = data
-        if self.recorder.capture is not None:
-            self.recorder.poll(t)
+            for value, taps in zip(self.extract(data), self.taps):
+                if value is not None:
+                    for tap in taps:
+                        tap.offer(t, value)
+
+
+class _WatchedDecoded(WatchedHandler):
+    """`WatchedHandler` of the common message: not multiplexed, and a stream takes some of it.
+
+    The same steps with fewer tests per frame: only a short frame can lack a signal here.
+    """
+
+    __slots__ = ()
+
+    def handle(self, t: float, data: bytes) -> None:
+        last = self.last_data
+        if data == last and not self.pending:
+            return
+        if len(data) < self.length and last is not None and data != last:
+            self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
+        self.last_data = data
+        for value, taps in zip(self.extract(data), self.taps):
+            if value is not None:
+                for tap in taps:
+                    tap.offer(t, value)
 
 
 class _Capture:
@@ -205,7 +238,10 @@ class CrashRecorder:
         self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
         self._sealer: Any = None  # encrypts to the [edr] keys
         self.captures: list[CaptureInfo] = read_captures(ledger.store)
-        self._buffered: weakref.WeakSet[_BufferedVelocity] = weakref.WeakSet()  # held by the bus handlers
+        # held by the bus handlers: weak references, so that the handlers of a policy no longer in force go
+        # (a list, not a WeakSet: flush walks it at every tick, and a WeakSet's iterator is Python code)
+        self._buffered: list[weakref.ref[_BufferedVelocity]] = []
+        self._flag_values: dict[str, Any] = {}  # airbag and crash signals: the last value as decoded
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -219,10 +255,10 @@ class CrashRecorder:
 
         While paused nothing is buffered; a running capture finishes under the terms it started with.
         """
-        from carledger.ledger.encrypt import RecordSealer
-
         was = self.enabled
-        if settings is not None and settings != self.settings:
+        if settings is not None and settings is not self.settings and settings != self.settings:
+            from carledger.ledger.encrypt import RecordSealer  # runs at every checkpoint: imported only when needed
+
             self._sealer = RecordSealer([key for _, key in settings.keys])
         self.settings, self.paused = settings, paused
         if settings is not None:
@@ -257,7 +293,8 @@ class CrashRecorder:
             return [], False
         if role in (signals.SPEED, signals.ACCEL_LONG):
             buffered = _BufferedVelocity(self, role, name)
-            self._buffered.add(buffered)
+            self._buffered = [ref for ref in self._buffered if ref() is not None]
+            self._buffered.append(weakref.ref(buffered))
             return [buffered], True  # type: ignore[list-item]
         if role in _INPUTS:
             return [_INPUTS[role](self, role, name, source)], False
@@ -269,9 +306,32 @@ class CrashRecorder:
 
         `length`: the message's payload length (a shorter frame may lack signals); `multiplexed`: any frame may.
         """
-        handler = WatchedHandler(self, key, extract, taps, length, multiplexed)
+        kind = _WatchedDecoded if any(taps) and not multiplexed else WatchedHandler
+        handler = kind(self, key, extract, taps, length, multiplexed)
         self.ring.watch(key, handler, held)
         return handler
+
+    def frame(self, handler: MessageHandler, t: float, data: bytes) -> None:
+        """Hand a frame to its message's handler, with what the ring needs around a watched message's frame.
+
+        The buses' frame loop (`carledger.pipeline._Bus.process`) does the same inline; this is
+        the one-frame form, for frames that come another way (reassembled messages).
+        """
+        watched = handler.watched
+        if watched and t >= self.ring.due:
+            self.tick(t)
+        handler.handle(t, data)
+        if watched and self.capture is not None:
+            self.poll(t)
+
+    def tick(self, t: float) -> None:
+        """A watched message's frame at t is at or past the ring's next tick: emit the ticks before it.
+
+        A trigger in the samples buffered before t starts its capture first, so that the ticks go
+        to it (the frames before t are handled: the newest frame is the one at or before each tick).
+        """
+        self.flush()
+        self.ring.advance(t)
 
     # -- the data -----------------------------------------------------------------------------
 
@@ -299,6 +359,9 @@ class CrashRecorder:
         if self.capture is not None:
             self.poll(t)
 
+    def _live_buffered(self) -> list[_BufferedVelocity]:
+        return [each for each in (ref() for ref in self._buffered) if each is not None]
+
     def flush(self) -> None:
         """The speed and acceleration samples buffered since the last tick: into their traces, and the trigger.
 
@@ -310,22 +373,25 @@ class CrashRecorder:
         dv = self.delta_v
         first: tuple[Trigger, _BufferedVelocity] | None = None
         taken = []
-        for each in list(self._buffered):
-            samples = each.take()
-            if not samples:
+        for ref in self._buffered:
+            each = ref()
+            if each is None:
                 continue
-            taken.append((each, samples))
+            times, values = each.take()
+            if not times:
+                continue
+            taken.append((each, times, values))
             if each.role == signals.SPEED:
                 trace = dv.speed
-                trace.extend(samples)
+                trace.extend(times, values)
                 dv.speed_signal = dv.speed_signal or each.name
             else:
-                dv.accel.add_all(samples)
+                dv.accel.add_all(times, values)
                 trace = dv.accel.trace
                 dv.accel_signal = dv.accel_signal or each.name
             if trace.high - trace.low < TRIGGER_KMH:  # could_trigger(): no window of the trace can hold one
                 continue
-            for t, _ in samples:
+            for t in times:
                 if first is not None and t >= first[0].t:
                     break
                 trigger = dv.check(trace, each.name, t)
@@ -336,7 +402,7 @@ class CrashRecorder:
             return
         trigger, source = first
         self._start(trigger)
-        later = sorted(((t, each is not source, each, v) for each, samples in taken for t, v in samples
+        later = sorted(((t, each is not source, each, v) for each, times, values in taken for t, v in zip(times, values)
                         if t > trigger.t or (t == trigger.t and each is not source)), key=lambda x: (x[0], x[1]))
         self.poll(trigger.t)
         for t, _, each, v in later:
@@ -444,7 +510,7 @@ class CrashRecorder:
         for tick in self.ring.window(trigger.t - PRE_CRASH):
             self._add_tick(tick)
         self.ring.sink = self._add_tick
-        for each in self._buffered:
+        for each in self._live_buffered():
             each.immediate(True)  # the event's delta-V record and its end need every sample as it comes
         self._seal_data(trigger.t)
         log.warning("crash capture %d: %s trigger at %.3f (%s, %.1f km/h); pre-crash data sealed",
@@ -479,7 +545,7 @@ class CrashRecorder:
         assert capture is not None
         self.ring.sink = None
         self.capture = None
-        for each in self._buffered:
+        for each in self._live_buffered():
             each.immediate(False)
         first = capture.start_seq + 1
         self._seal([self._writer])

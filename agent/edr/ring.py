@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import math
+import operator
 from typing import Any, Callable, Protocol
 
 PERIOD = 0.1  # seconds between ticks: 10 Hz, as Part 563 (2024) and UN R160 require
@@ -51,12 +52,17 @@ class SnapshotRing:
         # (bus, message) -> its frame source and the (index, name) of the signals read from it at each tick;
         # keyed by message so that a handler rebuilt for another policy replaces the old one
         self.watched: dict[tuple[str, str], tuple[FrameSource, tuple[tuple[int, str], ...]]] = {}
+        # per watched message: its signals' names, and a picker of their values from a decode (C, not a loop)
+        self._pickers: dict[tuple[str, str], tuple[tuple[str, ...], Callable[[list], tuple]]] = {}
 
     def watch(self, key: tuple[str, str], source: FrameSource, signals: list[tuple[int, str, "str | None"]]) -> None:
         """Fill ticks with these signals of `source`'s newest frame (index in its decode, name, DBC source)."""
         for _, name, dbc in signals:
             self.sources[name] = dbc
         self.watched[key] = (source, tuple((index, name) for index, name, _ in signals))
+        indices = [index for index, _, _ in signals]
+        pick = operator.itemgetter(*indices) if len(indices) > 1 else (lambda decoded, i=indices[0]: (decoded[i],))
+        self._pickers[key] = (tuple(name for _, name, _ in signals), pick)
 
     def refresh(self) -> None:
         """Bring the watched signals' held values up to their messages' newest frames.
@@ -73,14 +79,17 @@ class SnapshotRing:
         Also runs before a frame that may lack a signal (multiplexed, or shorter than the message)
         replaces the newest one, so that what the replaced frame carried is held as a sample would be.
         """
-        source, names = self.watched[key]
+        source = self.watched[key][0]
         data = source.last_data
         if data is None:
             return
-        decoded = source.extract(data)
+        names, pick = self._pickers[key]
+        picked = pick(source.extract(data))
+        if None not in picked:
+            self.values.update(zip(names, picked))  # runs for every watched message at every tick: C loops
+            return
         values = self.values
-        for index, name in names:
-            value = decoded[index]
+        for name, value in zip(names, picked):
             if value is not None:
                 values[name] = value
 
@@ -120,7 +129,8 @@ class SnapshotRing:
         if self.watched:
             self.refresh()
         sources = self.sources
-        row = tuple((name, value, sources[name]) for name, value in self.values.items())
+        values = self.values
+        row = tuple(zip(values, values.values(), map(sources.__getitem__, values)))  # C loops: this runs every tick
         sink, ticks = self.sink, self.ticks
         for index in range(first, last + 1):
             tick = (round(index * period, 6), row)
@@ -136,6 +146,7 @@ class SnapshotRing:
         self.ticks.clear()
         self.values.clear()
         self.watched.clear()
+        self._pickers.clear()
         self._next = None
         self._last_t = -math.inf
         self.due = -math.inf

@@ -74,21 +74,19 @@ class VelocityTrace:
             del values[:drop]
         self.low, self.high = min(values), max(values)
 
-    def extend(self, points: list[tuple[float, float]]) -> None:
-        """Add the samples since the last tick at once (in time order): what add() does for each, in C loops.
+    def extend(self, times: list[float], new: list[float]) -> None:
+        """Add the samples since the last tick at once (times and values, in time order): what add() does for each, in C loops.
 
         Pruned from the first new point on, so that a check at any of them finds its window whole.
         """
-        if not points:
+        if not times:
             return
         mine = self.points
-        times = [t for t, _ in points]
         if (mine and times[0] < mine[-1][0]) or times != sorted(times):
-            for t, v in points:  # out of order: add() drops what the held value already covers
+            for t, v in zip(times, new):  # out of order: add() drops what the held value already covers
                 self.add(t, v)
             return
-        new = [v for _, v in points]
-        mine.extend(points)
+        mine.extend(zip(times, new))
         values = self.values
         values.extend(new)
         low, high = min(new), max(new)
@@ -149,20 +147,22 @@ class AccelerationIntegral:
         self._t, self._a = t, accel
         self.trace.add(t, self._v)
 
-    def add_all(self, samples: list[tuple[float, float]]) -> None:
+    def add_all(self, times: list[float], accels: list[float]) -> None:
         """add() for each of the samples since the last tick (in arrival order), the trace extended once."""
-        points = []
+        kept: list[float] = []
+        velocities: list[float] = []
         last_t, a, v = self._t, self._a, self._v
-        for t, accel in samples:
+        for t, accel in zip(times, accels):
             if last_t is not None:
                 if t < last_t:
                     continue
                 dt = t - last_t
                 v += a * (dt if dt < ACCEL_HOLD else ACCEL_HOLD) * 3.6
             last_t, a = t, accel
-            points.append((t, v))
+            kept.append(t)
+            velocities.append(v)
         self._t, self._a, self._v = last_t, a, v
-        self.trace.extend(points)
+        self.trace.extend(kept, velocities)
 
     def extend(self, t: float) -> None:
         """Carry the held acceleration up to t (no sample since): keeps the trace current between frames."""

@@ -33,13 +33,23 @@ _TAILS: dict[tuple, tuple[bytes, bytes]] = {}
 _TAILS_LIMIT = 1 << 13
 
 
+_TEXTS: dict[str, bytes] = {}  # a name's or a source's canonical CBOR text
+
+
+def _text(text: str) -> bytes:
+    encoded = _TEXTS[text] = cbor2.dumps(text, canonical=True)
+    return encoded
+
+
 def _encode_fast(recs: list) -> tuple[list[bytes], list[int]]:
     """Encode pending records, the seal's hot loop.
 
     A sample encodes as array header, 0, time, then name, value and source.
     Everything after the time repeats a lot (the same signal at the same
     value), so that part is cached per (name, type, value, source); only the
-    time is encoded per record. The result is byte-identical to
+    time is encoded per record. A value not cached yet costs one cbor2 call on
+    the value alone (names and sources are cached as text): on a tuple, cbor2
+    takes six times as long, and many values (a steering angle) are new. The result is byte-identical to
     cbor2.dumps(record, canonical=True), which the tests check.
     """
     dumps = cbor2.dumps
@@ -47,6 +57,9 @@ def _encode_fast(recs: list) -> tuple[list[bytes], list[int]]:
     tails = _TAILS
     if len(tails) > _TAILS_LIMIT:
         tails.clear()
+    texts = _TEXTS
+    if len(texts) > _TAILS_LIMIT:
+        texts.clear()
     out: list[bytes] = []
     tus: list[int] = []
     put = out.append
@@ -64,12 +77,15 @@ def _encode_fast(recs: list) -> tuple[list[bytes], list[int]]:
                 raise _Slow
             if src == name:
                 src = None
-            if type(value) is float and value == 0.0 or value != value:
+            # An array's encoding is its items' one after the other: the name's and the source's
+            # are kept, only the value is encoded here (a scalar: far cheaper than the whole tuple).
+            tail = (texts.get(name) or _text(name)) + dumps(value, canonical=True)
+            if src is not None:
+                tail += texts.get(src) or _text(src)
+            cached = (b"\x84\x00" if src is None else b"\x85\x00", tail)
+            if not (type(value) is float and value == 0.0 or value != value):
                 # 0.0 == -0.0 and NaN != NaN: keys that cannot tell values apart are not cached
-                put(dumps((0, tu, name, value) if src is None else (0, tu, name, value, src), canonical=True))
-                continue
-            whole = dumps((0, 0, name, value) if src is None else (0, 0, name, value, src), canonical=True)
-            cached = tails[key] = (whole[:2], whole[3:])
+                tails[key] = cached
         if 0xFFFFFFFF < tu <= 0xFFFFFFFFFFFFFFFF:
             put(cached[0] + b"\x1b" + tu.to_bytes(8, "big") + cached[1])
         else:

@@ -40,6 +40,24 @@ def _resolve(id_text: str, frame_filter: FrameFilter | None) -> int:
     return key
 
 
+_MALFORMED = b"malformed"  # _other_payload's answer for a payload that is no frame's (compared by identity)
+
+
+def _other_payload(payload: str) -> bytes | None:
+    """The data of a payload that is not plain hex: a CAN FD frame's, None for a remote frame, else _MALFORMED.
+
+    Off the hot path: the frame loop tries plain hex first, as almost every frame is a classic data frame.
+    """
+    if payload[:1] == "#":  # CAN FD: '##' then one flags nibble
+        try:
+            return bytes.fromhex(payload[2:])
+        except ValueError:
+            return _MALFORMED
+    if payload[:1] in ("R", "r"):
+        return None
+    return _MALFORMED
+
+
 def read_candump(
     lines: Iterable[str],
     frame_filter: FrameFilter | None = None,
@@ -58,6 +76,7 @@ def read_candump(
     cache: dict[str, int] = {}
     batch: list[Frame] = []
     append = batch.append
+    fromhex = bytes.fromhex
     for number, line in enumerate(lines, start=1):
         parts = line.split()
         if len(parts) != 3:
@@ -86,12 +105,16 @@ def read_candump(
                 on_malformed(number, line, f"bad identifier {id_text!r}")
             continue
         payload = text[hash_at + 1 :]
-        if payload[:1] == "#":  # CAN FD: '##' then one flags nibble
-            payload = payload[2:]
-        elif payload[:1] in ("R", "r"):
-            continue
         try:
-            append((float(stamp[1:-1]), key, bytes.fromhex(payload)))
+            data = fromhex(payload)
+        except ValueError:  # not a classic frame's hex payload: CAN FD, a remote frame, or malformed
+            data = _other_payload(payload)
+            if data is None:
+                continue  # a remote frame
+        try:
+            if data is _MALFORMED:
+                raise ValueError
+            append((float(stamp[1:-1]), key, data))
         except ValueError:
             if on_malformed:
                 on_malformed(number, line, "bad timestamp or payload")
