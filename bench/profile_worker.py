@@ -35,7 +35,7 @@ with tempfile.TemporaryDirectory() as tmp:
             c.flush()
         pr.disable()
         dt = time.perf_counter() - t
-        print(f"{len(queue)} blocks in {dt:.2f}s: {len(queue)/dt:.0f} blocks/s; round trips/block {(c.registry.round_trips-rt0)/len(queue):.1f}; accepted {c.stats.accepted}")
+        print(f"{len(queue)} blocks in {dt:.2f}s: {len(queue)/dt:.0f} blocks/s; round trips/block {(c.registry.round_trips-rt0)/len(queue):.3f}; accepted {c.stats.accepted}")
         c.close()
         pstats.Stats(pr).sort_stats("cumulative").print_stats(35)
     finally:
