@@ -263,11 +263,11 @@ class PgStore(CollectorStore):
         conn = self.conn
         failed: set[str] = set()
         with conn.pipeline(), conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i",
+            conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i",
                          (sorted({chain_lock(v, s) for v, s in chains}),))
             cur = conn.execute(
                 "SELECT h.vehicle, h.stream, h.seq, h.digest, h.first_seq, h.blocks, h.records, h.frontier FROM heads h "
-                "JOIN unnest(%s::text[], %s::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s",
+                "JOIN unnest(%b::text[], %b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s",
                 ([v for v, _ in chains], [s for _, s in chains]))
             self.round_trips += 1
             heads = {(v, s): [int(q), bytes(d), int(f), int(n), int(r), None if t is None else bytes(t)]
@@ -304,14 +304,14 @@ class PgStore(CollectorStore):
                                    b.sign1, b.message(), b.bare, root) for v, b, root in rows]))
                 conn.execute(
                     "INSERT INTO blocks(vehicle, stream, seq, digest, prev, t0, t1, count, sign1, message, bare, root, received) "
-                    "SELECT *, %s FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bytea[], %s::bytea[], %s::bigint[], "
-                    "%s::bigint[], %s::integer[], %s::bytea[], %s::bytea[], %s::boolean[], %s::bytea[])",
+                    "SELECT *, %s FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bytea[], %b::bigint[], "
+                    "%b::bigint[], %b::integer[], %b::bytea[], %b::bytea[], %b::boolean[], %b::bytea[])",
                     (now, *[list(c) for c in cols]))
                 h = [(v, s, *heads[(v, s)]) for v, s in done]
                 conn.execute(
                     "INSERT INTO heads(vehicle, stream, seq, digest, first_seq, blocks, records, frontier) "
-                    "SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::bytea[], %s::bigint[], %s::bigint[], "
-                    "%s::bigint[], %s::bytea[]) ON CONFLICT (vehicle, stream) DO UPDATE SET seq = excluded.seq, "
+                    "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::bigint[], "
+                    "%b::bigint[], %b::bytea[]) ON CONFLICT (vehicle, stream) DO UPDATE SET seq = excluded.seq, "
                     "digest = excluded.digest, blocks = excluded.blocks, records = excluded.records, "
                     "frontier = excluded.frontier", [list(c) for c in zip(*h)])
                 if counted:
@@ -320,11 +320,11 @@ class PgStore(CollectorStore):
                         n[(v, b.stream)] = n.get((v, b.stream), 0) + 1
                     conn.execute(
                         "INSERT INTO counters(vehicle, stream, accepted, duplicates, last) "
-                        "SELECT v, s, n, 0, %s FROM unnest(%s::text[], %s::text[], %s::bigint[]) AS t(v, s, n) "
+                        "SELECT v, s, n, 0, %s FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, n) "
                         "ON CONFLICT (vehicle, stream) DO UPDATE SET accepted = counters.accepted + excluded.accepted, "
                         "last = excluded.last", (now, [v for v, _ in done], [s for _, s in done], [n[c] for c in done]))
                     conn.execute(
-                        "DELETE FROM pending p USING unnest(%s::text[], %s::text[], %s::bigint[]) AS t(v, s, q) "
+                        "DELETE FROM pending p USING unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, q) "
                         "WHERE p.vehicle = t.v AND p.stream = t.s AND p.seq <= t.q",
                         ([v for v, _ in done], [s for _, s in done], [heads[c][0] for c in done]))
         self.round_trips += 1
@@ -360,10 +360,10 @@ class PgStore(CollectorStore):
         conn = self.conn
         vs, ss = [v for v, _ in chains], [s for _, s in chains]
         with conn.pipeline():
-            keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%s::text[])", (list(vehicles),))
-            heads = conn.execute("SELECT h.vehicle, h.stream, h.seq, h.digest FROM heads h JOIN unnest(%s::text[], "
-                                 "%s::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s", (vs, ss))
-            held = conn.execute("SELECT DISTINCT p.vehicle, p.stream FROM pending p JOIN unnest(%s::text[], %s::text[]) "
+            keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%b::text[])", (list(vehicles),))
+            heads = conn.execute("SELECT h.vehicle, h.stream, h.seq, h.digest FROM heads h JOIN unnest(%b::text[], "
+                                 "%b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s", (vs, ss))
+            held = conn.execute("SELECT DISTINCT p.vehicle, p.stream FROM pending p JOIN unnest(%b::text[], %b::text[]) "
                                 "AS t(v, s) ON p.vehicle = t.v AND p.stream = t.s", (vs, ss))
             self.round_trips += 1
             out = Prefetch({v: VerifyKey(bytes(k)) for v, k in keys.fetchall()})
