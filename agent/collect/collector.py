@@ -118,7 +118,14 @@ class Collector:
                 except Exception as exc:  # hostile input must never stop the collector
                     log.exception("collect: unexpected error on %s", topic)
                     self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
-            failed = self.registry.append_all({v: b.blocks for v, b in batches.items() if b.blocks}, now)
+            todo = {v: b.blocks for v, b in batches.items() if b.blocks}
+            try:
+                failed = self.registry.append_all(todo, now)
+            except StoreUnavailable:
+                raise
+            except StoreError as exc:  # e.g. one damaged chain: the others are stored one vehicle at a time
+                log.warning("collect: the flush's transaction failed (%s); storing vehicle by vehicle", exc)
+                failed = set(todo)
             self.stats.accepted += sum(len(b.blocks) for v, b in batches.items() if v not in failed)
             acks = []
             for vehicle, batch in batches.items():
