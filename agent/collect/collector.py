@@ -118,20 +118,7 @@ class Collector:
                 except Exception as exc:  # hostile input must never stop the collector
                     log.exception("collect: unexpected error on %s", topic)
                     self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
-            todo = {v: b.blocks for v, b in batches.items() if b.blocks}
-            try:
-                failed = self.registry.append_all(todo, now)
-            except StoreUnavailable:
-                raise
-            except StoreError as exc:  # e.g. one damaged chain: the others are stored one vehicle at a time
-                log.warning("collect: the flush's transaction failed (%s); storing vehicle by vehicle", exc)
-                failed = set(todo)
-            self.stats.accepted += sum(len(b.blocks) for v, b in batches.items() if v not in failed)
-            acks = []
-            for vehicle, batch in batches.items():
-                if vehicle in failed:
-                    self._one_by_one(vehicle, batch, now)
-                acks += self._acks(vehicle, batch.acks, None if vehicle in failed else batch.heads)
+            acks = self._store(batches, now)
         except StoreUnavailable:
             # Nothing of this batch is acked: all of it is checked again once the store is back (what was
             # committed meanwhile comes back as duplicates, which are acked then).
@@ -140,6 +127,25 @@ class Collector:
         finally:
             self._view = None
         self.stats.acks += len(acks)
+        return acks
+
+    def _store(self, batches: dict[str, _Batch], now: float) -> list[tuple[str, bytes]]:
+        """Append every vehicle's batch with one append_all (those whose heads another collector moved: block by
+        block), then sign the acks of the heads as stored."""
+        todo = {v: b.blocks for v, b in batches.items() if b.blocks}
+        try:
+            failed = self.registry.append_all(todo, now) if todo else set()
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:  # e.g. one damaged chain: the others are stored one vehicle at a time
+            log.warning("collect: the flush's transaction failed (%s); storing vehicle by vehicle", exc)
+            failed = set(todo)
+        self.stats.accepted += sum(len(b) for v, b in todo.items() if v not in failed)
+        acks = []
+        for vehicle, batch in batches.items():
+            if vehicle in failed:
+                self._one_by_one(vehicle, batch, now)
+            acks += self._acks(vehicle, batch.acks, None if vehicle in failed else batch.heads)
         return acks
 
     def _key(self, vehicle: str) -> VerifyKey | None:
@@ -313,16 +319,21 @@ class Collector:
         self._problem(topic, block.seq, FORK, detail + ("; kept as evidence" if kept else ""), now)
 
     def _link_held(self, vehicle: str, stream: str, batch: _Batch, now: float) -> None:
-        """Move held blocks that now continue the chain into the batch (a bare one only once its drop is declared)."""
+        """Move held blocks that now continue the chain into the batch (a bare one only once its drop is declared).
+
+        They are read in one query and stay held until the append that stores
+        them releases them (in its transaction on PostgreSQL).
+        """
+        if self._view is not None and (vehicle, stream) not in self._view.held:
+            return
+        head = batch.heads[stream]
         key = self._key(vehicle)
         declared: list[tuple[int, int]] | None = None  # looked up once, at the first bare block
-        while True:
+        for seq, message in self.registry.pending_after(vehicle, stream, -1 if head is None else head[0]):
             head = batch.heads[stream]
             nxt, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
-            held = self._pending(vehicle, stream, nxt)
-            if held is None:
+            if seq != nxt:
                 return
-            message = held[1]
             try:
                 block = open_block(message, key, allow_bare=True)
             except MalformedBlock as exc:  # it verified when held: only a damaged database gets here
@@ -334,20 +345,13 @@ class Collector:
                     declared = self._declared(vehicle, stream, nxt)
                 if not _covers(declared, nxt):
                     return  # it waits for its records (or their declared drop); check_gaps reports it
-            self.registry.release(vehicle, stream, nxt)
             if block.header.prev != prev:
+                self.registry.release(vehicle, stream, nxt)
                 self._fork(topics.Topic(vehicle, stream, topics.BLOCK), block, message,
                            f"held seq {nxt} does not link to seq {nxt - 1} ({prev.hex()[:16]}…)", now)
                 return
             batch.blocks.append(block)
             batch.heads[stream] = (nxt, block.digest)
-
-    def _commit(self, vehicle: str, batch: _Batch, now: float) -> None:
-        """Append one vehicle's batch; if another collector moved a head meanwhile, place block by block."""
-        if batch.blocks and self.registry.append_all({vehicle: batch.blocks}, now):
-            self._one_by_one(vehicle, batch, now)
-        elif batch.blocks:
-            self.stats.accepted += len(batch.blocks)
 
     def _one_by_one(self, vehicle: str, batch: _Batch, now: float) -> None:
         """Append a batch block by block, after another collector moved one of its heads: the blocks it stored
@@ -406,35 +410,46 @@ class Collector:
     def check_gaps(self) -> list[tuple[str, bytes]]:
         """Link held blocks another collector's append made linkable; report gaps older than `gap_wait`.
 
-        Returns the acks to publish for streams that moved.
+        One prefetch for every stream with held blocks, one query per linkable
+        stream, one append_all: it runs between two network turns, so it must
+        stay short whatever the number of waiting streams. Returns the acks to
+        publish for streams that moved.
         """
         now = self.clock()
-        acks = []
-        for vehicle, stream, low, high, oldest, count in self.registry.waiting():
-            try:
-                head = self.registry.stream_head(vehicle, stream)
-            except StoreUnavailable:
-                raise
-            except StoreError:
-                continue
-            head_seq = -1 if head is None else head[0]
-            if low <= head_seq + 1:
-                self.registry.release(vehicle, stream, head_seq)
-                batch = _Batch(heads={stream: head})
-                self._link_held(vehicle, stream, batch, now)
-                self._commit(vehicle, batch, now)
-                if batch.blocks:
-                    acks += self._acks(vehicle, {stream})
-                elif now - oldest >= self.gap_wait:
-                    self.registry.problem(vehicle, stream, head_seq + 1, STRIPPED,
-                                          f"seq {head_seq + 1} arrived without its records and no signed retention or "
-                                          "eviction event declares them dropped; waiting for the block with its records", now)
-                continue
-            if now - oldest >= self.gap_wait:
-                missing = f"seq {head_seq + 1}" if low == head_seq + 2 else f"seq {head_seq + 1}..{low - 1}"
-                self.registry.problem(vehicle, stream, head_seq + 1, GAP,
-                                      f"missing {missing}; {count} later blocks (up to seq {high}) wait since "
-                                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}", now)
+        rows = self.registry.waiting()
+        if not rows:
+            return []
+        chains = sorted({(v, s) for v, s, *_ in rows})
+        self._view = view = self.registry.prefetch(sorted({v for v, _ in chains}), chains)
+        try:
+            batches: dict[str, _Batch] = {}
+            for vehicle, stream, low, high, oldest, count in rows:
+                if vehicle not in view.keys:
+                    continue  # no longer enrolled (re-keyed): its held blocks went with its chains
+                head = view.heads.get((vehicle, stream))
+                head_seq = -1 if head is None else head[0]
+                if low <= head_seq + 1:
+                    if low <= head_seq:
+                        self.registry.release(vehicle, stream, head_seq)
+                    batch = batches.setdefault(vehicle, _Batch())
+                    batch.heads[stream] = head
+                    before = len(batch.blocks)
+                    self._link_held(vehicle, stream, batch, now)
+                    if len(batch.blocks) > before:
+                        batch.acks.add(stream)
+                    elif now - oldest >= self.gap_wait:
+                        self.registry.problem(vehicle, stream, head_seq + 1, STRIPPED,
+                                              f"seq {head_seq + 1} arrived without its records and no signed retention or "
+                                              "eviction event declares them dropped; waiting for the block with its records", now)
+                    continue
+                if now - oldest >= self.gap_wait:
+                    missing = f"seq {head_seq + 1}" if low == head_seq + 2 else f"seq {head_seq + 1}..{low - 1}"
+                    self.registry.problem(vehicle, stream, head_seq + 1, GAP,
+                                          f"missing {missing}; {count} later blocks (up to seq {high}) wait since "
+                                          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}", now)
+            acks = self._store(batches, now)
+        finally:
+            self._view = None
         self.stats.acks += len(acks)
         return acks
 
