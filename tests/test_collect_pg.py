@@ -180,3 +180,17 @@ def test_receipts_cosign_the_stored_tree_root_also_for_chains_stored_before_migr
     stored = [r[0] for r in pg._q("SELECT root FROM blocks ORDER BY seq").fetchall()]
     assert stored[:3] == [None] * 3 and [bytes(r) for r in stored[3:]] == [merkle.root_from_hashes(leaves[:n]) for n in (4, 5, 6)]
     collector.close()
+
+
+def test_blocks_another_worker_stored_up_to_the_head_are_left_out_not_a_failed_batch(fleet, tmp_path):
+    """Two workers linking the same held blocks: the loser's batch up to the moved head is dropped in its transaction."""
+    messages, _, dsn = fleet
+    collector = Collector(tmp_path / "keydir", store=dsn, clock=Clock())
+    send(collector, messages[:3])
+    pg = collector.registry
+    blocks = [open_block(m, pg.key("car-1")) for m in messages]
+    assert pg.append_all({"car-1": blocks[1:4]}, T0) == (set(), 2)  # seq 1-2 stored already, seq 3 appended
+    assert pg.stream_head("car-1", "speed")[0] == 3 and pg.block_count("car-1", "speed") == (4, 4)
+    assert pg.append_all({"car-1": blocks[1:3]}, T0) == ({"car-1"}, 0)  # the head is past the batch: not provable here
+    assert pg.counters()[("car-1", "speed")][0] == 4
+    collector.close()

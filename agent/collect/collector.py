@@ -134,13 +134,14 @@ class Collector:
         block), then sign the acks of the heads as stored."""
         todo = {v: b.blocks for v, b in batches.items() if b.blocks}
         try:
-            failed = self.registry.append_all(todo, now) if todo else set()
+            failed, already = self.registry.append_all(todo, now) if todo else (set(), 0)
         except StoreUnavailable:
             raise
         except StoreError as exc:  # e.g. one damaged chain: the others are stored one vehicle at a time
             log.warning("collect: the flush's transaction failed (%s); storing vehicle by vehicle", exc)
-            failed = set(todo)
-        self.stats.accepted += sum(len(b) for v, b in todo.items() if v not in failed)
+            failed, already = set(todo), 0
+        self.stats.accepted += sum(len(b) for v, b in todo.items() if v not in failed) - already
+        self.stats.duplicates += already
         acks = []
         for vehicle, batch in batches.items():
             if vehicle in failed:

@@ -246,18 +246,26 @@ class PgStore(CollectorStore):
 
     @_db
     def append(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
-        if blocks and self._write({vehicle: blocks}, now, counted=False):
+        if blocks and self._write({vehicle: blocks}, now, counted=False)[0]:
             raise StoreError(f"{vehicle}: the blocks do not continue the stored heads (another collector moved them)")
 
     @_db
-    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> set[str]:
+    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> tuple[set[str], int]:
         return self._write({v: b for v, b in batches.items() if b}, now, counted=True)
 
-    def _write(self, batches: Mapping[str, Sequence[SealedBlock]], now: float, *, counted: bool) -> set[str]:
+    def _write(self, batches: Mapping[str, Sequence[SealedBlock]], now: float, *, counted: bool) -> tuple[set[str], int]:
         """Store the batches in ONE transaction, each chain locked for it alone; the vehicles whose blocks do not
-        continue their heads are left out and returned. `counted`: also count them and release held blocks."""
+        continue their heads are left out and returned, with the number of blocks found already stored.
+
+        `counted` (append_all): also count the blocks and release held ones;
+        and a stream's blocks up to a head another collector moved are
+        dropped as already stored when the batch's block at that head's seq
+        has the head's digest (the blocks before it link to it by digest, so
+        they are the stored ones too): the common race of two workers linking
+        the same held blocks costs no round trip.
+        """
         if not batches:
-            return set()
+            return set(), 0
         self._partition(now)
         chains = sorted({(v, b.stream) for v, blocks in batches.items() for b in blocks})
         conn = self.conn
@@ -274,9 +282,19 @@ class PgStore(CollectorStore):
                      for v, s, q, d, f, n, r, t in cur.fetchall()}
             rows: list[tuple] = []
             roots: dict[tuple[str, str], tuple[int, bytes]] = {}
+            skipped = 0
             for vehicle, blocks in batches.items():
                 mine = {b.stream: heads.get((vehicle, b.stream)) for b in blocks}
                 mine = {s: (list(h) if h else None) for s, h in mine.items()}
+                if counted:
+                    stored = [b for b in blocks if mine[b.stream] is not None and b.seq <= mine[b.stream][0]]
+                    if stored:
+                        if any(not any(b.stream == s and b.seq == h[0] and b.digest == h[1] for b in stored)
+                               for s, h in mine.items() if h is not None and any(b.stream == s for b in stored)):
+                            failed.add(vehicle)
+                            continue
+                        skipped += len(stored)
+                        blocks = [b for b in blocks if b not in stored]
                 out = []
                 for b in blocks:
                     head = mine[b.stream]
@@ -329,7 +347,7 @@ class PgStore(CollectorStore):
                         ([v for v, _ in done], [s for _, s in done], [heads[c][0] for c in done]))
         self.round_trips += 1
         self._roots = {c: r for c, r in roots.items() if c[0] not in failed}
-        return failed
+        return failed, skipped
 
     def _frontier(self, vehicle: str, stream: str, size: int) -> bytes:
         """The frontier of a chain stored without one (before migration 2), from its blocks: O(n), once per chain."""

@@ -138,7 +138,7 @@ class Registry(CollectorStore):
         """The replica's append: BEGIN IMMEDIATE locks the whole file, so every stream in it."""
         self.replica(vehicle).append(blocks)
 
-    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> set[str]:
+    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> tuple[set[str], int]:
         """One transaction per vehicle's replica (its own file), then one in collector.sqlite for all counters and
         held blocks: with synchronous=FULL that is one fsync per flush there, not one per vehicle."""
         failed, done = set(), []
@@ -158,7 +158,7 @@ class Registry(CollectorStore):
                     self.conn.execute("ROLLBACK")
                     raise
                 self.conn.execute("COMMIT")
-        return failed
+        return failed, 0
 
     def streams(self, vehicle: str) -> dict[str, dict]:
         """Read from the replica without opening it for writing (safe while collectors run; {} before any block)."""

@@ -76,13 +76,14 @@ class CollectorStore(ABC):
         waiting = {(v, s) for v, s, *_ in self.waiting()}
         return Prefetch(keys, {c: self.stream_head(*c) for c in chains if c[0] in keys}, waiting & set(chains))
 
-    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> set[str]:
+    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> tuple[set[str], int]:
         """Append each vehicle's blocks as `append` does, count them accepted and forget held blocks up to the new heads.
 
         Returns the vehicles whose blocks did not continue their stored heads
         (another collector moved them): none of their blocks is written, the
-        caller places them one by one. A backend that can stores all of it in
-        one transaction; this one takes one per vehicle.
+        caller places them one by one; and how many blocks the store found
+        already stored and left out (0 here). A backend that can stores all of
+        it in one transaction; this one takes one per vehicle.
         """
         failed = set()
         for vehicle, blocks in batches.items():
@@ -94,7 +95,7 @@ class CollectorStore(ABC):
                 failed.add(vehicle)
                 continue
             self.accepted(vehicle, blocks, now)
-        return failed
+        return failed, 0
 
     def accepted(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
         """Count appended blocks per stream and forget the held blocks the new heads reached."""
