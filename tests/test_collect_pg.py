@@ -191,6 +191,7 @@ def test_blocks_another_worker_stored_up_to_the_head_are_left_out_not_a_failed_b
     blocks = [open_block(m, pg.key("car-1")) for m in messages]
     assert pg.append_all({"car-1": blocks[1:4]}, T0) == (set(), 2)  # seq 1-2 stored already, seq 3 appended
     assert pg.stream_head("car-1", "speed")[0] == 3 and pg.block_count("car-1", "speed") == (4, 4)
+    assert pg.append_all({"car-1": blocks[2:4]}, T0) == (set(), 2)  # all of it stored already: nothing to write
     assert pg.append_all({"car-1": blocks[1:3]}, T0) == ({"car-1"}, 0)  # the head is past the batch: not provable here
     assert pg.counters()[("car-1", "speed")][0] == 4
     collector.close()

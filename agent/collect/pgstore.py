@@ -340,7 +340,7 @@ class PgStore(CollectorStore):
                         "INSERT INTO counters(vehicle, stream, accepted, duplicates, last) "
                         "SELECT v, s, n, 0, %s FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, n) "
                         "ON CONFLICT (vehicle, stream) DO UPDATE SET accepted = counters.accepted + excluded.accepted, "
-                        "last = excluded.last", (now, [v for v, _ in done], [s for _, s in done], [n[c] for c in done]))
+                        "last = excluded.last", (now, [v for v, _ in n], [s for _, s in n], list(n.values())))
                     conn.execute(
                         "DELETE FROM pending p USING unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, q) "
                         "WHERE p.vehicle = t.v AND p.stream = t.s AND p.seq <= t.q",
