@@ -283,6 +283,7 @@ class Collector:
             self.stats.held += 1
             if self._view is not None:
                 self._view.held.add((vehicle, stream))
+                self._view.blocks.pop((vehicle, stream), None)
             if _drops(block) and self._pending(vehicle, stream, head_seq + 1) is not None:
                 self._link_held(vehicle, stream, batch, now)  # it may declare the records of a bare block held there
                 if batch.heads[stream] != head:
@@ -299,6 +300,8 @@ class Collector:
         self._problem(topic, block.seq, STRIPPED, f"a copy without its records of block seq {block.seq} "
                                                    "arrived before it; the block with its records takes its place", now)
         self.registry.replace_pending(topic.vehicle, topic.stream, block.seq, block.message())
+        if self._view is not None:
+            self._view.blocks.pop((topic.vehicle, topic.stream), None)
         return True
 
     def _declared(self, vehicle: str, stream: str, seq: int) -> list[tuple[int, int]]:
@@ -328,9 +331,12 @@ class Collector:
         if self._view is not None and (vehicle, stream) not in self._view.held:
             return
         head = batch.heads[stream]
+        after = -1 if head is None else head[0]
         key = self._key(vehicle)
         declared: list[tuple[int, int]] | None = None  # looked up once, at the first bare block
-        for seq, message in self.registry.pending_after(vehicle, stream, -1 if head is None else head[0]):
+        read = self._view.blocks.get((vehicle, stream)) if self._view is not None else None
+        held = [(q, m) for q, m in read if q > after] if read is not None else self.registry.pending_after(vehicle, stream, after)
+        for seq, message in held:
             head = batch.heads[stream]
             nxt, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
             if seq != nxt:
@@ -338,7 +344,7 @@ class Collector:
             try:
                 block = open_block(message, key, allow_bare=True)
             except MalformedBlock as exc:  # it verified when held: only a damaged database gets here
-                self.registry.release(vehicle, stream, nxt)
+                self._release(vehicle, stream, nxt)
                 self._problem(topics.Topic(vehicle, stream, topics.BLOCK), nxt, exc.kind, f"held block: {exc}", now)
                 return
             if block.bare:
@@ -347,12 +353,17 @@ class Collector:
                 if not _covers(declared, nxt):
                     return  # it waits for its records (or their declared drop); check_gaps reports it
             if block.header.prev != prev:
-                self.registry.release(vehicle, stream, nxt)
+                self._release(vehicle, stream, nxt)
                 self._fork(topics.Topic(vehicle, stream, topics.BLOCK), block, message,
                            f"held seq {nxt} does not link to seq {nxt - 1} ({prev.hex()[:16]}…)", now)
                 return
             batch.blocks.append(block)
             batch.heads[stream] = (nxt, block.digest)
+
+    def _release(self, vehicle: str, stream: str, upto_seq: int) -> None:
+        self.registry.release(vehicle, stream, upto_seq)
+        if self._view is not None:
+            self._view.blocks.pop((vehicle, stream), None)
 
     def _one_by_one(self, vehicle: str, batch: _Batch, now: float) -> None:
         """Append a batch block by block, after another collector moved one of its heads: the blocks it stored

@@ -374,20 +374,22 @@ class PgStore(CollectorStore):
 
     @_db
     def prefetch(self, vehicles: Sequence[str], chains: Sequence[tuple[str, str]]) -> Prefetch:
-        """Keys, heads and held streams in one pipelined round trip."""
+        """Keys, heads, and the held blocks of these chains, in one pipelined round trip."""
         conn = self.conn
         vs, ss = [v for v, _ in chains], [s for _, s in chains]
         with conn.pipeline():
             keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%b::text[])", (list(vehicles),))
             heads = conn.execute("SELECT h.vehicle, h.stream, h.seq, h.digest FROM heads h JOIN unnest(%b::text[], "
                                  "%b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s", (vs, ss))
-            held = conn.execute("SELECT DISTINCT p.vehicle, p.stream FROM pending p JOIN unnest(%b::text[], %b::text[]) "
-                                "AS t(v, s) ON p.vehicle = t.v AND p.stream = t.s", (vs, ss))
+            held = conn.execute("SELECT p.vehicle, p.stream, p.seq, p.message FROM pending p JOIN unnest(%b::text[], "
+                                "%b::text[]) AS t(v, s) ON p.vehicle = t.v AND p.stream = t.s ORDER BY 1, 2, 3", (vs, ss))
             self.round_trips += 1
             out = Prefetch({v: VerifyKey(bytes(k)) for v, k in keys.fetchall()})
             found = {(v, s): (int(q), bytes(d)) for v, s, q, d in heads.fetchall()}
             out.heads = {c: found.get(c) for c in chains if c[0] in out.keys}
-            out.held = {(v, s) for v, s in held.fetchall()}
+            for v, s, q, m in held.fetchall():
+                out.blocks.setdefault((v, s), []).append((int(q), bytes(m)))
+            out.held = set(out.blocks)
         return out
 
     @_db

@@ -34,6 +34,9 @@ class Prefetch:
     keys: dict[str, VerifyKey] = field(default_factory=dict)
     heads: dict[tuple[str, str], tuple[int, bytes] | None] = field(default_factory=dict)
     held: set[tuple[str, str]] = field(default_factory=set)
+    # (seq, message) of the blocks `held` streams hold, by seq, as read; the collector drops a stream's entry
+    # when it changes what that stream holds, and asks the store again.
+    blocks: dict[tuple[str, str], list[tuple[int, bytes]]] = field(default_factory=dict)
 
 
 class CollectorStore(ABC):
@@ -74,7 +77,9 @@ class CollectorStore(ABC):
         """The enrolled keys of `vehicles`, the heads of `chains` and which of them hold blocks (one call per item here)."""
         keys = {v: k for v in vehicles if (k := self.key(v)) is not None}
         waiting = {(v, s) for v, s, *_ in self.waiting()}
-        return Prefetch(keys, {c: self.stream_head(*c) for c in chains if c[0] in keys}, waiting & set(chains))
+        held = waiting & set(chains)
+        return Prefetch(keys, {c: self.stream_head(*c) for c in chains if c[0] in keys}, held,
+                        {c: self.pending_after(*c, -1) for c in held})
 
     def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> tuple[set[str], int]:
         """Append each vehicle's blocks as `append` does, count them accepted and forget held blocks up to the new heads.
