@@ -1,20 +1,28 @@
 """A simulated fleet against the collector's workers: PostgreSQL and SQLite, 1 to 3 workers, two brokers.
 
-    python bench/bench_fleet.py [--vehicles 200] [--blocks 10] [--records 50] [--rate 0] [--workers 1,2,3]
+    python bench/bench_fleet.py [--vehicles 200] [--blocks 10] [--records 50,280] [--rate 0] [--workers 1,2,3]
+                                [--half-rate] [--backends postgresql,sqlite]
+    python bench/bench_fleet.py --duration 600 [--rate 200] [--vehicles 1000] [--workers 3]
 
 K vehicles, each with its own Ed25519 key, publish pre-signed blocks of one
 stream (--records samples each) to the broker `broker_for` assigns them (two
 mosquitto on loopback), at --rate blocks/s in total (0: as fast as the
 brokers take them). `carledger collect run` workers (own processes) on both
-brokers store them in PostgreSQL (tests/pg.py's cluster) or in one shared
-collector directory (SQLite). Reported per run: blocks and records stored and
-acked per second in total and per worker, PostgreSQL transactions per block
-(pg_stat_database: every autocommit statement is one, so this bounds the
-round trips from below), and the p50/p99 latency from publish to the ack that
-covers the block.
+brokers store them in PostgreSQL (tests/pg.py's cluster, fsync off) or in one
+shared collector directory (SQLite). Reported per run and per block size
+(--records, a list: fleet blocks of tens of records, full blocks of a few
+hundred): blocks and records stored and acked per second in total and per
+worker, the workers' PostgreSQL round trips per block (they count them) and
+transactions per block (pg_stat_database), the p50/p99 latency from publish
+to the ack that covers the block, and the workers' peak RSS. --half-rate
+runs each backend's largest worker count again at half the rate it reached,
+for the latency there.
 
-Not a test: nothing here passes or fails. Not measured here: memory over a
-10-minute run.
+--duration S is the memory mode: the blocks are signed as they are sent
+(fresh seqs, no end), at --rate, for S seconds, and the workers' RSS is
+printed every S/10 seconds: flat means no growth with the blocks stored.
+
+Not a test: nothing here passes or fails.
 """
 
 from __future__ import annotations
@@ -72,16 +80,21 @@ def make_fleet(k: int, blocks: int, records: int) -> tuple[dict[str, bytes], dic
 
 
 class Acks:
-    """Publish times per (vehicle, seq), and the latency of each block once an ack covers it."""
+    """Publish times per (vehicle, seq) until acked, and the latency of each block once an ack covers it."""
 
-    def __init__(self, ack_key, messages: dict[str, list[bytes]]):
+    def __init__(self, ack_key, vehicles):
         self.ack_key = ack_key
-        self.sent: dict[str, list[float]] = {v: [0.0] * len(m) for v, m in messages.items()}
-        self.next = {v: 0 for v in messages}
+        self.sent: dict[str, dict[int, float]] = {v: {} for v in vehicles}
+        self.next = {v: 0 for v in vehicles}
         self.latency: list[float] = []
         self.acked = 0
         self.last = 0.0
         self.lock = threading.Lock()
+
+    def publish(self, client: paho.Client, vid: str, seq: int, payload: bytes) -> None:
+        with self.lock:
+            self.sent[vid][seq] = time.monotonic()
+        client.publish(topics.block(vid, STREAM), payload, qos=1)
 
     def on_ack(self, _c, _u, msg) -> None:
         now = time.monotonic()
@@ -90,11 +103,28 @@ class Acks:
             return
         ack = open_ack(msg.payload, self.ack_key, t.vehicle, t.stream)
         with self.lock:
+            sent = self.sent[t.vehicle]
             while self.next[t.vehicle] <= ack.seq:
-                self.latency.append(now - self.sent[t.vehicle][self.next[t.vehicle]])
+                self.latency.append(now - sent.pop(self.next[t.vehicle]))
                 self.next[t.vehicle] += 1
                 self.acked += 1
                 self.last = now
+
+    def percentiles(self) -> tuple[float, float]:
+        """(p50, p99) in seconds, and forget the samples (the memory mode reports them per period)."""
+        with self.lock:
+            lat, self.latency = sorted(self.latency), []
+        if not lat:
+            return float("nan"), float("nan")
+        return round(statistics.median(lat), 3), round(lat[max(0, int(len(lat) * 0.99) - 1)], 3)
+
+
+def rss_kib(pid: int) -> int:
+    """A process's resident memory (KiB), from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def client_for(b: Broker, acks: Acks, name: str) -> paho.Client:
@@ -107,74 +137,140 @@ def client_for(b: Broker, acks: Acks, name: str) -> paho.Client:
     return c
 
 
+class Setup:
+    """Two brokers, the store with the fleet enrolled, `workers` worker processes, and the fleet's MQTT clients."""
+
+    def __init__(self, backend: str, workers: int, keys: dict[str, bytes], tmp: Path, cluster: PgCluster | None,
+                 tag: str):
+        self.backend, self.tmp, self.tag = backend, tmp, f"{backend}-{workers}-{tag}"
+        self.brokers = [Broker(tmp / f"{self.tag}-broker-{i}", max_queued=1_000_000).start() for i in range(2)]
+        self.names = [f"{b.host}:{b.port}" for b in self.brokers]
+        keydir = tmp / f"{self.tag}-collector"
+        self.dsn = None
+        if backend == "postgresql":
+            from carledger.collect.pgstore import PgStore
+
+            self.dsn = cluster.new_database()
+            store = PgStore(self.dsn)
+        else:
+            from carledger.collect.registry import Registry
+
+            store = Registry(keydir)
+        for vid, pub in keys.items():
+            store.enroll(vid, pub.hex())
+        store.close()
+        self.procs = []
+        for i in range(workers):
+            cmd = [sys.executable, "-m", "carledger", "collect", "run", str(keydir), "--group", "bench", "--client-id", f"w{i}"]
+            cmd += ["--dsn", self.dsn] if self.dsn else []
+            for n in self.names:
+                cmd += ["--broker", n]
+            # stderr to a file: a pipe nobody reads fills up with the workers' warnings and stalls them
+            with open(tmp / f"{self.tag}-w{i}.log", "w") as log:
+                self.procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log))
+        for i in range(workers):
+            for j, b in enumerate(self.brokers):
+                wait_until(lambda: f" as w{i}-{j} " in b.log_text(), timeout=60)
+        self.acks = Acks(collector_key(keydir).verify_key, keys)
+        self.clients = {n: client_for(b, self.acks, f"fleet-{n}") for n, b in zip(self.names, self.brokers)}
+        self.assigned = {vid: self.clients[broker_for(vid, self.names)] for vid in keys}
+        self.peak_rss = [0] * workers
+
+    def sample_rss(self) -> list[int]:
+        rss = [rss_kib(p.pid) for p in self.procs]
+        self.peak_rss = [max(a, b) for a, b in zip(self.peak_rss, rss)]
+        return rss
+
+    def stop(self) -> list[tuple[int | None, int | None]]:
+        """Stop everything; (accepted, store round trips) per worker, from its exit line."""
+        out = []
+        for i, p in enumerate(self.procs):
+            p.send_signal(signal.SIGTERM)
+            p.wait(timeout=60)
+            text = (self.tmp / f"{self.tag}-w{i}.log").read_text()
+            a, r = re.search(r"accepted (\d+)", text), re.search(r"store round trips (\d+)", text)
+            out.append((int(a.group(1)) if a else None, int(r.group(1)) if r else None))
+        for c in self.clients.values():
+            c.loop_stop()
+            c.disconnect()
+        for b in self.brokers:
+            b.stop()
+        return out
+
+
 def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, cluster: PgCluster | None) -> dict:
-    brokers = [Broker(tmp / f"{backend}-{workers}-broker-{i}", max_queued=1_000_000).start() for i in range(2)]
-    names = [f"{b.host}:{b.port}" for b in brokers]
-    keydir = tmp / f"{backend}-{workers}-collector"
-    dsn = None
-    if backend == "postgresql":
-        from carledger.collect.pgstore import PgStore
-
-        dsn = cluster.new_database()
-        store = PgStore(dsn)
-    else:
-        from carledger.collect.registry import Registry
-
-        store = Registry(keydir)
-    for vid, pub in keys.items():
-        store.enroll(vid, pub.hex())
-    store.close()
-    ack_key = collector_key(keydir).verify_key
-    procs = []
-    for i in range(workers):
-        cmd = [sys.executable, "-m", "carledger", "collect", "run", str(keydir), "--group", "bench", "--client-id", f"w{i}"]
-        cmd += ["--dsn", dsn] if dsn else []
-        for n in names:
-            cmd += ["--broker", n]
-        # stderr to a file: a pipe nobody reads fills up with the workers' warnings and stalls them
-        with open(tmp / f"{backend}-{workers}-w{i}.log", "w") as log:
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log))
-    for i in range(workers):
-        for j, b in enumerate(brokers):
-            wait_until(lambda: f" as w{i}-{j} " in b.log_text(), timeout=30)
-    acks = Acks(ack_key, messages)
-    clients = {n: client_for(b, acks, f"fleet-{n}") for n, b in zip(names, brokers)}
-    assigned = {vid: clients[broker_for(vid, names)] for vid in messages}
-    xacts0 = _xacts(dsn)
+    setup = Setup(backend, workers, keys, tmp, cluster, f"{len(next(iter(messages.values()))[0])}b-{rate:g}")
+    acks = setup.acks
+    xacts0 = _xacts(setup.dsn)
     total = sum(len(m) for m in messages.values())
     start = time.monotonic()
     sent = 0
+    last_sample = start
     for seq in range(max(len(m) for m in messages.values())):
         for vid, msgs in messages.items():
             if rate:
                 delay = start + sent / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
-            acks.sent[vid][seq] = time.monotonic()
-            assigned[vid].publish(topics.block(vid, STREAM), msgs[seq], qos=1)
+            acks.publish(setup.assigned[vid], vid, seq, msgs[seq])
             sent += 1
-    wait_until(lambda: acks.acked >= total, timeout=600, interval=0.05)
+            if sent % 500 == 0 and time.monotonic() - last_sample > 1:
+                setup.sample_rss()
+                last_sample = time.monotonic()
+    wait_until(lambda: acks.acked >= total, timeout=900, interval=0.05)
+    setup.sample_rss()
     elapsed = acks.last - start
-    xacts = _xacts(dsn) - xacts0 if dsn else None
-    per_worker = []
-    for i, p in enumerate(procs):
-        p.send_signal(signal.SIGTERM)
-        p.wait(timeout=60)
-        m = re.search(r"accepted (\d+)", (tmp / f"{backend}-{workers}-w{i}.log").read_text())
-        per_worker.append(int(m.group(1)) if m else None)
-    for c in clients.values():
-        c.loop_stop()
-        c.disconnect()
-    for b in brokers:
-        b.stop()
-    lat = sorted(acks.latency)
+    xacts = _xacts(setup.dsn) - xacts0 if setup.dsn else None
+    per_worker = setup.stop()
+    p50, p99 = acks.percentiles()
+    trips = [r for _, r in per_worker]
     return {
-        "backend": backend, "workers": workers, "blocks": total, "seconds": round(elapsed, 2),
-        "blocks_per_s": round(total / elapsed), "per_worker_blocks_per_s": [round(n / elapsed) if n is not None else None
-                                                                          for n in per_worker],
-        "transactions_per_block": round(xacts / total, 2) if xacts is not None else None,
-        "ack_p50_s": round(statistics.median(lat), 3), "ack_p99_s": round(lat[int(len(lat) * 0.99) - 1], 3),
+        "backend": backend, "workers": workers, "blocks": total, "rate": rate, "seconds": round(elapsed, 2),
+        "blocks_per_s": round(total / elapsed),
+        "per_worker_blocks_per_s": [round(n / elapsed) if n is not None else None for n, _ in per_worker],
+        "round_trips_per_block": round(sum(trips) / total, 3) if setup.dsn and None not in trips else None,
+        "transactions_per_block": round(xacts / total, 3) if xacts is not None else None,
+        "ack_p50_s": p50, "ack_p99_s": p99, "peak_rss_mib": [round(k / 1024) for k in setup.peak_rss],
     }
+
+
+def soak(backend: str, workers: int, vehicles: int, records: int, rate: float, duration: float, tmp: Path,
+         cluster: PgCluster | None) -> None:
+    """The memory mode: sign and send fresh blocks at `rate` for `duration` s; print the workers' RSS as it goes."""
+    sks = {f"car-{v:05d}": SigningKey.generate() for v in range(vehicles)}
+    setup = Setup(backend, workers, {v: bytes(k.verify_key) for v, k in sks.items()}, tmp, cluster, "soak")
+    packer = BlockPacker(9)
+    prev = {v: ZERO_DIGEST for v in sks}
+    acks = setup.acks
+    start = time.monotonic()
+    sent, period, next_report = 0, duration / 10, start
+    print(f"{'t (s)':>6} {'sent':>8} {'acked':>8} {'p50 s':>6} {'p99 s':>6}  worker RSS (MiB)", flush=True)
+    while True:
+        now = time.monotonic()
+        if now >= next_report:
+            p50, p99 = acks.percentiles()
+            print(f"{now - start:6.0f} {sent:8d} {acks.acked:8d} {p50:6} {p99:6}  "
+                  f"{[round(k / 1024, 1) for k in setup.sample_rss()]}", flush=True)
+            next_report += period
+        if now - start >= duration:
+            break
+        vid = f"car-{sent % vehicles:05d}"
+        seq = sent // vehicles
+        t = T0_US + seq * 10_000_000
+        blk = seal_block(vid=vid, stream=STREAM, seq=seq, prev=prev[vid], t0=t, t1=t + (records - 1) * 1000,
+                         policy=bytes(32), signing_key=sks[vid],
+                         records=[encode_sample(t + i * 1000, "Vehicle.Speed", float(i % 90)) for i in range(records)])
+        prev[vid] = blk.digest
+        acks.publish(setup.assigned[vid], vid, seq, packer.pack(blk.message()))
+        sent += 1
+        delay = start + sent / rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+    wait_until(lambda: acks.acked >= sent, timeout=300, interval=0.05)
+    print(f"{backend}: {sent} blocks sent and acked in {duration:.0f} s; worker RSS now "
+          f"{[round(k / 1024, 1) for k in setup.sample_rss()]} MiB, peak {[round(k / 1024, 1) for k in setup.peak_rss]} MiB",
+          flush=True)
+    setup.stop()
 
 
 def _xacts(dsn: str | None) -> int:
@@ -192,31 +288,44 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--vehicles", type=int, default=200)
     parser.add_argument("--blocks", type=int, default=10, help="blocks per vehicle")
-    parser.add_argument("--records", type=int, default=50, help="samples per block (fleet streams: tens; full: ~280)")
+    parser.add_argument("--records", default="50", help="samples per block, a list (fleet streams: tens; full: ~280)")
     parser.add_argument("--rate", type=float, default=0, help="blocks/s published in total (0: as fast as possible)")
+    parser.add_argument("--half-rate", action="store_true", help="also run the largest worker count at half its rate")
     parser.add_argument("--workers", default="1,2,3", help="worker counts to run (default 1,2,3)")
     parser.add_argument("--backends", default="postgresql,sqlite")
+    parser.add_argument("--duration", type=float, default=0, help="memory mode: seconds of fresh blocks at --rate")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if pg_bin() is None:
         print("bench_fleet: PostgreSQL is not installed (scripts/setup)", file=sys.stderr)
         return 2
-    keys, messages = make_fleet(args.vehicles, args.blocks, args.records)
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         cluster = PgCluster(pg_bin()).start() if "postgresql" in args.backends else None
         try:
-            for backend in args.backends.split(","):
-                for w in (int(x) for x in args.workers.split(",")):
-                    r = run(backend, w, keys, messages, args.rate, Path(tmp), cluster)
-                    r["records_per_s"] = r["blocks_per_s"] * args.records
-                    r["records_per_block"] = args.records
-                    results.append(r)
-                    if not args.json:
-                        print(f"{backend:<10} {w} worker(s): {r['blocks_per_s']:>6} blocks/s ({r['records_per_s']} "
-                              f"records/s; per worker {r['per_worker_blocks_per_s']}), "
-                              f"tx/block {r['transactions_per_block']}, ack p50 {r['ack_p50_s']} s p99 {r['ack_p99_s']} s",
-                              flush=True)
+            if args.duration:
+                for backend in args.backends.split(","):
+                    soak(backend, int(args.workers.split(",")[-1]), args.vehicles, int(args.records.split(",")[0]),
+                         args.rate or 200, args.duration, Path(tmp), cluster)
+                return 0
+            for records in (int(x) for x in args.records.split(",")):
+                keys, messages = make_fleet(args.vehicles, args.blocks, records)
+                for backend in args.backends.split(","):
+                    counts = [int(x) for x in args.workers.split(",")]
+                    plan = [(w, args.rate) for w in counts]
+                    for w, rate in plan:
+                        r = run(backend, w, keys, messages, rate, Path(tmp), cluster)
+                        r["records_per_s"] = r["blocks_per_s"] * records
+                        r["records_per_block"] = records
+                        results.append(r)
+                        if not args.json:
+                            print(f"{backend:<10} {records:>3} rec/block {w} worker(s) rate {rate or 'max'}: "
+                                  f"{r['blocks_per_s']:>5} blocks/s ({r['records_per_s']} records/s; per worker "
+                                  f"{r['per_worker_blocks_per_s']}), round trips/block {r['round_trips_per_block']}, "
+                                  f"tx/block {r['transactions_per_block']}, ack p50 {r['ack_p50_s']} s p99 {r['ack_p99_s']} s, "
+                                  f"peak RSS {r['peak_rss_mib']} MiB", flush=True)
+                        if args.half_rate and w == counts[-1] and not rate:
+                            plan.append((w, max(1, r["blocks_per_s"] // 2)))
         finally:
             if cluster is not None:
                 cluster.close()

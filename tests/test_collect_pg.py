@@ -132,3 +132,66 @@ def test_blocks_are_read_in_keyset_pages_in_chain_order(fleet, tmp_path):
     assert [(v, s, q) for v, s, q, _ in pages] == [("car-1", "speed", q) for q in range(6)]
     assert [m for *_, m in pages] == messages
     collector.close()
+
+
+def test_a_flush_of_many_vehicles_is_a_few_round_trips_and_one_transaction(tmp_path, pg_dsn):
+    """Prefetch, then the chains' locks and heads, then the rows and the commit: not one transaction per vehicle."""
+    pg = PgStore(pg_dsn)
+    messages = {}
+    for v in range(5):
+        vid = f"car-{v}"
+        messages[vid] = make_blocks(tmp_path / vid, vid, "speed", 3)
+        pg.enroll(vid, tmp_path / vid / "keys" / "vehicle.pub")
+    pg.close()
+    collector = Collector(tmp_path / "keydir", store=pg_dsn, clock=Clock())
+    collector.registry._partition(T0)  # the month's partition: made once, by the first flush of the month
+    xacts = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+    before, trips = collector.registry._q(xacts).fetchone()[0], collector.registry.round_trips
+    for vid, ms in messages.items():
+        for m in ms:
+            collector.receive(topics.block(vid, "speed"), m)
+    acks = collector.flush()
+    assert collector.registry.round_trips - trips == 3
+    collector.registry._q("SELECT pg_stat_clear_snapshot()")
+    assert collector.registry._q(xacts).fetchone()[0] - before <= 4  # the flush's one, its reads' and these queries'
+    assert len(acks) == 5 and collector.stats.accepted == 15
+    assert collector.registry.counters()[("car-0", "speed")][0] == 3
+    collector.close()
+
+
+def test_receipts_cosign_the_stored_tree_root_also_for_chains_stored_before_migration_2(fleet, tmp_path):
+    """Each block row keeps its tree's root and the head its frontier; a chain stored without them gets them once."""
+    from carledger.collect.store import CollectorStore
+    from carledger.ledger import merkle
+    from carledger.ledger.block import split_records
+
+    messages, _, dsn = fleet
+    collector = Collector(tmp_path / "keydir", store=dsn, clock=Clock())
+    pg = collector.registry
+    send(collector, messages[:3])
+    pg._q("UPDATE heads SET frontier = NULL")  # as migration 2 leaves a chain stored before it
+    pg._q("UPDATE blocks SET root = NULL")
+    pg._roots.clear()
+    send(collector, messages[3:])
+    leaves = [merkle.leaf_hash(split_records(m)[0]) for m in messages]
+    for size in range(1, 7):
+        assert pg.tree_root("car-1", "speed", size) == merkle.root_from_hashes(leaves[:size])
+        assert CollectorStore.tree_root(pg, "car-1", "speed", size) == merkle.root_from_hashes(leaves[:size])
+    stored = [r[0] for r in pg._q("SELECT root FROM blocks ORDER BY seq").fetchall()]
+    assert stored[:3] == [None] * 3 and [bytes(r) for r in stored[3:]] == [merkle.root_from_hashes(leaves[:n]) for n in (4, 5, 6)]
+    collector.close()
+
+
+def test_blocks_another_worker_stored_up_to_the_head_are_left_out_not_a_failed_batch(fleet, tmp_path):
+    """Two workers linking the same held blocks: the loser's batch up to the moved head is dropped in its transaction."""
+    messages, _, dsn = fleet
+    collector = Collector(tmp_path / "keydir", store=dsn, clock=Clock())
+    send(collector, messages[:3])
+    pg = collector.registry
+    blocks = [open_block(m, pg.key("car-1")) for m in messages]
+    assert pg.append_all({"car-1": blocks[1:4]}, T0) == (set(), 2)  # seq 1-2 stored already, seq 3 appended
+    assert pg.stream_head("car-1", "speed")[0] == 3 and pg.block_count("car-1", "speed") == (4, 4)
+    assert pg.append_all({"car-1": blocks[2:4]}, T0) == (set(), 2)  # all of it stored already: nothing to write
+    assert pg.append_all({"car-1": blocks[1:3]}, T0) == ({"car-1"}, 0)  # the head is past the batch: not provable here
+    assert pg.counters()[("car-1", "speed")][0] == 4
+    collector.close()

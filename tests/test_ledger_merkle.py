@@ -106,3 +106,18 @@ def test_proof_generation_errors():
         merkle.inclusion_proof([b"a"], 1)
     with pytest.raises(ValueError):
         merkle.consistency_proof([b"a", b"b"], 0)
+
+
+def test_a_frontier_grown_leaf_by_leaf_gives_every_prefix_root():
+    hashes = merkle.leaf_hashes([bytes([i]) * (i + 1) for i in range(70)])
+    frontier = b""
+    assert merkle.frontier_root(frontier) == merkle.EMPTY_ROOT
+    for n, h in enumerate(hashes):
+        frontier = merkle.frontier_push(frontier, n, h)
+        assert len(frontier) == 32 * bin(n + 1).count("1")
+        assert merkle.frontier_root(frontier) == merkle.root_from_hashes(hashes[:n + 1])
+
+
+def test_a_frontier_of_the_wrong_size_is_refused():
+    with pytest.raises(ValueError, match="frontier of 0 hashes for a tree of 3"):
+        merkle.frontier_push(b"", 3, bytes(32))

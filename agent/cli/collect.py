@@ -264,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     worker.stop()
     stats = worker.stats()
     print(f"received {stats['received']}, accepted {stats['accepted']}, duplicates {stats['duplicates']}, "
-          f"rejected {stats['rejected']}", file=sys.stderr)
+          f"rejected {stats['rejected']}, store round trips {stats['store_round_trips']}", file=sys.stderr)
     return 0
 
 

@@ -1,8 +1,9 @@
 """The receiving side: verify each block, extend the vehicle's chains, report everything else (docs/collector.md).
 
 `Collector` has no network code: `receive(topic, payload)` queues a message,
-`flush()` verifies and stores the queue in one transaction per vehicle and
-returns the acks to publish. That keeps the checks testable without a broker
+`flush()` reads what the queue's checks need in one call (`prefetch`),
+verifies it, stores it with one `append_all` (one transaction on PostgreSQL)
+and returns the acks to publish. That keeps the checks testable without a broker
 and lets `CollectorService` batch what arrives between two network turns.
 
 Checks reuse the ledger's: `open_block` (COSE_Sign1 signature against the
@@ -28,8 +29,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from carledger.collect.store import CollectorStore, StoreUnavailable, open_store
-from carledger.ledger import ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, cose, decode_record, open_block
+from carledger.collect.store import CollectorStore, Prefetch, StoreUnavailable, open_store
+from carledger.ledger import (ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, VerifyKey, cose, decode_record,
+                              open_block)
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
 from carledger.sync.ack import Ack, collector_key, cosign_tree, sign_ack
@@ -83,6 +85,7 @@ class Collector:
         self.stats = CollectorStats()
         self._queue: list[tuple[str, bytes]] = []
         self._no_receipt: set[tuple[str, str]] = set()  # streams whose receipt cannot be computed (logged once)
+        self._view: Prefetch | None = None  # during a flush: keys, heads and held streams read up front
 
     def close(self) -> None:
         self.registry.close()
@@ -104,6 +107,9 @@ class Collector:
         now = self.clock()
         batches: dict[str, _Batch] = {}
         try:
+            chains = {(t.vehicle, t.stream) for t in map(topics.parse, (name for name, _ in queue))
+                      if t is not None and t.kind == topics.BLOCK}
+            self._view = self.registry.prefetch(sorted({v for v, _ in chains}), sorted(chains))
             for topic, payload in queue:
                 try:
                     self._one(topic, payload, batches, now)
@@ -112,17 +118,46 @@ class Collector:
                 except Exception as exc:  # hostile input must never stop the collector
                     log.exception("collect: unexpected error on %s", topic)
                     self._problem(topics.parse(topic), None, MALFORMED, f"unexpected {type(exc).__name__}: {exc}", now)
-            acks = []
-            for vehicle, batch in batches.items():
-                self._commit(vehicle, batch, now)
-                acks += self._acks(vehicle, batch.acks)
+            acks = self._store(batches, now)
         except StoreUnavailable:
             # Nothing of this batch is acked: all of it is checked again once the store is back (what was
             # committed meanwhile comes back as duplicates, which are acked then).
             self._queue = queue + self._queue
             raise
+        finally:
+            self._view = None
         self.stats.acks += len(acks)
         return acks
+
+    def _store(self, batches: dict[str, _Batch], now: float) -> list[tuple[str, bytes]]:
+        """Append every vehicle's batch with one append_all (those whose heads another collector moved: block by
+        block), then sign the acks of the heads as stored."""
+        todo = {v: b.blocks for v, b in batches.items() if b.blocks}
+        try:
+            failed, already = self.registry.append_all(todo, now) if todo else (set(), 0)
+        except StoreUnavailable:
+            raise
+        except StoreError as exc:  # e.g. one damaged chain: the others are stored one vehicle at a time
+            log.warning("collect: the flush's transaction failed (%s); storing vehicle by vehicle", exc)
+            failed, already = set(todo), 0
+        self.stats.accepted += sum(len(b) for v, b in todo.items() if v not in failed) - already
+        self.stats.duplicates += already
+        acks = []
+        for vehicle, batch in batches.items():
+            if vehicle in failed:
+                self._one_by_one(vehicle, batch, now)
+            acks += self._acks(vehicle, batch.acks, None if vehicle in failed else batch.heads)
+        return acks
+
+    def _key(self, vehicle: str) -> VerifyKey | None:
+        """The vehicle's enrolled key: as the flush's prefetch read it (every vehicle of its topics), else from the store."""
+        return self._view.keys.get(vehicle) if self._view is not None else self.registry.key(vehicle)
+
+    def _pending(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes] | None:
+        """The block held for (stream, seq); not asked when the flush's prefetch found none held for the stream."""
+        if self._view is not None and (vehicle, stream) not in self._view.held:
+            return None
+        return self.registry.pending(vehicle, stream, seq)
 
     def _problem(self, topic: topics.Topic | None, seq: int | None, kind: str, detail: str, now: float) -> None:
         self.stats.rejected += 1
@@ -136,7 +171,7 @@ class Collector:
         if topic is None or topic.kind != topics.BLOCK:
             self._problem(None, None, MALFORMED, f"not a block topic: {topic_name[:120]!r}", now)
             return
-        key = self.registry.key(topic.vehicle)
+        key = self._key(topic.vehicle)
         if key is None:
             self._problem(topic, None, UNKNOWN_VEHICLE, f"a block from vehicle {topic.vehicle!r}, which is not enrolled", now)
             return
@@ -176,7 +211,9 @@ class Collector:
 
     def _head(self, vehicle: str, batch: _Batch, stream: str) -> tuple[int, bytes] | None:
         if stream not in batch.heads:
-            batch.heads[stream] = self.registry.stream_head(vehicle, stream)
+            view = self._view
+            batch.heads[stream] = (view.heads[(vehicle, stream)] if view is not None and (vehicle, stream) in view.heads
+                                   else self.registry.stream_head(vehicle, stream))
         return batch.heads[stream]
 
     def _stored(self, vehicle: str, batch: _Batch, stream: str, seq: int) -> tuple[bytes, bytes, bool] | None:
@@ -220,7 +257,7 @@ class Collector:
             self._fork(topic, block, message, f"seq {seq} differs from the stored block "
                                               f"({(stored[0] if stored else b'').hex()[:16]}…): two blocks with one sequence number", now)
             return
-        held = self.registry.pending(vehicle, stream, seq)
+        held = self._pending(vehicle, stream, seq)
         if held is not None and held[0] != block.digest and seq > head_seq + 1:
             self._fork(topic, block, message, f"seq {seq} differs from the block already held for it", now)
             return
@@ -244,7 +281,10 @@ class Collector:
             return  # the very same block, or its full copy now in place of the bare one
         if self.registry.hold(vehicle, stream, seq, block.digest, message, now):
             self.stats.held += 1
-            if _drops(block) and self.registry.pending(vehicle, stream, head_seq + 1) is not None:
+            if self._view is not None:
+                self._view.held.add((vehicle, stream))
+                self._view.blocks.pop((vehicle, stream), None)
+            if _drops(block) and self._pending(vehicle, stream, head_seq + 1) is not None:
                 self._link_held(vehicle, stream, batch, now)  # it may declare the records of a bare block held there
                 if batch.heads[stream] != head:
                     batch.acks.add(stream)
@@ -253,18 +293,22 @@ class Collector:
 
     def _held_copy(self, topic: topics.Topic, block: SealedBlock, held: bytes, now: float) -> bool:
         """Another message with a held block's digest: True when it is the full copy of a bare one, which takes its place."""
-        bare_held = open_block(held, self.registry.key(topic.vehicle), allow_bare=True)
+        bare_held = open_block(held, self._key(topic.vehicle), allow_bare=True)
         if not bare_held.bare or block.bare:
             self._copy(topic, block, bare_held.sign1, not bare_held.bare, now)
             return False
         self._problem(topic, block.seq, STRIPPED, f"a copy without its records of block seq {block.seq} "
                                                    "arrived before it; the block with its records takes its place", now)
         self.registry.replace_pending(topic.vehicle, topic.stream, block.seq, block.message())
+        if self._view is not None:
+            self._view.blocks.pop((topic.vehicle, topic.stream), None)
         return True
 
     def _declared(self, vehicle: str, stream: str, seq: int) -> list[tuple[int, int]]:
         """The seq ranges of `stream` whose drop the signed retention or eviction events of its held blocks after `seq` declare."""
-        key = self.registry.key(vehicle)
+        if self._view is not None and (vehicle, stream) not in self._view.held:
+            return []
+        key = self._key(vehicle)
         ranges = []
         for _seq, message in self.registry.pending_after(vehicle, stream, seq):
             try:
@@ -279,20 +323,28 @@ class Collector:
         self._problem(topic, block.seq, FORK, detail + ("; kept as evidence" if kept else ""), now)
 
     def _link_held(self, vehicle: str, stream: str, batch: _Batch, now: float) -> None:
-        """Move held blocks that now continue the chain into the batch (a bare one only once its drop is declared)."""
-        key = self.registry.key(vehicle)
+        """Move held blocks that now continue the chain into the batch (a bare one only once its drop is declared).
+
+        They are read in one query and stay held until the append that stores
+        them releases them (in its transaction on PostgreSQL).
+        """
+        if self._view is not None and (vehicle, stream) not in self._view.held:
+            return
+        head = batch.heads[stream]
+        after = -1 if head is None else head[0]
+        key = self._key(vehicle)
         declared: list[tuple[int, int]] | None = None  # looked up once, at the first bare block
-        while True:
+        read = self._view.blocks.get((vehicle, stream)) if self._view is not None else None
+        held = [(q, m) for q, m in read if q > after] if read is not None else self.registry.pending_after(vehicle, stream, after)
+        for seq, message in held:
             head = batch.heads[stream]
             nxt, prev = (0, ZERO_DIGEST) if head is None else (head[0] + 1, head[1])
-            held = self.registry.pending(vehicle, stream, nxt)
-            if held is None:
+            if seq != nxt:
                 return
-            message = held[1]
             try:
                 block = open_block(message, key, allow_bare=True)
             except MalformedBlock as exc:  # it verified when held: only a damaged database gets here
-                self.registry.release(vehicle, stream, nxt)
+                self._release(vehicle, stream, nxt)
                 self._problem(topics.Topic(vehicle, stream, topics.BLOCK), nxt, exc.kind, f"held block: {exc}", now)
                 return
             if block.bare:
@@ -300,52 +352,46 @@ class Collector:
                     declared = self._declared(vehicle, stream, nxt)
                 if not _covers(declared, nxt):
                     return  # it waits for its records (or their declared drop); check_gaps reports it
-            self.registry.release(vehicle, stream, nxt)
             if block.header.prev != prev:
+                self._release(vehicle, stream, nxt)
                 self._fork(topics.Topic(vehicle, stream, topics.BLOCK), block, message,
                            f"held seq {nxt} does not link to seq {nxt - 1} ({prev.hex()[:16]}…)", now)
                 return
             batch.blocks.append(block)
             batch.heads[stream] = (nxt, block.digest)
 
-    def _commit(self, vehicle: str, batch: _Batch, now: float) -> None:
-        """Append the batch in one transaction; if another collector moved a head meanwhile, place block by block."""
-        if not batch.blocks:
-            return
+    def _release(self, vehicle: str, stream: str, upto_seq: int) -> None:
+        self.registry.release(vehicle, stream, upto_seq)
+        if self._view is not None:
+            self._view.blocks.pop((vehicle, stream), None)
+
+    def _one_by_one(self, vehicle: str, batch: _Batch, now: float) -> None:
+        """Append a batch block by block, after another collector moved one of its heads: the blocks it stored
+        too are duplicates, the others wait in the pending table for their gap check."""
         store = self.registry
-        try:
-            store.append(vehicle, batch.blocks, now)
-            done = batch.blocks
-        except StoreUnavailable:
-            raise
-        except StoreError:
-            done = []
-            for block in batch.blocks:
-                try:
-                    store.append(vehicle, [block], now)
-                    done.append(block)
-                except StoreUnavailable:
-                    raise
-                except StoreError:
-                    stored = store.stored(vehicle, block.stream, block.seq)
-                    if stored is not None and stored[0] == block.digest:
-                        self.stats.duplicates += 1  # the other collector stored the very same block
-                    else:
-                        self.registry.hold(vehicle, block.stream, block.seq, block.digest, block.message(), now)
-        per_stream: dict[str, int] = {}
-        for block in done:
-            per_stream[block.stream] = per_stream.get(block.stream, 0) + 1
-        for stream, n in per_stream.items():
-            self.registry.count(vehicle, stream, accepted=n, now=now)
-            head = store.stream_head(vehicle, stream)
-            if head is not None:
-                self.registry.release(vehicle, stream, head[0])
+        done = []
+        for block in batch.blocks:
+            try:
+                store.append(vehicle, [block], now)
+                done.append(block)
+            except StoreUnavailable:
+                raise
+            except StoreError:
+                stored = store.stored(vehicle, block.stream, block.seq)
+                if stored is not None and stored[0] == block.digest:
+                    self.stats.duplicates += 1  # the other collector stored the very same block
+                else:
+                    self.registry.hold(vehicle, block.stream, block.seq, block.digest, block.message(), now)
+        if done:
+            store.accepted(vehicle, done, now)
         self.stats.accepted += len(done)
 
-    def _acks(self, vehicle: str, streams: set[str]) -> list[tuple[str, bytes]]:
+    def _acks(self, vehicle: str, streams: set[str], heads: dict[str, tuple[int, bytes] | None] | None = None
+              ) -> list[tuple[str, bytes]]:
+        """Acks of the streams' heads: `heads` as this flush stored them, else read from the store."""
         out = []
         for stream in sorted(streams):
-            head = self.registry.stream_head(vehicle, stream)
+            head = heads[stream] if heads is not None and stream in heads else self.registry.stream_head(vehicle, stream)
             if head is not None:
                 ack = Ack(vehicle, stream, head[0], head[1], self._receipt(vehicle, stream, head[0] + 1))
                 out.append((topics.ack(vehicle, stream), sign_ack(self.ack_key, ack)))
@@ -361,7 +407,7 @@ class Collector:
         """
         from carledger.ledger.checkpoints import origin_for
 
-        key = self.registry.key(vehicle)
+        key = self._key(vehicle)
         try:
             root = self.registry.tree_root(vehicle, stream, size)
         except (StoreError, MalformedBlock, ValueError) as exc:  # e.g. a replica older than its stored hashes
@@ -376,35 +422,46 @@ class Collector:
     def check_gaps(self) -> list[tuple[str, bytes]]:
         """Link held blocks another collector's append made linkable; report gaps older than `gap_wait`.
 
-        Returns the acks to publish for streams that moved.
+        One prefetch for every stream with held blocks, one query per linkable
+        stream, one append_all: it runs between two network turns, so it must
+        stay short whatever the number of waiting streams. Returns the acks to
+        publish for streams that moved.
         """
         now = self.clock()
-        acks = []
-        for vehicle, stream, low, high, oldest, count in self.registry.waiting():
-            try:
-                head = self.registry.stream_head(vehicle, stream)
-            except StoreUnavailable:
-                raise
-            except StoreError:
-                continue
-            head_seq = -1 if head is None else head[0]
-            if low <= head_seq + 1:
-                self.registry.release(vehicle, stream, head_seq)
-                batch = _Batch(heads={stream: head})
-                self._link_held(vehicle, stream, batch, now)
-                self._commit(vehicle, batch, now)
-                if batch.blocks:
-                    acks += self._acks(vehicle, {stream})
-                elif now - oldest >= self.gap_wait:
-                    self.registry.problem(vehicle, stream, head_seq + 1, STRIPPED,
-                                          f"seq {head_seq + 1} arrived without its records and no signed retention or "
-                                          "eviction event declares them dropped; waiting for the block with its records", now)
-                continue
-            if now - oldest >= self.gap_wait:
-                missing = f"seq {head_seq + 1}" if low == head_seq + 2 else f"seq {head_seq + 1}..{low - 1}"
-                self.registry.problem(vehicle, stream, head_seq + 1, GAP,
-                                      f"missing {missing}; {count} later blocks (up to seq {high}) wait since "
-                                      f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}", now)
+        rows = self.registry.waiting()
+        if not rows:
+            return []
+        chains = sorted({(v, s) for v, s, *_ in rows})
+        self._view = view = self.registry.prefetch(sorted({v for v, _ in chains}), chains)
+        try:
+            batches: dict[str, _Batch] = {}
+            for vehicle, stream, low, high, oldest, count in rows:
+                if vehicle not in view.keys:
+                    continue  # no longer enrolled (re-keyed): its held blocks went with its chains
+                head = view.heads.get((vehicle, stream))
+                head_seq = -1 if head is None else head[0]
+                if low <= head_seq + 1:
+                    if low <= head_seq:
+                        self.registry.release(vehicle, stream, head_seq)
+                    batch = batches.setdefault(vehicle, _Batch())
+                    batch.heads[stream] = head
+                    before = len(batch.blocks)
+                    self._link_held(vehicle, stream, batch, now)
+                    if len(batch.blocks) > before:
+                        batch.acks.add(stream)
+                    elif now - oldest >= self.gap_wait:
+                        self.registry.problem(vehicle, stream, head_seq + 1, STRIPPED,
+                                              f"seq {head_seq + 1} arrived without its records and no signed retention or "
+                                              "eviction event declares them dropped; waiting for the block with its records", now)
+                    continue
+                if now - oldest >= self.gap_wait:
+                    missing = f"seq {head_seq + 1}" if low == head_seq + 2 else f"seq {head_seq + 1}..{low - 1}"
+                    self.registry.problem(vehicle, stream, head_seq + 1, GAP,
+                                          f"missing {missing}; {count} later blocks (up to seq {high}) wait since "
+                                          f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(oldest))}", now)
+            acks = self._store(batches, now)
+        finally:
+            self._view = None
         self.stats.acks += len(acks)
         return acks
 

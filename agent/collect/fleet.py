@@ -86,9 +86,10 @@ class FleetWorker:
         return all(s.connected.is_set() for s in self.services)
 
     def stats(self) -> dict[str, int]:
-        """The services' counters summed."""
-        out: dict[str, int] = {}
+        """The services' counters summed, and the store's network round trips (PostgreSQL; 0 on SQLite)."""
+        out: dict[str, int] = {"store_round_trips": 0}
         for s in self.services:
             for name, value in vars(s.collector.stats).items():
                 out[name] = out.get(name, 0) + value
+            out["store_round_trips"] += getattr(s.collector.registry, "round_trips", 0)
         return out

@@ -14,18 +14,28 @@ of (vehicle, stream, seq) is the head rule above, which every insert obeys.
 
 Schema changes are numbered migrations (MIGRATIONS), applied in order under
 an advisory lock by the first worker to start; `schema_version` records them.
+
+Round trips, not CPU, bound a worker: a flush reads what its checks need in
+one pipelined round trip (`prefetch`), then stores every vehicle's blocks in
+ONE transaction (`append_all`): the chains' locks and heads in one round
+trip, the rows as arrays through `unnest` and the commit in another. The
+tree a receipt cosigns is kept as it grows: each head row carries its tree's
+frontier (merkle.frontier_push) and each block row the root of the tree
+ending with it, so a receipt costs O(log n) to extend and one lookup to read,
+never a pass over the chain.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import threading
 import time
-from typing import Any, Callable, Iterator, Sequence, TypeVar
+from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
 
 from carledger.collect.registry import MAX_EVIDENCE, MAX_PENDING, MAX_PROBLEMS
-from carledger.collect.store import CollectorStore, StoreUnavailable
-from carledger.ledger import ZERO_DIGEST, SealedBlock, StoreError, VerifyKey, kid
+from carledger.collect.store import CollectorStore, Prefetch, StoreUnavailable
+from carledger.ledger import ZERO_DIGEST, SealedBlock, StoreError, VerifyKey, kid, merkle
 from carledger.ledger.keys import enrolment_key
 from carledger.sync import topics
 
@@ -65,7 +75,13 @@ MIGRATIONS: list[str] = [
       vehicle text NOT NULL, stream text NOT NULL, accepted bigint NOT NULL DEFAULT 0,
       duplicates bigint NOT NULL DEFAULT 0, last double precision, PRIMARY KEY(vehicle, stream));
     """,
-    # 2: a change of owner (replace_key): the previous key's chains, kept apart from the enrolled key's.
+    # 2: stored tree hashes, so a receipt is O(log n): the head's frontier, each block's tree root.
+    # NULL for chains stored before it: derived once from their blocks at their next append.
+    """
+    ALTER TABLE heads ADD COLUMN frontier bytea;
+    ALTER TABLE blocks ADD COLUMN root bytea;
+    """,
+    # 3: a change of owner (replace_key): the previous key's chains, kept apart from the enrolled key's.
     """
     CREATE TABLE retired(
       id bigserial PRIMARY KEY, vehicle text NOT NULL, public_key bytea NOT NULL, kid bytea NOT NULL,
@@ -79,6 +95,15 @@ MIGRATIONS: list[str] = [
 ]
 
 T = TypeVar("T")
+
+
+def chain_lock(vehicle: str, stream: str) -> int:
+    """The pg_advisory_xact_lock key of one chain: the first 8 bytes of SHA-256(vehicle "/" stream), signed.
+
+    Computed here, so a batch takes its chains' locks in one order (ascending
+    key) whatever the database's collation: two workers cannot deadlock.
+    """
+    return int.from_bytes(hashlib.sha256(f"{vehicle}/{stream}".encode()).digest()[:8], "big", signed=True)
 
 
 def partition_name(t: float) -> tuple[str, float, float]:
@@ -132,7 +157,8 @@ class PgStore(CollectorStore):
         self._lock = threading.RLock()
         self._conn: Any = None
         self._partitions: set[str] = set()
-        self.round_trips = 0  # statements sent: bench_fleet reports them per block
+        self.round_trips = 0  # network round trips (a pipeline's counts once): bench_fleet reports them per block
+        self._roots: dict[tuple[str, str], tuple[int, bytes]] = {}  # (size, root) the last append_all stored, per chain
         self._migrate()
 
     # -- connection and schema ---------------------------------------------------------------
@@ -230,8 +256,10 @@ class PgStore(CollectorStore):
             if row is None:
                 raise StoreError(f"vehicle {vehicle!r} is not enrolled")
             old = bytes(row[0])
-            self._q("SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || stream, 0)) FROM heads "
-                    "WHERE vehicle = %s ORDER BY stream", (vehicle, vehicle))
+            streams = [s for (s,) in self._q("SELECT stream FROM heads WHERE vehicle = %s", (vehicle,))]
+            # The same keys, in the same ascending order, as append_all: an append in flight finishes first.
+            self._q("SELECT pg_advisory_xact_lock(k) FROM unnest(%s::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i",
+                    (sorted({chain_lock(vehicle, s) for s in streams}),))
             retired = self._q("INSERT INTO retired(vehicle, public_key, kid, enrolled, retired) VALUES (%s, %s, %s, %s, %s) "
                               "RETURNING id", (vehicle, old, kid(old), row[1], time.time())).fetchone()[0]
             self._q("INSERT INTO retired_blocks SELECT %s, stream, seq, digest, prev, t0, t1, count, sign1, message, bare, "
@@ -279,36 +307,151 @@ class PgStore(CollectorStore):
 
     @_db
     def append(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
-        if not blocks:
-            return
+        if blocks and self._write({vehicle: blocks}, now, counted=False)[0]:
+            raise StoreError(f"{vehicle}: the blocks do not continue the stored heads (another collector moved them)")
+
+    @_db
+    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> tuple[set[str], int]:
+        return self._write({v: b for v, b in batches.items() if b}, now, counted=True)
+
+    def _write(self, batches: Mapping[str, Sequence[SealedBlock]], now: float, *, counted: bool) -> tuple[set[str], int]:
+        """Store the batches in ONE transaction, each chain locked for it alone; the vehicles whose blocks do not
+        continue their heads are left out and returned, with the number of blocks found already stored.
+
+        `counted` (append_all): also count the blocks and release held ones;
+        and a stream's blocks up to a head another collector moved are
+        dropped as already stored when the batch's block at that head's seq
+        has the head's digest (the blocks before it link to it by digest, so
+        they are the stored ones too): the common race of two workers linking
+        the same held blocks costs no round trip.
+        """
+        if not batches:
+            return set(), 0
         self._partition(now)
-        streams = sorted({b.stream for b in blocks})
-        with self.conn.transaction():
-            # Locks in one order (sorted streams): two workers appending to the same streams cannot deadlock.
-            self._q("SELECT pg_advisory_xact_lock(hashtextextended(%s || '/' || s, 0)) FROM unnest(%s::text[]) AS s "
-                    "ORDER BY s", (vehicle, streams))
-            heads = {s: (q, bytes(d), f, n, r) for s, q, d, f, n, r in self._q(
-                "SELECT stream, seq, digest, first_seq, blocks, records FROM heads WHERE vehicle = %s AND stream = ANY(%s)",
-                (vehicle, streams))}
-            rows = []
-            for b in blocks:
-                head = heads.get(b.stream)
-                seq, digest = (head[0], head[1]) if head else (-1, ZERO_DIGEST)
-                if b.seq != seq + 1 or b.header.prev != digest:
-                    raise StoreError(f"{vehicle} {b.stream}: seq {b.seq} does not continue the stored head (seq {seq})")
-                first, n, r = (head[2], head[3], head[4]) if head else (b.seq, 0, 0)
-                heads[b.stream] = (b.seq, b.digest, first, n + 1, r + (0 if b.bare else b.header.count))
-                h = b.header
-                rows.append((vehicle, b.stream, b.seq, b.digest, h.prev, h.t0, h.t1, h.count, b.sign1, b.message(),
-                             b.bare, now))
-            with self.conn.cursor() as cur:
-                self.round_trips += 1
-                cur.executemany("INSERT INTO blocks VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", rows)
-                self.round_trips += 1
-                cur.executemany(
-                    "INSERT INTO heads VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (vehicle, stream) DO UPDATE SET "
-                    "seq = excluded.seq, digest = excluded.digest, blocks = excluded.blocks, records = excluded.records",
-                    [(vehicle, s, *heads[s]) for s in streams if s in {b.stream for b in blocks}])
+        chains = sorted({(v, b.stream) for v, blocks in batches.items() for b in blocks})
+        conn = self.conn
+        failed: set[str] = set()
+        with conn.pipeline(), conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i",
+                         (sorted({chain_lock(v, s) for v, s in chains}),))
+            cur = conn.execute(
+                "SELECT h.vehicle, h.stream, h.seq, h.digest, h.first_seq, h.blocks, h.records, h.frontier FROM heads h "
+                "JOIN unnest(%b::text[], %b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s",
+                ([v for v, _ in chains], [s for _, s in chains]))
+            self.round_trips += 1
+            heads = {(v, s): [int(q), bytes(d), int(f), int(n), int(r), None if t is None else bytes(t)]
+                     for v, s, q, d, f, n, r, t in cur.fetchall()}
+            rows: list[tuple] = []
+            roots: dict[tuple[str, str], tuple[int, bytes]] = {}
+            skipped = 0
+            for vehicle, blocks in batches.items():
+                mine = {b.stream: heads.get((vehicle, b.stream)) for b in blocks}
+                mine = {s: (list(h) if h else None) for s, h in mine.items()}
+                if counted:
+                    stored = [b for b in blocks if mine[b.stream] is not None and b.seq <= mine[b.stream][0]]
+                    if stored:
+                        if any(not any(b.stream == s and b.seq == h[0] and b.digest == h[1] for b in stored)
+                               for s, h in mine.items() if h is not None and any(b.stream == s for b in stored)):
+                            failed.add(vehicle)
+                            continue
+                        skipped += len(stored)
+                        blocks = [b for b in blocks if b not in stored]
+                out = []
+                for b in blocks:
+                    head = mine[b.stream]
+                    seq, digest = (head[0], head[1]) if head else (-1, ZERO_DIGEST)
+                    if b.seq != seq + 1 or b.header.prev != digest:
+                        failed.add(vehicle)
+                        break
+                    if head is None:
+                        head = mine[b.stream] = [b.seq, b.digest, b.seq, 0, 0, b""]
+                    elif head[5] is None:  # a chain stored before migration 2: its frontier, once
+                        head[5] = self._frontier(vehicle, b.stream, head[0] + 1)
+                    head[5] = merkle.frontier_push(head[5], b.seq, merkle.leaf_hash(b.sign1))
+                    head[0], head[1], head[3] = b.seq, b.digest, head[3] + 1
+                    head[4] += 0 if b.bare else b.header.count
+                    root = merkle.frontier_root(head[5])
+                    roots[(vehicle, b.stream)] = (b.seq + 1, root)
+                    out.append((vehicle, b, root))
+                if vehicle in failed:
+                    continue
+                rows += out
+                heads.update({(vehicle, s): h for s, h in mine.items()})
+            done = [(v, s) for v, s in chains if v not in failed]
+            if rows:
+                cols = list(zip(*[(v, b.stream, b.seq, b.digest, b.header.prev, b.header.t0, b.header.t1, b.header.count,
+                                   b.sign1, b.message(), b.bare, root) for v, b, root in rows]))
+                conn.execute(
+                    "INSERT INTO blocks(vehicle, stream, seq, digest, prev, t0, t1, count, sign1, message, bare, root, received) "
+                    "SELECT *, %s FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bytea[], %b::bigint[], "
+                    "%b::bigint[], %b::integer[], %b::bytea[], %b::bytea[], %b::boolean[], %b::bytea[])",
+                    (now, *[list(c) for c in cols]))
+                h = [(v, s, *heads[(v, s)]) for v, s in done]
+                conn.execute(
+                    "INSERT INTO heads(vehicle, stream, seq, digest, first_seq, blocks, records, frontier) "
+                    "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::bigint[], "
+                    "%b::bigint[], %b::bytea[]) ON CONFLICT (vehicle, stream) DO UPDATE SET seq = excluded.seq, "
+                    "digest = excluded.digest, blocks = excluded.blocks, records = excluded.records, "
+                    "frontier = excluded.frontier", [list(c) for c in zip(*h)])
+                if counted:
+                    n: dict[tuple[str, str], int] = {}
+                    for v, b, _ in rows:
+                        n[(v, b.stream)] = n.get((v, b.stream), 0) + 1
+                    conn.execute(
+                        "INSERT INTO counters(vehicle, stream, accepted, duplicates, last) "
+                        "SELECT v, s, n, 0, %s FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, n) "
+                        "ON CONFLICT (vehicle, stream) DO UPDATE SET accepted = counters.accepted + excluded.accepted, "
+                        "last = excluded.last", (now, [v for v, _ in n], [s for _, s in n], list(n.values())))
+                    conn.execute(
+                        "DELETE FROM pending p USING unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, q) "
+                        "WHERE p.vehicle = t.v AND p.stream = t.s AND p.seq <= t.q",
+                        ([v for v, _ in done], [s for _, s in done], [heads[c][0] for c in done]))
+        self.round_trips += 1
+        self._roots = {c: r for c, r in roots.items() if c[0] not in failed}
+        return failed, skipped
+
+    def _frontier(self, vehicle: str, stream: str, size: int) -> bytes:
+        """The frontier of a chain stored without one (before migration 2), from its blocks: O(n), once per chain."""
+        frontier = b""
+        for n, (seq, sign1) in enumerate(self._q(
+                "SELECT seq, sign1 FROM blocks WHERE vehicle = %s AND stream = %s AND seq < %s ORDER BY seq",
+                (vehicle, stream, size)).fetchall()):
+            if seq != n:
+                raise StoreError(f"{vehicle} {stream}: block {n} is not stored; no tree of {size} blocks")
+            frontier = merkle.frontier_push(frontier, n, merkle.leaf_hash(bytes(sign1)))
+        return frontier
+
+    @_db
+    def tree_root(self, vehicle: str, stream: str, size: int) -> bytes:
+        """The root stored with the chain's block size - 1 (the last flush's, from memory); derived when absent."""
+        cached = self._roots.get((vehicle, stream))
+        if cached is not None and cached[0] == size:
+            return cached[1]
+        row = self._q("SELECT root FROM blocks WHERE vehicle = %s AND stream = %s AND seq = %s LIMIT 1",
+                      (vehicle, stream, size - 1)).fetchone() if size > 0 else None
+        if row is not None and row[0] is not None:
+            return bytes(row[0])
+        return super().tree_root(vehicle, stream, size)
+
+    @_db
+    def prefetch(self, vehicles: Sequence[str], chains: Sequence[tuple[str, str]]) -> Prefetch:
+        """Keys, heads, and the held blocks of these chains, in one pipelined round trip."""
+        conn = self.conn
+        vs, ss = [v for v, _ in chains], [s for _, s in chains]
+        with conn.pipeline():
+            keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%b::text[])", (list(vehicles),))
+            heads = conn.execute("SELECT h.vehicle, h.stream, h.seq, h.digest FROM heads h JOIN unnest(%b::text[], "
+                                 "%b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s", (vs, ss))
+            held = conn.execute("SELECT p.vehicle, p.stream, p.seq, p.message FROM pending p JOIN unnest(%b::text[], "
+                                "%b::text[]) AS t(v, s) ON p.vehicle = t.v AND p.stream = t.s ORDER BY 1, 2, 3", (vs, ss))
+            self.round_trips += 1
+            out = Prefetch({v: VerifyKey(bytes(k)) for v, k in keys.fetchall()})
+            found = {(v, s): (int(q), bytes(d)) for v, s, q, d in heads.fetchall()}
+            out.heads = {c: found.get(c) for c in chains if c[0] in out.keys}
+            for v, s, q, m in held.fetchall():
+                out.blocks.setdefault((v, s), []).append((int(q), bytes(m)))
+            out.held = set(out.blocks)
+        return out
 
     @_db
     def streams(self, vehicle: str) -> dict[str, dict]:

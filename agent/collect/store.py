@@ -10,15 +10,33 @@ from __future__ import annotations
 
 import os
 from abc import ABC, abstractmethod
-from typing import Any, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Mapping, Sequence
 
 from carledger.ledger import SealedBlock, StoreError, VerifyKey
 
-__all__ = ["CollectorStore", "StoreUnavailable", "open_store", "is_dsn"]
+__all__ = ["CollectorStore", "Prefetch", "StoreUnavailable", "open_store", "is_dsn"]
 
 
 class StoreUnavailable(StoreError):
     """The store cannot be reached right now (a database restarting): try the same work again later."""
+
+
+@dataclass
+class Prefetch:
+    """What one flush reads before its checks, fetched together: a backend over a network answers in one round trip.
+
+    `held` names the streams with blocks waiting behind a gap when it was
+    read; a stream not in it has none, so the checks skip the pending table
+    for it (another collector's held block is linked by its gap check).
+    """
+
+    keys: dict[str, VerifyKey] = field(default_factory=dict)
+    heads: dict[tuple[str, str], tuple[int, bytes] | None] = field(default_factory=dict)
+    held: set[tuple[str, str]] = field(default_factory=set)
+    # (seq, message) of the blocks `held` streams hold, by seq, as read; the collector drops a stream's entry
+    # when it changes what that stream holds, and asks the store again.
+    blocks: dict[tuple[str, str], list[tuple[int, bytes]]] = field(default_factory=dict)
 
 
 class CollectorStore(ABC):
@@ -54,6 +72,44 @@ class CollectorStore(ABC):
 
         Each block must continue its stream's head, else StoreError and nothing is written.
         """
+
+    def prefetch(self, vehicles: Sequence[str], chains: Sequence[tuple[str, str]]) -> Prefetch:
+        """The enrolled keys of `vehicles`, the heads of `chains` and which of them hold blocks (one call per item here)."""
+        keys = {v: k for v in vehicles if (k := self.key(v)) is not None}
+        waiting = {(v, s) for v, s, *_ in self.waiting()}
+        held = waiting & set(chains)
+        return Prefetch(keys, {c: self.stream_head(*c) for c in chains if c[0] in keys}, held,
+                        {c: self.pending_after(*c, -1) for c in held})
+
+    def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> tuple[set[str], int]:
+        """Append each vehicle's blocks as `append` does, count them accepted and forget held blocks up to the new heads.
+
+        Returns the vehicles whose blocks did not continue their stored heads
+        (another collector moved them): none of their blocks is written, the
+        caller places them one by one; and how many blocks the store found
+        already stored and left out (0 here). A backend that can stores all of
+        it in one transaction; this one takes one per vehicle.
+        """
+        failed = set()
+        for vehicle, blocks in batches.items():
+            try:
+                self.append(vehicle, blocks, now)
+            except StoreUnavailable:
+                raise
+            except StoreError:
+                failed.add(vehicle)
+                continue
+            self.accepted(vehicle, blocks, now)
+        return failed, 0
+
+    def accepted(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
+        """Count appended blocks per stream and forget the held blocks the new heads reached."""
+        heads: dict[str, int] = {}
+        for b in blocks:
+            heads[b.stream] = max(heads.get(b.stream, -1), b.seq)
+        for stream, seq in heads.items():
+            self.count(vehicle, stream, accepted=sum(1 for b in blocks if b.stream == stream), now=now)
+            self.release(vehicle, stream, seq)
 
     @abstractmethod
     def replace_key(self, vehicle: str, key: VerifyKey) -> "str | os.PathLike[str]":

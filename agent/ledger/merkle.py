@@ -27,6 +27,8 @@ __all__ = [
     "leaf_hashes",
     "root",
     "root_from_hashes",
+    "frontier_push",
+    "frontier_root",
     "inclusion_proof",
     "verify_inclusion",
     "consistency_proof",
@@ -68,6 +70,36 @@ def root_from_hashes(hashes: Sequence[bytes]) -> bytes:
         level = nxt
         n = len(level)
     return level[0]
+
+
+def frontier_push(frontier: bytes, size: int, leaf: bytes) -> bytes:
+    """The frontier of the tree of `size` + 1 leaves, from the frontier of `size` and the new leaf's hash.
+
+    A frontier is the roots of the perfect subtrees that tile [0, size), one
+    per set bit of `size` from the highest, concatenated (32 bytes each): at
+    most 64 hashes, and all a store needs to extend its tree and name its root
+    without reading the earlier leaves (the collector's PostgreSQL store keeps
+    it in the chain head). O(log n) per leaf.
+    """
+    hashes = [frontier[i:i + HASH_SIZE] for i in range(0, len(frontier), HASH_SIZE)]
+    if len(hashes) != bin(size).count("1"):
+        raise ValueError(f"a frontier of {len(hashes)} hashes for a tree of {size} leaves")
+    node, n = leaf, size
+    while n & 1:  # each trailing one of size: a subtree of the new leaf's height to merge with
+        node = node_hash(hashes.pop(), node)
+        n >>= 1
+    return b"".join(hashes) + node
+
+
+def frontier_root(frontier: bytes) -> bytes:
+    """The tree's root from its frontier: RFC 6962's MTH folds the subtrees from the right."""
+    if not frontier:
+        return EMPTY_ROOT
+    hashes = [frontier[i:i + HASH_SIZE] for i in range(0, len(frontier), HASH_SIZE)]
+    node = hashes.pop()
+    while hashes:
+        node = node_hash(hashes.pop(), node)
+    return node
 
 
 def root(leaves: Sequence[bytes]) -> bytes:
