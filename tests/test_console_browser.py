@@ -96,7 +96,7 @@ def screenshots(driver, name: str) -> None:
 
 def element(driver, by: str, value: str, text: str = ""):
     """The element once the page that has it (holding `text`) has loaded: a click returns before the next page is there."""
-    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
     found = []
 
@@ -104,6 +104,12 @@ def element(driver, by: str, value: str, text: str = ""):
         try:
             found[:] = [e for e in driver.find_elements(by, value) if text in e.text]
         except StaleElementReferenceException:
+            return False
+        except WebDriverException as error:
+            # Chromium's form of a stale element, when the page is replaced
+            # between find_elements and .text; anything else is a real error.
+            if "does not belong to the document" not in str(error.msg):
+                raise
             return False
         return bool(found)
 
