@@ -39,6 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
@@ -127,6 +128,86 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def cpu_ticks(pid: int) -> int:
+    """A process's CPU time so far (user + system, all its threads), in clock ticks; 0 once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return 0
+    return int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+
+
+def machine_ticks() -> tuple[int, int]:
+    """(busy, total) clock ticks of all CPUs since boot, from /proc/stat."""
+    cpu = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = cpu[3] + cpu[4]  # idle, iowait
+    return sum(cpu[:8]) - idle, sum(cpu[:8])
+
+
+def children(ppid: int) -> list[int]:
+    """The pids whose parent is ppid (PostgreSQL's backends under its postmaster)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().rsplit(")", 1)[1].split()[1]) == ppid:
+                    out.append(int(d.name))
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                pass
+    return out
+
+
+class CpuMeter:
+    """Where the CPU goes during the timed window: CPU seconds per process group (generator, each broker,
+    each worker, PostgreSQL: the postmaster and all its children), the machine's busy time and the rest
+    (processes outside this run: on a shared machine, other people's work)."""
+
+    def __init__(self, groups: dict[str, list[int] | Callable[[], list[int]]]):
+        self.groups = groups
+        self.hz = os.sysconf("SC_CLK_TCK")
+        self.ncpu = os.cpu_count() or 1
+        self.start_ticks: dict[str, dict[int, int]] = {}
+
+    def _pids(self, name: str) -> list[int]:
+        g = self.groups[name]
+        return g() if callable(g) else g
+
+    def _sample(self) -> dict[str, dict[int, int]]:
+        return {name: {pid: cpu_ticks(pid) for pid in self._pids(name)} for name in self.groups}
+
+    def start(self) -> None:
+        self.t0 = time.monotonic()
+        self.m0 = machine_ticks()
+        self.start_ticks = self._sample()
+
+    def stop(self) -> dict:
+        """{"wall_s", "cpu_s": {group: seconds}, "machine_busy_s", "capacity_s"}: seconds over the window."""
+        end = self._sample()
+        m1 = machine_ticks()
+        wall = time.monotonic() - self.t0
+        cpu = {}
+        for name, ticks in end.items():
+            before = self.start_ticks.get(name, {})
+            # A process that started in the window counts from 0; one that ended is lost (none should).
+            cpu[name] = sum(t - before.get(pid, 0) for pid, t in ticks.items()) / self.hz
+        busy = (m1[0] - self.m0[0]) / self.hz
+        total = (m1[1] - self.m0[1]) / self.hz
+        return {"wall_s": round(wall, 2), "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+                "machine_busy_s": round(busy, 2), "capacity_s": round(total, 2)}
+
+
+def cpu_report(cpu: dict) -> str:
+    """One line per group: CPU seconds, share of the CPU this run used, share of the machine's capacity."""
+    ours = sum(cpu["cpu_s"].values())
+    lines = [f"  CPU over {cpu['wall_s']} s ({cpu['capacity_s']:.1f} CPU-s available, machine busy "
+             f"{cpu['machine_busy_s']:.1f} CPU-s = {100 * cpu['machine_busy_s'] / max(cpu['capacity_s'], 1e-9):.0f} %; "
+             f"this run {ours:.1f} CPU-s, other processes {max(0.0, cpu['machine_busy_s'] - ours):.1f} CPU-s):"]
+    for name, s in cpu["cpu_s"].items():
+        lines.append(f"    {name:<12} {s:7.2f} CPU-s  {100 * s / max(ours, 1e-9):5.1f} % of the CPU this run used, "
+                     f"{100 * s / max(cpu['capacity_s'], 1e-9):5.1f} % of the machine")
+    return "\n".join(lines)
+
+
 def client_for(b: Broker, acks: Acks, name: str) -> paho.Client:
     c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=name, protocol=paho.MQTTv5)
     c.max_inflight_messages_set(1000)
@@ -175,6 +256,13 @@ class Setup:
         self.clients = {n: client_for(b, self.acks, f"fleet-{n}") for n, b in zip(self.names, self.brokers)}
         self.assigned = {vid: self.clients[broker_for(vid, self.names)] for vid in keys}
         self.peak_rss = [0] * workers
+        groups: dict = {"generator": [os.getpid()]}
+        groups.update({f"broker-{i}": [b.proc.pid] for i, b in enumerate(self.brokers)})
+        groups.update({f"worker-{i}": [p.pid] for i, p in enumerate(self.procs)})
+        if cluster is not None and backend == "postgresql":
+            pm = int((cluster.data / "postmaster.pid").read_text().split()[0])
+            groups["postgresql"] = lambda: [pm, *children(pm)]
+        self.cpu = CpuMeter(groups)
 
     def sample_rss(self) -> list[int]:
         rss = [rss_kib(p.pid) for p in self.procs]
@@ -203,6 +291,7 @@ def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, clus
     acks = setup.acks
     xacts0 = _xacts(setup.dsn)
     total = sum(len(m) for m in messages.values())
+    setup.cpu.start()
     start = time.monotonic()
     sent = 0
     last_sample = start
@@ -218,6 +307,7 @@ def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, clus
                 setup.sample_rss()
                 last_sample = time.monotonic()
     wait_until(lambda: acks.acked >= total, timeout=900, interval=0.05)
+    cpu = setup.cpu.stop()
     setup.sample_rss()
     elapsed = acks.last - start
     xacts = _xacts(setup.dsn) - xacts0 if setup.dsn else None
@@ -231,6 +321,7 @@ def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, clus
         "round_trips_per_block": round(sum(trips) / total, 3) if setup.dsn and None not in trips else None,
         "transactions_per_block": round(xacts / total, 3) if xacts is not None else None,
         "ack_p50_s": p50, "ack_p99_s": p99, "peak_rss_mib": [round(k / 1024) for k in setup.peak_rss],
+        "cpu": cpu,
     }
 
 
@@ -324,6 +415,7 @@ def main() -> int:
                                   f"{r['per_worker_blocks_per_s']}), round trips/block {r['round_trips_per_block']}, "
                                   f"tx/block {r['transactions_per_block']}, ack p50 {r['ack_p50_s']} s p99 {r['ack_p99_s']} s, "
                                   f"peak RSS {r['peak_rss_mib']} MiB", flush=True)
+                            print(cpu_report(r["cpu"]), flush=True)
                         if args.half_rate and w == counts[-1] and not rate:
                             plan.append((w, max(1, r["blocks_per_s"] // 2)))
         finally:
