@@ -56,6 +56,7 @@ _OWN_STREAMS = frozenset({HEALTH_STREAM, AUDIT_STREAM})  # the agent's and the o
 _SPOOL_INTERVAL = 0.2  # wall seconds between looks at the owner's queued requests
 _RETENTION_INTERVAL = 600.0  # seconds of the data's clock between retention runs
 _TICK = 0.25  # seconds the pipeline waits for frames before checking seals, stop and watchdog
+_HOLD = 0.25  # seconds of wall time a fast replay's periodic seals may wait for one commit
 _QUEUE_BATCHES = 8  # bounds memory (a batch is up to 2048 frames) when a replay reads faster than the pipeline keeps up
 
 
@@ -243,6 +244,7 @@ class Pipeline:
         self._last_t: float | None = None
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
+        self._hold = 0.0  # seconds the store may hold periodic seals for one commit (an inline fast replay only)
         self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         signer = signer_from_spec(config.key, config.store) if config.key else None  # None: STORE/keys/vehicle.key
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle, signer=signer)
@@ -618,6 +620,12 @@ class Pipeline:
             thread.start()
         self.edr.recover()
         self._start_sync()
+        # A fast replay of a file, with no syncer or witness in this process: its periodic seals may
+        # share one fsync (`Store.append(hold=...)`). A kill loses at most that much more of a tail the
+        # replay can give again; nothing reaches another connection before it is durable; every other
+        # seal (owner actions, crash captures, the last) commits at once. A live bus keeps one per seal.
+        if inline and self.syncer is None and self.witness_thread is None:
+            self._hold = _HOLD
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
         next_health = time.monotonic() + self.config.health_interval
@@ -847,12 +855,12 @@ class Pipeline:
             clocks={HEALTH_STREAM: wall, AUDIT_STREAM: wall},
         )
         if due:
-            self._seal(due)
+            self._seal(due, hold=self._hold)
 
-    def _seal(self, writers: list | None) -> list:
+    def _seal(self, writers: list | None, *, hold: float = 0.0) -> list:
         # What was recorded, counted before sealing: an encrypted block's header counts its sealed containers.
         pending = {w.name: (w.pending, w.pending_events) for w in (self.ledger.writers if writers is None else writers)}
-        blocks = self.ledger.seal(writers)
+        blocks = self.ledger.seal(writers, hold=hold)
         self.watchdog.sealed()
         if blocks and self.syncer is not None:
             self.syncer.notify()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -87,6 +88,7 @@ class Store:
         self.marks_only = False  # open_marks: delivery marks only
         self._signed_heads: dict[str, Head] | None = None  # the writer's heads (Store.open): from signed blocks
         self._checkpointed: dict[str, int] = {}  # the writer's: size of each stream's last signed checkpoint
+        self._held_since = 0.0  # monotonic time the open transaction of held appends began
         self.refusal: str | None = None  # the writer's: why it refuses to write (checkpoints.py), None when it may
         meta = self.meta()
         self.vehicle_id: str | None = _text(meta.get("vehicle"))
@@ -395,7 +397,8 @@ class Store:
     # -- writing -----------------------------------------------------------------------------
 
     def append(
-        self, blocks: Sequence["_block.SealedBlock"], checkpoint: Mapping[str, Signer] | None = None
+        self, blocks: Sequence["_block.SealedBlock"], checkpoint: Mapping[str, Signer] | None = None,
+        *, hold: float = 0.0,
     ) -> list[int]:
         """Insert blocks (any streams) and move their heads in ONE durable transaction.
 
@@ -406,6 +409,14 @@ class Store:
         stream's log (checkpoints.py); for each stream in `checkpoint`, a
         checkpoint is signed with its signer in the same transaction (refused,
         and nothing written, when it would not extend the last one signed).
+
+        `hold` > 0 (a fast replay of a file only, `Pipeline._seal_due`): the
+        transaction may stay open for later appends until it is `hold` seconds
+        old, so that one fsync covers several seal rounds. Each append is then
+        a SAVEPOINT (a refused one still changes nothing); any append without
+        `hold`, any other write and `close` commit what is held first. Other
+        connections see a block only once it is durable, as always; a kill
+        loses the held tail, a prefix remains (docs/performance.md).
         """
         self._writable()
         if not blocks:
@@ -413,8 +424,13 @@ class Store:
         ids = []
         with self._lock:
             conn = self._conn
+            held = conn.in_transaction  # appends held open by an earlier `hold`
             try:
-                conn.execute("BEGIN IMMEDIATE")
+                if held:
+                    conn.execute("SAVEPOINT append")
+                else:
+                    conn.execute("BEGIN IMMEDIATE")
+                    self._held_since = time.monotonic()
                 self._refuse_when_forked()
                 heads: dict[str, tuple[int, bytes] | None] = {}
                 moved: dict[str, Head] = {}
@@ -464,11 +480,18 @@ class Store:
                     name: _cp.sign_checkpoint(conn, name, heads[name][0] + 1, signer, self.db_path)  # type: ignore[index]
                     for name, signer in (checkpoint or {}).items() if heads.get(name) is not None
                 }
-                conn.execute("COMMIT")
+                if held:
+                    conn.execute("RELEASE append")
             except BaseException:
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                    if held:
+                        conn.execute("ROLLBACK TO append")
+                        conn.execute("RELEASE append")
+                    else:
+                        conn.execute("ROLLBACK")
                 raise
+            if hold <= 0 or time.monotonic() - self._held_since >= hold:
+                self._commit_held()
             if self._signed_heads is not None:
                 self._signed_heads.update(moved)
             self._checkpointed.update({name: cp.checkpoint.size for name, cp in signed.items() if cp is not None})
@@ -721,10 +744,30 @@ class Store:
                 (1 if acked else 0, after_id, *exclude, limit),
             ).fetchall()
 
+    def _commit_held(self) -> None:
+        """Commit the open transaction (appends held by `hold`); a failure leaves the store refusing to write.
+
+        The writers of held blocks have moved on: when their commit fails, the store no longer
+        holds what they build on, so nothing more may be appended in this process.
+        """
+        conn = self._conn
+        if conn is None or not conn.in_transaction:
+            return
+        try:
+            conn.execute("COMMIT")
+        except BaseException as exc:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            self.refusal = f"{self.db_path}: the blocks sealed since the last commit were not stored ({exc}); re-run the replay"
+            raise
+
     def close(self) -> None:
         with self._lock:
             if self._conn is not None:
-                self._conn.close()
+                try:
+                    self._commit_held()
+                finally:
+                    self._conn.close()
                 self._conn = None  # type: ignore[assignment]
             lock = getattr(self, "_writer_lock", None)
             if lock is not None:
@@ -898,6 +941,8 @@ class _transaction:
         self.conn = conn
 
     def __enter__(self):
+        if self.conn.in_transaction:  # appends held open by `Store.append(hold=...)`: committed first
+            self.conn.execute("COMMIT")
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 

@@ -399,12 +399,14 @@ class Ledger:
                 out.append(w)
         return out
 
-    def seal(self, writers: Iterable[StreamWriter] | None = None, now: float | None = None) -> list[SealedBlock]:
+    def seal(self, writers: Iterable[StreamWriter] | None = None, now: float | None = None,
+             *, hold: float = 0.0) -> list[SealedBlock]:
         """Seal every given writer (default: all) that has pending records, in ONE transaction.
 
         Returns the committed blocks, in commit order. On a store error
         nothing moves: the records stay pending and the exception propagates.
-        `now` is accepted for symmetry with `due` and is not needed.
+        `now` is accepted for symmetry with `due` and is not needed. `hold`:
+        the store may group this commit with later ones (`Store.append`).
         """
         with self._lock:
             targets = list(self._writers.values()) if writers is None else list(writers)
@@ -422,7 +424,7 @@ class Ledger:
                 w.name: self._log_signer(w, b.header.vid) for w, b in built
                 if b.header.seq + 1 - self.store.checkpoint_size(w.name) >= every
             }
-            self.store.append([b for _, b in built], checkpoint=due)
+            self.store.append([b for _, b in built], checkpoint=due, **({"hold": hold} if hold else {}))
             for w, b in built:
                 w.committed(b)
             return [b for _, b in built]
