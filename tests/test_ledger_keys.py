@@ -64,3 +64,25 @@ def test_kid_and_verify_key_forms(tmp_path):
         load_verify_key(str(tmp_path / "nope.pub"))
     with pytest.raises(KeyFileError):
         load_verify_key(b"short")
+
+
+def test_the_subgroup_rule_refuses_each_small_order_part_added_to_a_good_key():
+    """P in the prime-order subgroup is accepted; P + T is refused for each of the 7 torsion points T."""
+    import nacl.bindings as sodium
+
+    from carledger.ledger.keys import public_key_problem
+
+    order_8 = bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05")
+    torsion, t = [], order_8
+    for _ in range(7):  # T, 2T, ... 7T: every small-order point but the identity
+        torsion.append(t)
+        t = sodium.crypto_core_ed25519_add(t, order_8)
+    assert t == (1).to_bytes(32, "little") and len(set(torsion)) == 7
+    for _ in range(20):
+        scalar = sodium.crypto_core_ed25519_scalar_reduce(os.urandom(64))
+        good = sodium.crypto_scalarmult_ed25519_base_noclamp(scalar)
+        assert public_key_problem(good) is None
+        for small in torsion:
+            assert public_key_problem(sodium.crypto_core_ed25519_add(good, small)) == (
+                "a point with a small-order component (outside the prime-order subgroup)"
+            )
