@@ -93,7 +93,7 @@ def test_seal_is_one_transaction_and_heads_move_only_after_commit(tmp_path, monk
     calls = []
     real_append = ledger.store.append
 
-    def failing(blocks, checkpoint=None):
+    def failing(blocks, checkpoint=None, *, hold=0.0):  # Store.append's signature
         calls.append(len(blocks))
         raise sqlite3.OperationalError("disk I/O error")
 
@@ -103,7 +103,7 @@ def test_seal_is_one_transaction_and_heads_move_only_after_commit(tmp_path, monk
     assert calls == [3]
     assert all(w.pending == 5 and w.head is None for w in ledger.writers)
 
-    monkeypatch.setattr(ledger.store, "append", lambda blocks, checkpoint=None: calls.append(len(blocks)) or real_append(blocks, checkpoint))
+    monkeypatch.setattr(ledger.store, "append", lambda blocks, checkpoint=None, *, hold=0.0: calls.append(len(blocks)) or real_append(blocks, checkpoint, hold=hold))
     blocks = ledger.seal()
     assert calls == [3, 3]
     assert sorted(b.stream for b in blocks) == ["crash", "insurer", "vault"]
@@ -259,3 +259,35 @@ def test_one_writer_per_store_and_the_lock_dies_with_its_holder(tmp_path):
     code = f"from carledger.ledger import Store; s = Store.open({str(tmp_path / 's')!r}, 'car'); import os; os.kill(os.getpid(), 9)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == -9
     Store.open(tmp_path / "s", "car").close()
+
+
+def test_held_seals_reach_other_readers_only_when_a_later_write_or_close_commits_them(tmp_path):
+    """`hold` (a fast replay's seals): held blocks are invisible to other connections until committed,
+    and any other write, an append without hold, or close commits them first; nothing is lost."""
+    path = tmp_path / "store"
+
+    def durable() -> int:
+        reader = Store.open_readonly(path)
+        try:
+            return len(list(reader.iter_blocks()))
+        finally:
+            reader.close()
+
+    ledger = Ledger.open(path, "VIN1")
+    w = ledger.writer("vault")
+    for k in range(3):
+        _fill(w, 10, start=k)
+        ledger.seal(hold=3600.0)
+    assert w.head[0] == 2 and durable() == 0
+    ledger.store.mark_synced([])  # another write: commits what is held before its own transaction
+    assert durable() == 3
+    _fill(w, 10, start=3)
+    ledger.seal(hold=3600.0)
+    _fill(w, 10, start=4)
+    ledger.seal()  # no hold: commits the held append with its own
+    assert durable() == 5
+    _fill(w, 10, start=5)
+    ledger.seal(hold=3600.0)
+    ledger.close()
+    assert durable() == 6
+    assert verify_store(path).ok

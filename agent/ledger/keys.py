@@ -88,7 +88,7 @@ def _in_prime_order_subgroup(raw: bytes) -> bool:
     """
     try:
         multiple = nacl.bindings.crypto_scalarmult_ed25519_noclamp(_L_MINUS_1, raw)
-    except (RuntimeError, ValueError, TypeError):
+    except nacl.exceptions.RuntimeError:
         return False
     return multiple == nacl.bindings.crypto_core_ed25519_sub(_IDENTITY, raw)
 

@@ -391,7 +391,7 @@ class Store:
     def add_key_statement(self, pseudonym: str, statement: bytes) -> None:
         """File a key statement (identity.make_statement); a pseudonym keeps its first one."""
         self._writable()
-        with self._lock, _transaction(self._conn):
+        with self._write():
             self._conn.execute("INSERT OR IGNORE INTO key_statements VALUES (?, ?)", (pseudonym, statement))
 
     # -- writing -----------------------------------------------------------------------------
@@ -513,7 +513,7 @@ class Store:
     def sign_checkpoints(self, signers: Mapping[str, Signer]) -> list[_cp.Signed]:
         """Sign a checkpoint of each given stream that grew since its last one, in one transaction."""
         self._writable()
-        with self._lock, _transaction(self._conn) as conn:
+        with self._write() as conn:
             self._refuse_when_forked()
             out = []
             for name, signer in signers.items():
@@ -554,7 +554,7 @@ class Store:
     def add_cosignature(self, checkpoint_row: int, witness: str, line: str) -> None:
         """Keep a witness's cosignature line of a checkpoint (the caller verified it; readers verify it again)."""
         self._writable(marks=True)
-        with self._lock, _transaction(self._conn):
+        with self._write():
             self._conn.execute("INSERT OR IGNORE INTO cosignatures(checkpoint, witness, line, received) "
                                "VALUES (?, ?, ?, strftime('%s', 'now'))", (checkpoint_row, witness, line))
 
@@ -591,7 +591,7 @@ class Store:
         """Keep a recipient's receipt (its cosignature `line` of the checkpoint `text`; the caller verified it).
         False when one of that size was kept already."""
         self._writable(marks=True)
-        with self._lock, _transaction(self._conn):
+        with self._write():
             cur = self._conn.execute(
                 "INSERT OR IGNORE INTO receipts(stream, recipient, size, text, line, stated, received) "
                 "VALUES (?, ?, ?, ?, ?, ?, strftime('%s', 'now'))", (stream, recipient, size, text, line, stated))
@@ -628,13 +628,13 @@ class Store:
     def mark_synced(self, block_ids: Sequence[int]) -> None:
         """The broker has these blocks (PUBACK); not proof that a recipient does."""
         self._writable(marks=True)
-        with self._lock, _transaction(self._conn):
+        with self._write():
             self._conn.executemany("UPDATE blocks SET synced = 1 WHERE id = ?", [(i,) for i in block_ids])
 
     def mark_acked(self, stream: str, upto_seq: int) -> int:
         """Mark every block of `stream` with seq <= upto_seq acked (and synced); returns rows changed."""
         self._writable(marks=True)
-        with self._lock, _transaction(self._conn):
+        with self._write():
             cur = self._conn.execute(
                 "UPDATE blocks SET acked = 1, synced = 1 WHERE stream = ? AND seq <= ? AND acked = 0",
                 (stream, upto_seq),
@@ -664,7 +664,7 @@ class Store:
     def drop_records(self, block_ids: Sequence[int]) -> None:
         """Retention: forget the records of these blocks (their signed headers stay and still link)."""
         self._writable()
-        with self._lock, _transaction(self._conn):
+        with self._write():
             self._conn.executemany("UPDATE blocks SET records = NULL WHERE id = ?", [(i,) for i in block_ids])
 
     def _writable(self, marks: bool = False) -> None:
@@ -743,6 +743,14 @@ class Store:
                 f"WHERE records IS NOT NULL AND acked = ? AND id > ?{skip} ORDER BY id LIMIT ?",
                 (1 if acked else 0, after_id, *exclude, limit),
             ).fetchall()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction under the store's lock, after what `append(hold=...)` holds is committed."""
+        with self._lock:
+            self._commit_held()
+            with _transaction(self._conn) as conn:
+                yield conn
 
     def _commit_held(self) -> None:
         """Commit the open transaction (appends held by `hold`); a failure leaves the store refusing to write.
@@ -941,8 +949,6 @@ class _transaction:
         self.conn = conn
 
     def __enter__(self):
-        if self.conn.in_transaction:  # appends held open by `Store.append(hold=...)`: committed first
-            self.conn.execute("COMMIT")
         self.conn.execute("BEGIN IMMEDIATE")
         return self.conn
 

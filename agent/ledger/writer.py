@@ -424,7 +424,7 @@ class Ledger:
                 w.name: self._log_signer(w, b.header.vid) for w, b in built
                 if b.header.seq + 1 - self.store.checkpoint_size(w.name) >= every
             }
-            self.store.append([b for _, b in built], checkpoint=due, **({"hold": hold} if hold else {}))
+            self.store.append([b for _, b in built], checkpoint=due, hold=hold)
             for w, b in built:
                 w.committed(b)
             return [b for _, b in built]
