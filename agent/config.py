@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from carledger.ledger.block import valid_stream_name
 from carledger.sources.base import WAKEUP_INTERVAL
+from carledger.configtable import NAME, ConfigError, ConfigTable
 from carledger.tomlfile import FieldError, TomlDocument, read_toml
 
 if TYPE_CHECKING:
@@ -23,11 +24,6 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "/etc/carledger/agent.toml"
 MAX_WAKEUP_INTERVAL = 1.0
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
-
-
-class ConfigError(FieldError):
-    """Invalid configuration; str() is FILE:LINE: key: problem."""
 
 
 @dataclass(frozen=True)
@@ -89,115 +85,6 @@ class Config:
         return asdict(self)
 
 
-class _Fields:
-    """Typed access to one table of the document, reporting errors with their line."""
-
-    def __init__(self, doc: TomlDocument, table: dict[str, Any], prefix: str, allowed: set[str]):
-        self.doc, self.table, self.prefix = doc, table, prefix
-        for key in table:
-            if key not in allowed:
-                hint = ", ".join(sorted(allowed))
-                raise self.error(key, f"unknown key (expected one of: {hint})")
-
-    def error(self, key: str, message: str) -> ConfigError:
-        name = f"{self.prefix}.{key}" if self.prefix else key
-        base = self.doc.error(name, message)
-        return ConfigError(base.file, base.line, base.field, base.message)
-
-    def get(self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False) -> Any:
-        if key not in self.table:
-            if required:
-                raise self.error(key, "required key is missing")
-            return default
-        value = self.table[key]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
-        if isinstance(value, bool) and bool not in kinds:
-            raise self.error(key, f"expected {_kind_name(kinds)}, got a boolean")
-        if not isinstance(value, kinds):
-            raise self.error(key, f"expected {_kind_name(kinds)}, got {type(value).__name__} {value!r}")
-        return value
-
-    def number(self, key: str, default: float | None, *, minimum: float = 0.0) -> float | None:
-        value = self.get(key, (int, float), default)
-        if value is not None and value < minimum:
-            raise self.error(key, f"must be at least {minimum}, got {value}")
-        return None if value is None else float(value)
-
-    def strings(self, key: str, *, required: bool = False) -> tuple[str, ...]:
-        value = self.get(key, (str, list), [], required=required)
-        items = [value] if isinstance(value, str) else value
-        for item in items:
-            if not isinstance(item, str) or not item:
-                raise self.error(key, "expected a non-empty string or a list of them")
-        return tuple(items)
-
-    def name(self, key: str) -> str:
-        value = self.get(key, str, required=True)
-        if not _NAME.match(value):
-            raise self.error(key, f"{value!r} is not a valid name (letters, digits, _ . -; at most 63)")
-        return value
-
-    def path(self, value: str) -> str:
-        base = Path(self.doc.path).resolve().parent
-        return str((base / Path(value).expanduser()).resolve()) if not Path(value).is_absolute() else value
-
-
-class ConfigTable:
-    """Typed reads from one table of the configuration (a stage's own section: [mqtt], [bus.obd] ...).
-
-    Every error is a ConfigError at the key's line, like the rest of the file.
-    """
-
-    def __init__(self, doc: TomlDocument, table: Any, prefix: str, allowed: set[str]):
-        self.doc, self.prefix = doc, prefix
-        if not isinstance(table, dict):
-            raise self.error("", "expected a table")
-        self.table = table
-        for key in table:
-            if key not in allowed:
-                raise self.error(key, f"unknown key (expected one of: {', '.join(sorted(allowed))})")
-
-    def error(self, key: str, message: str) -> ConfigError:
-        base = self.doc.error(f"{self.prefix}.{key}" if key else self.prefix, message)
-        return ConfigError(base.file, base.line, base.field, base.message)
-
-    def value(self, key: str, kinds: tuple[type, ...], what: str, default: Any = None) -> Any:
-        """The value of `key` if it has one of `kinds` (a bool only where bool is one), else `default`."""
-        value = self.table.get(key)
-        if value is None:
-            return default
-        if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
-            raise self.error(key, f"expected {what}, got {type(value).__name__} {value!r}")
-        return value
-
-    def seconds(self, key: str, default: float, *, zero: bool = False) -> float:
-        value = float(self.value(key, (int, float), "a number of seconds", default))
-        if value < 0 or (value == 0 and not zero):
-            raise self.error(key, f"must be {'at least 0' if zero else 'more than 0'}, got {value:g}")
-        return value
-
-    def path(self, key: str) -> str | None:
-        """A file path (relative to the configuration file) that must be readable."""
-        import os
-
-        value = self.value(key, (str,), "a file path")
-        if value is None:
-            return None
-        path = Path(value)
-        if not path.is_absolute():
-            path = Path(self.doc.path).resolve().parent / path
-        if not path.is_file() or not os.access(path, os.R_OK):
-            raise self.error(key, f"{path}: no such readable file")
-        return str(path)
-
-
-def _kind_name(kinds: tuple[type, ...]) -> str:
-    if set(kinds) == {int, float}:
-        return "a number"
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false", list: "a list", dict: "a table"}
-    return " or ".join(names.get(k, k.__name__) for k in kinds)
-
-
 _TOP = {"agent", "seal", "sampling", "bus", "stream", "elm327", "mqtt", "witness"}
 _AGENT = {"store", "vehicle", "health_interval", "policy", "timezone", "disk_quota_mb", "key", "wakeup_interval"}
 _SEAL = {"max_age", "max_records", "checkpoint_every"}
@@ -209,7 +96,7 @@ _BUS = {
 }
 
 
-def _parse_key(agent: "_Fields") -> str | None:
+def _parse_key(agent: ConfigTable) -> str | None:
     """`[agent] key`: a backend this build can use, with a file's path made absolute, or the reason it cannot."""
     from carledger.ledger.keys import check_key_spec
 
@@ -219,7 +106,7 @@ def _parse_key(agent: "_Fields") -> str | None:
     problem = check_key_spec(spec)
     if problem is not None:
         raise agent.error("key", problem)
-    return "file:" + agent.path(spec.partition(":")[2])
+    return "file:" + agent.resolve(spec.partition(":")[2])
 
 
 def load_config(path: str | Path = DEFAULT_PATH) -> Config:
@@ -232,17 +119,17 @@ def load_config(path: str | Path = DEFAULT_PATH) -> Config:
 
 
 def parse_config(doc: TomlDocument) -> Config:
-    top = _Fields(doc, doc.data, "", _TOP)
-    agent = _Fields(doc, top.get("agent", dict, {}), "agent", _AGENT)
-    seal = _Fields(doc, top.get("seal", dict, {}), "seal", _SEAL)
+    top = ConfigTable(doc, doc.data, "", _TOP)
+    agent = ConfigTable(doc, top.get("agent", dict, {}), "agent", _AGENT)
+    seal = ConfigTable(doc, top.get("seal", dict, {}), "seal", _SEAL)
     sampling = _parse_sampling(doc, top.get("sampling", dict, {}))
 
     store = agent.get("store", str, "/var/lib/carledger")
     vehicle = agent.get("vehicle", str)
-    if vehicle is not None and not _NAME.match(vehicle):
+    if vehicle is not None and not NAME.match(vehicle):
         raise agent.error("vehicle", f"{vehicle!r} is not a valid identifier (letters, digits, _ . -)")
 
-    from carledger.obd.config import elm327_config_from_table  # carledger.obd.config uses ConfigError
+    from carledger.obd.config import elm327_config_from_table
 
     buses = tuple(_parse_bus(doc, i, table) for i, table in enumerate(_array(top, "bus")))
     elm327 = tuple(
@@ -281,10 +168,10 @@ def parse_config(doc: TomlDocument) -> Config:
         raise seal.error("checkpoint_every", "must be at least 1")
     return Config(
         path=doc.path,
-        store=agent.path(store),
+        store=agent.resolve(store),
         vehicle=vehicle,
         buses=buses,
-        policy=agent.path(policy) if policy is not None else None,
+        policy=agent.resolve(policy) if policy is not None else None,
         timezone=timezone,
         elm327=elm327,
         mqtt=mqtt,
@@ -300,7 +187,7 @@ def parse_config(doc: TomlDocument) -> Config:
     )
 
 
-def _wakeup_interval(agent: "_Fields") -> float:
+def _wakeup_interval(agent: ConfigTable) -> float:
     """`[agent] wakeup_interval`: 1 ms to 1 s; longer would hold a crash capture's seal (docs/edr.md) too long."""
     value = agent.number("wakeup_interval", WAKEUP_INTERVAL, minimum=0.001) or WAKEUP_INTERVAL
     if value > MAX_WAKEUP_INTERVAL:
@@ -308,7 +195,7 @@ def _wakeup_interval(agent: "_Fields") -> float:
     return value
 
 
-def _array(top: _Fields, key: str) -> list[dict[str, Any]]:
+def _array(top: ConfigTable, key: str) -> list[dict[str, Any]]:
     items = top.get(key, list, [])
     for item in items:
         if not isinstance(item, dict):
@@ -326,7 +213,7 @@ def _unique(doc: TomlDocument, names: list[str], kind: str) -> None:
 
 
 def _parse_sampling(doc: TomlDocument, table: dict[str, Any]) -> SamplingConfig:
-    fields = _Fields(doc, table, "sampling", _SAMPLING)
+    fields = ConfigTable(doc, table, "sampling", _SAMPLING)
     default = fields.number("min_interval", 0.0)
     overrides = []
     for pattern, value in fields.get("signals", dict, {}).items():
@@ -337,7 +224,7 @@ def _parse_sampling(doc: TomlDocument, table: dict[str, Any]) -> SamplingConfig:
 
 
 def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfig:
-    f = _Fields(doc, table, f"bus[{index}]", _BUS)
+    f = ConfigTable(doc, table, f"bus[{index}]", _BUS)
     name = f.name("name")
     replay = f.get("replay", str)
     interface = f.get("interface", str)
@@ -346,19 +233,19 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
     if replay is not None and interface is not None:
         raise f.error("replay", "give either `interface` or `replay`, not both")
     obd_only = "obd" in table or table.get("obd_listen") is True  # a bus on the OBD-II port needs no DBC
-    dbc = tuple(f.path(p) for p in f.strings("dbc", required=not obd_only))
+    dbc = tuple(f.resolve(p) for p in f.strings("dbc", required=not obd_only))
     for i, p in enumerate(dbc):
         if not Path(p).is_file():
             raise f.error("dbc", f"DBC file not found: {p}")
-    vss = tuple(f.path(p) for p in f.strings("vss"))
+    vss = tuple(f.resolve(p) for p in f.strings("vss"))
     for p in vss:
         if not Path(p).is_file():
             raise f.error("vss", f"VSS mapping file not found: {p}")
     bitrate = f.get("bitrate", int)
     if bitrate is not None and bitrate <= 0:
         raise f.error("bitrate", "must be a positive number of bit/s")
-    if replay is not None and not Path(f.path(replay)).is_file():
-        raise f.error("replay", f"log file not found: {f.path(replay)}")
+    if replay is not None and not Path(f.resolve(replay)).is_file():
+        raise f.error("replay", f"log file not found: {f.resolve(replay)}")
     from carledger.obd.config import obd_config_from_table
 
     obd = obd_config_from_table(doc, table["obd"], f"bus[{index}].obd") if "obd" in table else None
@@ -379,7 +266,7 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
         fd=f.get("fd", bool, False),
         data_bitrate=f.get("data_bitrate", int),
         options=dict(f.get("options", dict, {})),
-        replay=f.path(replay) if replay is not None else None,
+        replay=f.resolve(replay) if replay is not None else None,
         replay_channels=f.strings("replay_channels"),
         speed=f.number("speed", 1.0) or 0.0,
         j1939=f.get("j1939", bool),
@@ -389,7 +276,7 @@ def _parse_bus(doc: TomlDocument, index: int, table: dict[str, Any]) -> BusConfi
     )
 
 
-def _check_timezone(fields: _Fields, name: str) -> None:
+def _check_timezone(fields: ConfigTable, name: str) -> None:
     from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
     try:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carledger.config import ConfigTable
+from carledger.configtable import ConfigTable
 from carledger.obd.pids import PIDS, pid_by_name
 from carledger.tomlfile import TomlDocument
 

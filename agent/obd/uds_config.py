@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carledger.config import ConfigTable
+from carledger.configtable import ConfigTable
 from carledger.obd.config import polling_limits
 from carledger.sources.frame import EFF_FLAG
 from carledger.tomlfile import TomlDocument

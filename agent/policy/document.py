@@ -21,7 +21,7 @@ from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any, Iterable
 
-from carledger.config import _NAME
+from carledger.configtable import NAME
 from carledger.ledger.block import valid_stream_name
 from carledger.policy.classes import CLASSES, LOCATION, PERSONAL, TECHNICAL, Classifier
 from carledger.policy.duration import DurationError, parse_duration
@@ -685,7 +685,7 @@ class _Validator:
         else:
             for name, key in named.items():
                 where = t.at("keys", name)
-                if not _NAME.match(name):
+                if not NAME.match(name):
                     self.p.add(where, f"{name!r} is not a valid key name (letters, digits, _ . -; at most 63)")
                 elif not isinstance(key, str) or not _HEX_KEY.match(key):
                     self.p.add(where, "expected an X25519 public key as 64 hex characters (carledger keygen recipient)")
@@ -739,7 +739,7 @@ class _Validator:
         for index, table in top.tables("zone", "zone"):
             t = _Table(self.p, table, ("zone", index), _ZONE)
             name = t.text("name", required="required: a name for the zone, such as \"home\"")
-            if name is not None and not _NAME.match(name):
+            if name is not None and not NAME.match(name):
                 t.error("name", f"{name!r} is not a valid name (letters, digits, _ . -; at most 63)")
                 name = None
             if name is not None:

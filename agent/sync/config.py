@@ -10,7 +10,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from carledger.config import ConfigTable
+from carledger.configtable import ConfigTable
 from carledger.tomlfile import TomlDocument
 
 __all__ = ["MqttConfig", "mqtt_config_from_table", "PROTOCOLS"]
@@ -110,7 +110,7 @@ def mqtt_config_from_table(doc: TomlDocument, table: dict, prefix: str = "mqtt")
         if protocol not in PROTOCOLS:
             raise t.error("protocol", f'must be "5" or "3.1.1", got {protocol!r}')
         values["protocol"] = protocol
-    password_file = t.path("password_file")
+    password_file = t.readable_file("password_file")
     if password_file is not None:
         if "password" in values:
             raise t.error("password_file", "give either password or password_file, not both")
@@ -119,7 +119,7 @@ def mqtt_config_from_table(doc: TomlDocument, table: dict, prefix: str = "mqtt")
         tls = ConfigTable(doc, table["tls"], f"{prefix}.tls", _TLS)
         enabled = tls.value("enabled", (bool,), "true or false")
         values["tls"] = True if enabled is None else enabled
-        values["tls_ca"], values["tls_cert"], values["tls_key"] = tls.path("ca"), tls.path("cert"), tls.path("key")
+        values["tls_ca"], values["tls_cert"], values["tls_key"] = tls.readable_file("ca"), tls.readable_file("cert"), tls.readable_file("key")
         if not values["tls"]:
             values["tls_ca"] = values["tls_cert"] = values["tls_key"] = None
         if (values["tls_cert"] is None) != (values["tls_key"] is None):
