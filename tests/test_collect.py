@@ -131,6 +131,41 @@ def test_a_gap_waits_then_is_reported_and_closes_when_the_block_comes(car):
     assert state["head_seq"] == 5 and "waiting" not in state
 
 
+def test_a_fleet_larger_than_the_open_replicas_is_stored_with_a_bounded_number_of_open_files(tmp_path):
+    """SQLite backend: each car's replica is its own database; only the most recently used stay open."""
+    collector = Collector(tmp_path / "collected", gap_wait=30.0, clock=Clock())
+    collector.registry.open_replicas = 2
+    vehicles_dir = (tmp_path / "collected" / "vehicles").resolve()
+
+    def open_replica_files() -> int:
+        count = 0
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(vehicles_dir))
+            except FileNotFoundError:  # the listing's own descriptor, closed since
+                pass
+        return count
+
+    cars = {f"car-{n}": make_blocks(tmp_path / f"car-{n}", f"car-{n}", "speed", 3) for n in range(5)}
+    try:
+        for vid in cars:
+            collector.registry.enroll(vid, tmp_path / vid / "keys" / "vehicle.pub")
+        most = 0
+        for seq in range(3):  # round robin: every car's replica is evicted before its next block
+            for vid, messages in cars.items():
+                [ack] = send(collector, [messages[seq]], vid=vid)
+                assert ack_of(collector, ack)[0] == seq
+                most = max(most, open_replica_files())
+        assert 0 < most <= 2 * 3  # two replicas open at a time: database, WAL and shared memory each
+        assert collector.stats.accepted == 15 and kinds(collector) == {}
+        for vid in cars:
+            [check] = verify_collected(collector.registry, vid)
+            assert (check.ok, check.blocks, check.records) == (True, 3, 30), check.problems
+    finally:
+        collector.close()
+    assert open_replica_files() == 0
+
+
 def test_forged_signatures_forks_and_replays_are_rejected_kept_and_reported(car, tmp_path):
     messages, store, collector, _ = car
     send(collector, messages[:3])

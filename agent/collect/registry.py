@@ -9,6 +9,7 @@ Several collector processes may share one directory (WAL, busy timeout).
 
 from __future__ import annotations
 
+import collections
 import os
 import sqlite3
 import threading
@@ -30,6 +31,10 @@ RETIRED_DIR = "retired"  # the chains of a vehicle's previous key, after a chang
 MAX_PROBLEMS = 10_000  # distinct problem rows; beyond, problems are counted per kind only
 MAX_PENDING = 4096  # blocks held per stream while waiting for a gap to close
 MAX_EVIDENCE = 1000  # fork evidence messages kept per stream
+# Replicas kept open at once, the most recently used: each holds a SQLite connection (three file descriptors
+# with its WAL) and its page cache (~0.2 MB), so 10,000 cars all open would need 30,000 descriptors and ~2 GB.
+# Past this, the least recently used replica is closed and opened again (~1 ms) when its car sends.
+OPEN_REPLICAS = 256
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vehicles(
@@ -53,8 +58,9 @@ CREATE TABLE IF NOT EXISTS counters(
 class Registry(CollectorStore):
     """collector.sqlite, and the replica store of each enrolled vehicle."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, *, open_replicas: int = OPEN_REPLICAS):
         self.path = Path(path)
+        self.open_replicas = max(1, open_replicas)
         try:
             private_dir(self.path / VEHICLES_DIR)  # every car's copies: the collector's alone
             self.conn = sqlite3.connect(private_file(self.path / DB_FILE), isolation_level=None, check_same_thread=False)
@@ -67,7 +73,7 @@ class Registry(CollectorStore):
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"{self.path}: cannot open the collector database: {exc}") from None
         self._lock = threading.RLock()
-        self._replicas: dict[str, Store] = {}
+        self._replicas: collections.OrderedDict[str, Store] = collections.OrderedDict()  # least recently used first
 
     # -- vehicles ----------------------------------------------------------------------------
 
@@ -106,37 +112,50 @@ class Registry(CollectorStore):
 
     def tree_root(self, vehicle: str, stream: str, size: int) -> bytes:
         """The replica's own tree of the stream (stored hashes, as the car keeps them)."""
-        return self.replica(vehicle).tree_root(stream, size)
+        with self._lock:
+            return self.replica(vehicle).tree_root(stream, size)
 
     def replica(self, vehicle: str) -> Store:
-        """The vehicle's chains as a carledger store (COLLECTOR/vehicles/<vehicle>/)."""
-        store = self._replicas.get(vehicle)
-        key = self.key(vehicle)
-        if store is not None and key is not None and store.public_key != bytes(key):
-            # Re-keyed by another process (`collect enroll --handover`): this chain was retired.
-            self._replicas.pop(vehicle).close()
-            store = None
-        if store is None:
+        """The vehicle's chains as a carledger store (COLLECTOR/vehicles/<vehicle>/), opened if it is not.
+
+        Use it under `self._lock`: past `open_replicas`, opening one closes the
+        least recently used, which must not be in use by another thread.
+        """
+        with self._lock:
+            store = self._replicas.get(vehicle)
+            key = self.key(vehicle)
+            if store is not None and key is not None and store.public_key != bytes(key):
+                # Re-keyed by another process (`collect enroll --handover`): this chain was retired.
+                self._replicas.pop(vehicle).close()
+                store = None
+            if store is not None:
+                self._replicas.move_to_end(vehicle)
+                return store
             if key is None:
                 raise StoreError(f"vehicle {vehicle!r} is not enrolled")
             store = Store.open_replica(self.path / VEHICLES_DIR / vehicle, vehicle, bytes(key))
             self._replicas[vehicle] = store
-        return store
+            while len(self._replicas) > self.open_replicas:
+                self._replicas.popitem(last=False)[1].close()
+            return store
 
     def stream_head(self, vehicle: str, stream: str) -> tuple[int, bytes] | None:
-        return self.replica(vehicle).stream_head(stream)
+        with self._lock:
+            return self.replica(vehicle).stream_head(stream)
 
     def stored(self, vehicle: str, stream: str, seq: int) -> tuple[bytes, bytes, bool] | None:
-        replica = self.replica(vehicle)
-        for block_id in replica.block_ids(stream, seq, seq):
-            row = replica.get_block(block_id)
-            if row is not None:
-                return bytes(row.digest), bytes(row.sign1), row.records is not None
+        with self._lock:
+            replica = self.replica(vehicle)
+            for block_id in replica.block_ids(stream, seq, seq):
+                row = replica.get_block(block_id)
+                if row is not None:
+                    return bytes(row.digest), bytes(row.sign1), row.records is not None
         return None
 
     def append(self, vehicle: str, blocks: Sequence[SealedBlock], now: float) -> None:
         """The replica's append: BEGIN IMMEDIATE locks the whole file, so every stream in it."""
-        self.replica(vehicle).append(blocks)
+        with self._lock:
+            self.replica(vehicle).append(blocks)
 
     def append_all(self, batches: Mapping[str, Sequence[SealedBlock]], now: float) -> tuple[set[str], int]:
         """One transaction per vehicle's replica (its own file), then one in collector.sqlite for all counters and
