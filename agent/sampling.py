@@ -23,6 +23,9 @@ class Tap:
     """On-change, minimum-interval sampling of one signal into one stream."""
 
     __slots__ = ("sink", "name", "source", "min_interval", "last", "last_t", "pending", "owner")
+    # Offering again the value a tap was last offered does nothing while it holds no change back (see
+    # `offer`), so a handler may skip it. False for a consumer that also acts on time or on every value.
+    on_change_only = True
 
     def __init__(self, sink: SampleSink, name: str, source: str | None, min_interval: float, owner: "Any" = None):
         self.sink = sink
@@ -53,7 +56,7 @@ class Tap:
 class MessageHandler:
     """Everything the pipeline does with one message's frames: skip, extract, sample."""
 
-    __slots__ = ("extract", "taps", "last_data", "pending")
+    __slots__ = ("extract", "taps", "last_data", "pending", "values", "on_change_only")
     watched = False  # the crash ring reads this message at its ticks (carledger.edr.recorder.WatchedHandler)
 
     def __init__(self, extract: Callable[[bytes], list], taps: list[list[Tap]]):
@@ -61,12 +64,25 @@ class MessageHandler:
         self.taps = taps  # one list of taps per extracted signal
         self.last_data: bytes | None = None
         self.pending = 0  # taps holding a change back until their interval passes
+        self.values: list | None = None  # what the last frame that was offered decoded to
+        # Only on-change taps: a frame whose signals all decode as before (a counter or a checksum moved)
+        # changes nothing they record. A feed (metrics, aggregates, the position) wants every value.
+        # Known at the first frame, once the taps are all there.
+        self.on_change_only: bool | None = None
 
     def handle(self, t: float, data: bytes) -> None:
         if data == self.last_data and not self.pending:
             return
         self.last_data = data
-        for value, taps in zip(self.extract(data), self.taps):
+        values = self.extract(data)
+        only = self.on_change_only
+        if only is None:
+            only = self.on_change_only = all(getattr(tap, "on_change_only", False) for each in self.taps for tap in each)
+        if only:
+            previous, self.values = self.values, values
+            if not self.pending and values is not previous and values == previous:
+                return  # every tap was last offered these values and holds nothing back: offering is a no-op
+        for value, taps in zip(values, self.taps):
             if value is not None:
                 for tap in taps:
                     tap.offer(t, value)

@@ -42,3 +42,45 @@ def test_unchanged_payloads_are_not_decoded_unless_a_tap_waits():
     # decoded: first frame, the change at 0.2, then frames while the change waits (0.3, 1.1); not 0.1 or 1.2
     assert [c[0] for c in calls] == [1, 2, 2, 2]
     assert handler.pending == 0
+
+
+def test_frames_that_decode_as_before_change_nothing_recorded_even_around_a_held_change():
+    """A counter byte moves in every frame: the signal's value decides, and a held-back change still lands."""
+    out, offers = [], []
+
+    class Counting(Tap):
+        __slots__ = ()
+
+        def offer(self, t, value):
+            offers.append(t)
+            Tap.offer(self, t, value)
+
+    handler = MessageHandler(lambda data: [data[0]], [])
+    handler.taps.append([Counting(lambda t, n, v, s: out.append((t, v)), "x", None, 0.5, owner=handler)])
+    frames = [(0.0, 1), (0.1, 1), (0.2, 2), (0.3, 2), (0.8, 2), (0.9, 2), (1.0, 1), (1.1, 1), (1.6, 1), (1.7, 1)]
+    for counter, (t, value) in enumerate(frames):
+        handler.handle(t, bytes([value, counter]))
+    # 2 waits out the interval from 0.0 and lands at 0.8; 1 comes back at 1.0, inside 2's interval, and lands at 1.6
+    assert out == [(0.0, 1), (0.8, 2), (1.6, 1)]
+    # not offered: 0.1 (as before), 0.9 and 1.7 (as before, nothing held back)
+    assert offers == [0.0, 0.2, 0.3, 0.8, 1.0, 1.1, 1.6]
+
+
+def test_a_feed_is_offered_every_value_even_when_the_frame_decodes_as_before():
+    from carledger.policy.engine import Feed
+
+    seen = []
+    handler = MessageHandler(lambda data: [data[0]], [[Feed(lambda t, name, value: seen.append((t, value)), "x")]])
+    for counter, t in enumerate([0.0, 0.1, 0.2]):
+        handler.handle(t, bytes([7, counter]))
+    assert seen == [(0.0, 7), (0.1, 7), (0.2, 7)]
+
+
+def test_a_value_that_returns_after_a_reverted_change_is_recorded():
+    out = []
+    handler = MessageHandler(lambda data: [data[0]], [])
+    handler.taps.append([Tap(lambda t, n, v, s: out.append((t, v)), "x", None, 0.5, owner=handler)])
+    # 2 is held back, reverts to 1 (nothing recorded when the interval ends at 0.6), then 2 again at 0.7
+    for counter, (t, value) in enumerate([(0.0, 1), (0.1, 2), (0.2, 1), (0.6, 1), (0.7, 2)]):
+        handler.handle(t, bytes([value, counter]))
+    assert out == [(0.0, 1), (0.7, 2)]

@@ -92,6 +92,7 @@ class GuardedTap(Tap):
     """A location-class signal (heading, altitude): recorded only while the position is known to be outside every zone."""
 
     __slots__ = ("location",)
+    on_change_only = False  # a value held back inside a zone is recorded once the car is out of it, unchanged
 
     def __init__(self, location: LocationFilter, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
