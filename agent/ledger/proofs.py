@@ -165,7 +165,7 @@ def parse_policy(text: str, where: str) -> Policy:
         try:
             if word == "log" and log_key is None:
                 log_key = note.parse_verifier_key(rest)
-                if not isinstance(log_key, note.Ed25519Verifier):
+                if log_key.alg != note.ALG_ED25519:  # a cosignature (0x04) key is an Ed25519Verifier too
                     raise ProofError("the log key must be an Ed25519 (0x01) note key")
             elif word == "witness":
                 witnesses.append(note.parse_verifier_key(rest))

@@ -20,9 +20,8 @@ from typing import Callable, Iterable
 
 import nacl.signing
 
-from carledger.ledger.keys import public_key_problem, verify_signature
+from carledger.ledger.keys import verify_signature
 from carledger.transparency import note
-from carledger.transparency.note import KeyFormatError, key_id, signer_key, valid_name, verifier_key
 
 __all__ = [
     "ALG_COSIGNATURE_V1",
@@ -47,22 +46,13 @@ def cosigned_message(text: str | bytes, timestamp: int) -> bytes:
     return b"cosignature/v1\ntime %d\n" % timestamp + body
 
 
-class CosignatureVerifier:
-    """A 0x04 key: checks timestamped cosignatures (Verifier protocol of note.py)."""
+class CosignatureVerifier(note.Ed25519Verifier):
+    """A 0x04 key: checks timestamped cosignatures (Verifier protocol of note.py).
+
+    The key checks and key id are an Ed25519 key's (`note.Ed25519Verifier`), under type 0x04.
+    """
 
     alg = ALG_COSIGNATURE_V1
-
-    def __init__(self, name: str, public_key: bytes) -> None:
-        public_key = bytes(public_key)
-        if not valid_name(name):
-            raise KeyFormatError(f"invalid key name {name!r}")
-        problem = public_key_problem(public_key)
-        if problem is not None:
-            raise KeyFormatError(f"key {name}: Ed25519 public key refused: {problem}")
-        self.name = name
-        self.public_key = public_key
-        self.key_id = key_id(name, self.alg, public_key)
-        self._vk = nacl.signing.VerifyKey(public_key)
 
     def verify(self, msg: bytes, sig: bytes) -> bool:
         if len(sig) != _PAYLOAD_SIZE:
@@ -72,11 +62,8 @@ class CosignatureVerifier:
             return False
         return verify_signature(self._vk, cosigned_message(msg, timestamp), sig[8:])
 
-    def vkey(self) -> str:
-        return verifier_key(self.name, self.alg, self.public_key)
 
-
-class CosignatureSigner:
+class CosignatureSigner(note.Ed25519Signer):
     """A 0x04 signer; `clock` gives the POSIX time each cosignature states (whole seconds)."""
 
     alg = ALG_COSIGNATURE_V1
@@ -84,17 +71,8 @@ class CosignatureSigner:
     def __init__(
         self, name: str, seed: bytes | nacl.signing.SigningKey, clock: Callable[[], float] = time.time
     ) -> None:
-        if not valid_name(name):
-            raise KeyFormatError(f"invalid key name {name!r}")
-        self._sk = seed if isinstance(seed, nacl.signing.SigningKey) else nacl.signing.SigningKey(bytes(seed))
-        self.name = name
-        self.public_key = bytes(self._sk.verify_key)
-        self.key_id = key_id(name, self.alg, self.public_key)
+        super().__init__(name, seed)
         self.clock = clock
-
-    @property
-    def seed(self) -> bytes:
-        return bytes(self._sk)
 
     def sign(self, msg: bytes) -> bytes:
         timestamp = int(self.clock())
@@ -102,9 +80,6 @@ class CosignatureSigner:
 
     def verifier(self) -> CosignatureVerifier:
         return CosignatureVerifier(self.name, self.public_key)
-
-    def skey(self) -> str:
-        return signer_key(self.name, self.alg, self.seed, self.public_key)
 
 
 def timestamp_of(sig: note.Signature) -> int:
