@@ -428,7 +428,7 @@ class Pipeline:
         self._outbound = self._outbound_streams()
         self.syncer = Syncer(
             self.config.store, self.ledger.vehicle_id, self.config.mqtt, lambda: self._outbound,
-            on_disclosure=self._disclosures.append,
+            on_disclosure=self._disclosures.append, signer=self.ledger.signer,
         )
         self.syncer.start()
 

@@ -369,7 +369,8 @@ def test_a_signed_update_with_a_lower_version_is_refused_end_to_end(broker, tmp_
     older, newer = sign(tmp_path, 2), sign(tmp_path, 3, signals='"Vehicle.Speed", "Vehicle.Chassis.*"')
     pipeline, runner = running_agent(tmp_path, broker, vehicle="car-13")
     store = tmp_path / "ledger"
-    broker_args = ["--host", broker.host, "--port", str(broker.port), "--vehicle", "car-13", "--wait", "30"]
+    broker_args = ["--host", broker.host, "--port", str(broker.port), "--vehicle", "car-13", "--wait", "30",
+                   "--vehicle-key", str(store / "keys" / "vehicle.pub")]
     try:
         assert main(["remote", "enroll-owner", str(tmp_path / "owner.pub"), "--store", str(store)]) == 0
         capsys.readouterr()

@@ -62,7 +62,8 @@ def test_send_policy_wait_reports_an_applied_update(broker, tmp_path, capsys):
         assert main(["remote", "sign-policy", str(update), "--key", str(tmp_path / "owner.key"), "-o", str(signed)]) == 0
         capsys.readouterr()
         broker_args = ["--host", broker.host, "--port", str(broker.port)]
-        assert main(["remote", "send-policy", str(signed), "--vehicle", "car-1", "--wait", "30", *broker_args]) == 0
+        vehicle_key = ["--vehicle-key", str(store / "keys" / "vehicle.pub")]  # only what the car signed counts
+        assert main(["remote", "send-policy", str(signed), "--vehicle", "car-1", "--wait", "30", *broker_args, *vehicle_key]) == 0
         outcome = json.loads(capsys.readouterr().out)
         assert outcome["ok"] is True and outcome["version"] == 2 and outcome["changed"] is True
         assert outcome["digest"] == hashlib.sha256(signed.read_bytes()).hexdigest()  # the update's
@@ -73,7 +74,7 @@ def test_send_policy_wait_reports_an_applied_update(broker, tmp_path, capsys):
         update.write_text(POLICY.format(version=2, signals='"Vehicle.*"'))
         assert main(["remote", "sign-policy", str(update), "--key", str(tmp_path / "owner.key"), "-o", str(again)]) == 0
         capsys.readouterr()
-        assert main(["remote", "send-policy", str(again), "--vehicle", "car-1", "--wait", "30", *broker_args]) == 1
+        assert main(["remote", "send-policy", str(again), "--vehicle", "car-1", "--wait", "30", *broker_args, *vehicle_key]) == 1
         outcome = json.loads(capsys.readouterr().out)
         assert outcome["ok"] is False and outcome["digest"] == hashlib.sha256(again.read_bytes()).hexdigest()
     finally:

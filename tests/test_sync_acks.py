@@ -158,10 +158,11 @@ def test_hostile_status_messages_leave_the_owners_wait_with_one_line(broker, tmp
     from carledger.cli import main
 
     (tmp_path / "update.cose").write_bytes(b"\xd2\x84@\xa0@@")  # its bytes do not matter here: no car answers
-    for payload in (b"[1]", b'{"policy": [1, 2]}', b"[" * 100_000):  # each waits 10 s: the command's least
+    vehicle_key = bytes(SigningKey.generate().verify_key).hex()
+    for payload in (b"[1]", b'{"policy": [1, 2]}', b"[" * 100_000):
         publish(broker, [(topics.status("car-1"), payload)])
         capsys.readouterr()
         code = main(["remote", "send-policy", str(tmp_path / "update.cose"), "--vehicle", "car-1", "--wait", "0.5",
-                     "--host", broker.host, "--port", str(broker.port)])
+                     "--vehicle-key", vehicle_key, "--host", broker.host, "--port", str(broker.port)])
         err = capsys.readouterr().err
         assert code == 1 and err.startswith("carledger remote: no outcome from car-1 within 0.5 s"), (payload[:20], err)

@@ -22,7 +22,7 @@ from carledger.cli import main
 from carledger.collect import collector_state
 from carledger.ledger import Store, seal_block
 from carledger.ledger.encrypt import PrivateKey, RecordSealer
-from carledger.ledger.keys import SigningKey
+from carledger.ledger.keys import FileSigner, SigningKey, load_signing_key
 from carledger.sync import OutboundStream, Syncer, enroll_owner, sign_policy, topics
 from carledger.sync.wire import BlockPacker, unpack_block
 from conftest import wait_until
@@ -197,11 +197,13 @@ def test_owner_signed_policy_updates_arrive_and_the_outcome_is_on_the_status(bro
         received.append(document)
         return {"ok": True, "version": 7}
 
-    sync = Syncer(tmp_path / "car", "car-1", mqtt_for(broker), lambda: OUT, on_policy=apply)
+    vehicle = FileSigner(load_signing_key(tmp_path / "car" / "keys" / "vehicle.key"))
+    sync = Syncer(tmp_path / "car", "car-1", mqtt_for(broker), lambda: OUT, on_policy=apply, signer=vehicle)
     sync.start()
     try:
         wait_until(lambda: sync.stats.connected, timeout=10)
-        broker_args = ["--host", broker.host, "--port", str(broker.port)]
+        broker_args = ["--host", broker.host, "--port", str(broker.port),
+                       "--vehicle-key", str(tmp_path / "car" / "keys" / "vehicle.pub")]
         for key, name in (("owner.key", "good"), ("other.key", "forged")):
             assert main(["remote", "sign-policy", str(policy), "--key", str(tmp_path / key), "-o", str(tmp_path / name)]) == 0
         capsys.readouterr()
@@ -215,6 +217,49 @@ def test_owner_signed_policy_updates_arrive_and_the_outcome_is_on_the_status(bro
         assert received == [policy.read_bytes()]  # the forged one never reached the policy code
     finally:
         sync.stop()
+
+
+def test_a_policy_outcome_counts_only_signed_by_the_vehicle_for_this_vehicle_and_update(broker, tmp_path, capsys):
+    """Anyone the broker lets publish on the status topic can say "applied": `send-policy --wait` believes the car's key."""
+    import hashlib
+
+    from carledger.sync.policy_update import sign_outcome
+
+    update = tmp_path / "update.cose"
+    update.write_bytes(b"\xd2\x84@\xa0@@")  # no car receives it here: the answers below are all on the status topic
+    digest = hashlib.sha256(update.read_bytes()).hexdigest()
+    car, stranger = FileSigner(SigningKey.generate()), FileSigner(SigningKey.generate())
+    claim = {"t": 1.0, "digest": digest, "ok": True, "version": 9}
+    args = ["remote", "send-policy", str(update), "--vehicle", "car-1", "--wait", "1", "--vehicle-key", car.public_key.hex(),
+            "--host", broker.host, "--port", str(broker.port)]
+
+    def answer(policy: dict) -> tuple[int, str, str]:
+        forger = Client(mqtt_for(broker), "forger")
+        try:
+            forger.client.publish(topics.status("car-1"), json.dumps({"policy": policy}), qos=1, retain=True).wait_for_publish(10)
+        finally:
+            forger.close()
+        capsys.readouterr()
+        code = main(args)
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    forged = [
+        (claim, "no signed outcome"),
+        ({**claim, "signed": sign_outcome("car-1", claim, stranger)}, "not signed by the vehicle key"),
+        ({**claim, "signed": sign_outcome("car-2", claim, car)}, "signed for another vehicle or another update"),
+        ({**claim, "signed": sign_outcome("car-1", {**claim, "digest": "00" * 32}, car)}, "signed for another vehicle or another update"),
+        ({**claim, "signed": "not base64!"}, "not a signed outcome"),
+    ]
+    for policy, why in forged:
+        code, out, err = answer(policy)
+        assert code == 1 and out == "" and f"ignored an outcome: {why}" in err, (why, err)
+        assert "Traceback" not in err
+    code, out, err = answer({**claim, "signed": sign_outcome("car-1", claim, car)})
+    assert code == 0 and json.loads(out) == claim, err
+    # without the vehicle's key there is nothing to believe: refused before anything is sent
+    assert main(args[:7] + args[9:]) == 2
+    assert "--wait needs --vehicle-key" in capsys.readouterr().err
 
 
 def test_the_documented_broker_configuration_runs_as_written(tmp_path):

@@ -28,7 +28,7 @@ examples:
   carledger remote enroll-owner owner.pub --store /var/lib/carledger    # on the car, once (or -c agent.toml)
   carledger remote sign-policy policy.toml --key owner.key --previous 3 -o policy.cose   # checked first
   carledger remote send-policy policy.cose --vehicle car-1 --host broker.example --ca ca.crt \\
-      --cert owner.crt --key owner-tls.key --wait 60
+      --cert owner.crt --key owner-tls.key --wait 60 --vehicle-key vehicle.pub
   carledger remote identity --store /var/lib/carledger --recipient "Acme Insurance"   # what Acme enrols
   carledger remote identity --store /var/lib/carledger --prove "Acme Insurance" "Fleet Ops" -o proof.json
   carledger remote check-proof proof.json --vehicle-key vehicle.pub                   # anyone, offline
@@ -105,7 +105,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                        "in time, 2 unreadable file or broker not reached.")
     p.add_argument("signed", metavar="SIGNED", help="the file sign-policy wrote")
     p.add_argument("--vehicle", required=True)
-    p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for the vehicle's outcome")
+    p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for the vehicle's outcome "
+                   "(needs --vehicle-key)")
+    p.add_argument("--vehicle-key", metavar="PUB", help="the vehicle's public key (64 hex digits or vehicle.pub): "
+                   "with --wait, only an outcome it signed counts")
     add_mqtt_arguments(p)
     p.set_defaults(func=send)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -412,7 +415,10 @@ def sign(args: argparse.Namespace) -> int:
 def send(args: argparse.Namespace) -> int:
     import hashlib
 
+    from carledger.ledger import KeyFileError
+    from carledger.ledger.keys import load_verify_key
     from carledger.sync import topics
+    from carledger.sync.policy_update import PolicyRejected, open_outcome
     from carledger.sync.mqtt import ConnectError, close, connect, make_client
 
     try:
@@ -420,18 +426,32 @@ def send(args: argparse.Namespace) -> int:
             signed = fh.read()
     except OSError as exc:
         return _fail(f"{args.signed}: {exc.strerror}")
+    vehicle_key = None
+    if args.wait:
+        if not args.vehicle_key:
+            return _fail("--wait needs --vehicle-key: anyone the broker lets publish on the status topic could "
+                         "answer, so only an outcome the vehicle signed is believed")
+        try:
+            vehicle_key = load_verify_key(args.vehicle_key)
+        except (KeyFileError, OSError, ValueError) as exc:
+            return _fail(f"--vehicle-key: {exc}")
     cfg = mqtt_config_from_args(args)
     digest = hashlib.sha256(signed).hexdigest()
     outcome: dict = {}
+    ignored: list[str] = []
 
-    def on_message(_c, _u, msg):  # anyone allowed to publish the status can send anything: only a matching dict counts
+    def on_message(_c, _u, msg):  # anyone allowed to publish the status can send anything: only a signed outcome counts
         try:
             status = json.loads(msg.payload)
         except (ValueError, UnicodeDecodeError, RecursionError):
             return
         policy = status.get("policy") if isinstance(status, dict) else None
-        if isinstance(policy, dict) and policy.get("digest") == digest:
-            outcome.update(policy)
+        if not isinstance(policy, dict) or policy.get("digest") != digest:
+            return
+        try:
+            outcome.update(open_outcome(policy.get("signed"), vehicle_key, args.vehicle, digest))
+        except PolicyRejected as exc:
+            ignored.append(str(exc))
 
     client = make_client(cfg, cfg.client_id or f"carledger-owner-{args.vehicle}-{int(time.time())}")
     client.on_message = on_message
@@ -440,8 +460,12 @@ def send(args: argparse.Namespace) -> int:
         if args.wait:
             client.subscribe(topics.status(args.vehicle), qos=1)
         info = client.publish(topics.policy(args.vehicle), signed, qos=1)
-        deadline = time.monotonic() + max(10.0, args.wait)
-        while time.monotonic() < deadline and not (info.is_published() and (not args.wait or outcome)):
+        start = time.monotonic()
+        while not (info.is_published() and (not args.wait or outcome)):
+            # the broker has 10 s to take the update; the car has --wait seconds (from now) to answer
+            waited = time.monotonic() - start
+            if waited >= (args.wait if info.is_published() else max(10.0, args.wait)):
+                break
             client.loop(timeout=0.1)
     except ConnectError as exc:
         print(f"carledger remote: {exc}", file=sys.stderr)
@@ -455,8 +479,10 @@ def send(args: argparse.Namespace) -> int:
         print(f"sent policy update {digest[:16]} to {args.vehicle}")
         return 0
     if not outcome:
-        print(f"carledger remote: no outcome from {args.vehicle} within {args.wait:g} s (it applies the update when it is online)",
-              file=sys.stderr)
+        why = f"; ignored an outcome: {ignored[-1]}" if ignored else ""
+        print(f"carledger remote: no outcome from {args.vehicle} within {args.wait:g} s (it applies the update when it is online)"
+              f"{why}", file=sys.stderr)
         return 1
+    outcome.pop("vehicle", None)
     print(json.dumps(outcome))
     return 0 if outcome.get("ok") else 1

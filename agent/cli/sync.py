@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+from pathlib import Path
 
 from carledger.cli._display import PolledProgress
 from carledger.cli._store import add_store_options, exit_status
@@ -161,8 +162,22 @@ def _prepare(args: argparse.Namespace, marks) -> tuple:
             raise Refused(f"--ack-timeout must be at least 0.1 s, got {args.ack_timeout:g}")
         cfg = cfg.with_(ack_timeout=args.ack_timeout)
     try:
-        return Syncer(args.store, args.vehicle, cfg, lambda: streams), streams
+        return Syncer(args.store, args.vehicle, cfg, lambda: streams, signer=_vehicle_signer(args.store)), streams
     except ValueError as exc:  # a vehicle id that cannot be a topic level
+        raise Refused(str(exc)) from None
+
+
+def _vehicle_signer(store: str):
+    """The vehicle key in the store, which signs the outcomes of policy updates; None when it has none to read."""
+    from carledger.ledger import KeyFileError
+    from carledger.ledger.keys import KEY_DIR, KEY_FILE, FileSigner, load_signing_key
+
+    path = Path(store) / KEY_DIR / KEY_FILE
+    if not path.exists():
+        return None  # a hardware key: the agent's own syncer signs with it
+    try:
+        return FileSigner(load_signing_key(path))
+    except KeyFileError as exc:
         raise Refused(str(exc)) from None
 
 

@@ -7,12 +7,16 @@ the owner's Ed25519 key; the protected header is {1: -8, 3: "application/toml",
 enrolled at STORE/keys/owner.pub, then hands the TOML to the policy code,
 which applies it only if its version is higher. The outcome goes out on the
 status topic: `digest` is the update's SHA-256 (what the sender waits for),
-`policy_digest` the digest of the policy put in force.
+`policy_digest` the digest of the policy put in force. The vehicle key signs
+each outcome (`signed`, see `sign_outcome`): the status topic is open to
+anyone the broker lets publish there, so the sender believes only that.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import json
 import logging
 import os
 import time
@@ -22,7 +26,7 @@ from typing import Callable
 from carledger.ledger import cose
 from carledger.ledger.errors import KeyFileError, MalformedBlock
 from carledger.ledger.files import private_dir, write_private
-from carledger.ledger.keys import KEY_DIR, SigningKey, VerifyKey, kid, load_verify_key
+from carledger.ledger.keys import KEY_DIR, Signer, SigningKey, VerifyKey, kid, load_verify_key
 
 __all__ = [
     "OWNER_PUB",
@@ -30,6 +34,8 @@ __all__ = [
     "PolicyRejected",
     "sign_policy",
     "open_policy",
+    "sign_outcome",
+    "open_outcome",
     "enroll_owner",
     "load_owner_key",
     "submit_policy",
@@ -40,6 +46,7 @@ log = logging.getLogger(__name__)
 
 OWNER_PUB = "owner.pub"
 CONTENT_TYPE = "application/toml"
+OUTCOME_TYPE = "application/vnd.carledger.policy-outcome+json"  # apart from blocks and updates by its content type
 HDR_CONTENT_TYPE = 3
 MAX_POLICY = 1 << 20
 
@@ -69,6 +76,38 @@ def open_policy(message: bytes, owner_key: VerifyKey) -> bytes:
     if not cose.verify_sign1(msg, owner_key):
         raise PolicyRejected("the owner's signature does not verify")
     return msg.payload
+
+
+def sign_outcome(vehicle: str, outcome: dict, signer: Signer) -> str:
+    """An update's outcome as the vehicle signs it: base64 of a COSE_Sign1 of {"vehicle", **outcome} as JSON.
+
+    The vehicle id and the update's digest inside the payload bind it to one car and one update, so a
+    signed outcome cannot be replayed as another car's or another update's.
+    """
+    payload = json.dumps({"vehicle": vehicle, **outcome}, sort_keys=True, separators=(",", ":")).encode()
+    protected = {cose.HDR_ALG: cose.ALG_EDDSA, HDR_CONTENT_TYPE: OUTCOME_TYPE, cose.HDR_KID: signer.key_id}
+    return base64.b64encode(cose.sign1(payload, signer, protected, {})).decode()
+
+
+def open_outcome(signed: object, vehicle_key: VerifyKey, vehicle: str, digest: str) -> dict:
+    """The outcome `vehicle` signed with `vehicle_key` for the update `digest`; PolicyRejected otherwise."""
+    if not isinstance(signed, str) or len(signed) > 2 * MAX_POLICY:
+        raise PolicyRejected("no signed outcome")
+    try:
+        msg = cose.decode_sign1(base64.b64decode(signed, validate=True))
+    except (ValueError, MalformedBlock) as exc:
+        raise PolicyRejected(f"not a signed outcome: {exc}") from None
+    if msg.protected.get(HDR_CONTENT_TYPE) != OUTCOME_TYPE:
+        raise PolicyRejected(f"content type {msg.protected.get(HDR_CONTENT_TYPE)!r}, expected {OUTCOME_TYPE!r}")
+    if msg.protected.get(cose.HDR_KID) != kid(vehicle_key) or not cose.verify_sign1(msg, vehicle_key):
+        raise PolicyRejected("not signed by the vehicle key")
+    try:
+        outcome = json.loads(msg.payload)
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise PolicyRejected(f"signed outcome is not JSON: {exc}") from None
+    if not isinstance(outcome, dict) or outcome.get("vehicle") != vehicle or outcome.get("digest") != digest:
+        raise PolicyRejected("signed for another vehicle or another update")
+    return outcome
 
 
 def enroll_owner(store_dir: str | os.PathLike, public_key: str | bytes | VerifyKey) -> Path:
@@ -116,9 +155,11 @@ def submit_policy(store_dir: str | os.PathLike, document: bytes, origin: str = "
 class PolicyHandler:
     """Verifies each policy update, submits the good ones once, and remembers the last outcome for the status."""
 
-    def __init__(self, store_dir: Path, submit: Callable[[bytes], dict] | None = None):
+    def __init__(self, store_dir: Path, submit: Callable[[bytes], dict] | None = None, *,
+                 vehicle: str | None = None, signer: Signer | None = None):
         self.store_dir = store_dir
         self.submit = submit
+        self.vehicle, self.signer = vehicle, signer  # signs each outcome when both are given
         self.last: dict | None = None
         self._seen: set[str] = set()
 
@@ -151,5 +192,10 @@ class PolicyHandler:
             applied = {("policy_digest" if k == "digest" else k): v for k, v in result.items() if k != "t"}
             outcome = {"ok": False, **applied, **outcome}
             log.info("sync: policy update %s: %s", digest[:16], result)
+        if self.signer is not None and self.vehicle is not None:
+            try:
+                outcome["signed"] = sign_outcome(self.vehicle, outcome, self.signer)
+            except Exception as exc:  # a key backend that fails: the outcome goes out unsigned, and is not believed
+                log.warning("sync: cannot sign the policy outcome: %s", exc)
         self.last = outcome
         return outcome

@@ -35,6 +35,7 @@ import paho.mqtt.client as paho
 from carledger.ledger import BlockRow, Store, StoreError
 from carledger.ledger.store import block_vid
 from carledger.ledger.errors import KeyFileError
+from carledger.ledger.keys import Signer
 from carledger.sync import topics
 from carledger.sync.ack import WRONG_SUBJECT, AckRejected, collector_keys, keep_receipt, open_ack
 from carledger.sync.config import MqttConfig
@@ -125,7 +126,9 @@ class Syncer:
     in `stats.refused` and logged once. `on_policy(toml_bytes) -> dict` receives an
     owner-signed policy (default: carledger.sync.policy_update.submit_policy, which passes the signed update on);
     `on_disclosure(Disclosure)` is called (from the sync thread) whenever the
-    collector acks blocks. Call `notify()` after sealing to send at once.
+    collector acks blocks. `signer` (the vehicle key) signs each policy outcome the status
+    carries; without it the outcomes go out unsigned and `remote send-policy --wait`
+    does not believe them. Call `notify()` after sealing to send at once.
     """
 
     def __init__(
@@ -137,6 +140,7 @@ class Syncer:
         *,
         on_policy: Callable[[bytes], dict] | None = None,
         on_disclosure: Callable[[Disclosure], None] | None = None,
+        signer: Signer | None = None,
     ):
         if not topics.valid_vehicle_id(vehicle_id):
             raise ValueError(f"vehicle id {vehicle_id!r} cannot be an MQTT topic level (1-64 of [A-Za-z0-9._:-])")
@@ -148,7 +152,8 @@ class Syncer:
         self._streams_fn = streams or self._gate.allowed
         self._collector_keys: dict = {}
         self._logged: set[tuple[str, str]] = set()  # (what, cause) already logged once
-        self._policy = PolicyHandler(self.store_dir, on_policy)  # default: submit_policy, with the signed update
+        # default: submit_policy, with the signed update; the vehicle key (`signer`) signs each outcome
+        self._policy = PolicyHandler(self.store_dir, on_policy, vehicle=vehicle_id, signer=signer)
         self._on_disclosure = on_disclosure
         self.stats = SyncStats()
         self._stop = threading.Event()
