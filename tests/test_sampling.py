@@ -84,3 +84,15 @@ def test_a_value_that_returns_after_a_reverted_change_is_recorded():
     for counter, (t, value) in enumerate([(0.0, 1), (0.1, 2), (0.2, 1), (0.6, 1), (0.7, 2)]):
         handler.handle(t, bytes([value, counter]))
     assert out == [(0.0, 1), (0.7, 2)]
+
+
+def test_a_rounded_tap_records_a_held_rounded_change_though_the_raw_value_repeats():
+    from carledger.policy.engine import QuantizedTap
+    from carledger.policy.precision import quantizer
+
+    out = []
+    tap = QuantizedTap(quantizer(10), lambda t, n, v, s: out.append((t, v)), "x", None, 0.5)
+    for t, raw in [(0.0, 12), (0.1, 17), (0.2, 17), (0.6, 17), (0.7, 17), (0.8, 12), (1.2, 12), (1.3, 13)]:
+        tap.offer(t, raw)
+    # 17 rounds to 20: held inside the interval, recorded at 0.6 though 17 came before; 12 (10) the same way at 1.2
+    assert out == [(0.0, 10), (0.6, 20), (1.2, 10)]

@@ -78,13 +78,17 @@ class EngineSettings:
 class QuantizedTap(Tap):
     """A tap that rounds to the stream's quantum first, so on-change sampling sees the rounded value."""
 
-    __slots__ = ("quantize",)
+    __slots__ = ("quantize", "raw")
 
     def __init__(self, quantize: Callable[[Any], Any], *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.quantize = quantize
+        self.raw: Any = None  # the value last offered, before rounding
 
     def offer(self, t: float, value: Any) -> None:
+        if value == self.raw and not self.pending:
+            return  # rounds as the last one did, which the tap holds: a no-op, without rounding again
+        self.raw = value
         Tap.offer(self, t, self.quantize(value))
 
 
