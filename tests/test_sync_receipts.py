@@ -70,10 +70,26 @@ def check_on_the_command_line(store, tmp_path) -> None:
         db.execute("UPDATE receipts SET size = size - 1, text = replace(text, char(10) || '6' || char(10), "
                    "char(10) || '5' || char(10)) WHERE stream = 'speed'")
     assert run("receipts", "verify", str(edited))[0] == 1
+    # The insurer's collector key is replaced: its receipts still verify, with the key they were made with.
     other = tmp_path / "rekeyed"
     shutil.copytree(store, other)
     enroll_collector(other, "insurer", SigningKey.generate().verify_key)
     code, out = run("receipts", "verify", str(other))
+    assert code == 0 and "yes (the recipient's previous key)" in out and "NO:" not in out
+    # ... but not if the previous key was replaced before the time a receipt states: it vouches for nothing after
+    retired_file = other / "keys" / "collectors-retired.json"
+    retired = json.loads(retired_file.read_text())
+    retired["insurer"][0]["retired"] = 1.0
+    retired_file.write_text(json.dumps(retired))
+    code, out = run("receipts", "verify", str(other))
+    assert code == 1 and "NO: cosigned by the recipient's previous key after it was replaced" in out
+    # ... nor with a key that was never enrolled for it (collectors.json edited, no history)
+    forged = tmp_path / "forged-key"
+    shutil.copytree(store, forged)
+    keys = json.loads((forged / "keys" / "collectors.json").read_text())
+    keys["insurer"] = bytes(SigningKey.generate().verify_key).hex()
+    (forged / "keys" / "collectors.json").write_text(json.dumps(keys))
+    code, out = run("receipts", "verify", str(forged))
     assert code == 1 and "NO:" in out
     assert run("receipts", "verify", str(tmp_path / "nowhere"))[0] == 2
 

@@ -41,7 +41,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
         rows = [("stream", "recipient", "blocks", "root", "cosigned", "verifies")]
         rows += [(c.stream, c.recipient, f"0..{c.size - 1}", c.root[:16], iso(c.stated) or "-",
-                  "yes" if c.problem is None else f"NO: {c.problem}") for c in checks]
+                  ("yes" if c.key == "current" else "yes (the recipient's previous key)") if c.problem is None
+                  else f"NO: {c.problem}") for c in checks]
         sys.stdout.write(table(rows) + "\n" if checks else f"{args.store}: no receipts\n")
     if bad:
         print(f"receipts: {len(bad)} of {len(checks)} receipts do not verify", file=sys.stderr)

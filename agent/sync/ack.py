@@ -53,6 +53,7 @@ __all__ = [
     "cosigner_name",
     "collector_keys",
     "enroll_collector",
+    "retired_collector_keys",
     "open_ack",
     "sign_ack",
 ]
@@ -62,6 +63,8 @@ MAX_ACK = 1024  # bytes: a genuine ack is about 200
 MAX_SEQ = (1 << 63) - 1  # a seq the store can hold (SQLite INTEGER); anything above is hostile
 COLLECTOR_KEY = "collector.key"  # in COLLECTOR/keys/
 COLLECTORS_FILE = "collectors.json"  # in STORE/keys/: {recipient: public key hex}
+# In STORE/keys/: {recipient: [{"key": hex, "retired": POSIX seconds}, ...]}, the keys enrolled before, oldest first
+RETIRED_COLLECTORS_FILE = "collectors-retired.json"
 _FIELDS = ("vehicle", "stream", "seq", "digest")
 _OPTIONAL = ("cosignature",)  # the receipt line; an ack without one still acks
 MAX_LINE = 200  # bytes of a cosignature line: a genuine one is about 150
@@ -171,19 +174,34 @@ def collector_key(collector_dir: str | os.PathLike) -> SigningKey:
     return SigningKey(load_or_create_secret(collector_dir, COLLECTOR_KEY))
 
 
-def _collectors_path(store_dir: str | os.PathLike) -> Path:
-    return Path(store_dir) / KEY_DIR / COLLECTORS_FILE
+def _collectors_path(store_dir: str | os.PathLike, name: str = COLLECTORS_FILE) -> Path:
+    return Path(store_dir) / KEY_DIR / name
+
+
+def _read_json(path: Path, default: Any) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError) as exc:
+        raise KeyFileError(f"{path}: unreadable: {exc}") from None
+
+
+def _write_private_json(path: Path, data: Any) -> None:
+    """Replace `path` by `data` as JSON, atomically and durably, mode 0600 whatever the umask."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
 
 
 def collector_keys(store_dir: str | os.PathLike) -> dict[str, VerifyKey]:
     """The collector key enrolled per recipient in this store; {} when none is."""
     path = _collectors_path(store_dir)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return {}
-    except (OSError, ValueError) as exc:
-        raise KeyFileError(f"{path}: unreadable: {exc}") from None
+    data = _read_json(path, {})
     if not isinstance(data, dict):
         raise KeyFileError(f"{path}: not a JSON object")
     try:
@@ -192,21 +210,36 @@ def collector_keys(store_dir: str | os.PathLike) -> dict[str, VerifyKey]:
         raise KeyFileError(f"{path}: {exc}") from None
 
 
+def retired_collector_keys(store_dir: str | os.PathLike) -> dict[str, list[tuple[VerifyKey, float]]]:
+    """The keys each recipient had before its current one, with when each was replaced; {} when none was.
+
+    Acks are checked with the current key only. A receipt kept while an older
+    key was enrolled still verifies with that key (carledger.owner.receipts).
+    """
+    path = _collectors_path(store_dir, RETIRED_COLLECTORS_FILE)
+    data = _read_json(path, {})
+    try:
+        return {str(recipient): [(load_verify_key(bytes.fromhex(item["key"])), float(item["retired"])) for item in items]
+                for recipient, items in data.items()}
+    except (AttributeError, KeyError, ValueError, TypeError, KeyFileError) as exc:
+        raise KeyFileError(f"{path}: {exc}") from None
+
+
 def enroll_collector(store_dir: str | os.PathLike, recipient: str, public_key: Any) -> VerifyKey:
-    """Trust `public_key` to sign acks of the streams for `recipient` (replacing the one enrolled before)."""
+    """Trust `public_key` to sign acks of the streams for `recipient`; the key enrolled before is retired, not lost."""
     if not recipient:
         raise ValueError("the recipient must not be empty")
     key = load_verify_key(public_key)
-    path = _collectors_path(store_dir)
-    keys = {name: bytes(k).hex() for name, k in collector_keys(store_dir).items()}
+    current = collector_keys(store_dir)
+    previous = current.get(recipient)
+    if previous is not None and bytes(previous) != bytes(key):
+        retired = {name: [{"key": bytes(k).hex(), "retired": t} for k, t in items]
+                   for name, items in retired_collector_keys(store_dir).items()}
+        retired.setdefault(recipient, []).append({"key": bytes(previous).hex(), "retired": round(time.time(), 3)})
+        _write_private_json(_collectors_path(store_dir, RETIRED_COLLECTORS_FILE), retired)  # first: never lost
+    keys = {name: bytes(k).hex() for name, k in current.items()}
     keys[recipient] = bytes(key).hex()
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(keys, indent=1, sort_keys=True) + "\n")  # private whatever the umask
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    _write_private_json(_collectors_path(store_dir), keys)
     return key
 
 
