@@ -50,6 +50,18 @@ def test_malformed_lines_are_reported_with_line_numbers_and_skipped():
     assert "bad identifier" in seen[1][1]
 
 
+def test_a_line_without_a_hash_is_no_frame_and_does_not_spoil_its_identifier():
+    """'123' alone is malformed; it must not make the next '123#..' line bad too, nor count as a frame of 0x123."""
+    from carledger.sources.tally import FrameTally
+
+    seen, tally = [], FrameTally()
+    text = "(1.0) can0 123\n(1.1) can0 123#00\n(1.2) can0 #12\n"
+    frames = [f for batch in read_candump(text.splitlines(), None, (), lambda n, line, why: seen.append(n), tally=tally)
+              for f in batch]
+    assert frames == [(1.1, 0x123, b"\x00")] and seen == [1, 3]
+    assert tally.by_key == {0x123: 1} and tally.in_log == 2  # '#12' is a frame's line, with a bad identifier
+
+
 def test_filter_and_channel_selection():
     flt = FrameFilter.of([(0x123, 0x7FF, False)])
     assert [f[1] for f in frames_of(SAMPLE, flt)] == [0x123, 0x123]

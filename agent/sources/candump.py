@@ -20,6 +20,7 @@ CAN_RTR_FLAG = 0x40000000
 _SKIP = -1  # cache marker: a valid identifier nobody wants (or an error/remote frame)
 _BAD = -2  # cache marker: not a hexadecimal identifier
 _CACHE_LIMIT = 1 << 16
+_DIRECTIONS = ("R", "T")
 
 MalformedSink = Callable[[int, str, str], None]  # (line number, line, reason)
 
@@ -79,32 +80,34 @@ def read_candump(
     fromhex = bytes.fromhex
     for number, line in enumerate(lines, start=1):
         parts = line.split()
-        if len(parts) != 3:
-            # python-can's writer appends the direction (R received, T transmitted)
-            if len(parts) == 4 and parts[3] in ("R", "T"):
-                del parts[3]
-            else:
-                if parts and not parts[0].startswith("#") and on_malformed:
-                    on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
-                not_frames += 1
-                continue
-        stamp, channel, text = parts
+        n = len(parts)
+        # python-can's writer appends the direction (R received, T transmitted)
+        if n == 3 or (n == 4 and parts[3] in _DIRECTIONS):
+            stamp, channel, text = parts[0], parts[1], parts[2]
+        else:
+            if parts and not parts[0].startswith("#") and on_malformed:
+                on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
+            not_frames += 1
+            continue
         if wanted_channels and channel not in wanted_channels:
             off_channels += 1
             continue
-        hash_at = text.find("#")
-        id_text = text[:hash_at] if hash_at > 0 else text
+        id_text, hashed, payload = text.partition("#")
+        if not hashed:  # no '#': no frame (and not counted as one)
+            if on_malformed:
+                on_malformed(number, line, f"bad identifier {text!r}")
+            not_frames += 1
+            continue
         by_id[id_text] += 1
         key = cache.get(id_text)
         if key is None:
             if len(cache) >= _CACHE_LIMIT:
                 cache.clear()
-            key = cache[id_text] = _resolve(id_text, frame_filter) if hash_at > 0 else _BAD
+            key = cache[id_text] = _resolve(id_text, frame_filter)
         if key < 0:
             if key == _BAD and on_malformed:
                 on_malformed(number, line, f"bad identifier {id_text!r}")
             continue
-        payload = text[hash_at + 1 :]
         try:
             data = fromhex(payload)
         except ValueError:  # not a classic frame's hex payload: CAN FD, a remote frame, or malformed
