@@ -222,7 +222,7 @@ class Setup:
     """Two brokers, the store with the fleet enrolled, `workers` worker processes, and the fleet's MQTT clients."""
 
     def __init__(self, backend: str, workers: int, keys: dict[str, bytes], tmp: Path, cluster: PgCluster | None,
-                 tag: str):
+                 tag: str, profile: Path | None = None):
         self.backend, self.tmp, self.tag = backend, tmp, f"{backend}-{workers}-{tag}"
         self.brokers = [Broker(tmp / f"{self.tag}-broker-{i}", max_queued=1_000_000).start() for i in range(2)]
         self.names = [f"{b.host}:{b.port}" for b in self.brokers]
@@ -242,7 +242,11 @@ class Setup:
         store.close()
         self.procs = []
         for i in range(workers):
-            cmd = [sys.executable, "-m", "carledger", "collect", "run", str(keydir), "--group", "bench", "--client-id", f"w{i}"]
+            cmd = [sys.executable, "-m", "carledger"]
+            if profile is not None:  # per thread, under yappi (bench/profile_worker.py): slower, for where, not how fast
+                profile.mkdir(parents=True, exist_ok=True)
+                cmd = [sys.executable, str(REPO / "bench" / "profile_worker.py"), "--yappi", str(profile / f"{self.tag}-w{i}.txt"), "--"]
+            cmd += ["collect", "run", str(keydir), "--group", "bench", "--client-id", f"w{i}"]
             cmd += ["--dsn", self.dsn] if self.dsn else []
             for n in self.names:
                 cmd += ["--broker", n]
@@ -286,8 +290,9 @@ class Setup:
         return out
 
 
-def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, cluster: PgCluster | None) -> dict:
-    setup = Setup(backend, workers, keys, tmp, cluster, f"{len(next(iter(messages.values()))[0])}b-{rate:g}")
+def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, cluster: PgCluster | None,
+        profile: Path | None = None) -> dict:
+    setup = Setup(backend, workers, keys, tmp, cluster, f"{len(next(iter(messages.values()))[0])}b-{rate:g}", profile)
     acks = setup.acks
     xacts0 = _xacts(setup.dsn)
     total = sum(len(m) for m in messages.values())
@@ -386,6 +391,7 @@ def main() -> int:
     parser.add_argument("--backends", default="postgresql,sqlite")
     parser.add_argument("--duration", type=float, default=0, help="memory mode: seconds of fresh blocks at --rate")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--profile", type=Path, help="run the workers under yappi; per-thread profiles into this directory")
     args = parser.parse_args()
     if pg_bin() is None:
         print("bench_fleet: PostgreSQL is not installed (scripts/setup)", file=sys.stderr)
@@ -405,7 +411,7 @@ def main() -> int:
                     counts = [int(x) for x in args.workers.split(",")]
                     plan = [(w, args.rate) for w in counts]
                     for w, rate in plan:
-                        r = run(backend, w, keys, messages, rate, Path(tmp), cluster)
+                        r = run(backend, w, keys, messages, rate, Path(tmp), cluster, args.profile)
                         r["records_per_s"] = r["blocks_per_s"] * records
                         r["records_per_block"] = records
                         results.append(r)
