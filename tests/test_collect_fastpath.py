@@ -114,3 +114,27 @@ def test_receipt_is_cosign_trees(tmp_path):
     for size in (1, 2, 1000):
         assert c._cosign(f"o/{size}", size, root) == cosign_tree(c.ack_key, f"o/{size}", size, root, c.clock)
     c.close()
+
+
+def test_ack_is_sign_acks(tmp_path):
+    import os
+
+    from carledger.sync.ack import Ack, sign_ack
+
+    c = Collector(tmp_path / "c")
+    for ack in (Ack("car-1", "fleet", 0, os.urandom(32), None), Ack("car-1", "s.2", (1 << 64) - 1, os.urandom(32), "x y"),
+                Ack("p:q", "fleet", 300, bytes(32), "— carledger.example/collector/ab " + "A" * 96)):
+        assert c._sign_ack(ack) == sign_ack(c.ack_key, ack)
+    c.close()
+
+
+def test_received_message_is_the_blocks():
+    from carledger.ledger.block import split_records
+
+    for records in (samples(), samples(1), []):
+        m = seal(records)
+        got, want = open_received(m, SK.verify_key), open_block(m, SK.verify_key, allow_bare=True)
+        assert got.message() == want.message() and got.message(False) == want.message(False)
+        assert got == want
+        bare = split_records(m)[0]
+        assert open_received(bare, SK.verify_key).message() == open_block(bare, SK.verify_key, allow_bare=True).message()

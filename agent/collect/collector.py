@@ -38,7 +38,8 @@ from carledger.ledger import (ZERO_DIGEST, Event, MalformedBlock, SealedBlock, S
                               open_block)
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
-from carledger.sync.ack import Ack, collector_key, cosigner_name, sign_ack
+from carledger.ledger.keys import kid
+from carledger.sync.ack import ACK_TYPE, Ack, collector_key, cosigner_name
 from carledger.transparency import note
 from carledger.transparency.checkpoint import Checkpoint
 from carledger.transparency.cosignature import CosignatureSigner
@@ -94,6 +95,7 @@ class Collector:
         self._no_receipt: set[tuple[str, str]] = set()  # streams whose receipt cannot be computed (logged once)
         self._view: Prefetch | None = None  # during a flush: keys, heads and held streams read up front
         self._cosigner: CosignatureSigner | None = None  # signs the receipts (made at the first)
+        self._ack_protected: bytes | None = None  # the acks' protected header, encoded (at the first)
 
     def close(self) -> None:
         self.registry.close()
@@ -402,7 +404,7 @@ class Collector:
             head = heads[stream] if heads is not None and stream in heads else self.registry.stream_head(vehicle, stream)
             if head is not None:
                 ack = Ack(vehicle, stream, head[0], head[1], self._receipt(vehicle, stream, head[0] + 1))
-                out.append((topics.ack(vehicle, stream), sign_ack(self.ack_key, ack)))
+                out.append((topics.ack(vehicle, stream), self._sign_ack(ack)))
         return out
 
     def _receipt(self, vehicle: str, stream: str, size: int) -> str | None:
@@ -424,6 +426,20 @@ class Collector:
                 log.warning("collect: %s %s: acks go without a receipt: %s", vehicle, stream, exc)
             return None
         return None if key is None else self._cosign(origin_for(bytes(key), stream), size, root)
+
+    def _sign_ack(self, ack: Ack) -> bytes:
+        """sign_ack(self.ack_key, ack), byte for byte (Ed25519 is deterministic; tests/test_collect_fastpath.py),
+        with the protected header encoded once and the body, whose keys and values are plain, encoded directly."""
+        if self._ack_protected is None:
+            self._ack_protected = cose._protected_bytes({cose.HDR_ALG: cose.ALG_EDDSA, 3: ACK_TYPE,
+                                                         cose.HDR_KID: kid(self.ack_key.verify_key)})
+        body: dict = {"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest}
+        if ack.cosignature is not None:
+            body["cosignature"] = ack.cosignature
+        payload = _canonical(body)
+        pbytes = self._ack_protected
+        signature = self.ack_key.sign(_canonical(["Signature1", pbytes, b"", payload])).signature
+        return _canonical(cbor2.CBORTag(cose.TAG_SIGN1, [pbytes, {}, payload, signature]))
 
     def _cosign(self, origin: str, size: int, root: bytes) -> str:
         """cosign_tree(self.ack_key, origin, size, root, self.clock), with the cosigner made once: its name's
@@ -503,7 +519,8 @@ def open_received(message: bytes, key: VerifyKey) -> SealedBlock:
     goes through decode_record record by record, which names the first
     failing record exactly as open_block would.
     """
-    block = open_block(message, key, check_records=False, allow_bare=True)
+    block = _Received(*open_block(message, key, check_records=False, allow_bare=True))
+    block._message = message
     records = block.records
     if records and not _plain_samples(records):
         try:
@@ -517,6 +534,22 @@ def open_received(message: bytes, key: VerifyKey) -> SealedBlock:
         except Exception as exc:  # as open_block: whatever hostile input trips is a malformed block
             raise MalformedBlock(f"unreadable block: {type(exc).__name__}: {exc}") from None
     return block
+
+
+class _Received(SealedBlock):
+    """A block as received: `message()` gives the bytes that were verified instead of encoding them again.
+
+    open_block has checked that a message with records is deterministic CBOR,
+    so it is byte for byte what with_records(sign1, records) would build; a
+    block without records is built as before (a message may carry an empty
+    record list or none).
+    """
+
+    def message(self, include_records: bool = True) -> bytes:
+        raw = self.__dict__.get("_message")
+        if include_records and self.records and raw is not None:
+            return raw
+        return SealedBlock.message(self, include_records)
 
 
 def _plain_samples(records: list[bytes]) -> bool:
