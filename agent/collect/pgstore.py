@@ -421,11 +421,11 @@ class PgStore(CollectorStore):
         failed: set[str] = set()
         with conn.pipeline(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i",
-                         (sorted({chain_lock(v, s) for v, s in chains}),))
+                         (int8_array(sorted({chain_lock(v, s) for v, s in chains})),))
             cur = conn.execute(
                 "SELECT h.vehicle, h.stream, h.seq, h.digest, h.first_seq, h.blocks, h.records, h.frontier FROM heads h "
                 "JOIN unnest(%b::text[], %b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s",
-                ([v for v, _ in chains], [s for _, s in chains]))
+                (text_array([v for v, _ in chains]), text_array([s for _, s in chains])))
             self.round_trips += 1
             heads = {(v, s): [int(q), bytes(d), int(f), int(n), int(r), None if t is None else bytes(t)]
                      for v, s, q, d, f, n, r, t in cur.fetchall()}
@@ -496,11 +496,13 @@ class PgStore(CollectorStore):
                         "INSERT INTO counters(vehicle, stream, accepted, duplicates, last) "
                         "SELECT v, s, n, 0, %s FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, n) "
                         "ON CONFLICT (vehicle, stream) DO UPDATE SET accepted = counters.accepted + excluded.accepted, "
-                        "last = excluded.last", (now, [v for v, _ in n], [s for _, s in n], list(n.values())))
+                        "last = excluded.last", (now, text_array([v for v, _ in n]), text_array([s for _, s in n]),
+                                                 int8_array(list(n.values()))))
                     conn.execute(
                         "DELETE FROM pending p USING unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, q) "
                         "WHERE p.vehicle = t.v AND p.stream = t.s AND p.seq <= t.q",
-                        ([v for v, _ in done], [s for _, s in done], [heads[c][0] for c in done]))
+                        (text_array([v for v, _ in done]), text_array([s for _, s in done]),
+                         int8_array([heads[c][0] for c in done])))
         self.round_trips += 1
         self._roots = {c: r for c, r in roots.items() if c[0] not in failed}
         return failed, skipped
@@ -532,9 +534,9 @@ class PgStore(CollectorStore):
     def prefetch(self, vehicles: Sequence[str], chains: Sequence[tuple[str, str]]) -> Prefetch:
         """Keys, heads, and the held blocks of these chains, in one pipelined round trip."""
         conn = self.conn
-        vs, ss = [v for v, _ in chains], [s for _, s in chains]
+        vs, ss = text_array([v for v, _ in chains]), text_array([s for _, s in chains])
         with conn.pipeline():
-            keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%b::text[])", (list(vehicles),))
+            keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%b::text[])", (text_array(list(vehicles)),))
             heads = conn.execute("SELECT h.vehicle, h.stream, h.seq, h.digest FROM heads h JOIN unnest(%b::text[], "
                                  "%b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s", (vs, ss))
             held = conn.execute("SELECT p.vehicle, p.stream, p.seq, p.message FROM pending p JOIN unnest(%b::text[], "
