@@ -138,3 +138,41 @@ def test_received_message_is_the_blocks():
         assert got == want
         bare = split_records(m)[0]
         assert open_received(bare, SK.verify_key).message() == open_block(bare, SK.verify_key, allow_bare=True).message()
+
+
+def test_read_buffer_gives_paho_the_same_bytes():
+    import socket
+    import threading
+
+    from carledger.collect.service import _ReadBuffer
+
+    a, b = socket.socketpair()
+    try:
+        data = bytes(range(256)) * 5000
+        threading.Thread(target=a.sendall, args=(data[:300_000],), daemon=True).start()
+        b.setblocking(False)
+        r = _ReadBuffer(b)
+        got, sizes = bytearray(), [1, 1, 7, 300, 70_000, 1, 2]
+        i = 0
+        import time
+        deadline = time.monotonic() + 5
+        while len(got) < 300_000 and time.monotonic() < deadline:
+            try:
+                piece = r.recv(sizes[i % len(sizes)])
+            except BlockingIOError:
+                continue
+            assert len(piece) <= sizes[i % len(sizes)]
+            got += piece
+            i += 1
+        assert bytes(got) == data[:300_000] and r.pending() == 0
+        with pytest.raises(BlockingIOError):
+            r.recv(1)
+        a.sendall(b"xyz")
+        time.sleep(0.05)
+        assert r.recv(1) == b"x" and r.pending() == 2 and r.recv(5) == b"yz"
+        assert r.fileno() == b.fileno()
+        a.close()
+        time.sleep(0.05)
+        assert r.recv(1) == b""
+    finally:
+        b.close()
