@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import itertools
+import struct
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence, TypeVar
@@ -122,6 +124,91 @@ def _timegm(year: int, month: int) -> int:
     return calendar.timegm((year, month, 1, 0, 0, 0, 0, 0, 0))
 
 
+class _Array(bytes):
+    """A one-dimensional array parameter already in PostgreSQL's binary array format (array_send): psycopg's own
+    array dumper spent several µs of Python per element, a flush's largest cost after the checks."""
+
+    oid = 0
+
+
+class _TextArray(_Array):
+    oid = 1009
+
+
+class _ByteaArray(_Array):
+    oid = 1001
+
+
+class _Int8Array(_Array):
+    oid = 1016
+
+
+class _Int4Array(_Array):
+    oid = 1007
+
+
+class _BoolArray(_Array):
+    oid = 1000
+
+
+_ELEMENT_OID = {1009: 25, 1001: 17, 1016: 20, 1007: 23, 1000: 16}
+_ARRAY_HEAD = struct.Struct("!iiIii")  # ndim 1, no NULLs, element type, length, lower bound 1
+_LEN = struct.Struct("!i").pack
+_INT8 = struct.Struct("!iq").pack  # length 8, value
+_INT4 = struct.Struct("!ii").pack
+_BOOL = struct.Struct("!i?").pack
+
+
+def _array(cls: type[_Array], items: Sequence[bytes | None]) -> _Array:
+    oid = _ELEMENT_OID[cls.oid]
+    if not items:
+        return cls(struct.pack("!iiI", 0, 0, oid))
+    nulls = None in items
+    body = b"".join([_LEN(-1) if x is None else _LEN(len(x)) + x for x in items] if nulls else
+                    [_LEN(len(x)) + x for x in items])
+    return cls(_ARRAY_HEAD.pack(1, int(nulls), oid, len(items), 1) + body)
+
+
+def text_array(values: Sequence[str | None]) -> _Array:
+    return _array(_TextArray, [None if v is None else v.encode() for v in values])
+
+
+def bytea_array(values: Sequence[bytes | None]) -> _Array:
+    return _array(_ByteaArray, [None if v is None else bytes(v) for v in values])
+
+
+def _ints(cls: type[_Array], pack: Callable[..., bytes], size: int, values: Sequence[int]) -> "_Array | list[int]":
+    oid = _ELEMENT_OID[cls.oid]
+    if not values:
+        return cls(struct.pack("!iiI", 0, 0, oid))
+    try:
+        return cls(_ARRAY_HEAD.pack(1, 0, oid, len(values), 1) + b"".join(map(pack, itertools.repeat(size, len(values)), values)))
+    except struct.error:  # out of the column's range (a header allows up to 2^64 - 1): PostgreSQL refuses it, as before
+        return list(values)
+
+
+def int8_array(values: Sequence[int]) -> "_Array | list[int]":
+    return _ints(_Int8Array, _INT8, 8, values)
+
+
+def int4_array(values: Sequence[int]) -> "_Array | list[int]":
+    return _ints(_Int4Array, _INT4, 4, values)
+
+
+def bool_array(values: Sequence[bool]) -> _Array:
+    return _ints(_BoolArray, _BOOL, 1, [bool(v) for v in values])
+
+
+def _register_arrays(conn: Any) -> None:
+    from psycopg.adapt import Dumper
+    from psycopg.pq import Format
+
+    for cls in (_TextArray, _ByteaArray, _Int8Array, _Int4Array, _BoolArray):
+        dumper = type(f"{cls.__name__}Dumper", (Dumper,), {"format": Format.BINARY, "oid": cls.oid,
+                                                            "dump": lambda self, obj: obj})
+        conn.adapters.register_dumper(cls, dumper)
+
+
 def _db(method: Callable[..., T]) -> Callable[..., T]:
     """A database that went away is a StoreError (the worker reconnects at its next call), never a traceback."""
 
@@ -170,6 +257,7 @@ class PgStore(CollectorStore):
         if self._conn is None or self._conn.closed:
             try:
                 self._conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=max(1, int(self.connect_timeout)))
+                _register_arrays(self._conn)
             except psycopg.Error as exc:
                 raise StoreUnavailable(f"PostgreSQL: cannot connect: {str(exc).strip().splitlines()[0] if str(exc) else exc}") from None
         return self._conn
@@ -333,11 +421,11 @@ class PgStore(CollectorStore):
         failed: set[str] = set()
         with conn.pipeline(), conn.transaction():
             conn.execute("SELECT pg_advisory_xact_lock(k) FROM unnest(%b::bigint[]) WITH ORDINALITY AS t(k, i) ORDER BY i",
-                         (sorted({chain_lock(v, s) for v, s in chains}),))
+                         (int8_array(sorted({chain_lock(v, s) for v, s in chains})),))
             cur = conn.execute(
                 "SELECT h.vehicle, h.stream, h.seq, h.digest, h.first_seq, h.blocks, h.records, h.frontier FROM heads h "
                 "JOIN unnest(%b::text[], %b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s",
-                ([v for v, _ in chains], [s for _, s in chains]))
+                (text_array([v for v, _ in chains]), text_array([s for _, s in chains])))
             self.round_trips += 1
             heads = {(v, s): [int(q), bytes(d), int(f), int(n), int(r), None if t is None else bytes(t)]
                      for v, s, q, d, f, n, r, t in cur.fetchall()}
@@ -379,20 +467,27 @@ class PgStore(CollectorStore):
                 heads.update({(vehicle, s): h for s, h in mine.items()})
             done = [(v, s) for v, s in chains if v not in failed]
             if rows:
-                cols = list(zip(*[(v, b.stream, b.seq, b.digest, b.header.prev, b.header.t0, b.header.t1, b.header.count,
-                                   b.sign1, b.message(), b.bare, root) for v, b, root in rows]))
+                headers = [b.header for _, b, _ in rows]
                 conn.execute(
                     "INSERT INTO blocks(vehicle, stream, seq, digest, prev, t0, t1, count, sign1, message, bare, root, received) "
                     "SELECT *, %s FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bytea[], %b::bigint[], "
                     "%b::bigint[], %b::integer[], %b::bytea[], %b::bytea[], %b::boolean[], %b::bytea[])",
-                    (now, *[list(c) for c in cols]))
-                h = [(v, s, *heads[(v, s)]) for v, s in done]
+                    (now, text_array([v for v, _, _ in rows]), text_array([h.stream for h in headers]),
+                     int8_array([h.seq for h in headers]), bytea_array([b.digest for _, b, _ in rows]),
+                     bytea_array([h.prev for h in headers]), int8_array([h.t0 for h in headers]),
+                     int8_array([h.t1 for h in headers]), int4_array([h.count for h in headers]),
+                     bytea_array([b.sign1 for _, b, _ in rows]), bytea_array([b.message() for _, b, _ in rows]),
+                     bool_array([b.bare for _, b, _ in rows]), bytea_array([root for _, _, root in rows])))
+                h = [heads[c] for c in done]
                 conn.execute(
                     "INSERT INTO heads(vehicle, stream, seq, digest, first_seq, blocks, records, frontier) "
                     "SELECT * FROM unnest(%b::text[], %b::text[], %b::bigint[], %b::bytea[], %b::bigint[], %b::bigint[], "
                     "%b::bigint[], %b::bytea[]) ON CONFLICT (vehicle, stream) DO UPDATE SET seq = excluded.seq, "
                     "digest = excluded.digest, blocks = excluded.blocks, records = excluded.records, "
-                    "frontier = excluded.frontier", [list(c) for c in zip(*h)])
+                    "frontier = excluded.frontier",
+                    (text_array([v for v, _ in done]), text_array([s for _, s in done]), int8_array([x[0] for x in h]),
+                     bytea_array([x[1] for x in h]), int8_array([x[2] for x in h]), int8_array([x[3] for x in h]),
+                     int8_array([x[4] for x in h]), bytea_array([x[5] for x in h])))
                 if counted:
                     n: dict[tuple[str, str], int] = {}
                     for v, b, _ in rows:
@@ -401,11 +496,13 @@ class PgStore(CollectorStore):
                         "INSERT INTO counters(vehicle, stream, accepted, duplicates, last) "
                         "SELECT v, s, n, 0, %s FROM unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, n) "
                         "ON CONFLICT (vehicle, stream) DO UPDATE SET accepted = counters.accepted + excluded.accepted, "
-                        "last = excluded.last", (now, [v for v, _ in n], [s for _, s in n], list(n.values())))
+                        "last = excluded.last", (now, text_array([v for v, _ in n]), text_array([s for _, s in n]),
+                                                 int8_array(list(n.values()))))
                     conn.execute(
                         "DELETE FROM pending p USING unnest(%b::text[], %b::text[], %b::bigint[]) AS t(v, s, q) "
                         "WHERE p.vehicle = t.v AND p.stream = t.s AND p.seq <= t.q",
-                        ([v for v, _ in done], [s for _, s in done], [heads[c][0] for c in done]))
+                        (text_array([v for v, _ in done]), text_array([s for _, s in done]),
+                         int8_array([heads[c][0] for c in done])))
         self.round_trips += 1
         self._roots = {c: r for c, r in roots.items() if c[0] not in failed}
         return failed, skipped
@@ -437,9 +534,9 @@ class PgStore(CollectorStore):
     def prefetch(self, vehicles: Sequence[str], chains: Sequence[tuple[str, str]]) -> Prefetch:
         """Keys, heads, and the held blocks of these chains, in one pipelined round trip."""
         conn = self.conn
-        vs, ss = [v for v, _ in chains], [s for _, s in chains]
+        vs, ss = text_array([v for v, _ in chains]), text_array([s for _, s in chains])
         with conn.pipeline():
-            keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%b::text[])", (list(vehicles),))
+            keys = conn.execute("SELECT vehicle, public_key FROM vehicles WHERE vehicle = ANY(%b::text[])", (text_array(list(vehicles)),))
             heads = conn.execute("SELECT h.vehicle, h.stream, h.seq, h.digest FROM heads h JOIN unnest(%b::text[], "
                                  "%b::text[]) AS t(v, s) ON h.vehicle = t.v AND h.stream = t.s", (vs, ss))
             held = conn.execute("SELECT p.vehicle, p.stream, p.seq, p.message FROM pending p JOIN unnest(%b::text[], "

@@ -38,6 +38,37 @@ def subscription(group: str | None) -> str:
     return f"$share/{group}/{base}" if group else base
 
 
+class _ReadBuffer:
+    """The session's socket for paho, reading ahead: paho asks for each packet in three or more recv calls (the
+    command byte, each length byte, the rest), one system call each; this reads up to 256 KiB at once and
+    serves them from memory. `pending()` tells paho's loop that bytes wait here (it asks that of TLS sockets
+    for the same reason), so it does not sit in select(). Everything else is the socket's."""
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self._data = memoryview(b"")
+        self._pos = 0
+
+    def recv(self, n: int) -> bytes:
+        pos, data = self._pos, self._data
+        if pos >= len(data):
+            chunk = self._sock.recv(max(n, 1 << 18))  # BlockingIOError, TLS's want-read, b"" at the end: as before
+            if len(chunk) <= n:
+                return chunk
+            self._data, self._pos = memoryview(chunk), n
+            return chunk[:n]
+        end = min(pos + n, len(data))
+        self._pos = end
+        return data[pos:end].tobytes()
+
+    def pending(self) -> int:
+        inner = self._sock.pending() if hasattr(self._sock, "pending") else 0
+        return len(self._data) - self._pos + inner
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
 class CollectorService:
     """Runs a Collector against a broker until stop(); reconnects with backoff, keeps a persistent session."""
 
@@ -97,6 +128,8 @@ class CollectorService:
         client.on_message = lambda _c, _u, msg: self.collector.receive(msg.topic, msg.payload)
         try:
             connect(client, self.cfg, self._stop.is_set)
+            if getattr(client, "_sock", None) is not None:  # paho keeps its socket there (2.x)
+                client._sock = _ReadBuffer(client._sock)
             client.subscribe(subscription(self.group), qos=1)
             self.connected.set()
             self._failing = False
