@@ -6,7 +6,9 @@ in its own thread, so the agent and its other buses carry on.
 
 On SocketCAN the kernel filters (CAN_RAW_FILTER) keep unneeded identifiers out
 of the socket, and the socket is read directly (`carledger.sources.socketcan`):
-large receive buffer, kernel drop counts, hardware timestamps. Error frames
+large receive buffer, kernel drop counts, hardware timestamps. python-can's
+`udp_multicast` bus (the benches' stand-in for a car's bus) is read directly
+too (`carledger.sources.udpmulticast`), with python-can's semantics. Error frames
 from any interface become rate-limited "bus-error" events
 (`carledger.sources.canerror`). The filter can be swapped while the bus runs
 (`set_filter`), e.g. when the owner's policy changes which signals are needed.
@@ -28,6 +30,7 @@ from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pace
 from carledger.sources.canerror import CAN_ERR_FLAG, ErrorFrameLog
 from carledger.sources.frame import Frame, FrameFilter, frame_key
 from carledger.sources.socketcan import SocketReader, receive_buffer_for, set_receive_buffer
+from carledger.sources.udpmulticast import DatagramReader, reader_for as datagram_reader_for
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class BusSource(FrameSource):
         self.receive_buffer = receive_buffer_for(wakeup_interval) if receive_buffer is None else receive_buffer
         self.receive_buffer_granted = 0  # SocketCAN: what the kernel granted (it reports twice the request)
         self.error_frames = 0
-        self.dropped = 0  # SocketCAN: frames the kernel dropped for a full receive buffer
+        self.dropped = 0  # SocketCAN, udp_multicast: frames the kernel dropped for a full receive buffer
         self.hardware_timestamps = 0  # SocketCAN: frames timed by the interface's clock
         self.reopens = 0
         self.opened = threading.Event()  # set while the bus is open: tests and health checks wait on it
@@ -173,6 +176,15 @@ class BusSource(FrameSource):
         """The open bus, and on SocketCAN its direct reader; raises when the interface is absent or down."""
         bus = self._open()
         sock = getattr(bus, "socket", None)
+        if self.interface == "udp_multicast":
+            try:
+                reader = datagram_reader_for(bus, self.receive_buffer)
+            except BaseException:
+                bus.shutdown()
+                raise
+            if reader is not None:  # python-can's bus, read a batch at a time as SocketCAN is
+                self.receive_buffer_granted = reader.receive_buffer
+                return bus, reader
         if self.interface != "socketcan" or sock is None:
             self.receive_buffer_granted = _size_socket_of(bus, self.receive_buffer)
             return bus, None
@@ -256,7 +268,7 @@ class BusSource(FrameSource):
             if paced and not self._rest(pacer, batch, stop):
                 return
 
-    def _receive_socket(self, bus, reader: SocketReader, stop: threading.Event) -> Iterator[list[Frame]]:
+    def _receive_socket(self, bus, reader: "SocketReader | DatagramReader", stop: threading.Event) -> Iterator[list[Frame]]:
         read, on_error = reader.read, self._error_frame
         reported, next_report = 0, 0.0  # drops already reported for this socket
         stamped_before = self.hardware_timestamps
