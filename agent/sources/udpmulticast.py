@@ -42,6 +42,13 @@ _COUNTER = struct.Struct("=I")
 _ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_COUNTER.size)
 # the fields python-can's udp_multicast `pack_message` writes; anything else takes python-can's own path
 _PLAIN = (False, False, False, False, False)  # remote, error, FD, bitrate switch, error state indicator
+# How pack_message lays out a classic data frame: the map and its first key, the time as a float64, the
+# identifier's fields (`arbitration_id` to `dlc`: the header), the payload, the three flags all False.
+_HEAD = b"\x8b\xa9timestamp\xcb"
+_HEADER_AT = len(_HEAD) + 8
+_DATA = b"\xa4data\xc4"  # the key `data` and a bin 8 of the payload's length
+_TAIL = b"\xa5is_fd\xc2\xaebitrate_switch\xc2\xb5error_state_indicator\xc2"
+_HEADERS = 4096  # headers remembered at most: one per identifier (and channel) a bus carries
 
 
 def reader_for(bus: Any, receive_buffer: int) -> "DatagramReader | None":
@@ -78,6 +85,8 @@ class DatagramReader:
         self._failure: Exception | None = None  # raised by the next read, after the frames read before it
         self._filters: Any = object()  # the bus's filters the compiled ones below were made of
         self._exact: frozenset[int] | None = None  # keys the filters take, when every mask is a full one
+        # header bytes -> (key, length) of datagrams that unpacked as plain classic frames (`_remember`)
+        self._headers: dict[bytes, tuple[int, int]] = {}
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         except OSError:
@@ -118,6 +127,7 @@ class DatagramReader:
         recvmsg, size = sock.recvmsg, self._max_buffer
         unpackb, unpack_time = self._unpackb, _TIMESPEC.unpack_from
         append = batch.append
+        headers, tail_length = self._headers, len(_TAIL)
         while len(batch) < max_frames:
             try:
                 raw, ancillary, _, _ = recvmsg(size, _ANCILLARY, socket.MSG_DONTWAIT)
@@ -136,6 +146,18 @@ class DatagramReader:
                         t = seconds + nanoseconds * 1.0e-9
                     elif kind == SO_RXQ_OVFL:
                         self.dropped = _COUNTER.unpack_from(data)[0]
+            # The datagram's bytes say what a full unpack said of the same header before: msgpack is
+            # read from the start, so equal bytes up to the payload are equal fields (`_remember`).
+            cut = raw.rfind(_DATA, _HEADER_AT)
+            known = headers.get(raw[_HEADER_AT:cut]) if cut > 0 else None
+            if known is not None and t is not None:
+                key, length = known
+                end = cut + 7 + length
+                if raw[cut + 6] == length and end + tail_length == len(raw) and raw.endswith(_TAIL) \
+                        and raw.startswith(_HEAD):
+                    if everything or (key in exact if exact is not None else self._matches(key & 0x1FFFFFFF, key > 0x7FFFFFFF)):
+                        append((t, key, raw[cut + 7 : end]))
+                    continue
             try:
                 if t is None:
                     raise _can_error("received control message type that was not requested")
@@ -152,6 +174,8 @@ class DatagramReader:
                     fields, plain = None, False
                 if plain:
                     key = can_id | EFF_FLAG if extended else can_id
+                    if len(headers) < _HEADERS:
+                        self._remember(raw, key, data)
                     if everything or (key in exact if exact is not None else self._matches(can_id, extended)):
                         append((t, key, data))
                     continue
@@ -162,6 +186,19 @@ class DatagramReader:
                 self._failure = exc
                 break
         return batch
+
+    def _remember(self, raw: bytes, key: int, data: bytes) -> None:
+        """Keeps the header of a datagram that unpacked as a plain classic frame, if laid out as pack_message does.
+
+        Only a header whose payload was found right after it is kept: the `data` key
+        found in the bytes is the one the full unpack read, the payload ends where the
+        three flags begin, and nothing follows them.
+        """
+        cut = raw.rfind(_DATA, _HEADER_AT)
+        end = cut + 7 + len(data)
+        if (cut > 0 and raw.startswith(_HEAD) and raw.endswith(_TAIL) and raw[cut + 6] == len(data)
+                and raw[cut + 7 : end] == data and end + len(_TAIL) == len(raw)):
+            self._headers[raw[_HEADER_AT:cut]] = (key, len(data))
 
     def _matches(self, can_id: int, extended: bool) -> bool:
         """`BusABC._matches_filters` for a frame of this identifier."""
