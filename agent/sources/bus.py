@@ -82,6 +82,10 @@ class BusSource(FrameSource):
         # carledger.notify.Watchdog withholds systemd's watchdog once it is long past (a hung driver call)
         self.alive_until: float | None = None
         self._errors = ErrorFrameLog(error_interval)
+        # Set by a caller that runs its own per-round work between batches (the pipeline reading this bus in its
+        # own thread): an empty batch at least every receive timeout while nothing arrives, a failed bus reopens
+        # or a filter leaves it closed, so that work goes on.
+        self.idle_ticks = False
         self._filter_changed = threading.Event()
         self._random = random.Random()
 
@@ -89,6 +93,14 @@ class BusSource(FrameSource):
     def error_state(self) -> str | None:
         """The controller state the last error frames told of (error-active/-warning/-passive, bus-off), if any."""
         return self._errors.state
+
+    @property
+    def reads_sockets(self) -> bool:
+        """True when the bus is read from a socket (SocketCAN, udp_multicast): no driver call that can wedge.
+
+        Such a bus, alone in the agent, is read by the pipeline thread itself (`Pipeline.run`).
+        """
+        return self.interface in ("socketcan", "udp_multicast")
 
     def set_filter(self, frame_filter: FrameFilter | None) -> None:
         """Read only what `frame_filter` lets through from now on: on the open bus and after reopens.
@@ -141,12 +153,14 @@ class BusSource(FrameSource):
                     self._expect(_RECV_TIMEOUT)
                     if stop.wait(_RECV_TIMEOUT):
                         return
+                    if self.idle_ticks:
+                        yield []
                 continue
             self._expect(_OPEN_ALLOWANCE)
             try:
                 bus, reader = self._connect()
             except Exception as exc:  # any driver error: report, back off, retry
-                delay = self._back_off(stop, f"cannot open: {exc}", delay)
+                delay = yield from self._back_off(stop, f"cannot open: {exc}", delay)
                 if delay is None:
                     return
                 continue
@@ -162,7 +176,7 @@ class BusSource(FrameSource):
                 yield from self._receive(bus, stop) if reader is None else self._receive_socket(bus, reader, stop)
                 delay = self.backoff[0]
             except Exception as exc:  # the interface failed under us
-                delay = self._back_off(stop, f"receive failed: {exc}", delay)
+                delay = yield from self._back_off(stop, f"receive failed: {exc}", delay)
                 if delay is None:
                     return
             finally:
@@ -199,14 +213,24 @@ class BusSource(FrameSource):
         self.receive_buffer_granted = reader.receive_buffer
         return bus, reader
 
-    def _back_off(self, stop: threading.Event, message: str, delay: float) -> float | None:
-        """Reports a failure and waits before the next try; the delay after that, or None once stopped."""
+    def _back_off(self, stop: threading.Event, message: str, delay: float) -> Iterator[list[Frame]]:
+        """Reports a failure and waits before the next try; returns the delay after that, or None once stopped.
+
+        With `idle_ticks` it yields an empty batch every receive timeout while it waits.
+        """
         self._report("bus-error", message, delay)
         wait = self._jitter(delay)
-        self._expect(wait)
-        if stop.wait(wait):
-            return None
-        return min(delay * 2, self.backoff[1])
+        until = time.monotonic() + wait
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return min(delay * 2, self.backoff[1])
+            step = min(left, _RECV_TIMEOUT) if self.idle_ticks else left
+            self._expect(step)
+            if stop.wait(step):
+                return None
+            if self.idle_ticks:
+                yield []
 
     def _filter_applied(self, bus) -> bool:
         """Applies a filter set by `set_filter` to the open bus; False when the bus is no longer needed."""
@@ -263,6 +287,8 @@ class BusSource(FrameSource):
                 self.frames_read += len(batch)
                 self.alive_until = math.inf  # time the consumer takes is not the reader's
                 yield batch
+            elif self.idle_ticks:
+                yield batch
             if failure is not None:
                 raise failure
             if paced and not self._rest(pacer, batch, stop):
@@ -285,6 +311,8 @@ class BusSource(FrameSource):
                 self.hardware_timestamps = stamped_before + reader.hardware_timestamps
                 self.frames_read += len(batch)
                 self.alive_until = math.inf  # time the consumer takes is not the reader's
+                yield batch
+            elif self.idle_ticks:
                 yield batch
             if not self._rest(pacer, batch, stop):
                 return
