@@ -201,3 +201,53 @@ def test_bus_source_reads_udp_multicast_directly_and_applies_its_filter(channel)
         stop.set()
         thread.join(5)
         sender.shutdown()
+
+
+def test_a_single_socket_bus_is_read_by_the_pipeline_thread_whose_rounds_go_on_while_it_is_silent(tmp_path, channel):
+    """One bus read from a socket: no reader thread, every frame recorded, and owner requests answered in silence."""
+    from carledger.config import load_config
+    from carledger.dbc import path as dbc_path
+    from carledger.owner import Spool
+    from carledger.pipeline import Pipeline
+    from carledger_sim.car import SimulatedCar
+    from test_pipeline_sim import START, run_in_thread, write_config
+
+    group, port = channel
+    config = write_config(tmp_path, f"""
+        [[bus]]
+        name = "udp"
+        interface = "udp_multicast"
+        channel = "{group}"
+        options = {{ port = {port} }}
+        dbc = ["{dbc_path('carledger_demo.dbc')}"]
+        """, """
+        [[stream]]
+        name = "driving"
+        signals = ["Vehicle.Speed"]
+        """)
+    pipeline = Pipeline(load_config(config))
+    source = pipeline.sources[0]
+    thread = run_in_thread(pipeline)
+    sender = _bus(channel)
+    try:
+        wait_until(source.opened.is_set)
+        assert [t.name for t in threading.enumerate() if t.name.startswith("source-")] == []
+        assert source.idle_ticks
+        car = SimulatedCar("city", seed=4, duration=2.0, start_time=START)
+        messages = list(car.frames())
+        for msg in messages:
+            sender.send(msg)
+        wanted = sum(1 for m in messages if source.frame_filter.matches(m.arbitration_id | (EFF_FLAG if m.is_extended_id else 0)))
+        assert 0 < wanted < len(messages)
+        wait_until(lambda: pipeline.buses[0].stats.frames == wanted)  # every frame the policy needs, and only those
+        wait_until(lambda: pipeline.summary.records > 0)
+
+        spool = Spool(tmp_path / "ledger")  # the bus is silent now: the pipeline's rounds still take requests
+        answer = spool.wait(spool.put({"action": "pause"}), 30)
+        assert answer is not None and answer["ok"] and answer["changed"]
+    finally:
+        pipeline.stop()
+        thread.join(30)
+        sender.shutdown()
+    assert not thread.is_alive()
+    assert source.frames_read == wanted
