@@ -83,6 +83,7 @@ class DatagramReader:
         self.dropped = 0  # datagrams the kernel dropped for a full receive buffer (since the socket opened)
         self.hardware_timestamps = 0  # never: the kernel stamps datagrams as they arrive
         self._failure: Exception | None = None  # raised by the next read, after the frames read before it
+        self._pending: list[tuple[bytes, float | None]] = []  # received after a failing datagram: the read after
         self._filters: Any = object()  # the bus's filters the compiled ones below were made of
         self._exact: frozenset[int] | None = None  # keys the filters take, when every mask is a full one
         # header bytes -> (key, length) of datagrams that unpacked as plain classic frames (`_remember`)
@@ -91,6 +92,7 @@ class DatagramReader:
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         except OSError:
             pass
+        self._many = _Many.on(sock, max_buffer)
 
     def _compile(self, filters: Any) -> None:
         """The bus's filters as a set of keys when each names one identifier; else python-can decides per frame."""
@@ -118,34 +120,19 @@ class DatagramReader:
             raise failure
         sock = self.sock
         batch: list[Frame] = []
-        if not select.select((sock,), (), (), timeout)[0]:
+        datagrams, self._pending = self._pending, []  # read with a failing one before it, not yet handed on
+        if not datagrams and not select.select((sock,), (), (), timeout)[0]:
             return batch
         filters = self.bus._filters
         if filters is not self._filters:
             self._compile(filters)
         exact, everything = self._exact, filters is None
-        recvmsg, size = sock.recvmsg, self._max_buffer
-        unpackb, unpack_time = self._unpackb, _TIMESPEC.unpack_from
+        unpackb = self._unpackb
         append = batch.append
         headers, tail_length = self._headers, len(_TAIL)
-        while len(batch) < max_frames:
-            try:
-                raw, ancillary, _, _ = recvmsg(size, _ANCILLARY, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if not batch:
-                    raise
-                self._failure = exc
-                break
-            t = None
-            for level, kind, data in ancillary:
-                if level == socket.SOL_SOCKET:
-                    if kind == SO_TIMESTAMPNS:
-                        seconds, nanoseconds = unpack_time(data)
-                        t = seconds + nanoseconds * 1.0e-9
-                    elif kind == SO_RXQ_OVFL:
-                        self.dropped = _COUNTER.unpack_from(data)[0]
+        if not datagrams:
+            datagrams = self._receive(max_frames)
+        for index, (raw, t) in enumerate(datagrams):
             # The datagram's bytes say what a full unpack said of the same header before: msgpack is
             # read from the start, so equal bytes up to the payload are equal fields (`_remember`).
             cut = raw.rfind(_DATA, _HEADER_AT)
@@ -181,11 +168,51 @@ class DatagramReader:
                     continue
                 self._unusual(raw, fields, t, batch, on_error_frame)
             except Exception as exc:
+                self._pending = datagrams[index + 1 :]  # python-can would read them after the failure
                 if not batch:
                     raise
                 self._failure = exc
                 break
         return batch
+
+    def _receive(self, limit: int) -> list[tuple[bytes, float | None]]:
+        """(datagram, kernel time) of up to `limit` queued datagrams, without waiting.
+
+        An OSError after some were read is kept for the next read. One `recvmmsg`
+        system call for up to 32 datagrams where the C library has it (`_Many`),
+        else a `recvmsg` each.
+        """
+        out: list[tuple[bytes, float | None]] = []
+        many = self._many
+        try:
+            if many is not None:
+                while len(out) < limit:
+                    got = many.receive(min(limit - len(out), many.slots), out)
+                    if got < many.slots:
+                        break
+                if many.dropped is not None:
+                    self.dropped = many.dropped
+                return out
+            recvmsg, size, unpack_time = self.sock.recvmsg, self._max_buffer, _TIMESPEC.unpack_from
+            while len(out) < limit:
+                try:
+                    raw, ancillary, _, _ = recvmsg(size, _ANCILLARY, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                t = None
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET:
+                        if kind == SO_TIMESTAMPNS:
+                            seconds, nanoseconds = unpack_time(data)
+                            t = seconds + nanoseconds * 1.0e-9
+                        elif kind == SO_RXQ_OVFL:
+                            self.dropped = _COUNTER.unpack_from(data)[0]
+                out.append((raw, t))
+        except OSError as exc:
+            if not out:
+                raise
+            self._failure = exc
+        return out
 
     def _remember(self, raw: bytes, key: int, data: bytes) -> None:
         """Keeps the header of a datagram that unpacked as a plain classic frame, if laid out as pack_message does.
@@ -233,3 +260,110 @@ def _can_error(text: str) -> Exception:
     import can
 
     return can.CanOperationError(text)
+
+
+class _Many:
+    """`recvmmsg(2)` through ctypes: up to `slots` datagrams and their kernel times in one system call.
+
+    At the car's pace a `recvmsg` per datagram cost more CPU than all the rest of
+    the agent's work on a frame: each system call, and each Python call around
+    it, is paid again per frame. The buffers are made once; each datagram has
+    `max_buffer` bytes (python-can's), so a longer one is cut where python-can's
+    `recvmsg` cuts it.
+    """
+
+    slots = 32
+    _CONTROL = 64  # bytes of ancillary data per datagram: SO_TIMESTAMPNS (32) and SO_RXQ_OVFL (20, aligned 24)
+
+    def __init__(self, ctypes: Any, recvmmsg: Any, fd: int, max_buffer: int):
+        c = ctypes
+
+        class iovec(c.Structure):
+            _fields_ = [("iov_base", c.c_void_p), ("iov_len", c.c_size_t)]
+
+        class msghdr(c.Structure):
+            _fields_ = [("msg_name", c.c_void_p), ("msg_namelen", c.c_uint32), ("msg_iov", c.c_void_p),
+                        ("msg_iovlen", c.c_size_t), ("msg_control", c.c_void_p), ("msg_controllen", c.c_size_t),
+                        ("msg_flags", c.c_int)]
+
+        class mmsghdr(c.Structure):
+            _fields_ = [("msg_hdr", msghdr), ("msg_len", c.c_uint)]
+
+        self._ctypes = c
+        self._recvmmsg = recvmmsg
+        self._fd = fd
+        self._size = max_buffer
+        slots = self.slots
+        self._data = c.create_string_buffer(slots * max_buffer)
+        self._control = c.create_string_buffer(slots * self._CONTROL)
+        self._iov = (iovec * slots)()
+        self._headers = (mmsghdr * slots)()
+        self._template = (mmsghdr * slots)()
+        data, control = c.addressof(self._data), c.addressof(self._control)
+        for i in range(slots):
+            self._iov[i].iov_base, self._iov[i].iov_len = data + i * max_buffer, max_buffer
+            header = self._template[i].msg_hdr
+            header.msg_iov, header.msg_iovlen = c.addressof(self._iov[i]), 1
+            header.msg_control, header.msg_controllen = control + i * self._CONTROL, self._CONTROL
+        self._header_size = c.sizeof(mmsghdr)
+        self._length_at = mmsghdr.msg_len.offset
+        self._controllen_at = mmsghdr.msg_hdr.offset + msghdr.msg_controllen.offset
+        self._header_view = memoryview(self._headers).cast("B")
+        self._control_view = memoryview(self._control).cast("B")
+        self.dropped: int | None = None
+
+    @classmethod
+    def on(cls, sock: socket.socket, max_buffer: int) -> "_Many | None":
+        """The receiver for this socket, or None where there is no `recvmmsg` (the caller reads one at a time)."""
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            recvmmsg = libc.recvmmsg
+        except (ImportError, OSError, AttributeError):
+            return None
+        recvmmsg.restype = ctypes.c_int
+        recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
+        return cls(ctypes, recvmmsg, sock.fileno(), max_buffer)
+
+    def receive(self, count: int, out: list) -> int:
+        """Appends (datagram, time or None) of up to `count` queued datagrams to `out`; how many it read."""
+        c = self._ctypes
+        c.memmove(self._headers, self._template, self._header_size * count)
+        got = self._recvmmsg(self._fd, self._headers, count, socket.MSG_DONTWAIT, None)
+        if got < 0:
+            errno = c.get_errno()
+            if errno in (11, 4):  # EAGAIN (nothing queued), EINTR
+                return 0
+            raise OSError(errno, __import__("os").strerror(errno))
+        headers, control, data, size = self._header_view, self._control_view, self._data, self._size
+        step, length_at, controllen_at, room = self._header_size, self._length_at, self._controllen_at, self._CONTROL
+        unpack_header, unpack_time, unpack_counter = _CMSG.unpack_from, _TIMESPEC.unpack_from, _COUNTER.unpack_from
+        unpack_length, unpack_size = _UINT.unpack_from, _SIZE.unpack_from
+        append = out.append
+        for i in range(got):
+            at = i * step
+            length = unpack_length(headers, at + length_at)[0]
+            controllen = unpack_size(headers, at + controllen_at)[0]
+            raw = data[i * size : i * size + length]
+            t = None
+            offset = i * room
+            end = offset + controllen
+            while offset + 16 <= end:  # cmsghdr: length (size_t), level, type; then the data, 8-byte aligned
+                cmsg_length, level, kind = unpack_header(control, offset)
+                if level == socket.SOL_SOCKET:
+                    if kind == SO_TIMESTAMPNS and cmsg_length >= 16 + _TIMESPEC.size:
+                        seconds, nanoseconds = unpack_time(control, offset + 16)
+                        t = seconds + nanoseconds * 1.0e-9
+                    elif kind == SO_RXQ_OVFL and cmsg_length >= 16 + _COUNTER.size:
+                        self.dropped = unpack_counter(control, offset + 16)[0]
+                if cmsg_length < 16:
+                    break
+                offset += (cmsg_length + 7) & ~7
+            append((raw, t))
+        return got
+
+
+_CMSG = struct.Struct("@Nii")  # struct cmsghdr: cmsg_len, cmsg_level, cmsg_type (its data follows, 8-byte aligned)
+_UINT = struct.Struct("@I")
+_SIZE = struct.Struct("@N")
