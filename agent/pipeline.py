@@ -2,7 +2,9 @@
 
 Each bus runs in its own thread, reading only the frames some stream of the
 policy could need and handing them over in batches, once per wake-up
-interval (`[agent] wakeup_interval`) while frames flow. One pipeline thread
+interval (`[agent] wakeup_interval`) while frames flow; a single bus read
+from a socket (SocketCAN, udp_multicast) is read by the pipeline thread
+itself, so that one thread wakes per interval. One pipeline thread
 wakes just after the readers, decodes, hands each new value to the consumers
 the policy engine attached (taps, location filters, metrics, aggregates),
 and seals blocks when they are due (by age or record count), one SQLite
