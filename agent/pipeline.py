@@ -2,7 +2,9 @@
 
 Each bus runs in its own thread, reading only the frames some stream of the
 policy could need and handing them over in batches, once per wake-up
-interval (`[agent] wakeup_interval`) while frames flow. One pipeline thread
+interval (`[agent] wakeup_interval`) while frames flow; a single bus read
+from a socket (SocketCAN, udp_multicast) is read by the pipeline thread
+itself, so that one thread wakes per interval. One pipeline thread
 wakes just after the readers, decodes, hands each new value to the consumers
 the policy engine attached (taps, location filters, metrics, aggregates),
 and seals blocks when they are due (by age or record count), one SQLite
@@ -606,8 +608,13 @@ class Pipeline:
             "policy_version": self.owner_state.policy.version, "buses": [b.config.name for b in self.buses],
         })
         # A single fast replay runs in this thread: handing batches across threads
-        # would only add GIL hand-offs. Everything else gets a reader thread per source.
-        inline = len(self.sources) == 1 and isinstance(self.sources[0], LogSource) and self.sources[0].speed <= 0
+        # would only add GIL hand-offs. So does a single bus read from a socket, which this
+        # thread reads once per wake-up interval itself: one thread wakes, not two, and no
+        # batch crosses threads. Everything else gets a reader thread per source.
+        fast = len(self.sources) == 1 and isinstance(self.sources[0], LogSource) and self.sources[0].speed <= 0
+        inline = fast or (len(self.sources) == 1 and getattr(self.sources[0], "reads_sockets", False))
+        if inline and not fast:
+            self.sources[0].idle_ticks = True  # an empty batch when idle: this loop's per-round work goes on
         threads = [] if inline else [
             threading.Thread(target=self._feed, args=(i, s), name=f"source-{s.name}", daemon=True)
             for i, s in enumerate(self.sources)
@@ -624,7 +631,7 @@ class Pipeline:
         # share one fsync (`Store.append(hold=...)`). A kill loses at most that much more of a tail the
         # replay can give again; nothing reaches another connection before it is durable; every other
         # seal (owner actions, crash captures, the last) commits at once. A live bus keeps one per seal.
-        if inline and self.syncer is None and self.witness_thread is None:
+        if fast and self.syncer is None and self.witness_thread is None:
             self._hold = _HOLD
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
@@ -725,7 +732,7 @@ class Pipeline:
 
     def _inline_rounds(self) -> Iterator[list[tuple[int, list | None]]]:
         for item in self._batches_of(0, self.sources[0]):
-            yield [item]
+            yield [item] if item[1] is None or item[1] else []  # [] : a tick of a bus read in this thread
 
     def _batches_of(self, index: int, source: FrameSource) -> Iterator[tuple[int, list | None]]:
         """(index, batch) for every batch of a source, then (index, None); never raises."""

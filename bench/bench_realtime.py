@@ -39,6 +39,17 @@ Receivers, one after the other on the same feed:
   frames/s, a full 500 kbit/s bus), agent (16 signals per bus) and baseline:
   CPU as a share of one core, and drops (which must be zero).
 
+After each single-bus agent run, the same agent configuration replays the
+log as fast as it reads (`Pipeline.run` in one process, start-up apart): the
+fast-replay cost of the same work, measured in the same run, which the real
+time cost is compared with. The agent's CPU is also split by thread
+(schedstat), with each thread's wake-ups.
+
+`--against CHECKOUT` runs the agent of another checkout (a worktree of the
+code before a change, with its own .venv) right after this one's on each
+feed, and `--repeat N` alternates the whole sequence N times: compare before
+and after within one run, on a machine whose other work moves the figures.
+
 Prints each receiver's figures and carledger's CPU per frame as a ratio of
 the baseline's. Not a test: nothing here passes or fails, and the machine's
 other work moves the figures (say which machine and when, with them).
@@ -94,20 +105,42 @@ def feed_window(ready_rss):
 """ % {"rss_sample": RSS_SAMPLE}
 
 AGENT = MEASURE + """
+def threads_cpu():
+    # CPU seconds and voluntary context switches of each thread (schedstat: nanoseconds on a CPU)
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/schedstat") as f:
+                ns = int(f.read().split()[0])
+            with open(f"/proc/self/task/{tid}/status") as f:
+                vcsw = int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
+        except (OSError, IndexError):
+            continue
+        name = names.get(int(tid), "thread")
+        name = "source" if name.startswith("source-") else "pipeline" if name == "agent" else name
+        if name in ("pipeline", "source", "MainThread"):
+            cpu, switches = out.get(name, (0.0, 0))
+            out[name] = (cpu + ns / 1e9, switches + vcsw)
+    return out
 from carledger.config import load_config
 from carledger.pipeline import Pipeline
 from carledger.sources.candump import read_candump_file
 config, log = sys.argv[1], sys.argv[2]
 pipeline = Pipeline(load_config(config))
-runner = threading.Thread(target=pipeline.run, daemon=True)
+runner = threading.Thread(target=pipeline.run, daemon=True, name="agent")
 runner.start()
 while not all(s.opened.is_set() for s in pipeline.sources):
     time.sleep(0.01)
+before = threads_cpu()
 window = feed_window(rss_mb())
+after = threads_cpu()
 read = [s.frames_read for s in pipeline.sources]
 pipeline.stop()
 runner.join(60)
 keys = {key for _, key, _ in read_candump_file(log)}
+window.update(threads={k: [v[0] - before.get(k, (0.0, 0))[0], v[1] - before.get(k, (0.0, 0))[1]]
+                       for k, v in after.items()})
 window.update(read=read, rounds=pipeline.summary.rounds, batches=pipeline.summary.batches,
               records=pipeline.summary.records, blocks=pipeline.summary.blocks,
               wanted=[sorted(k for k in keys if b.frame_filter.matches(k)) for b in pipeline.buses])
@@ -201,6 +234,27 @@ with tempfile.TemporaryDirectory() as store:
 print(json.dumps({"status": status, "peak_rss_mb": usage.ru_maxrss * 1024 / 1e6, "summary": summary}))
 """
 
+# The same work as fast as the log reads: the agent's configuration with the bus replaced by the log (speed 0),
+# CPU of `Pipeline.run` (start-up apart) over the log's frames. argv: agent.toml, log.
+FAST = """
+import json, re, resource, sys, tempfile
+from pathlib import Path
+from carledger.config import load_config
+from carledger.pipeline import Pipeline
+from carledger.sources.candump import read_candump_file
+config, log = Path(sys.argv[1]), sys.argv[2]
+text = re.sub(r'interface = .*\\nchannel = .*\\noptions = .*\\n', f'replay = "{log}"\\nspeed = 0\\n', config.read_text())
+replayed = config.with_name("fast.toml")
+replayed.write_text(text)
+pipeline = Pipeline(load_config(replayed))
+start = resource.getrusage(resource.RUSAGE_SELF)
+summary = pipeline.run()
+end = resource.getrusage(resource.RUSAGE_SELF)
+frames = sum(1 for _ in read_candump_file(log))
+cpu = end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime
+print(json.dumps({"cpu": cpu, "frames": frames, "us_per_frame": cpu / frames * 1e6, "blocks": summary.blocks}))
+"""
+
 # Sends the log onto each bus at `speed` x its recorded rate, bus i starting 15 s further into it, for `seconds`.
 FEEDER = """
 import json, sys, time
@@ -256,9 +310,9 @@ def unit_environment() -> dict[str, str]:
     return env
 
 
-def python(code: str, *args: str) -> dict:
+def python(code: str, *args: str, checkout: Path = REPO) -> dict:
     """Runs `code` in a fresh interpreter as the unit would; its last line of output, as JSON."""
-    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=REPO,
+    done = subprocess.run([interpreter(checkout), "-c", code, *args], capture_output=True, text=True, cwd=checkout,
                           env=unit_environment(), check=False)
     if done.returncode != 0:
         raise SystemExit(f"bench step failed:\n{done.stderr}")
@@ -304,10 +358,17 @@ def write_agent(folder: Path, buses: int, streams: dict[str, list[str]], interva
     return path
 
 
-def receive(receiver: list[str], buses: int, speed: float, seconds: float) -> dict:
+def interpreter(checkout: Path) -> str:
+    """The Python of a checkout (its .venv, as scripts/setup makes it): this one's is the running one."""
+    if checkout == REPO:
+        return sys.executable
+    return str(checkout / ".venv" / "bin" / "python")
+
+
+def receive(receiver: list[str], buses: int, speed: float, seconds: float, checkout: Path = REPO) -> dict:
     """Start a receiver, feed it for `seconds`, let it drain, and collect what it measured of itself."""
-    proc = subprocess.Popen([sys.executable, "-c", *receiver], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, cwd=REPO, env=unit_environment())
+    proc = subprocess.Popen([interpreter(checkout), "-c", *receiver], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=checkout, env=unit_environment())
     assert proc.stdin is not None and proc.stdout is not None
     ready = proc.stdout.readline()
     if not ready:
@@ -342,6 +403,13 @@ def receive(receiver: list[str], buses: int, speed: float, seconds: float) -> di
 def line(name: str, r: dict, base: dict | None) -> str:
     ratio = f", {base['us_per_frame'] / r['us_per_frame']:.2f}x less CPU than the baseline" if base else ""
     extra = f", {r['rounds'] / r['seconds']:.0f} pipeline rounds/s" if "rounds" in r else ""
+    if r.get("threads"):
+        extra += " (" + ", ".join(f"{name} {cpu / r['sent'] * 1e6:.1f} us/frame, {switches / r['seconds']:.0f}/s"
+                                  for name, (cpu, switches) in sorted(r["threads"].items(), key=lambda kv: -kv[1][0])
+                                  if cpu / r["sent"] * 1e6 >= 0.05) + ")"
+    if r.get("fast"):
+        extra += (f"; fast replay of the log {r['fast']['us_per_frame']:.1f} us per frame, real time "
+                  f"{r['us_per_frame'] / r['fast']['us_per_frame']:.2f}x that")
     return (f"{name}: {r['us_per_frame']:.1f} us CPU per frame ({r['core_share'] * 100:.1f} % of a core), "
             f"{r['wakeups_per_s']:.0f} wake-ups/s{extra}; start-up {r['startup_cpu']:.2f} s CPU, "
             f"{r['startup_rss_mb']:.0f} MB; RSS peak {r['peak_rss_mb']:.0f} MB, steady {r['steady_rss_mb']:.0f} MB; "
@@ -355,6 +423,11 @@ def main() -> int:
     parser.add_argument("--skip-four", action="store_true", help="leave out the 4 x 4,500 frames/s runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--memory", action="store_true", help="only the RSS of each part of the agent, and of replays")
+    parser.add_argument("--against", action="append", default=[], metavar="CHECKOUT",
+                        help="also run the agent of another checkout (with its own .venv, e.g. a git worktree of "
+                             "the code before a change) right after this one's, on the same feed: before and after "
+                             "in one run")
+    parser.add_argument("--repeat", type=int, default=1, help="run everything this many times, alternating")
     args = parser.parse_args()
     if not LOG.exists():
         print(f"reference data not available: {LOG}", file=sys.stderr)
@@ -372,6 +445,7 @@ def main() -> int:
     from carledger.decode import load_dbc
 
     every = sorted({f"{m.name}.*" for m in load_dbc(str(DBC)).database.messages})
+    checkouts = [("", REPO)] + [(f" [{Path(d).name}]", Path(d).resolve()) for d in args.against]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="carledger-bench-") as tmp:
         runs = [("baseline", None, 1, 1.0), ("carledger, 16 signals", STREAMS, 1, 1.0),
@@ -379,16 +453,23 @@ def main() -> int:
         if not args.skip_four:
             runs += [("baseline, 4 x 4,500 frames/s", None, 4, 5.0),
                      ("carledger, 4 x 4,500 frames/s", STREAMS, 4, 5.0)]
-        for number, (name, streams, buses, speed) in enumerate(runs):
-            if streams is None:
-                receiver = [BASELINE, str(DBC), json.dumps(channels(buses))]
-            else:
-                config = write_agent(Path(tmp) / f"run{number}", buses, streams, args.interval)
-                receiver = [AGENT, str(config), str(LOG)]
-            results[name] = receive(receiver, buses, speed, args.seconds)
-            print(line(name, results[name], None), file=sys.stderr)
+        number = 0
+        for repeat in range(args.repeat):
+            for name, streams, buses, speed in runs:
+                for label, checkout in checkouts if streams is not None else checkouts[:1]:
+                    number += 1
+                    key = name + label + (f" #{repeat + 1}" if args.repeat > 1 else "")
+                    if streams is None:
+                        receiver = [BASELINE, str(DBC), json.dumps(channels(buses))]
+                    else:
+                        config = write_agent(Path(tmp) / f"run{number}", buses, streams, args.interval)
+                        receiver = [AGENT, str(config), str(LOG)]
+                    results[key] = receive(receiver, buses, speed, args.seconds, checkout)
+                    if streams is not None and buses == 1:  # the same work in fast replay, right after
+                        results[key]["fast"] = python(FAST, str(config), str(LOG), checkout=checkout)
+                    print(line(key, results[key], None), file=sys.stderr)
     for name, r in results.items():
-        base = results["baseline, 4 x 4,500 frames/s" if "4 x" in name else "baseline"]
+        base = _baseline_of(name, results)
         if name.startswith("carledger"):
             r["ratio_vs_baseline"] = base["us_per_frame"] / r["us_per_frame"]
     if args.json:
@@ -396,9 +477,14 @@ def main() -> int:
         return 0
     print(f"{args.seconds:g} s of feed per receiver, agent wake-up interval {args.interval * 1000:g} ms")
     for name, r in results.items():
-        base = results["baseline, 4 x 4,500 frames/s" if "4 x" in name else "baseline"]
-        print(line(name, r, base if name.startswith("carledger") else None))
+        print(line(name, r, _baseline_of(name, results) if name.startswith("carledger") else None))
     return 0
+
+
+def _baseline_of(name: str, results: dict[str, dict]) -> dict:
+    """The baseline run of the same repeat and feed as run `name`."""
+    repeat = name[name.rindex(" #"):] if " #" in name else ""
+    return results[("baseline, 4 x 4,500 frames/s" if "4 x" in name else "baseline") + repeat]
 
 
 if __name__ == "__main__":

@@ -6,7 +6,9 @@ in its own thread, so the agent and its other buses carry on.
 
 On SocketCAN the kernel filters (CAN_RAW_FILTER) keep unneeded identifiers out
 of the socket, and the socket is read directly (`carledger.sources.socketcan`):
-large receive buffer, kernel drop counts, hardware timestamps. Error frames
+large receive buffer, kernel drop counts, hardware timestamps. python-can's
+`udp_multicast` bus (the benches' stand-in for a car's bus) is read directly
+too (`carledger.sources.udpmulticast`), with python-can's semantics. Error frames
 from any interface become rate-limited "bus-error" events
 (`carledger.sources.canerror`). The filter can be swapped while the bus runs
 (`set_filter`), e.g. when the owner's policy changes which signals are needed.
@@ -28,6 +30,7 @@ from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pace
 from carledger.sources.canerror import CAN_ERR_FLAG, ErrorFrameLog
 from carledger.sources.frame import Frame, FrameFilter, frame_key
 from carledger.sources.socketcan import SocketReader, receive_buffer_for, set_receive_buffer
+from carledger.sources.udpmulticast import DatagramReader, reader_for as datagram_reader_for
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class BusSource(FrameSource):
         self.receive_buffer = receive_buffer_for(wakeup_interval) if receive_buffer is None else receive_buffer
         self.receive_buffer_granted = 0  # SocketCAN: what the kernel granted (it reports twice the request)
         self.error_frames = 0
-        self.dropped = 0  # SocketCAN: frames the kernel dropped for a full receive buffer
+        self.dropped = 0  # SocketCAN, udp_multicast: frames the kernel dropped for a full receive buffer
         self.hardware_timestamps = 0  # SocketCAN: frames timed by the interface's clock
         self.reopens = 0
         self.opened = threading.Event()  # set while the bus is open: tests and health checks wait on it
@@ -79,6 +82,10 @@ class BusSource(FrameSource):
         # carledger.notify.Watchdog withholds systemd's watchdog once it is long past (a hung driver call)
         self.alive_until: float | None = None
         self._errors = ErrorFrameLog(error_interval)
+        # Set by a caller that runs its own per-round work between batches (the pipeline reading this bus in its
+        # own thread): an empty batch at least every receive timeout while nothing arrives, a failed bus reopens
+        # or a filter leaves it closed, so that work goes on.
+        self.idle_ticks = False
         self._filter_changed = threading.Event()
         self._random = random.Random()
 
@@ -86,6 +93,14 @@ class BusSource(FrameSource):
     def error_state(self) -> str | None:
         """The controller state the last error frames told of (error-active/-warning/-passive, bus-off), if any."""
         return self._errors.state
+
+    @property
+    def reads_sockets(self) -> bool:
+        """True when the bus is read from a socket (SocketCAN, udp_multicast): no driver call that can wedge.
+
+        Such a bus, alone in the agent, is read by the pipeline thread itself (`Pipeline.run`).
+        """
+        return self.interface in ("socketcan", "udp_multicast")
 
     def set_filter(self, frame_filter: FrameFilter | None) -> None:
         """Read only what `frame_filter` lets through from now on: on the open bus and after reopens.
@@ -138,12 +153,14 @@ class BusSource(FrameSource):
                     self._expect(_RECV_TIMEOUT)
                     if stop.wait(_RECV_TIMEOUT):
                         return
+                    if self.idle_ticks:
+                        yield []
                 continue
             self._expect(_OPEN_ALLOWANCE)
             try:
                 bus, reader = self._connect()
             except Exception as exc:  # any driver error: report, back off, retry
-                delay = self._back_off(stop, f"cannot open: {exc}", delay)
+                delay = yield from self._back_off(stop, f"cannot open: {exc}", delay)
                 if delay is None:
                     return
                 continue
@@ -159,7 +176,7 @@ class BusSource(FrameSource):
                 yield from self._receive(bus, stop) if reader is None else self._receive_socket(bus, reader, stop)
                 delay = self.backoff[0]
             except Exception as exc:  # the interface failed under us
-                delay = self._back_off(stop, f"receive failed: {exc}", delay)
+                delay = yield from self._back_off(stop, f"receive failed: {exc}", delay)
                 if delay is None:
                     return
             finally:
@@ -173,6 +190,15 @@ class BusSource(FrameSource):
         """The open bus, and on SocketCAN its direct reader; raises when the interface is absent or down."""
         bus = self._open()
         sock = getattr(bus, "socket", None)
+        if self.interface == "udp_multicast":
+            try:
+                reader = datagram_reader_for(bus, self.receive_buffer)
+            except BaseException:
+                bus.shutdown()
+                raise
+            if reader is not None:  # python-can's bus, read a batch at a time as SocketCAN is
+                self.receive_buffer_granted = reader.receive_buffer
+                return bus, reader
         if self.interface != "socketcan" or sock is None:
             self.receive_buffer_granted = _size_socket_of(bus, self.receive_buffer)
             return bus, None
@@ -187,14 +213,24 @@ class BusSource(FrameSource):
         self.receive_buffer_granted = reader.receive_buffer
         return bus, reader
 
-    def _back_off(self, stop: threading.Event, message: str, delay: float) -> float | None:
-        """Reports a failure and waits before the next try; the delay after that, or None once stopped."""
+    def _back_off(self, stop: threading.Event, message: str, delay: float) -> Iterator[list[Frame]]:
+        """Reports a failure and waits before the next try; returns the delay after that, or None once stopped.
+
+        With `idle_ticks` it yields an empty batch every receive timeout while it waits.
+        """
         self._report("bus-error", message, delay)
         wait = self._jitter(delay)
-        self._expect(wait)
-        if stop.wait(wait):
-            return None
-        return min(delay * 2, self.backoff[1])
+        until = time.monotonic() + wait
+        while True:
+            left = until - time.monotonic()
+            if left <= 0:
+                return min(delay * 2, self.backoff[1])
+            step = min(left, _RECV_TIMEOUT) if self.idle_ticks else left
+            self._expect(step)
+            if stop.wait(step):
+                return None
+            if self.idle_ticks:
+                yield []
 
     def _filter_applied(self, bus) -> bool:
         """Applies a filter set by `set_filter` to the open bus; False when the bus is no longer needed."""
@@ -251,12 +287,14 @@ class BusSource(FrameSource):
                 self.frames_read += len(batch)
                 self.alive_until = math.inf  # time the consumer takes is not the reader's
                 yield batch
+            elif self.idle_ticks:
+                yield batch
             if failure is not None:
                 raise failure
             if paced and not self._rest(pacer, batch, stop):
                 return
 
-    def _receive_socket(self, bus, reader: SocketReader, stop: threading.Event) -> Iterator[list[Frame]]:
+    def _receive_socket(self, bus, reader: "SocketReader | DatagramReader", stop: threading.Event) -> Iterator[list[Frame]]:
         read, on_error = reader.read, self._error_frame
         reported, next_report = 0, 0.0  # drops already reported for this socket
         stamped_before = self.hardware_timestamps
@@ -273,6 +311,8 @@ class BusSource(FrameSource):
                 self.hardware_timestamps = stamped_before + reader.hardware_timestamps
                 self.frames_read += len(batch)
                 self.alive_until = math.inf  # time the consumer takes is not the reader's
+                yield batch
+            elif self.idle_ticks:
                 yield batch
             if not self._rest(pacer, batch, stop):
                 return
