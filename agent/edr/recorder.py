@@ -314,8 +314,11 @@ class CrashRecorder:
     def frame(self, handler: MessageHandler, t: float, data: bytes) -> None:
         """Hand a frame to its message's handler, with what the ring needs around a watched message's frame.
 
-        The buses' frame loop (`carledger.pipeline._Bus.process`) does the same inline; this is
-        the one-frame form, for frames that come another way (reassembled messages).
+        The buses' frame loop (`carledger.pipeline._Bus.process`) calls this only for a watched
+        message's frame at or past `ring.due` (the next tick, or any time while a capture runs:
+        the ring's `follow` makes it -inf then), and hands every other frame to its handler
+        itself: one comparison per frame. Frames that come another way (reassembled messages)
+        come here each.
         """
         watched = handler.watched
         if watched and t >= self.ring.due:
@@ -509,7 +512,7 @@ class CrashRecorder:
                                          detail["policy"], detail["keys"], detail=detail))
         for tick in self.ring.window(trigger.t - PRE_CRASH):
             self._add_tick(tick)
-        self.ring.sink = self._add_tick
+        self.ring.follow(self._add_tick)  # and every frame of a watched message now polls the capture
         for each in self._live_buffered():
             each.immediate(True)  # the event's delta-V record and its end need every sample as it comes
         self._seal_data(trigger.t)
@@ -543,7 +546,7 @@ class CrashRecorder:
     def _finish(self, t: float, *, interrupted: bool = False) -> None:
         capture = self.capture
         assert capture is not None
-        self.ring.sink = None
+        self.ring.follow(None)
         self.capture = None
         for each in self._live_buffered():
             each.immediate(False)
