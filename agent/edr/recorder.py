@@ -122,18 +122,41 @@ class _BufferedVelocity:
             return [], []
         times, values = list(samples), list(samples.values())
         samples.clear()
-        if set(map(type, values)) != _FLOATS:  # not all floats (ints, a cantools NamedSignalValue ...): convert
+        if not _FLOATS.issuperset(map(type, values)):  # not all floats (ints, a cantools NamedSignalValue ...): convert
             pairs = [(t, n) for t, n in zip(times, map(_number, values)) if n is not None]
             times, values = [t for t, _ in pairs], [n for _, n in pairs]
         return times, values
 
 
 class _FlagInput(_Input):
-    """An airbag or crash signal: its rising edge triggers a capture."""
+    """An airbag or crash signal (OBD-II samples): its rising edge triggers a capture."""
 
     __slots__ = ()
 
     def then(self, t: float, value: Any) -> None:
+        recorder = self.recorder
+        last = recorder._flag_values
+        if recorder.capture is None and self.name in last and last[self.name] == value:
+            return  # the value the signal had: no edge (what flag() would find, without its calls per frame)
+        last[self.name] = value
+        recorder.flag(self.role, self.name, t, value)
+
+
+class _FlagEdge:
+    """An airbag or crash signal on a bus: its rising edge triggers a capture.
+
+    The ring reads the signal's value from its message's frames at each tick (`SnapshotRing.watch`);
+    this only looks for the edge: one comparison per sample while the value repeats.
+    """
+
+    __slots__ = ("recorder", "role", "name", "owner")
+    pending = False  # never holds a value back (the pipeline asks)
+
+    def __init__(self, recorder: "CrashRecorder", role: str, name: str):
+        self.recorder, self.role, self.name = recorder, role, name
+        self.owner: Any = None
+
+    def offer(self, t: float, value: Any) -> None:
         recorder = self.recorder
         last = recorder._flag_values
         if recorder.capture is None and self.name in last and last[self.name] == value:
@@ -283,8 +306,8 @@ class CrashRecorder:
     def frame_consumers(self, name: str, source: str | None = None) -> tuple[list[_Input], bool]:
         """For a signal of a bus's message: the inputs taking every sample, and whether the ring reads it per tick.
 
-        Only the trigger's signals (speed, acceleration, airbag, crash) need every sample; the
-        rest only fill ticks, so the ring reads them from their message's newest frame (`watch`).
+        Only the trigger needs every sample, of speed, acceleration, airbag and crash signals; the
+        ticks of every signal, those too, are read from its message's newest frame (`watch`).
         """
         if not self.enabled:
             return [], False
@@ -296,8 +319,8 @@ class CrashRecorder:
             self._buffered = [ref for ref in self._buffered if ref() is not None]
             self._buffered.append(weakref.ref(buffered))
             return [buffered], True  # type: ignore[list-item]
-        if role in _INPUTS:
-            return [_INPUTS[role](self, role, name, source)], False
+        if role in (signals.AIRBAG, signals.CRASH):
+            return [_FlagEdge(self, role, name)], True  # type: ignore[list-item]
         return [], True
 
     def handler(self, key: tuple[str, str], extract: Callable[[bytes], list], taps: list[list],

@@ -38,9 +38,10 @@ Tick = tuple[float, tuple[tuple[str, Any, "str | None"], ...]]
 #: How the ring reads one watched message: its signals' names, a picker of their values from a decode, the decoder.
 _Reader = tuple[tuple[str, ...], Callable[[list], tuple], Callable[[bytes], list]]
 
-#: One tick as the ring keeps it: its time, the values held by samples then (name, value), the newest frame of
-#: each watched message then (None: none yet), and how to read those frames (one reader per frame).
-_Kept = tuple[float, tuple[tuple[str, Any], ...], tuple["bytes | None", ...], tuple[_Reader, ...]]
+#: One tick as the ring keeps it: its index on the grid (its time: round(index * period, 6)), the values held by
+#: samples then (name, value), the newest frame of each watched message then (None: none yet), and how to read
+#: those frames (one reader per frame).
+_Kept = tuple[int, tuple[tuple[str, Any], ...], tuple["bytes | None", ...], tuple[_Reader, ...]]
 
 _LAST_DATA = operator.attrgetter("last_data")
 
@@ -99,7 +100,7 @@ class SnapshotRing:
         What `fold` for every watched message at the tick gave: the frames override what samples
         held, and a signal a frame lacks keeps the value held for it.
         """
-        t, held, frames, readers = kept
+        index, held, frames, readers = kept
         values = dict(held)
         for data, (names, pick, extract) in zip(frames, readers):
             if data is None:
@@ -112,7 +113,7 @@ class SnapshotRing:
                 if value is not None:
                     values[name] = value
         sources = self.sources
-        return t, tuple(zip(values, values.values(), map(sources.__getitem__, values)))
+        return round(index * self.period, 6), tuple(zip(values, values.values(), map(sources.__getitem__, values)))
 
     def refresh(self) -> None:
         """Bring the watched signals' held values up to their messages' newest frames (a capture's start)."""
@@ -188,13 +189,14 @@ class SnapshotRing:
         frames = tuple(map(_LAST_DATA, self._sources))
         sink = self.sink
         for index in range(first, last + 1):
-            kept.append((round(index * period, 6), held, frames, readers))
+            kept.append((index, held, frames, readers))
             if sink is not None:
                 sink(self._tick(kept[-1]))
 
     def window(self, after: float) -> list[Tick]:
         """The ticks later than `after` (the pre-crash data of a capture triggered at after + length), decoded."""
-        return [self._tick(kept) for kept in self._kept if kept[0] > after]
+        period = self.period
+        return [self._tick(kept) for kept in self._kept if round(kept[0] * period, 6) > after]
 
     def clear(self) -> None:
         self._kept.clear()
