@@ -44,6 +44,7 @@ _Reader = tuple[tuple[str, ...], Callable[[list], tuple], Callable[[bytes], list
 _Kept = tuple[int, tuple[tuple[str, Any], ...], tuple["bytes | None", ...], tuple[_Reader, ...]]
 
 _LAST_DATA = operator.attrgetter("last_data")
+_NEVER = -math.inf
 
 
 class FrameSource(Protocol):
@@ -166,30 +167,36 @@ class SnapshotRing:
 
     def advance(self, t: float) -> None:
         """Emit every tick before t (a sample at t belongs to the ticks from t on)."""
-        if t - self._last_t > STALE and self._last_t > -math.inf:
+        last_t = self._last_t
+        if t - last_t > STALE and last_t > _NEVER:
             self._forget()  # the car was silent: nothing held is current
             self._next = None
-        self._last_t = max(self._last_t, t)
+        if t > last_t:
+            self._last_t = t
         period = self.period
-        if self._next is None:
+        following = self._next
+        if following is None:
             self._next = math.floor(t / period) + 1
-            self.due = min(self._next * period, t + STALE) if self.sink is None else -math.inf
+            self.due = min(self._next * period, t + STALE) if self.sink is None else _NEVER
             return
         last = math.ceil(t / period) - 1  # the last grid index strictly before t
-        if last < self._next:
+        if last < following:
             return
         kept = self._kept
-        first = max(self._next, last - kept.maxlen)  # a long gap: only what the ring can hold
         self._next = last + 1
-        self.due = self._next * period if self.sink is None else -math.inf
+        sink = self.sink
+        self.due = (last + 1) * period if sink is None else _NEVER
         # Kept as they are: the held values, and the newest frames, which advance() runs before any frame at or
         # past the tick replaces (the frame at or before the tick: the value sample and hold gives). C loops only.
-        values, readers = self.values, self._readers
-        held = tuple(values.items())
+        values = self.values
+        held = tuple(values.items()) if values else ()
         frames = tuple(map(_LAST_DATA, self._sources))
-        sink = self.sink
+        if last == following and sink is None:  # one tick, between captures: what runs ten times a second
+            kept.append((last, held, frames, self._readers))
+            return
+        first = following if following > last - kept.maxlen else last - kept.maxlen  # a long gap: what the ring holds
         for index in range(first, last + 1):
-            kept.append((index, held, frames, readers))
+            kept.append((index, held, frames, self._readers))
             if sink is not None:
                 sink(self._tick(kept[-1]))
 
