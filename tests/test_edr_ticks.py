@@ -81,3 +81,54 @@ def test_a_silence_forgets_the_frames_before_it() -> None:
     ring.advance(105.0)  # the car was silent for longer than STALE; no new frame of M since
     ring.advance(105.3)
     assert ring.ticks[-1][1] == ()
+
+
+def test_a_tick_keeps_frames_and_decodes_them_only_when_read() -> None:
+    """Between captures a tick keeps the newest frames as they are; reading the ticks decodes them."""
+    calls = []
+
+    def counting(data: bytes) -> list:
+        calls.append(data)
+        return _extract(data)
+
+    ring = SnapshotRing()
+    recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
+    recorder.tick = lambda t: CrashRecorder.tick(recorder, t)  # type: ignore[arg-type]
+    handler = WatchedHandler(recorder, ("car", "M"), counting, [[], []], 2, False)  # type: ignore[arg-type]
+    ring.watch(("car", "M"), handler, [(0, "a", "M.a"), (1, "b", "M.b")])
+    for k in range(300):  # 3 s of a 100 Hz message: 29 ticks
+        CrashRecorder.frame(recorder, handler, 100.0 + k * 0.01, bytes([k % 4, k % 3]))  # type: ignore[arg-type]
+    assert len(ring._kept) >= 29 and calls == []  # nothing decoded per frame or per tick
+    window = ring.window(100.0)
+    assert len(calls) == len(window) == len(ring._kept)
+    t, row = window[-1]
+    newest = max(k for k in range(300) if 100.0 + k * 0.01 <= t)  # the newest frame at or before the tick
+    assert row == (("a", newest % 4, "M.a"), ("b", newest % 3, "M.b"))
+
+
+def test_the_bulk_trace_paths_give_the_floats_every_sample_gives() -> None:
+    """VelocityTrace.extend and AccelerationIntegral.add_all (a tick's samples at once) against add() per sample:
+    the same integral, to the bit, and the same trigger-window answers (out-of-order samples included)."""
+    from carledger.edr.trigger import AccelerationIntegral, VelocityTrace
+
+    for seed in range(60):
+        rng = random.Random(seed)
+        bulk, each = AccelerationIntegral(), AccelerationIntegral()
+        speed_bulk, speed_each = VelocityTrace(), VelocityTrace()
+        t = 1000.0
+        for _ in range(rng.randrange(1, 40)):
+            times, values = [], []
+            for _ in range(rng.randrange(0, 30)):
+                t += rng.choice([0.0, 0.001, 0.01, 0.0123, 0.1, 0.15, 0.37])
+                times.append(round(t - (0.05 if rng.random() < 0.03 else 0.0), 6))
+                values.append(rng.uniform(-30.0, 30.0))
+            bulk.add_all(times, values)
+            speed_bulk.extend(times, values)
+            for when, value in zip(times, values):
+                each.add(when, value)
+                speed_each.add(when, value)
+            assert (bulk._t, bulk._a, bulk._v) == (each._t, each._a, each._v)
+            if times and times == sorted(times):
+                for trace_bulk, trace_each in ((bulk.trace, each.trace), (speed_bulk, speed_each)):
+                    assert trace_bulk.largest_change(times[-1], 0.15) == trace_each.largest_change(times[-1], 0.15)
+                    assert trace_bulk.change(times[-1], 0.02) == trace_each.change(times[-1], 0.02)

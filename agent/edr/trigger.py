@@ -15,7 +15,6 @@ at any time, also between samples.
 from __future__ import annotations
 
 import bisect
-import math
 from dataclasses import dataclass, field
 
 TRIGGER_KMH = 8.0
@@ -40,11 +39,12 @@ class Trigger:
 class VelocityTrace:
     """A velocity (km/h) sampled and held, kept for the last 200 ms."""
 
-    __slots__ = ("points", "values", "low", "high")
+    __slots__ = ("times", "values", "low", "high")
 
     def __init__(self) -> None:
-        self.points: list[tuple[float, float]] = []  # in time order
-        self.values: list[float] = []  # the points' values, for min() and max()
+        # the points, in time order, as two lists (a bulk extend is then two list copies, no tuple per point)
+        self.times: list[float] = []
+        self.values: list[float] = []
         # min(values) and max(values), kept as points come and recomputed only when the trace is pruned:
         # could_trigger runs for every speed and acceleration sample, and scanning the values each time
         # was a good part of what crash readiness cost (issue 16)
@@ -52,49 +52,52 @@ class VelocityTrace:
         self.high = float("-inf")
 
     def add(self, t: float, v: float) -> None:
-        points = self.points
-        if points and t < points[-1][0]:
+        times = self.times
+        if times and t < times[-1]:
             return  # out of order: the held value already covers it
-        points.append((t, v))
-        values = self.values
-        values.append(v)
+        times.append(t)
+        self.values.append(v)
         if v < self.low:
             self.low = v
         if v > self.high:
             self.high = v
-        if t - points[0][0] > _PRUNE:  # now and then, not per sample: older points only cost a little in could_trigger
+        if t - times[0] > _PRUNE:  # now and then, not per sample: older points only cost a little in could_trigger
             self._prune(t - _KEEP)
 
     def _prune(self, horizon: float) -> None:
         """Drop the points before the last one at or before `horizon` (its value is held into the window)."""
-        points, values = self.points, self.values
-        drop = bisect.bisect_right(points, (horizon, math.inf)) - 1  # one slice, not a pop per point
+        times, values = self.times, self.values
+        drop = bisect.bisect_right(times, horizon) - 1  # one slice, not a pop per point
         if drop > 0:
-            del points[:drop]
+            del times[:drop]
             del values[:drop]
         self.low, self.high = min(values), max(values)
 
     def extend(self, times: list[float], new: list[float]) -> None:
-        """Add the samples since the last tick at once (times and values, in time order): what add() does for each, in C loops.
+        """Add the samples since the last tick at once (times and values, in arrival order): what add() does for each.
 
         Pruned from the first new point on, so that a check at any of them finds its window whole.
         """
         if not times:
             return
-        mine = self.points
-        if (mine and times[0] < mine[-1][0]) or times != sorted(times):
+        mine = self.times
+        if (mine and times[0] < mine[-1]) or times != sorted(times):
             for t, v in zip(times, new):  # out of order: add() drops what the held value already covers
                 self.add(t, v)
             return
-        mine.extend(zip(times, new))
-        values = self.values
-        values.extend(new)
+        self._append(times, new)
+
+    def _append(self, times: list[float], new: list[float]) -> None:
+        """extend() of samples known to be in order and not before the trace's last point: C loops only."""
+        mine = self.times
+        mine.extend(times)
+        self.values.extend(new)
         low, high = min(new), max(new)
         if low < self.low:
             self.low = low
         if high > self.high:
             self.high = high
-        if times[0] - mine[0][0] > _PRUNE:
+        if times[0] - mine[0] > _PRUNE:
             self._prune(times[0] - _KEEP)
 
     def could_trigger(self) -> bool:
@@ -103,19 +106,16 @@ class VelocityTrace:
 
     def at(self, t: float) -> float | None:
         """The held value at t (None before the first sample)."""
-        value = None
-        for pt, pv in self.points:
-            if pt > t:
-                break
-            value = pv
-        return value
+        index = bisect.bisect_right(self.times, t)
+        return self.values[index - 1] if index else None
 
     def largest_change(self, t: float, window: float) -> float:
         """The largest |v(t1) - v(t0)| with t - window <= t0 <= t1 <= t (held values; 0 without data)."""
-        start = self.at(t - window)
-        values = [pv for pt, pv in self.points if t - window < pt <= t]
-        if start is not None:
-            values.append(start)
+        times = self.times
+        first = bisect.bisect_right(times, t - window)  # the points after t - window; the one before is held into it
+        values = self.values[first:bisect.bisect_right(times, t, first)]
+        if first:
+            values.append(self.values[first - 1])
         if len(values) < 2:
             return 0.0
         return max(values) - min(values)
@@ -148,7 +148,39 @@ class AccelerationIntegral:
         self.trace.add(t, self._v)
 
     def add_all(self, times: list[float], accels: list[float]) -> None:
-        """add() for each of the samples since the last tick (in arrival order), the trace extended once."""
+        """add() for each of the samples since the last tick (in arrival order), the trace extended once.
+
+        The same floating-point operations in the same order as add(), so the sums are the ones
+        every sample gives. (A loop: at a tick's ten samples Python 3.11's specialised loop is
+        cheaper than chained C iterators, min() per element above all.)
+        """
+        if not times:
+            return
+        last_t = self._t
+        if last_t is None:  # the first sample: nothing held before it to integrate
+            self.add(times[0], accels[0])
+            times, accels = times[1:], accels[1:]
+            if not times:
+                return
+            last_t = self._t
+        if times[0] < last_t or times != sorted(times):
+            self._add_unordered(times, accels)
+            return
+        velocities: list[float] = []
+        append = velocities.append
+        hold = ACCEL_HOLD
+        a, v = self._a, self._v
+        for t, accel in zip(times, accels):
+            dt = t - last_t
+            v += a * (dt if dt < hold else hold) * 3.6
+            append(v)
+            last_t = t
+            a = accel
+        self._t, self._a, self._v = last_t, a, v
+        self.trace._append(times, velocities)
+
+    def _add_unordered(self, times: list[float], accels: list[float]) -> None:
+        """add_all() of samples not all in order: a loop per sample, dropping those before the last one kept."""
         kept: list[float] = []
         velocities: list[float] = []
         last_t, a, v = self._t, self._a, self._v
