@@ -138,12 +138,7 @@ class _FlagInput(_Input):
     __slots__ = ()
 
     def then(self, t: float, value: Any) -> None:
-        recorder = self.recorder
-        last = recorder._flag_values
-        if recorder.capture is None and self.name in last and last[self.name] == value:
-            return  # the value the signal had: no edge (what flag() would find, without its calls per frame)
-        last[self.name] = value
-        recorder.flag(self.role, self.name, t, value)
+        _edge(self.recorder, self.role, self.name, t, value)
 
 
 class _FlagEdge:
@@ -161,12 +156,16 @@ class _FlagEdge:
         self.owner: Any = None
 
     def offer(self, t: float, value: Any) -> None:
-        recorder = self.recorder
-        last = recorder._flag_values
-        if recorder.capture is None and self.name in last and last[self.name] == value:
-            return  # the value the signal had: no edge (what flag() would find, without its calls per frame)
-        last[self.name] = value
-        recorder.flag(self.role, self.name, t, value)
+        _edge(self.recorder, self.role, self.name, t, value)
+
+
+def _edge(recorder: "CrashRecorder", role: str, name: str, t: float, value: Any) -> None:
+    """Hands an airbag or crash signal's sample to `CrashRecorder.flag` unless it repeats the value it had."""
+    last = recorder._flag_values
+    if recorder.capture is None and name in last and last[name] == value:
+        return  # the value the signal had: no edge (what flag() would find, without its calls per frame)
+    last[name] = value
+    recorder.flag(role, name, t, value)
 
 
 _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
