@@ -271,3 +271,31 @@ def test_a_single_socket_bus_is_read_by_the_pipeline_thread_whose_rounds_go_on_w
         sender.shutdown()
     assert not thread.is_alive()
     assert source.frames_read == wanted
+
+
+def test_a_full_receive_buffer_is_counted_and_the_frames_after_it_keep_their_kernel_time(channel, system_call):
+    """Once the kernel drops, each datagram carries the drop counter beside its time: both are read."""
+    direct = _bus(channel)
+    sender = _bus(channel)
+    try:
+        reader = reader_for(direct, 1)  # the kernel's smallest receive buffer: a few datagrams
+        assert reader is not None
+        sent_after = time.time()
+        for i in range(400):
+            sender.send(can.Message(arbitration_id=0x100 + i % 8, is_extended_id=False, data=bytes([i % 256])))
+        drained: list = []
+        wait_until(lambda: drained.extend(reader.read(0.05, 4096, lambda *e: None)) or len(drained) > 0)
+        while reader.read(0, 4096, lambda *e: None):  # what the buffer held, queued before the drops
+            pass
+        assert reader.dropped == 0  # the kernel says it with the next datagram queued
+        frames: list = []
+        for i in range(3):  # queued after the drops (one at a time: the buffer holds two): each carries the counter
+            sender.send(can.Message(arbitration_id=0x200 + i, is_extended_id=False, data=b"\x01"))
+            wait_until(lambda: frames.extend(reader.read(0.05, 4096, lambda *e: None)) or len(frames) > i)
+        read_before = time.time()
+        assert [k for _, k, _ in frames] == [0x200, 0x201, 0x202]
+        assert all(sent_after <= t <= read_before for t, _, _ in frames)
+        assert 0 < reader.dropped < 400
+    finally:
+        for bus in (direct, sender):
+            bus.shutdown()

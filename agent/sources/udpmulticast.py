@@ -306,8 +306,10 @@ class _Many:
             header.msg_iov, header.msg_iovlen = c.addressof(self._iov[i]), 1
             header.msg_control, header.msg_controllen = control + i * self._CONTROL, self._CONTROL
         self._header_size = c.sizeof(mmsghdr)
-        self._length_at = mmsghdr.msg_len.offset
-        self._controllen_at = mmsghdr.msg_hdr.offset + msghdr.msg_controllen.offset
+        # msg_controllen and msg_len, both written by the kernel, read in one unpack
+        self._lengths_at = mmsghdr.msg_hdr.offset + msghdr.msg_controllen.offset
+        gap = mmsghdr.msg_len.offset - self._lengths_at - c.sizeof(c.c_size_t)
+        self._lengths = struct.Struct(f"@N{gap}xI")
         self._header_view = memoryview(self._headers).cast("B")
         self._control_view = memoryview(self._control).cast("B")
         self.dropped: int | None = None
@@ -337,33 +339,39 @@ class _Many:
                 return 0
             raise OSError(errno, __import__("os").strerror(errno))
         headers, control, data, size = self._header_view, self._control_view, self._data, self._size
-        step, length_at, controllen_at, room = self._header_size, self._length_at, self._controllen_at, self._CONTROL
-        unpack_header, unpack_time, unpack_counter = _CMSG.unpack_from, _TIMESPEC.unpack_from, _COUNTER.unpack_from
-        unpack_length, unpack_size = _UINT.unpack_from, _SIZE.unpack_from
+        step, lengths_at, room = self._header_size, self._lengths_at, self._CONTROL
+        unpack_lengths, unpack_stamp = self._lengths.unpack_from, _STAMP.unpack_from
         append = out.append
         for i in range(got):
-            at = i * step
-            length = unpack_length(headers, at + length_at)[0]
-            controllen = unpack_size(headers, at + controllen_at)[0]
-            raw = data[i * size : i * size + length]
-            t = None
-            offset = i * room
-            end = offset + controllen
-            while offset + 16 <= end:  # cmsghdr: length (size_t), level, type; then the data, 8-byte aligned
-                cmsg_length, level, kind = unpack_header(control, offset)
-                if level == socket.SOL_SOCKET:
-                    if kind == SO_TIMESTAMPNS and cmsg_length >= 16 + _TIMESPEC.size:
-                        seconds, nanoseconds = unpack_time(control, offset + 16)
-                        t = seconds + nanoseconds * 1.0e-9
-                    elif kind == SO_RXQ_OVFL and cmsg_length >= 16 + _COUNTER.size:
-                        self.dropped = unpack_counter(control, offset + 16)[0]
-                if cmsg_length < 16:
-                    break
-                offset += (cmsg_length + 7) & ~7
-            append((raw, t))
+            controllen, length = unpack_lengths(headers, i * step + lengths_at)
+            at = i * size
+            raw = data[at : at + length]
+            if controllen == _STAMPED:  # the usual: the kernel's time alone, read in one unpack
+                cmsg_length, level, kind, seconds, nanoseconds = unpack_stamp(control, i * room)
+                if cmsg_length == _STAMPED and kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
+                    append((raw, seconds + nanoseconds * 1.0e-9))
+                    continue
+            append((raw, self._ancillary(control, i * room, controllen)))
         return got
+
+    def _ancillary(self, control: memoryview, offset: int, controllen: int) -> float | None:
+        """The kernel time in one datagram's ancillary data, and the drop counter when it comes too."""
+        t = None
+        end = offset + controllen
+        while offset + 16 <= end:  # cmsghdr: length (size_t), level, type; then the data, 8-byte aligned
+            cmsg_length, level, kind = _CMSG.unpack_from(control, offset)
+            if level == socket.SOL_SOCKET:
+                if kind == SO_TIMESTAMPNS and cmsg_length >= 16 + _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(control, offset + 16)
+                    t = seconds + nanoseconds * 1.0e-9
+                elif kind == SO_RXQ_OVFL and cmsg_length >= 16 + _COUNTER.size:
+                    self.dropped = _COUNTER.unpack_from(control, offset + 16)[0]
+            if cmsg_length < 16:
+                break
+            offset += (cmsg_length + 7) & ~7
+        return t
 
 
 _CMSG = struct.Struct("@Nii")  # struct cmsghdr: cmsg_len, cmsg_level, cmsg_type (its data follows, 8-byte aligned)
-_UINT = struct.Struct("@I")
-_SIZE = struct.Struct("@N")
+_STAMP = struct.Struct("@Nii" + _TIMESPEC.format.lstrip("@"))  # a cmsghdr and the timespec after it
+_STAMPED = socket.CMSG_LEN(_TIMESPEC.size)  # its length, and the control length when it comes alone
