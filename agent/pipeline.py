@@ -858,9 +858,11 @@ class Pipeline:
         as this rule exists to prevent), and never alters a record.
         """
         wall = time.time()
+        max_age = self.config.seal_max_age
         due = self.ledger.due(
-            self.now(), self.config.seal_max_age, self.config.seal_max_records,
+            self.now(), max_age, self.config.seal_max_records,
             clocks={HEALTH_STREAM: wall, AUDIT_STREAM: wall},
+            along_s=None if self._hold else max_age / 2,  # held seals share a commit already
         )
         if due:
             self._seal(due, hold=self._hold)

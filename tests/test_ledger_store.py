@@ -139,6 +139,25 @@ def test_due(tmp_path):
     ledger.close()
 
 
+def test_due_brings_streams_half_as_old_along_into_the_same_commit(tmp_path):
+    """On a live bus each seal is an fsync: a stream half due is sealed with one that is due, and they stay together."""
+    ledger = Ledger.open(tmp_path / "s", "VIN")
+    a, b, c = ledger.writer("a"), ledger.writer("b"), ledger.writer("c")
+    a.add_sample(100.0, "x", 1)
+    b.add_sample(100.5, "x", 1)
+    c.add_sample(100.6, "x", 1)
+    assert ledger.due(now=100.9, max_age_s=1.0, max_records=10, along_s=0.5) == []  # none due: none along
+    assert ledger.due(now=101.0, max_age_s=1.0, max_records=10, along_s=0.5) == [a, b]  # c is 0.4 s old
+    assert ledger.due(now=101.0, max_age_s=1.0, max_records=10) == [a]
+    assert ledger.due(now=101.1, max_age_s=1.0, max_records=10, along_s=0.5) == [a, b, c]
+    ledger.seal(ledger.due(now=101.0, max_age_s=1.0, max_records=10, along_s=0.5))
+    assert (a.pending, b.pending, c.pending) == (0, 0, 1)
+    for w in (a, b, c):
+        w.add_sample(101.2, "x", 2)
+    assert ledger.due(now=102.0, max_age_s=1.0, max_records=10, along_s=0.5) == [c, a, b]  # c due, a and b along
+    ledger.close()
+
+
 def test_append_refuses_a_block_that_does_not_continue_the_head(tmp_path):
     ledger = Ledger.open(tmp_path / "s", "VIN")
     w = ledger.writer("a")

@@ -381,7 +381,8 @@ class Ledger:
         return list(self._writers.values())
 
     def due(
-        self, now: float, max_age_s: float, max_records: int, clocks: Mapping[str, float] | None = None
+        self, now: float, max_age_s: float, max_records: int, clocks: Mapping[str, float] | None = None,
+        *, along_s: float | None = None,
     ) -> list[StreamWriter]:
         """Writers that must be sealed: oldest pending record at least `max_age_s` old, or `max_records` pending.
 
@@ -390,14 +391,25 @@ class Ledger:
         clock (while a replay's data runs on the log's clock, the agent's own
         health and audit run on the wall clock; judged by the log's clock they
         would never be due, and a kill would lose them).
+
+        `along_s`: once one writer is due, every writer whose oldest record is
+        at least that old comes along, in the same transaction. On a live bus
+        each seal is a commit, an fsync: streams that started apart would
+        otherwise each pay one, at their own moments, for ever; sealed together
+        once, they stay together. A block comes out shorter, never later.
         """
         clocks = clocks or {}
         out = []
+        along = []
         for w in list(self._writers.values()):
             n = len(w._recs)
-            if n and (n >= max_records or clocks.get(w.name, now) - w._recs[0][0] >= max_age_s):
-                out.append(w)
-        return out
+            if n:
+                age = clocks.get(w.name, now) - w._recs[0][0]
+                if n >= max_records or age >= max_age_s:
+                    out.append(w)
+                elif along_s is not None and age >= along_s:
+                    along.append(w)
+        return out + along if out else out
 
     def seal(self, writers: Iterable[StreamWriter] | None = None, now: float | None = None,
              *, hold: float = 0.0) -> list[SealedBlock]:
