@@ -248,6 +248,7 @@ class Pipeline:
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
         self._hold = 0.0  # seconds the store may hold periodic seals for one commit (an inline fast replay only)
+        self._edr_state: tuple = (None, None, None)  # what crash capture was last configured from (_configure_edr)
         self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         signer = signer_from_spec(config.key, config.store) if config.key else None  # None: STORE/keys/vehicle.key
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle, signer=signer)
@@ -917,9 +918,17 @@ class Pipeline:
         self._seal_due()
 
     def _configure_edr(self, t: float) -> bool:
-        """Crash capture as the policy in force and the pause switch say; handlers rebuilt when it turns on or off."""
+        """Crash capture as the policy in force and the pause switch say; handlers rebuilt when it turns on or off.
+
+        Called at every checkpoint (a pause ends on the clock), but the recorder hears only a change:
+        the same policy object, digest and pause state configure it as they did.
+        """
         policy = self.owner_state.policy
-        changed = self.edr.configure(policy.edr, policy.version, self.ledger.policy_digest, paused=self.owner_state.paused(t))
+        state = (policy, self.ledger.policy_digest, self.owner_state.paused(t))
+        if all(a is b for a, b in zip(state, self._edr_state)):
+            return False
+        self._edr_state = state
+        changed = self.edr.configure(policy.edr, policy.version, self.ledger.policy_digest, paused=state[2])
         if changed:
             for bus in self.buses:
                 bus.reset_handlers()

@@ -131,6 +131,8 @@ class TransportDecoder:
 
     def expire(self, t: float) -> None:
         """Receptions that stopped mid-message (their ECU never sent the rest): an event each."""
+        if not self.open_receptions():  # the usual case, at every checkpoint
+            return
         for key in self._isotp.expire(t):
             self._event("incomplete", t, key, b"", "the message never completed")
         for source, destination in self._j1939.expire(t):
