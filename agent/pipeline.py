@@ -923,12 +923,12 @@ class Pipeline:
         Called at every checkpoint (a pause ends on the clock), but the recorder hears only a change:
         the same policy object, digest and pause state configure it as they did.
         """
-        policy = self.owner_state.policy
-        state = (policy, self.ledger.policy_digest, self.owner_state.paused(t))
-        if all(a is b for a, b in zip(state, self._edr_state)):
+        policy, digest, paused = self.owner_state.policy, self.ledger.policy_digest, self.owner_state.paused(t)
+        last = self._edr_state
+        if policy is last[0] and digest is last[1] and paused is last[2]:
             return False
-        self._edr_state = state
-        changed = self.edr.configure(policy.edr, policy.version, self.ledger.policy_digest, paused=state[2])
+        self._edr_state = (policy, digest, paused)
+        changed = self.edr.configure(policy.edr, policy.version, digest, paused=paused)
         if changed:
             for bus in self.buses:
                 bus.reset_handlers()

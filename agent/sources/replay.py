@@ -135,7 +135,7 @@ class LogSource(FrameSource):
                         out = []
                     now = time.monotonic()
                     wake = max(pacer.at_or_after(due), now)
-                    if wake > now and stop.wait(wake - now):
+                    if wake > now and pacer.sleep_until(wake, stop):
                         return
                 out.append(frame)
         if out:
