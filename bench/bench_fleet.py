@@ -431,6 +431,7 @@ class Setup:
     def __init__(self, backend: str, workers: int, keys: dict[str, bytes], tmp: Path, cluster: PgCluster | None,
                  tag: str, profile: Path | None = None):
         self.backend, self.tmp, self.tag = backend, tmp, f"{backend}-{workers}-{tag}"
+        self.stopped = False
         self.brokers = [Broker(tmp / f"{self.tag}-broker-{i}", max_queued=1_000_000).start() for i in range(2)]
         self.names = [f"{b.host}:{b.port}" for b in self.brokers]
         keydir = tmp / f"{self.tag}-collector"
@@ -480,8 +481,25 @@ class Setup:
         self.peak_rss = [max(a, b) for a, b in zip(self.peak_rss, rss)]
         return rss
 
+    def __enter__(self) -> "Setup":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        """A run that failed or was stopped (Ctrl-C, SIGTERM) leaves no worker or broker behind."""
+        if not self.stopped:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.kill()
+                    p.wait()
+            for c in self.clients.values():
+                c.close()
+            for b in self.brokers:
+                b.stop()
+            self.stopped = True
+
     def stop(self) -> list[tuple[int | None, int | None]]:
         """Stop everything; (accepted, store round trips) per worker, from its exit line."""
+        self.stopped = True
         out = []
         for i, p in enumerate(self.procs):
             p.send_signal(signal.SIGTERM)
@@ -498,7 +516,11 @@ class Setup:
 
 def run(backend: str, workers: int, keys, messages, rate: float, tmp: Path, cluster: PgCluster | None,
         profile: Path | None = None) -> dict:
-    setup = Setup(backend, workers, keys, tmp, cluster, f"{len(next(iter(messages.values()))[0])}b-{rate:g}", profile)
+    with Setup(backend, workers, keys, tmp, cluster, f"{len(next(iter(messages.values()))[0])}b-{rate:g}", profile) as setup:
+        return _measure(setup, backend, workers, messages, rate)
+
+
+def _measure(setup: "Setup", backend: str, workers: int, messages, rate: float) -> dict:
     acks = setup.acks
     xacts0 = _xacts(setup.dsn)
     total = sum(len(m) for m in messages.values())
@@ -548,7 +570,11 @@ def soak(backend: str, workers: int, vehicles: int, records: int, rate: float, d
          cluster: PgCluster | None) -> None:
     """The memory mode: sign and send fresh blocks at `rate` for `duration` s; print the workers' RSS as it goes."""
     sks = {f"car-{v:05d}": SigningKey.generate() for v in range(vehicles)}
-    setup = Setup(backend, workers, {v: bytes(k.verify_key) for v, k in sks.items()}, tmp, cluster, "soak")
+    with Setup(backend, workers, {v: bytes(k.verify_key) for v, k in sks.items()}, tmp, cluster, "soak") as setup:
+        _soak(setup, backend, sks, vehicles, records, rate, duration)
+
+
+def _soak(setup: "Setup", backend: str, sks: dict, vehicles: int, records: int, rate: float, duration: float) -> None:
     packer = BlockPacker(9)
     prev = {v: ZERO_DIGEST for v in sks}
     acks = setup.acks
@@ -613,6 +639,8 @@ def main() -> int:
     if pg_bin() is None:
         print("bench_fleet: PostgreSQL is not installed (scripts/setup)", file=sys.stderr)
         return 2
+    # SIGTERM as Ctrl-C: the runs' workers and brokers and the PostgreSQL cluster are stopped on the way out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     results = []
     with tempfile.TemporaryDirectory(prefix="bench-fleet-") as tmp:
         cluster = PgCluster(pg_bin()).start() if "postgresql" in args.backends else None
