@@ -1,6 +1,6 @@
 """Real time: the agent fed at the car's pace, against a python-can Notifier + cantools on the same feed.
 
-    python bench/bench_realtime.py [--seconds 30] [--interval 0.05] [--skip-four]
+    python bench/bench_realtime.py [--seconds 30] [--interval 0.05] [--skip-four] [--floor]
     python bench/bench_realtime.py --memory
 
 `--memory` prints instead what each part of the agent costs in RSS: the
@@ -33,6 +33,10 @@ For --seconds of feed, measured from inside each receiving process
 Receivers, one after the other on the same feed:
 
 - baseline: python-can `Notifier` + cantools `decode_message` on every frame;
+- with `--floor`, the floor: the bus opened and read by the agent's own
+  reader on its wake-up grid, frames counted and dropped, nothing else: what
+  any agent reading this bus pays per frame at the car's pace on this machine
+  (its RSS is all of python-can's imports, not the agent's);
 - carledger recording the 16 signals of bench_pipeline.py (a fleet
   recorder's choice), and recording every signal of the DBC;
 - 4 x 4,500 frames/s: four buses, each the RAV4 log at 5x its rate (4,485
@@ -167,6 +171,35 @@ window = feed_window(rss_mb())
 read = [listener.frames for listener in listeners]
 for notifier in notifiers:
     notifier.stop()
+for bus in buses:
+    bus.shutdown()
+window.update(read=read, wanted=None)
+print(json.dumps(window))
+"""
+
+# The floor: only what any agent on this bus must do at the car's pace. The bus opened as the agent opens it and read
+# with the agent's own reader (carledger.sources.udpmulticast), on the agent's wake-up grid (`Pacer`), the frames
+# counted and dropped: no decoding, no policy, no store. argv: channels (json), wake-up interval.
+FLOOR = MEASURE + """
+import can
+from carledger.sources.base import Pacer
+from carledger.sources.udpmulticast import reader_for
+channels, interval = json.loads(sys.argv[1]), float(sys.argv[2])
+buses = [can.Bus(interface="udp_multicast", channel=group, port=port) for group, port in channels]
+readers = [reader_for(bus, 1 << 22) for bus in buses]
+assert all(readers), "python-can's udp_multicast bus is not one the agent's reader reads"
+read = [0] * len(readers)
+stop = threading.Event()
+def loop():
+    pacer = Pacer(interval)
+    while not pacer.wait(stop):
+        for i, reader in enumerate(readers):
+            read[i] += len(reader.read(0, 1 << 20, lambda *error: None))
+reading = threading.Thread(target=loop, daemon=True)
+reading.start()
+window = feed_window(rss_mb())
+stop.set()
+reading.join()
 for bus in buses:
     bus.shutdown()
 window.update(read=read, wanted=None)
@@ -428,6 +461,9 @@ def main() -> int:
                              "the code before a change) right after this one's, on the same feed: before and after "
                              "in one run")
     parser.add_argument("--repeat", type=int, default=1, help="run everything this many times, alternating")
+    parser.add_argument("--floor", action="store_true",
+                        help="also run the floor: the bus read by the agent's own reader on its wake-up grid, and "
+                             "nothing else (what any agent on this bus pays per frame at the car's pace)")
     args = parser.parse_args()
     if not LOG.exists():
         print(f"reference data not available: {LOG}", file=sys.stderr)
@@ -450,22 +486,26 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="carledger-bench-") as tmp:
         runs = [("baseline", None, 1, 1.0), ("carledger, 16 signals", STREAMS, 1, 1.0),
                 ("carledger, every signal", {"all": every}, 1, 1.0)]
+        if args.floor:
+            runs.insert(1, ("floor: reading the bus, nothing else", "floor", 1, 1.0))
         if not args.skip_four:
             runs += [("baseline, 4 x 4,500 frames/s", None, 4, 5.0),
                      ("carledger, 4 x 4,500 frames/s", STREAMS, 4, 5.0)]
         number = 0
         for repeat in range(args.repeat):
             for name, streams, buses, speed in runs:
-                for label, checkout in checkouts if streams is not None else checkouts[:1]:
+                for label, checkout in checkouts if isinstance(streams, dict) else checkouts[:1]:
                     number += 1
                     key = name + label + (f" #{repeat + 1}" if args.repeat > 1 else "")
                     if streams is None:
                         receiver = [BASELINE, str(DBC), json.dumps(channels(buses))]
+                    elif streams == "floor":
+                        receiver = [FLOOR, json.dumps(channels(buses)), str(args.interval)]
                     else:
                         config = write_agent(Path(tmp) / f"run{number}", buses, streams, args.interval)
                         receiver = [AGENT, str(config), str(LOG)]
                     results[key] = receive(receiver, buses, speed, args.seconds, checkout)
-                    if streams is not None and buses == 1:  # the same work in fast replay, right after
+                    if isinstance(streams, dict) and buses == 1:  # the same work in fast replay, right after
                         results[key]["fast"] = python(FAST, str(config), str(LOG), checkout=checkout)
                     print(line(key, results[key], None), file=sys.stderr)
     for name, r in results.items():
