@@ -358,20 +358,22 @@ class _Many:
         """The kernel time in one datagram's ancillary data, and the drop counter when it comes too."""
         t = None
         end = offset + controllen
-        while offset + 16 <= end:  # cmsghdr: length (size_t), level, type; then the data, 8-byte aligned
+        head = _CMSG_HEADER
+        while offset + head <= end:  # cmsghdr: length (size_t), level, type; then the data, size_t-aligned
             cmsg_length, level, kind = _CMSG.unpack_from(control, offset)
             if level == socket.SOL_SOCKET:
-                if kind == SO_TIMESTAMPNS and cmsg_length >= 16 + _TIMESPEC.size:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(control, offset + 16)
+                if kind == SO_TIMESTAMPNS and cmsg_length >= head + _TIMESPEC.size:
+                    seconds, nanoseconds = _TIMESPEC.unpack_from(control, offset + head)
                     t = seconds + nanoseconds * 1.0e-9
-                elif kind == SO_RXQ_OVFL and cmsg_length >= 16 + _COUNTER.size:
-                    self.dropped = _COUNTER.unpack_from(control, offset + 16)[0]
-            if cmsg_length < 16:
+                elif kind == SO_RXQ_OVFL and cmsg_length >= head + _COUNTER.size:
+                    self.dropped = _COUNTER.unpack_from(control, offset + head)[0]
+            if cmsg_length < head:
                 break
-            offset += (cmsg_length + 7) & ~7
+            offset += socket.CMSG_SPACE(cmsg_length - head)
         return t
 
 
-_CMSG = struct.Struct("@Nii")  # struct cmsghdr: cmsg_len, cmsg_level, cmsg_type (its data follows, 8-byte aligned)
+_CMSG = struct.Struct("@Nii")  # struct cmsghdr: cmsg_len, cmsg_level, cmsg_type (its data follows, size_t-aligned)
+_CMSG_HEADER = socket.CMSG_LEN(0)  # where a cmsghdr's data begins: 16 bytes on a 64-bit machine, 12 on a 32-bit one
 _STAMP = struct.Struct("@Nii" + _TIMESPEC.format.lstrip("@"))  # a cmsghdr and the timespec after it
 _STAMPED = socket.CMSG_LEN(_TIMESPEC.size)  # its length, and the control length when it comes alone
