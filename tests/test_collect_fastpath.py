@@ -1,8 +1,8 @@
 """The collector's faster paths give exactly the answers of the ledger's own checks they stand in for.
 
-`open_received` checks a block's records all at once (the fleet's plain samples), and `_cosign` signs
-receipts with a cosigner made once: both are compared here with `open_block` and `cosign_tree` on
-valid blocks and on every kind of broken record.
+`open_received` checks a block's records all at once (the fleet's plain samples): compared here with
+`open_block` on valid blocks and on every kind of broken record. `AckSigner` signs acks and receipts with
+what does not change made once: compared with the generic COSE and note constructions.
 """
 
 from __future__ import annotations
@@ -108,23 +108,41 @@ def test_bare_block_opens_the_same():
     assert outcome(open_received, bare) == outcome(lambda m, k: open_block(m, k, allow_bare=True), bare)
 
 
-def test_receipt_is_cosign_trees(tmp_path):
+def test_receipts_are_the_generic_note_cosignature(tmp_path):
+    """AckSigner.receipt (the collector's, its cosigner made once) is note.signature_for's line, byte for byte."""
+    from carledger.sync.ack import cosigner_name
+    from carledger.transparency import note
+    from carledger.transparency.checkpoint import Checkpoint
+    from carledger.transparency.cosignature import CosignatureSigner
+
     c = Collector(tmp_path / "c", clock=lambda: 1_700_000_123.9)
+    generic = CosignatureSigner(cosigner_name(bytes(c.ack_key.verify_key)), c.ack_key, c.clock)
     root = bytes(range(32))
     for size in (1, 2, 1000):
-        assert c._cosign(f"o/{size}", size, root) == cosign_tree(c.ack_key, f"o/{size}", size, root, c.clock)
+        line = note.signature_for(Checkpoint(f"o/{size}", size, root).text(), generic).line().rstrip("\n")
+        assert c.signer.receipt(f"o/{size}", size, root) == line
+        assert cosign_tree(c.ack_key, f"o/{size}", size, root, c.clock) == line
     c.close()
 
 
-def test_ack_is_sign_acks(tmp_path):
+def test_acks_are_the_generic_cose_sign1(tmp_path):
+    """AckSigner.ack (its protected header encoded once, the body by canonical CBOR) is cose.sign1's message."""
     import os
 
-    from carledger.sync.ack import Ack, sign_ack
+    from carledger.ledger import cbor, cose
+    from carledger.ledger.keys import kid
+    from carledger.sync.ack import ACK_TYPE, Ack, open_ack, sign_ack
 
     c = Collector(tmp_path / "c")
-    for ack in (Ack("car-1", "fleet", 0, os.urandom(32), None), Ack("car-1", "s.2", (1 << 64) - 1, os.urandom(32), "x y"),
+    protected = {cose.HDR_ALG: cose.ALG_EDDSA, 3: ACK_TYPE, cose.HDR_KID: kid(c.ack_key.verify_key)}
+    for ack in (Ack("car-1", "fleet", 0, os.urandom(32), None), Ack("car-1", "s.2", (1 << 63) - 1, os.urandom(32), "x y"),
                 Ack("p:q", "fleet", 300, bytes(32), "— carledger.example/collector/ab " + "A" * 96)):
-        assert c._sign_ack(ack) == sign_ack(c.ack_key, ack)
+        body = {"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest}
+        if ack.cosignature is not None:
+            body["cosignature"] = ack.cosignature
+        generic = cose.sign1(cbor.encode(body), c.ack_key, protected)
+        assert c.signer.ack(ack) == sign_ack(c.ack_key, ack) == generic
+        assert open_ack(generic, c.ack_key.verify_key, ack.vehicle, ack.stream) == ack
     c.close()
 
 

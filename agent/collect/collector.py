@@ -23,7 +23,6 @@ comes, takes its place (docs/collector.md).
 
 from __future__ import annotations
 
-import base64
 import functools
 import logging
 import os
@@ -38,11 +37,7 @@ from carledger.ledger import (ZERO_DIGEST, Event, MalformedBlock, SealedBlock, S
                               open_block)
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
-from carledger.ledger.keys import kid
-from carledger.sync.ack import ACK_TYPE, Ack, collector_key, cosigner_name
-from carledger.transparency import note
-from carledger.transparency.checkpoint import Checkpoint
-from carledger.transparency.cosignature import CosignatureSigner
+from carledger.sync.ack import Ack, AckSigner, collector_key
 from carledger.sync.wire import unpack_block
 from carledger.verify.report import FORK, GAP, MALFORMED
 from carledger.verify.verifier import DROP_EVENTS
@@ -94,8 +89,7 @@ class Collector:
         self._queue: list[tuple[str, bytes]] = []
         self._no_receipt: set[tuple[str, str]] = set()  # streams whose receipt cannot be computed (logged once)
         self._view: Prefetch | None = None  # during a flush: keys, heads and held streams read up front
-        self._cosigner: CosignatureSigner | None = None  # signs the receipts (made at the first)
-        self._ack_protected: bytes | None = None  # the acks' protected header, encoded (at the first)
+        self.signer = AckSigner(self.ack_key, lambda: self.clock())  # the acks and the receipts in them
 
     def close(self) -> None:
         self.registry.close()
@@ -404,7 +398,7 @@ class Collector:
             head = heads[stream] if heads is not None and stream in heads else self.registry.stream_head(vehicle, stream)
             if head is not None:
                 ack = Ack(vehicle, stream, head[0], head[1], self._receipt(vehicle, stream, head[0] + 1))
-                out.append((topics.ack(vehicle, stream), self._sign_ack(ack)))
+                out.append((topics.ack(vehicle, stream), self.signer.ack(ack)))
         return out
 
     def _receipt(self, vehicle: str, stream: str, size: int) -> str | None:
@@ -425,31 +419,7 @@ class Collector:
                 self._no_receipt.add((vehicle, stream))
                 log.warning("collect: %s %s: acks go without a receipt: %s", vehicle, stream, exc)
             return None
-        return None if key is None else self._cosign(origin_for(bytes(key), stream), size, root)
-
-    def _sign_ack(self, ack: Ack) -> bytes:
-        """sign_ack(self.ack_key, ack), byte for byte (Ed25519 is deterministic; tests/test_collect_fastpath.py),
-        with the protected header encoded once and the body, whose keys and values are plain, encoded directly."""
-        if self._ack_protected is None:
-            self._ack_protected = cose._protected_bytes({cose.HDR_ALG: cose.ALG_EDDSA, 3: ACK_TYPE,
-                                                         cose.HDR_KID: kid(self.ack_key.verify_key)})
-        body: dict = {"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest}
-        if ack.cosignature is not None:
-            body["cosignature"] = ack.cosignature
-        payload = _canonical(body)
-        pbytes = self._ack_protected
-        signature = self.ack_key.sign(_canonical(["Signature1", pbytes, b"", payload])).signature
-        return _canonical(cbor2.CBORTag(cose.TAG_SIGN1, [pbytes, {}, payload, signature]))
-
-    def _cosign(self, origin: str, size: int, root: bytes) -> str:
-        """cosign_tree(self.ack_key, origin, size, root, self.clock), with the cosigner made once: its name's
-        check, key id and key object were most of a receipt's cost (tests/test_collect.py compares the two)."""
-        signer = self._cosigner
-        if signer is None:
-            signer = self._cosigner = CosignatureSigner(cosigner_name(bytes(self.ack_key.verify_key)), self.ack_key,
-                                                        lambda: self.clock())
-        raw = signer.key_id.to_bytes(4, "big") + signer.sign(Checkpoint(origin, size, root).text().encode())
-        return note.Signature(signer.name, signer.key_id, base64.b64encode(raw).decode()).line().rstrip("\n")
+        return None if key is None else self.signer.receipt(origin_for(bytes(key), stream), size, root)
 
     # -- gaps --------------------------------------------------------------------------------
 

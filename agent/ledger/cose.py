@@ -41,8 +41,8 @@ class Sign1(NamedTuple):
     signature: bytes
 
 
-def _protected_bytes(protected: Mapping) -> bytes:
-    # RFC 9052 §3: an empty protected header is a zero-length byte string.
+def protected_bytes(protected: Mapping) -> bytes:
+    """The protected header as signed (RFC 9052 §3: an empty one is a zero-length byte string)."""
     return cbor.encode(dict(protected)) if protected else b""
 
 
@@ -65,7 +65,7 @@ def sign1(
     unprotected: Mapping | None = None,
 ) -> bytes:
     """Sign `payload` (with a key or any ledger.keys.Signer) and return the tagged COSE_Sign1 message."""
-    pbytes = _protected_bytes(protected)
+    pbytes = protected_bytes(protected)
     signature = as_signer(signing_key).sign(sig_structure(pbytes, payload))
     return encode_sign1(pbytes, unprotected or {}, payload, signature)
 

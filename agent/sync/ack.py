@@ -24,11 +24,15 @@ without naming the recipient.
 
 from __future__ import annotations
 
+import base64
+import functools
 import json
 import os
 from pathlib import Path
 import time
 from typing import Any, Callable, NamedTuple
+
+import cbor2
 
 from carledger.ledger import cbor, cose
 from carledger.ledger.errors import KeyFileError, MalformedBlock
@@ -45,6 +49,7 @@ __all__ = [
     "MAX_ACK",
     "MAX_SEQ",
     "Ack",
+    "AckSigner",
     "collector_key",
     "keep_receipt",
     "check_receipt",
@@ -104,8 +109,7 @@ def cosigner(public_key: Any) -> CosignatureVerifier:
 
 def cosign_tree(key: SigningKey, origin: str, size: int, root: bytes, clock: Callable[[], float] = time.time) -> str:
     """The collector's receipt: its cosignature line over the checkpoint text (origin, size, root) of what it holds."""
-    signer = CosignatureSigner(cosigner_name(bytes(key.verify_key)), key, clock)
-    return note.signature_for(Checkpoint(origin, size, root).text(), signer).line().rstrip("\n")
+    return AckSigner(key, clock).receipt(origin, size, root)
 
 
 def check_receipt(public_key: Any, text: str, line: str) -> int:
@@ -123,12 +127,44 @@ def check_receipt(public_key: Any, text: str, line: str) -> int:
 
 def sign_ack(key: SigningKey, ack: Ack) -> bytes:
     """The collector holds and verified every block of `ack.stream` up to `ack.seq`, whose digest is `ack.digest`."""
-    body: dict[str, Any] = {"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest}
-    if ack.cosignature is not None:
-        body["cosignature"] = ack.cosignature
-    payload = cbor.encode(body)
-    protected = {cose.HDR_ALG: cose.ALG_EDDSA, 3: ACK_TYPE, cose.HDR_KID: kid(key.verify_key)}
-    return cose.sign1(payload, key, protected)
+    return AckSigner(key).ack(ack)
+
+
+class AckSigner:
+    """A collector key's acks and receipts, with what does not change between two of them made once.
+
+    `sign_ack` and `cosign_tree` make one for a single message; a collector
+    signing thousands a second keeps one: the ack's protected header is encoded
+    once, and the cosigner (its name's check, key id and key object, most of a
+    receipt's cost) is made once. The ack body's keys and values are of fixed
+    plain types (`Ack`), so canonical CBOR encodes it deterministically without
+    the generic encoder's checks; tests/test_collect_fastpath.py compares both
+    messages with the generic COSE and note constructions, byte for byte
+    (Ed25519 is deterministic).
+    """
+
+    def __init__(self, key: SigningKey, clock: Callable[[], float] = time.time):
+        self.key = key
+        self._protected = cose.protected_bytes({cose.HDR_ALG: cose.ALG_EDDSA, 3: ACK_TYPE, cose.HDR_KID: kid(key.verify_key)})
+        self._cosigner = CosignatureSigner(cosigner_name(bytes(key.verify_key)), key, clock)
+
+    def ack(self, ack: Ack) -> bytes:
+        """The signed ack: a COSE_Sign1 of the ack's body."""
+        body: dict[str, Any] = {"vehicle": ack.vehicle, "stream": ack.stream, "seq": ack.seq, "digest": ack.digest}
+        if ack.cosignature is not None:
+            body["cosignature"] = ack.cosignature
+        payload = _canonical(body)
+        signature = self.key.sign(_canonical(["Signature1", self._protected, b"", payload])).signature
+        return _canonical(cbor2.CBORTag(cose.TAG_SIGN1, [self._protected, {}, payload, signature]))
+
+    def receipt(self, origin: str, size: int, root: bytes) -> str:
+        """The cosignature line over the checkpoint text of the tree (origin, size, root)."""
+        signer = self._cosigner
+        raw = signer.key_id.to_bytes(4, "big") + signer.sign(Checkpoint(origin, size, root).text().encode())
+        return note.Signature(signer.name, signer.key_id, base64.b64encode(raw).decode()).line().rstrip("\n")
+
+
+_canonical = functools.partial(cbor2.dumps, canonical=True)
 
 
 def open_ack(payload: bytes, key: VerifyKey | None, vehicle: str, stream: str) -> Ack:
