@@ -36,6 +36,7 @@ import cbor2
 
 from carledger.ledger import cbor, cose
 from carledger.ledger.errors import KeyFileError, MalformedBlock
+from carledger.ledger.files import private_dir, write_private
 from carledger.ledger.keys import KEY_DIR, SigningKey, VerifyKey, kid, load_or_create_secret, load_verify_key
 from carledger.transparency import note
 from carledger.transparency.checkpoint import Checkpoint
@@ -225,13 +226,8 @@ def _read_json(path: Path, default: Any) -> Any:
 
 def _write_private_json(path: Path, data: Any) -> None:
     """Replace `path` by `data` as JSON, atomically and durably, mode 0600 whatever the umask."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(data, indent=1, sort_keys=True) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    private_dir(path.parent)
+    write_private(path, (json.dumps(data, indent=1, sort_keys=True) + "\n").encode("utf-8"))
 
 
 def collector_keys(store_dir: str | os.PathLike) -> dict[str, VerifyKey]:
