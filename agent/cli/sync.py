@@ -19,7 +19,6 @@ import signal
 import sys
 import threading
 import time
-from pathlib import Path
 
 from carledger.cli._display import PolledProgress
 from carledger.cli._store import add_store_options, exit_status
@@ -170,9 +169,9 @@ def _prepare(args: argparse.Namespace, marks) -> tuple:
 def _vehicle_signer(store: str):
     """The vehicle key in the store, which signs the outcomes of policy updates; None when it has none to read."""
     from carledger.ledger import KeyFileError
-    from carledger.ledger.keys import KEY_DIR, KEY_FILE, FileSigner, load_signing_key
+    from carledger.ledger.keys import FileSigner, key_path, load_signing_key
 
-    path = Path(store) / KEY_DIR / KEY_FILE
+    path = key_path(store)
     if not path.exists():
         return None  # a hardware key: the agent's own syncer signs with it
     try:
