@@ -24,7 +24,7 @@ import random
 import socket
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Generator, Iterator
 
 from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pacer
 from carledger.sources.canerror import CAN_ERR_FLAG, ErrorFrameLog
@@ -150,11 +150,8 @@ class BusSource(FrameSource):
             if not self._needed():
                 log.info("bus %s: no signal of it is needed; not opening it", self.name)
                 while not self._filter_changed.is_set():
-                    self._expect(_RECV_TIMEOUT)
-                    if stop.wait(_RECV_TIMEOUT):
+                    if (yield from self._idle(stop, _RECV_TIMEOUT)):
                         return
-                    if self.idle_ticks:
-                        yield []
                 continue
             self._expect(_OPEN_ALLOWANCE)
             try:
@@ -213,24 +210,28 @@ class BusSource(FrameSource):
         self.receive_buffer_granted = reader.receive_buffer
         return bus, reader
 
-    def _back_off(self, stop: threading.Event, message: str, delay: float) -> Iterator[list[Frame]]:
-        """Reports a failure and waits before the next try; returns the delay after that, or None once stopped.
-
-        With `idle_ticks` it yields an empty batch every receive timeout while it waits.
-        """
+    def _back_off(self, stop: threading.Event, message: str, delay: float) -> Generator[list[Frame], None, float | None]:
+        """Reports a failure and waits before the next try; returns the delay after that, or None once stopped."""
         self._report("bus-error", message, delay)
-        wait = self._jitter(delay)
-        until = time.monotonic() + wait
-        while True:
-            left = until - time.monotonic()
-            if left <= 0:
-                return min(delay * 2, self.backoff[1])
+        if (yield from self._idle(stop, self._jitter(delay))):
+            return None
+        return min(delay * 2, self.backoff[1])
+
+    def _idle(self, stop: threading.Event, seconds: float) -> Generator[list[Frame], None, bool]:
+        """Waits `seconds` with no bus to read; returns True once stopped.
+
+        With `idle_ticks`, an empty batch after every receive timeout of it, so that the
+        per-round work of the caller reading this bus in its own thread goes on.
+        """
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
             step = min(left, _RECV_TIMEOUT) if self.idle_ticks else left
             self._expect(step)
             if stop.wait(step):
-                return None
+                return True
             if self.idle_ticks:
                 yield []
+        return False
 
     def _filter_applied(self, bus) -> bool:
         """Applies a filter set by `set_filter` to the open bus; False when the bus is no longer needed."""
