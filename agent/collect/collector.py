@@ -35,6 +35,7 @@ import cbor2
 from carledger.collect.store import CollectorStore, Prefetch, StoreUnavailable, open_store
 from carledger.ledger import (ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, VerifyKey, cose, decode_record,
                               open_block)
+from carledger.ledger.block import check_each_record
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
 from carledger.sync.ack import Ack, AckSigner, collector_key
@@ -494,11 +495,7 @@ def open_received(message: bytes, key: VerifyKey) -> SealedBlock:
     records = block.records
     if records and not _plain_samples(records):
         try:
-            for i, rec in enumerate(records):
-                try:
-                    decode_record(rec)
-                except MalformedBlock as exc:
-                    raise MalformedBlock(f"record {i}: {exc}") from None
+            check_each_record(records)
         except MalformedBlock:
             raise
         except Exception as exc:  # as open_block: whatever hostile input trips is a malformed block

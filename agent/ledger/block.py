@@ -28,6 +28,7 @@ __all__ = [
     "encode_sample",
     "encode_event",
     "decode_record",
+    "check_each_record",
     "protected_header",
     "seal_block",
     "with_records",
@@ -387,12 +388,17 @@ def _open_block(
     if records is not None:
         check_records_root(header, records)
         if check_records:
-            for i, rec in enumerate(records):
-                try:
-                    decode_record(rec)
-                except MalformedBlock as exc:
-                    raise MalformedBlock(f"record {i}: {exc}") from None
+            check_each_record(records)
     return SealedBlock(header, msg.payload, _sha256(msg.payload).digest(), bare, records or [])
+
+
+def check_each_record(records: Sequence[bytes]) -> None:
+    """MalformedBlock naming the first record `decode_record` refuses, if any (open_block's check_records)."""
+    for i, rec in enumerate(records):
+        try:
+            decode_record(rec)
+        except MalformedBlock as exc:
+            raise MalformedBlock(f"record {i}: {exc}") from None
 
 
 def check_records_root(header: Header, records: Sequence[bytes]) -> None:
