@@ -10,8 +10,11 @@ import socket
 import struct
 import time
 
+import pytest
+
 from carledger.sources.canerror import CAN_ERR_FLAG, ErrorFrameLog, decode_error_frame, error_state
-from carledger.sources.socketcan import SO_TIMESTAMPING, SocketReader
+from carledger.sources.receive import SO_TIMESTAMPING, TIMESPEC, TIMESPECS
+from carledger.sources.socketcan import SocketReader
 
 CLASSIC = struct.Struct("=IB3x8s")
 FD = struct.Struct("=IBB2x64s")
@@ -48,6 +51,16 @@ def test_a_flood_of_error_frames_is_summarised_and_state_changes_come_at_once():
     assert log.total == 504 and log.state == "bus-off"
 
 
+@pytest.fixture(params=["recvmmsg", "recvmsg"])
+def system_call(request, monkeypatch):
+    """Both ways of taking frames: many per system call (ctypes), and one per call where there is no recvmmsg."""
+    if request.param == "recvmsg":
+        from carledger.sources import receive
+
+        monkeypatch.setattr(receive._Many, "on", classmethod(lambda cls, receiver: None))
+    return request.param
+
+
 def udp_pair():
     rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     rx.bind(("127.0.0.1", 0))
@@ -56,10 +69,11 @@ def udp_pair():
     return rx, tx
 
 
-def test_raw_frames_are_parsed_into_tuples_with_kernel_times():
+def test_raw_frames_are_parsed_into_tuples_with_kernel_times(system_call):
     rx, tx = udp_pair()
     with rx, tx:
         reader = SocketReader(rx, receive_buffer=1 << 20)
+        assert reader._receiver.batched == (system_call == "recvmmsg")
         before = time.time()
         tx.send(CLASSIC.pack(0x0B4, 3, b"\x01\x02\x03"))
         tx.send(CLASSIC.pack(0x80000000 | 0x18FEF100, 8, bytes(range(8))))  # 29-bit
@@ -78,19 +92,62 @@ def test_raw_frames_are_parsed_into_tuples_with_kernel_times():
     assert reader.receive_buffer >= 1 << 20
 
 
+class _Queued:
+    """Stands in for the kernel's queue: (frame, stamp values) as `QueuedReceiver.take` gives them."""
+
+    stamp = SO_TIMESTAMPING
+
+    def __init__(self, received):
+        self.received = received
+
+    def wait(self, timeout):
+        return True
+
+    def take(self, limit):
+        return self.received
+
+
 def test_hardware_timestamps_are_preferred_where_the_interface_gives_them():
-    reader = SocketReader.__new__(SocketReader)
-    reader.hardware_timestamps, reader.dropped = 0, 0
-    software_only = struct.pack("=qqqqqq", 100, 500_000_000, 0, 0, 0, 0)
-    hardware = struct.pack("=qqqqqq", 100, 500_000_000, 0, 0, 99, 250_000_000)
-    assert reader._time([(socket.SOL_SOCKET, SO_TIMESTAMPING, software_only)]) == 100.5
-    assert reader._time([(socket.SOL_SOCKET, SO_TIMESTAMPING, hardware)]) == 99.25
-    assert reader.hardware_timestamps == 1
-    before = time.time()  # no stamp at all (the kernel switches stamping on lazily): the wall clock
-    assert before <= reader._time([(socket.SOL_SOCKET, SO_TIMESTAMPING, bytes(48))]) <= time.time()
+    rx, tx = udp_pair()
+    with rx, tx:
+        reader = SocketReader(rx, receive_buffer=0)
+    frame = CLASSIC.pack(0x0B4, 1, b"\x01")
+    reader._receiver = _Queued([
+        (frame, (100, 500_000_000, 0, 0, 0, 0)),  # software only
+        (frame, (100, 500_000_000, 0, 0, 99, 250_000_000)),  # the interface's clock
+        (frame, (0, 0, 0, 0, 0, 0)),  # no stamp filled in yet (the kernel switches stamping on lazily)
+        (frame, None),  # no stamp sent at all
+    ])
+    before = time.time()
+    times = [t for t, _, _ in reader.read(0, 100, lambda *a: None)]
+    assert times[:2] == [100.5, 99.25] and reader.hardware_timestamps == 1
+    assert all(before <= t <= time.time() for t in times[2:])  # the wall clock
 
 
-def test_frames_dropped_by_the_kernel_are_counted():
+def test_the_kernel_stamp_structs_are_its_c_longs():
+    """SO_TIMESTAMP(NS|ING) (the old constants the agent asks for) carry C longs: 32-bit on a 32-bit Raspberry Pi OS."""
+    long = struct.calcsize("@l")
+    assert TIMESPEC.size == 2 * long and TIMESPECS.size == 6 * long
+
+
+def test_a_read_takes_at_most_max_frames_and_the_next_read_the_rest_in_order(system_call):
+    rx, tx = udp_pair()
+    with rx, tx:
+        reader = SocketReader(rx, receive_buffer=1 << 20)
+        for i in range(100):  # more than one recvmmsg takes (32)
+            tx.send(CLASSIC.pack(0x100 + i, 1, bytes([i])))
+        first = reader.read(5.0, 70, lambda *a: None)
+        rest: list = []
+        while len(rest) < 30:
+            rest.extend(reader.read(5.0, 1000, lambda *a: None))
+    assert len(first) == 70
+    assert [k for _, k, _ in first + rest] == [0x100 + i for i in range(100)]
+    assert [d for _, _, d in first + rest] == [bytes([i]) for i in range(100)]
+    times = [t for t, _, _ in first + rest]
+    assert times == sorted(times)
+
+
+def test_frames_dropped_by_the_kernel_are_counted(system_call):
     rx, tx = udp_pair()
     with rx, tx:
         reader = SocketReader(rx, receive_buffer=0)

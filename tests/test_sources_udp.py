@@ -34,9 +34,9 @@ def channel():
 def system_call(request, monkeypatch):
     """Both ways of taking datagrams: many per system call (ctypes), and one per call where there is no recvmmsg."""
     if request.param == "recvmsg":
-        from carledger.sources import udpmulticast
+        from carledger.sources import receive
 
-        monkeypatch.setattr(udpmulticast._Many, "on", classmethod(lambda cls, sock, size: None))
+        monkeypatch.setattr(receive._Many, "on", classmethod(lambda cls, receiver: None))
     return request.param
 
 
@@ -96,7 +96,7 @@ def test_reads_what_python_can_reads(channel, filters, fd, system_call):
     sender = _bus(channel)
     try:
         reader = reader_for(direct, 1 << 20)
-        assert reader is not None and (reader._many is not None) == (system_call == "recvmmsg")
+        assert reader is not None and reader._receiver.batched == (system_call == "recvmmsg")
         sent_after = time.time()
         for msg in MESSAGES * 5:  # each sent with timestamp 0.0: the time read must be the kernel's
             sender.send(msg)

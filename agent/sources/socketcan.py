@@ -10,13 +10,14 @@ offer:
   allowed), since the kernel drops frames once a socket's buffer is full;
 - the kernel's count of frames dropped that way (SO_RXQ_OVFL);
 - hardware timestamps where the interface gives them (SO_TIMESTAMPING: the
-  raw hardware time when it is set, the kernel's receive time otherwise).
+  raw hardware time when it is set, the kernel's receive time otherwise);
+- many frames per system call (`recvmmsg`, `receive.QueuedReceiver`): the
+  agent wakes once an interval and takes every frame queued since.
 """
 
 from __future__ import annotations
 
 import math
-import select
 import socket
 import struct
 import time
@@ -24,6 +25,7 @@ from typing import Callable
 
 from carledger.sources.canerror import CAN_ERR_FLAG
 from carledger.sources.frame import EFF_FLAG, EFF_MASK, SFF_MASK, Frame
+from carledger.sources.receive import SO_RXQ_OVFL, SO_TIMESTAMPING, SO_TIMESTAMPNS, TIMESPEC, TIMESPECS, QueuedReceiver
 
 CAN_RTR_FLAG = 0x40000000
 CANFD_MTU = 72
@@ -42,18 +44,11 @@ def receive_buffer_for(wakeup_interval: float) -> int:
     frames = math.ceil(SIZING_FRAMES_PER_SECOND * wakeup_interval * SIZING_ROOM)
     return max(RECEIVE_BUFFER, frames * FRAME_ACCOUNTING)
 
-SO_TIMESTAMPNS = 35
-SO_TIMESTAMPING = 37
-SO_RXQ_OVFL = 40
 SO_RCVBUFFORCE = 33
 # SOF_TIMESTAMPING_RX_HARDWARE | RX_SOFTWARE | SOFTWARE | RAW_HARDWARE
 _TIMESTAMPING_FLAGS = (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6)
 
 _HEADER = struct.Struct("=IB")
-_TIMESPECS = struct.Struct("=qqqqqq")  # struct scm_timestamping: software, (legacy), raw hardware
-_TIMESPEC = struct.Struct("=qq")
-_COUNTER = struct.Struct("=I")
-_ANCILLARY = socket.CMSG_SPACE(_TIMESPECS.size) + socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_COUNTER.size)
 
 ErrorFrameSink = Callable[[float, int, bytes], None]  # (time, can_id with CAN_ERR_FLAG, payload)
 
@@ -81,15 +76,20 @@ class SocketReader:
     def __init__(self, sock: socket.socket, receive_buffer: int = RECEIVE_BUFFER):
         self.sock = sock
         self.receive_buffer = set_receive_buffer(sock, receive_buffer) if receive_buffer else 0
-        self.dropped = 0  # frames the kernel dropped for a full receive buffer (since the socket opened)
         self.hardware_timestamps = 0  # frames whose time came from the interface's clock
-        self._failure: OSError | None = None  # raised by the next read, after the frames read before it
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         try:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING, _TIMESTAMPING_FLAGS)
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 0)  # one timestamp message per frame is enough
+            self._receiver = QueuedReceiver(sock, CANFD_MTU, SO_TIMESTAMPING, TIMESPECS)
         except OSError:
             sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+            self._receiver = QueuedReceiver(sock, CANFD_MTU, SO_TIMESTAMPNS, TIMESPEC)
+
+    @property
+    def dropped(self) -> int:
+        """Frames the kernel dropped for a full receive buffer (since the socket opened)."""
+        return self._receiver.dropped
 
     def read(self, timeout: float, max_frames: int, on_error_frame: ErrorFrameSink) -> list[Frame]:
         """Waits up to `timeout` for a frame, then takes what is queued (at most `max_frames`).
@@ -97,52 +97,30 @@ class SocketReader:
         Raises OSError when the interface fails (ENETDOWN when it is set down,
         ENODEV when it disappears); frames read before that are returned first.
         """
-        if self._failure is not None:
-            failure, self._failure = self._failure, None
-            raise failure
-        sock = self.sock
         batch: list[Frame] = []
-        if not select.select((sock,), (), (), timeout)[0]:
+        receiver = self._receiver
+        if not receiver.wait(timeout):
             return batch
-        recvmsg = sock.recvmsg
         append = batch.append
         unpack = _HEADER.unpack_from
-        while len(batch) < max_frames:
-            try:
-                raw, ancillary, _, _ = recvmsg(CANFD_MTU, _ANCILLARY, socket.MSG_DONTWAIT)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if not batch:
-                    raise
-                self._failure = exc
-                break
+        hardware = receiver.stamp == SO_TIMESTAMPING
+        for raw, stamp in receiver.take(max_frames):
             can_id, length = unpack(raw)
-            t = self._time(ancillary)
+            if stamp is None:
+                # no time from the kernel: it stamps frames only once the first timestamping socket
+                # has switched stamping on (deferred), so the first frames after start can lack one
+                t = time.time()
+            elif hardware:  # software, (legacy), raw hardware: the interface's clock where it has one
+                if stamp[4]:
+                    self.hardware_timestamps += 1
+                    t = stamp[4] + stamp[5] * 1e-9
+                else:
+                    t = stamp[0] + stamp[1] * 1e-9 if stamp[0] else time.time()
+            else:
+                t = stamp[0] + stamp[1] * 1e-9
             if can_id & CAN_ERR_FLAG:
                 on_error_frame(t, can_id, raw[8 : 8 + length])
             elif not can_id & CAN_RTR_FLAG:
                 key = (can_id & EFF_MASK) | EFF_FLAG if can_id & EFF_FLAG else can_id & SFF_MASK
                 append((t, key, raw[8 : 8 + length]))
         return batch
-
-    def _time(self, ancillary: list) -> float:
-        t = 0.0
-        for level, kind, data in ancillary:
-            if level != socket.SOL_SOCKET:
-                continue
-            if kind == SO_TIMESTAMPING:
-                sw_s, sw_ns, _, _, hw_s, hw_ns = _TIMESPECS.unpack_from(data)
-                if hw_s:
-                    self.hardware_timestamps += 1
-                    t = hw_s + hw_ns * 1e-9
-                elif sw_s:
-                    t = sw_s + sw_ns * 1e-9
-            elif kind == SO_TIMESTAMPNS:
-                s, ns = _TIMESPEC.unpack_from(data)
-                t = s + ns * 1e-9
-            elif kind == SO_RXQ_OVFL:
-                self.dropped = _COUNTER.unpack_from(data)[0]
-        # no time from the kernel: it stamps frames only once the first timestamping socket
-        # has switched stamping on (deferred), so the first frames after start can lack one
-        return t or time.time()

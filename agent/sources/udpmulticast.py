@@ -7,8 +7,8 @@ log's rate, that is about 12 µs of CPU per frame, three times what the agent
 spends decoding and recording it (docs/performance.md, "Real time").
 
 `DatagramReader` reads the same socket the bus opened, after one `select`,
-with `recvmsg(MSG_DONTWAIT)` until nothing is queued, and gives what
-python-can would have given, field for field:
+taking everything queued (`receive.QueuedReceiver`: many datagrams per
+system call), and gives what python-can would have given, field for field:
 
 - the time is the kernel's receive time (SO_TIMESTAMPNS), as python-can's;
 - the bus's filters (`bus.filters`, changed by `set_filters`) are applied as
@@ -27,19 +27,14 @@ returns None).
 
 from __future__ import annotations
 
-import select
 import socket
-import struct
 from typing import Any
 
 from carledger.sources.canerror import CAN_ERR_FLAG
 from carledger.sources.frame import EFF_FLAG, Frame
-from carledger.sources.socketcan import SO_RXQ_OVFL, ErrorFrameSink, set_receive_buffer
+from carledger.sources.receive import SO_RXQ_OVFL, SO_TIMESTAMPNS, TIMESPEC, QueuedReceiver, Received
+from carledger.sources.socketcan import ErrorFrameSink, set_receive_buffer
 
-SO_TIMESTAMPNS = 35
-_TIMESPEC = struct.Struct("@ll")
-_COUNTER = struct.Struct("=I")
-_ANCILLARY = socket.CMSG_SPACE(_TIMESPEC.size) + socket.CMSG_SPACE(_COUNTER.size)
 # the fields python-can's udp_multicast `pack_message` writes; anything else takes python-can's own path
 _PLAIN = (False, False, False, False, False)  # remote, error, FD, bitrate switch, error state indicator
 # How pack_message lays out a classic data frame: the map and its first key, the time as a float64, the
@@ -77,13 +72,11 @@ class DatagramReader:
         self.bus = bus
         self.sock = sock
         self._unpackb = unpackb
-        self._max_buffer = max_buffer
         self._fd = getattr(bus, "_can_protocol", CanProtocol.CAN_FD) is CanProtocol.CAN_FD
         self.receive_buffer = set_receive_buffer(sock, receive_buffer) if receive_buffer else 0
-        self.dropped = 0  # datagrams the kernel dropped for a full receive buffer (since the socket opened)
         self.hardware_timestamps = 0  # never: the kernel stamps datagrams as they arrive
         self._failure: Exception | None = None  # raised by the next read, after the frames read before it
-        self._pending: list[tuple[bytes, float | None]] = []  # received after a failing datagram: the read after
+        self._pending: list[Received] = []  # received after a failing datagram: the read after
         self._filters: Any = object()  # the bus's filters the compiled ones below were made of
         self._exact: frozenset[int] | None = None  # keys the filters take, when every mask is a full one
         # header bytes -> (key, length) of datagrams that unpacked as plain classic frames (`_remember`)
@@ -92,7 +85,12 @@ class DatagramReader:
             sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         except OSError:
             pass
-        self._many = _Many.on(sock, max_buffer)
+        self._receiver = QueuedReceiver(sock, max_buffer, SO_TIMESTAMPNS, TIMESPEC)
+
+    @property
+    def dropped(self) -> int:
+        """Datagrams the kernel dropped for a full receive buffer (since the socket opened)."""
+        return self._receiver.dropped
 
     def _compile(self, filters: Any) -> None:
         """The bus's filters as a set of keys when each names one identifier; else python-can decides per frame."""
@@ -118,10 +116,9 @@ class DatagramReader:
         if self._failure is not None:
             failure, self._failure = self._failure, None
             raise failure
-        sock = self.sock
         batch: list[Frame] = []
         datagrams, self._pending = self._pending, []  # read with a failing one before it, not yet handed on
-        if not datagrams and not select.select((sock,), (), (), timeout)[0]:
+        if not datagrams and not self._receiver.wait(timeout):
             return batch
         filters = self.bus._filters
         if filters is not self._filters:
@@ -131,8 +128,9 @@ class DatagramReader:
         append = batch.append
         headers, tail_length = self._headers, len(_TAIL)
         if not datagrams:
-            datagrams = self._receive(max_frames)
-        for index, (raw, t) in enumerate(datagrams):
+            datagrams = self._receiver.take(max_frames)
+        for index, (raw, stamp) in enumerate(datagrams):
+            t = stamp[0] + stamp[1] * 1.0e-9 if stamp is not None else None
             # The datagram's bytes say what a full unpack said of the same header before: msgpack is
             # read from the start, so equal bytes up to the payload are equal fields (`_remember`).
             cut = raw.rfind(_DATA, _HEADER_AT)
@@ -174,45 +172,6 @@ class DatagramReader:
                 self._failure = exc
                 break
         return batch
-
-    def _receive(self, limit: int) -> list[tuple[bytes, float | None]]:
-        """(datagram, kernel time) of up to `limit` queued datagrams, without waiting.
-
-        An OSError after some were read is kept for the next read. One `recvmmsg`
-        system call for up to 32 datagrams where the C library has it (`_Many`),
-        else a `recvmsg` each.
-        """
-        out: list[tuple[bytes, float | None]] = []
-        many = self._many
-        try:
-            if many is not None:
-                while len(out) < limit:
-                    got = many.receive(min(limit - len(out), many.slots), out)
-                    if got < many.slots:
-                        break
-                if many.dropped is not None:
-                    self.dropped = many.dropped
-                return out
-            recvmsg, size, unpack_time = self.sock.recvmsg, self._max_buffer, _TIMESPEC.unpack_from
-            while len(out) < limit:
-                try:
-                    raw, ancillary, _, _ = recvmsg(size, _ANCILLARY, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
-                t = None
-                for level, kind, data in ancillary:
-                    if level == socket.SOL_SOCKET:
-                        if kind == SO_TIMESTAMPNS:
-                            seconds, nanoseconds = unpack_time(data)
-                            t = seconds + nanoseconds * 1.0e-9
-                        elif kind == SO_RXQ_OVFL:
-                            self.dropped = _COUNTER.unpack_from(data)[0]
-                out.append((raw, t))
-        except OSError as exc:
-            if not out:
-                raise
-            self._failure = exc
-        return out
 
     def _remember(self, raw: bytes, key: int, data: bytes) -> None:
         """Keeps the header of a datagram that unpacked as a plain classic frame, if laid out as pack_message does.
@@ -260,120 +219,3 @@ def _can_error(text: str) -> Exception:
     import can
 
     return can.CanOperationError(text)
-
-
-class _Many:
-    """`recvmmsg(2)` through ctypes: up to `slots` datagrams and their kernel times in one system call.
-
-    At the car's pace a `recvmsg` per datagram cost more CPU than all the rest of
-    the agent's work on a frame: each system call, and each Python call around
-    it, is paid again per frame. The buffers are made once; each datagram has
-    `max_buffer` bytes (python-can's), so a longer one is cut where python-can's
-    `recvmsg` cuts it.
-    """
-
-    slots = 32
-    _CONTROL = 64  # bytes of ancillary data per datagram: SO_TIMESTAMPNS (32) and SO_RXQ_OVFL (20, aligned 24)
-
-    def __init__(self, ctypes: Any, recvmmsg: Any, fd: int, max_buffer: int):
-        c = ctypes
-
-        class iovec(c.Structure):
-            _fields_ = [("iov_base", c.c_void_p), ("iov_len", c.c_size_t)]
-
-        class msghdr(c.Structure):
-            _fields_ = [("msg_name", c.c_void_p), ("msg_namelen", c.c_uint32), ("msg_iov", c.c_void_p),
-                        ("msg_iovlen", c.c_size_t), ("msg_control", c.c_void_p), ("msg_controllen", c.c_size_t),
-                        ("msg_flags", c.c_int)]
-
-        class mmsghdr(c.Structure):
-            _fields_ = [("msg_hdr", msghdr), ("msg_len", c.c_uint)]
-
-        self._ctypes = c
-        self._recvmmsg = recvmmsg
-        self._fd = fd
-        self._size = max_buffer
-        slots = self.slots
-        self._data = c.create_string_buffer(slots * max_buffer)
-        self._control = c.create_string_buffer(slots * self._CONTROL)
-        self._iov = (iovec * slots)()
-        self._headers = (mmsghdr * slots)()
-        self._template = (mmsghdr * slots)()
-        data, control = c.addressof(self._data), c.addressof(self._control)
-        for i in range(slots):
-            self._iov[i].iov_base, self._iov[i].iov_len = data + i * max_buffer, max_buffer
-            header = self._template[i].msg_hdr
-            header.msg_iov, header.msg_iovlen = c.addressof(self._iov[i]), 1
-            header.msg_control, header.msg_controllen = control + i * self._CONTROL, self._CONTROL
-        self._header_size = c.sizeof(mmsghdr)
-        # msg_controllen and msg_len, both written by the kernel, read in one unpack
-        self._lengths_at = mmsghdr.msg_hdr.offset + msghdr.msg_controllen.offset
-        gap = mmsghdr.msg_len.offset - self._lengths_at - c.sizeof(c.c_size_t)
-        self._lengths = struct.Struct(f"@N{gap}xI")
-        self._header_view = memoryview(self._headers).cast("B")
-        self._control_view = memoryview(self._control).cast("B")
-        self.dropped: int | None = None
-
-    @classmethod
-    def on(cls, sock: socket.socket, max_buffer: int) -> "_Many | None":
-        """The receiver for this socket, or None where there is no `recvmmsg` (the caller reads one at a time)."""
-        try:
-            import ctypes
-
-            libc = ctypes.CDLL(None, use_errno=True)
-            recvmmsg = libc.recvmmsg
-        except (ImportError, OSError, AttributeError):
-            return None
-        recvmmsg.restype = ctypes.c_int
-        recvmmsg.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-        return cls(ctypes, recvmmsg, sock.fileno(), max_buffer)
-
-    def receive(self, count: int, out: list) -> int:
-        """Appends (datagram, time or None) of up to `count` queued datagrams to `out`; how many it read."""
-        c = self._ctypes
-        c.memmove(self._headers, self._template, self._header_size * count)
-        got = self._recvmmsg(self._fd, self._headers, count, socket.MSG_DONTWAIT, None)
-        if got < 0:
-            errno = c.get_errno()
-            if errno in (11, 4):  # EAGAIN (nothing queued), EINTR
-                return 0
-            raise OSError(errno, __import__("os").strerror(errno))
-        headers, control, data, size = self._header_view, self._control_view, self._data, self._size
-        step, lengths_at, room = self._header_size, self._lengths_at, self._CONTROL
-        unpack_lengths, unpack_stamp = self._lengths.unpack_from, _STAMP.unpack_from
-        append = out.append
-        for i in range(got):
-            controllen, length = unpack_lengths(headers, i * step + lengths_at)
-            at = i * size
-            raw = data[at : at + length]
-            if controllen == _STAMPED:  # the usual: the kernel's time alone, read in one unpack
-                cmsg_length, level, kind, seconds, nanoseconds = unpack_stamp(control, i * room)
-                if cmsg_length == _STAMPED and kind == SO_TIMESTAMPNS and level == socket.SOL_SOCKET:
-                    append((raw, seconds + nanoseconds * 1.0e-9))
-                    continue
-            append((raw, self._ancillary(control, i * room, controllen)))
-        return got
-
-    def _ancillary(self, control: memoryview, offset: int, controllen: int) -> float | None:
-        """The kernel time in one datagram's ancillary data, and the drop counter when it comes too."""
-        t = None
-        end = offset + controllen
-        head = _CMSG_HEADER
-        while offset + head <= end:  # cmsghdr: length (size_t), level, type; then the data, size_t-aligned
-            cmsg_length, level, kind = _CMSG.unpack_from(control, offset)
-            if level == socket.SOL_SOCKET:
-                if kind == SO_TIMESTAMPNS and cmsg_length >= head + _TIMESPEC.size:
-                    seconds, nanoseconds = _TIMESPEC.unpack_from(control, offset + head)
-                    t = seconds + nanoseconds * 1.0e-9
-                elif kind == SO_RXQ_OVFL and cmsg_length >= head + _COUNTER.size:
-                    self.dropped = _COUNTER.unpack_from(control, offset + head)[0]
-            if cmsg_length < head:
-                break
-            offset += socket.CMSG_SPACE(cmsg_length - head)
-        return t
-
-
-_CMSG = struct.Struct("@Nii")  # struct cmsghdr: cmsg_len, cmsg_level, cmsg_type (its data follows, size_t-aligned)
-_CMSG_HEADER = socket.CMSG_LEN(0)  # where a cmsghdr's data begins: 16 bytes on a 64-bit machine, 12 on a 32-bit one
-_STAMP = struct.Struct("@Nii" + _TIMESPEC.format.lstrip("@"))  # a cmsghdr and the timespec after it
-_STAMPED = socket.CMSG_LEN(_TIMESPEC.size)  # its length, and the control length when it comes alone

@@ -244,6 +244,7 @@ def receive_buffer_burst() -> dict:
             results[label] = {
                 "buffer_bytes": bus_.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                 "received": len(frames), "dropped": reader.dropped, "marker": len(marker),
+                "many_per_call": reader._receiver.batched,
             }
         finally:
             bus_.shutdown()
