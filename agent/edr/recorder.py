@@ -340,7 +340,7 @@ class CrashRecorder:
     def frame(self, handler: MessageHandler, t: float, data: bytes) -> None:
         """Hand a frame to its message's handler, with what the ring needs around a watched message's frame.
 
-        The buses' frame loop (`carledger.pipeline._Bus.process`) calls this only for a watched
+        The buses' frame loop (`carledger.dispatch.BusDispatch.process`) calls this only for a watched
         message's frame at or past `ring.due` (the next tick, or any time while a capture runs:
         the ring's `follow` makes it -inf then), and hands every other frame to its handler
         itself: one comparison per frame. Frames that come another way (reassembled messages)
