@@ -17,7 +17,6 @@ here as health events and go into the `health` stream.
 from __future__ import annotations
 
 import collections
-import functools
 import fnmatch
 import logging
 import queue
@@ -28,9 +27,10 @@ from typing import Any, Callable, Iterator
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
-from carledger.config import BusConfig, Config, local_streams_policy, stream_option_problems
+from carledger.config import Config, local_streams_policy, stream_option_problems
 from carledger.decode import VssMapping
 from carledger.decode.dbcfile import check_message_names
+from carledger.diagnostics import DiagnosticPolling, known_signals
 from carledger.dispatch import BusDispatch
 from carledger.edr import CrashRecorder
 from carledger.ledger import Ledger, load_or_create_secret
@@ -48,6 +48,7 @@ from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameSource, LogSource
 from carledger.sources.base import Pacer, pipeline_phase, reader_phase
 from carledger.sources.replay import ReplayError
+from carledger.sync.link import SyncLink
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,7 @@ class Pipeline:
             for index, bus in enumerate(self.buses):
                 bus.transport.on_event = self._event_sink(index)
             self.owner_state = OwnerState.load(config.store)
-            known = [pair for bus in self.buses for pair in bus.signals()]
-            if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
-                known += [(name, source) for name, source, _ in _obd_signals()]
+            known = known_signals(config, self.buses)
             self.actions = OwnerActions(self.ledger, self.owner_state, known_signals=known, clock=self.now)
             self.actions.sync_enabled = config.mqtt is not None
             self.spool = Spool(config.store)
@@ -114,8 +113,7 @@ class Pipeline:
             self.ignition = IgnitionWatch(self.owner_state.policy.ignition, self.owner_state.ignition.last_seen)
             self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
             self._sample_consumers: dict[tuple, list] = {}
-            self.obd_pollers = self._make_obd_sources()
-            self.uds_pollers = self._make_uds_pollers()
+            self.diagnostics = DiagnosticPolling(config, self.buses, self._event_sink, self._sample_sink)
             self._plan()
         except BaseException:
             self.ledger.close()
@@ -124,10 +122,9 @@ class Pipeline:
         for index, source in enumerate(self.sources):
             source.wakeup_phase = reader_phase(index, config.wakeup_interval)
         self.watchdog = Watchdog(self.notifier, self.sources)  # fed only while loop, sources and store are alive
-        self.syncer: Any = None  # started by run() when the configuration has [mqtt]
-        self.witness_thread: Any = None  # started by run() when the configuration names [[witness]]es
-        self._outbound: dict[str, Any] = {}  # what the syncer may send: read from its thread, replaced whole
-        self._disclosures: collections.deque = collections.deque()  # acked by the collector, for the audit
+        # started by run(): a syncer when the configuration has [mqtt], a witness thread for its [[witness]]es
+        self.sync = SyncLink(config.store, self.ledger.vehicle_id, config.mqtt, config.witnesses, self.ledger.signer,
+                             self.owner_state.effective_policy, self._audit_disclosure)
         self._started = False  # streams are started at the first frame's time (a replay's clock)
         self._generation = -1
         self._next_change: float | None = None
@@ -240,93 +237,19 @@ class Pipeline:
         return self.config.sampling.min_interval
 
     def _warn_unmatched_streams(self) -> None:
-        signals = [pair for bus in self.buses for pair in bus.signals()]
-        if self.config.elm327 or any(b.config.obd or b.config.obd_listen for b in self.buses):
-            signals += [(name, source) for name, source, _ in _obd_signals()]
+        signals = known_signals(self.config, self.buses)
         for stream in self.owner_state.policy.streams:
             if stream.raw and stream.signals and not any(stream.selects(n, s) for n, s in signals):
                 log.warning("stream %s: its patterns match no signal of the configured DBCs", stream.name)
 
     # -- sync ---------------------------------------------------------------------------------
 
-    def _start_sync(self) -> None:
-        if self.config.witnesses:
-            from carledger.sync.witnesses import WitnessThread
-
-            self.witness_thread = WitnessThread(self.config.store, self.config.witnesses)
-            self.witness_thread.start()
-        if self.config.mqtt is None:
-            return
-        from carledger.sync import Syncer
-
-        self._outbound = self._outbound_streams()
-        self.syncer = Syncer(
-            self.config.store, self.ledger.vehicle_id, self.config.mqtt, lambda: self._outbound,
-            on_disclosure=self._disclosures.append, signer=self.ledger.signer,
-        )
-        self.syncer.start()
-
-    def _stop_witnesses(self) -> None:
-        """After the ledger closed: the witness thread's last round then carries the checkpoints the close signed."""
-        witness_thread, self.witness_thread = self.witness_thread, None
-        if witness_thread is not None:
-            witness_thread.stop()
-
-    def _stop_sync(self) -> None:
-        """Stop the syncer first, so that every ack it took is in the audit before the last seal."""
-        if self.syncer is None:
-            return
-        syncer, self.syncer = self.syncer, None
-        syncer.stop()
-        while self._disclosures:
-            self._audit_disclosure(self._disclosures.popleft())
-
-    def _outbound_streams(self) -> dict[str, Any]:
-        """The policy's streams for a recipient, each until its consent ends (the syncer checks them again)."""
-        from carledger.sync import outbound_streams
-
-        return outbound_streams(self.owner_state.effective_policy())
-
     def _audit_disclosure(self, disclosure: Any) -> None:
         """The collector acked blocks of a stream: the audit stream says who got which blocks."""
         self.actions.disclose(disclosure.stream, disclosure.recipient, disclosure.first_seq, disclosure.last_seq,
                               disclosure.records, disclosure.t)
 
-    # -- OBD-II ---------------------------------------------------------------------------------
-
-    def _make_obd_sources(self) -> list[tuple[str, Any]]:
-        """Pollers for buses with [bus.obd] and ELM327 adapters; passive decoders for obd_listen buses."""
-        out: list[tuple[str, Any]] = []
-        if not self.config.elm327 and not any(b.config.obd or b.config.obd_listen for b in self.buses):
-            return out
-        from carledger.obd import Elm327Source, ObdPoller, PassiveDecoder
-
-        for index, bus in enumerate(self.buses):
-            cfg = bus.config
-            events = self._event_sink(index)
-            if cfg.obd_listen:
-                bus.listen_obd(PassiveDecoder(events), self._sample_sink(f"{cfg.name}/obd"))
-            if cfg.obd is not None:
-                out.append((cfg.name, ObdPoller(self._bus_opener(cfg), cfg.obd, self._sample_sink(f"{cfg.name}/obd"), events)))
-        for index, adapter in enumerate(self.config.elm327):
-            name = f"elm327-{index}"
-            out.append((name, Elm327Source(adapter, self._sample_sink(name), self._event_sink(None))))
-        return out
-
-    @staticmethod
-    def _bus_opener(cfg: BusConfig) -> Callable[[], Any]:
-        """A second handle on the bus for OBD requests: polling transmits, the BusSource only listens."""
-        def open_bus() -> Any:
-            import can
-
-            kwargs = dict(cfg.options)
-            if cfg.bitrate is not None:
-                kwargs["bitrate"] = cfg.bitrate
-            if cfg.fd:
-                kwargs["fd"] = True
-            return can.Bus(interface=cfg.interface, channel=cfg.channel, **kwargs)
-
-        return open_bus
+    # -- samples and events from other threads ------------------------------------------------
 
     def _event_sink(self, index: int | None) -> Callable[[str, dict], None]:
         def on_event(kind: str, detail: dict | None = None) -> None:
@@ -354,52 +277,6 @@ class Pipeline:
                 consumers = cache[key] = self.streams.consumers(name, source, scope) + self.edr.consumers(name, source)
             for consumer in consumers:
                 consumer.offer(t, value)
-
-    def _poll_what_streams_take(self) -> None:
-        """Poll the PIDs a running stream takes: the configured interval, else 1 s. Nothing else."""
-        from carledger.obd.session import pid_intervals
-
-        if not self.obd_pollers:
-            return
-        taken = [(name, source) for name, source, pid in _obd_signals() if pid >= 0 and self.streams.takes(name, source)]
-        for bus_name, poller in self.obd_pollers:
-            configured = dict(poller.config.pids)
-            pids = pid_intervals((name, 1.0) for name, _ in taken)
-            poller.set_pids({pid: configured.get(pid, interval) for pid, interval in pids.items()})
-
-    def _make_uds_pollers(self) -> list[tuple[str, Any]]:
-        """A ReadDataByIdentifier poller per bus with `[bus.uds] poll = true`; its answers are decoded passively."""
-        out: list[tuple[str, Any]] = []
-        self._uds_buses: dict[int, BusDispatch] = {}  # id(poller) -> the bus whose DIDs it reads
-        for index, bus in enumerate(self.buses):
-            cfg = bus.config
-            if cfg.uds is not None and cfg.uds.poll:
-                from carledger.obd.uds import UdsPoller, did_table
-
-                bus.dids = did_table(bus.databases)
-                poller = UdsPoller(self._bus_opener(cfg), cfg.uds, self._event_sink(index))
-                self._uds_buses[id(poller)] = bus
-                out.append((f"{cfg.name}-uds", poller))
-        return out
-
-    def _poll_dids_streams_take(self) -> None:
-        """Poll the DIDs whose signals a running stream takes, at that stream's interval (else [bus.uds] interval)."""
-        if not self.uds_pollers:
-            return  # no UDS polling: its module (and can-isotp) stays unimported
-        from carledger.obd.uds import dids_to_poll
-
-        running = [s for s in self.owner_state.policy.streams if s.name in self.streams.runtimes]
-        for _, poller in self.uds_pollers:
-            bus = self._uds_buses[id(poller)]
-
-            def interval(source: str, bus: BusDispatch = bus, default: float = poller.config.interval) -> float | None:
-                name = bus.mapping.name(source)
-                takers = [s for s in running if s.selects(name, source) and self.streams.takes(name, source)]
-                if not takers:
-                    return None
-                return min(self._min_interval(s, name, source) or default for s in takers)
-
-            poller.set_dids(dids_to_poll(bus.dids, interval))
 
     def _make_source(self, index: int, bus: BusDispatch) -> FrameSource:
         cfg = bus.config
@@ -453,17 +330,17 @@ class Pipeline:
         ]
         threads += [
             threading.Thread(target=poller.run, args=(self.stop_event,), name=f"obd-{name}", daemon=True)
-            for name, poller in self.obd_pollers + self.uds_pollers
+            for name, poller in self.diagnostics.pollers
         ]
         for thread in threads:
             thread.start()
         self.edr.recover()
-        self._start_sync()
+        self.sync.start()
         # A fast replay of a file, with no syncer or witness in this process: its periodic seals may
         # share one fsync (`Store.append(hold=...)`). A kill loses at most that much more of a tail the
         # replay can give again; nothing reaches another connection before it is durable; every other
         # seal (owner actions, crash captures, the last) commits at once. A live bus keeps one per seal.
-        if fast and self.syncer is None and self.witness_thread is None:
+        if fast and not self.sync.running:
             self._hold = _HOLD
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
@@ -482,8 +359,7 @@ class Pipeline:
                 while self._events:
                     self._bus_event(*self._events.popleft())
                 self._route_samples()
-                while self._disclosures:
-                    self._audit_disclosure(self._disclosures.popleft())
+                self.sync.audit()
                 wall = time.monotonic()
                 if wall >= self._next_spool:
                     self._next_spool = wall + _SPOOL_INTERVAL
@@ -495,7 +371,7 @@ class Pipeline:
                 if wall >= next_health:
                     next_health = wall + self.config.health_interval
                     self._health_event("counters", self._counters())
-                done = not active and not self.obd_pollers and not self.uds_pollers  # pollers run until stopped
+                done = not active and not self.diagnostics.pollers  # pollers run until stopped
                 if done or self.stop_event.is_set() or (deadline is not None and wall >= deadline):
                     break
         finally:
@@ -503,7 +379,7 @@ class Pipeline:
             self.notifier.stopping()
             self._drain(threads)
             self._route_samples()
-            self._stop_sync()
+            self.sync.stop_sync()
             self._health_event("agent-stop", self._counters())
             if self._started:
                 self.edr.close(self._last_t if self._last_t is not None else self.now())
@@ -513,7 +389,7 @@ class Pipeline:
             try:
                 self.ledger.close()
             finally:
-                self._stop_witnesses()
+                self.sync.stop_witnesses()
             for source in self.sources:
                 source.close()
         self._finish_summary(time.monotonic() - started)
@@ -703,8 +579,8 @@ class Pipeline:
         pending = {w.name: (w.pending, w.pending_events) for w in (self.ledger.writers if writers is None else writers)}
         blocks = self.ledger.seal(writers, hold=hold)
         self.watchdog.sealed()
-        if blocks and self.syncer is not None:
-            self.syncer.notify()
+        if blocks:
+            self.sync.notify()
         self.summary.blocks += len(blocks)
         for block in blocks:
             stream = block.header.stream
@@ -727,12 +603,12 @@ class Pipeline:
             self._next_change = streams.next_change(at)
         if streams.generation != self._generation:
             self._generation = streams.generation
-            self._outbound = self._outbound_streams()
+            self.sync.refresh()
             for bus in self.buses:
                 bus.reset_handlers()
             self._sample_consumers = {}
-            self._poll_what_streams_take()
-            self._poll_dids_streams_take()
+            running = [s for s in self.owner_state.policy.streams if s.name in streams.runtimes]
+            self.diagnostics.follow(streams.takes, running, self._min_interval)
         self._configure_edr(t)
         for bus in self.buses:
             bus.transport.expire(t)  # a diagnostic answer that never completed is an event even on a silent bus
@@ -793,19 +669,6 @@ class Pipeline:
                 self._next_change = self.streams.next_change(now)
         self._seal([self.actions.audit])
         return outcome.to_json()
-
-
-@functools.lru_cache(maxsize=1)
-def _obd_signals() -> tuple[tuple[str, str, int], ...]:
-    """(sample name, source, PID) of every OBD-II signal carledger decodes: service 01 PIDs, DTCs, the VIN."""
-    from carledger.obd.messages import DTC_SERVICES, FREEZE_DTC_PID, FREEZE_PREFIX, VIN
-    from carledger.obd.pids import PIDS
-    from carledger.obd.session import FREEZE_PIDS
-
-    pids = tuple((sig.sample_name, pid.source, pid.pid) for pid in PIDS.values() for sig in pid.signals)
-    freeze = ((FREEZE_PREFIX + "DTC", f"OBD.02.{FREEZE_DTC_PID:02X}"),) + tuple(
-        (FREEZE_PREFIX + sig.name, f"OBD.02.{pid:02X}") for pid in FREEZE_PIDS for sig in PIDS[pid].signals)
-    return pids + tuple((name, source, -1) for name, source in (*DTC_SERVICES.values(), VIN, *freeze))
 
 
 def _read_policy(path: str) -> bytes:

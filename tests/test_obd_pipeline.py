@@ -193,7 +193,7 @@ def test_nothing_is_transmitted_without_obd_polling(tmp_path, simulated_ecu):
     finally:
         pipeline.stop()
         thread.join(15)
-    assert pipeline.obd_pollers == []  # listening only: no poller, nothing that could transmit
+    assert pipeline.diagnostics.pollers == []  # listening only: no poller, nothing that could transmit
     assert spy.frames == []
 
 

@@ -45,7 +45,7 @@ def running_agent(tmp_path: Path, broker, vehicle: str = "car-1") -> tuple[Pipel
     pipeline = Pipeline(load_config(tmp_path / "agent.toml"))
     runner = threading.Thread(target=pipeline.run, daemon=True)
     runner.start()
-    wait_until(lambda: pipeline.syncer is not None and pipeline.syncer.stats.connected, timeout=20)
+    wait_until(lambda: pipeline.sync.syncer is not None and pipeline.sync.syncer.stats.connected, timeout=20)
     return pipeline, runner
 
 

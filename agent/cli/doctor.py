@@ -330,13 +330,10 @@ def check_policy(config: Any, now: float | None = None) -> Check:
 
 def _known_signals(config: Any) -> list[tuple[str, str]]:
     """What a policy may name on this car: the signals `run` offers it (the DBCs' and, with OBD-II, the PIDs')."""
+    from carledger.diagnostics import known_signals
     from carledger.dispatch import BusDispatch
-    from carledger.pipeline import _obd_signals
 
-    known = [pair for bus in config.buses for pair in BusDispatch(bus).signals()]
-    if config.elm327 or any(b.obd or b.obd_listen for b in config.buses):
-        known += [(name, source) for name, source, _ in _obd_signals()]
-    return known
+    return known_signals(config, [BusDispatch(bus) for bus in config.buses])
 
 
 # -- clock, key, store -------------------------------------------------------------------

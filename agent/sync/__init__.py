@@ -22,6 +22,7 @@ __all__, __getattr__, __dir__ = lazy_exports(__name__, {
     "policy_update": ("PolicyRejected", "enroll_owner", "load_owner_key", "open_policy", "sign_policy", "submit_policy"),
     "quota": ("PROTECTED", "EvictionPlan", "plan_eviction", "seq_ranges"),
     "gate": ("OutboundGate", "OutboundStream", "outbound_streams"),
+    "link": ("SyncLink",),
     "syncer": ("Disclosure", "Syncer", "SyncStats"),
     "wire": ("BlockPacker", "unpack_block"),
 })
@@ -41,5 +42,6 @@ if TYPE_CHECKING:
     )
     from carledger.sync.quota import PROTECTED, EvictionPlan, plan_eviction, seq_ranges
     from carledger.sync.gate import OutboundGate, OutboundStream, outbound_streams
+    from carledger.sync.link import SyncLink
     from carledger.sync.syncer import Disclosure, Syncer, SyncStats
     from carledger.sync.wire import BlockPacker, unpack_block
