@@ -23,7 +23,6 @@ comes, takes its place (docs/collector.md).
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 import time
@@ -36,6 +35,7 @@ from carledger.collect.store import CollectorStore, Prefetch, StoreUnavailable, 
 from carledger.ledger import (ZERO_DIGEST, Event, MalformedBlock, SealedBlock, StoreError, VerifyKey, cose, decode_record,
                               open_block)
 from carledger.ledger.block import check_each_record
+from carledger.ledger.cbor import canonical as _canonical
 from carledger.ledger.errors import BadSignature
 from carledger.sync import topics
 from carledger.sync.ack import Ack, AckSigner, collector_key
@@ -472,7 +472,6 @@ class Collector:
 
 
 _loads = cbor2.loads
-_canonical = functools.partial(cbor2.dumps, canonical=True)
 # (type(kind), kind, type(t), type(name), name == "", type(value)) of a well-formed 4-item sample record
 _SAMPLE_SHAPES = frozenset({(int, 0, int, str, False, int), (int, 0, int, str, False, float), (int, 0, int, str, False, str)})
 

@@ -12,6 +12,7 @@ wrong (COSE's unprotected header ``{-65537: ...}``).
 
 from __future__ import annotations
 
+import functools
 import io
 from typing import Any
 
@@ -26,6 +27,10 @@ MAX_DEPTH = 32
 
 _SCALARS = frozenset({int, float, str, bytes, bool, type(None)})
 _dumps = cbor2.dumps
+
+#: Deterministic CBOR without `encode`'s profile check: for values the caller built of known types on a hot path
+#: (an ack, a record being compared with its own encoding). Anything else goes through `encode`.
+canonical = functools.partial(cbor2.dumps, canonical=True)
 
 
 def _check_key(key: Any) -> None:

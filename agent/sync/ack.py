@@ -25,7 +25,6 @@ without naming the recipient.
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import Any, Callable, NamedTuple
 import cbor2
 
 from carledger.ledger import cbor, cose
+from carledger.ledger.cbor import canonical as _canonical
 from carledger.ledger.errors import KeyFileError, MalformedBlock
 from carledger.ledger.files import private_dir, write_private
 from carledger.ledger.keys import KEY_DIR, SigningKey, VerifyKey, kid, load_or_create_secret, load_verify_key
@@ -165,7 +165,6 @@ class AckSigner:
         return note.Signature(signer.name, signer.key_id, base64.b64encode(raw).decode()).line().rstrip("\n")
 
 
-_canonical = functools.partial(cbor2.dumps, canonical=True)
 
 
 def open_ack(payload: bytes, key: VerifyKey | None, vehicle: str, stream: str) -> Ack:
