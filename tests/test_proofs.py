@@ -224,3 +224,43 @@ def test_a_recipients_pseudonymous_stream_is_proven_under_its_own_key(tmp_path):
     other = tmp_path / "vehicle-policy.txt"  # under the vehicle key, the recipient's log does not verify
     other.write_text(f"log {log_verifier(vehicle_key, 'insurer').vkey()}\nquorum 0\n")
     assert _carledger("verify-proof", str(out), "--policy", str(other)).returncode == 1
+
+
+def test_a_vehicle_key_kept_outside_the_store_signs_the_window_from_the_config_or_key(tmp_path):
+    """`[agent] key = "file:..."` keeps the vehicle key out of the store: prove takes it from -c, or from --key."""
+    seed = nacl.signing.SigningKey.generate()
+    keyfile = tmp_path / "car.key"
+    keyfile.write_text(bytes(seed).hex() + "\n")
+    keyfile.chmod(0o600)
+    store_dir = tmp_path / "ledger"
+    with Ledger.open(store_dir, VID, signer=FileSigner(seed)) as ledger:
+        w = ledger.writer("ubi")
+        for step in range(40):
+            w.add_sample(T0 + step / 2, "Vehicle.Speed", float(step))
+            if step % 10 == 9:
+                ledger.seal([w])
+    assert not (store_dir / "keys" / "vehicle.key").exists()
+    (tmp_path / "a.dbc").write_text('VERSION ""\n')
+    (tmp_path / "a.log").write_text("(1.0) can0 123#00\n")
+    config = tmp_path / "agent.toml"
+    config.write_text(f'[agent]\nstore = "ledger"\nvehicle = "{VID}"\nkey = "file:car.key"\n\n'
+                      '[[bus]]\nname = "pt"\nreplay = "a.log"\nspeed = 0\ndbc = ["a.dbc"]\n')
+    policy = tmp_path / "policy.txt"
+    policy.write_text(f"log {log_verifier(bytes(seed.verify_key), 'ubi').vkey()}\nquorum 0\n")
+    window = ("--stream", "ubi", "--from", str(T0 + 2), "--to", str(T0 + 8))
+
+    missing = _carledger("prove", "--store", str(store_dir), *window)
+    assert missing.returncode == 1 and "give --key, or -c" in missing.stderr and "Traceback" not in missing.stderr
+    for how in (("-c", str(config)), ("--store", str(store_dir), "--key", str(keyfile))):
+        out = tmp_path / f"proof{len(how)}-{how[0]}.json"
+        made = _carledger("prove", *how, *window, "-o", str(out))
+        assert made.returncode == 0, made.stderr
+        checked = _carledger("verify-proof", str(out), "--policy", str(policy))
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+    other = tmp_path / "other.key"
+    other.write_text(bytes(nacl.signing.SigningKey.generate()).hex() + "\n")
+    other.chmod(0o600)
+    wrong = _carledger("prove", "--store", str(store_dir), "--key", str(other), *window)
+    assert wrong.returncode == 1 and "neither the vehicle key" in wrong.stderr
+    unreadable = _carledger("prove", "--store", str(store_dir), "--key", str(tmp_path / "nope.key"), *window)
+    assert unreadable.returncode == 2 and "--key" in unreadable.stderr and "Traceback" not in unreadable.stderr

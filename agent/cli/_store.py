@@ -41,6 +41,7 @@ class Target:
     dbc: tuple[str, ...] = ()
     vss: tuple[str, ...] = ()
     from_config: bool = False
+    key: str | None = None  # the configuration's `[agent] key` (None: STORE/keys/vehicle.key)
 
     def known_signals(self) -> list[tuple[str, str]] | None:
         if not self.dbc:
@@ -94,7 +95,7 @@ def target(args: argparse.Namespace, *, create: bool = False) -> Target:
         require_store(config.store)
     dbc = tuple(p for bus in config.buses for p in bus.dbc)
     vss = tuple(p for bus in config.buses for p in bus.vss)
-    return Target(config.store, config.vehicle, dbc, vss, from_config=True)
+    return Target(config.store, config.vehicle, dbc, vss, from_config=True, key=config.key)
 
 
 def require_store(path: str) -> str:

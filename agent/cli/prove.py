@@ -35,6 +35,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     prove.add_argument("--from", dest="t_from", required=True, metavar="T1", help="first time of the window")
     prove.add_argument("--to", dest="t_to", required=True, metavar="T2", help="last time of the window")
     prove.add_argument("-o", "--output", metavar="FILE", help="the bundle file (default: standard output)")
+    prove.add_argument("--key", metavar="FILE", help="the vehicle key, where it is not STORE/keys/vehicle.key "
+                       "(default: the configuration's [agent] key, with -c)")
     prove.set_defaults(func=run_prove)
 
     verify = subparsers.add_parser(
@@ -68,12 +70,13 @@ def parse_time(text: str, option: str) -> int:
 def run_prove(args: argparse.Namespace) -> int:
     from carledger.ledger import Store
     from carledger.ledger.errors import StoreError
-    from carledger.ledger.proofs import ProofError, build_bundle, dumps
+    from carledger.ledger.proofs import ProofError, build_bundle, dumps, stream_signer
 
     t_from, t_to = parse_time(args.t_from, "--from"), parse_time(args.t_to, "--to")
+    vehicle = _vehicle_key(args)
     with Store.open_readonly(args.store) as store:
         try:
-            bundle = build_bundle(store, args.stream, t_from, t_to)
+            bundle = build_bundle(store, args.stream, t_from, t_to, signer=stream_signer(store, args.stream, vehicle))
         except (ProofError, StoreError) as exc:
             return fail(args, f"prove: {exc}", 1)
         except sqlite3.OperationalError as exc:
@@ -85,6 +88,20 @@ def run_prove(args: argparse.Namespace) -> int:
         if out is not sys.stdout:
             out.close()
     return 0
+
+
+def _vehicle_key(args: argparse.Namespace):
+    """The vehicle key --key names, else the one the configuration's [agent] key names; None: the store's own."""
+    from carledger.ledger.errors import KeyFileError
+    from carledger.ledger.keys import FileSigner, load_signing_key, signer_from_spec
+
+    try:
+        if args.key:
+            return FileSigner(load_signing_key(args.key))
+        spec = getattr(args.target, "key", None)
+        return signer_from_spec(spec, args.store) if spec else None
+    except (KeyFileError, OSError) as exc:  # KeyBackendUnavailable is a KeyFileError
+        raise UsageError(f"--key {args.key}: {exc}" if args.key else f"[agent] key: {exc}") from None
 
 
 def run_verify(args: argparse.Namespace) -> int:

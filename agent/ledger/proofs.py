@@ -73,22 +73,24 @@ def _window_text(origin: str, t_from: int, t_to: int, size: int, root: bytes) ->
     return f"{WINDOW_FORMAT}\n{origin}\n{t_from}\n{t_to}\n{size}\n{_b64(root)}\n"
 
 
-def stream_signer(store: Store, stream: str) -> Signer:
+def stream_signer(store: Store, stream: str, vehicle: Signer | None = None) -> Signer:
     """The stream's own key, which signs a bundle's window statement as it signs the stream's blocks and checkpoints.
 
-    The vehicle key (STORE/keys/vehicle.key) for the car's own streams and those
-    sent under the VIN; for a recipient's pseudonymous stream, that recipient's
-    key, derived again from STORE/keys/pseudonym.key for the recipient the
-    vehicle key's statement names (docs/ledger-keys.md).
+    The vehicle key (`vehicle`, default STORE/keys/vehicle.key) for the car's
+    own streams and those sent under the VIN; for a recipient's pseudonymous
+    stream, that recipient's key, derived again from STORE/keys/pseudonym.key
+    for the recipient the vehicle key's statement names (docs/ledger-keys.md).
     """
     from carledger.ledger.identity import pseudonym_signer
     from carledger.ledger.keys import load_secret
 
     wanted = store.stream_key(stream)
-    try:
-        vehicle = FileSigner(load_signing_key(key_path(store.path)))
-    except (KeyFileError, OSError) as exc:
-        raise ProofError(f"{key_path(store.path)}: the stream's key is needed to sign the window: {exc}") from None
+    if vehicle is None:
+        try:
+            vehicle = FileSigner(load_signing_key(key_path(store.path)))
+        except (KeyFileError, OSError) as exc:
+            raise ProofError(f"{key_path(store.path)}: the stream's key is needed to sign the window: {exc} "
+                             "(a vehicle key kept elsewhere: give --key, or -c with the agent's configuration)") from None
     if wanted is None or bytes(vehicle.public_key) == bytes(wanted):
         return vehicle
     cert = next((c for c in store.keyring().by_kid.values() if c.public_key == bytes(wanted)), None)
