@@ -310,3 +310,55 @@ def test_held_seals_reach_other_readers_only_when_a_later_write_or_close_commits
     ledger.close()
     assert durable() == 6
     assert verify_store(path).ok
+
+
+class _SealBetween:
+    """The sync thread's connection, with the pipeline sealing right after its first statement has read."""
+
+    def __init__(self, conn: sqlite3.Connection, seal):
+        self.conn, self.seal, self.statements = conn, seal, 0
+
+    def execute(self, *args):
+        rows = self.conn.execute(*args).fetchall()  # read to the end: this statement's snapshot is taken
+        self.statements += 1
+        if self.statements == 1:
+            self.seal()
+        return _Rows(rows)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+class _Rows:
+    def __init__(self, rows):
+        self.rows = rows
+
+    def fetchone(self):
+        return self.rows[0] if self.rows else None
+
+
+def test_acked_seq_reads_one_snapshot_so_a_block_sealed_meanwhile_never_looks_acked(tmp_path):
+    """The syncer asks where a stream's acks stand as the pipeline seals the stream's first block.
+
+    Read in two statements, the block committed between them looked acked (seq 0), so the syncer
+    started sending at seq 1 and the collector held the stream behind a gap for ever.
+    """
+    ledger = Ledger.open(tmp_path / "car", "VIN-RACE")
+    writer = ledger.writer("speed")
+
+    def seal() -> None:
+        writer.add_sample(1.0, "Vehicle.Speed", 10.0)
+        ledger.seal([writer])
+
+    marks = Store.open_marks(tmp_path / "car")
+    try:
+        marks._conn = _SealBetween(marks._conn, seal)
+        assert marks.acked_seq("speed") is None  # nothing acked: seq 0 is still to send
+        assert marks._conn.statements >= 1
+        marks._conn = marks._conn.conn
+        assert marks.acked_seq("speed") is None and marks.backlog()["speed"][0] == 1  # sealed, unacked
+        marks.mark_acked("speed", 0)
+        assert marks.acked_seq("speed") == 0
+    finally:
+        marks.close()
+        ledger.close()

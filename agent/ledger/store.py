@@ -705,14 +705,18 @@ class Store:
         return bytes(row[0]) if row else None
 
     def acked_seq(self, stream: str) -> int | None:
-        """Highest seq of `stream` below which every block is acked (None: nothing acked yet)."""
+        """Highest seq of `stream` below which every block is acked (None: nothing acked yet).
+
+        One statement, so one snapshot: read in two, a block the writer committed between them
+        (the first of a new stream, sealed as the syncer starts) looked acked, and was never sent.
+        """
         with self._lock:
-            first = self._conn.execute(
-                "SELECT min(seq) FROM blocks WHERE stream = ? AND acked = 0", (stream,)
-            ).fetchone()[0]
-            if first is not None:
-                return first - 1 if first > 0 else None
-            last = self._conn.execute("SELECT max(seq) FROM blocks WHERE stream = ?", (stream,)).fetchone()[0]
+            first, last = self._conn.execute(
+                "SELECT (SELECT min(seq) FROM blocks WHERE stream = ? AND acked = 0), "
+                "(SELECT max(seq) FROM blocks WHERE stream = ?)", (stream, stream),
+            ).fetchone()
+        if first is not None:
+            return first - 1 if first > 0 else None
         return last
 
     def backlog(self) -> dict[str, tuple[int, int]]:
