@@ -100,8 +100,39 @@ class Fleet:
                 d.tick()
 
     def settle(self, timeout: float = 90) -> None:
-        """Wait until every car has every block acked."""
-        wait_until(lambda: all(all_acked(self.tmp / vid) for vid in self.cars), timeout=timeout)
+        """Wait until every car has every block acked; if not, fail saying where each unacked chain stands."""
+        try:
+            wait_until(lambda: all(all_acked(self.tmp / vid) for vid in self.cars), timeout=timeout)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.where()}") from None
+
+    def where(self) -> str:
+        """Each unacked chain: the car's backlog and sync counters, the collector's head, held and evidence rows."""
+        import psycopg
+
+        from carledger.ledger import Store
+
+        lines = []
+        with psycopg.connect(self.dsn) as conn:
+            for vid in self.cars:
+                with Store.open_readonly(self.tmp / vid) as s:
+                    backlog = s.backlog()
+                syncer = self.syncers.get(vid)
+                for stream in backlog:
+                    head = conn.execute("SELECT seq FROM heads WHERE vehicle = %s AND stream = %s",
+                                        (vid, stream)).fetchone()
+                    held = [r[0] for r in conn.execute(
+                        "SELECT seq FROM pending WHERE vehicle = %s AND stream = %s ORDER BY seq", (vid, stream))]
+                    evidence = conn.execute("SELECT count(*) FROM evidence WHERE vehicle = %s AND stream = %s",
+                                            (vid, stream)).fetchone()[0]
+                    stats = syncer.stats if syncer is not None else None
+                    lines.append(
+                        f"{vid} {stream} (broker {self.broker_of(vid).port}): car backlog {backlog[stream]}, "
+                        f"collector head {head[0] if head else None}, held {held[:10]}{'...' if len(held) > 10 else ''}, "
+                        f"evidence {evidence}; syncer published {getattr(stats, 'published', '?')}, "
+                        f"resent {getattr(stats, 'resent', '?')}, acks ignored {getattr(stats, 'acks_ignored', '?')}, "
+                        f"problems {list(syncer.problems)[-3:] if syncer is not None else None}")
+        return "\n".join(lines) or "(every car's backlog is empty now)"
 
     def assert_exactly_once(self) -> None:
         """Every block of every car stored once, in order, each chain intact (re-verified from the signed bytes)."""
