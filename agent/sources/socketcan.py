@@ -74,7 +74,6 @@ class SocketReader:
     """Frames from a bound CAN_RAW socket, in batches; error frames go to `on_error_frame`."""
 
     def __init__(self, sock: socket.socket, receive_buffer: int = RECEIVE_BUFFER):
-        self.sock = sock
         self.receive_buffer = set_receive_buffer(sock, receive_buffer) if receive_buffer else 0
         self.hardware_timestamps = 0  # frames whose time came from the interface's clock
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)

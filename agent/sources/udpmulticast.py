@@ -70,7 +70,6 @@ class DatagramReader:
         from can import CanProtocol
 
         self.bus = bus
-        self.sock = sock
         self._unpackb = unpackb
         self._fd = getattr(bus, "_can_protocol", CanProtocol.CAN_FD) is CanProtocol.CAN_FD
         self.receive_buffer = set_receive_buffer(sock, receive_buffer) if receive_buffer else 0
