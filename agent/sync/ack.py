@@ -24,7 +24,6 @@ without naming the recipient.
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 from pathlib import Path
@@ -160,11 +159,7 @@ class AckSigner:
 
     def receipt(self, origin: str, size: int, root: bytes) -> str:
         """The cosignature line over the checkpoint text of the tree (origin, size, root)."""
-        signer = self._cosigner
-        raw = signer.key_id.to_bytes(4, "big") + signer.sign(Checkpoint(origin, size, root).text().encode())
-        return note.Signature(signer.name, signer.key_id, base64.b64encode(raw).decode()).line().rstrip("\n")
-
-
+        return note.signature_for(Checkpoint(origin, size, root).text(), self._cosigner).line().rstrip("\n")
 
 
 def open_ack(payload: bytes, key: VerifyKey | None, vehicle: str, stream: str) -> Ack:
