@@ -7,6 +7,7 @@ expected an integer``). `docs/agent.example.toml` is the commented reference.
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -58,6 +59,15 @@ class SamplingConfig:
 
     min_interval: float = 0.0
     overrides: tuple[tuple[str, float], ...] = ()
+
+    def interval(self, stream: Any, name: str, source: str) -> float:
+        """A tap's minimum interval: its stream's own, else the first override matching the signal, else the default."""
+        if stream.min_interval is not None:
+            return stream.min_interval
+        for pattern, interval in self.overrides:
+            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(source, pattern):
+                return interval
+        return self.min_interval
 
 
 @dataclass(frozen=True)

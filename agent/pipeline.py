@@ -17,7 +17,6 @@ here as health events and go into the `health` stream.
 from __future__ import annotations
 
 import collections
-import fnmatch
 import logging
 import queue
 import threading
@@ -28,7 +27,6 @@ from zoneinfo import ZoneInfo
 
 from carledger import __version__
 from carledger.config import Config, local_streams_policy, stream_option_problems
-from carledger.decode import VssMapping
 from carledger.decode.dbcfile import check_message_names
 from carledger.diagnostics import DiagnosticPolling, known_signals
 from carledger.dispatch import BusDispatch
@@ -44,9 +42,9 @@ from carledger.owner.ignition import IgnitionWatch
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
 from carledger.run_summary import RunSummary, dbc_matcher, log_counts, not_recorded
-from carledger.sampling import MessageHandler
 from carledger.sources import BusSource, FrameSource, LogSource
 from carledger.sources.base import Pacer, pipeline_phase, reader_phase
+from carledger.routing import SignalRouting
 from carledger.sources.replay import ReplayError
 from carledger.sync.link import SyncLink
 
@@ -100,7 +98,7 @@ class Pipeline:
             self.spool = Spool(config.store)
             self._apply_configured_policy()
             settings = EngineSettings(
-                min_interval=self._min_interval,
+                min_interval=config.sampling.interval,
                 timezone=_timezone(config.timezone),
                 pseudonym_secret=load_or_create_secret(config.store),
                 on_event=self._health_event,
@@ -109,12 +107,11 @@ class Pipeline:
             self.edr = CrashRecorder(self.ledger, seal=self._seal, on_event=self._health_event)
             for bus in self.buses:
                 bus.recorder = self.edr
-            self._configure_edr(time.time())
             self.ignition = IgnitionWatch(self.owner_state.policy.ignition, self.owner_state.ignition.last_seen)
-            self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
-            self._sample_consumers: dict[tuple, list] = {}
-            self.diagnostics = DiagnosticPolling(config, self.buses, self._event_sink, self._sample_sink)
-            self._plan()
+            self.routing = SignalRouting(config, self.buses, self.streams, self.edr, self.ignition)
+            self._configure_edr(time.time())
+            self.diagnostics = DiagnosticPolling(config, self.buses, self._event_sink, self.routing.sample_sink)
+            self.routing.plan(self.owner_state.policy)
         except BaseException:
             self.ledger.close()
             raise
@@ -169,79 +166,6 @@ class Pipeline:
         if outcome.changed:
             log.info("%s", outcome.message)
 
-    def _plan(self) -> None:
-        """Decode tables for what any stream of the policy (or its crash capture) could take; handlers for the running ones."""
-        streams, edr, ignition = self.streams, self.edr, self.ignition
-        ignition.configure(self.owner_state.policy.ignition)
-        for bus in self.buses:
-            mapping = bus.mapping
-
-            def wanted(source: str, mapping: VssMapping = mapping) -> bool:
-                name = mapping.name(source)
-                return streams.wants(name, source) or edr.wants(name, source) or ignition.wants(name, source)
-
-            bus.plan(wanted, self._handler_maker(mapping, bus.config.name))
-            ignition.watch_bus(self.buses.index(bus), bus.table, mapping.name)
-            log.info(
-                "bus %s: %d messages, %d signals the policy could need from %s",
-                bus.config.name, len(bus.table.keys()), len(bus.table.signals()), ", ".join(bus.config.dbc),
-            )
-            source = getattr(self, "sources", None)
-            if source is not None:
-                index = self.buses.index(bus)
-                setter = getattr(self.sources[index], "set_filter", None)
-                if setter is not None:
-                    setter(bus.frame_filter)
-        self._warn_unmatched_streams()
-
-    def _handler_maker(self, mapping: VssMapping, bus: str) -> Callable[[Any], MessageHandler | None]:
-        streams, edr = self.streams, self.edr
-
-        def make_handler(extractor: Any) -> MessageHandler | None:
-            consumers = []
-            held = []  # crash capture signals the ring reads from the newest frame at each tick
-            for index, signal in enumerate(extractor.names):
-                source = f"{extractor.message.name}.{signal}"
-                name = mapping.name(source)
-                inputs, per_tick = edr.frame_consumers(name, source)
-                consumers.append(streams.consumers(name, source, bus) + inputs)
-                if per_tick:
-                    held.append((index, name, source))
-            if held:
-                message = extractor.message
-                handler = edr.handler((bus, message.name), extractor.extract, consumers, held,
-                                      length=message.length, multiplexed=message.is_multiplexed())
-            elif not any(consumers):
-                return None  # no running stream takes anything from this message now
-            else:
-                handler = MessageHandler(extractor.extract, consumers)
-            adopted: set[int] = set()
-            for taps in consumers:
-                for tap in taps:
-                    for each in (tap, *getattr(tap, "dependents", {}).values()):
-                        if id(each) not in adopted:
-                            adopted.add(id(each))
-                            each.owner = handler
-                            if getattr(each, "pending", False):
-                                handler.pending += 1
-            return handler
-
-        return make_handler
-
-    def _min_interval(self, stream: Any, name: str, source: str) -> float:
-        if stream.min_interval is not None:
-            return stream.min_interval
-        for pattern, interval in self.config.sampling.overrides:
-            if fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(source, pattern):
-                return interval
-        return self.config.sampling.min_interval
-
-    def _warn_unmatched_streams(self) -> None:
-        signals = known_signals(self.config, self.buses)
-        for stream in self.owner_state.policy.streams:
-            if stream.raw and stream.signals and not any(stream.selects(n, s) for n, s in signals):
-                log.warning("stream %s: its patterns match no signal of the configured DBCs", stream.name)
-
     # -- sync ---------------------------------------------------------------------------------
 
     def _audit_disclosure(self, disclosure: Any) -> None:
@@ -256,27 +180,6 @@ class Pipeline:
             self._events.append((index, kind, dict(detail or {})))
 
         return on_event
-
-    def _sample_sink(self, scope: str) -> Callable[..., None]:
-        samples = self._samples
-
-        def on_sample(t: float, name: str, value: Any, source: str | None = None) -> None:
-            samples.append((scope, t, name, value, source or name))
-
-        return on_sample
-
-    def _route_samples(self) -> None:
-        """OBD-II samples (from poller threads, or passive decoders): to the running streams' consumers."""
-        samples = self._samples
-        cache = self._sample_consumers
-        while samples:
-            scope, t, name, value, source = samples.popleft()
-            key = (scope, name, source)
-            consumers = cache.get(key)
-            if consumers is None:
-                consumers = cache[key] = self.streams.consumers(name, source, scope) + self.edr.consumers(name, source)
-            for consumer in consumers:
-                consumer.offer(t, value)
 
     def _make_source(self, index: int, bus: BusDispatch) -> FrameSource:
         cfg = bus.config
@@ -358,7 +261,7 @@ class Pipeline:
                 # once per round (a wake-up), however many batches it brought
                 while self._events:
                     self._bus_event(*self._events.popleft())
-                self._route_samples()
+                self.routing.route_samples()
                 self.sync.audit()
                 wall = time.monotonic()
                 if wall >= self._next_spool:
@@ -378,7 +281,7 @@ class Pipeline:
             self.stop_event.set()
             self.notifier.stopping()
             self._drain(threads)
-            self._route_samples()
+            self.routing.route_samples()
             self.sync.stop_sync()
             self._health_event("agent-stop", self._counters())
             if self._started:
@@ -606,9 +509,9 @@ class Pipeline:
             self.sync.refresh()
             for bus in self.buses:
                 bus.reset_handlers()
-            self._sample_consumers = {}
+            self.routing.forget()
             running = [s for s in self.owner_state.policy.streams if s.name in streams.runtimes]
-            self.diagnostics.follow(streams.takes, running, self._min_interval)
+            self.diagnostics.follow(streams.takes, running, self.config.sampling.interval)
         self._configure_edr(t)
         for bus in self.buses:
             bus.transport.expire(t)  # a diagnostic answer that never completed is an event even on a silent bus
@@ -638,7 +541,7 @@ class Pipeline:
         if changed:
             for bus in self.buses:
                 bus.reset_handlers()
-            self._sample_consumers = {}
+            self.routing.forget()
         return changed
 
     def _owner_requests(self) -> None:
@@ -663,7 +566,7 @@ class Pipeline:
             self.streams.reload(self.owner_state)
             self._configure_edr(now)
             if self.owner_state.policy is not old_policy:
-                self._plan()  # another policy: other signals may be needed
+                self.routing.plan(self.owner_state.policy, self.sources)  # another policy: other signals may be needed
             if self._started:
                 self.streams.refresh(now)
                 self._next_change = self.streams.next_change(now)

@@ -47,6 +47,20 @@ def test_valid_config_resolves_paths_relative_to_the_file(tmp_path):
     assert config.wakeup_interval == 0.05  # the default: see docs/edr.md for why
 
 
+def test_a_taps_interval_is_its_streams_else_the_first_matching_override_else_the_default():
+    from types import SimpleNamespace
+
+    from carledger.config import SamplingConfig
+
+    sampling = SamplingConfig(0.1, (("Vehicle.CurrentLocation.*", 1.0), ("GPS.*", 2.0), ("Vehicle.*", 5.0)))
+    own, unset = SimpleNamespace(min_interval=0.0), SimpleNamespace(min_interval=None)
+    assert sampling.interval(own, "Vehicle.CurrentLocation.Latitude", "GPS.LAT") == 0.0  # the stream's own, even 0
+    assert sampling.interval(unset, "Vehicle.CurrentLocation.Latitude", "GPS.LAT") == 1.0  # first match wins
+    assert sampling.interval(unset, "GPS.LAT", "GPS.LAT") == 2.0  # a DBC name matches too
+    assert sampling.interval(unset, "Vehicle.Speed", "ABS.SPEED") == 5.0
+    assert sampling.interval(unset, "ENGINE.RPM", "ENGINE.RPM") == 0.1
+
+
 def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
     example = (Path(__file__).parents[1] / "docs" / "agent.example.toml").read_text()
     dbc = Path(__file__).parents[1] / "dbc" / "carledger_demo.dbc"
