@@ -168,8 +168,6 @@ def _edge(recorder: "CrashRecorder", role: str, name: str, t: float, value: Any)
     recorder.flag(role, name, t, value)
 
 
-_sample = MessageHandler.handle  # past the ring's checks, a watched frame is sampled as any other
-
 _INPUTS = {signals.SPEED: _VelocityInput, signals.ACCEL_LONG: _VelocityInput,
            signals.AIRBAG: _FlagInput, signals.CRASH: _FlagInput}
 
@@ -201,10 +199,12 @@ class WatchedHandler(MessageHandler):
             return
         if last is not None and data != last and (self.partial or len(data) < self.length):
             self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
+        self.last_data = data
         if self.decode:
-            _sample(self, t, data)  # sets last_data; skips the taps when nothing they record changed
-        else:
-            self.last_data = data
+            for value, taps in zip(self.extract(data), self.taps):
+                if value is not None:
+                    for tap in taps:
+                        tap.offer(t, value)
 
 
 class _WatchedDecoded(WatchedHandler):
@@ -221,7 +221,11 @@ class _WatchedDecoded(WatchedHandler):
             return
         if len(data) < self.length and last is not None and data != last:
             self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
-        _sample(self, t, data)
+        self.last_data = data
+        for value, taps in zip(self.extract(data), self.taps):
+            if value is not None:
+                for tap in taps:
+                    tap.offer(t, value)
 
 
 class _Capture:
