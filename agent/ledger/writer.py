@@ -29,7 +29,7 @@ class _Slow(Exception):
     pass
 
 
-_TAILS: dict[tuple, tuple[bytes, bytes]] = {}
+_TAILS: dict[tuple, tuple[bytes, bytes, bytes]] = {}  # (head, head with a 64-bit time's byte, tail)
 _TAILS_LIMIT = 1 << 13
 
 
@@ -82,14 +82,15 @@ def _encode_fast(recs: list) -> tuple[list[bytes], list[int]]:
             tail = (texts.get(name) or _text(name)) + dumps(value, canonical=True)
             if src is not None:
                 tail += texts.get(src) or _text(src)
-            cached = (b"\x84\x00" if src is None else b"\x85\x00", tail)
+            head = b"\x84\x00" if src is None else b"\x85\x00"
+            cached = (head, head + b"\x1b", tail)
             if not (type(value) is float and value == 0.0 or value != value):
                 # 0.0 == -0.0 and NaN != NaN: keys that cannot tell values apart are not cached
                 tails[key] = cached
         if 0xFFFFFFFF < tu <= 0xFFFFFFFFFFFFFFFF:
-            put(cached[0] + b"\x1b" + tu.to_bytes(8, "big") + cached[1])
+            put(cached[1] + tu.to_bytes(8, "big") + cached[2])
         else:
-            put(cached[0] + dumps(tu, canonical=True) + cached[1])
+            put(cached[0] + dumps(tu, canonical=True) + cached[2])
     return out, tus
 
 
