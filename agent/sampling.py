@@ -77,7 +77,7 @@ class MessageHandler:
         values = self.extract(data)
         only = self.on_change_only
         if only is None:
-            only = self.on_change_only = all(getattr(tap, "on_change_only", False) for each in self.taps for tap in each)
+            only = self._on_change_only()
         if only:
             previous, self.values = self.values, values
             if not self.pending and values is not previous and values == previous:
@@ -86,3 +86,8 @@ class MessageHandler:
             if value is not None:
                 for tap in taps:
                     tap.offer(t, value)
+
+    def _on_change_only(self) -> bool:
+        """Known at the first frame, once the taps are all there: do they all record only changes?"""
+        only = self.on_change_only = all(getattr(tap, "on_change_only", False) for each in self.taps for tap in each)
+        return only

@@ -266,6 +266,36 @@ def test_without_edr_or_while_paused_nothing_is_captured(drives, keys, tmp_path,
     assert captures(store, capsys) == []
 
 
+def test_readiness_changes_nothing_the_streams_record(drives, keys, tmp_path):
+    """The crash ring's handlers (watched messages) offer the streams' taps what plain handlers do.
+
+    Streams of some of the capture signals' messages' signals (a frame whose counter moved decodes
+    as the last: its taps are skipped), on change and with a minimum interval (taps holding a change
+    back, which such a frame must still let through), through a crash: the same samples at the same
+    times, with [edr] as without.
+    """
+    streams = "".join(
+        f'[[stream]]\nname = "{name}"\nlocal = true\nsignals = {signals}\n{extra}\n'
+        for name, signals, extra in (
+            ("pedals", '["Vehicle.Chassis.*"]', "min_interval = 0.25"),
+            ("engine", '["Vehicle.Powertrain.*"]', ""),
+            ("motion", '["Vehicle.Speed", "Vehicle.Acceleration.*"]', "min_interval = 0.05"),
+        )
+    )
+    recorded = {}
+    for name, policy in (("plain", f"version = 1\n{streams}"), ("ready", edr_policy(keys, "owner", top=streams))):
+        store = drive(tmp_path / name, drives["crash"], policy)
+        with Store.open_readonly(store) as s:
+            recorded[name] = {
+                stream: [r for row in s.iter_blocks(stream) for r in map(decode_record, s.records(row))
+                         if not hasattr(r, "kind")]
+                for stream in ("pedals", "engine", "motion")
+            }
+            assert (name == "ready") == any(True for _ in s.iter_blocks("crash"))
+    assert all(len(samples) > 100 for samples in recorded["plain"].values()), {k: len(v) for k, v in recorded["plain"].items()}
+    assert recorded["ready"] == recorded["plain"]
+
+
 # -- keys -----------------------------------------------------------------------------------
 
 
