@@ -41,10 +41,10 @@ from carledger.owner.signed import UnsignedPolicy, is_signed_update
 from carledger.owner.ignition import IgnitionWatch
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
+from carledger.routing import SignalRouting
 from carledger.run_summary import RunSummary, dbc_matcher, log_counts, not_recorded
 from carledger.sources import BusSource, FrameSource, LogSource
 from carledger.sources.base import Pacer, pipeline_phase, reader_phase
-from carledger.routing import SignalRouting
 from carledger.sources.replay import ReplayError
 from carledger.sync.link import SyncLink
 

@@ -15,6 +15,7 @@ import collections
 import logging
 from typing import Any, Callable, Sequence
 
+from carledger.config import Config
 from carledger.decode import VssMapping
 from carledger.diagnostics import known_signals
 from carledger.dispatch import BusDispatch
@@ -32,7 +33,7 @@ SampleSink = Callable[..., None]
 class SignalRouting:
     """Handlers for the buses' messages and consumers for OBD-II samples, from the streams, the recorder and the ignition watch."""
 
-    def __init__(self, config: Any, buses: Sequence[BusDispatch], streams: StreamManager, edr: CrashRecorder,
+    def __init__(self, config: Config, buses: Sequence[BusDispatch], streams: StreamManager, edr: CrashRecorder,
                  ignition: IgnitionWatch):
         self.config, self.buses, self.streams, self.edr, self.ignition = config, buses, streams, edr, ignition
         self._samples: collections.deque = collections.deque()  # (scope, t, name, value, source) from OBD threads
