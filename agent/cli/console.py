@@ -8,7 +8,6 @@ import json
 import signal
 import sys
 import threading
-import time
 
 from carledger.cli._store import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, UsageError, add_store_options, exit_status, fail
 

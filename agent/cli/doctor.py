@@ -408,7 +408,7 @@ def check_store(store: str) -> Check:
     if not db.exists():
         if not os.access(existing, os.W_OK):
             return Check("store", FAIL, f"{store} does not exist and {existing} is not writable",
-                         f"create it for the agent's user (systemd: StateDirectory=carledger does)", facts)
+                         "create it for the agent's user (systemd: StateDirectory=carledger does)", facts)
         return Check("store", FAIL if low else OK, f"{store} not created yet (the first run creates it); {room}",
                      fix_room if low else "", facts)
     try:

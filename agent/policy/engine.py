@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from datetime import tzinfo, timezone
 from typing import Any, Callable, Iterable
 
-from carledger.ledger import Ledger, StreamWriter
+from carledger.ledger import StreamWriter
 from carledger.policy.aggregate import WindowAggregator
 from carledger.policy.classes import LOCATION
 from carledger.policy.document import Policy, Stream, Zone, _matches_any
@@ -43,7 +43,6 @@ from carledger.policy.location import (
     TripDetector,
 )
 from carledger.policy.metrics import (
-    ACCEL_LONG,
     Distance,
     DrivingTime,
     HarshEvents,
