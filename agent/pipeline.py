@@ -4,7 +4,7 @@ Each bus runs in its own thread, reading only the frames some stream of the
 policy could need and handing them over in batches, once per wake-up
 interval (`[agent] wakeup_interval`) while frames flow; a single bus read
 from a socket (SocketCAN, udp_multicast) is read by the pipeline thread
-itself, so that one thread wakes per interval. One pipeline thread
+itself, so that one thread wakes per interval (`carledger.rounds`). One pipeline thread
 wakes just after the readers, decodes, hands each new value to the consumers
 the policy engine attached (taps, location filters, metrics, aggregates),
 and seals blocks when they are due (by age or record count), one SQLite
@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import collections
 import logging
-import queue
 import threading
 import time
 from datetime import datetime, timezone, tzinfo
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
@@ -41,11 +40,11 @@ from carledger.owner.signed import UnsignedPolicy, is_signed_update
 from carledger.owner.ignition import IgnitionWatch
 from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
+from carledger.rounds import Rounds
 from carledger.routing import SignalRouting
 from carledger.run_summary import RunSummary, dbc_matcher, log_counts, not_recorded
 from carledger.sources import BusSource, FrameSource, LogSource
-from carledger.sources.base import Pacer, pipeline_phase, reader_phase
-from carledger.sources.replay import ReplayError
+from carledger.sources.base import reader_phase
 from carledger.sync.link import SyncLink
 
 log = logging.getLogger(__name__)
@@ -54,9 +53,7 @@ HEALTH_STREAM = "health"
 _OWN_STREAMS = frozenset({HEALTH_STREAM, AUDIT_STREAM})  # the agent's and the owner's: not data streams
 _SPOOL_INTERVAL = 0.2  # wall seconds between looks at the owner's queued requests
 _RETENTION_INTERVAL = 600.0  # seconds of the data's clock between retention runs
-_TICK = 0.25  # seconds the pipeline waits for frames before checking seals, stop and watchdog
 _HOLD = 0.25  # seconds of wall time a fast replay's periodic seals may wait for one commit
-_QUEUE_BATCHES = 8  # bounds memory (a batch is up to 2048 frames) when a replay reads faster than the pipeline keeps up
 
 
 class PipelineError(Exception):
@@ -71,14 +68,12 @@ class Pipeline:
         self.notifier = notifier or Notifier({})
         self.stop_event = threading.Event()
         self.summary = RunSummary()
-        self._queue: queue.Queue = queue.Queue(maxsize=_QUEUE_BATCHES)
         self._events: collections.deque = collections.deque()  # (bus index, kind, detail) from any thread
         self._last_t: float | None = None
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
         self._hold = 0.0  # seconds the store may hold periodic seals for one commit (an inline fast replay only)
         self._edr_state: tuple = (None, None, None)  # what crash capture was last configured from (_configure_edr)
-        self._unreadable: ReplayError | None = None  # a log that broke off: run() raises it once all is sealed
         signer = signer_from_spec(config.key, config.store) if config.key else None  # None: STORE/keys/vehicle.key
         self.ledger = Ledger.open(config.store, vehicle_id=config.vehicle, signer=signer)
         self.ledger.checkpoint_every = config.checkpoint_every
@@ -219,19 +214,9 @@ class Pipeline:
             "version": __version__, "config": self.config.path, "policy": self.ledger.policy_digest.hex(),
             "policy_version": self.owner_state.policy.version, "buses": [b.config.name for b in self.buses],
         })
-        # A single fast replay runs in this thread: handing batches across threads
-        # would only add GIL hand-offs. So does a single bus read from a socket, which this
-        # thread reads once per wake-up interval itself: one thread wakes, not two, and no
-        # batch crosses threads. Everything else gets a reader thread per source.
-        fast = len(self.sources) == 1 and isinstance(self.sources[0], LogSource) and self.sources[0].speed <= 0
-        inline = fast or (len(self.sources) == 1 and getattr(self.sources[0], "reads_sockets", False))
-        if inline and not fast:
-            self.sources[0].idle_ticks = True  # an empty batch when idle: this loop's per-round work goes on
-        threads = [] if inline else [
-            threading.Thread(target=self._feed, args=(i, s), name=f"source-{s.name}", daemon=True)
-            for i, s in enumerate(self.sources)
-        ]
-        threads += [
+        # the sources' batches, read in this thread or by reader threads (carledger.rounds says when)
+        rounds = Rounds(self.sources, self.stop_event, self._events, self.config.wakeup_interval)
+        threads = rounds.readers() + [
             threading.Thread(target=poller.run, args=(self.stop_event,), name=f"obd-{name}", daemon=True)
             for name, poller in self.diagnostics.pollers
         ]
@@ -243,12 +228,11 @@ class Pipeline:
         # share one fsync (`Store.append(hold=...)`). A kill loses at most that much more of a tail the
         # replay can give again; nothing reaches another connection before it is durable; every other
         # seal (owner actions, crash captures, the last) commits at once. A live bus keeps one per seal.
-        if fast and not self.sync.running:
+        if rounds.fast and not self.sync.running:
             self._hold = _HOLD
         self.notifier.ready(f"recording {len(self.sources)} bus(es)")
         active = len(self.sources)
         next_health = time.monotonic() + self.config.health_interval
-        rounds = self._inline_rounds() if inline else self._queued_rounds()
         try:
             for items in rounds:
                 self.summary.rounds += 1
@@ -280,7 +264,9 @@ class Pipeline:
         finally:
             self.stop_event.set()
             self.notifier.stopping()
-            self._drain(threads)
+            rounds.drain(threads, self._process)
+            while self._events:
+                self._bus_event(*self._events.popleft())
             self.routing.route_samples()
             self.sync.stop_sync()
             self._health_event("agent-stop", self._counters())
@@ -296,8 +282,8 @@ class Pipeline:
             for source in self.sources:
                 source.close()
         self._finish_summary(time.monotonic() - started)
-        if self._unreadable is not None:
-            raise self._unreadable
+        if rounds.unreadable is not None:
+            raise rounds.unreadable
         return self.summary
 
     def _finish_summary(self, seconds: float) -> None:
@@ -314,49 +300,6 @@ class Pipeline:
         summary.frames = sum(b.stats.frames for b in self.buses)
         policy = self.owner_state.effective_policy()
         summary.not_recorded = not_recorded(policy.streams, summary.streams, summary.first_t, summary.last_t)
-
-    def _queued_rounds(self) -> Iterator[list[tuple[int, list | None]]]:
-        """The batches the reader threads queued, taken once per wake-up; [] every tick without any.
-
-        The pipeline wakes on the readers' grid, a slot after the last of
-        them (`pipeline_phase`), and takes every batch waiting. Only when nothing was
-        waiting does it block on the queue (an idle car), and only when the
-        queue is full or a log is replayed as fast as it reads (readers faster
-        than real time) does it skip the wait.
-        """
-        interval = self.config.wakeup_interval
-        pacer = Pacer(interval, pipeline_phase(len(self.sources), interval))
-        get, get_nowait, waiting = self._queue.get, self._queue.get_nowait, self._queue.qsize
-        stop = self.stop_event
-        # a fast replay among the sources: the pipeline keeps up with the fastest reader, it is not the car's pace
-        paced = not any(isinstance(s, LogSource) and s.speed <= 0 for s in self.sources)
-        while True:
-            items = [get_nowait() for _ in range(waiting())]  # only this thread takes: all are there
-            if not items:
-                try:
-                    items = [get(timeout=_TICK)]
-                except queue.Empty:
-                    pass
-            yield items
-            if paced and items and not self._queue.full():
-                pacer.wait(stop)
-
-    def _inline_rounds(self) -> Iterator[list[tuple[int, list | None]]]:
-        for item in self._batches_of(0, self.sources[0]):
-            yield [item] if item[1] is None or item[1] else []  # [] : a tick of a bus read in this thread
-
-    def _batches_of(self, index: int, source: FrameSource) -> Iterator[tuple[int, list | None]]:
-        """(index, batch) for every batch of a source, then (index, None); never raises."""
-        try:
-            for batch in source.batches(self.stop_event):
-                yield index, batch
-        except ReplayError as exc:  # a damaged log: what was read before is kept; the command says it in one line
-            self._events.append((index, "source-failed", {"bus": source.name, "error": str(exc)}))
-            self._unreadable = self._unreadable or exc
-        except Exception as exc:  # a source must never take the agent down
-            log.exception("source %s failed", source.name)
-            self._events.append((index, "source-failed", {"bus": source.name, "error": str(exc)}))
-        yield index, None
 
     def _process(self, index: int, batch: list) -> None:
         """Hand a batch to its bus; where an ignition cycle begins inside it, the owner's state changes first."""
@@ -402,34 +345,6 @@ class Pipeline:
         self.edr.flush()  # a trigger in this batch starts its capture before the clock below moves on
         self._last_t = batch[-1][0]
         self._last_wall = time.monotonic()
-
-    def _feed(self, index: int, source: FrameSource) -> None:
-        """A reader thread: hands the source's batches to the pipeline thread."""
-        put = self._queue.put
-        stop = self.stop_event
-        for item in self._batches_of(index, source):
-            while True:
-                try:
-                    put(item, timeout=_TICK)
-                    break
-                except queue.Full:
-                    if stop.is_set() and item[1] is not None:
-                        break
-
-    def _drain(self, threads: list[threading.Thread]) -> None:
-        """Let source threads finish, recording what they already read."""
-        deadline = time.monotonic() + 2.0
-        while True:
-            try:
-                index, item = self._queue.get(timeout=0.05)
-            except queue.Empty:
-                if not any(t.is_alive() for t in threads) or time.monotonic() >= deadline:
-                    break
-                continue
-            if item is not None:
-                self._process(index, item)
-        while self._events:
-            self._bus_event(*self._events.popleft())
 
     def _bus_event(self, index: int | None, kind: str, detail: dict) -> None:
         if index is None:  # an ELM327 adapter: no bus of ours
