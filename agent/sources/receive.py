@@ -19,6 +19,7 @@ either way:
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
@@ -193,10 +194,10 @@ class _Many:
         c.memmove(self._headers, self._template, self._header_size * count)
         got = self._recvmmsg(self._fd, self._headers, count, socket.MSG_DONTWAIT, None)
         if got < 0:
-            errno = c.get_errno()
-            if errno in (11, 4):  # EAGAIN (nothing queued), EINTR
+            code = c.get_errno()
+            if code in (errno.EAGAIN, errno.EINTR):  # nothing queued; a signal came first
                 return 0
-            raise OSError(errno, os.strerror(errno))
+            raise OSError(code, os.strerror(code))
         headers, control, data, size = self._header_view, self._control_view, self._data, self._size
         step, lengths_at, room, stamped, stamp = self._header_size, self._lengths_at, self._room, self._stamped, self._receiver.stamp
         unpack_lengths, unpack_stamp = self._lengths.unpack_from, self._stamp.unpack_from
