@@ -23,11 +23,9 @@ from carledger.edr import CrashRecorder
 from carledger.owner import StreamManager
 from carledger.owner.ignition import IgnitionWatch
 from carledger.policy.document import Policy
-from carledger.sampling import MessageHandler
+from carledger.sampling import MessageHandler, SampleSink
 
 log = logging.getLogger(__name__)
-
-SampleSink = Callable[..., None]
 
 
 class SignalRouting:
