@@ -243,8 +243,7 @@ class Pipeline:
                         self.summary.batches += 1
                         self._process(index, item)
                 # once per round (a wake-up), however many batches it brought
-                while self._events:
-                    self._bus_event(*self._events.popleft())
+                self._bus_events()
                 self.routing.route_samples()
                 self.sync.audit()
                 wall = time.monotonic()
@@ -265,8 +264,7 @@ class Pipeline:
             self.stop_event.set()
             self.notifier.stopping()
             rounds.drain(threads, self._process)
-            while self._events:
-                self._bus_event(*self._events.popleft())
+            self._bus_events()
             self.routing.route_samples()
             self.sync.stop_sync()
             self._health_event("agent-stop", self._counters())
@@ -345,6 +343,12 @@ class Pipeline:
         self.edr.flush()  # a trigger in this batch starts its capture before the clock below moves on
         self._last_t = batch[-1][0]
         self._last_wall = time.monotonic()
+
+    def _bus_events(self) -> None:
+        """The events the buses, sources and pollers queued from their threads, in order."""
+        events = self._events
+        while events:
+            self._bus_event(*events.popleft())
 
     def _bus_event(self, index: int | None, kind: str, detail: dict) -> None:
         if index is None:  # an ELM327 adapter: no bus of ours
