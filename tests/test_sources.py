@@ -235,3 +235,33 @@ def test_importing_the_agent_does_not_drag_in_asammdf():
     code = "import sys, carledger.pipeline, can; print('asammdf' in sys.modules, 'numpy' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_batch_ends_at_the_line_that_fills_it_and_the_tally_counts_the_lines_up_to_it():
+    """Lines are read as many at a time as the batch has room for; batches and tallies are what one by one gave."""
+    from carledger.sources.tally import FrameTally
+
+    lines = []
+    for i in range(40):
+        lines.append(f"({i}.000000) can0 {0x100 + i % 3:03X}#{i:02X}")  # 0x102 is filtered out
+        if i % 7 == 0:
+            lines.append("# a comment")
+        if i % 11 == 0:
+            lines.append(f"({i}.5) can0 7FF#R")  # a remote frame: counted, not handed on
+    flt = FrameFilter.of([(0x100, 0x7FE, False)])  # 0x100 and 0x101
+    tally, seen = FrameTally(), []
+    for batch in read_candump(iter(lines), flt, batch_size=4, tally=tally):
+        seen.append((len(batch), tally.in_log, batch[-1][0]))
+    # frame lines up to and including the one that filled each batch: the kept ones, the 0x102 ones and remote frames
+    expected, kept, frames_so_far, line_frames = [], [], 0, 0
+    for line in lines:
+        if line.startswith("#"):
+            continue
+        line_frames += 1
+        if "#R" not in line and not line.split()[2].startswith("102"):
+            kept.append(float(line[1:line.index(")")]))
+            if len(kept) % 4 == 0:
+                expected.append((4, line_frames, kept[-1]))
+    expected.append((len(kept) % 4, line_frames, kept[-1]))
+    assert seen == expected
+    assert tally.by_key[0x102] == 13 and tally.in_log == line_frames

@@ -10,6 +10,7 @@ parsed. Malformed lines are reported with their line number and skipped.
 from __future__ import annotations
 
 import collections
+from itertools import islice
 from typing import Callable, Iterable, Iterator, TextIO
 
 from carledger.sources.frame import EFF_FLAG, Frame, FrameFilter
@@ -78,50 +79,59 @@ def read_candump(
     batch: list[Frame] = []
     append = batch.append
     fromhex = bytes.fromhex
-    for number, line in enumerate(lines, start=1):
-        parts = line.split()
-        n = len(parts)
-        # python-can's writer appends the direction (R received, T transmitted)
-        if n == 3 or (n == 4 and parts[3] in _DIRECTIONS):
-            stamp, channel, text = parts[0], parts[1], parts[2]
-        else:
-            if parts and not parts[0].startswith("#") and on_malformed:
-                on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
-            not_frames += 1
-            continue
-        if wanted_channels and channel not in wanted_channels:
-            off_channels += 1
-            continue
-        id_text, hashed, payload = text.partition("#")
-        if not hashed:  # no '#': no frame (and not counted as one)
-            if on_malformed:
-                on_malformed(number, line, f"bad identifier {text!r}")
-            not_frames += 1
-            continue
-        by_id[id_text] += 1
-        key = cache.get(id_text)
-        if key is None:
-            if len(cache) >= _CACHE_LIMIT:
-                cache.clear()
-            key = cache[id_text] = _resolve(id_text, frame_filter)
-        if key < 0:
-            if key == _BAD and on_malformed:
-                on_malformed(number, line, f"bad identifier {id_text!r}")
-            continue
-        try:
-            data = fromhex(payload)
-        except ValueError:  # not a classic frame's hex payload: CAN FD, a remote frame, or malformed
-            data = _other_payload(payload)
-            if data is None:
-                continue  # a remote frame
-        try:
-            if data is _MALFORMED:
-                raise ValueError
-            append((float(stamp[1:-1]), key, data))
-        except ValueError:
-            if on_malformed:
-                on_malformed(number, line, "bad timestamp or payload")
-            continue
+    lines = iter(lines)
+    while True:
+        # As many lines as the batch has room for frames (a line is at most one frame): the batch can only
+        # fill at a chunk's last line, so that the loop below needs no test per line, and a batch still
+        # ends at the line that fills it (the tally at each batch counts the lines up to it).
+        chunk = list(islice(lines, batch_size - len(batch)))
+        if not chunk:
+            break
+        for number, line in enumerate(chunk, start=number + 1):
+            parts = line.split()
+            n = len(parts)
+            # python-can's writer appends the direction (R received, T transmitted)
+            if n == 4 and parts[3] in _DIRECTIONS:
+                stamp, channel, text, _ = parts
+            elif n == 3:
+                stamp, channel, text = parts
+            else:
+                if parts and not parts[0].startswith("#") and on_malformed:
+                    on_malformed(number, line, "expected '(TIME) CHANNEL ID#DATA'")
+                not_frames += 1
+                continue
+            if wanted_channels and channel not in wanted_channels:
+                off_channels += 1
+                continue
+            id_text, hashed, payload = text.partition("#")
+            if not hashed:  # no '#': no frame (and not counted as one)
+                if on_malformed:
+                    on_malformed(number, line, f"bad identifier {text!r}")
+                not_frames += 1
+                continue
+            by_id[id_text] += 1
+            key = cache.get(id_text)
+            if key is None:
+                if len(cache) >= _CACHE_LIMIT:
+                    cache.clear()
+                key = cache[id_text] = _resolve(id_text, frame_filter)
+            if key < 0:
+                if key == _BAD and on_malformed:
+                    on_malformed(number, line, f"bad identifier {id_text!r}")
+                continue
+            try:
+                data = fromhex(payload)
+            except ValueError:  # not a classic frame's hex payload: CAN FD, a remote frame, or malformed
+                data = _other_payload(payload)
+                if data is None:
+                    continue  # a remote frame
+            try:
+                if data is _MALFORMED:
+                    raise ValueError
+                append((float(stamp[1:-1]), key, data))
+            except ValueError:
+                if on_malformed:
+                    on_malformed(number, line, "bad timestamp or payload")
         if len(batch) >= batch_size:
             _tally(tally, number - counted - not_frames, off_channels, by_id)
             counted, not_frames, off_channels = number, 0, 0
