@@ -290,6 +290,23 @@ def test_metric_set_dispatches_by_name():
     assert {n for _, n, _ in recs} == {"metric.distance_km", "metric.harsh_braking_count", "metric.over_speed_share"}
 
 
+def test_a_metric_set_records_what_each_metric_fed_alone_records():
+    """MetricSet calls some metrics' methods directly (the speed's samples to _speed, not through feed):
+    the records are the ones each metric gives when every sample goes through its own feed."""
+    samples = list(decoded("harsh_brake", 1))
+    samples += [(t, ODOMETER, 1000.0 + i * 0.01) for i, (t, _, _) in enumerate(samples[::50])]
+    samples.sort(key=lambda s: s[0])
+
+    def metrics():
+        return [Distance(60.0), Distance(60.0, source="odometer"), Distance(60.0, source="speed"),
+                DrivingTime(60.0), OverSpeedShare(30.0, 60.0), NightShare(60.0, tz="Europe/Berlin"),
+                HarshEvents("braking", window_s=60.0), HarshEvents("acceleration", window_s=60.0)]
+
+    alone = sorted(r for m in metrics() for r in run(m, samples))
+    together = sorted(run(MetricSet(metrics()), samples))
+    assert together == alone and len({n for _, n, _ in alone}) == 6
+
+
 # -- window aggregates -------------------------------------------------------------------------------
 
 

@@ -83,6 +83,10 @@ class _Windowed:
         self._seen = False  # an input sample fell into the current window
         self._reset()
 
+    def feeders(self) -> dict[str, Any]:
+        """Per input name, what `MetricSet` calls with (t, name, value): `feed`, or a more direct method of it."""
+        return {name: self.feed for name in self.inputs}
+
     # subclasses: accumulators
     def _reset(self) -> None:  # pragma: no cover - abstract
         pass
@@ -157,9 +161,14 @@ class _SpeedIntervals(_Windowed):
     def feed(self, t: float, name: str, value: Any):
         if name != self.speed:
             return _EMPTY
-        return self._speed(t, value)
+        return self._speed(t, name, value)
 
-    def _speed(self, t: float, v: float):
+    def feeders(self) -> dict[str, Any]:
+        # the speed's samples straight to _speed: one Python call per sample and metric less than through feed
+        return {**super().feeders(), **({self.speed: self._speed} if self.speed in self.inputs else {})}
+
+    def _speed(self, t: float, name: str, v: float):
+        """A speed sample (`name` is the speed's: the signature MetricSet calls with)."""
         t0 = self._t
         if t0 is not None and t < t0:
             return _EMPTY  # out of order: ignore
@@ -226,7 +235,7 @@ class Distance(_SpeedIntervals):
         if name == self.speed:
             if self.source == "odometer":
                 return _EMPTY
-            return self._speed(t, value)
+            return self._speed(t, name, value)
         if name != self.odometer or self.source == "speed":
             return _EMPTY
         prev = self._odo
@@ -509,8 +518,8 @@ class MetricSet:
         self.metrics = tuple(metrics)
         by_name: dict[str, list] = {}
         for m in self.metrics:
-            for n in m.inputs:
-                by_name.setdefault(n, []).append(m.feed)
+            for n, feed in m.feeders().items():
+                by_name.setdefault(n, []).append(feed)
         self._by_name = {n: tuple(fs) for n, fs in by_name.items()}
         self.inputs = frozenset(self._by_name)
 
