@@ -42,7 +42,7 @@ def yappi_main(out: str, argv: list[str]) -> int:
                 f.write(f"\n== thread {t.name} (id {t.id}): {t.ttot:.2f} s; functions by own time (tsub) ==\n")
                 for s in sorted(stats, key=lambda s: -s.tsub)[:40]:
                     f.write(f"  {s.tsub:8.3f} own {s.ttot:8.3f} cum {s.ncall:>9} calls  {s.module.split('/')[-1]}:{s.lineno} {s.name}\n")
-                f.write(f"\n-- same thread, by cumulative time --\n")
+                f.write("\n-- same thread, by cumulative time --\n")
                 for s in sorted(stats, key=lambda s: -s.ttot)[:40]:
                     f.write(f"  {s.ttot:8.3f} cum {s.tsub:8.3f} own {s.ncall:>9} calls  {s.module.split('/')[-1]}:{s.lineno} {s.name}\n")
 

@@ -102,10 +102,10 @@ class _Gen:
         little = sig.byte_order == "little_endian"
         if little:
             lo = sig.start  # bit 0 = LSB of byte 0
-            first_byte, last_byte = lo // 8, (lo + length - 1) // 8
+            first_byte = lo // 8
         else:
             net = _network_start(sig)
-            first_byte, last_byte = net // 8, (net + length - 1) // 8
+            first_byte = net // 8
 
         if sig.is_float:
             code = _FLOAT_CODES.get(length)
