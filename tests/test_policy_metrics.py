@@ -305,6 +305,10 @@ def test_a_metric_set_records_what_each_metric_fed_alone_records():
     alone = sorted(r for m in metrics() for r in run(m, samples))
     together = sorted(run(MetricSet(metrics()), samples))
     assert together == alone and len({n for _, n, _ in alone}) == 6
+    ms = MetricSet(metrics())  # as the policy engine calls it: each of feeds(name) in turn
+    by_feeds = [r for t, name, value in samples for feed in ms.feeds(name) for r in feed(t, name, value)]
+    assert sorted(by_feeds + ms.flush(samples[-1][0])) == alone
+    assert ms.feeds("Vehicle.Cabin.Seat.Row1.DriverSide.IsBelted") == ()
 
 
 # -- window aggregates -------------------------------------------------------------------------------

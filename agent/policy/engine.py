@@ -223,7 +223,7 @@ class StreamRuntime:
                 if self.location.geohash is not None:
                     self._location_taps[GEOHASH] = self._tap(GEOHASH, GEOHASH, "position")
         if self.trips is not None and name in (SPEED, IGNITION):
-            out.append(Feed(self._on_trip_input, name))
+            out.append(Feed(functools.partial(self._on_trip_input, self.trips.feeder(name)), name))
         if self.metrics is not None and (name in self.metrics.inputs or (self._trip_bounds and name in (SPEED, IGNITION))):
             out.append(Feed(self._on_metric_input, name))
         for signals, aggregator in self.aggregators:
@@ -278,16 +278,15 @@ class StreamRuntime:
         if fix.geohash is not None and GEOHASH in taps:
             taps[GEOHASH].offer(fix.t, fix.geohash)
 
-    def _on_trip_input(self, name: str, t: float, value: Any) -> None:
-        assert self.trips is not None
-        records = self.trips.feed(t, name, value)
+    def _on_trip_input(self, feed: Callable[[float, str, Any], list], name: str, t: float, value: Any) -> None:
+        records = feed(t, name, value)  # the trip detector's (TripDetector.feeder)
         if records:
             self._record(records)
 
     def _on_metric_input(self, name: str, t: float, value: Any) -> None:
         assert self.metrics is not None
-        if name in self.metrics.inputs:
-            records = self.metrics.feed(t, name, value)
+        for feed in self.metrics.feeds(name):  # each metric's own, not MetricSet.feed: a call per sample less
+            records = feed(t, name, value)
             if records:
                 self._record(records)
         bounds = self._trip_bounds

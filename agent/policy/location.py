@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from typing import NamedTuple
+from typing import Any, Callable, NamedTuple
 
 __all__ = [
     "EARTH_RADIUS_M",
@@ -614,7 +614,7 @@ class TripDetector:
 
     def feed(self, t: float, name: str, value) -> list:
         if name == self.speed:
-            return self._speed(t, value)
+            return self._speed(t, name, value)
         if name == self.ignition:
             if self.in_trip and value in _OFF_STATES:
                 return self._end(self._stop_t if self._stop_t is not None else t)
@@ -633,7 +633,12 @@ class TripDetector:
             return []
         return self._end(self._stop_t if self._stop_t is not None else t)
 
-    def _speed(self, t: float, v: float) -> list:
+    def feeder(self, name: str) -> Callable[[float, str, Any], list]:
+        """What takes the samples of input `name` as feed(t, name, value) would: the speed's go straight to _speed."""
+        return self._speed if name == self.speed else self.feed
+
+    def _speed(self, t: float, name: str, v: float) -> list:
+        """A speed sample (`name` is the speed's: feed's signature, for `feeder`)."""
         if not self.in_trip:
             if v >= self.start_kmh:
                 self.in_trip = True

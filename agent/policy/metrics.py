@@ -523,6 +523,10 @@ class MetricSet:
         self._by_name = {n: tuple(fs) for n, fs in by_name.items()}
         self.inputs = frozenset(self._by_name)
 
+    def feeds(self, name: str) -> tuple:
+        """What takes the samples of `name`, each called as feed(t, name, value) and returning records: () if none."""
+        return self._by_name.get(name, ())
+
     def feed(self, t: float, name: str, value: Any):
         feeds = self._by_name.get(name)
         if feeds is None:
