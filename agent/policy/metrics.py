@@ -465,7 +465,11 @@ class HarshEvents(_Windowed):
                 a = self._derivative(t, value)
         else:
             return _EMPTY
-        out = self._take(t)
+        if self._ws is not None and t < self._we:  # _take's common case, without its call: in the open window
+            self._seen = True
+            out = _EMPTY
+        else:
+            out = self._take(t)
         if a is not None:
             self._level(t, a)
         return out
