@@ -225,7 +225,7 @@ class StreamRuntime:
         if self.trips is not None and name in (SPEED, IGNITION):
             out.append(Feed(functools.partial(self._on_trip_input, self.trips.feeder(name)), name))
         if self.metrics is not None and (name in self.metrics.inputs or (self._trip_bounds and name in (SPEED, IGNITION))):
-            out.append(Feed(self._on_metric_input, name))
+            out.append(Feed(functools.partial(self._on_metric_input, self.metrics.feeds(name)), name))
         for signals, aggregator in self.aggregators:
             if _matches_any(signals, name, source) and self._classify(name, source) != LOCATION:
                 out.append(Feed(functools.partial(self._on_aggregate_input, aggregator), name))
@@ -283,9 +283,9 @@ class StreamRuntime:
         if records:
             self._record(records)
 
-    def _on_metric_input(self, name: str, t: float, value: Any) -> None:
+    def _on_metric_input(self, feeds: tuple, name: str, t: float, value: Any) -> None:
         assert self.metrics is not None
-        for feed in self.metrics.feeds(name):  # each metric's own, not MetricSet.feed: a call per sample less
+        for feed in feeds:  # each metric's own (MetricSet.feeds, the set is the stream's for life), not MetricSet.feed
             records = feed(t, name, value)
             if records:
                 self._record(records)
