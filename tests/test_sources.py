@@ -265,3 +265,9 @@ def test_a_batch_ends_at_the_line_that_fills_it_and_the_tally_counts_the_lines_u
     expected.append((len(kept) % 4, line_frames, kept[-1]))
     assert seen == expected
     assert tally.by_key[0x102] == 13 and tally.in_log == line_frames
+
+
+def test_a_batch_size_below_one_is_refused_not_read_as_an_empty_log():
+    with pytest.raises(ValueError, match="batch_size"):
+        next(read_candump(["(1.0) can0 123#00"], batch_size=0))
+    assert [len(b) for b in read_candump(["(1.0) can0 123#00"] * 3, batch_size=1)] == [1, 1, 1]

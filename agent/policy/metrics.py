@@ -6,6 +6,8 @@ Every metric has the same small surface:
     m.feed(t, name, value)        -> records of windows that closed (usually ())
     m.poll(t)                     -> records of a window no sample can change any more
     m.flush(t)                    -> records of the window in progress (end of data); resets
+    m.feeders()                   -> {name: what takes that input's samples as feed would}
+                                     (feed itself, or a method of it that skips a dispatch)
 
 Records are `(t, name, value)` tuples, `t` the end of the window they cover.
 With `window_s` set, windows are tumbling and aligned to multiples of

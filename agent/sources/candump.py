@@ -69,6 +69,8 @@ def read_candump(
     tally: FrameTally | None = None,
 ) -> Iterator[list[Frame]]:
     """Batches of (t, key, data) for the wanted frames of a candump log; `tally` counts what the log held."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     wanted_channels = frozenset(channels)
     tally = tally or FrameTally()
     # Counted cheaply on the hot path: per identifier text; lines that are no frame and frames
