@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from carledger.ledger.block import valid_stream_name
 from carledger.sources.base import WAKEUP_INTERVAL
-from carledger.configtable import NAME, ConfigError, ConfigTable
+from carledger.configtable import NAME, ConfigError, ConfigTable, is_number
 from carledger.tomlfile import FieldError, TomlDocument, read_toml
 
 if TYPE_CHECKING:
@@ -227,7 +227,7 @@ def _parse_sampling(doc: TomlDocument, table: dict[str, Any]) -> SamplingConfig:
     default = fields.number("min_interval", 0.0)
     overrides = []
     for pattern, value in fields.get("signals", dict, {}).items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+        if not is_number(value) or value < 0:
             raise fields.error(f"signals.{pattern}", "expected a minimum interval in seconds (a number >= 0)")
         overrides.append((pattern, float(value)))
     return SamplingConfig(default or 0.0, tuple(overrides))

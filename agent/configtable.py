@@ -8,6 +8,7 @@ that a stage's configuration never imports the root that wires it.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 from pathlib import Path
@@ -21,6 +22,15 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$")
 
 class ConfigError(FieldError):
     """Invalid configuration; str() is FILE:LINE: key: problem."""
+
+
+def is_number(value: Any) -> bool:
+    """An int or a finite float, not a bool: what every numeric setting takes.
+
+    TOML has `nan` and `inf`, and NaN passes every range check (each comparison
+    is false), so a test of the range alone lets it through.
+    """
+    return (type(value) is int or type(value) is float) and math.isfinite(value)
 
 
 class ConfigTable:
@@ -62,6 +72,8 @@ class ConfigTable:
             raise self.error(key, f"expected {what}, got a boolean")
         if not isinstance(value, kinds):
             raise self.error(key, f"expected {what}, got {type(value).__name__} {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(key, f"expected {what}, got {value!r}: not a finite number")
         return value
 
     def number(self, key: str, default: float | None, *, minimum: float = 0.0) -> float | None:

@@ -91,6 +91,16 @@ def test_example_config_in_docs_is_valid_apart_from_installed_paths(tmp_path):
         ('"Vehicle.CurrentLocation.*" = 1.0', '"Vehicle.CurrentLocation.*" = "x"', 10, "sampling.signals", "minimum interval"),
         ('policy = "policy.toml"', 'wakeup_interval = 0', 4, "agent.wakeup_interval", "at least 0.001"),
         ('policy = "policy.toml"', 'wakeup_interval = 5', 4, "agent.wakeup_interval", "at most 1 seconds"),
+        # TOML's nan passes every range check (each comparison is false), inf the ones without a ceiling
+        ('max_age = 2.0', 'max_age = nan', 7, "seal.max_age", "not a finite number"),
+        ('max_age = 2.0', 'max_age = inf', 7, "seal.max_age", "not a finite number"),
+        ('policy = "policy.toml"', 'wakeup_interval = nan', 4, "agent.wakeup_interval", "not a finite number"),
+        ('policy = "policy.toml"', 'health_interval = nan', 4, "agent.health_interval", "not a finite number"),
+        ('policy = "policy.toml"', 'disk_quota_mb = inf', 4, "agent.disk_quota_mb", "not a finite number"),
+        ('policy = "policy.toml"', 'disk_quota_mb = nan', 4, "agent.disk_quota_mb", "not a finite number"),
+        ('"Vehicle.CurrentLocation.*" = 1.0', '"Vehicle.CurrentLocation.*" = nan', 10, "sampling.signals", "minimum interval"),
+        ('[sampling.signals]', '[sampling]\nmin_interval = nan\n[sampling.signals]', 10, "sampling.min_interval", "not a finite number"),
+        ('channel = "x"', 'channel = "x"\nspeed = nan', 16, "bus[0].speed", "not a finite number"),
     ],
 )
 def test_mistakes_name_line_and_key(tmp_path, old, new, line, key, words):

@@ -71,6 +71,7 @@ def test_mqtt_table(tmp_path):
     ('window = "big"', 3, "mqtt.window", "expected an integer"),
     ('keepalive = true', 3, "mqtt.keepalive", "expected an integer"),
     ('ack_timeout = 0', 3, "mqtt.ack_timeout", "at least"),
+    ('ack_timeout = nan', 3, "mqtt.ack_timeout", "not a finite number"),
     ('password = "a"\npassword_file = "nope"', 4, "mqtt.password_file", "no such readable file"),
     ('[mqtt.tls]\nca = "missing.crt"', 4, "mqtt.tls.ca", "no such readable file"),
     ('backoff_initial = 10\nbackoff_max = 1', 4, "mqtt.backoff_max", "backoff_initial"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from carledger.configtable import ConfigTable
+from carledger.configtable import ConfigTable, is_number
 from carledger.obd.pids import PIDS, pid_by_name
 from carledger.tomlfile import TomlDocument
 
@@ -70,7 +70,7 @@ def polling_limits(fields: ConfigTable) -> tuple[float, tuple[float, float], int
     if not 0 < max_rate <= 100:
         raise fields.error("max_rate", f"must be more than 0 and at most 100 requests per second, got {max_rate!r}")
     backoff = fields.value("backoff", (list,), "[first, longest] seconds", [1.0, 30.0])
-    if len(backoff) != 2 or any(isinstance(b, bool) or not isinstance(b, (int, float)) or b <= 0 for b in backoff) \
+    if len(backoff) != 2 or any(not is_number(b) or b <= 0 for b in backoff) \
             or backoff[0] > backoff[1]:
         raise fields.error("backoff", f"expected [first, longest] seconds with 0 < first <= longest, got {backoff!r}")
     silent_after = fields.value("silent_after", (int,), "a whole number", 3)
@@ -88,7 +88,7 @@ def _parse(doc: TomlDocument, table: Any, prefix: str, allowed: set[str]) -> tup
         where = f"pids.{key}"
         if pid is None:
             raise fields.error(where, f"{key!r} is not a standard service 01 PID (hex like \"0D\" or a name like SPEED)")
-        if isinstance(interval, bool) or not isinstance(interval, (int, float)) or not interval > 0:
+        if not is_number(interval) or not interval > 0:
             raise fields.error(where, f"expected an interval in seconds, more than 0, got {interval!r}")
         if any(p == pid for p, _ in pids):
             raise fields.error(where, f"PID {pid:02X} is listed twice")
