@@ -264,3 +264,46 @@ def test_a_candump_export_named_candump_replays(tmp_path):
     result = replay(again, exported, "--stream", "speed=ABS_SPEED.*")
     assert result.returncode == 0, result.stderr
     assert stream_records(again / "ledger", "speed") == stream_records(tmp_path / "ledger", "speed") > 0
+
+
+# -- a frame's time must be a time ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("stamp", ["nan", "inf", "-inf", "1e300", "-5", "1e12"])
+def test_a_candump_line_whose_time_is_no_time_is_reported_and_skipped(tmp_path, stamp):
+    """float() takes nan, inf and 1e300: the reader must refuse them, as it refuses any damaged line."""
+    lines = [f"({1700000000 + i / 100:.6f}) can0 0B4#{i:04X}000000000000" for i in range(6)]
+    lines[2] = f"({stamp}) can0 0B4#FFFF000000000000"
+    log = tmp_path / "drive.log"
+    log.write_text("\n".join(lines) + "\n")
+    reported = []
+    source = LogSource("t", str(log), None, on_event=lambda kind, detail: reported.append((kind, detail)))
+    kept = [f for batch in source.batches(threading.Event()) for f in batch]
+    assert [data[:2] for _, _, data in kept] == [bytes([0, i]) for i in (0, 1, 3, 4, 5)]
+    assert reported == [("malformed-input", {"file": str(log), "line": 3,
+                                             "reason": f"timestamp '{stamp}' is not a time from 0 to year 9999"})]
+
+
+def test_a_frame_years_ahead_in_a_log_does_not_hold_back_every_later_sample(tmp_path):
+    """One damaged time far ahead used to be recorded, and each later sample then waited behind it for ever."""
+    lines = [f"({1700000000 + i / 100:.6f}) can0 0B4#{i:04X}000000000000" for i in range(50)]
+    lines[10] = "(1e12) can0 0B4#FFFF000000000000"
+    log = tmp_path / "drive.log"
+    log.write_text("\n".join(lines) + "\n")
+    result = replay(tmp_path, log, "--stream", "speed=ABS_SPEED.VehicleSpeed")
+    assert result.returncode == 0, result.stderr
+    assert f"{log}:11: skipped malformed line (timestamp '1e12' is not a time" in result.stderr
+    assert stream_records(tmp_path / "ledger", "speed") == 49 + 1  # every other frame's new speed, and the start event
+
+
+def test_a_python_can_log_frame_whose_time_is_no_time_is_reported_and_skipped(tmp_path):
+    import can
+
+    source = LogSource("t", str(tmp_path / "x.asc"), None,
+                       on_event=lambda kind, detail: reported.append((kind, detail)))
+    reported: list = []
+    messages = [can.Message(timestamp=t, arbitration_id=0xB4, data=bytes([i] * 8), is_extended_id=False)
+                for i, t in enumerate([1.0, float("nan"), 2.0, float("inf"), 3.0])]
+    kept = [f for batch in source._python_can_batches(messages) for f in batch]
+    assert [t for t, _, _ in kept] == [1.0, 2.0, 3.0]
+    assert [(kind, detail["frame"]) for kind, detail in reported] == [("malformed-input", 2), ("malformed-input", 4)]

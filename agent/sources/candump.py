@@ -13,7 +13,7 @@ import collections
 from itertools import islice
 from typing import Callable, Iterable, Iterator, TextIO
 
-from carledger.sources.frame import EFF_FLAG, Frame, FrameFilter
+from carledger.sources.frame import EFF_FLAG, LAST_TIME, Frame, FrameFilter
 from carledger.sources.tally import FrameTally
 
 CAN_ERR_FLAG = 0x20000000
@@ -81,6 +81,7 @@ def read_candump(
     batch: list[Frame] = []
     append = batch.append
     fromhex = bytes.fromhex
+    last_time = LAST_TIME
     lines = iter(lines)
     while True:
         # As many lines as the batch has room for frames (a line is at most one frame): the batch can only
@@ -130,10 +131,15 @@ def read_candump(
             try:
                 if data is _MALFORMED:
                     raise ValueError
-                append((float(stamp[1:-1]), key, data))
+                t = float(stamp[1:-1])
             except ValueError:
                 if on_malformed:
                     on_malformed(number, line, "bad timestamp or payload")
+                continue
+            if t >= 0.0 and t <= last_time:  # recorded_time(), inline (two compares the interpreter specialises)
+                append((t, key, data))
+            elif on_malformed:
+                on_malformed(number, line, f"timestamp {stamp[1:-1]!r} is not a time from 0 to year 9999")
         if len(batch) >= batch_size:
             _tally(tally, number - counted - not_frames, off_channels, by_id)
             counted, not_frames, off_channels = number, 0, 0

@@ -17,7 +17,7 @@ from typing import Iterable, Iterator
 
 from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pacer
 from carledger.sources.candump import read_candump
-from carledger.sources.frame import Frame, FrameFilter, frame_key
+from carledger.sources.frame import Frame, FrameFilter, frame_key, recorded_time
 from carledger.sources.logfile import LogFile, ReplayError
 from carledger.sources.tally import FrameTally
 
@@ -77,10 +77,15 @@ class LogSource(FrameSource):
             yield from self._python_can_batches(logfile.messages(fmt))
 
     def _malformed(self, number: int, line: str, reason: str) -> None:
+        self._skipped(f"{self.path}:{number}: skipped malformed line ({reason}): {line.strip()[:80]}",
+                      {"file": self.path, "line": number, "reason": reason})
+
+    def _skipped(self, text: str, detail: dict) -> None:
+        """A damaged line or frame: counted, logged and made an event (the first few)."""
         self.malformed += 1
         if self.malformed <= _MAX_REPORTED_LINES:
-            log.warning("%s:%d: skipped malformed line (%s): %s", self.path, number, reason, line.strip()[:80])
-            self.on_event("malformed-input", {"file": self.path, "line": number, "reason": reason})
+            log.warning("%s", text)
+            self.on_event("malformed-input", detail)
         elif self.malformed == _MAX_REPORTED_LINES + 1:
             log.warning("%s: more malformed lines; not reporting each", self.path)
 
@@ -103,6 +108,11 @@ class LogSource(FrameSource):
             if ok is None:
                 ok = wanted[key] = flt is None or flt.matches(key)
             if ok:
+                if not recorded_time(msg.timestamp):
+                    reason = "its timestamp is not a time from 0 to year 9999"
+                    self._skipped(f"{self.path}: skipped frame {tally.in_log} ({reason}): {msg.timestamp!r}",
+                                  {"file": self.path, "frame": tally.in_log, "reason": reason})
+                    continue
                 batch.append((msg.timestamp, key, bytes(msg.data)))
                 if len(batch) >= 2048:
                     yield batch
