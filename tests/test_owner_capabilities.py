@@ -425,3 +425,56 @@ def test_with_an_owner_key_enrolled_a_local_apply_needs_the_owners_signature(tmp
     text = audit_text(store, capsys)
     assert f"applied policy v3 ({tmp_path / 'v3.toml'}, from the command line, signed by the owner key {owner_kid[:16]})" in text
     verified(store, capsys)
+
+
+@pytest.mark.parametrize("request_", [
+    {"action": "pause", "until": 1e300},
+    {"action": "pause", "until": float("nan")},
+    {"action": "grant", "stream": "vault", "until": float("inf")},
+])
+def test_a_request_whose_time_no_date_can_show_is_refused_and_the_agent_records_on(tmp_path, capsys, request_):
+    """A request's times come from the CLI, the console's forms or a file in the spool: 1e300 passed every
+    comparison meant to refuse it and then raised OverflowError inside the running agent, which stopped it."""
+    from carledger.owner import OwnerError
+    from carledger.owner.client import submit
+
+    policy = """
+        version = 1
+        [[stream]]
+        name = "vault"
+        local = true
+        signals = ["Vehicle.Speed"]
+    """
+    bus = f"""
+        [[bus]]
+        name = "car"
+        interface = "carledger-sim"
+        channel = "city"
+        options = {{ seed = 13, speed = 1, start_time = {time.time()} }}
+        dbc = ["{DEMO_DBC}"]
+    """
+    store = tmp_path / "ledger"
+    pipeline = Pipeline(load_config(agent(tmp_path, policy, bus)))
+    failed: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            pipeline.run()
+        except BaseException as exc:  # what the agent would have died of
+            failed.append(exc)
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    try:
+        wait_until(lambda: len(samples_in(store).get("vault", [])) > 5, timeout=30)
+        with pytest.raises(OwnerError, match="is not a time from 1970 to the year 9999"):
+            submit(store, request_)
+        before = len(samples_in(store)["vault"])
+        wait_until(lambda: len(samples_in(store)["vault"]) > before + 5, timeout=30)
+        assert runner.is_alive() and not failed
+        assert status(store, capsys)["collection"]["state"] == "collecting"
+    finally:
+        pipeline.stop()
+        runner.join(30)
+    assert not failed
+    verified(store, capsys)

@@ -45,15 +45,19 @@ def owner_request(where: Target, request: dict[str, Any], *, known: bool = False
 def parse_when(text: str, *, now: float) -> float:
     """A time the owner typed: ISO 8601 (a date means its midnight UTC), or a duration from now ("90d")."""
     from carledger.policy.duration import DurationError, parse_duration
+    from carledger.times import is_time
 
     try:
-        return now + parse_duration(text)
+        t = now + parse_duration(text)
     except DurationError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"{text!r} is neither a date/time (2027-05-01, 2027-05-01T12:00:00+02:00) nor a duration (90d, 12h)") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
-    return when.timestamp()
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{text!r} is neither a date/time (2027-05-01, 2027-05-01T12:00:00+02:00) "
+                             f"nor a duration (90d, 12h)") from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        t = when.timestamp()
+    if not is_time(t):
+        raise ValueError(f"{text!r} ends after the year 9999")
+    return t

@@ -20,6 +20,7 @@ from carledger.owner.disclosure import consent_id, disclosure_events
 from carledger.owner.state import GRANT, REVOKE, ConsentDecision, OwnerState, Pause, iso, seconds, utc
 from carledger.policy.document import MAX_CONSENT, MAX_CONSENT_TEXT, KnownSignals, Policy, PolicyError, policy_from_text
 from carledger.sync.quota import seq_ranges
+from carledger.times import is_time
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class OwnerActions:
         """Run a request as the CLI queues it: {"action": NAME, ...arguments}."""
         action = request.get("action")
         now = float(request.get("at") or self.clock())
+        _require_time("the request's time", now)
         if action == "apply-policy":
             signed = request.get("signed")
             return self.apply_policy(str(request.get("text") or ""), origin=str(request.get("origin", "cli")),
@@ -157,6 +159,7 @@ class OwnerActions:
 
     def grant(self, stream_name: str, until: float, *, now: float | None = None) -> Outcome:
         now = self.clock() if now is None else now
+        _require_time("--until", until)
         stream = self._outbound(stream_name)
         if until <= now:
             raise OwnerError(f"--until {iso(until)} is not in the future")
@@ -267,6 +270,8 @@ class OwnerActions:
 
     def pause(self, until: float | None = None, *, now: float | None = None) -> Outcome:
         now = self.clock() if now is None else now
+        if until is not None:
+            _require_time("the end of the pause", until)
         if until is not None and until <= now:
             raise OwnerError("the pause must end in the future")
         self.state.pause = Pause(now, until)
@@ -350,3 +355,13 @@ def _check_recipients(current: Policy, new: Policy, name: str) -> None:
 
 
 __all__ = ["AUDIT_STREAM", "OwnerActions", "OwnerError", "Outcome"]
+
+
+def _require_time(what: str, t: float) -> None:
+    """Refuse a time no date can show (nan, inf, past the year 9999) before the owner's state takes it.
+
+    Such a value passes every comparison written to refuse it, and only fails
+    when the audit formats it: after the state in memory had changed.
+    """
+    if not is_time(t):
+        raise OwnerError(f"{what}: {t!r} is not a time from 1970 to the year 9999")

@@ -13,8 +13,9 @@ import collections
 from itertools import islice
 from typing import Callable, Iterable, Iterator, TextIO
 
-from carledger.sources.frame import EFF_FLAG, LAST_TIME, Frame, FrameFilter
+from carledger.sources.frame import EFF_FLAG, Frame, FrameFilter
 from carledger.sources.tally import FrameTally
+from carledger.times import LAST_TIME
 
 CAN_ERR_FLAG = 0x20000000
 CAN_RTR_FLAG = 0x40000000
@@ -136,7 +137,7 @@ def read_candump(
                 if on_malformed:
                     on_malformed(number, line, "bad timestamp or payload")
                 continue
-            if t >= 0.0 and t <= last_time:  # recorded_time(), inline (two compares the interpreter specialises)
+            if t >= 0.0 and t <= last_time:  # is_time(), inline: two compares the interpreter specialises
                 append((t, key, data))
             elif on_malformed:
                 on_malformed(number, line, f"timestamp {stamp[1:-1]!r} is not a time from 0 to year 9999")

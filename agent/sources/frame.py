@@ -17,17 +17,6 @@ EFF_MASK = 0x1FFFFFFF
 
 Frame = tuple[float, int, bytes]
 
-#: The last time a frame may carry: 9999-12-31T23:59:59Z, the last a date can show (exports, local time). A
-#: recorded log's times run from 0 (a log with times relative to its start) to this. A time outside, or no
-#: number at all (TOML's and Python's nan and inf parse as floats), is a damaged line, not a frame: a frame
-#: days ahead would hold every later sample back behind it, one at 1e300 would pace a replay for ever.
-LAST_TIME = 253402300799.0
-
-
-def recorded_time(t: float) -> bool:
-    """Can a recorded log's frame carry this time? (Finite, 0 to `LAST_TIME`.)"""
-    return 0.0 <= t <= LAST_TIME
-
 
 def frame_key(can_id: int, extended: bool) -> int:
     return can_id | EFF_FLAG if extended else can_id

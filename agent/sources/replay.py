@@ -17,9 +17,10 @@ from typing import Iterable, Iterator
 
 from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pacer
 from carledger.sources.candump import read_candump
-from carledger.sources.frame import Frame, FrameFilter, frame_key, recorded_time
+from carledger.sources.frame import Frame, FrameFilter, frame_key
 from carledger.sources.logfile import LogFile, ReplayError
 from carledger.sources.tally import FrameTally
+from carledger.times import is_time
 
 __all__ = ["LogSource", "ReplayError", "check_log"]
 
@@ -108,7 +109,7 @@ class LogSource(FrameSource):
             if ok is None:
                 ok = wanted[key] = flt is None or flt.matches(key)
             if ok:
-                if not recorded_time(msg.timestamp):
+                if not is_time(msg.timestamp):
                     reason = "its timestamp is not a time from 0 to year 9999"
                     self._skipped(f"{self.path}: skipped frame {tally.in_log} ({reason}): {msg.timestamp!r}",
                                   {"file": self.path, "frame": tally.in_log, "reason": reason})

@@ -1,0 +1,20 @@
+"""What counts as a time: the range every recorded time, the owner's and the car's, must lie in.
+
+Times are float seconds since 1970 (UTC). Python's float() takes nan, inf
+and 1e300, and NaN passes every range check written as comparisons that
+must be false; so a value that comes from outside (a log line, a request,
+a form) is checked with `is_time` before anything keeps it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+#: 9999-12-31T23:59:59Z: the last time a date can show (every export, the audit, local time). A recorded log
+#: whose times run from its start begins at 0, so 0 is the first.
+LAST_TIME = 253402300799.0
+
+
+def is_time(t: Any) -> bool:
+    """A number (not a bool) from 0 to `LAST_TIME`: False for nan, inf and anything no date can show."""
+    return (type(t) is float or type(t) is int) and 0 <= t <= LAST_TIME
