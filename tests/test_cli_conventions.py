@@ -180,11 +180,31 @@ def test_argument_mistakes_found_after_parsing_show_the_subcommands_usage(store,
          "carledger consent grant: error: --until: 'someday' is neither a date/time (2027-05-01, "
          "2027-05-01T12:00:00+02:00) nor a duration (90d, 12h)"),
         (("run", "--replay", str(tmp_path / "drive.log")), "carledger run: error: --replay needs --dbc and --store"),
+        # a duration past the year 9999 stopped a running agent with OverflowError (the audit could not date it)
+        (("pause", "--for", "99999999999999999999d", "--store", str(store)),
+         "carledger pause: error: --for: '99999999999999999999d' ends after the year 9999"),
+        (("consent", "grant", "fleet", "--until", "99999999999999999999d", "--store", str(store)),
+         "carledger consent grant: error: --until: '99999999999999999999d' ends after the year 9999"),
         (("log", "export", str(store), "--stream", "vault", "--format", "candump"),
          "carledger log export: error: --format candump needs --dbc (the DBC to encode the frames with)"),
     ):
         code, _, err = cli(capsys, *argv)
         assert code == 2 and err.startswith(f"usage: {message.split(':')[0]} ") and last_line(err) == message
+
+
+@pytest.mark.parametrize("argv", [
+    ("run", "--replay", "drive.log", "--for", "nan"), ("run", "--replay", "drive.log", "--for", "-1"),
+    ("sync", "STORE", "--drain", "inf"), ("sync", "STORE", "--ack-timeout", "nan"), ("doctor", "--listen", "inf"),
+    ("collect", "run", "DIR", "--gap-wait", "nan"), ("remote", "send-policy", "x", "--vehicle", "v", "--wait", "nan"),
+])
+def test_a_number_of_seconds_must_be_one(argv, capsys):
+    """float() takes nan, inf and -1: a deadline of nan never came, so `sync --drain nan` would wait for ever."""
+    with pytest.raises(SystemExit) as exited:
+        main(list(argv))
+    value = argv[-1]
+    assert exited.value.code == 2
+    assert last_line(capsys.readouterr().err).endswith(
+        f"error: argument {argv[-2]}: '{value}' is not a number of seconds (a finite number, 0 or more)")
 
 
 def leaf_parsers(parser: argparse.ArgumentParser, prefix: str = ""):

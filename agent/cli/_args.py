@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 
 
@@ -16,6 +17,17 @@ def stream_name(text: str) -> str:
             f"{text[:80]!r} is not a stream name: 1-64 of [A-Za-z0-9._:-], starting with a letter or digit"
         )
     return text
+
+
+def seconds(text: str) -> float:
+    """A number of seconds: finite and not negative (float() alone takes nan, inf and -1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a number of seconds (a finite number, 0 or more)")
+    return value
 
 
 def add_logging_options(parser: argparse.ArgumentParser, prog: str) -> None:

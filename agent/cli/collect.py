@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 
+from carledger.cli._args import seconds
 from carledger.cli._store import exit_status, require_dir_with
 
 EPILOG = """\
@@ -107,7 +108,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--broker", action="append", metavar="HOST[:PORT]",
                    help="a broker to subscribe on; repeat for several (every worker subscribes on every broker; "
                         "default: --host/--port)")
-    p.add_argument("--gap-wait", type=float, default=30.0, metavar="S", help="report a gap after waiting this long (default 30 s)")
+    p.add_argument("--gap-wait", type=seconds, default=30.0, metavar="S", help="report a gap after waiting this long (default 30 s)")
     p.add_argument("--session-expiry", type=int, default=0, metavar="S",
                    help="keep this collector's MQTT session S seconds after it disconnects (default 0: a member of a "
                         "shared subscription that is gone for good would otherwise keep receiving its share)")

@@ -62,6 +62,7 @@ class Check:
 
 
 def add_subparser(subparsers: argparse._SubParsersAction) -> None:
+    from carledger.cli._args import seconds
     from carledger.config import DEFAULT_PATH
 
     parser = subparsers.add_parser(
@@ -70,7 +71,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_PATH, help=f"configuration (default {DEFAULT_PATH})")
-    parser.add_argument("--listen", type=float, default=5.0, metavar="SECONDS",
+    parser.add_argument("--listen", type=seconds, default=5.0, metavar="SECONDS",
                         help="how long to listen to each bus (default 5; 0 skips the traffic check)")
     parser.add_argument("--broker", metavar="HOST:PORT", help="check this MQTT broker instead of the configured one")
     parser.add_argument("--json", action="store_true", help="one JSON object")

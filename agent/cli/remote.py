@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from carledger.cli._args import seconds
 from carledger.cli._store import UsageError, add_store_options, open_output, target
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
 from carledger.cli.keygen import KINDS
@@ -105,7 +106,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
                        "in time, 2 unreadable file or broker not reached.")
     p.add_argument("signed", metavar="SIGNED", help="the file sign-policy wrote")
     p.add_argument("--vehicle", required=True)
-    p.add_argument("--wait", type=float, default=0, metavar="S", help="wait up to S seconds for the vehicle's outcome "
+    p.add_argument("--wait", type=seconds, default=0, metavar="S", help="wait up to S seconds for the vehicle's outcome "
                    "(needs --vehicle-key)")
     p.add_argument("--vehicle-key", metavar="PUB", help="the vehicle's public key (64 hex digits or vehicle.pub): "
                    "with --wait, only an outcome it signed counts")

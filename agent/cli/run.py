@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 
+from carledger.cli._args import seconds
 from carledger.cli._display import PolledProgress
 from carledger.cli._store import UsageError
 from carledger.config import DEFAULT_PATH, ConfigError, load_config, replay_config
@@ -49,7 +50,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     quick.add_argument("--channel", action="append", default=[], help="replay only these log channels")
     quick.add_argument("--vehicle", help="vehicle identifier recorded in every block")
     quick.add_argument("--fast", action="store_true", help="replay as fast as possible instead of at recorded speed")
-    parser.add_argument("--for", dest="duration", type=float, metavar="SECONDS", help="stop after this many seconds")
+    parser.add_argument("--for", dest="duration", type=seconds, metavar="SECONDS", help="stop after this many seconds")
     parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object on stdout")
     parser.set_defaults(func=run)
 

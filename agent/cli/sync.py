@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+from carledger.cli._args import seconds
 from carledger.cli._display import PolledProgress
 from carledger.cli._store import add_store_options, exit_status
 from carledger.cli.collect import add_mqtt_arguments, mqtt_config_from_args
@@ -49,10 +50,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--stream", action="append", metavar="NAME[=RECIPIENT]",
                         help="send only this stream (repeatable); default: every stream the policy sends. A stream "
                              "the policy keeps in the car is refused")
-    parser.add_argument("--drain", nargs="?", type=float, const=DRAIN_DEFAULT, metavar="SECONDS",
+    parser.add_argument("--drain", nargs="?", type=seconds, const=DRAIN_DEFAULT, metavar="SECONDS",
                         help=f"exit 0 once every block of these streams is acked, 1 if that takes longer than SECONDS "
                              f"(default {DRAIN_DEFAULT:.0f})")
-    parser.add_argument("--ack-timeout", type=float, metavar="S",
+    parser.add_argument("--ack-timeout", type=seconds, metavar="S",
                         help="longest wait for the collector's ack before sending again (default 30; [mqtt] ack_timeout)")
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object on stdout")
     parser.add_argument("--enroll-collector", nargs=2, metavar=("RECIPIENT", "PUBKEY"),
