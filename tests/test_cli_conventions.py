@@ -182,9 +182,9 @@ def test_argument_mistakes_found_after_parsing_show_the_subcommands_usage(store,
         (("run", "--replay", str(tmp_path / "drive.log")), "carledger run: error: --replay needs --dbc and --store"),
         # a duration past the year 9999 stopped a running agent with OverflowError (the audit could not date it)
         (("pause", "--for", "99999999999999999999d", "--store", str(store)),
-         "carledger pause: error: --for: '99999999999999999999d' ends after the year 9999"),
+         "carledger pause: error: --for: '99999999999999999999d' is not a time from 1970 to the year 9999"),
         (("consent", "grant", "fleet", "--until", "99999999999999999999d", "--store", str(store)),
-         "carledger consent grant: error: --until: '99999999999999999999d' ends after the year 9999"),
+         "carledger consent grant: error: --until: '99999999999999999999d' is not a time from 1970 to the year 9999"),
         (("log", "export", str(store), "--stream", "vault", "--format", "candump"),
          "carledger log export: error: --format candump needs --dbc (the DBC to encode the frames with)"),
     ):

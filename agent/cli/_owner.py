@@ -59,5 +59,5 @@ def parse_when(text: str, *, now: float) -> float:
             when = when.replace(tzinfo=timezone.utc)
         t = when.timestamp()
     if not is_time(t):
-        raise ValueError(f"{text!r} ends after the year 9999")
+        raise ValueError(f"{text!r} is not a time from 1970 to the year 9999")
     return t
