@@ -8,6 +8,7 @@ a form) is checked with `is_time` before anything keeps it.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 #: 9999-12-31T23:59:59Z: the last time a date can show (every export, the audit, local time). A recorded log
@@ -18,3 +19,18 @@ LAST_TIME = 253402300799.0
 def is_time(t: Any) -> bool:
     """A number (not a bool) from 0 to `LAST_TIME`: False for nan, inf and anything no date can show."""
     return (type(t) is float or type(t) is int) and 0 <= t <= LAST_TIME
+
+
+def parse_time(text: str) -> float:
+    """A time typed on a command line: POSIX seconds, or ISO 8601 (without an offset: UTC). ValueError otherwise."""
+    try:
+        t = float(text)
+    except ValueError:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        except ValueError:
+            raise ValueError(f"{text!r}: neither ISO 8601 (2026-12-05T12:00:00Z) nor POSIX seconds") from None
+        t = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+    if not is_time(t):
+        raise ValueError(f"{text!r} is not a time from 1970 to the year 9999")
+    return t

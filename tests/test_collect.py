@@ -262,4 +262,4 @@ def test_export_streams_samples_of_one_stream_or_a_time_range(car, tmp_path, cap
     assert lines[0] == "vehicle,t,stream,seq,name,message,signal,value" and len(lines) == 1 + 15
     assert {line.split(",")[3] for line in lines[1:]} == {"2", "3"}
     assert main(["collect", "export", *where, "--since", "yesterday"]) == 2
-    assert "--since 'yesterday': not ISO 8601" in capsys.readouterr().err
+    assert "--since 'yesterday': neither ISO 8601" in capsys.readouterr().err

@@ -335,19 +335,14 @@ def verify(args: argparse.Namespace) -> int:
 
 def _micros(option: str, text: str | None) -> int | None:
     """--since/--until as µs since the epoch: ISO 8601 (UTC unless it says) or epoch seconds."""
-    from datetime import datetime, timezone
+    from carledger import times
 
     if text is None:
         return None
     try:
-        return round(float(text) * 1e6)
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError:
-        raise _Usage(f"{option} {text!r}: not ISO 8601 (2026-12-05T12:00:00Z) nor epoch seconds") from None
-    return round((t if t.tzinfo else t.replace(tzinfo=timezone.utc)).timestamp() * 1e6)
+        return round(times.parse_time(text) * 1e6)
+    except ValueError as exc:
+        raise _Usage(f"{option} {exc}") from None
 
 
 def export(args: argparse.Namespace) -> int:

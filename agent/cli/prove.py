@@ -12,7 +12,6 @@ stream's own key (the vehicle key, or a recipient's own key) signs so the window
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sqlite3
 import sys
@@ -54,17 +53,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
 
 def parse_time(text: str, option: str) -> int:
     """POSIX seconds or ISO 8601 (naive = UTC), as microseconds; UsageError naming the option."""
+    from carledger import times
+
     try:
-        return round(float(text) * 1e6)
-    except ValueError:
-        pass
-    try:
-        when = datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise UsageError(f"{option} {text!r}: expected ISO 8601 or POSIX seconds") from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=datetime.timezone.utc)
-    return round(when.timestamp() * 1e6)
+        return round(times.parse_time(text) * 1e6)
+    except ValueError as exc:
+        raise UsageError(f"{option} {exc}") from None
 
 
 def run_prove(args: argparse.Namespace) -> int:
