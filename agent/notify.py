@@ -15,7 +15,7 @@ class Notifier:
         address = env.get("NOTIFY_SOCKET", "")
         self.address = "\0" + address[1:] if address.startswith("@") else address
         usec = env.get("WATCHDOG_USEC", "")
-        self.watchdog_interval = int(usec) / 1e6 / 2 if usec.isdigit() and int(usec) > 0 else None
+        self.watchdog_interval = int(usec) / 1e6 / 2 if usec.isascii() and usec.isdigit() and int(usec) > 0 else None
         self._last_ping = 0.0
 
     @property

@@ -631,6 +631,10 @@ def test_opening_a_capture_needs_its_key_a_session_and_a_fresh_form(crash):
         assert huge.status == 413
         missing = console.request("/crashes/export", {**export_form(console), "format": "csv"}, files={"key": b""})
         assert missing.status == 400 and "choose the file" in missing.text
+        for capture in ("\u00b2", "9" * 30):  # str.isdigit() takes "²", which int() refuses; 30 digits no SQLite int holds
+            odd = console.request("/crashes/export", {**export_form(console), "format": "csv", "capture": capture},
+                                  files={"key": owner.read_bytes()})
+            assert odd.status == 400 and "choose a capture from the list" in odd.text, capture
     finally:
         stop(console)
 

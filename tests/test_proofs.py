@@ -145,6 +145,8 @@ def test_policy_and_quorum(drive, tmp_path):
     witness_as_log = CosignatureSigner("w3.example", os.urandom(32)).verifier().vkey()
     with pytest.raises(ProofError, match=r"p:1: the log key must be an Ed25519 \(0x01\) note key"):
         parse_policy(f"log {witness_as_log}\nquorum 0", "p")
+    with pytest.raises(ProofError, match=r"p:2: expected"):  # "²".isdigit() is true and int("²") a ValueError
+        parse_policy(f"log {log_verifier(_other_key(), 'ubi').vkey()}\nquorum \u00b2", "p")
     bad = tmp_path / "bad.txt"
     bad.write_text("log nonsense\n")
     done = _carledger("verify-proof", str(tmp_path / "x.json"), "--policy", str(bad))

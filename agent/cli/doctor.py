@@ -432,7 +432,7 @@ def _broker_arg(text: str | None) -> tuple[str, int] | None:
     if not text:
         return None
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
+    if not sep or not (port.isascii() and port.isdigit()):
         return text, 1883
     return host.strip("[]"), int(port)
 

@@ -355,7 +355,7 @@ def _known_version(args: argparse.Namespace) -> tuple[int, str] | None:
             return OwnerState.load(_store_dir(args.store)).policy.version, args.store
         if args.previous is None:
             return None
-        if args.previous.isdigit():
+        if args.previous.isascii() and args.previous.isdigit():
             return int(args.previous), "--previous"
         return load_policy(args.previous, check_expiry=False).version, args.previous
     except PolicyError as exc:

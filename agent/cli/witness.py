@@ -164,7 +164,7 @@ def _signer(directory: str):
 
 def _listen(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
         raise UsageError(f"--listen {text!r}: expected HOST:PORT")
     return host.strip("[]"), int(port)
 

@@ -48,7 +48,7 @@ def parse_broker(text: str, default_port: int) -> tuple[str, int]:
             port = int(rest.removeprefix(":")) if rest.startswith(":") else -1
     elif text.count(":") == 1:
         host, p = text.split(":")
-        port = int(p) if p.isdigit() else -1
+        port = int(p) if p.isascii() and p.isdigit() else -1
     if not host or not 0 < port < 65536:
         raise ValueError(f"--broker {text!r}: not HOST or HOST:PORT")
     return host, port

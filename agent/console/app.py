@@ -344,7 +344,7 @@ class Console:
         try:
             if fmt not in EXPORT_FORMATS:
                 raise ExportRefused(f"format: {fmt!r} is not one of {', '.join(EXPORT_FORMATS)}", 400)
-            if not wanted.isdigit():
+            if not (wanted.isascii() and wanted.isdigit() and len(wanted) <= 18):  # str.isdigit() also takes "²"
                 raise ExportRefused("capture: choose a capture from the list", 400)
             if not raw:
                 raise ExportRefused("the recipient key file: choose the file (it was empty or missing)", 400)

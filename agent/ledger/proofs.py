@@ -171,7 +171,7 @@ def parse_policy(text: str, where: str) -> Policy:
                     raise ProofError("the log key must be an Ed25519 (0x01) note key")
             elif word == "witness":
                 witnesses.append(note.parse_verifier_key(rest))
-            elif word == "quorum" and quorum is None and rest.isdigit():
+            elif word == "quorum" and quorum is None and rest.isascii() and rest.isdigit():
                 quorum = int(rest)
             else:
                 raise ProofError("expected `log VKEY` (once), `witness VKEY` or `quorum N` (once)")
