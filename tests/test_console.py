@@ -457,6 +457,14 @@ def test_pause_and_resume_with_a_confirmation(console, store):
     assert done.status == 200 and "Collecting" in console.request("/").text
     console.confirm(action="pause", **{"for": "1h"})
     assert "Paused until 20" in console.request("/").text
+    # A time no date can show: refused on the page, and never sent to the agent (where 1e300 s had stopped it).
+    far = "99999999999999999999d"
+    asked = console.request("/confirm?" + urllib.parse.urlencode({"action": "pause", "for": far}))
+    assert asked.status == 400 and "is not a time from 1970 to the year 9999" in asked.text
+    _, token = console.csrf("/")
+    sent = console.request("/do", {"action": "pause", "for": far, "csrf": token})
+    assert sent.status == 409 and "is not a time from 1970 to the year 9999" in sent.text
+    assert "Paused until 20" in console.request("/").text  # the pause of an hour stands
 
 
 # -- 5. what left the car, my data ----------------------------------------------------------------
