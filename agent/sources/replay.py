@@ -29,8 +29,11 @@ _MAX_REPORTED_LINES = 10
 
 
 def check_log(path: str) -> None:
-    """Read the first batch of a log, so a command refuses an unreadable one before it creates anything."""
-    batches = LogSource("check", path, None)._read()
+    """Read the first batch of a log, so a command refuses an unreadable one before it creates anything.
+
+    Damaged lines in that batch are the replay's to report: said here too, each would be said twice.
+    """
+    batches = LogSource("check", path, None, report=False)._read()
     try:
         next(batches, None)
     finally:
@@ -50,8 +53,10 @@ class LogSource(FrameSource):
         channels: Iterable[str] = (),
         on_event: EventSink | None = None,
         wakeup_interval: float = WAKEUP_INTERVAL,
+        report: bool = True,
     ):
         super().__init__(name, frame_filter, on_event)
+        self.report = report  # False: damaged lines are counted, not logged nor made events
         self.wakeup_interval = wakeup_interval  # at recorded speed: hands frames on at most once per interval
         self.path = path
         self.speed = speed
@@ -84,6 +89,8 @@ class LogSource(FrameSource):
     def _skipped(self, text: str, detail: dict) -> None:
         """A damaged line or frame: counted, logged and made an event (the first few)."""
         self.malformed += 1
+        if not self.report:
+            return
         if self.malformed <= _MAX_REPORTED_LINES:
             log.warning("%s", text)
             self.on_event("malformed-input", detail)
