@@ -36,7 +36,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = parser.add_subparsers(title="log commands", metavar="COMMAND")
 
-    p = sub.add_parser("list", help="streams with their blocks, records and time range", epilog=exit_status("listed", None))
+    p = sub.add_parser("list", help="streams with their blocks, records and time range, from the store's index (`verify` checks it against the signed blocks)", epilog=exit_status("listed", None))
     add_store_options(p, positional=True)
     add_time_option(p)
     p.set_defaults(func=list_streams)
