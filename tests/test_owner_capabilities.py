@@ -67,6 +67,18 @@ def replay(log: Path) -> str:
     """
 
 
+def live_sim_bus() -> str:
+    """A simulated car driving the city at real speed, from now: the agent's bus for tests of a running agent."""
+    return f"""
+        [[bus]]
+        name = "car"
+        interface = "carledger-sim"
+        channel = "city"
+        options = {{ seed = 13, speed = 1, start_time = {time.time()} }}
+        dbc = ["{DEMO_DBC}"]
+    """
+
+
 def audit(store: Path, capsys) -> dict:
     capsys.readouterr()
     assert main(["audit", str(store), "--json"]) == 0
@@ -272,14 +284,7 @@ def test_pause_for_a_while_records_nothing_then_resumes_by_itself_and_says_so(br
         local = true
         signals = ["Vehicle.Speed", "Vehicle.Powertrain.*"]
     """
-    bus = f"""
-        [[bus]]
-        name = "car"
-        interface = "carledger-sim"
-        channel = "city"
-        options = {{ seed = 13, speed = 1, start_time = {time.time()} }}
-        dbc = ["{DEMO_DBC}"]
-    """
+    bus = live_sim_bus()
     mqtt = f"""
         [mqtt]
         host = "127.0.0.1"
@@ -445,14 +450,7 @@ def test_a_request_whose_time_no_date_can_show_is_refused_and_the_agent_records_
         local = true
         signals = ["Vehicle.Speed"]
     """
-    bus = f"""
-        [[bus]]
-        name = "car"
-        interface = "carledger-sim"
-        channel = "city"
-        options = {{ seed = 13, speed = 1, start_time = {time.time()} }}
-        dbc = ["{DEMO_DBC}"]
-    """
+    bus = live_sim_bus()
     store = tmp_path / "ledger"
     pipeline = Pipeline(load_config(agent(tmp_path, policy, bus)))
     failed: list[BaseException] = []
