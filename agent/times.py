@@ -17,8 +17,11 @@ LAST_TIME = 253402300799.0
 
 
 def is_time(t: Any) -> bool:
-    """A number (not a bool) from 0 to `LAST_TIME`: False for nan, inf and anything no date can show."""
-    return (type(t) is float or type(t) is int) and 0 <= t <= LAST_TIME
+    """A number (not a bool) from 0 to `LAST_TIME`: False for nan, inf and anything no date can show.
+
+    Subclasses of float count (a reader built on numpy may hand on numpy.float64).
+    """
+    return isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= LAST_TIME
 
 
 def parse_time(text: str) -> float:

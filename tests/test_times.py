@@ -14,7 +14,7 @@ NOON = 1796472000.0  # 2026-12-05T12:00:00Z
 @pytest.mark.parametrize("t, ok", [
     (0, True), (0.0, True), (NOON, True), (LAST_TIME, True),
     (LAST_TIME + 1, False), (-0.5, False), (math.nan, False), (math.inf, False), (-math.inf, False), (1e300, False),
-    (True, False), ("1", False), (None, False),
+    (True, False), ("1", False), (None, False), (type("Float64", (float,), {})(NOON), True),
 ])
 def test_is_time(t, ok):
     assert is_time(t) is ok
