@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from datetime import datetime, timezone
 
-from carledger.cli._args import add_logging_options, configure_logging
+from carledger.cli._args import add_logging_options, configure_logging, seconds
+from carledger.times import parse_time
 
 EPILOG = """\
 examples:
@@ -65,16 +65,9 @@ def _start_time(value: str) -> float:
 
         return time.time()
     try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a POSIX time, ISO 8601 time or 'now': {value!r}") from None
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
-    return dt.timestamp()
+        return parse_time(value)  # POSIX seconds or ISO 8601, from 1970 to the year 9999 (not nan, inf, 1e300)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (or 'now')") from None
 
 
 def _window(text: str, what: str) -> tuple[float, float]:
@@ -195,7 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="this many drives (seeds SEED, SEED+1, ...), each its own ignition cycle (default 1)")
     p.add_argument("--parked", type=_positive, default=600.0,
                    help="with --drives: seconds parked, ignition off, between drives (default 600)")
-    p.add_argument("--awake", type=float, default=5.0,
+    p.add_argument("--awake", type=seconds, default=5.0,
                    help="with --drives: seconds the body module keeps sending IgnitionState OFF after each drive "
                    "before the bus sleeps (default 5; >= --parked keeps the bus awake)")
 
@@ -217,7 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_drive_options(p)
         _add_obd_options(p)
         if name == "ev":
-            p.add_argument("--bam-period", type=float, default=1.0, metavar="SECONDS",
+            p.add_argument("--bam-period", type=seconds, default=1.0, metavar="SECONDS",
                            help="send the DM1 by J1939 BAM every SECONDS (default 1; 0: never)")
     return parser
 

@@ -433,6 +433,13 @@ def test_cli_lists_scenarios_and_reports_errors(capsys, tmp_path):
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert "unknown scenario" in err and "Traceback" not in err
+    # float() takes nan and inf: a start at nan wrote '(nan)' timestamps, which the agent refuses as damaged lines
+    for argv, words in ((["--start-time", "nan"], "'nan' is not a time from 1970 to the year 9999 (or 'now')"),
+                        (["--start-time", "1e300"], "'1e300' is not a time from 1970"),
+                        (["--drives", "2", "--awake", "nan"], "--awake: 'nan' is not a number of seconds")):
+        with pytest.raises(SystemExit) as exc:
+            main(["record", *argv, "-o", str(tmp_path / "x.log")])
+        assert exc.value.code == 2 and words in capsys.readouterr().err
     assert main(["replay", str(tmp_path / "missing.log"), "--interface", "virtual", "--channel", uniq()]) == 1
     assert "no such log file" in capsys.readouterr().err
     assert main(["record", "--duration", "1", "--drop-ecu", "XYZ", "-o", str(tmp_path / "y.log")]) == 1
