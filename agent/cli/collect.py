@@ -10,7 +10,7 @@ import threading
 import time
 
 from carledger.cli._args import seconds
-from carledger.cli._store import exit_status, require_dir_with
+from carledger.cli._store import UsageError, exit_status, require_dir_with
 
 EPILOG = """\
 examples:
@@ -152,12 +152,10 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
 
 
-class _Usage(Exception):
-    """A bad command line or an unreadable --identity file: one line, exit 2."""
 
 
 def _identity_file(path: str) -> tuple[str, str]:
-    """(vehicle, public key hex) of a `remote identity --json` document; _Usage naming the field otherwise.
+    """(vehicle, public key hex) of a `remote identity --json` document; UsageError naming the field otherwise.
 
     Nothing in it is trusted: the key is what the collector will verify every block with.
     """
@@ -165,10 +163,10 @@ def _identity_file(path: str) -> tuple[str, str]:
         try:
             doc = json.load(fh)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise _Usage(f"{path}: not JSON: {exc}") from None
+            raise UsageError(f"{path}: not JSON: {exc}") from None
     for field in ("vehicle", "public_key"):
         if not isinstance(doc, dict) or not isinstance(doc.get(field), str):
-            raise _Usage(f"{path}: field {field!r}: missing or not text (expected `carledger remote identity --json`)")
+            raise UsageError(f"{path}: field {field!r}: missing or not text (expected `carledger remote identity --json`)")
     return doc["vehicle"], doc["public_key"]
 
 
@@ -179,8 +177,7 @@ def enroll(args: argparse.Namespace) -> int:
         args.dir, args.vehicle, args.public_key = None, *([x for x in (args.dir, args.vehicle, args.public_key)
                                                            if x is not None] + [None, None])[:2]
     elif args.dir is None:
-        print("carledger collect enroll: error: give DIR (or --dsn)", file=sys.stderr)
-        return 2
+        raise UsageError("give DIR (or --dsn)")
     try:
         registry = _open_store(args, create=True)
     except StoreError as exc:
@@ -190,10 +187,10 @@ def enroll(args: argparse.Namespace) -> int:
     try:
         if args.identity is not None:
             if args.vehicle is not None or args.handover:
-                raise _Usage("--identity FILE replaces VEHICLE PUBKEY (and has no --handover)")
+                raise UsageError("--identity FILE replaces VEHICLE PUBKEY (and has no --handover)")
             args.vehicle, args.public_key = _identity_file(args.identity)
         elif args.public_key is None:
-            raise _Usage("give VEHICLE PUBKEY, or --identity FILE")
+            raise UsageError("give VEHICLE PUBKEY, or --identity FILE")
         if args.handover:
             from carledger.collect.rekey import rekey
 
@@ -202,9 +199,6 @@ def enroll(args: argparse.Namespace) -> int:
             key, retired = rekey(registry, args.vehicle, args.public_key, handover)
         else:
             key = registry.enroll(args.vehicle, args.public_key)
-    except _Usage as exc:
-        print(f"carledger collect enroll: error: {exc}", file=sys.stderr)
-        return 2
     except OSError as exc:
         print(f"carledger collect: {exc.filename or args.handover}: {exc.strerror}", file=sys.stderr)
         return 2
@@ -342,7 +336,7 @@ def _micros(option: str, text: str | None) -> int | None:
     try:
         return round(times.parse_time(text) * 1e6)
     except ValueError as exc:
-        raise _Usage(f"{option} {exc}") from None
+        raise UsageError(f"{option} {exc}") from None
 
 
 def export(args: argparse.Namespace) -> int:
@@ -350,11 +344,7 @@ def export(args: argparse.Namespace) -> int:
     from carledger.collect.export import export_samples
     from carledger.ledger import StoreError
 
-    try:
-        t_from, t_to = _micros("--since", args.since), _micros("--until", args.until)
-    except _Usage as exc:
-        print(f"carledger collect export: error: {exc}", file=sys.stderr)
-        return 2
+    t_from, t_to = _micros("--since", args.since), _micros("--until", args.until)
     try:
         store = _open_store(args, create=False)
         try:
