@@ -54,6 +54,7 @@ _OWN_STREAMS = frozenset({HEALTH_STREAM, AUDIT_STREAM})  # the agent's and the o
 _SPOOL_INTERVAL = 0.2  # wall seconds between looks at the owner's queued requests
 _RETENTION_INTERVAL = 600.0  # seconds of the data's clock between retention runs
 _HOLD = 0.25  # seconds of wall time a fast replay's periodic seals may wait for one commit
+_CLOCK_STEP = 1.0  # seconds the frames' clock may go back (buses interleave) before it is a step, and an event
 
 
 class PipelineError(Exception):
@@ -301,6 +302,7 @@ class Pipeline:
 
     def _process(self, index: int, batch: list) -> None:
         """Hand a batch to its bus; where an ignition cycle begins inside it, the owner's state changes first."""
+        self._clock_step(index, batch)
         start = 0
         for position, cause, detail in self.ignition.starts(index, batch):
             if position > start:
@@ -311,6 +313,32 @@ class Pipeline:
             self._owner_action(lambda: self.actions.ignition(t, cause, detail), at=t)
             self._check_at = float("-inf")  # a checkpoint at the cycle's first frame: handlers of the switched streams
         self._process_part(index, batch[start:] if start else batch)
+
+    def _clock_step(self, index: int, batch: list) -> None:
+        """A `clock-stepped-back` health event where the frames' times go back by more than `_CLOCK_STEP`.
+
+        Frames carry the kernel's wall clock. When it steps back (an NTP correction of a clock that ran
+        ahead; a Pi has no RTC), each tap holds its changes until the data's time passes the last one it
+        recorded, and records only the newest then: what changed in between is not recorded. Said once
+        per step, in the signed health stream, so that the gap is not silent. Two comparisons a batch:
+        a step inside a long batch whose end is past the old time again is not seen.
+        """
+        last = self._last_t
+        first, end = batch[0][0], batch[-1][0]
+        if not ((last is not None and min(first, end) < last - _CLOCK_STEP) or end < first - _CLOCK_STEP):
+            return
+        top = first if last is None else last  # where the step is, exactly: rare, so a loop is fine
+        for t, _, _ in batch:
+            if t > top:
+                top = t
+            elif t < top - _CLOCK_STEP:
+                break
+        else:
+            return
+        bus = self.buses[index].config.name
+        log.warning("bus %s: the frames' clock went back %.3f s, from %.6f to %.6f: changes are held until it passes "
+                    "%.6f again", bus, top - t, top, t, top)
+        self._health_event("clock-stepped-back", {"bus": bus, "seconds": round(top - t, 6), "from": top, "to": t})
 
     def _process_part(self, index: int, batch: list) -> None:
         """Hand a batch to its bus, sealing at the right points inside it.

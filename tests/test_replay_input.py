@@ -308,3 +308,31 @@ def test_a_python_can_log_frame_whose_time_is_no_time_is_reported_and_skipped(tm
     kept = [f for batch in source._python_can_batches(messages) for f in batch]
     assert [t for t, _, _ in kept] == [1.0, 2.0, 3.0]
     assert [(kind, detail["frame"]) for kind, detail in reported] == [("malformed-input", 2), ("malformed-input", 4)]
+
+
+def test_a_clock_that_steps_back_is_a_health_event_with_where_it_stepped(tmp_path):
+    """Frames carry the wall clock; when it steps back, the taps hold each change until the clock passes the
+    last recorded time again, so what changed in between is lost. That must be said, not silent."""
+    times = []
+    t = 1700000000.0
+    for i in range(6000):
+        if i == 1000:
+            t -= 30.0  # inside the first batch of 2,048 frames
+        if i == 4500:
+            t -= 40.0  # in a later batch
+        if i == 3000:
+            t -= 0.5  # jitter, as buses interleave: not a step
+        times.append(t)
+        t += 0.01
+    log = tmp_path / "drive.log"
+    log.write_text("".join(f"({t:.6f}) can0 0B4#{i & 0xFF:02X}{i >> 8:02X}000000000000\n" for i, t in enumerate(times)))
+    result = replay(tmp_path, log, "--stream", "speed=ABS_SPEED.VehicleSpeed")
+    assert result.returncode == 0, result.stderr
+    listed = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                             "--stream", "health", "--events"], capture_output=True, text=True, timeout=60)
+    steps = [json.loads(line)["detail"] for line in listed.stdout.splitlines() if "clock-stepped-back" in line]
+    assert [(s["from"], s["to"]) for s in steps] == [
+        (pytest.approx(times[999], abs=1e-6), pytest.approx(times[1000], abs=1e-6)),  # the log's times: 6 places
+        (pytest.approx(times[4499], abs=1e-6), pytest.approx(times[4500], abs=1e-6))]
+    assert [s["seconds"] for s in steps] == [pytest.approx(29.99), pytest.approx(39.99)]
+    assert result.stderr.count("the frames' clock went back") == 2
