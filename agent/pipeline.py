@@ -71,6 +71,7 @@ class Pipeline:
         self.summary = RunSummary()
         self._events: collections.deque = collections.deque()  # (bus index, kind, detail) from any thread
         self._last_t: float | None = None
+        self._bus_clock: dict[int, float] = {}  # bus index -> the time of its last frame (`_clock_step`)
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
         self._hold = 0.0  # seconds the store may hold periodic seals for one commit (an inline fast replay only)
@@ -320,11 +321,13 @@ class Pipeline:
         Frames carry the kernel's wall clock. When it steps back (an NTP correction of a clock that ran
         ahead; a Pi has no RTC), each tap holds its changes until the data's time passes the last one it
         recorded, and records only the newest then: what changed in between is not recorded. Said once
-        per step, in the signed health stream, so that the gap is not silent. Two comparisons a batch:
-        a step inside a long batch whose end is past the old time again is not seen.
+        per step, in the signed health stream, so that the gap is not silent. Per bus (each bus's frames
+        come in its own order; buses read in turn interleave), two comparisons a batch: a step inside a
+        long batch whose end is past the old time again is not seen.
         """
-        last = self._last_t
         first, end = batch[0][0], batch[-1][0]
+        last = self._bus_clock.get(index)
+        self._bus_clock[index] = end
         if not ((last is not None and min(first, end) < last - _CLOCK_STEP) or end < first - _CLOCK_STEP):
             return
         top = first if last is None else last  # where the step is, exactly: rare, so a loop is fine

@@ -336,3 +336,22 @@ def test_a_clock_that_steps_back_is_a_health_event_with_where_it_stepped(tmp_pat
         (pytest.approx(times[4499], abs=1e-6), pytest.approx(times[4500], abs=1e-6))]
     assert [s["seconds"] for s in steps] == [pytest.approx(29.99), pytest.approx(39.99)]
     assert result.stderr.count("the frames' clock went back") == 2
+
+
+def test_two_buses_whose_clocks_differ_are_not_a_step():
+    """Each bus's frames are in its own order; read in turn, two buses interleave: only a bus's own clock counts."""
+    from types import SimpleNamespace
+
+    from carledger.pipeline import Pipeline
+
+    events: list = []
+    agent = SimpleNamespace(_bus_clock={}, buses=[SimpleNamespace(config=SimpleNamespace(name=n)) for n in "ab"],
+                            _health_event=lambda kind, detail: events.append((kind, detail)))
+
+    def batch(start: float) -> list:
+        return [(start + i / 100, 0xB4, b"\0" * 8) for i in range(50)]
+
+    for index, start in ((0, 1000.0), (1, 900.0), (0, 1000.5), (1, 900.5), (1, 800.0), (0, 1001.0)):
+        Pipeline._clock_step(agent, index, batch(start))
+    assert events == [("clock-stepped-back", {"bus": "b", "seconds": pytest.approx(100.99), "from": pytest.approx(900.99),
+                                              "to": 800.0})]
