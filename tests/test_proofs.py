@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -266,3 +267,27 @@ def test_a_vehicle_key_kept_outside_the_store_signs_the_window_from_the_config_o
     assert wrong.returncode == 1 and "neither the vehicle key" in wrong.stderr
     unreadable = _carledger("prove", "--store", str(store_dir), "--key", str(tmp_path / "nope.key"), *window)
     assert unreadable.returncode == 2 and "--key" in unreadable.stderr and "Traceback" not in unreadable.stderr
+
+
+@pytest.mark.parametrize("part, value, words", [
+    ("proof", 5, "proof: not a list of base64 hashes"),
+    ("proof", {"a": 1}, "proof: not a list of base64 hashes"),
+    ("record proof", True, ".records[0].proof: not a list of base64 hashes"),
+    ("proof", [5], "proof: not a base64 string"),
+])
+def test_a_bundle_with_a_value_of_the_wrong_type_is_refused_naming_it(drive, tmp_path, part, value, words):
+    """A bundle is a third party's file: a proof that is not a list was a TypeError (a traceback in verify-proof)."""
+    store_dir, policy, _ = drive
+    with Store.open_readonly(store_dir) as store:
+        bundle = json.loads(dumps(build_bundle(store, "ubi", (T0 + 100) * 10**6, (T0 + 101) * 10**6)))
+    n, entry = next((n, e) for n, e in enumerate(bundle["blocks"]) if e.get("records"))  # a block in the window
+    if part == "record proof":
+        entry["records"][0]["proof"] = value
+    else:
+        entry["proof"] = value
+    words = f"blocks[{n}]{'' if part == 'record proof' else '.'}{words}"
+    with pytest.raises(ProofError, match=re.escape(words)):
+        verify_bundle(bundle, parse_policy(policy.read_text(), str(policy)))
+    (tmp_path / "b.json").write_text(json.dumps(bundle))
+    done = _carledger("verify-proof", str(tmp_path / "b.json"), "--policy", str(policy))
+    assert done.returncode == 1 and "Traceback" not in done.stderr and words in done.stderr

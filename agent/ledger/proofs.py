@@ -61,6 +61,15 @@ def _unb64(text: Any, what: str) -> bytes:
         raise ProofError(f"{what}: {exc}") from None
 
 
+def _hashes(items: Any, what: str) -> list[bytes]:
+    """An inclusion proof: a list of base64 hashes (none, or missing, for a tree of one)."""
+    if items is None:
+        return []
+    if not isinstance(items, list):
+        raise ProofError(f"{what}: not a list of base64 hashes")
+    return [_unb64(h, what) for h in items]
+
+
 def _record_time(data: bytes) -> int | None:
     try:
         return decode_record(data).t
@@ -234,7 +243,7 @@ def verify_bundle(bundle: Any, policy: Policy) -> Verified:
             header = Header.decode(msg.payload)
         except MalformedBlock as exc:
             raise ProofError(f"{what}: {exc}") from None
-        proof = [_unb64(h, f"{what}.proof") for h in entry.get("proof") or []]
+        proof = _hashes(entry.get("proof"), f"{what}.proof")
         if header.stream != stream or not tlog.check_record(proof, cp.size, cp.root_hash, header.seq,
                                                              merkle.leaf_hash(sign1)):
             raise ProofError(f"{what}: block {header.seq} is not in the checkpoint's tree (inclusion proof fails)")
@@ -281,7 +290,7 @@ def _check_records(items: Any, header: Header, t_from: int, t_to: int, what: str
         if not isinstance(item, dict) or type(item.get("index")) is not int:
             raise ProofError(f"{where}: needs index, data, proof")
         data = _unb64(item.get("data"), f"{where}.data")
-        proof = [_unb64(h, f"{where}.proof") for h in item.get("proof") or []]
+        proof = _hashes(item.get("proof"), f"{where}.proof")
         if not merkle.verify_inclusion(merkle.leaf_hash(data), item["index"], header.count, proof, header.root):
             raise ProofError(f"{where}: not record {item['index']} of block {header.seq} (inclusion proof fails)")
         datas.append(data)
