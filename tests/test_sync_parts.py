@@ -275,6 +275,10 @@ def test_policy_updates_open_only_with_the_enrolled_owner_key(tmp_path):
     outcome = handler.receive(signed)
     assert outcome["ok"] and outcome["version"] == 4 and applied == [document]
     assert handler.receive(signed) is None and applied == [document]  # the same document again: once is enough
+    for n in range(1000):  # junk from whoever may publish on the topic: refused, and not remembered without end
+        assert handler.receive(b"junk %d" % n)["ok"] is False
+    assert len(handler._seen) <= 64
+    assert handler.receive(b"junk 999") is None  # the latest are still known
     assert handler.receive(sign_policy(document, other))["ok"] is False
     failing = PolicyHandler(tmp_path, lambda doc: {"ok": False, "error": "version 4 is not higher than 4"})
     assert failing.receive(signed) == {**failing.last, "ok": False, "error": "version 4 is not higher than 4"}

@@ -15,6 +15,7 @@ anyone the broker lets publish there, so the sender believes only that.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import json
 import logging
@@ -49,6 +50,9 @@ CONTENT_TYPE = "application/toml"
 OUTCOME_TYPE = "application/vnd.carledger.policy-outcome+json"  # apart from blocks and updates by its content type
 HDR_CONTENT_TYPE = 3
 MAX_POLICY = 1 << 20
+
+
+_SEEN = 64  # updates remembered as handled (the retained one, and the latest few besides)
 
 
 class PolicyRejected(ValueError):
@@ -161,14 +165,19 @@ class PolicyHandler:
         self.submit = submit
         self.vehicle, self.signer = vehicle, signer  # signs each outcome when both are given
         self.last: dict | None = None
-        self._seen: set[str] = set()
+        # digests of the updates handled: a retained update comes again at each reconnect. Bounded: anyone who
+        # may publish on the topic could otherwise grow it by one entry per junk message, for ever.
+        self._seen: collections.OrderedDict[str, None] = collections.OrderedDict()
 
     def receive(self, message: bytes) -> dict | None:
         """The outcome published on the status topic; None for a document already handled."""
         digest = hashlib.sha256(message).hexdigest()
         if digest in self._seen:
+            self._seen.move_to_end(digest)
             return None
-        self._seen.add(digest)
+        self._seen[digest] = None
+        if len(self._seen) > _SEEN:
+            self._seen.popitem(last=False)
         outcome: dict = {"t": round(time.time(), 3), "digest": digest}
         try:
             owner = load_owner_key(self.store_dir)
