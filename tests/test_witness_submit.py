@@ -282,3 +282,38 @@ def _witness_logs(witness_dir) -> dict[str, int]:
         return dict(conn.execute("SELECT origin, size FROM logs"))
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("size", [b"-5", b"1e3", b"\xff"])
+def test_a_witness_answering_409_with_no_size_is_reported_and_the_round_goes_on(two_witnesses, size):
+    """A 409's size came straight from the witness into int(): -5 asked the store for a proof from -5, and the
+    ValueError ended the whole round, so one bad witness listed first kept the others from cosigning."""
+    import http.server
+    import threading
+
+    from carledger.sync.witnesses import SIZE_CONTENT_TYPE
+
+    class Hostile(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(409)
+            self.send_header("Content-Type", SIZE_CONTENT_TYPE)
+            self.send_header("Content-Length", str(len(size)))
+            self.end_headers()
+            self.wfile.write(size)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Hostile)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    store_dir, (good, _) = two_witnesses
+    hostile = WitnessConfig(f"http://127.0.0.1:{server.server_address[1]}", good.key)
+    try:
+        with Store.open_marks(store_dir) as store:
+            results = submit(store, [hostile, good], ["ubi"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert [(r.witness, r.status, r.cosigned) for r in results] == [(hostile.url, 409, False), (good.url, 200, True)]
+    assert results[0].detail.startswith("409 without a size")

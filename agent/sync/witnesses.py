@@ -151,11 +151,11 @@ def _one(store: Store, w: WitnessConfig, stream: str, cp: Signed) -> Submitted:
             out.cosigned, out.detail = not why, why or "cosigned"
             return out
         if status == 409 and ctype == SIZE_CONTENT_TYPE:
-            try:
-                theirs = int(answer.decode().strip())
-            except ValueError:
-                out.detail = "409 without a size"
+            text = answer.decode("ascii", "replace").strip()
+            if not (text.isascii() and text.isdigit()):  # the spec's decimal size; not -5, which no proof starts from
+                out.detail = f"409 without a size: {text[:40]!r}"
                 return out
+            theirs = int(text)
             if theirs > size or theirs == old:
                 out.detail = f"the witness holds size {theirs}, this store's checkpoint is {size}"
                 return out
