@@ -24,16 +24,26 @@ def is_time(t: Any) -> bool:
     return isinstance(t, (int, float)) and not isinstance(t, bool) and 0 <= t <= LAST_TIME
 
 
+def iso_seconds(text: str) -> float:
+    """An ISO 8601 date or date-time as POSIX seconds (without an offset: UTC); ValueError when it is none."""
+    when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
+
+
+def require_time(text: str, t: float) -> float:
+    """`t`, read from `text`, if it is a time (`is_time`); ValueError naming `text` otherwise."""
+    if not is_time(t):
+        raise ValueError(f"{text!r} is not a time from 1970 to the year 9999")
+    return t
+
+
 def parse_time(text: str) -> float:
     """A time typed on a command line: POSIX seconds, or ISO 8601 (without an offset: UTC). ValueError otherwise."""
     try:
         t = float(text)
     except ValueError:
         try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            t = iso_seconds(text)
         except ValueError:
             raise ValueError(f"{text!r}: neither ISO 8601 (2026-12-05T12:00:00Z) nor POSIX seconds") from None
-        t = (when if when.tzinfo else when.replace(tzinfo=timezone.utc)).timestamp()
-    if not is_time(t):
-        raise ValueError(f"{text!r} is not a time from 1970 to the year 9999")
-    return t
+    return require_time(text, t)

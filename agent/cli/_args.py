@@ -30,6 +30,17 @@ def seconds(text: str) -> float:
     return value
 
 
+def micros(option: str, text: str) -> int:
+    """A time option's value (`carledger.times.parse_time`) as µs since the epoch; UsageError naming the option."""
+    from carledger import times
+    from carledger.cli._store import UsageError
+
+    try:
+        return round(times.parse_time(text) * 1e6)
+    except ValueError as exc:
+        raise UsageError(f"{option} {exc}") from None
+
+
 def add_logging_options(parser: argparse.ArgumentParser, prog: str) -> None:
     """--version, -v and -q, the same on every command line the package installs (docs/cli.md)."""
     from carledger.cli import version

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from datetime import datetime, timezone
 from typing import Any
 
 # The store conventions and the exit codes are every command's (agent/cli/_store.py); re-exported for the owner's commands.
@@ -45,19 +44,14 @@ def owner_request(where: Target, request: dict[str, Any], *, known: bool = False
 def parse_when(text: str, *, now: float) -> float:
     """A time the owner typed: ISO 8601 (a date means its midnight UTC), or a duration from now ("90d")."""
     from carledger.policy.duration import DurationError, parse_duration
-    from carledger.times import is_time
+    from carledger.times import iso_seconds, require_time
 
     try:
         t = now + parse_duration(text)
     except DurationError:
         try:
-            when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            t = iso_seconds(text)
         except ValueError:
             raise ValueError(f"{text!r} is neither a date/time (2027-05-01, 2027-05-01T12:00:00+02:00) "
                              f"nor a duration (90d, 12h)") from None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=timezone.utc)
-        t = when.timestamp()
-    if not is_time(t):
-        raise ValueError(f"{text!r} is not a time from 1970 to the year 9999")
-    return t
+    return require_time(text, t)

@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from carledger.cli._args import seconds
+from carledger.cli._args import micros, seconds
 from carledger.cli._store import UsageError, exit_status, require_dir_with
 
 EPILOG = """\
@@ -150,8 +150,6 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("-o", "--output", metavar="FILE", help="write here instead of standard output")
     p.set_defaults(func=export)
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
-
-
 
 
 def _identity_file(path: str) -> tuple[str, str]:
@@ -327,24 +325,13 @@ def verify(args: argparse.Namespace) -> int:
     return 0 if all(c.ok for c in checks) else 1
 
 
-def _micros(option: str, text: str | None) -> int | None:
-    """--since/--until as µs since the epoch: ISO 8601 (UTC unless it says) or epoch seconds."""
-    from carledger import times
-
-    if text is None:
-        return None
-    try:
-        return round(times.parse_time(text) * 1e6)
-    except ValueError as exc:
-        raise UsageError(f"{option} {exc}") from None
-
-
 def export(args: argparse.Namespace) -> int:
     """Samples of the store streamed to stdout or -o FILE; 1 when a block failed its checks and was left out."""
     from carledger.collect.export import export_samples
     from carledger.ledger import StoreError
 
-    t_from, t_to = _micros("--since", args.since), _micros("--until", args.until)
+    t_from = None if args.since is None else micros("--since", args.since)
+    t_to = None if args.until is None else micros("--until", args.until)
     try:
         store = _open_store(args, create=False)
         try:

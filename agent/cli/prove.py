@@ -17,6 +17,7 @@ import sqlite3
 import sys
 from pathlib import Path
 
+from carledger.cli._args import micros
 from carledger.cli._store import UsageError, add_store_options, exit_status, fail, open_output
 
 
@@ -51,22 +52,12 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=run_verify)
 
 
-def parse_time(text: str, option: str) -> int:
-    """POSIX seconds or ISO 8601 (naive = UTC), as microseconds; UsageError naming the option."""
-    from carledger import times
-
-    try:
-        return round(times.parse_time(text) * 1e6)
-    except ValueError as exc:
-        raise UsageError(f"{option} {exc}") from None
-
-
 def run_prove(args: argparse.Namespace) -> int:
     from carledger.ledger import Store
     from carledger.ledger.errors import StoreError
     from carledger.ledger.proofs import ProofError, build_bundle, dumps, stream_signer
 
-    t_from, t_to = parse_time(args.t_from, "--from"), parse_time(args.t_to, "--to")
+    t_from, t_to = micros("--from", args.t_from), micros("--to", args.t_to)
     vehicle = _vehicle_key(args)
     with Store.open_readonly(args.store) as store:
         try:

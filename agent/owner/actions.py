@@ -272,8 +272,8 @@ class OwnerActions:
         now = self.clock() if now is None else now
         if until is not None:
             _require_time("the end of the pause", until)
-        if until is not None and until <= now:
-            raise OwnerError("the pause must end in the future")
+            if until <= now:
+                raise OwnerError("the pause must end in the future")
         self.state.pause = Pause(now, until)
         self._audit(now, "pause", {"since": iso(now), "until": iso(until)})
         self.state.save()
@@ -354,9 +354,6 @@ def _check_recipients(current: Policy, new: Policy, name: str) -> None:
             )
 
 
-__all__ = ["AUDIT_STREAM", "OwnerActions", "OwnerError", "Outcome"]
-
-
 def _require_time(what: str, t: float) -> None:
     """Refuse a time no date can show (nan, inf, past the year 9999) before the owner's state takes it.
 
@@ -365,3 +362,7 @@ def _require_time(what: str, t: float) -> None:
     """
     if not is_time(t):
         raise OwnerError(f"{what}: {t!r} is not a time from 1970 to the year 9999")
+
+
+__all__ = ["AUDIT_STREAM", "OwnerActions", "OwnerError", "Outcome"]
+
