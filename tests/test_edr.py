@@ -644,3 +644,102 @@ def test_the_trigger_checked_per_tick_is_the_one_every_sample_gives(drives, keys
     code, doc = export(store, keys["owner"], capsys)
     pre = sorted(t for t in ticks(doc["samples"]) if t < capture["t"])
     assert len(pre) == 200 and pre[-1] < capture["t"] <= pre[-1] + 0.1
+
+
+# -- what an IEEE float signal can carry: NaN and infinity ------------------------------------------
+
+FLOAT_DBC = """VERSION ""
+
+NS_ :
+
+BS_:
+
+BU_: ABS ACU
+
+BO_ 256 ABS_SPEED: 4 ABS
+ SG_ VehicleSpeed : 0|32@1- (1,0) [0|0] "km/h" ABS
+
+BO_ 257 ABS_ACCEL: 4 ABS
+ SG_ LongitudinalAccel : 0|32@1- (1,0) [0|0] "m/s^2" ABS
+
+BO_ 258 ACU_STATUS: 4 ACU
+ SG_ DriverAirbagDeployed : 0|32@1- (1,0) [0|0] "" ACU
+
+SIG_VALTYPE_ 256 VehicleSpeed : 1;
+SIG_VALTYPE_ 257 LongitudinalAccel : 1;
+SIG_VALTYPE_ 258 DriverAirbagDeployed : 1;
+"""
+
+FLOAT_VSS = """[signals]
+"ABS_SPEED.VehicleSpeed" = "Vehicle.Speed"
+"ABS_ACCEL.LongitudinalAccel" = "Vehicle.Acceleration.Longitudinal"
+"""
+
+
+def float_drive(folder: Path, keys: dict[str, Path], *, speed=lambda k: 50.0, accel=lambda k: 0.0,
+                airbag=lambda k: 0.0) -> Path:
+    """30 s of a car whose speed, acceleration and airbag flag are IEEE floats, at 100 Hz: the store."""
+    import struct
+
+    folder.mkdir(parents=True)
+    (folder / "float.dbc").write_text(FLOAT_DBC)
+    (folder / "float.vss.toml").write_text(FLOAT_VSS)
+    lines = []
+    for k in range(3000):
+        t = START + k * 0.01
+        for can_id, value in ((0x100, speed(k)), (0x101, accel(k)), (0x102, airbag(k))):
+            lines.append(f"({t:.6f}) can0 {can_id:03X}#{struct.pack('<f', value).hex().upper()}")
+    (folder / "drive.log").write_text("\n".join(lines) + "\n")
+    (folder / "policy.toml").write_text(edr_policy(keys, "owner"))
+    (folder / "agent.toml").write_text(textwrap.dedent(f"""
+        [agent]
+        store = "ledger"
+        vehicle = "WVWZZZ1JZXW000001"
+        policy = "policy.toml"
+        [[bus]]
+        name = "car"
+        replay = "{folder / 'drive.log'}"
+        speed = 0
+        dbc = ["{folder / 'float.dbc'}"]
+    """))
+    Pipeline(load_config(folder / "agent.toml")).run()
+    return folder / "ledger"
+
+
+NAN, INF = float("nan"), float("inf")
+PULSE = range(2000, 2010)  # 100 ms of -150 m/s^2 at 20 s: a parked car pushed, its wheel speed unchanged
+
+
+@pytest.mark.parametrize("glitch", [NAN, INF, -INF])
+def test_a_nan_or_infinite_acceleration_neither_starts_a_capture_nor_blinds_the_trigger(keys, tmp_path, capsys, glitch):
+    """One invalid acceleration sample at 5 s: no capture for it, and the crash at 20 s is still caught.
+
+    The integral of the acceleration took the NaN in and stayed NaN for the rest of the drive (the crash
+    made no capture); an infinity started a capture of an infinite delta-V at 5 s.
+    """
+    store = float_drive(tmp_path / "car", keys, accel=lambda k: glitch if k == 500 else -150.0 if k in PULSE else 0.0)
+    (capture,) = captures(store, capsys)
+    assert capture["trigger"]["kind"] == "delta-v" and capture["deployment"] is False
+    assert START + 20.0 <= capture["t"] <= START + 20.15
+    assert 8.0 <= capture["trigger"]["delta_v_kmh"] <= 54.0
+
+
+def test_a_nan_speed_in_the_trigger_window_does_not_hide_a_crash(keys, tmp_path, capsys):
+    """A NaN speed 40 ms before a fall from 50 to 20 km/h within 100 ms: the NaN held in the window hid the change."""
+    def speed(k: int) -> float:
+        return NAN if k == 1996 else 50.0 if k < 2000 else max(20.0, 50.0 - 3.0 * (k - 2000))
+
+    store = float_drive(tmp_path / "car", keys, speed=speed)
+    (capture,) = captures(store, capsys)
+    assert capture["trigger"]["kind"] == "delta-v" and capture["trigger"]["signal"] == "Vehicle.Speed"
+    assert START + 20.0 <= capture["t"] <= START + 20.15
+
+
+def test_a_nan_airbag_flag_is_no_deployment(keys, tmp_path, capsys):
+    """NaN is not 0, so it counted as a rising edge: a deployment capture, which is never overwritten."""
+    store = float_drive(tmp_path / "nan", keys, airbag=lambda k: NAN if k == 500 else 0.0)
+    assert captures(store, capsys) == []
+    store = float_drive(tmp_path / "real", keys, airbag=lambda k: 1.0 if k >= 2000 else NAN if k == 500 else 0.0)
+    (capture,) = captures(store, capsys)
+    assert capture["deployment"] is True and capture["trigger"]["kind"] == "airbag"
+    assert START + 20.0 <= capture["t"] <= START + 20.15

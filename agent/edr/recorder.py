@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import operator
 import weakref
 from typing import Any, Callable
@@ -40,15 +41,25 @@ from carledger.sampling import MessageHandler
 log = logging.getLogger(__name__)
 
 _FLOATS = {float}
+_isfinite = math.isfinite
 POST_SEAL_EVERY = 1.0  # seconds of the post-crash window between seals (durability within a second)
 
 
 def _number(value: Any) -> float | None:
+    """A sample as a finite float; None for what is not one (text, NaN, infinity: no reading, not a crash).
+
+    An IEEE float signal can carry NaN or infinity (an ECU's "invalid" at start-up, a glitch, a forged
+    frame). Taken into a trace, one NaN left the acceleration integral NaN for the rest of the drive
+    (no delta-V trigger from it again) and masked a speed trace's window; one infinity started a capture
+    of an infinite delta-V; a NaN airbag flag counted as deployed. The capture still records the
+    value the bus sent (the ring keeps it as it is).
+    """
     inner = getattr(value, "value", value)  # cantools NamedSignalValue
     try:
-        return float(inner)
+        number = float(inner)
     except (TypeError, ValueError):
         return None
+    return number if math.isfinite(number) else None
 
 
 class _Input:
@@ -126,7 +137,9 @@ class _BufferedVelocity:
             return [], []
         times, values = list(samples), list(samples.values())
         samples.clear()
-        if not _FLOATS.issuperset(map(type, values)):  # not all floats (ints, a cantools NamedSignalValue ...): convert
+        # not all floats (ints, a cantools NamedSignalValue ...), or not all finite (a NaN or an infinity makes the
+        # sum one; so may finite values that overflow it, which _number then keeps): convert, leaving those out
+        if not _FLOATS.issuperset(map(type, values)) or not _isfinite(sum(values)):
             pairs = [(t, n) for t, n in zip(times, map(_number, values)) if n is not None]
             times, values = [t for t, _ in pairs], [n for _, n in pairs]
         return times, values
@@ -378,7 +391,7 @@ class CrashRecorder:
 
     def velocity(self, role: str, name: str, t: float, value: Any) -> None:
         """A speed or acceleration sample: the delta-V trigger, and during an event the delta-V record."""
-        number = value if type(value) is float else _number(value)
+        number = value if type(value) is float and _isfinite(value) else _number(value)
         if number is None:
             return
         dv = self.delta_v
