@@ -135,6 +135,35 @@ def event_row(stream: str, seq: int, event: Any, clock: Clock) -> dict[str, Any]
     return {"t": clock(event.t / 1e6), "stream": stream, "seq": seq, "event": event.kind, "detail": event.detail}
 
 
+#: A float JSON has no number for (RFC 8259), as the text proto3's JSON mapping gives it: Python's float(),
+#: JavaScript's Number() and Go's strconv.ParseFloat read these back.
+NON_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
+def _spelled(value: Any) -> Any:
+    """`value` with every NaN or infinity in it (values, keys, nested) as its NON_FINITE text."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else NON_FINITE[repr(float(value))]
+    if isinstance(value, dict):
+        return {_spelled(k): _spelled(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_spelled(v) for v in value]
+    return value
+
+
+def to_json(doc: Any, **options: Any) -> str:
+    """json.dumps, as valid JSON whatever the floats are: NaN and infinity as "NaN", "Infinity", "-Infinity".
+
+    An IEEE float signal can carry them, and json.dumps writes them bare (`NaN`), which JSON has no
+    place for: JavaScript's JSON.parse and Go's encoding/json reject the whole line. The common case,
+    no such float, costs one dumps as before.
+    """
+    try:
+        return json.dumps(doc, allow_nan=False, **options)
+    except ValueError:
+        return json.dumps(_spelled(doc), allow_nan=False, **options)
+
+
 def json_default(value: Any) -> Any:
     """Bytes in event details as hex; anything else JSON has no type for as text."""
     if isinstance(value, bytes):
@@ -162,10 +191,10 @@ class JsonLines(SampleWriter):
     events = True
 
     def sample(self, row: dict[str, Any]) -> None:
-        self.out.write(json.dumps(row) + "\n")
+        self.out.write(to_json(row) + "\n")
 
     def event(self, row: dict[str, Any]) -> None:
-        self.out.write(json.dumps(row, default=json_default) + "\n")
+        self.out.write(to_json(row, default=json_default) + "\n")
 
 
 class Csv(SampleWriter):

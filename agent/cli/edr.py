@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import Any, TextIO
 
 from carledger.cli._display import table
-from carledger.cli._export import SAMPLE_FORMATS, Clock, Rounding, add_time_option, event_row, json_default, rounding_from, sample_row
+from carledger.cli._export import (
+    SAMPLE_FORMATS, Clock, Rounding, add_time_option, event_row, json_default, rounding_from, sample_row, to_json,
+)
 from carledger.cli._store import EXIT_OK, EXIT_REFUSED, EXIT_USAGE, add_store_options, exit_status, fail, open_output, output_path
 
 EPILOG = """\
@@ -90,7 +91,7 @@ def list_captures(args: argparse.Namespace) -> int:
         docs = [c.to_json() for c in captures]
         for doc in docs:
             doc["t"], doc["end_of_event"] = clock(doc["t"]), clock(doc["end_of_event"])
-        print(json.dumps({"captures": docs}, sort_keys=True))
+        print(to_json({"captures": docs}, sort_keys=True))
         return EXIT_OK
     if not captures:
         print("no crash captures")
@@ -254,8 +255,7 @@ def write_capture(content: Any, out: TextIO, fmt_name: str = "json", *, events: 
             "capture": info, "verified": True, "blocks": content.blocks, "records": content.records, "samples": samples,
             "events": [event_row(CRASH_STREAM, seq, e, clock) for e, seq in zip(content.events, content.event_seqs)],
         }
-        json.dump(doc, out, default=json_default, sort_keys=True)
-        out.write("\n")
+        out.write(to_json(doc, default=json_default, sort_keys=True) + "\n")
         return
     writer = fmt.writer(out)
     rows = [(s.t, 0, row) for s, row in zip(content.samples, samples)]

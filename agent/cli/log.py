@@ -13,7 +13,9 @@ from typing import Any, Callable, Iterator, TextIO
 
 from carledger.cli._args import stream_name
 from carledger.cli._display import BlockProblem, TtyProgress, by_cause, table
-from carledger.cli._export import SAMPLE_FORMATS, Clock, add_time_option, event_row, json_default, rounding_from, sample_row
+from carledger.cli._export import (
+    SAMPLE_FORMATS, Clock, add_time_option, event_row, json_default, rounding_from, sample_row, to_json,
+)
 from carledger.cli._store import UsageError, add_store_options, exit_status, open_output, output_path
 
 EPILOG = """\
@@ -176,7 +178,7 @@ def show_block(args: argparse.Namespace) -> int:
         ],
     }
     if args.json:
-        print(json.dumps(doc, default=json_default))
+        print(to_json(doc, default=json_default))
         return 0 if status.startswith("signature") else 1
     for key in ("stream", "seq", "vehicle", "t0", "t1", "count", "prev", "digest", "policy", "root", "check"):
         print(f"{key:>8}: {doc[key]}")
@@ -184,7 +186,7 @@ def show_block(args: argparse.Namespace) -> int:
         print("records: dropped by retention (the signed header remains)")
     for rec in doc["records"]:
         if "event" in rec:
-            print(f"  {rec['t']}  event {rec['event']} {json.dumps(rec['detail'], default=json_default)}")
+            print(f"  {rec['t']}  event {rec['event']} {to_json(rec['detail'], default=json_default)}")
         else:
             print(f"  {rec['t']}  {rec['name']} = {rec['value']}" + (
                 f"  ({rec['message']}.{rec['signal']})" if rec["name"] != f"{rec['message']}.{rec['signal']}" else ""))

@@ -11,10 +11,9 @@ whatever the fleet's size.
 from __future__ import annotations
 
 import csv
-import json
 from typing import Any, TextIO
 
-from carledger.cli._export import COLUMNS, Clock, Rounding, event_row, json_default, sample_row
+from carledger.cli._export import COLUMNS, Clock, Rounding, event_row, json_default, sample_row, to_json
 from carledger.collect.store import CollectorStore
 from carledger.ledger import Event, MalformedBlock, Sample, VerifyKey, decode_record, open_block
 
@@ -53,8 +52,8 @@ def export_samples(store: CollectorStore, out: TextIO, *, fmt: str = "jsonl", ve
                 if writer is not None:
                     writer.writerow([row[c] for c in ("vehicle", *COLUMNS)])
                 else:
-                    out.write(json.dumps(row) + "\n")
+                    out.write(to_json(row) + "\n")
                 written += 1
             elif events and writer is None and isinstance(rec, Event):
-                out.write(json.dumps({"vehicle": vid, **event_row(name, seq, rec, clock)}, default=json_default) + "\n")
+                out.write(to_json({"vehicle": vid, **event_row(name, seq, rec, clock)}, default=json_default) + "\n")
     return written, problems
