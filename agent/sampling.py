@@ -66,13 +66,15 @@ class MessageHandler:
         self.pending = 0  # taps holding a change back until their interval passes
         self.values: list | None = None  # what the last frame that was offered decoded to
         # Only on-change taps: a frame whose signals all decode as before (a counter or a checksum moved)
-        # changes nothing they record. A feed (metrics, aggregates, the position) wants every value.
-        # Known at the first frame, once the taps are all there.
+        # changes nothing they record. A feed (metrics, aggregates, the position) wants every frame, a
+        # repeat of the last one too: a metric tells a signal that holds its value from a silent ECU by
+        # the samples still coming (carledger.policy.metrics, max_gap_s). Known at the first frame, once
+        # the taps are all there.
         self.on_change_only: bool | None = None
 
     def handle(self, t: float, data: bytes) -> None:
-        if data == self.last_data and not self.pending:
-            return
+        if data == self.last_data and not self.pending and self.on_change_only:
+            return  # the same bytes decode the same: on-change taps would record nothing (a feed wants the frame)
         self.last_data = data
         values = self.extract(data)
         only = self.on_change_only

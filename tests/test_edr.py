@@ -22,6 +22,7 @@ from pathlib import Path
 import can
 import pytest
 
+import float_car
 from broker import broker, replica  # noqa: F401,F811 - a fixture, taken by name
 from carledger.cli import main
 from carledger.config import load_config
@@ -648,48 +649,10 @@ def test_the_trigger_checked_per_tick_is_the_one_every_sample_gives(drives, keys
 
 # -- what an IEEE float signal can carry: NaN and infinity ------------------------------------------
 
-FLOAT_DBC = """VERSION ""
-
-NS_ :
-
-BS_:
-
-BU_: ABS ACU
-
-BO_ 256 ABS_SPEED: 4 ABS
- SG_ VehicleSpeed : 0|32@1- (1,0) [0|0] "km/h" ABS
-
-BO_ 257 ABS_ACCEL: 4 ABS
- SG_ LongitudinalAccel : 0|32@1- (1,0) [0|0] "m/s^2" ABS
-
-BO_ 258 ACU_STATUS: 4 ACU
- SG_ DriverAirbagDeployed : 0|32@1- (1,0) [0|0] "" ACU
-
-SIG_VALTYPE_ 256 VehicleSpeed : 1;
-SIG_VALTYPE_ 257 LongitudinalAccel : 1;
-SIG_VALTYPE_ 258 DriverAirbagDeployed : 1;
-"""
-
-FLOAT_VSS = """[signals]
-"ABS_SPEED.VehicleSpeed" = "Vehicle.Speed"
-"ABS_ACCEL.LongitudinalAccel" = "Vehicle.Acceleration.Longitudinal"
-"""
-
-
-def float_drive(folder: Path, keys: dict[str, Path], *, speed=lambda k: 50.0, accel=lambda k: 0.0,
-                airbag=lambda k: 0.0) -> Path:
-    """30 s of a car whose speed, acceleration and airbag flag are IEEE floats, at 100 Hz: the store."""
-    import struct
-
-    folder.mkdir(parents=True)
-    (folder / "float.dbc").write_text(FLOAT_DBC)
-    (folder / "float.vss.toml").write_text(FLOAT_VSS)
-    lines = []
-    for k in range(3000):
-        t = START + k * 0.01
-        for can_id, value in ((0x100, speed(k)), (0x101, accel(k)), (0x102, airbag(k))):
-            lines.append(f"({t:.6f}) can0 {can_id:03X}#{struct.pack('<f', value).hex().upper()}")
-    (folder / "drive.log").write_text("\n".join(lines) + "\n")
+def float_drive(folder: Path, keys: dict[str, Path], **signals) -> Path:
+    """30 s of the float car (tests/float_car.py), each signal given per frame, through the agent: the store."""
+    dbc = float_car.write_dbc(folder)
+    log = float_car.write_log(folder / "drive.log", START, 30.0, **signals)
     (folder / "policy.toml").write_text(edr_policy(keys, "owner"))
     (folder / "agent.toml").write_text(textwrap.dedent(f"""
         [agent]
@@ -698,15 +661,15 @@ def float_drive(folder: Path, keys: dict[str, Path], *, speed=lambda k: 50.0, ac
         policy = "policy.toml"
         [[bus]]
         name = "car"
-        replay = "{folder / 'drive.log'}"
+        replay = "{log}"
         speed = 0
-        dbc = ["{folder / 'float.dbc'}"]
+        dbc = ["{dbc}"]
     """))
     Pipeline(load_config(folder / "agent.toml")).run()
     return folder / "ledger"
 
 
-NAN, INF = float("nan"), float("inf")
+NAN, INF = float_car.NAN, float_car.INF
 PULSE = range(2000, 2010)  # 100 ms of -150 m/s^2 at 20 s: a parked car pushed, its wheel speed unchanged
 
 

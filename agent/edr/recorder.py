@@ -209,7 +209,11 @@ class WatchedHandler(MessageHandler):
     def handle(self, t: float, data: bytes) -> None:
         last = self.last_data
         if data == last and not self.pending:
-            return
+            only = self.on_change_only
+            if only is None:
+                only = self._on_change_only()
+            if only:  # nothing but on-change taps, or none (only the ring reads it): the same bytes change nothing
+                return
         if last is not None and data != last and (self.partial or len(data) < self.length):
             self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
         self.last_data = data
@@ -234,8 +238,8 @@ class _WatchedDecoded(WatchedHandler):
 
     def handle(self, t: float, data: bytes) -> None:
         last = self.last_data
-        if data == last and not self.pending:
-            return
+        if data == last and not self.pending and self.on_change_only:
+            return  # a feed (metrics, aggregates) wants a repeated frame too, as in MessageHandler.handle
         if len(data) < self.length and last is not None and data != last:
             self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
         self.last_data = data
