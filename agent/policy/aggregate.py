@@ -34,7 +34,6 @@ FUNCTIONS = ("min", "max", "mean", "count", "last")
 _INF = math.inf
 _EMPTY: tuple = ()
 _NUMBER = (int, float, bool)
-_isfinite = math.isfinite
 
 
 class _Acc:
@@ -82,8 +81,10 @@ class WindowAggregator:
 
     def feed(self, t: float, name: str, value: Any):
         """Add a sample; returns the records of a window that closed (usually ())."""
-        if type(value) not in _NUMBER or (type(value) is float and not _isfinite(value)):
-            return _EMPTY  # text, or no reading (an IEEE float signal's NaN or infinity would be the window's mean)
+        if type(value) not in _NUMBER or value - value:
+            # text, or no reading: value - value is NaN (true) exactly for an IEEE float signal's NaN or
+            # infinity, which would be the window's mean (a cheaper test per sample than math.isfinite)
+            return _EMPTY
         if self.signals is not None and name not in self.signals:
             return _EMPTY
         out = _EMPTY

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass, field
 from datetime import tzinfo, timezone
 from typing import Any, Callable, Iterable
@@ -57,7 +56,6 @@ from carledger.policy.pseudonym import pseudonym
 from carledger.sampling import Tap
 
 log = logging.getLogger(__name__)
-_isfinite = math.isfinite
 
 GEOHASH = "Vehicle.CurrentLocation.Geohash"  # recorded beside the cell center in geohash mode
 _LOCATION_INPUTS = (LATITUDE, LONGITUDE)
@@ -287,8 +285,8 @@ class StreamRuntime:
 
     def _on_metric_input(self, feeds: tuple, name: str, t: float, value: Any) -> None:
         assert self.metrics is not None
-        if type(value) is float and not _isfinite(value):
-            return  # no reading (an IEEE float signal's NaN or infinity): one made the window's distance NaN
+        if type(value) is float and value - value:
+            return  # no reading: NaN or infinity (value - value is NaN, true); one made the window's distance NaN
         for feed in feeds:  # each metric's own (MetricSet.feeds, the set is the stream's for life), not MetricSet.feed
             records = feed(t, name, value)
             if records:
