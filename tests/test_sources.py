@@ -108,6 +108,35 @@ def test_log_source_paces_at_recorded_speed(tmp_path):
     assert len(arrivals) == 4
 
 
+def test_a_long_pause_in_a_paced_replay_takes_max_pause_not_its_length(tmp_path, monkeypatch, caplog):
+    """Three hours parked in the log replay as MAX_PAUSE (60 s, as python-can's player; 0.3 s here), times untouched.
+
+    The replay slept through the whole pause before: a day's log replayed its hours of silence, and one
+    damaged time far ahead held it asleep for good.
+    """
+    import logging
+    import time
+
+    from carledger.sources import replay
+
+    monkeypatch.setattr(replay, "MAX_PAUSE", 0.3)
+    times = [10.0, 10.1, 10.2, 10810.2, 10810.3, 10810.4]  # 3 h between the third and the fourth
+    log = tmp_path / "parked.log"
+    log.write_text("".join(f"({t:.6f}) can0 123#{i:02X}\n" for i, t in enumerate(times)))
+    source = LogSource("x", str(log), None, speed=2.0, wakeup_interval=0.01)
+    start = time.monotonic()
+    arrivals = []
+    with caplog.at_level(logging.INFO, logger="carledger.sources.replay"):
+        for batch in source.batches(threading.Event()):
+            arrivals.extend((time.monotonic() - start, f[0]) for f in batch)
+    assert [t for _, t in arrivals] == times
+    walls = [wall for wall, _ in arrivals]
+    assert walls[3] - walls[2] >= 0.3 - 0.02  # the pause, cut to MAX_PAUSE of wall time
+    assert walls[-1] < 5.0  # not 5,400 s (3 h at speed 2)
+    assert walls[5] - walls[3] >= 0.1 - 0.02  # after the pause, the recorded pace again (0.2 s at speed 2)
+    assert "a pause of 10800 s in the log, before the frame at 10810.200000, replayed as 0 s" in caplog.text
+
+
 def _python_can_frames(path):
     """What python-can reads, with ASC times absolute (from the `date` header) as the replay keeps them."""
     if path.name.lower().endswith(".asc"):

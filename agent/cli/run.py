@@ -49,7 +49,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     )
     quick.add_argument("--channel", action="append", default=[], help="replay only these log channels")
     quick.add_argument("--vehicle", help="vehicle identifier recorded in every block")
-    quick.add_argument("--fast", action="store_true", help="replay as fast as possible instead of at recorded speed")
+    quick.add_argument("--fast", action="store_true",
+                       help="replay as fast as possible instead of at recorded speed (where a pause over 60 s in the log takes 60 s)")
     parser.add_argument("--for", dest="duration", type=seconds, metavar="SECONDS", help="stop after this many seconds")
     parser.add_argument("--json", action="store_true", help="print the run summary as one JSON object on stdout")
     parser.set_defaults(func=run)

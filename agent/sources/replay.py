@@ -26,6 +26,10 @@ __all__ = ["LogSource", "ReplayError", "check_log"]
 
 log = logging.getLogger(__name__)
 _MAX_REPORTED_LINES = 10
+#: A pause in a paced replay longer than this (seconds of wall time) is cut to it, as python-can's player cuts one
+#: (MessageSync's `skip`, 60 s): a log of a day with the car parked for hours replays its drives, not its hours
+#: of silence, and one damaged time far ahead cannot hold a replay asleep. Recorded times are untouched.
+MAX_PAUSE = 60.0
 
 
 def check_log(path: str) -> None:
@@ -135,11 +139,13 @@ class LogSource(FrameSource):
         `wakeup_interval`, so a frame is handed on at most one interval after
         its recorded time has come, and never before. A pipeline that fell
         behind takes everything due at once instead of catching up in small
-        batches. Recorded times are untouched.
+        batches. A pause longer than MAX_PAUSE takes MAX_PAUSE. Recorded
+        times are untouched.
         """
         pacer = Pacer(self.wakeup_interval, self.wakeup_phase)
         start_wall: float | None = None
         start_t = 0.0
+        last_due = float("inf")
         wake = float("-inf")  # monotonic time of the current wake-up: frames due by then go in this batch
         out: list[Frame] = []
         for batch in raw:
@@ -147,6 +153,12 @@ class LogSource(FrameSource):
                 if start_wall is None:
                     start_wall, start_t = time.monotonic(), frame[0]
                 due = start_wall + (frame[0] - start_t) / self.speed
+                if due - last_due > MAX_PAUSE:
+                    start_wall -= due - last_due - MAX_PAUSE  # the rest of the pause, and every frame after it
+                    log.info("%s: a pause of %.0f s in the log, before the frame at %.6f, replayed as %.0f s",
+                             self.path, (due - last_due) * self.speed, frame[0], MAX_PAUSE)
+                    due = last_due + MAX_PAUSE
+                last_due = due
                 if due > wake:
                     if out:
                         yield out
