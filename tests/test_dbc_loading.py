@@ -265,6 +265,27 @@ def test_garbage_in_a_message_line_is_rejected_with_file_and_line(tmp_path) -> N
     assert info.value.line == 15 and info.value.path == path
 
 
+@pytest.mark.parametrize("scale, offset", [("1e308", "0"), ("1e+308", "0.5"), ("1e999", "0"), ("1", "1e999"),
+                                           ("1" + "0" * 320, "0")])
+def test_a_signal_whose_values_a_double_cannot_hold_is_rejected_at_its_line(tmp_path, capsys, scale, offset) -> None:
+    """raw × 1e308 is infinite, or with an integral scale an exact integer no float arithmetic takes:
+    a metric's sum over it raised OverflowError and stopped the agent. A double's worth is fine."""
+    text = (HEADER + "BO_ 100 ENGINE: 8 ECU\n" + ' SG_ RPM : 0|16@1+ (1,0) [0|65535] "rpm" ECU\n'
+            + f' SG_ HUGE : 16|16@1+ ({scale},{offset}) [0|0] "" ECU\n')
+    path = _write(tmp_path, text)
+    with pytest.raises(DbcError) as info:
+        load_dbc(path)
+    _assert_one_line_with_line_number(str(info.value), str(path))
+    assert info.value.line == 14 and "signal 'HUGE' of message 'ENGINE'" in str(info.value)
+    assert "beyond what a double holds" in str(info.value) and len(str(info.value)) < 300
+    assert cli.main(["dbc", "check", str(path)]) == 1
+    assert f"REJECTED {path}:14: signal 'HUGE'" in capsys.readouterr().out
+    load_dbc(_write(tmp_path, text.replace(f"({scale},{offset})", "(1e300,0)"), "fine.dbc"))  # 6.6e304: a double holds it
+    floats = _write(tmp_path, text.replace(f"({scale},{offset})", "(1e300,0)").replace("16|16", "0|32").replace(
+        ' SG_ RPM : 0|16@1+ (1,0) [0|65535] "rpm" ECU\n', "") + "SIG_VALTYPE_ 100 HUGE : 1;\n", "float.dbc")
+    assert load_dbc(floats).database.get_message_by_name("ENGINE").signals[0].is_float  # carries inf anyway
+
+
 def test_truncated_signal_line_is_rejected_at_that_line(tmp_path) -> None:
     text = HEADER + "BO_ 100 ENGINE: 8 ECU\n" + " SG_ RPM : 0|16@1+ (1,0\n" + ' SG_ TEMP : 16|8@1+ (1,-40) [-40|215] "degC" ECU\n'
     path = _write(tmp_path, text)

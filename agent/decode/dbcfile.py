@@ -18,8 +18,10 @@ reference data needs.
 from __future__ import annotations
 
 import bisect
+import math
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +39,7 @@ _MAX_STANDARD = 0x7FF
 _MAX_EXTENDED = 0x1FFFFFFF
 _INDEPENDENT_SIGNALS = "VECTOR__INDEPENDENT_SIG_MSG"  # cantools skips this pseudo message
 _BO_LINE = re.compile(r"^[ \t]*BO_[ \t]+\d+[ \t]+(\w+)", re.M)
+_DOUBLE_MAX = sys.float_info.max
 
 
 class DbcError(Exception):
@@ -109,6 +112,9 @@ def load_dbc(path: str | os.PathLike, *, strict: bool = False) -> LoadedDbc:
             text = _apply(text, fix.edits)
             warnings.extend((line, f"{problem}; {action}") for line, problem, action in fix.notes)
             continue
+        beyond = _beyond_a_double(database, text)
+        if beyond is not None:
+            raise DbcError(name, *beyond)
         cut = _cut_off(text)
         if cut is not None:
             line, problem, action = cut
@@ -143,6 +149,53 @@ def _parse(text: str, strict: bool) -> Database:
     database = Database(strict=strict)
     database.add_dbc_string(text)
     return database
+
+
+def _beyond_a_double(database: Database, text: str) -> tuple[int, str] | None:
+    """(line, reason) of the first integer signal whose physical values a double cannot hold; None if none.
+
+    raw × scale + offset of such a signal is infinite (a fractional scale) or, with an integral scale,
+    an integer that cantools computes exactly and no float arithmetic can take: a metric's sum over it
+    raised OverflowError in the running agent. No signal of a real car comes near 1.8e308; this is a
+    scale of the kind `1e308` (or one that reads as infinite, `1e999`). It is part of the signal's
+    layout, so the file is refused, not repaired. IEEE float signals can carry infinity anyway; the
+    agent takes theirs as no reading.
+    """
+    for message in database.messages:
+        for signal in message.signals:
+            if signal.is_float:
+                continue
+            try:
+                bound = abs(signal.scale) * 2.0 ** signal.length + abs(signal.offset)
+            except OverflowError:  # an integer scale or offset too large for a float
+                bound = math.inf
+            if bound <= _DOUBLE_MAX:
+                continue
+            reason = (f"signal '{signal.name}' of message '{message.name}': raw × {_short(signal.scale)} + "
+                      f"{_short(signal.offset)} over {signal.length} bits goes beyond what a double holds (1.8e308)")
+            return _signal_line(text, message.name, signal.name), reason
+    return None
+
+
+def _short(number: float) -> str:
+    """A scale or offset as `1e+308`, not as the 309 digits of the integer cantools made of it."""
+    try:
+        return f"{number:.6g}"
+    except OverflowError:
+        return f"a {len(str(abs(number)))}-digit integer"
+
+
+def _signal_line(text: str, message: str, signal: str) -> int:
+    """The line of `signal`'s SG_ in `message` (the message's BO_ line if it cannot be found)."""
+    start = _message_lines(text).get(message, 1)
+    lines = text.split("\n")
+    pattern = re.compile(rf"[ \t]*SG_[ \t]+{re.escape(signal)}\b")
+    for number in range(start, len(lines)):  # lines[start] is the line after the BO_ (numbers count from 1)
+        if _BO_LINE.match(lines[number]):
+            break
+        if pattern.match(lines[number]):
+            return number + 1
+    return start
 
 
 def _message_lines(text: str) -> dict[str, int]:
