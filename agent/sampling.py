@@ -12,6 +12,12 @@ from typing import Any, Callable
 
 SampleSink = Callable[[float, str, Any, "str | None"], None]
 
+#: How often a feed (metrics, aggregates, the position) is offered a frame that repeats the last one byte for
+#: byte, in seconds of the data's clock: often enough that a value that holds is no gap to the metrics
+#: (max_gap_s, 5 s) nor to the aggregates (max_hold_s, 5 s), and that a standstill ends a trip on time; not every
+#: repeat, which a replay pays for (1 % of a policy replay's instructions, issue 16). On-change taps get none.
+REPEAT_EVERY = 1.0
+
 
 class _Unowned:
     """Stands in for a message handler until one adopts the tap."""
@@ -56,7 +62,7 @@ class Tap:
 class MessageHandler:
     """Everything the pipeline does with one message's frames: skip, extract, sample."""
 
-    __slots__ = ("extract", "taps", "last_data", "pending", "values", "on_change_only")
+    __slots__ = ("extract", "taps", "last_data", "pending", "values", "on_change_only", "quiet_until")
     watched = False  # the crash ring reads this message at its ticks (carledger.edr.recorder.WatchedHandler)
 
     def __init__(self, extract: Callable[[bytes], list], taps: list[list[Tap]]):
@@ -66,15 +72,18 @@ class MessageHandler:
         self.pending = 0  # taps holding a change back until their interval passes
         self.values: list | None = None  # what the last frame that was offered decoded to
         # Only on-change taps: a frame whose signals all decode as before (a counter or a checksum moved)
-        # changes nothing they record. A feed (metrics, aggregates, the position) wants every frame, a
-        # repeat of the last one too: a metric tells a signal that holds its value from a silent ECU by
-        # the samples still coming (carledger.policy.metrics, max_gap_s). Known at the first frame, once
-        # the taps are all there.
+        # changes nothing they record. A feed (metrics, aggregates, the position) wants a repeat of the
+        # last frame too, now and then (REPEAT_EVERY): a metric tells a signal that holds its value from
+        # a silent ECU by the samples still coming (carledger.policy.metrics, max_gap_s). Known at the
+        # first frame, once the taps are all there.
         self.on_change_only: bool | None = None
+        self.quiet_until = float("-inf")  # a repeated frame before this time is not offered to the feeds
 
     def handle(self, t: float, data: bytes) -> None:
-        if data == self.last_data and not self.pending and self.on_change_only:
-            return  # the same bytes decode the same: on-change taps would record nothing (a feed wants the frame)
+        if data == self.last_data and not self.pending:
+            if self.on_change_only or t < self.quiet_until:
+                return  # the same bytes decode the same: on-change taps record nothing, a feed had one lately
+            self.quiet_until = t + REPEAT_EVERY
         self.last_data = data
         values = self.extract(data)
         only = self.on_change_only

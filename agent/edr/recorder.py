@@ -36,7 +36,7 @@ from carledger.edr.ring import PERIOD, PRE_CRASH, SnapshotRing, Tick
 from carledger.edr.trigger import SETTLE_WINDOW, TRIGGER_KMH, TRIGGER_WINDOW, DeltaV, Trigger
 from carledger.ledger import Ledger
 from carledger.policy.document import CrashCapture
-from carledger.sampling import MessageHandler
+from carledger.sampling import REPEAT_EVERY, MessageHandler
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,9 @@ class WatchedHandler(MessageHandler):
             only = self.on_change_only
             if only is None:
                 only = self._on_change_only()
-            if only:  # nothing but on-change taps, or none (only the ring reads it): the same bytes change nothing
+            if only or t < self.quiet_until:  # only on-change taps or none, or a feed had a repeat lately
                 return
+            self.quiet_until = t + REPEAT_EVERY
         if last is not None and data != last and (self.partial or len(data) < self.length):
             self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
         self.last_data = data
@@ -238,8 +239,10 @@ class _WatchedDecoded(WatchedHandler):
 
     def handle(self, t: float, data: bytes) -> None:
         last = self.last_data
-        if data == last and not self.pending and self.on_change_only:
-            return  # a feed (metrics, aggregates) wants a repeated frame too, as in MessageHandler.handle
+        if data == last and not self.pending:
+            if self.on_change_only or t < self.quiet_until:
+                return  # as in MessageHandler.handle: a feed gets a repeated frame once per REPEAT_EVERY
+            self.quiet_until = t + REPEAT_EVERY
         if len(data) < self.length and last is not None and data != last:
             self.ring.fold(self.key)  # this frame may lack a signal the one it replaces has: hold that one's values
         self.last_data = data
