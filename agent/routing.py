@@ -69,11 +69,12 @@ class SignalRouting:
         def make_handler(extractor: Any) -> MessageHandler | None:
             consumers = []
             held = []  # crash capture signals the ring reads from the newest frame at each tick
+            floats = {s.name for s in extractor.message.signals if s.is_float}  # can carry NaN and infinity
             for index, signal in enumerate(extractor.names):
                 source = f"{extractor.message.name}.{signal}"
                 name = mapping.name(source)
                 inputs, per_tick = edr.frame_consumers(name, source)
-                consumers.append(streams.consumers(name, source, bus) + inputs)
+                consumers.append(streams.consumers(name, source, bus, ieee_float=signal in floats) + inputs)
                 if per_tick:
                     held.append((index, name, source))
             if held:

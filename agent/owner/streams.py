@@ -102,9 +102,9 @@ class StreamManager:
         """Does a running stream take this signal? (Asked of the probes: no tap is made for it.)"""
         return any(p.stream.name in self.runtimes and p.consumers(name, source) for p in self._probes)
 
-    def consumers(self, name: str, source: str, scope: Any = None) -> list:
+    def consumers(self, name: str, source: str, scope: Any = None, *, ieee_float: bool = False) -> list:
         """Every running stream's taps and feeds for a signal; `scope` keeps buses apart (StreamRuntime.consumers)."""
-        return [c for rt in self.runtimes.values() for c in rt.consumers(name, source, scope)]
+        return [c for rt in self.runtimes.values() for c in rt.consumers(name, source, scope, ieee_float=ieee_float)]
 
     def next_change(self, t: float) -> float | None:
         return self.state.next_change(t)

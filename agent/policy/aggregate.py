@@ -81,10 +81,8 @@ class WindowAggregator:
 
     def feed(self, t: float, name: str, value: Any):
         """Add a sample; returns the records of a window that closed (usually ())."""
-        if type(value) not in _NUMBER or value - value:
-            # text, or no reading: value - value is NaN (true) exactly for an IEEE float signal's NaN or
-            # infinity, which would be the window's mean (a cheaper test per sample than math.isfinite)
-            return _EMPTY
+        if type(value) not in _NUMBER:
+            return _EMPTY  # text (an IEEE float signal's NaN and infinity are kept out by its Feed: finite_only)
         if self.signals is not None and name not in self.signals:
             return _EMPTY
         out = _EMPTY

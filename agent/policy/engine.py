@@ -127,6 +127,16 @@ class Feed:
         self.owner: Any = None
         self.dependents = dependents if dependents is not None else {}
 
+    def finite_only(self) -> None:
+        """Hand on no NaN and no infinity: no reading, which metrics and aggregates would sum into NaN."""
+        self.offer = functools.partial(_finite_only, self.offer)
+
+
+def _finite_only(offer: Callable[[float, Any], None], t: float, value: Any) -> None:
+    if type(value) is float and value - value:  # value - value is NaN, which is true, exactly for NaN and infinity
+        return  # one NaN speed made a window's distance NaN, an infinite one the mean of a window infinite
+    offer(t, value)
+
 
 def location_zones(zones: Iterable[Zone]) -> list[CircleZone | PolygonZone]:
     out: list[CircleZone | PolygonZone] = []
@@ -199,10 +209,15 @@ class StreamRuntime:
 
     # -- what the stream takes from a signal ------------------------------------------------
 
-    def consumers(self, name: str, source: str, scope: Any = None) -> list:
+    def consumers(self, name: str, source: str, scope: Any = None, *, ieee_float: bool = False) -> list:
         """The taps and feeds this stream attaches to one decoded signal (empty: it takes nothing).
 
         `scope` tells apart the same signal arriving on different buses (each gets its own tap).
+        `ieee_float`: the signal is an IEEE float, which can carry NaN and infinity; the trip, metric
+        and aggregate feeds then take only finite values. A raw tap records what the bus sent, and
+        the position's feed takes NaN as a position it cannot place (inside a zone until a fix says
+        otherwise). Other signals are finite by their DBC (carledger.decode refuses a scale that is
+        not), so theirs pay no test per sample.
         """
         out: list = []
         stream = self.stream
@@ -222,14 +237,18 @@ class StreamRuntime:
                 self._location_taps[name] = self._tap(name, source, "position")
                 if self.location.geohash is not None:
                     self._location_taps[GEOHASH] = self._tap(GEOHASH, GEOHASH, "position")
+        feeds: list[Feed] = []
         if self.trips is not None and name in (SPEED, IGNITION):
-            out.append(Feed(functools.partial(self._on_trip_input, self.trips.feeder(name)), name))
+            feeds.append(Feed(functools.partial(self._on_trip_input, self.trips.feeder(name)), name))
         if self.metrics is not None and (name in self.metrics.inputs or (self._trip_bounds and name in (SPEED, IGNITION))):
-            out.append(Feed(functools.partial(self._on_metric_input, self.metrics.feeds(name)), name))
+            feeds.append(Feed(functools.partial(self._on_metric_input, self.metrics.feeds(name)), name))
         for signals, aggregator in self.aggregators:
             if _matches_any(signals, name, source) and self._classify(name, source) != LOCATION:
-                out.append(Feed(functools.partial(self._on_aggregate_input, aggregator), name))
-        return out
+                feeds.append(Feed(functools.partial(self._on_aggregate_input, aggregator), name))
+        if ieee_float:
+            for feed in feeds:
+                feed.finite_only()
+        return out + feeds
 
     def _tap(self, name: str, source: str, scope: Any, kind: type = Tap, *pre: Any) -> Tap:
         """The stream's tap for a signal; kept across plan rebuilds so on-change state survives."""
@@ -285,8 +304,6 @@ class StreamRuntime:
 
     def _on_metric_input(self, feeds: tuple, name: str, t: float, value: Any) -> None:
         assert self.metrics is not None
-        if type(value) is float and value - value:
-            return  # no reading: NaN or infinity (value - value is NaN, true); one made the window's distance NaN
         for feed in feeds:  # each metric's own (MetricSet.feeds, the set is the stream's for life), not MetricSet.feed
             records = feed(t, name, value)
             if records:
