@@ -166,7 +166,7 @@ def _beyond_a_double(database: Database, text: str) -> tuple[int, str] | None:
             if signal.is_float:
                 continue
             try:
-                bound = abs(signal.scale) * 2.0 ** signal.length + abs(signal.offset)
+                bound = abs(signal.scale) * (2.0 ** signal.length - 1) + abs(signal.offset)  # the largest raw, either sign
             except OverflowError:  # an integer scale or offset too large for a float
                 bound = math.inf
             if bound <= _DOUBLE_MAX:
