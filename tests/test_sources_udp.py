@@ -88,6 +88,21 @@ FILTERS = {
 }
 
 
+def _in_receive_order(times: list[float]) -> bool:
+    """Sorted, but for a first run of datagrams stamped when they were read, each later than all after it.
+
+    Linux turns its receive time stamps on in a work queue (net_enable_timestamp) once the first socket
+    asks for them, and stamps a datagram queued before that when it is read (__sock_recv_timestamp). So
+    when no other socket on the machine had them on, the first datagrams carry the time of the read:
+    seen in a clean-clone CI run, 2.4 ms after the arrival stamps of the datagrams behind them.
+    """
+    first = 0
+    while times[first:] != sorted(times[first:]):
+        first += 1
+    read, arrived = times[:first], times[first:]
+    return read == sorted(read) and all(t >= max(arrived, default=0.0) for t in read)
+
+
 @pytest.mark.parametrize("fd", [True, False])
 @pytest.mark.parametrize("filters", list(FILTERS))
 def test_reads_what_python_can_reads(channel, filters, fd, system_call):
@@ -110,7 +125,7 @@ def test_reads_what_python_can_reads(channel, filters, fd, system_call):
         assert [f[1:] for f in got[0]] == [f[1:] for f in frames]
         assert [e[1:] for e in got[1]] == [e[1:] for e in errors]
         times = [f[0] for f in got[0]]
-        assert times == sorted(times) and sent_after <= times[0] and times[-1] <= read_before
+        assert _in_receive_order(times) and all(sent_after <= t <= read_before for t in times)
         assert all(sent_after <= e[0] <= read_before for e in got[1])
         assert [key for _, key, _ in frames]  # each case reads something ...
         if filters != "none":
