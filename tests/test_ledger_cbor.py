@@ -143,6 +143,21 @@ def test_is_deterministic_rejects(hexdata):
     assert not cbor.is_deterministic(bytes.fromhex(hexdata))
 
 
+@pytest.mark.parametrize("bits", ["7fc00000", "ffc00000", "7fc00001", "7f800001", "ffffffff"])
+def test_every_nan_is_the_one_nan(bits):
+    """A float signal's NaN, whatever its sign and payload (quiet, signalling, negative), is written as f97e00.
+
+    So a block says that the bus sent NaN, not which NaN (docs/block-format.md); any other NaN encoding
+    of it, a half with a payload or the float64 the decoder holds, is not deterministic.
+    """
+    value = struct.unpack(">f", bytes.fromhex(bits))[0]
+    assert math.isnan(value) and cbor.encode(value) == bytes.fromhex("f97e00")
+    assert math.isnan(cbor.decode(bytes.fromhex("f97e00")))
+    assert not cbor.is_deterministic(b"\xfb" + struct.pack(">d", value))
+    for other in ("f9fe00", "f97e01", "fa7fc00000"):
+        assert not cbor.is_deterministic(bytes.fromhex(other))
+
+
 def test_decode_errors_are_malformed_block():
     for bad in (b"", b"\xff", b"\x5b" + b"\xff" * 8, b"\x81" * 1000 + b"\x01", b"\x01\x02", "text", None):
         with pytest.raises(MalformedBlock):
