@@ -59,7 +59,7 @@ def _number(value: Any) -> float | None:
         number = float(inner)
     except (TypeError, ValueError):
         return None
-    return number if math.isfinite(number) else None
+    return number if _isfinite(number) else None
 
 
 class _Input:

@@ -365,4 +365,3 @@ def _require_time(what: str, t: float) -> None:
 
 
 __all__ = ["AUDIT_STREAM", "OwnerActions", "OwnerError", "Outcome"]
-
