@@ -16,7 +16,9 @@ from their submodules, and the first use of any other name (`can.Notifier`,
 module object, so everything works as if it had been imported whole, at the
 whole cost. asammdf stays hidden while python-can's `__init__` runs (its MF4
 reader would import it); `enable_mf4()` brings it back, the only place that
-needs it.
+needs it. python-can's interface plug-ins (entry points, read through
+`importlib.metadata`) are read only when a bus names an interface python-can
+does not ship (`_Interfaces`).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import importlib.util
 import logging
 import os
 import sys
+import threading
 from types import ModuleType
 from typing import Any
 
@@ -91,12 +94,117 @@ def _enter_without_init(name: str) -> ModuleType | None:
     return module
 
 
+class _Interfaces(dict):  # type: ignore[type-arg]
+    """python-can's interface table (`can.interfaces.BACKENDS`), its plug-ins read on the first name it lacks.
+
+    python-can reads every installed package's metadata at import to find
+    interface plug-ins (`importlib.metadata`, and with it email, zipfile and
+    csv: 3 MB of RSS). A bus is opened by a name from the agent's
+    configuration, nearly always one python-can ships, so the plug-ins are
+    read only when a name is not in the table, when the table is listed, or
+    when python-can is used whole. A plug-in that registers a name python-can
+    ships is then not used for it: python-can's own interface is.
+    """
+
+    complete = False
+    _reading = threading.Lock()  # two buses open in their own threads: neither may see a half-read table
+
+    def read_plugins(self) -> None:
+        if self.complete:
+            return
+        with self._reading:
+            if self.complete:
+                return
+            plugins = _real_entry_points().read_entry_points(group="can.interface")
+            dict.update(self, {p.key: (p.module_name, p.class_name) for p in plugins})  # as python-can does
+            names = frozenset(dict.keys(self))
+            for module in ("can", "can.interfaces", "can.util"):
+                if module in sys.modules and isinstance(vars(sys.modules[module]).get("VALID_INTERFACES"),
+                                                         _InterfaceNames):
+                    sys.modules[module].VALID_INTERFACES = names
+            self.complete = True
+
+    def __contains__(self, name: object) -> bool:
+        if dict.__contains__(self, name):
+            return True
+        self.read_plugins()
+        return dict.__contains__(self, name)
+
+    def __missing__(self, name: str) -> tuple[str, str]:
+        if self.complete:
+            raise KeyError(name)
+        self.read_plugins()
+        return self[name]
+
+    def __iter__(self) -> Any:
+        self.read_plugins()
+        return dict.__iter__(self)
+
+    def __len__(self) -> int:
+        self.read_plugins()
+        return dict.__len__(self)
+
+    def keys(self) -> Any:
+        self.read_plugins()
+        return dict.keys(self)
+
+    def items(self) -> Any:
+        self.read_plugins()
+        return dict.items(self)
+
+
+class _InterfaceNames(frozenset):  # type: ignore[type-arg]
+    """`can.VALID_INTERFACES` while the plug-ins are unread: a name it lacks reads them (see `_Interfaces`)."""
+
+    table: _Interfaces
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.table
+
+    def __iter__(self) -> Any:
+        return iter(sorted(self.table))
+
+    def __len__(self) -> int:
+        return len(self.table)
+
+
+def _real_entry_points() -> ModuleType:
+    """python-can's `can._entry_points`, put back in place of the stand-in `_defer_interface_plugins` made."""
+    module = sys.modules.get("can._entry_points")
+    if module is None or getattr(module, "deferred", False):
+        sys.modules.pop("can._entry_points", None)
+        module = importlib.import_module("can._entry_points")
+    return module
+
+
+def _defer_interface_plugins() -> None:
+    """Import `can.interfaces` without reading the installed packages' metadata (see `_Interfaces`)."""
+    stand_in = ModuleType("can._entry_points")
+    stand_in.deferred = True  # type: ignore[attr-defined]
+    stand_in.read_entry_points = lambda group: []  # type: ignore[attr-defined]  # what can.interfaces asks for now
+    sys.modules["can._entry_points"] = stand_in
+    try:
+        interfaces = importlib.import_module("can.interfaces")
+    finally:
+        if sys.modules.get("can._entry_points") is stand_in:
+            del sys.modules["can._entry_points"]  # the next importer (a log reader, a writer) gets python-can's own
+    if type(getattr(interfaces, "BACKENDS", None)) is not dict or "VALID_INTERFACES" not in vars(interfaces):
+        del sys.modules["can.interfaces"]  # a python-can laid out otherwise: let it read its plug-ins as it does
+        importlib.import_module("can.interfaces")
+        return
+    table = _Interfaces(interfaces.BACKENDS)
+    names = _InterfaceNames(dict.keys(table))
+    names.table = table
+    interfaces.BACKENDS, interfaces.VALID_INTERFACES = table, names
+
+
 def _import_can_and_cantools_in_parts() -> None:
     if "can" not in sys.modules:
         can = _enter_without_init("can")
         if can is not None:
             can.log = logging.getLogger("can")  # type: ignore[attr-defined]  # what can/__init__ sets, read by can.util
             can.rc = {}  # type: ignore[attr-defined]
+            _defer_interface_plugins()
             for submodule, names in _CAN_NAMES.items():
                 defined = importlib.import_module(f"can.{submodule}")
                 for attr in names:

@@ -219,7 +219,7 @@ def stage(name, *modules):
     for module in modules:
         __import__(module)
     out.append((name, rss_mb()))
-stage("stdlib python-can needs (importlib.metadata, typing_extensions, ...)", "importlib.metadata", "typing_extensions",
+stage("stdlib python-can needs (typing_extensions, logging, json, ...)", "typing_extensions",
       "json", "configparser", "platform", "concurrent.futures.thread", "logging", "threading", "socket")
 stage("python-can, the parts a bus needs (carledger._imports)", "carledger._imports", "can.interface", "can.bus")
 stage("cantools (database, DBC format)", "cantools.database", "cantools.j1939")
@@ -242,6 +242,7 @@ runner.join(60)
 extra = []
 for name, code in (("paho-mqtt, ssl (only with [mqtt])", "import carledger.sync.syncer"),
                    ("can-isotp (only with OBD-II/UDS polling)", "import carledger.obd.poller"),
+                   ("package metadata (only for a python-can interface plug-in)", "import importlib.metadata"),
                    ("the rest of python-can (asyncio, log readers: not loaded)", "import can; can.Notifier"),
                    ("asammdf, numpy, pandas (only to replay .mf4 through asammdf)", "import asammdf")):
     before = rss_mb()

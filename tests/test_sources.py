@@ -266,6 +266,34 @@ def test_importing_the_agent_does_not_drag_in_asammdf():
     assert out.stdout.split() == ["False", "False"]
 
 
+def test_a_bus_python_can_ships_opens_without_reading_package_metadata_and_a_plugin_still_opens(tmp_path):
+    """python-can's interface plug-ins are read (importlib.metadata: 3 MB) only for a name python-can lacks."""
+    import os
+    import subprocess
+    import sys
+
+    info = tmp_path / "plugbus-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugbus\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[can.interface]\nplug = plugbus:PlugBus\n")
+    (tmp_path / "plugbus.py").write_text("from can.interfaces.virtual import VirtualBus\n"
+                                         "class PlugBus(VirtualBus):\n    pass\n")
+    code = """if True:
+        import sys, carledger.pipeline, can
+        def opened(interface):
+            bus = can.Bus(interface=interface, channel="x")
+            bus.shutdown()
+            return [type(bus).__name__, "importlib.metadata" in sys.modules]
+        print(opened("virtual"), opened("plug"), "plug" in can.VALID_INTERFACES, sorted(can.VALID_INTERFACES)[-1])
+        """
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split("] ") == ["['VirtualBus', False", "['PlugBus', True", "True virtual\n"]
+    unknown = subprocess.run([sys.executable, "-c", "import carledger.pipeline, can; can.Bus(interface='nope')"],
+                             capture_output=True, text=True, env=env)
+    assert 'Unknown interface type "nope"' in unknown.stderr
+
+
 def test_a_batch_ends_at_the_line_that_fills_it_and_the_tally_counts_the_lines_up_to_it():
     """Lines are read as many at a time as the batch has room for; batches and tallies are what one by one gave."""
     from carledger.sources.tally import FrameTally
