@@ -75,6 +75,32 @@ def test_ticks_from_frames_equal_ticks_from_every_sample() -> None:
         assert taken.offered and all(value is not None for _, value in taken.offered)
 
 
+def test_short_frames_of_a_compiled_extractor_hold_what_the_frame_before_carried() -> None:
+    """The decoding handler folds through the compiled extractor's own length test (calling_on_short)."""
+    import cantools
+
+    from carledger.decode.extract import compile_message
+
+    db = cantools.database.load_string('VERSION ""\nNS_ :\nBS_:\nBU_: A\nBO_ 10 M: 2 A\n'
+                                       ' SG_ a : 0|8@1+ (1,0) [0|0] "" A\n SG_ b : 8|8@1+ (1,0) [0|0] "" A\n',
+                                       database_format="dbc", strict=False)
+    extract = compile_message(db.get_message_by_name("M"), ["a", "b"]).extract
+    for seed in range(6):
+        frames = [(t, data if data[-1] != 255 else data[:1]) for t, data in _frames(seed)]
+        expected = [(t, sorted(row)) for t, row in _sampled(frames).ticks]
+        ring = SnapshotRing()
+        recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
+        recorder.tick = lambda t, r=recorder: CrashRecorder.tick(r, t)  # type: ignore[misc]
+        taken = _Taken()
+        handler = _WatchedDecoded(recorder, ("car", "M"), extract, [[taken], []], 2, False)  # type: ignore[arg-type]
+        assert handler.extract_frame.__code__ is extract.__code__  # no test of its own per frame
+        ring.watch(("car", "M"), handler, [(0, "a", "M.a"), (1, "b", "M.b")])
+        for t, data in frames:
+            CrashRecorder.frame(recorder, handler, t, data)  # type: ignore[arg-type]
+        assert [(t, sorted(row)) for t, row in ring.ticks] == expected
+        assert taken.offered
+
+
 def test_a_silence_forgets_the_frames_before_it() -> None:
     ring = _watched([(100.0, b"\x07\x00"), (100.05, b"\x07\x00"), (100.12, b"\x07\x00")], multiplexed=False)
     assert ring.ticks[-1][1] == (("a", 7, "M.a"), ("b", 0, "M.b"))

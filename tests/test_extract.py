@@ -378,6 +378,27 @@ SIG_VALTYPE_ 100 F64BE : 2;
 """
 
 
+def test_calling_on_short_calls_back_for_short_payloads_only_and_decodes_as_the_extractor() -> None:
+    """The crash ring's hook (carledger.edr): a compiled extractor's copy calls back before a short payload."""
+    from carledger.decode.extract import calling_on_short
+
+    db = cantools.database.load_string(SYNTHETIC, database_format="dbc", strict=False)
+    rng = random.Random("carledger-short")
+    for message in db.messages:
+        ext = compile_message(message, [s.name for s in message.signals])
+        calls: list[int] = []
+        hooked = calling_on_short(ext.extract, message.length, lambda: calls.append(1))
+        assert hooked.__code__ is ext.extract.__code__  # the copy, not a wrapper: a full payload runs as before
+        for size in range(message.length + 3):
+            data = bytes(rng.getrandbits(8) for _ in range(size))
+            before = len(calls)
+            assert [repr(v) for v in hooked(data)] == [repr(v) for v in ext.extract(data)], size
+            assert len(calls) - before == (size < message.length), size
+    plain: list[int] = []
+    wrapped = calling_on_short(lambda data: [len(data)], 4, lambda: plain.append(1))  # any other function
+    assert [wrapped(b"\x00" * n) for n in (2, 4, 6)] == [[2], [4], [6]] and plain == [1]
+
+
 def test_synthetic_unaligned_floats_wide_fields_and_scaled_mux() -> None:
     db = cantools.database.load_string(SYNTHETIC, database_format="dbc", strict=False)
     rng = random.Random("carledger-synthetic")
