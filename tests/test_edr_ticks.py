@@ -142,10 +142,12 @@ def test_the_bulk_trace_paths_give_the_floats_every_sample_gives() -> None:
         bulk, each = AccelerationIntegral(), AccelerationIntegral()
         speed_bulk, speed_each = VelocityTrace(), VelocityTrace()
         t = 1000.0
+        # odd seeds: steps under ACCEL_HOLD only (a car's sensor); even ones: longer steps too, each held to ACCEL_HOLD
+        steps = [0.0, 0.001, 0.01, 0.0123, 0.0999] if seed % 2 else [0.0, 0.001, 0.01, 0.0123, 0.1, 0.15, 0.37]
         for _ in range(rng.randrange(1, 40)):
             times, values = [], []
             for _ in range(rng.randrange(0, 30)):
-                t += rng.choice([0.0, 0.001, 0.01, 0.0123, 0.1, 0.15, 0.37])
+                t += rng.choice(steps)
                 times.append(round(t - (0.05 if rng.random() < 0.03 else 0.0), 6))
                 values.append(rng.uniform(-30.0, 30.0))
             bulk.add_all(times, values)
