@@ -71,7 +71,8 @@ class VelocityTrace:
         if drop > 0:
             del times[:drop]
             del values[:drop]
-        self.low, self.high = min(values), max(values)
+        ordered = sorted(values)  # floats: sorted compares them in C, min() and max() through the generic comparison
+        self.low, self.high = ordered[0], ordered[-1]
 
     def extend(self, times: list[float], new: list[float]) -> None:
         """Add the samples since the last tick at once (times and values, in arrival order): what add() does for each.
@@ -92,7 +93,8 @@ class VelocityTrace:
         mine = self.times
         mine.extend(times)
         self.values.extend(new)
-        low, high = min(new), max(new)
+        ordered = sorted(new)  # as in _prune
+        low, high = ordered[0], ordered[-1]
         if low < self.low:
             self.low = low
         if high > self.high:
