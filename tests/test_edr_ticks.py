@@ -50,7 +50,7 @@ class _Taken:
 def _watched(frames: list[tuple[float, bytes]], *, multiplexed: bool, taken: _Taken | None = None) -> SnapshotRing:
     """The ring fed as the bus's frame loop feeds it; with `taken`, a stream also takes signal a (the decoding handler)."""
     ring = SnapshotRing()
-    recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
+    recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None, _flush_at=float("-inf"))
     recorder.tick = lambda t: CrashRecorder.tick(recorder, t)  # type: ignore[arg-type]
     kind = WatchedHandler if taken is None else _WatchedDecoded
     taps = [[], []] if taken is None else [[taken], []]
@@ -89,7 +89,7 @@ def test_short_frames_of_a_compiled_extractor_hold_what_the_frame_before_carried
         frames = [(t, data if data[-1] != 255 else data[:1]) for t, data in _frames(seed)]
         expected = [(t, sorted(row)) for t, row in _sampled(frames).ticks]
         ring = SnapshotRing()
-        recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
+        recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None, _flush_at=float("-inf"))
         recorder.tick = lambda t, r=recorder: CrashRecorder.tick(r, t)  # type: ignore[misc]
         taken = _Taken()
         handler = _WatchedDecoded(recorder, ("car", "M"), extract, [[taken], []], 2, False)  # type: ignore[arg-type]
@@ -118,7 +118,7 @@ def test_a_tick_keeps_frames_and_decodes_them_only_when_read() -> None:
         return _extract(data)
 
     ring = SnapshotRing()
-    recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None)
+    recorder = SimpleNamespace(ring=ring, capture=None, flush=lambda: None, _flush_at=float("-inf"))
     recorder.tick = lambda t: CrashRecorder.tick(recorder, t)  # type: ignore[arg-type]
     handler = WatchedHandler(recorder, ("car", "M"), counting, [[], []], 2, False)  # type: ignore[arg-type]
     ring.watch(("car", "M"), handler, [(0, "a", "M.a"), (1, "b", "M.b")])

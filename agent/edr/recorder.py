@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 _FLOATS = {float}
 _isfinite = math.isfinite
 POST_SEAL_EVERY = 1.0  # seconds of the post-crash window between seals (durability within a second)
+# seconds of the data's time between the trigger's flushes at ticks: a flush costs the same for 10 samples as
+# for 50 (a fast replay's batch holds seconds of data; a car's, one wake-up, and is flushed after it)
+FLUSH_EVERY = 0.5
 
 
 def _number(value: Any) -> float | None:
@@ -297,7 +300,8 @@ class CrashRecorder:
         self.paused = False
         self.policy_version = 0
         self.policy_digest: bytes | None = None  # of the policy in force: what a capture's blocks name
-        self.ring = SnapshotRing()
+        self.ring = SnapshotRing(length=PRE_CRASH + FLUSH_EVERY + PERIOD)  # what tick() may flush late
+        self._flush_at = -math.inf  # the data's time of the next flush at a tick
         self.delta_v = DeltaV()
         self.capture: _Capture | None = None
         self._flags: dict[str, float] = {}  # airbag and crash signals: last value (edges trigger)
@@ -395,10 +399,14 @@ class CrashRecorder:
     def tick(self, t: float) -> None:
         """A watched message's frame at t is at or past the ring's next tick: emit the ticks before it.
 
-        A trigger in the samples buffered before t starts its capture first, so that the ticks go
-        to it (the frames before t are handled: the newest frame is the one at or before each tick).
+        Every FLUSH_EVERY of the data's time, a trigger in the samples buffered before t starts its
+        capture first (the pipeline also flushes after each batch of frames: at the car's pace, every
+        wake-up). The ticks emitted since the trigger are still in the ring, which holds FLUSH_EVERY
+        more than the pre-crash time, and the capture takes them from there.
         """
-        self.flush()
+        if t >= self._flush_at:
+            self._flush_at = t + FLUSH_EVERY
+            self.flush()
         self.ring.advance(t)
 
     # -- the data -----------------------------------------------------------------------------
