@@ -156,6 +156,8 @@ def test_the_bulk_trace_paths_give_the_floats_every_sample_gives() -> None:
                 each.add(when, value)
                 speed_each.add(when, value)
             assert (bulk._t, bulk._a, bulk._v) == (each._t, each._a, each._v)
+            for trace in (bulk.trace, speed_bulk):  # could_trigger's range, kept by _append and _prune (sorted())
+                assert not trace.values or (trace.low, trace.high) == (min(trace.values), max(trace.values))
             if times and times == sorted(times):
                 for trace_bulk, trace_each in ((bulk.trace, each.trace), (speed_bulk, speed_each)):
                     assert trace_bulk.largest_change(times[-1], 0.15) == trace_each.largest_change(times[-1], 0.15)
