@@ -101,6 +101,19 @@ def test_short_frames_of_a_compiled_extractor_hold_what_the_frame_before_carried
         assert taken.offered
 
 
+def test_ticks_flush_the_trigger_every_half_second_of_data_and_when_the_clock_steps_back() -> None:
+    from carledger.edr.recorder import FLUSH_EVERY
+
+    flushed: list[int] = []
+    recorder = SimpleNamespace(ring=SnapshotRing(), _flush_at=float("-inf"))
+    recorder.flush = lambda: flushed.append(1)
+    for k in range(20):  # 2 s of ticks
+        CrashRecorder.tick(recorder, round(100.0 + k * 0.1, 6))  # type: ignore[arg-type]
+    assert FLUSH_EVERY == 0.5 and len(flushed) == 4  # at 100.0, 100.5, 101.0 and 101.5
+    CrashRecorder.tick(recorder, 50.0)  # type: ignore[arg-type]  # the data's clock stepped back an hour
+    assert len(flushed) == 5
+
+
 def test_a_silence_forgets_the_frames_before_it() -> None:
     ring = _watched([(100.0, b"\x07\x00"), (100.05, b"\x07\x00"), (100.12, b"\x07\x00")], multiplexed=False)
     assert ring.ticks[-1][1] == (("a", 7, "M.a"), ("b", 0, "M.b"))

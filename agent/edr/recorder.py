@@ -404,7 +404,8 @@ class CrashRecorder:
         wake-up). The ticks emitted since the trigger are still in the ring, which holds FLUSH_EVERY
         more than the pre-crash time, and the capture takes them from there.
         """
-        if t >= self._flush_at:
+        flush_at = self._flush_at
+        if t >= flush_at or t < flush_at - FLUSH_EVERY:  # or the data's clock stepped back
             self._flush_at = t + FLUSH_EVERY
             self.flush()
         self.ring.advance(t)
