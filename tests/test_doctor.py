@@ -97,6 +97,27 @@ def test_decodable_share_and_busy_unknown_ids_on_a_virtual_bus(tmp_path, capsys)
     assert code == 0 and report["verdict"] in (OK, WARN)
 
 
+def test_a_bus_that_cannot_open_is_told_where_to_look(tmp_path, capsys):
+    """Only a SocketCAN bus has an interface check to point at; any other names its configuration."""
+    config = tmp_path / "agent.toml"
+    policy = tmp_path / "policy.toml"
+    policy.write_text(local_streams_policy({"speed": ["ABS_SPEED.*"]}))
+    config.write_text(textwrap.dedent(f"""
+        [agent]
+        store = "{tmp_path / 'ledger'}"
+        policy = "{policy}"
+        [[bus]]
+        name = "car"
+        interface = "nosuchinterface"
+        channel = "can0"
+        dbc = ["{partial_dbc(tmp_path / 'partial.dbc')}"]
+    """))
+    code, report = doctor_json(capsys, "-c", str(config), "--listen", "0.2")
+    traffic = by_name(report)["traffic on car"]
+    assert code == 1 and traffic["status"] == FAIL and 'Unknown interface type "nosuchinterface"' in traffic["summary"]
+    assert "check bus 'car' in the configuration" in traffic["fix"] and "above" not in traffic["fix"]
+
+
 def test_traffic_verdicts():
     def known(key: int) -> bool:
         return key == 0x100

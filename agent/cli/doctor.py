@@ -235,7 +235,10 @@ def check_traffic(bus: Any, seconds: float) -> Check:
         return Check(name, FAIL, f"cannot load the DBCs: {exc}", "carledger dbc check FILE")
     counts, error_frames, cannot_open = listen(bus, seconds)
     if cannot_open and not counts:
-        return Check(name, FAIL, f"{bus.interface} {bus.channel}: {cannot_open}", "see the interface check above")
+        fix = "see the interface check above" if bus.interface == "socketcan" else \
+            f"check bus {bus.name!r} in the configuration: `interface` (a python-can interface, or an installed " \
+            "plug-in's), `channel` and `options`"  # only a SocketCAN bus has an interface check of its own
+        return Check(name, FAIL, f"{bus.interface} {bus.channel}: {cannot_open}", fix)
     return describe_traffic(name, counts, known, seconds, error_frames)
 
 
