@@ -105,15 +105,15 @@ class _VelocityInput(_Input):
 
 
 class _BufferedVelocity:
-    """Speed or longitudinal acceleration on a bus: the trigger checked per tick, not per sample.
+    """Speed or longitudinal acceleration on a bus: the trigger checked in bulk, not per sample.
 
     Between captures `offer` stores into a dict (time -> value), a C call: no Python code runs
-    per sample. At each tick, and after each batch of frames, `CrashRecorder.flush` adds the
-    samples to their trace at once and looks for a trigger only where the trace's range allows
-    one, checking each sample then as before: the trigger's time and the 150 ms window are the
-    same, found up to a tick or a wake-up later. During a capture every sample goes the full
-    way at once (`now`), as the event's delta-V record and end need. The ring reads the signal
-    from its frames (`SnapshotRing.watch`).
+    per sample. Every FLUSH_EVERY of data (at a tick), and after each batch of frames,
+    `CrashRecorder.flush` adds the samples to their trace at once and looks for a trigger only
+    where the trace's range allows one, checking each sample then as before: the trigger's time
+    and the 150 ms window are the same, found up to FLUSH_EVERY or a wake-up later. During a
+    capture every sample goes the full way at once (`now`), as the event's delta-V record and
+    end need. The ring reads the signal from its frames (`SnapshotRing.watch`).
     """
 
     __slots__ = ("recorder", "role", "name", "samples", "offer", "owner", "__weakref__")
@@ -440,7 +440,7 @@ class CrashRecorder:
         return [each for each in (ref() for ref in self._buffered) if each is not None]
 
     def flush(self) -> None:
-        """The speed and acceleration samples buffered since the last tick: into their traces, and the trigger.
+        """The speed and acceleration samples buffered since the last flush: into their traces, and the trigger.
 
         The earliest trigger among them starts a capture; the samples after it then go the full
         way in time order (their traces already hold them: the delta-V record reads the held value).

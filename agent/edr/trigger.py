@@ -75,7 +75,7 @@ class VelocityTrace:
         self.low, self.high = ordered[0], ordered[-1]
 
     def extend(self, times: list[float], new: list[float]) -> None:
-        """Add the samples since the last tick at once (times and values, in arrival order): what add() does for each.
+        """Add the samples since the last flush at once (times and values, in arrival order): what add() does for each.
 
         Pruned from the first new point on, so that a check at any of them finds its window whole.
         """
@@ -150,7 +150,7 @@ class AccelerationIntegral:
         self.trace.add(t, self._v)
 
     def add_all(self, times: list[float], accels: list[float]) -> None:
-        """add() for each of the samples since the last tick (in arrival order), the trace extended once.
+        """add() for each of the samples since the last flush (in arrival order), the trace extended once.
 
         The same floating-point operations in the same order as add(), so the sums are the ones
         every sample gives. (A loop: at a tick's ten samples Python 3.11's specialised loop is
