@@ -54,8 +54,8 @@ def by_name(report: dict) -> dict[str, dict]:
 # -- the traffic check on python-can's virtual bus --------------------------------------
 
 
-def test_decodable_share_and_busy_unknown_ids_on_a_virtual_bus(tmp_path, capsys):
-    channel = f"doctor-{uuid.uuid4().hex[:8]}"
+def one_bus_config(tmp_path: Path, interface: str, channel: str) -> Path:
+    """An agent configuration with one bus, "car", on the partial DBC, recording its speed locally."""
     config = tmp_path / "agent.toml"
     policy = tmp_path / "policy.toml"
     policy.write_text(local_streams_policy({"speed": ["ABS_SPEED.*"]}))
@@ -65,10 +65,16 @@ def test_decodable_share_and_busy_unknown_ids_on_a_virtual_bus(tmp_path, capsys)
         policy = "{policy}"
         [[bus]]
         name = "car"
-        interface = "virtual"
+        interface = "{interface}"
         channel = "{channel}"
         dbc = ["{partial_dbc(tmp_path / 'partial.dbc')}"]
     """))
+    return config
+
+
+def test_decodable_share_and_busy_unknown_ids_on_a_virtual_bus(tmp_path, capsys):
+    channel = f"doctor-{uuid.uuid4().hex[:8]}"
+    config = one_bus_config(tmp_path, "virtual", channel)
     # each round: 3 frames the DBC knows (0B4, 0C8, 0C8), 1 it does not (123), and every 4th round a rare 7FF
     stop = threading.Event()
 
@@ -99,19 +105,7 @@ def test_decodable_share_and_busy_unknown_ids_on_a_virtual_bus(tmp_path, capsys)
 
 def test_a_bus_that_cannot_open_is_told_where_to_look(tmp_path, capsys):
     """Only a SocketCAN bus has an interface check to point at; any other names its configuration."""
-    config = tmp_path / "agent.toml"
-    policy = tmp_path / "policy.toml"
-    policy.write_text(local_streams_policy({"speed": ["ABS_SPEED.*"]}))
-    config.write_text(textwrap.dedent(f"""
-        [agent]
-        store = "{tmp_path / 'ledger'}"
-        policy = "{policy}"
-        [[bus]]
-        name = "car"
-        interface = "nosuchinterface"
-        channel = "can0"
-        dbc = ["{partial_dbc(tmp_path / 'partial.dbc')}"]
-    """))
+    config = one_bus_config(tmp_path, "nosuchinterface", "can0")
     code, report = doctor_json(capsys, "-c", str(config), "--listen", "0.2")
     traffic = by_name(report)["traffic on car"]
     assert code == 1 and traffic["status"] == FAIL and 'Unknown interface type "nosuchinterface"' in traffic["summary"]
