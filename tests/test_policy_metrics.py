@@ -403,3 +403,129 @@ def test_window_aggregator_poll_and_validation():
         WindowAggregator(10.0, ("median",))
     with pytest.raises(ValueError):
         WindowAggregator(0.0)
+
+
+class PerSampleAggregates:
+    """The oracle: each sample added to its signal's accumulators as it comes (the aggregator before its samples
+    were kept and folded in bulk), for exact comparison: the same float operations in the same order."""
+
+    def __init__(self, window_s, functions, hold=5.0):
+        self.w, self.functions, self.hold = window_s, functions, hold
+        self.accs, self.ws, self.we = {}, None, math.inf
+
+    def _open(self, t):
+        self.ws = math.floor(t / self.w) * self.w
+        self.we = self.ws + self.w
+
+    def feed(self, t, name, value):
+        if type(value) not in (int, float, bool):
+            return []
+        out = []
+        if self.ws is None:
+            self._open(t)
+        elif t >= self.we:
+            out = self._close(self.we)
+            self._open(t)
+        a = self.accs.setdefault(name, {"mn": math.inf, "mx": -math.inf, "wsum": 0.0, "wdur": 0.0, "ssum": 0.0,
+                                        "n": 0, "v": 0.0, "t": None})
+        if a["t"] is not None and t >= a["t"]:
+            lo = a["t"] if a["t"] > self.ws else self.ws
+            hi = min(t, a["t"] + self.hold)
+            if hi > lo:
+                a["wsum"] += a["v"] * (hi - lo)
+                a["wdur"] += hi - lo
+                if a["n"] == 0 and a["t"] < self.ws:
+                    a["mn"], a["mx"] = min(a["mn"], a["v"]), max(a["mx"], a["v"])
+        a["mn"], a["mx"] = min(a["mn"], value), max(a["mx"], value)
+        a["ssum"] += value
+        a["n"] += 1
+        a["v"], a["t"] = value, t
+        return out
+
+    def poll(self, t):
+        if self.ws is None or t < self.we:
+            return []
+        out = self._close(self.we)
+        self.ws, self.we = None, math.inf
+        return out
+
+    def flush(self, t):
+        out = self._close(min(t, self.we)) if self.ws is not None else []
+        self.ws, self.we, self.accs = None, math.inf, {}
+        return out
+
+    def _close(self, t_end):
+        out = []
+        for name, a in self.accs.items():
+            if a["n"] == 0:
+                continue
+            lo = a["t"] if a["t"] > self.ws else self.ws
+            hi = min(t_end, a["t"] + self.hold)
+            if hi > lo:
+                a["wsum"] += a["v"] * (hi - lo)
+                a["wdur"] += hi - lo
+            for f in self.functions:
+                val = {"mean": a["wsum"] / a["wdur"] if a["wdur"] > 0.0 else a["ssum"] / a["n"], "min": a["mn"],
+                       "max": a["mx"], "count": a["n"], "last": a["v"]}[f]
+                out.append((t_end, f"{name}.{f}", int(val) if type(val) is bool else val))
+            a.update(mn=math.inf, mx=-math.inf, wsum=0.0, wdur=0.0, ssum=0.0, n=0)
+        return out
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_window_aggregates_kept_and_folded_equal_each_sample_added_as_it_comes(seed):
+    """Samples kept and folded in bulk (at a window's end, at FOLD_AT, at poll and flush) give the same records,
+    to the last bit, as adding each as it comes: out-of-order times, text, bools, gaps over the hold, 1 to 3000
+    samples a window, windows closed by time alone, and the feeding engine's way in (`input`, `sink`)."""
+    from carledger.policy.aggregate import FOLD_AT
+
+    rng = random.Random(seed)
+    functions = ("min", "max", "mean", "count", "last")
+    window = rng.choice((0.5, 3.0, 10.0, 60.0))
+    names = ["a", "b", "c"][: rng.randint(1, 3)]
+    oracle = PerSampleAggregates(window, functions)
+    fed = WindowAggregator(window, functions)
+    sunk: list = []
+    engine = WindowAggregator(window, functions, sink=sunk.extend)
+    inputs = {name: engine.input(name) for name in names}
+    want, got, got_sunk = [], [], []
+    t = 1_700_000_000.0 + rng.uniform(0, 100)
+    for _ in range(rng.randint(2_000, 6_000)):
+        small = rng.random() < 0.99
+        t += rng.choice((0.0, 0.001, 0.001, 0.01, -0.01) if small else (0.3, 2.0, 7.0))  # repeats, steps back, gaps
+        name = rng.choice(names)
+        value = rng.choice((rng.uniform(-50, 50), rng.randint(-3, 3), True, False, "text", rng.uniform(0, 1e-9)))
+        want += oracle.feed(t, name, value)
+        got += fed.feed(t, name, value)
+        inputs[name](t, value)
+        if rng.random() < 0.002:  # a timer
+            poll_t = t + rng.uniform(0, 2 * window)
+            want += oracle.poll(poll_t)
+            got += fed.poll(poll_t)
+            got_sunk += engine.poll(poll_t)
+        if rng.random() < 0.0005:  # the stream stops and starts again
+            want += oracle.flush(t)
+            got += fed.flush(t)
+            got_sunk += engine.flush(t)
+    want += oracle.flush(t + 1.0)
+    got += fed.flush(t + 1.0)
+    assert engine.feed(t, "a", "text") == ()  # with a sink, `feed` returns nothing
+    got_sunk = sunk + got_sunk + engine.flush(t + 1.0)
+    assert len(want) > 20
+    assert repr(got) == repr(want)  # repr: bit for bit, and -0.0 apart from 0.0
+    assert sorted(map(repr, got_sunk)) == sorted(map(repr, want))  # poll's and flush's records come back, not sunk
+    if window == 60.0:  # windows long enough that a signal's samples were folded in before the window ended
+        assert any(name.endswith(".count") and count > FOLD_AT for _, name, count in want)
+
+
+def test_window_aggregates_keep_at_most_fold_at_samples_of_a_signal():
+    """A long window at a high rate keeps a bounded number of samples, not the window's."""
+    from carledger.policy.aggregate import FOLD_AT
+
+    agg = WindowAggregator(3600.0, ("mean", "count"))
+    offer = agg.input("x")
+    for k in range(20 * FOLD_AT):
+        offer(1000.0 + k * 0.001, float(k % 7))
+        assert len(agg._accs["x"].samples) < FOLD_AT
+    end = 1000.0 + 20 * FOLD_AT * 0.001
+    assert agg.flush(end) == [(end, "x.mean", pytest.approx(3.0, abs=0.01)), (end, "x.count", 20 * FOLD_AT)]

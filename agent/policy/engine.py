@@ -127,6 +127,13 @@ class Feed:
         self.owner: Any = None
         self.dependents = dependents if dependents is not None else {}
 
+    @classmethod
+    def direct(cls, offer: Callable[[float, Any], None], name: str) -> "Feed":
+        """A feed whose processor takes `(t, value)` itself: a window aggregate's input, one Python call per sample."""
+        feed = cls(offer, name)
+        feed.offer = offer
+        return feed
+
     def finite_only(self) -> None:
         """Hand on no NaN and no infinity: no reading, which metrics and aggregates would sum into NaN."""
         self.offer = functools.partial(_finite_only, self.offer)
@@ -183,7 +190,7 @@ class StreamRuntime:
             if stream.metrics.every is None:
                 self._trip_bounds = TripDetector()  # per-trip metrics: only the trip's bounds are used
         self.aggregators = [
-            (agg.signals, WindowAggregator(agg.window, agg.functions)) for agg in stream.aggregates
+            (agg.signals, WindowAggregator(agg.window, agg.functions, sink=self._record)) for agg in stream.aggregates
         ]
         self._location_taps: dict[str, Tap] = {}
 
@@ -244,7 +251,7 @@ class StreamRuntime:
             feeds.append(Feed(functools.partial(self._on_metric_input, self.metrics.feeds(name)), name))
         for signals, aggregator in self.aggregators:
             if _matches_any(signals, name, source) and self._classify(name, source) != LOCATION:
-                feeds.append(Feed(functools.partial(self._on_aggregate_input, aggregator), name))
+                feeds.append(Feed.direct(aggregator.input(name), name))
         if ieee_float:
             for feed in feeds:
                 feed.finite_only()
@@ -314,11 +321,6 @@ class StreamRuntime:
             bounds.feed(t, name, value)
             if bounds.trips_ended != ended:
                 self._record(self.metrics.flush(t))
-
-    def _on_aggregate_input(self, aggregator: WindowAggregator, name: str, t: float, value: Any) -> None:
-        records = aggregator.feed(t, name, value)
-        if records:
-            self._record(records)
 
     # -- time ---------------------------------------------------------------------------------
 
