@@ -529,3 +529,39 @@ def test_window_aggregates_keep_at_most_fold_at_samples_of_a_signal():
         assert len(agg._accs["x"].samples) < FOLD_AT
     end = 1000.0 + 20 * FOLD_AT * 0.001
     assert agg.flush(end) == [(end, "x.mean", pytest.approx(3.0, abs=0.01)), (end, "x.count", 20 * FOLD_AT)]
+
+
+def test_shares_integrated_together_record_what_each_records_alone_in_the_same_order():
+    """MetricSet integrates shares that see the same samples over the same windows together (_ShareGroup):
+    the records, in order, are the ones each metric gives fed one after the other, across 22:00 local time,
+    gaps over max_gap_s, samples out of order, polls and a flush mid-drive."""
+    rng = random.Random(3)
+    start = berlin("2024-03-30T21:40:00")
+    samples, t, v = [], start, 40.0
+    while t < start + 2 * 3600:
+        t += rng.choice((0.1, 0.1, 0.1, 0.1, 7.0, -0.3))
+        v = min(max(v + rng.uniform(-4, 4), 0.0), 140.0)
+        samples.append((t, SPEED, v if rng.random() < 0.9 else 0.5))
+
+    def metrics():
+        return [DrivingTime(420.0), NightShare(420.0, tz="Europe/Berlin"), OverSpeedShare(90.0, 420.0),
+                Distance(420.0), OverSpeedShare(50.0, 420.0), NightShare(420.0, tz="Europe/Berlin", moving_kmh=5.0),
+                DrivingTime(None), OverSpeedShare(100.0, None), HarshEvents("acceleration", window_s=420.0)]
+
+    alone, together = metrics(), MetricSet(metrics())
+    assert len(together._parts) == 6  # three shares, Distance, OverSpeedShare, a NightShare of its own, two, Harsh
+    want, got = [], []
+    for i, (t, name, value) in enumerate(samples):
+        want += [r for m in alone if name in m.inputs for r in m.feed(t, name, value)]
+        got += [r for feed in together.feeds(name) for r in feed(t, name, value)]
+        if i % 500 == 0:
+            want += [r for m in alone for r in m.poll(t + 700.0)]
+            got += together.poll(t + 700.0)
+        if i == len(samples) // 2:
+            want += [r for m in alone for r in m.flush(t)]
+            got += together.flush(t)
+    want += [r for m in alone for r in m.flush(samples[-1][0])]
+    got += together.flush(samples[-1][0])
+    assert {n for _, n, _ in want} >= {"metric.night_share", "metric.over_speed_share", "metric.driving_time_s"}
+    assert any(0.0 < v < 1.0 for _, n, v in want if n == "metric.night_share")  # a window across 22:00
+    assert repr(got) == repr(want)
