@@ -99,13 +99,14 @@ class VelocityTrace:
         mine = self.times
         mine.extend(times)
         self.values.extend(new)
+        if times[0] - mine[0] > _PRUNE:
+            self._prune(times[0] - _KEEP)  # which takes the range of what it keeps (at most flushes: one sort, not two)
+            return
         low, high = _low_high(new)
         if low < self.low:
             self.low = low
         if high > self.high:
             self.high = high
-        if times[0] - mine[0] > _PRUNE:
-            self._prune(times[0] - _KEEP)
 
     def could_trigger(self) -> bool:
         """Cheap and conservative: could a window of what the trace holds (up to 0.5 s) have a trigger-size change?"""
