@@ -45,6 +45,7 @@ from carledger.routing import SignalRouting
 from carledger.run_summary import RunSummary, dbc_matcher, log_counts, not_recorded
 from carledger.sources import BusSource, FrameSource, LogSource
 from carledger.sources.base import reader_phase
+from carledger.sources.bus import unknown_interface
 from carledger.sync.link import SyncLink
 
 log = logging.getLogger(__name__)
@@ -65,6 +66,10 @@ class Pipeline:
     """Sources -> decode -> the owner's policy -> ledger, for one configuration."""
 
     def __init__(self, config: Config, *, notifier: Notifier | None = None):
+        for index, bus in enumerate(config.buses):  # before anything is opened: a retry cannot mend it
+            why = None if bus.is_replay else unknown_interface(bus.interface or "")
+            if why is not None:
+                raise PipelineError(f"{config.path}: bus[{index}].interface ({bus.name}): {why}")
         self.config = config
         self.notifier = notifier or Notifier({})
         self.stop_event = threading.Event()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import can
 import pytest
@@ -292,6 +293,47 @@ def test_a_bus_python_can_ships_opens_without_reading_package_metadata_and_a_plu
     unknown = subprocess.run([sys.executable, "-c", "import carledger.pipeline, can; can.Bus(interface='nope')"],
                              capture_output=True, text=True, env=env)
     assert 'Unknown interface type "nope"' in unknown.stderr
+
+
+def test_run_refuses_an_interface_python_can_lacks_at_once_and_takes_a_plugins(tmp_path):
+    """A misspelt interface failed at every reopen, for ever: `carledger run` now refuses it before it opens
+    anything (exit 2, the file and the field), while a plug-in's interface name is one python-can has."""
+    import os
+    import subprocess
+    import sys
+
+    from carledger.sources.bus import unknown_interface
+
+    info = tmp_path / "plugbus-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugbus\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[can.interface]\nplug = plugbus:PlugBus\n")
+    (tmp_path / "plugbus.py").write_text("from can.interfaces.virtual import VirtualBus\n"
+                                         "class PlugBus(VirtualBus):\n    pass\n")
+    (tmp_path / "policy.toml").write_text('version = 1\n[[stream]]\nname = "vault"\nlocal = true\n'
+                                          'purpose = "mine"\nsignals = ["Vehicle.*"]\n')
+    from carledger.dbc import __file__ as dbc_package
+
+    demo = Path(dbc_package).parent / "carledger_demo.dbc"
+    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    results = {}
+    for interface in ("virtual", "plug", "nosuchbus"):
+        config = tmp_path / f"{interface}.toml"
+        config.write_text(f'[agent]\nstore = "ledger-{interface}"\nvehicle = "TEST0000000000001"\n'
+                          f'policy = "policy.toml"\n[[bus]]\nname = "can0"\ninterface = "{interface}"\n'
+                          f'channel = "x"\ndbc = ["{demo}"]\n')
+        results[interface] = subprocess.run(
+            [sys.executable, "-m", "carledger", "run", "-c", str(config), "--for", "0.3"],
+            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    for interface in ("virtual", "plug"):
+        assert results[interface].returncode == 0, results[interface].stderr
+        assert (tmp_path / f"ledger-{interface}").is_dir()
+    refused = results["nosuchbus"]
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.count("\n") == 1 and "nosuchbus.toml: bus[0].interface (can0): python-can has no " \
+        "interface 'nosuchbus' (it knows " in refused.stderr and "socketcan" in refused.stderr, refused.stderr
+    assert not (tmp_path / "ledger-nosuchbus").exists()  # nothing was opened
+    assert unknown_interface("virtual") is None and unknown_interface("socketcan") is None
 
 
 def test_a_batch_ends_at_the_line_that_fills_it_and_the_tally_counts_the_lines_up_to_it():

@@ -40,6 +40,21 @@ _DROP_REPORT_INTERVAL = 1.0
 _OPEN_ALLOWANCE = 10.0  # seconds a driver may take to open a bus before the watchdog calls it stalled
 
 
+def unknown_interface(interface: str) -> str | None:
+    """Why python-can has no interface of this name, or None when it has one (its own or a plug-in's).
+
+    A misspelt name fails every time the bus is opened, so the agent refuses it at start rather
+    than retrying for ever. Listing the known names reads the installed plug-ins; a known name
+    does not (carledger._imports).
+    """
+    from can import interfaces
+
+    if interface in interfaces.VALID_INTERFACES:
+        return None
+    known = ", ".join(sorted(interfaces.VALID_INTERFACES))
+    return f"python-can has no interface {interface!r} (it knows {known}; a plug-in's package adds its own)"
+
+
 class BusSource(FrameSource):
     """Frames from `can.Bus(interface=..., channel=..., can_filters=...)`.
 
