@@ -161,9 +161,20 @@ class FlakyBus(can.BusABC):
         raise can.CanOperationError("read-only")
 
 
+class DeadBus(can.BusABC):
+    """An adapter that is not there: it never opens."""
+
+    def __init__(self, channel=None, **kwargs):
+        raise can.CanInitializationError(f"no adapter on {channel}")
+
+    def send(self, msg, timeout=None):  # pragma: no cover - never opened
+        raise can.CanOperationError("read-only")
+
+
 def test_a_failing_bus_is_reopened_and_a_dead_bus_stops_nothing(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(can.interfaces.BACKENDS, "flaky", (__name__, "FlakyBus"))
-    monkeypatch.setattr(can.util, "VALID_INTERFACES", can.util.VALID_INTERFACES | {"flaky"})
+    monkeypatch.setitem(can.interfaces.BACKENDS, "dead-adapter", (__name__, "DeadBus"))
+    monkeypatch.setattr(can.util, "VALID_INTERFACES", can.util.VALID_INTERFACES | {"flaky", "dead-adapter"})
     FlakyBus.opened = 0
     channel = f"carledger-test-{uuid.uuid4().hex[:8]}"
     config = write_config(tmp_path, f"""
@@ -175,7 +186,7 @@ def test_a_failing_bus_is_reopened_and_a_dead_bus_stops_nothing(tmp_path, capsys
 
         [[bus]]
         name = "dead"
-        interface = "no-such-interface"
+        interface = "dead-adapter"
         channel = "can9"
         dbc = ["{dbc_path('carledger_demo.dbc')}"]
 
@@ -208,7 +219,7 @@ def test_a_failing_bus_is_reopened_and_a_dead_bus_stops_nothing(tmp_path, capsys
     kinds = [(e["event"], e["detail"].get("bus")) for e in events]
     assert ("bus-error", "flaky") in kinds and ("bus-reopened", "flaky") in kinds
     assert ("bus-error", "dead") in kinds
-    assert "no-such-interface" in next(e["detail"]["error"] for e in events if e["detail"].get("bus") == "dead")
+    assert "no adapter on can9" in next(e["detail"]["error"] for e in events if e["detail"].get("bus") == "dead")
     samples = [r for r in export(tmp_path / "ledger", "raw", capsys) if "name" in r]
     times = [r["t"] for r in samples]
     assert any(START + 10 < t < START + 11 for t in times) and any(START + 20 < t < START + 21 for t in times)

@@ -47,11 +47,11 @@ def unknown_interface(interface: str) -> str | None:
     than retrying for ever. Listing the known names reads the installed plug-ins; a known name
     does not (carledger._imports).
     """
-    from can import interfaces
+    from can import util  # the table can.Bus checks a name against (can.interfaces.VALID_INTERFACES)
 
-    if interface in interfaces.VALID_INTERFACES:
+    if interface in util.VALID_INTERFACES:
         return None
-    known = ", ".join(sorted(interfaces.VALID_INTERFACES))
+    known = ", ".join(sorted(util.VALID_INTERFACES))
     return f"python-can has no interface {interface!r} (it knows {known}; a plug-in's package adds its own)"
 
 
