@@ -175,3 +175,32 @@ def test_the_bulk_trace_paths_give_the_floats_every_sample_gives() -> None:
                 for trace_bulk, trace_each in ((bulk.trace, each.trace), (speed_bulk, speed_each)):
                     assert trace_bulk.largest_change(times[-1], 0.15) == trace_each.largest_change(times[-1], 0.15)
                     assert trace_bulk.change(times[-1], 0.02) == trace_each.change(times[-1], 0.02)
+
+
+def test_a_flag_messages_frames_that_decode_as_before_reach_no_tap_and_an_edge_still_does() -> None:
+    """An airbag or crash flag looks for edges only: its message's handler may skip a frame whose signals decode
+    as the one before (only a counter moved), as it does for on-change taps; a rising edge is still offered."""
+    from carledger.edr.recorder import _FlagEdge
+    from carledger.sampling import MessageHandler, Tap
+
+    flagged: list = []
+    recorder = SimpleNamespace(capture=None, _flag_values={}, flag=lambda role, name, t, value: flagged.append((t, value)))
+    recorded: list = []
+    tap = Tap(lambda t, name, value, source: recorded.append((t, value)), "Vehicle.Airbag", None, 0.0)
+    offered: list = []
+
+    class CountedEdge(_FlagEdge):
+        __slots__ = ()
+
+        def offer(self, t: float, value: object) -> None:
+            offered.append(t)
+            super().offer(t, value)
+
+    edge = CountedEdge(recorder, "airbag", "Vehicle.Airbag")
+    handler = MessageHandler(lambda data: [data[0] & 1], [[tap, edge]])  # the counter (data[1]) is not extracted
+    for k in range(50):
+        handler.handle(1000.0 + k * 0.01, bytes([0, k % 16]))
+    handler.handle(1000.5, bytes([1, 2]))
+    assert handler.on_change_only is True
+    assert offered == [1000.0, 1000.5] and flagged == [(1000.0, 0), (1000.5, 1)]
+    assert recorded == [(1000.0, 0), (1000.5, 1)]
