@@ -267,18 +267,25 @@ def test_importing_the_agent_does_not_drag_in_asammdf():
     assert out.stdout.split() == ["False", "False"]
 
 
-def test_a_bus_python_can_ships_opens_without_reading_package_metadata_and_a_plugin_still_opens(tmp_path):
-    """python-can's interface plug-ins are read (importlib.metadata: 3 MB) only for a name python-can lacks."""
+def plugin_bus(folder: Path) -> dict[str, str]:
+    """A python-can interface plug-in, `plug` (a VirtualBus), installed in `folder`: the environment that finds it."""
     import os
-    import subprocess
-    import sys
 
-    info = tmp_path / "plugbus-1.0.dist-info"
+    info = folder / "plugbus-1.0.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugbus\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text("[can.interface]\nplug = plugbus:PlugBus\n")
-    (tmp_path / "plugbus.py").write_text("from can.interfaces.virtual import VirtualBus\n"
-                                         "class PlugBus(VirtualBus):\n    pass\n")
+    (folder / "plugbus.py").write_text("from can.interfaces.virtual import VirtualBus\n"
+                                       "class PlugBus(VirtualBus):\n    pass\n")
+    return dict(os.environ, PYTHONPATH=f"{folder}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+
+
+def test_a_bus_python_can_ships_opens_without_reading_package_metadata_and_a_plugin_still_opens(tmp_path):
+    """python-can's interface plug-ins are read (importlib.metadata: 3 MB) only for a name python-can lacks."""
+    import subprocess
+    import sys
+
+    env = plugin_bus(tmp_path)
     code = """if True:
         import sys, carledger.pipeline, can
         def opened(interface):
@@ -287,7 +294,6 @@ def test_a_bus_python_can_ships_opens_without_reading_package_metadata_and_a_plu
             return [type(bus).__name__, "importlib.metadata" in sys.modules]
         print(opened("virtual"), opened("plug"), "plug" in can.VALID_INTERFACES, sorted(can.VALID_INTERFACES)[-1])
         """
-    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
     assert out.stdout.split("] ") == ["['VirtualBus', False", "['PlugBus', True", "True virtual\n"]
     unknown = subprocess.run([sys.executable, "-c", "import carledger.pipeline, can; can.Bus(interface='nope')"],
@@ -298,24 +304,17 @@ def test_a_bus_python_can_ships_opens_without_reading_package_metadata_and_a_plu
 def test_run_refuses_an_interface_python_can_lacks_at_once_and_takes_a_plugins(tmp_path):
     """A misspelt interface failed at every reopen, for ever: `carledger run` now refuses it before it opens
     anything (exit 2, the file and the field), while a plug-in's interface name is one python-can has."""
-    import os
     import subprocess
     import sys
 
     from carledger.sources.bus import unknown_interface
 
-    info = tmp_path / "plugbus-1.0.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: plugbus\nVersion: 1.0\n")
-    (info / "entry_points.txt").write_text("[can.interface]\nplug = plugbus:PlugBus\n")
-    (tmp_path / "plugbus.py").write_text("from can.interfaces.virtual import VirtualBus\n"
-                                         "class PlugBus(VirtualBus):\n    pass\n")
+    env = plugin_bus(tmp_path)
     (tmp_path / "policy.toml").write_text('version = 1\n[[stream]]\nname = "vault"\nlocal = true\n'
                                           'purpose = "mine"\nsignals = ["Vehicle.*"]\n')
     from carledger.dbc import __file__ as dbc_package
 
     demo = Path(dbc_package).parent / "carledger_demo.dbc"
-    env = dict(os.environ, PYTHONPATH=f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     results = {}
     for interface in ("virtual", "plug", "nosuchbus"):
         config = tmp_path / f"{interface}.toml"
