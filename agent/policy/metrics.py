@@ -41,6 +41,7 @@ operations and no allocation; records are built once per window.
 
 from __future__ import annotations
 
+import itertools
 import math
 from datetime import datetime, timedelta, timezone, tzinfo
 from typing import Any, Iterable
@@ -542,7 +543,7 @@ class _ShareGroup(_SpeedIntervals):
         return metric.window_s, metric.max_gap_s, metric.speed, metric.moving_kmh
 
     def _reset(self) -> None:
-        for share in getattr(self, "shares", ()):  # (none yet while _Windowed.__init__ runs)
+        for share in self.shares:
             share._reset()
 
     def _interval(self, t0: float, v0: float, t1: float, v1: float) -> None:
@@ -561,16 +562,9 @@ class _ShareGroup(_SpeedIntervals):
 def _grouped(metrics: tuple[_Windowed, ...]) -> list[_Windowed]:
     """The metrics, with each run of two or more shares that can be integrated together as one `_ShareGroup`."""
     out: list[_Windowed] = []
-    run: list[_Share] = []
-    for m in (*metrics, None):
-        key = _ShareGroup.key(m) if m is not None else None
-        if run and (key is None or key != _ShareGroup.key(run[0])):
-            out.append(_ShareGroup(tuple(run)) if len(run) > 1 else run[0])
-            run = []
-        if key is not None:
-            run.append(m)  # type: ignore[arg-type]
-        elif m is not None:
-            out.append(m)
+    for key, run in itertools.groupby(metrics, _ShareGroup.key):
+        each = list(run)
+        out += [_ShareGroup(tuple(each))] if key is not None and len(each) > 1 else each  # type: ignore[arg-type]
     return out
 
 
