@@ -156,6 +156,32 @@ def test_edited_tree_hashes_are_derived_again_from_the_blocks(tmp_path):
     assert (cp.size, cp.root_hash) == (8, merkle.root(_leaves(tmp_path, "ubi")))
 
 
+@pytest.mark.parametrize("edit", [
+    "UPDATE tree_hashes SET hash = zeroblob(32) WHERE idx = {node}",  # a node the next blocks' hashes build on
+    "UPDATE tree_hashes SET hash = zeroblob(32) WHERE idx = {leaf}",  # the last new block's own
+    "DELETE FROM tree_hashes WHERE idx = {node}",
+])
+def test_edited_hashes_of_blocks_since_the_last_checkpoint_are_derived_again(tmp_path, edit):
+    """While the agent runs: the hashes blocks added since the last checkpoint are checked against the blocks."""
+    from carledger.transparency import tlog
+
+    ledger = _open(tmp_path, every=8)
+    _drive(ledger, "ubi", 6)  # blocks 0-5, no checkpoint yet; the next at 8
+    node, leaf = tlog.stored_hash_index(1, 2), tlog.stored_hash_index(0, 5)  # blocks 4-5's node, block 5's leaf
+    _sql(tmp_path, edit.format(node=node, leaf=leaf))
+    _drive(ledger, "ubi", 2, start=50)  # block 7 builds on blocks 4-5's node; the checkpoint of 8 checks them all
+    ledger.close(seal=False)
+    with Store.open(tmp_path) as store:
+        cp = store.latest_checkpoint("ubi").checkpoint
+    assert (cp.size, cp.root_hash) == (8, merkle.root(_leaves(tmp_path, "ubi")))
+    derived: list[bytes] = []  # every stored hash, as the blocks give them: the edited one was repaired
+    for index, leaf in enumerate(_leaves(tmp_path, "ubi")):
+        derived += tlog.stored_hashes_for_record_hash(index, merkle.leaf_hash(leaf), lambda at: [derived[i] for i in at])
+    conn = sqlite3.connect(tmp_path / DB_FILE)
+    assert [r[0] for r in conn.execute("SELECT hash FROM tree_hashes WHERE stream = 'ubi' ORDER BY idx")] == derived
+    conn.close()
+
+
 def test_edited_checkpoint_row_refuses(tmp_path):
     with _open(tmp_path) as ledger:
         _drive(ledger, "ubi", 4)

@@ -287,15 +287,42 @@ def _recheck_new_leaves(conn: sqlite3.Connection, stream: str, old: int, new: in
     """The stored hashes that blocks old..new-1 added, derived again from those blocks; StoreError on a difference.
 
     Those derivations read only hashes of the old tree's frontier (which the
-    signed old root pins) and of the new blocks themselves.
+    signed old root pins) and of the new blocks themselves: a new block's
+    hashes are derived from the blocks before it as derived here, never as
+    stored. Two queries hold what the new blocks added (their hashes are
+    consecutive in the layout) and the blocks; the frontier is a few more.
     """
-    read = reader(conn, stream, db)
+    frontier = reader(conn, stream, db)
+    first = tlog.stored_hash_index(0, old)
+    stored = _hash_range(conn, stream, first, tlog.stored_hash_count(new), db)
+    derived: list[bytes] = []  # the hashes of stored index first + i, as the blocks give them
+
+    def read(indexes: Sequence[int]) -> list[bytes]:
+        below = [i for i in indexes if i < first]
+        known = dict(zip(below, frontier(below)))
+        return [known[i] if i < first else derived[i - first] for i in indexes]
+
     for index, sign1 in enumerate(_leaves(conn, stream, old, new, db), start=old):
         want = tlog.stored_hashes_for_record_hash(index, merkle.leaf_hash(sign1), read)
-        first = tlog.stored_hash_index(0, index)
-        if read(range(first, first + len(want))) != want:
+        at = len(derived)
+        derived += want
+        if stored[at : len(derived)] != want:
             raise StoreError(f"{db}: stream {stream!r}: tree_hashes for block {index} differ from the block; "
                              f"the store was edited or damaged, so nothing is signed. See {RECOVERY}")
+
+
+def _hash_range(conn: sqlite3.Connection, stream: str, first: int, end: int, db: Path) -> list[bytes]:
+    """The stored hashes first..end-1, each present and 32 bytes, else StoreError (as `reader` says it)."""
+    rows = conn.execute(
+        "SELECT idx, hash FROM tree_hashes WHERE stream = ? AND idx >= ? AND idx < ? ORDER BY idx", (stream, first, end)
+    ).fetchall()
+    got = dict(rows)
+    for i in range(first, end):
+        h = got.get(i)
+        if not isinstance(h, bytes) or len(h) != merkle.HASH_SIZE:
+            raise StoreError(f"{db}: stream {stream!r}: tree_hashes row {i} is missing or not a hash; "
+                             f"run `carledger verify {db.parent}`")
+    return [got[i] for i in range(first, end)]
 
 
 def sign_checkpoint(conn: sqlite3.Connection, stream: str, size: int, signer: Signer, db: Path) -> Signed | None:
