@@ -333,6 +333,8 @@ def test_run_refuses_an_interface_python_can_lacks_at_once_and_takes_a_plugins(t
         "interface 'nosuchbus' (it knows " in refused.stderr and "socketcan" in refused.stderr, refused.stderr
     assert not (tmp_path / "ledger-nosuchbus").exists()  # nothing was opened
     assert unknown_interface("virtual") is None and unknown_interface("socketcan") is None
+    assert repr("x" * 80) in unknown_interface("x" * 300)  # cut at 80, as every configuration message
+    assert "x" * 81 not in unknown_interface("x" * 300)
 
 
 def test_a_batch_ends_at_the_line_that_fills_it_and_the_tally_counts_the_lines_up_to_it():

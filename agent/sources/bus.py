@@ -52,7 +52,7 @@ def unknown_interface(interface: str) -> str | None:
     if interface in util.VALID_INTERFACES:
         return None
     known = ", ".join(sorted(util.VALID_INTERFACES))
-    return f"python-can has no interface {interface!r} (it knows {known}; a plug-in's package adds its own)"
+    return f"python-can has no interface {interface[:80]!r} (it knows {known}; a plug-in's package adds its own)"
 
 
 class BusSource(FrameSource):
