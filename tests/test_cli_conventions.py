@@ -235,6 +235,41 @@ def test_every_subcommand_help_says_what_its_exit_codes_mean():
 # -- item 11: doctor agrees with run ------------------------------------------------------------
 
 
+def test_every_address_option_reads_host_and_port_one_way():
+    """collect's and doctor's --broker and the witness's --listen: one parser, the same forms and the same refusals."""
+    from carledger.cli._args import host_port
+
+    assert host_port("mq", 1883) == ("mq", 1883) and host_port("10.0.0.1:1884", 1883) == ("10.0.0.1", 1884)
+    assert host_port("[::1]:8883", 1883) == ("::1", 8883) and host_port("::1", 1883) == ("::1", 1883)
+    assert host_port("[fe80::1]", 1883) == ("fe80::1", 1883) and host_port("127.0.0.1:0", lowest=0) == ("127.0.0.1", 0)
+    for bad in ("mq:port", "mq:0", "mq:65536", ":1883", "[::1", "[::1]x", "[::1]:", "m q:1", "", "mq:+1", "mq:１"):
+        with pytest.raises(ValueError, match=r"is not HOST or HOST:PORT \(a port from 1 to 65535"):
+            host_port(bad, 1883)
+    for bad in ("mq", "::1", "127.0.0.1:70000", "h:-1"):  # a server's address needs its port; 0 picks one
+        with pytest.raises(ValueError, match=r"is not HOST:PORT \(a port from 0 to 65535"):
+            host_port(bad, lowest=0)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("doctor", "--broker", "mq:0"),
+     "carledger doctor: error: argument --broker: 'mq:0' is not HOST or HOST:PORT (a port from 1 to 65535; "
+     "[ADDR]:PORT for IPv6)"),
+    (("collect", "run", "DIR", "--broker", "mq:99999"),
+     "carledger collect: --broker 'mq:99999' is not HOST or HOST:PORT (a port from 1 to 65535; [ADDR]:PORT for IPv6)"),
+    (("witness", "run", "DIR", "--log", "k", "--listen", "localhost"),
+     "carledger witness run: error: argument --listen: 'localhost' is not HOST:PORT (a port from 0 to 65535; [ADDR]:PORT for IPv6)"),
+])
+def test_a_bad_address_is_one_line_and_exit_2(argv, message, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    try:
+        code = main(list(argv))
+    except SystemExit as exited:  # argparse's own refusal
+        code = exited.code
+    err = capsys.readouterr().err
+    assert code == 2 and last_line(err) == message, err
+
+
 @pytest.mark.parametrize("case", ["missing", "invalid", "none"])
 def test_doctor_fails_without_a_valid_policy_as_run_refuses(case, tmp_path, capsys):
     policy = {"missing": str(tmp_path / "nosuch.toml"), "invalid": str(tmp_path / "bad.toml"), "none": None}[case]

@@ -30,6 +30,30 @@ def seconds(text: str) -> float:
     return value
 
 
+def host_port(text: str, default_port: int | None = None, *, lowest: int = 1) -> tuple[str, int]:
+    """HOST, HOST:PORT, [IPv6]:PORT or a bare IPv6 address -> (host, port): every address option's one parser.
+
+    The port runs from `lowest` (1 for a broker; 0 for a server's `--listen`, the
+    system picking a free one) to 65535 and is required when there is no
+    `default_port`. ValueError naming the text when it is none of those.
+    """
+    host, port = text, None
+    if text.startswith("["):
+        end = text.find("]")
+        rest = text[end + 1 :]
+        if end < 0 or (rest and not rest.startswith(":")):
+            host = ""  # not [ADDR] or [ADDR]:PORT: refused below
+        else:
+            host, port = text[1:end], rest[1:] if rest else None
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    number = default_port if port is None else int(port) if port.isascii() and port.isdigit() else -1
+    if not host or number is None or not lowest <= number <= 65535 or any(c.isspace() for c in host):
+        want = "HOST:PORT" if default_port is None else "HOST or HOST:PORT"
+        raise ValueError(f"{text[:80]!r} is not {want} (a port from {lowest} to 65535; [ADDR]:PORT for IPv6)")
+    return host, number
+
+
 def micros(option: str, text: str) -> int:
     """A time option's value (`carledger.times.parse_time`) as µs since the epoch; UsageError naming the option."""
     from carledger import times

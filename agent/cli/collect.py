@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 
-from carledger.cli._args import micros, seconds
+from carledger.cli._args import host_port, micros, seconds
 from carledger.cli._store import UsageError, exit_status, require_dir_with
 
 EPILOG = """\
@@ -233,14 +233,21 @@ def key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _broker(text: str, default_port: int) -> tuple[str, int]:
+    try:
+        return host_port(text, default_port)
+    except ValueError as exc:
+        raise ValueError(f"--broker {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
-    from carledger.collect.fleet import FleetWorker, parse_broker
+    from carledger.collect.fleet import FleetWorker
     from carledger.ledger import StoreError
 
     try:
         cfg = mqtt_config_from_args(args).with_(session_expiry=args.session_expiry)
         brokers = [cfg.with_(host=host, port=port) for host, port in
-                   (parse_broker(b, cfg.effective_port) for b in args.broker)] if args.broker else [cfg]
+                   (_broker(b, cfg.effective_port) for b in args.broker)] if args.broker else [cfg]
         worker = FleetWorker(args.dir, brokers, group=args.group or None, gap_wait=args.gap_wait, store=args.dsn)
     except ValueError as exc:
         print(f"carledger collect: {exc}", file=sys.stderr)

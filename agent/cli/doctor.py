@@ -34,6 +34,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from carledger.cli._args import host_port
+
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 _RANK = {SKIP: 0, OK: 0, WARN: 1, FAIL: 2}
 EARLIEST_SANE_TIME = 1_704_067_200  # 2024-01-01: a clock before that was never set (no RTC, no NTP yet)
@@ -73,7 +75,8 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("-c", "--config", metavar="FILE", default=DEFAULT_PATH, help=f"configuration (default {DEFAULT_PATH})")
     parser.add_argument("--listen", type=seconds, default=5.0, metavar="SECONDS",
                         help="how long to listen to each bus (default 5; 0 skips the traffic check)")
-    parser.add_argument("--broker", metavar="HOST:PORT", help="check this MQTT broker instead of the configured one")
+    parser.add_argument("--broker", metavar="HOST:PORT", type=_broker_arg,
+                        help="check this MQTT broker instead of the configured one (port 1883 if none)")
     parser.add_argument("--json", action="store_true", help="one JSON object")
     parser.set_defaults(func=run)
 
@@ -88,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
         checks = [Check("configuration", FAIL, str(exc), "correct the file (docs/agent.example.toml is the reference)")]
         _print(checks, args.json)
         return 2
-    checks = diagnose(config, listen=args.listen, broker=_broker_arg(args.broker))
+    checks = diagnose(config, listen=args.listen, broker=args.broker)
     _print(checks, args.json)
     return 1 if verdict(checks) == FAIL else 0
 
@@ -431,13 +434,12 @@ def check_store(store: str) -> Check:
 # -- broker ----------------------------------------------------------------------------
 
 
-def _broker_arg(text: str | None) -> tuple[str, int] | None:
-    if not text:
-        return None
-    host, sep, port = text.rpartition(":")
-    if not sep or not (port.isascii() and port.isdigit()):
-        return text, 1883
-    return host.strip("[]"), int(port)
+def _broker_arg(text: str) -> tuple[str, int]:
+    """`--broker`: HOST (port 1883), HOST:PORT or [IPv6]:PORT, as every command reads an address."""
+    try:
+        return host_port(text, 1883)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _configured_broker(config: Any) -> tuple[str, int] | None:

@@ -19,6 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
+from carledger.cli._args import host_port
 from carledger.cli._store import UsageError, add_store_options, exit_status, require_dir_with
 
 KEY_FILE = "witness.key"
@@ -53,7 +54,7 @@ def add_subparser(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--log", action="append", default=[], metavar="VKEY",
                      help="a log's note verifier key (name+hash+base64); its name is the log's origin. Repeatable")
     run.add_argument("--logs", metavar="FILE", help="a file of log verifier keys, one a line ('#' starts a comment)")
-    run.add_argument("--listen", default="127.0.0.1:7380", metavar="HOST:PORT",
+    run.add_argument("--listen", default="127.0.0.1:7380", metavar="HOST:PORT", type=_listen,
                      help="address to listen on (default 127.0.0.1:7380; port 0: any free port)")
     run.add_argument("--prefix", default="", help="URL path prefix before /add-checkpoint (default none)")
     run.set_defaults(func=run_serve)
@@ -162,11 +163,13 @@ def _signer(directory: str):
     return signer
 
 
-def _listen(text: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or int(port) > 65535:
-        raise UsageError(f"--listen {text!r}: expected HOST:PORT")
-    return host.strip("[]"), int(port)
+def _listen(text: str) -> str:
+    """`--listen`: HOST:PORT or [IPv6]:PORT (port 0: the system picks a free one, and the line says which)."""
+    try:
+        host_port(text, lowest=0)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -175,7 +178,7 @@ def run_serve(args: argparse.Namespace) -> int:
     require_dir_with(args.dir, KEY_FILE, "witness directory")
     signer = _signer(args.dir)
     keys = _log_keys(args)
-    host, port = _listen(args.listen)
+    host, port = host_port(args.listen, lowest=0)
     if args.prefix and not args.prefix.startswith("/"):
         raise UsageError(f"--prefix {args.prefix!r} must start with /")
     witness = Witness(args.dir, signer, keys)

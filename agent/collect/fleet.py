@@ -22,7 +22,7 @@ from typing import Sequence
 from carledger.collect.service import DEFAULT_GROUP, CollectorService
 from carledger.sync.config import MqttConfig
 
-__all__ = ["FleetWorker", "broker_for", "parse_broker"]
+__all__ = ["FleetWorker", "broker_for"]
 
 
 def broker_for(vehicle: str, brokers: Sequence[str]) -> str:
@@ -34,24 +34,6 @@ def broker_for(vehicle: str, brokers: Sequence[str]) -> str:
     if not brokers:
         raise ValueError("no brokers")
     return max(brokers, key=lambda b: hashlib.sha256(f"{b}\n{vehicle}".encode()).digest())
-
-
-def parse_broker(text: str, default_port: int) -> tuple[str, int]:
-    """HOST or HOST:PORT ([v6]:PORT) -> (host, port); ValueError naming the text when it is not one."""
-    host, port = text, default_port
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ValueError(f"--broker {text!r}: unclosed [")
-        host, rest = text[1:end], text[end + 1:]
-        if rest:
-            port = int(rest.removeprefix(":")) if rest.startswith(":") else -1
-    elif text.count(":") == 1:
-        host, p = text.split(":")
-        port = int(p) if p.isascii() and p.isdigit() else -1
-    if not host or not 0 < port < 65536:
-        raise ValueError(f"--broker {text!r}: not HOST or HOST:PORT")
-    return host, port
 
 
 class FleetWorker:
