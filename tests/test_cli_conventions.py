@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -248,6 +249,18 @@ def test_every_address_option_reads_host_and_port_one_way():
     for bad in ("mq", "::1", "127.0.0.1:70000", "h:-1"):  # a server's address needs its port; 0 picks one
         with pytest.raises(ValueError, match=r"is not HOST:PORT \(a port from 0 to 65535"):
             host_port(bad, lowest=0)
+
+
+def test_doctor_writes_an_ipv6_broker_back_as_it_is_written(tmp_path, capsys):
+    config = agent_config(tmp_path, tmp_path / "ledger", str(REPO / "docs" / "policy.example.toml"))
+    try:
+        with socket.socket(socket.AF_INET6) as unused:  # a port nothing listens on
+            unused.bind(("::1", 0))
+            port = unused.getsockname()[1]
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    _, out, _ = cli(capsys, "doctor", "-c", str(config), "--listen", "0", "--broker", f"[::1]:{port}")
+    assert f"[WARN] broker: [::1]:{port} not reachable" in out
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -467,20 +467,21 @@ def check_broker(broker: tuple[str, int] | None, timeout: float = 3.0) -> Check:
         return Check("broker", SKIP, "not configured (no [mqtt] table): records stay in the car")
     host, port = broker
     facts: dict[str, Any] = {"host": host, "port": port}
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as the address is written back
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             if port == 8883:
-                return Check("broker", OK, f"{host}:{port} reachable (TLS port: the handshake is the agent's)", details=facts)
+                return Check("broker", OK, f"{where} reachable (TLS port: the handshake is the agent's)", details=facts)
             code = mqtt_connack(sock)
     except OSError as exc:
-        return Check("broker", WARN, f"{host}:{port} not reachable: {exc}",
+        return Check("broker", WARN, f"{where} not reachable: {exc}",
                      "fine while the car has no connectivity; otherwise check host, port and firewall", facts)
     facts["connack"] = code
     if code is None:
-        return Check("broker", WARN, f"{host}:{port} answers, but not as an MQTT broker", "check the port", facts)
+        return Check("broker", WARN, f"{where} answers, but not as an MQTT broker", "check the port", facts)
     if code in (4, 5):
-        return Check("broker", OK, f"{host}:{port} is an MQTT broker; it wants credentials (the agent's are in [mqtt])", details=facts)
-    return Check("broker", OK, f"{host}:{port} is an MQTT broker (CONNACK {code})", details=facts)
+        return Check("broker", OK, f"{where} is an MQTT broker; it wants credentials (the agent's are in [mqtt])", details=facts)
+    return Check("broker", OK, f"{where} is an MQTT broker (CONNACK {code})", details=facts)
 
 
 # -- output ----------------------------------------------------------------------------
