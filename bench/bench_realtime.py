@@ -1,6 +1,6 @@
 """Real time: the agent fed at the car's pace, against a python-can Notifier + cantools on the same feed.
 
-    python bench/bench_realtime.py [--seconds 30] [--interval 0.05] [--skip-four] [--floor]
+    python bench/bench_realtime.py [--seconds 30] [--interval 0.05[,0.1,0.2]] [--skip-four] [--floor]
     python bench/bench_realtime.py --memory
 
 `--memory` prints instead what each part of the agent costs in RSS: the
@@ -48,6 +48,11 @@ log as fast as it reads (`Pipeline.run` in one process, start-up apart): the
 fast-replay cost of the same work, measured in the same run, which the real
 time cost is compared with. The agent's CPU is also split by thread
 (schedstat), with each thread's wake-ups.
+
+`--interval 0.05,0.1,0.2` runs the single-bus agents (and the floor) at each
+wake-up interval on the same feed, against one baseline: what a longer
+interval saves, which docs/edr.md weighs against the crash capture's later
+seal, in one run.
 
 `--against CHECKOUT` runs the agent of another checkout (a worktree of the
 code before a change, with its own .venv) right after this one's on each
@@ -453,7 +458,10 @@ def line(name: str, r: dict, base: dict | None) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=30.0, help="seconds of feed per receiver")
-    parser.add_argument("--interval", type=float, default=0.05, help="the agent's [agent] wakeup_interval")
+    parser.add_argument("--interval", type=_intervals, default=[0.05], metavar="SECONDS[,SECONDS...]",
+                        help="the agent's [agent] wakeup_interval (default 0.05); several, comma-separated, run the "
+                             "single-bus agents (and the floor) at each, on the same feed: the interval's trade-off "
+                             "(docs/edr.md) in one run")
     parser.add_argument("--skip-four", action="store_true", help="leave out the 4 x 4,500 frames/s runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--memory", action="store_true", help="only the RSS of each part of the agent, and of replays")
@@ -485,25 +493,29 @@ def main() -> int:
     checkouts = [("", REPO)] + [(f" [{Path(d).name}]", Path(d).resolve()) for d in args.against]
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="carledger-bench-") as tmp:
-        runs = [("baseline", None, 1, 1.0), ("carledger, 16 signals", STREAMS, 1, 1.0),
-                ("carledger, every signal", {"all": every}, 1, 1.0)]
-        if args.floor:
-            runs.insert(1, ("floor: reading the bus, nothing else", "floor", 1, 1.0))
+        first = args.interval[0]
+        runs = [("baseline", None, 1, 1.0, first)]
+        for interval in args.interval:  # the first without a label: the figures a single interval always gave
+            at = f" @{interval * 1000:g} ms" if interval != first else ""
+            if args.floor:
+                runs.append((f"floor: reading the bus, nothing else{at}", "floor", 1, 1.0, interval))
+            runs += [(f"carledger, 16 signals{at}", STREAMS, 1, 1.0, interval),
+                     (f"carledger, every signal{at}", {"all": every}, 1, 1.0, interval)]
         if not args.skip_four:
-            runs += [("baseline, 4 x 4,500 frames/s", None, 4, 5.0),
-                     ("carledger, 4 x 4,500 frames/s", STREAMS, 4, 5.0)]
+            runs += [("baseline, 4 x 4,500 frames/s", None, 4, 5.0, first),
+                     ("carledger, 4 x 4,500 frames/s", STREAMS, 4, 5.0, first)]
         number = 0
         for repeat in range(args.repeat):
-            for name, streams, buses, speed in runs:
+            for name, streams, buses, speed, interval in runs:
                 for label, checkout in checkouts if isinstance(streams, dict) else checkouts[:1]:
                     number += 1
                     key = name + label + (f" #{repeat + 1}" if args.repeat > 1 else "")
                     if streams is None:
                         receiver = [BASELINE, str(DBC), json.dumps(channels(buses))]
                     elif streams == "floor":
-                        receiver = [FLOOR, json.dumps(channels(buses)), str(args.interval)]
+                        receiver = [FLOOR, json.dumps(channels(buses)), str(interval)]
                     else:
-                        config = write_agent(Path(tmp) / f"run{number}", buses, streams, args.interval)
+                        config = write_agent(Path(tmp) / f"run{number}", buses, streams, interval)
                         receiver = [AGENT, str(config), str(LOG)]
                     results[key] = receive(receiver, buses, speed, args.seconds, checkout)
                     if isinstance(streams, dict) and buses == 1:  # the same work in fast replay, right after
@@ -514,12 +526,25 @@ def main() -> int:
         if name.startswith("carledger"):
             r["ratio_vs_baseline"] = base["us_per_frame"] / r["us_per_frame"]
     if args.json:
-        print(json.dumps({"seconds": args.seconds, "interval": args.interval, "results": results}))
+        print(json.dumps({"seconds": args.seconds, "interval": args.interval[0], "intervals": args.interval,
+                          "results": results}))
         return 0
-    print(f"{args.seconds:g} s of feed per receiver, agent wake-up interval {args.interval * 1000:g} ms")
+    print(f"{args.seconds:g} s of feed per receiver, agent wake-up interval "
+          f"{', '.join(f'{i * 1000:g}' for i in args.interval)} ms")
     for name, r in results.items():
         print(line(name, r, _baseline_of(name, results) if name.startswith("carledger") else None))
     return 0
+
+
+def _intervals(text: str) -> list[float]:
+    """`--interval`: one or more wake-up intervals in seconds, comma-separated, each as the agent accepts it."""
+    try:
+        values = [float(part) for part in text.split(",")]
+    except ValueError:
+        values = []
+    if not values or not all(0.001 <= v <= 1.0 for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: seconds from 0.001 to 1, comma-separated, each once")
+    return values
 
 
 def _baseline_of(name: str, results: dict[str, dict]) -> dict:
