@@ -53,11 +53,12 @@ class _Acc:
     operations in the same order as a per-sample update would: the results are identical.
     """
 
-    __slots__ = ("mn", "mx", "wsum", "wdur", "ssum", "n", "v", "t", "samples", "due", "owner", "name")
+    __slots__ = ("mn", "mx", "wsum", "wdur", "ssum", "n", "v", "t", "samples", "due", "owner", "name", "records")
 
     def __init__(self, owner: "WindowAggregator", name: str) -> None:
         self.owner = owner
         self.name = name
+        self.records = tuple(f"{name}.{f}" for f in owner.functions)  # its records' names, one per function
         self.samples: list[tuple[float, Any]] = []
         # A sample at or after this time goes to the aggregator first (`_turn`): the window's end, or -inf
         # while no window is open or this signal had no number since it started (its first one is placed).
@@ -141,7 +142,6 @@ class WindowAggregator:
         self.signals = frozenset(signals) if signals is not None else None
         self.max_hold_s = float(max_hold_s)
         self._accs: dict[str, _Acc] = {}
-        self._names: dict[str, tuple[str, ...]] = {}  # record names per signal, built once
         self._ws: float | None = None
         self._we = _INF
         # The signals that had a number since the start or the last flush, in the order of their first:
@@ -158,7 +158,6 @@ class WindowAggregator:
         acc = self._accs.get(name)
         if acc is None:
             acc = self._accs[name] = _Acc(self, name)
-            self._names[name] = tuple(f"{name}.{f}" for f in self.functions)
         return acc
 
     def _set_due(self, due: float) -> None:
@@ -218,7 +217,7 @@ class WindowAggregator:
         out: list = []
         ws = self._ws
         hold = self.max_hold_s
-        for name, acc in self._live.items():
+        for acc in self._live.values():
             if acc.samples:
                 acc.fold()
             if acc.n == 0:
@@ -229,8 +228,7 @@ class WindowAggregator:
             if b > a:
                 acc.wsum += acc.v * (b - a)
                 acc.wdur += b - a
-            names = self._names[name]
-            for fname, rname in zip(self.functions, names):
+            for fname, rname in zip(self.functions, acc.records):
                 if fname == "mean":
                     val = acc.wsum / acc.wdur if acc.wdur > 0.0 else acc.ssum / acc.n
                 elif fname == "min":
