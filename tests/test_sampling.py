@@ -70,7 +70,7 @@ def test_a_feed_is_offered_every_value_even_when_the_frame_decodes_as_before():
     from carledger.policy.engine import Feed
 
     seen = []
-    handler = MessageHandler(lambda data: [data[0]], [[Feed(lambda name, t, value: seen.append((t, value)), "x")]])
+    handler = MessageHandler(lambda data: [data[0]], [[Feed.of(lambda name, t, value: seen.append((t, value)), "x")]])
     for counter, t in enumerate([0.0, 0.1, 0.2]):
         handler.handle(t, bytes([7, counter]))
     assert seen == [(0.0, 7), (0.1, 7), (0.2, 7)]

@@ -114,25 +114,24 @@ class Feed:
     taps): the message handler that calls this feed adopts them too, so their
     held-back values are offered again like any tap's.
 
-    `offer(t, value)` is `fn(name, t, value)` as a `functools.partial`: called in C, not through a
-    method of this class, which was one Python call per sample more (about 1 % of a policy replay's
-    instructions, bench_instructions).
+    `offer(t, value)` is the processor's own callable: a window aggregate's input, or (`Feed.of`)
+    `fn(name, t, value)` as a `functools.partial`, called in C, not through a method of this class,
+    which was one Python call per sample more (about 1 % of a policy replay's instructions,
+    bench_instructions).
     """
 
     __slots__ = ("offer", "name", "owner", "dependents")
 
-    def __init__(self, fn: Callable[[str, float, Any], None], name: str, dependents: dict | None = None):
-        self.offer: Callable[[float, Any], None] = functools.partial(fn, name)
+    def __init__(self, offer: Callable[[float, Any], None], name: str, dependents: dict | None = None):
+        self.offer = offer
         self.name = name
         self.owner: Any = None
         self.dependents = dependents if dependents is not None else {}
 
     @classmethod
-    def direct(cls, offer: Callable[[float, Any], None], name: str) -> "Feed":
-        """A feed whose processor takes `(t, value)` itself: a window aggregate's input, one Python call per sample."""
-        feed = cls(offer, name)
-        feed.offer = offer
-        return feed
+    def of(cls, fn: Callable[[str, float, Any], None], name: str, dependents: dict | None = None) -> "Feed":
+        """A feed whose processor takes the signal's name too: `fn(name, t, value)`."""
+        return cls(functools.partial(fn, name), name, dependents)
 
     def finite_only(self) -> None:
         """Hand on no NaN and no infinity: no reading, which metrics and aggregates would sum into NaN."""
@@ -239,19 +238,19 @@ class StreamRuntime:
                 else:
                     out.append(self._tap(name, source, scope))
         if self.location is not None and name in _LOCATION_INPUTS:
-            out.append(Feed(self._on_position, name, self._location_taps))
+            out.append(Feed.of(self._on_position, name, self._location_taps))
             if stream.selects(name, source):
                 self._location_taps[name] = self._tap(name, source, "position")
                 if self.location.geohash is not None:
                     self._location_taps[GEOHASH] = self._tap(GEOHASH, GEOHASH, "position")
         feeds: list[Feed] = []
         if self.trips is not None and name in (SPEED, IGNITION):
-            feeds.append(Feed(functools.partial(self._on_trip_input, self.trips.feeder(name)), name))
+            feeds.append(Feed.of(functools.partial(self._on_trip_input, self.trips.feeder(name)), name))
         if self.metrics is not None and (name in self.metrics.inputs or (self._trip_bounds and name in (SPEED, IGNITION))):
-            feeds.append(Feed(functools.partial(self._on_metric_input, self.metrics.feeds(name)), name))
+            feeds.append(Feed.of(functools.partial(self._on_metric_input, self.metrics.feeds(name)), name))
         for signals, aggregator in self.aggregators:
             if _matches_any(signals, name, source) and self._classify(name, source) != LOCATION:
-                feeds.append(Feed.direct(aggregator.input(name), name))
+                feeds.append(Feed(aggregator.input(name), name))
         if ieee_float:
             for feed in feeds:
                 feed.finite_only()
