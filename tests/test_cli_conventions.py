@@ -302,6 +302,19 @@ def test_doctor_fails_without_a_valid_policy_as_run_refuses(case, tmp_path, caps
         assert main(["run", "-c", str(config), "--for", "0.1"]) == 2
 
 
+def test_doctor_fails_an_interface_python_can_lacks_as_run_refuses_it(tmp_path, capsys):
+    """`carledger run` refuses a misspelt interface before it opens anything; doctor said ready when told not to
+    listen (the traffic check was the only one that opened a bus that is not SocketCAN)."""
+    config = agent_config(tmp_path, tmp_path / "ledger", str(REPO / "docs" / "policy.example.toml"))
+    config.write_text(config.read_text().replace('interface = "virtual"', 'interface = "virtaul"'))
+    for listen in ("0", "0.2"):
+        code, out, _ = cli(capsys, "doctor", "-c", str(config), "--listen", listen, "--broker", "127.0.0.1:1")
+        assert code == 1 and "[FAIL] bus car: python-can has no interface 'virtaul' (it knows " in out, out
+        assert ("traffic on car: virtaul " in out) == (listen != "0")  # which tries to open it, and says so too
+    assert main(["run", "-c", str(config), "--for", "0.1"]) == 2
+    assert "python-can has no interface 'virtaul'" in capsys.readouterr().err
+
+
 def test_doctor_passes_a_valid_policy(tmp_path, capsys):
     config = agent_config(tmp_path, tmp_path / "ledger", str(REPO / "docs" / "policy.example.toml"))
     code, out, _ = cli(capsys, "doctor", "-c", str(config), "--listen", "0", "--broker", "127.0.0.1:1")

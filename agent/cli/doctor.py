@@ -98,10 +98,15 @@ def run(args: argparse.Namespace) -> int:
 
 def diagnose(config: Any, *, listen: float = 5.0, broker: tuple[str, int] | None = None) -> list[Check]:
     """Every check for a loaded configuration, in order."""
+    from carledger.sources.bus import unknown_interface
+
     checks = [Check("configuration", OK, f"{config.path}: {len(config.buses)} bus(es)")]
     for bus in config.buses:
         if bus.is_replay:
             continue
+        why = unknown_interface(bus.interface or "")  # what `carledger run` refuses before it opens anything
+        if why is not None:  # said even with --listen 0, where no traffic check tries to open the bus
+            checks.append(Check(f"bus {bus.name}", FAIL, why, _bus_fix(bus.name)))
         interface = check_interface(str(bus.channel), bus.bitrate, bus.fd) if bus.interface == "socketcan" else None
         if interface is not None:
             checks.append(interface)
@@ -238,11 +243,15 @@ def check_traffic(bus: Any, seconds: float) -> Check:
         return Check(name, FAIL, f"cannot load the DBCs: {exc}", "carledger dbc check FILE")
     counts, error_frames, cannot_open = listen(bus, seconds)
     if cannot_open and not counts:
-        fix = "see the interface check above" if bus.interface == "socketcan" else \
-            f"check bus {bus.name!r} in the configuration: `interface` (a python-can interface, or an installed " \
-            "plug-in's), `channel` and `options`"  # only a SocketCAN bus has an interface check of its own
+        # only a SocketCAN bus has an interface check of its own
+        fix = "see the interface check above" if bus.interface == "socketcan" else _bus_fix(bus.name)
         return Check(name, FAIL, f"{bus.interface} {bus.channel}: {cannot_open}", fix)
     return describe_traffic(name, counts, known, seconds, error_frames)
+
+
+def _bus_fix(name: str) -> str:
+    return (f"check bus {name!r} in the configuration: `interface` (a python-can interface, or an installed "
+            "plug-in's), `channel` and `options`")
 
 
 def describe_traffic(name: str, counts: collections.Counter, known: Callable[[int], bool], seconds: float,
