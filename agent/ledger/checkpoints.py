@@ -25,7 +25,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from pathlib import Path
-from typing import NamedTuple, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 from carledger.ledger import cose, merkle
 from carledger.ledger.errors import MalformedBlock, StoreError
@@ -139,13 +139,21 @@ def reader(conn: sqlite3.Connection, stream: str, db: Path) -> tlog.HashReader:
         rows = dict(conn.execute(
             f"SELECT idx, hash FROM tree_hashes WHERE stream = ? AND idx IN ({marks})", (stream, *indexes)
         ).fetchall())
-        missing = [i for i in indexes if not isinstance(rows.get(i), bytes) or len(rows[i]) != merkle.HASH_SIZE]
-        if missing:
-            raise StoreError(f"{db}: stream {stream!r}: tree_hashes row {missing[0]} is missing or not a hash; "
-                             f"run `carledger verify {db.parent}`")
-        return [rows[i] for i in indexes]
+        return _hashes_at(rows, indexes, stream, db)
 
     return read
+
+
+def _hashes_at(rows: dict, indexes: Iterable[int], stream: str, db: Path) -> list[bytes]:
+    """The hashes `rows` (idx -> hash, as read) holds at `indexes`, each present and 32 bytes, else StoreError."""
+    out = []
+    for i in indexes:
+        h = rows.get(i)
+        if not isinstance(h, bytes) or len(h) != merkle.HASH_SIZE:
+            raise StoreError(f"{db}: stream {stream!r}: tree_hashes row {i} is missing or not a hash; "
+                             f"run `carledger verify {db.parent}`")
+        out.append(h)
+    return out
 
 
 def append_leaf(conn: sqlite3.Connection, stream: str, index: int, sign1: bytes, db: Path) -> None:
@@ -312,17 +320,11 @@ def _recheck_new_leaves(conn: sqlite3.Connection, stream: str, old: int, new: in
 
 
 def _hash_range(conn: sqlite3.Connection, stream: str, first: int, end: int, db: Path) -> list[bytes]:
-    """The stored hashes first..end-1, each present and 32 bytes, else StoreError (as `reader` says it)."""
-    rows = conn.execute(
-        "SELECT idx, hash FROM tree_hashes WHERE stream = ? AND idx >= ? AND idx < ? ORDER BY idx", (stream, first, end)
-    ).fetchall()
-    got = dict(rows)
-    for i in range(first, end):
-        h = got.get(i)
-        if not isinstance(h, bytes) or len(h) != merkle.HASH_SIZE:
-            raise StoreError(f"{db}: stream {stream!r}: tree_hashes row {i} is missing or not a hash; "
-                             f"run `carledger verify {db.parent}`")
-    return [got[i] for i in range(first, end)]
+    """The stored hashes first..end-1, in one query: each present and 32 bytes, else StoreError (as `reader`)."""
+    rows = dict(conn.execute(
+        "SELECT idx, hash FROM tree_hashes WHERE stream = ? AND idx >= ? AND idx < ?", (stream, first, end)
+    ).fetchall())
+    return _hashes_at(rows, range(first, end), stream, db)
 
 
 def sign_checkpoint(conn: sqlite3.Connection, stream: str, size: int, signer: Signer, db: Path) -> Signed | None:
