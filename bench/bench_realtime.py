@@ -55,9 +55,10 @@ interval saves, which docs/edr.md weighs against the crash capture's later
 seal, in one run.
 
 `--against CHECKOUT` runs the agent of another checkout (a worktree of the
-code before a change, with its own .venv) right after this one's on each
-feed, and `--repeat N` alternates the whole sequence N times: compare before
-and after within one run, on a machine whose other work moves the figures.
+code before a change: its agent/, with this interpreter) right after this
+one's on each feed, and `--repeat N` alternates the whole sequence N times:
+compare before and after within one run, on a machine whose other work moves
+the figures.
 
 Prints each receiver's figures and carledger's CPU per frame as a ratio of
 the baseline's. Not a test: nothing here passes or fails, and the machine's
@@ -90,7 +91,7 @@ import json, os, resource, statistics, sys, threading, time
 PAGE = os.sysconf("SC_PAGE_SIZE")
 def usage():
     r = resource.getrusage(resource.RUSAGE_SELF)
-    return {"cpu": r.ru_utime + r.ru_stime, "vcsw": r.ru_nvcsw, "ivcsw": r.ru_nivcsw,
+    return {"cpu": r.ru_utime + r.ru_stime, "user": r.ru_utime, "vcsw": r.ru_nvcsw, "ivcsw": r.ru_nivcsw,
             "peak_mb": r.ru_maxrss * 1024 / 1e6, "wall": time.monotonic()}
 def rss_mb():
     with open("/proc/self/statm") as f:
@@ -108,7 +109,7 @@ def feed_window(ready_rss):
     end = usage()
     sampling.set()
     return {"startup_cpu": start["cpu"], "startup_rss_mb": ready_rss,
-            "cpu": end["cpu"] - start["cpu"], "seconds": end["wall"] - start["wall"],
+            "cpu": end["cpu"] - start["cpu"], "user": end["user"] - start["user"], "seconds": end["wall"] - start["wall"],
             "vcsw": end["vcsw"] - start["vcsw"], "ivcsw": end["ivcsw"] - start["ivcsw"],
             "peak_rss_mb": end["peak_mb"], "steady_rss_mb": statistics.median(samples) if samples else rss_mb()}
 """ % {"rss_sample": RSS_SAMPLE}
@@ -351,8 +352,8 @@ def unit_environment() -> dict[str, str]:
 
 def python(code: str, *args: str, checkout: Path = REPO) -> dict:
     """Runs `code` in a fresh interpreter as the unit would; its last line of output, as JSON."""
-    done = subprocess.run([interpreter(checkout), "-c", code, *args], capture_output=True, text=True, cwd=checkout,
-                          env=unit_environment(), check=False)
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=checkout,
+                          env=environment(checkout), check=False)
     if done.returncode != 0:
         raise SystemExit(f"bench step failed:\n{done.stderr}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -397,17 +398,30 @@ def write_agent(folder: Path, buses: int, streams: dict[str, list[str]], interva
     return path
 
 
-def interpreter(checkout: Path) -> str:
-    """The Python of a checkout (its .venv, as scripts/setup makes it): this one's is the running one."""
-    if checkout == REPO:
-        return sys.executable
-    return str(checkout / ".venv" / "bin" / "python")
+_CODE: dict[Path, Path] = {}  # another checkout -> a folder whose `carledger` is its package
+
+
+def environment(checkout: Path) -> dict[str, str]:
+    """The unit's environment; for another checkout, PYTHONPATH to its package (bench_instructions' `code_of`).
+
+    Every checkout runs with this interpreter and its libraries: a worktree's
+    .venv linked to this one's would import this checkout's package (an
+    editable install), and measure it twice.
+    """
+    env = unit_environment()
+    if checkout != REPO:
+        if checkout not in _CODE:
+            from bench_instructions import code_of
+
+            _CODE[checkout] = code_of(checkout, Path(tempfile.mkdtemp(prefix="carledger-bench-code-")))
+        env["PYTHONPATH"] = str(_CODE[checkout])
+    return env
 
 
 def receive(receiver: list[str], buses: int, speed: float, seconds: float, checkout: Path = REPO) -> dict:
     """Start a receiver, feed it for `seconds`, let it drain, and collect what it measured of itself."""
-    proc = subprocess.Popen([interpreter(checkout), "-c", *receiver], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                            text=True, cwd=checkout, env=unit_environment())
+    proc = subprocess.Popen([sys.executable, "-c", *receiver], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=checkout, env=environment(checkout))
     assert proc.stdin is not None and proc.stdout is not None
     ready = proc.stdout.readline()
     if not ready:
@@ -449,7 +463,9 @@ def line(name: str, r: dict, base: dict | None) -> str:
     if r.get("fast"):
         extra += (f"; fast replay of the log {r['fast']['us_per_frame']:.1f} us per frame, real time "
                   f"{r['us_per_frame'] / r['fast']['us_per_frame']:.2f}x that")
-    return (f"{name}: {r['us_per_frame']:.1f} us CPU per frame ({r['core_share'] * 100:.1f} % of a core), "
+    kernel = (r["cpu"] - r["user"]) / r["sent"] * 1e6
+    return (f"{name}: {r['us_per_frame']:.1f} us CPU per frame (of which {kernel:.1f} in the kernel; "
+            f"{r['core_share'] * 100:.1f} % of a core), "
             f"{r['wakeups_per_s']:.0f} wake-ups/s{extra}; start-up {r['startup_cpu']:.2f} s CPU, "
             f"{r['startup_rss_mb']:.0f} MB; RSS peak {r['peak_rss_mb']:.0f} MB, steady {r['steady_rss_mb']:.0f} MB; "
             f"{r['sent']:,} frames sent, {r['dropped']:,} dropped{ratio}")
@@ -466,7 +482,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--memory", action="store_true", help="only the RSS of each part of the agent, and of replays")
     parser.add_argument("--against", action="append", default=[], metavar="CHECKOUT",
-                        help="also run the agent of another checkout (with its own .venv, e.g. a git worktree of "
+                        help="also run the agent of another checkout (its agent/, this interpreter; e.g. a git worktree of "
                              "the code before a change) right after this one's, on the same feed: before and after "
                              "in one run")
     parser.add_argument("--repeat", type=int, default=1, help="run everything this many times, alternating")
