@@ -92,18 +92,47 @@ def test_raw_frames_are_parsed_into_tuples_with_kernel_times(system_call):
     assert reader.receive_buffer >= 1 << 20
 
 
+def test_a_busy_socket_is_read_without_select_and_an_idle_one_waits_for_its_frame(system_call, monkeypatch):
+    """On its wake-up grid a reader of a busy bus finds frames queued: it takes them at once (no `select`,
+    which cost more CPU than it told, cold); only an empty socket is waited on, up to the timeout."""
+    import select as select_module
+    import threading
+
+    rx, tx = udp_pair()
+    with rx, tx:
+        reader = SocketReader(rx, receive_buffer=1 << 20)
+        waits = []
+        real_select = select_module.select
+
+        def select(*args):
+            waits.append(args[3])
+            return real_select(*args)
+
+        monkeypatch.setattr(select_module, "select", select)
+        tx.send(CLASSIC.pack(0x0B4, 1, b"\x01"))
+        deadline = time.monotonic() + 5
+        while not real_select([rx], [], [], 0)[0] and time.monotonic() < deadline:  # on the queue
+            real_select([rx], [], [], 0.01)
+        assert [k for _, k, _ in reader.read(5.0, 100, lambda *a: None)] == [0x0B4] and waits == []
+        assert reader.read(0.01, 100, lambda *a: None) == [] and waits == [0.01]  # idle: waited, nothing came
+        sender = threading.Timer(0.05, tx.send, (CLASSIC.pack(0x0B5, 1, b"\x02"),))
+        sender.start()
+        try:
+            assert [k for _, k, _ in reader.read(5.0, 100, lambda *a: None)] == [0x0B5]  # came during the wait
+        finally:
+            sender.join()
+        assert waits == [0.01, 5.0]
+
+
 class _Queued:
-    """Stands in for the kernel's queue: (frame, stamp values) as `QueuedReceiver.take` gives them."""
+    """Stands in for the kernel's queue: (frame, stamp values) as `QueuedReceiver.collect` gives them."""
 
     stamp = SO_TIMESTAMPING
 
     def __init__(self, received):
         self.received = received
 
-    def wait(self, timeout):
-        return True
-
-    def take(self, limit):
+    def collect(self, timeout, limit):
         return self.received
 
 

@@ -62,6 +62,19 @@ class QueuedReceiver:
         """Waits up to `timeout` for a datagram; True when there is one (or a failure) to take."""
         return self._failure is not None or bool(select.select((self.sock,), (), (), timeout)[0])
 
+    def collect(self, timeout: float, limit: int) -> list[Received]:
+        """What is queued (at most `limit`); only when nothing is, waits up to `timeout` for it, then takes.
+
+        A reader on the wake-up grid of a busy bus finds frames waiting: asking
+        `select` first cost ~38 µs of CPU a wake-up on the bench machine (the
+        first system call after a sleep runs cold), to learn what the first
+        `recvmmsg` tells anyway. An idle bus pays one empty `recvmmsg` instead.
+        """
+        out = self.take(limit)
+        if out or not self.wait(timeout):
+            return out
+        return self.take(limit)
+
     def take(self, limit: int) -> list[Received]:
         """Up to `limit` queued datagrams and their stamps.
 

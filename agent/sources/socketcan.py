@@ -98,12 +98,10 @@ class SocketReader:
         """
         batch: list[Frame] = []
         receiver = self._receiver
-        if not receiver.wait(timeout):
-            return batch
         append = batch.append
         unpack = _HEADER.unpack_from
         hardware = receiver.stamp == SO_TIMESTAMPING
-        for raw, stamp in receiver.take(max_frames):
+        for raw, stamp in receiver.collect(timeout, max_frames):
             can_id, length = unpack(raw)
             if stamp is None:
                 # no time from the kernel: it stamps frames only once the first timestamping socket

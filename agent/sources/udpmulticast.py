@@ -117,8 +117,10 @@ class DatagramReader:
             raise failure
         batch: list[Frame] = []
         datagrams, self._pending = self._pending, []  # read with a failing one before it, not yet handed on
-        if not datagrams and not self._receiver.wait(timeout):
-            return batch
+        if not datagrams:
+            datagrams = self._receiver.collect(timeout, max_frames)
+            if not datagrams:
+                return batch
         filters = self.bus._filters
         if filters is not self._filters:
             self._compile(filters)
@@ -126,8 +128,6 @@ class DatagramReader:
         unpackb = self._unpackb
         append = batch.append
         headers, tail_length = self._headers, len(_TAIL)
-        if not datagrams:
-            datagrams = self._receiver.take(max_frames)
         for index, (raw, stamp) in enumerate(datagrams):
             t = stamp[0] + stamp[1] * 1.0e-9 if stamp is not None else None
             # The datagram's bytes say what a full unpack said of the same header before: msgpack is
