@@ -324,9 +324,9 @@ class Pipeline:
         """A `clock-stepped-back` health event where the frames' times go back by more than `_CLOCK_STEP`.
 
         Frames carry the kernel's wall clock. When it steps back (an NTP correction of a clock that ran
-        ahead; a Pi has no RTC), each tap holds its changes until the data's time passes the last one it
-        recorded, and records only the newest then: what changed in between is not recorded. Said once
-        per step, in the signed health stream, so that the gap is not silent. Per bus (each bus's frames
+        ahead; a Pi has no RTC), the taps go on recording changes (`Tap.offer` counts its interval both
+        ways), but the records that follow repeat times already recorded before the step. Said once
+        per step, in the signed health stream, so that a reader of the times is told. Per bus (each bus's frames
         come in its own order; buses read in turn interleave), two comparisons a batch: a step inside a
         long batch whose end is past the old time again is not seen.
         """
@@ -344,8 +344,8 @@ class Pipeline:
         else:
             return
         bus = self.buses[index].config.name
-        log.warning("bus %s: the frames' clock went back %.3f s, from %.6f to %.6f: changes are held until it passes "
-                    "%.6f again", bus, top - t, top, t, top)
+        log.warning("bus %s: the frames' clock went back %.3f s, from %.6f to %.6f: the records that follow repeat "
+                    "times recorded before", bus, top - t, top, t)
         self._health_event("clock-stepped-back", {"bus": bus, "seconds": round(top - t, 6), "from": top, "to": t})
 
     def _process_part(self, index: int, batch: list) -> None:

@@ -3,7 +3,9 @@
 A tap connects one signal to one stream. It records a value when it changes,
 at most once per minimum interval; a change held back by the interval is not
 lost, it is recorded as soon as the interval has passed (the next frame of
-that message), so the ledger never ends on a stale value.
+that message), so the ledger never ends on a stale value. The interval is
+counted on the frames' clock in both directions: when that clock steps back
+by more than an interval, the change is recorded at once.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ class _Unowned:
 class Tap:
     """On-change, minimum-interval sampling of one signal into one stream."""
 
-    __slots__ = ("sink", "name", "source", "min_interval", "last", "last_t", "pending", "owner")
+    __slots__ = ("sink", "name", "source", "min_interval", "last", "due", "back", "pending", "owner")
     # Offering again the value a tap was last offered does nothing while it holds no change back (see
     # `offer`), so a handler may skip it. False for a consumer that also acts on time or on every value.
     on_change_only = True
@@ -39,18 +41,24 @@ class Tap:
         self.source = source  # DBC Message.Signal when `name` is a VSS path, else None
         self.min_interval = min_interval
         self.last: Any = None
-        self.last_t = float("-inf")
+        # A change is due from an interval after the last record on (`due`), or an interval before it (`back`):
+        # frames carry the wall clock, which can step back (NTP) or be one wrong line of a log ahead, and waiting
+        # for it to pass the last record again dropped every change until then (docs/socketcan.md,
+        # clock-stepped-back). Both bounds kept, not the record's time: one comparison when a change is due.
+        self.due = self.back = float("-inf")
         self.pending = False
         self.owner = owner if owner is not None else _Unowned()  # the handler counting taps waiting for their interval
 
     def offer(self, t: float, value: Any) -> None:
         if value == self.last and not self.pending:
             return
-        if t - self.last_t >= self.min_interval:
+        if t >= self.due or t < self.back:
             if value != self.last:
                 self.sink(t, self.name, value, self.source)
                 self.last = value
-                self.last_t = t
+                if self.min_interval:  # without one, every change is due: the bounds stay at -inf
+                    self.due = t + self.min_interval
+                    self.back = t - self.min_interval
             if self.pending:
                 self.pending = False
                 self.owner.pending -= 1

@@ -311,8 +311,9 @@ def test_a_python_can_log_frame_whose_time_is_no_time_is_reported_and_skipped(tm
 
 
 def test_a_clock_that_steps_back_is_a_health_event_with_where_it_stepped(tmp_path):
-    """Frames carry the wall clock; when it steps back, the taps hold each change until the clock passes the
-    last recorded time again, so what changed in between is lost. That must be said, not silent."""
+    """Frames carry the wall clock; when it steps back, the records that follow repeat times recorded before.
+    That must be said, not silent, and no change is lost to it (the taps once held each change until the clock
+    passed the last recorded time again)."""
     times = []
     t = 1700000000.0
     for i in range(6000):
@@ -336,6 +337,11 @@ def test_a_clock_that_steps_back_is_a_health_event_with_where_it_stepped(tmp_pat
         (pytest.approx(times[4499], abs=1e-6), pytest.approx(times[4500], abs=1e-6))]
     assert [s["seconds"] for s in steps] == [pytest.approx(29.99), pytest.approx(39.99)]
     assert result.stderr.count("the frames' clock went back") == 2
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                               "--stream", "speed", "--time", "epoch"], capture_output=True, text=True, timeout=60)
+    recorded = [(json.loads(line)["t"], json.loads(line)["value"]) for line in exported.stdout.splitlines()]
+    # every frame's payload differs from the one before: each is a change, recorded with its own time
+    assert len(recorded) == len(times) and [t for t, _ in recorded] == pytest.approx(times, abs=1e-6)
 
 
 def test_two_buses_whose_clocks_differ_are_not_a_step():

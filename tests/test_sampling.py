@@ -28,6 +28,19 @@ def test_a_change_that_reverts_inside_the_interval_is_not_recorded():
     assert run([(0.0, 1), (0.1, 2), (0.2, 1), (0.6, 1)], 0.5) == [(0.0, 1)]
 
 
+def test_a_clock_that_steps_back_or_one_frame_far_ahead_loses_no_change():
+    """Frames carry the wall clock: an NTP step back, or one log line a year ahead, must not hold every change
+    until the clock passes the last record again (it held 47,000 of a replay's 96,000 ABS_SPEED samples)."""
+    ahead = 0.0 + 365 * 86400
+    frames = [(10.0, 1), (10.1, 2), (ahead, 3), (10.2, 4), (10.3, 5), (10.4, 5), (11.0, 6)]
+    assert run(frames, 0) == [(10.0, 1), (10.1, 2), (ahead, 3), (10.2, 4), (10.3, 5), (11.0, 6)]
+    # with an interval: the step back is a whole interval away from the last record, so due at once;
+    # the interval then counts from that record again
+    assert run(frames, 0.5) == [(10.0, 1), (ahead, 3), (10.2, 4), (11.0, 6)]
+    # jitter under the interval (two buses' batches interleaving on one tap) is held as before
+    assert run([(10.0, 1), (9.8, 2), (10.2, 3), (10.6, 3)], 0.5) == [(10.0, 1), (10.6, 3)]
+
+
 def test_unchanged_payloads_are_not_decoded_unless_a_tap_waits():
     calls = []
 
