@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from carledger.sources import LogSource
-from carledger.sources.replay import ReplayError
 
 from conftest import REPO, shared_path
 
@@ -308,6 +307,101 @@ def test_a_python_can_log_frame_whose_time_is_no_time_is_reported_and_skipped(tm
     kept = [f for batch in source._python_can_batches(messages) for f in batch]
     assert [t for t, _, _ in kept] == [1.0, 2.0, 3.0]
     assert [(kind, detail["frame"]) for kind, detail in reported] == [("malformed-input", 2), ("malformed-input", 4)]
+
+
+# -- one time far ahead of the lines around it ------------------------------------------------------
+
+def _read_candump(lines: list[str], batch_size: int = 2048) -> tuple[list, list]:
+    from carledger.sources.candump import read_candump
+
+    reported: list = []
+    batches = list(read_candump(lines, on_malformed=lambda n, line, why: reported.append((n, why)),
+                                batch_size=batch_size))
+    return batches, reported
+
+
+def _line(t: float, i: int) -> str:
+    return f"({t:.6f}) can0 0B4#{i & 0xFF:02X}{i >> 8:02X}000000000000\n"
+
+
+@pytest.mark.parametrize("at", [0, 1, 2, 3, 4, 5, 6, 9])
+def test_one_line_far_ahead_of_both_neighbours_is_skipped_and_reported_wherever_the_batches_cut(at):
+    """A damaged time (11.6 days ahead) is no pause: the frames after it come back. Batches of 4: the line is at
+    every place in a batch, the last included (its next line, in the next batch, decides)."""
+    times = [1796676465.0 + i / 100 for i in range(10)]
+    lines = [_line(t, i) for i, t in enumerate(times)]
+    lines[at] = _line(times[at] + 1_000_000, at)
+    batches, reported = _read_candump(lines, batch_size=4)
+    kept = [f[0] for batch in batches for f in batch]
+    if at == 0 or at == 9:  # no line before it, or none after it: nothing tells it from a pause
+        assert reported == [] and len(kept) == 10
+        return
+    assert kept == [t for i, t in enumerate(times) if i != at]
+    assert reported == [(at + 1, "its time is 1000000 s ahead of the frames before and after it")]
+    assert all(batches) and all(len(b) <= 4 for b in batches)
+
+
+def test_a_pause_a_step_back_and_a_time_past_year_9999_are_no_outliers():
+    t0 = 1796676465.0
+    pause = [_line(t0, 0), _line(t0 + 0.01, 1), _line(t0 + 5 * 3600, 2), _line(t0 + 5 * 3600 + 0.01, 3)]
+    batches, reported = _read_candump(pause)  # two drives in one log, hours apart: the second stays ahead
+    assert reported == [] and len(batches[0]) == 4
+    step = [_line(t0, 0), _line(t0 + 7200, 1), _line(t0 + 7200.01, 2), _line(t0 + 0.02, 3)]
+    batches, reported = _read_candump(step)  # ahead for two lines, then back: a clock stepped, not one line
+    assert reported == [] and len(batches[0]) == 4
+    last = 253402300799.0  # 9999-12-31T23:59:59Z: a step under the hour past it is still no time
+    batches, reported = _read_candump([_line(last - 10, 0), _line(last + 100, 1)])
+    assert [f[0] for f in batches[0]] == [last - 10]
+    assert reported == [(2, f"timestamp '{last + 100:.6f}' is not a time from 0 to year 9999")]
+
+
+def test_a_python_can_log_frame_far_ahead_of_both_neighbours_is_reported_and_skipped(tmp_path):
+    import can
+
+    reported: list = []
+    source = LogSource("t", str(tmp_path / "x.asc"), None, on_event=lambda kind, detail: reported.append(detail))
+    times = [1796676465.0, 1796676465.01, 1797676465.02, 1796676465.03, 1796676465.04]
+    messages = [can.Message(timestamp=t, arbitration_id=0xB4, data=bytes([i] * 8), is_extended_id=False)
+                for i, t in enumerate(times)]
+    kept = [f for batch in source._python_can_batches(messages) for f in batch]
+    assert [t for t, _, _ in kept] == [times[0], times[1], times[3], times[4]]
+    assert reported == [{"file": str(tmp_path / "x.asc"), "frame": 3,
+                         "reason": "its time is 1000000 s ahead of the frames before and after it"}]
+
+
+def test_a_line_dated_past_the_consents_expiry_ends_no_stream(tmp_path):
+    """One line dated 2030 in a 2026 drive used to end every consented stream at its expiry, for the rest of
+    the replay: the consents' audit said consent-expired, and the streams never started again."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('''version = 1
+
+[[stream]]
+name = "fleet"
+recipient = "Fleet Ops B.V."
+purpose = "vehicle tracking"
+signals = ["ABS_SPEED.VehicleSpeed"]
+consent = { granted = 2026-01-01T00:00:00Z, expires = 2027-10-03T00:00:00Z }
+''')
+    t0 = 1796676465.0  # 2026-12-07
+    lines = [_line(t0 + i / 100, i) for i in range(3000)]
+    clean = tmp_path / "clean.log"
+    clean.write_text("".join(lines))
+    lines[1500] = _line(1896676465.0, 1500)  # 2030-02-07
+    damaged = tmp_path / "damaged.log"
+    damaged.write_text("".join(lines))
+    results = []
+    for log in (clean, damaged):
+        store = tmp_path / log.stem
+        store.mkdir()
+        result = replay(store, log, "--policy", str(policy))
+        assert result.returncode == 0, result.stderr
+        results.append(stream_records(store / "ledger", "fleet"))
+        audit = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(store / "ledger"),
+                                "--stream", "audit", "--events"], capture_output=True, text=True, timeout=60)
+        assert "consent-expired" not in audit.stdout
+    assert f"{damaged}:1501: skipped malformed line (its time is 99999985 s ahead of the frames before and after it)" \
+        in result.stderr
+    assert results[1] == results[0] - 1 > 2000  # every frame's change but the damaged line's
 
 
 def test_a_clock_that_steps_back_is_a_health_event_with_where_it_stepped(tmp_path):

@@ -4,7 +4,9 @@ python-can's reader builds a Message object per line; on a Raspberry Pi that
 alone costs more than the rest of the pipeline. Here a line is split once, its
 identifier string is looked up in a cache that already knows whether the
 filter wants it, and only wanted frames get their timestamp and payload
-parsed. Malformed lines are reported with their line number and skipped.
+parsed. Malformed lines are reported with their line number and skipped: a
+time that is none, and one far ahead of the lines on both sides of it
+(`carledger.sources.outlier`).
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from itertools import islice
 from typing import Callable, Iterable, Iterator, TextIO
 
 from carledger.sources.frame import EFF_FLAG, Frame, FrameFilter
+from carledger.sources.outlier import OutlierGuard
 from carledger.sources.tally import FrameTally
-from carledger.times import LAST_TIME
 
 CAN_ERR_FLAG = 0x20000000
 CAN_RTR_FLAG = 0x40000000
@@ -82,7 +84,8 @@ def read_candump(
     batch: list[Frame] = []
     append = batch.append
     fromhex = bytes.fromhex
-    last_time = LAST_TIME
+    guard = OutlierGuard()  # a time far ahead of both neighbours is one damaged line (carledger.sources.outlier)
+    low, high = guard.low, guard.high
     lines = iter(lines)
     while True:
         # As many lines as the batch has room for frames (a line is at most one frame): the batch can only
@@ -137,15 +140,23 @@ def read_candump(
                 if on_malformed:
                     on_malformed(number, line, "bad timestamp or payload")
                 continue
-            if t >= 0.0 and t <= last_time:  # is_time(), inline: two compares the interpreter specialises
+            if low <= t <= high:  # a time, near the frames before it: two compares the interpreter specialises
                 append((t, key, data))
-            elif on_malformed:
-                on_malformed(number, line, f"timestamp {stamp[1:-1]!r} is not a time from 0 to year 9999")
+                continue
+            kept, outlier = guard.outside(batch, (t, key, data), (number, line))
+            low, high = guard.low, guard.high
+            if on_malformed:
+                if outlier is not None:
+                    (at, text), reason = outlier
+                    on_malformed(at, text, reason)
+                if not kept:
+                    on_malformed(number, line, f"timestamp {stamp[1:-1]!r} is not a time from 0 to year 9999")
         if len(batch) >= batch_size:
             _tally(tally, number - counted - not_frames, off_channels, by_id)
             counted, not_frames, off_channels = number, 0, 0
+            after = guard.next_batch(batch)
             yield batch
-            batch = []
+            batch = after
             append = batch.append
     _tally(tally, number - counted - not_frames, off_channels, by_id)
     if batch:

@@ -19,6 +19,7 @@ from carledger.sources.base import WAKEUP_INTERVAL, EventSink, FrameSource, Pace
 from carledger.sources.candump import read_candump
 from carledger.sources.frame import Frame, FrameFilter, frame_key
 from carledger.sources.logfile import LogFile, ReplayError
+from carledger.sources.outlier import OutlierGuard
 from carledger.sources.tally import FrameTally
 from carledger.times import is_time
 
@@ -101,12 +102,17 @@ class LogSource(FrameSource):
         elif self.malformed == _MAX_REPORTED_LINES + 1:
             log.warning("%s: more malformed lines; not reporting each", self.path)
 
+    def _skipped_frame(self, number: int, t: object, reason: str) -> None:
+        self._skipped(f"{self.path}: skipped frame {number} ({reason}): {t!r}",
+                      {"file": self.path, "frame": number, "reason": reason})
+
     def _python_can_batches(self, messages: Iterable) -> Iterator[list[Frame]]:
         wanted: dict[int, bool] = {}
         flt = self.frame_filter
         batch: list[Frame] = []
         tally = self.tally
         by_key = tally.by_key
+        guard = OutlierGuard()
         for msg in messages:
             tally.in_log += 1
             if self.channels and str(msg.channel) not in self.channels:
@@ -120,15 +126,22 @@ class LogSource(FrameSource):
             if ok is None:
                 ok = wanted[key] = flt is None or flt.matches(key)
             if ok:
-                if not is_time(msg.timestamp):
-                    reason = "its timestamp is not a time from 0 to year 9999"
-                    self._skipped(f"{self.path}: skipped frame {tally.in_log} ({reason}): {msg.timestamp!r}",
-                                  {"file": self.path, "frame": tally.in_log, "reason": reason})
+                t = msg.timestamp
+                if not is_time(t):
+                    self._skipped_frame(tally.in_log, t, "its timestamp is not a time from 0 to year 9999")
                     continue
-                batch.append((msg.timestamp, key, bytes(msg.data)))
+                frame = (t, key, bytes(msg.data))
+                if guard.low <= t <= guard.high:
+                    batch.append(frame)
+                else:  # the first frame, a jump, or an hour of log: carledger.sources.outlier
+                    _, outlier = guard.outside(batch, frame, (tally.in_log, t))
+                    if outlier is not None:
+                        (number, ahead), reason = outlier
+                        self._skipped_frame(number, ahead, reason)
                 if len(batch) >= 2048:
+                    after = guard.next_batch(batch)
                     yield batch
-                    batch = []
+                    batch = after
         if batch:
             yield batch
 
