@@ -109,7 +109,8 @@ def feed_window(ready_rss):
     end = usage()
     sampling.set()
     return {"startup_cpu": start["cpu"], "startup_rss_mb": ready_rss,
-            "cpu": end["cpu"] - start["cpu"], "user": end["user"] - start["user"], "seconds": end["wall"] - start["wall"],
+            "cpu": end["cpu"] - start["cpu"], "user": end["user"] - start["user"],
+            "seconds": end["wall"] - start["wall"],
             "vcsw": end["vcsw"] - start["vcsw"], "ivcsw": end["ivcsw"] - start["ivcsw"],
             "peak_rss_mb": end["peak_mb"], "steady_rss_mb": statistics.median(samples) if samples else rss_mb()}
 """ % {"rss_sample": RSS_SAMPLE}
@@ -482,9 +483,9 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--memory", action="store_true", help="only the RSS of each part of the agent, and of replays")
     parser.add_argument("--against", action="append", default=[], metavar="CHECKOUT",
-                        help="also run the agent of another checkout (its agent/, this interpreter; e.g. a git worktree of "
-                             "the code before a change) right after this one's, on the same feed: before and after "
-                             "in one run")
+                        help="also run the agent of another checkout (its agent/, this interpreter; e.g. a git "
+                             "worktree of the code before a change) right after this one's, on the same feed: "
+                             "before and after in one run")
     parser.add_argument("--repeat", type=int, default=1, help="run everything this many times, alternating")
     parser.add_argument("--floor", action="store_true",
                         help="also run the floor: the bus read by the agent's own reader on its wake-up grid, and "

@@ -66,9 +66,10 @@ class QueuedReceiver:
         """What is queued (at most `limit`); only when nothing is, waits up to `timeout` for it, then takes.
 
         A reader on the wake-up grid of a busy bus finds frames waiting: asking
-        `select` first cost ~38 µs of CPU a wake-up on the bench machine (the
-        first system call after a sleep runs cold), to learn what the first
-        `recvmmsg` tells anyway. An idle bus pays one empty `recvmmsg` instead.
+        `select` first cost 10-26 µs more CPU a read on the bench machine (the
+        first system call after a sleep runs cold; docs/performance.md), to learn
+        what the first `recvmmsg` tells anyway. An idle bus pays one empty
+        `recvmmsg` instead.
         """
         out = self.take(limit)
         if out or not self.wait(timeout):
