@@ -307,8 +307,23 @@ class Pipeline:
         summary.not_recorded = not_recorded(policy.streams, summary.streams, summary.first_t, summary.last_t)
 
     def _process(self, index: int, batch: list) -> None:
+        """Hand a batch to its bus; where the frames' clock steps back inside it, the streams' windows end first."""
+        step = self._clock_step(index, batch)
+        if step is not None:
+            position, top = step
+            if position:
+                self._process_cycles(index, batch[:position])
+            # What the data's clock closes (aggregate and metric windows, a trip) ends where the clock left,
+            # with what it had; the frames after the step open their own. Folded on into the window open at
+            # the later time, they would be counted there and left out of its mean.
+            self.streams.close(top)
+            self._check_at = float("-inf")  # the next frame checks seals and timers at its own time
+            self.buses[index].reset_handlers()  # a repeated frame is offered again on its own clock (REPEAT_EVERY)
+            batch = batch[position:]
+        self._process_cycles(index, batch)
+
+    def _process_cycles(self, index: int, batch: list) -> None:
         """Hand a batch to its bus; where an ignition cycle begins inside it, the owner's state changes first."""
-        self._clock_step(index, batch)
         start = 0
         for position, cause, detail in self.ignition.starts(index, batch):
             if position > start:
@@ -320,8 +335,10 @@ class Pipeline:
             self._check_at = float("-inf")  # a checkpoint at the cycle's first frame: handlers of the switched streams
         self._process_part(index, batch[start:] if start else batch)
 
-    def _clock_step(self, index: int, batch: list) -> None:
+    def _clock_step(self, index: int, batch: list) -> tuple[int, float] | None:
         """A `clock-stepped-back` health event where the frames' times go back by more than `_CLOCK_STEP`.
+
+        Returns where in the batch the step is and the time the clock left, or None.
 
         Frames carry the kernel's wall clock. When it steps back (an NTP correction of a clock that ran
         ahead; a Pi has no RTC), the taps go on recording changes (`Tap.offer` counts its interval both
@@ -334,19 +351,20 @@ class Pipeline:
         last = self._bus_clock.get(index)
         self._bus_clock[index] = end
         if not ((last is not None and min(first, end) < last - _CLOCK_STEP) or end < first - _CLOCK_STEP):
-            return
+            return None
         top = first if last is None else last  # where the step is, exactly: rare, so a loop is fine
-        for t, _, _ in batch:
+        for position, (t, _, _) in enumerate(batch):
             if t > top:
                 top = t
             elif t < top - _CLOCK_STEP:
                 break
         else:
-            return
+            return None
         bus = self.buses[index].config.name
         log.warning("bus %s: the frames' clock went back %.3f s, from %.6f to %.6f: the records that follow repeat "
                     "times recorded before", bus, top - t, top, t)
         self._health_event("clock-stepped-back", {"bus": bus, "seconds": round(top - t, 6), "from": top, "to": t})
+        return position, top
 
     def _process_part(self, index: int, batch: list) -> None:
         """Hand a batch to its bus, sealing at the right points inside it.

@@ -438,6 +438,44 @@ def test_a_clock_that_steps_back_is_a_health_event_with_where_it_stepped(tmp_pat
     assert len(recorded) == len(times) and [t for t, _ in recorded] == pytest.approx(times, abs=1e-6)
 
 
+@pytest.mark.parametrize("payload", ["changing", "constant"])
+def test_after_a_clock_step_back_each_aggregate_window_counts_only_its_own_frames(tmp_path, payload):
+    """The window in progress when the clock steps back ends there, with what it had; the frames after the step
+    open windows on their own clock. Before, the 3,000 frames until the clock passed that window's end again were
+    folded into it (a count of 4,000, and left out of its mean). A payload that never changes reaches the windows
+    as a repeat once a second of its clock (REPEAT_EVERY): after the step too, not only once the clock is back."""
+    policy = tmp_path / "policy.toml"
+    policy.write_text('''version = 1
+
+[[stream]]
+name = "summary"
+local = true
+purpose = "speed per 10 s"
+signals = []
+
+[[stream.aggregate]]
+signals = ["ABS_SPEED.VehicleSpeed"]
+window = 10
+functions = ["count"]
+''')
+    t0 = 1700000000.0
+    times = [t0 + i / 100 if i < 1000 else t0 - 20 + (i - 1000) / 100 for i in range(6000)]  # 30 s back at 1,000
+    log = tmp_path / "drive.log"
+    log.write_text("".join(_line(t, i if payload == "changing" else 16) for i, t in enumerate(times)))
+    result = replay(tmp_path, log, "--policy", str(policy))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("the frames' clock went back") == 1
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                               "--stream", "summary", "--time", "epoch"], capture_output=True, text=True, timeout=60)
+    windows = [(json.loads(line)["t"], json.loads(line)["value"]) for line in exported.stdout.splitlines()]
+    ends = [9.99, -10, 0, 10, 20, 29.99]
+    assert [t for t, _ in windows] == [pytest.approx(t0 + end) for end in ends]
+    if payload == "changing":
+        assert [count for _, count in windows] == [1000] * 6
+    else:  # the first frame of a window, then a repeat a second
+        assert all(10 <= count <= 11 for _, count in windows)
+
+
 def test_two_buses_whose_clocks_differ_are_not_a_step():
     """Each bus's frames are in its own order; read in turn, two buses interleave: only a bus's own clock counts."""
     from types import SimpleNamespace
