@@ -320,6 +320,10 @@ class Pipeline:
             self._check_at = float("-inf")  # the next frame checks seals and timers at its own time
             self.buses[index].reset_handlers()  # a repeated frame is offered again on its own clock (REPEAT_EVERY)
             batch = batch[position:]
+            if self._started:  # a consent or pause the clock had passed may cover the frames after the step
+                back = batch[0][0]
+                self.streams.refresh(back, start=False)
+                self._next_change = self.streams.next_change(back)
         self._process_cycles(index, batch)
 
     def _process_cycles(self, index: int, batch: list) -> None:

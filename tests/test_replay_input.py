@@ -476,6 +476,45 @@ functions = ["count"]
         assert all(10 <= count <= 11 for _, count in windows)
 
 
+def test_a_clock_step_back_before_a_consent_begins_stops_the_stream_until_it_begins_again(tmp_path):
+    """The clock ran ahead past the consent's start, then steps back before it: the frames after the step come
+    before the consent by their own times, and must not be recorded for the recipient (they were)."""
+    t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) - 86400)  # a consent must be current
+    granted = t0 + 60
+
+    def iso(t: float) -> str:
+        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+
+    policy = tmp_path / "policy.toml"
+    policy.write_text(f'''version = 1
+
+[[stream]]
+name = "fleet"
+recipient = "Fleet Ops B.V."
+purpose = "vehicle tracking"
+signals = ["ABS_SPEED.VehicleSpeed"]
+consent = {{ granted = {iso(granted)}, expires = {iso(t0 + 365 * 86400)} }}
+''')
+    # t0+50 .. t0+70 (past the consent's start), then 30 s back: t0+40 .. t0+80
+    times = [t0 + 50 + i / 100 if i < 2000 else t0 + 40 + (i - 2000) / 100 for i in range(6000)]
+    log = tmp_path / "drive.log"
+    log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
+    result = replay(tmp_path, log, "--policy", str(policy))
+    assert result.returncode == 0, result.stderr
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                               "--stream", "fleet", "--time", "epoch", "--events"], capture_output=True, text=True,
+                              timeout=60)
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    samples = [row["t"] for row in rows if "value" in row]
+    assert min(samples) >= granted  # before: the 2,000 frames from t0+40 to t0+60 after the step too
+    # after the step, every frame from the consent's start on (the stop at the step drops the unsealed tail
+    # recorded before it at or after its time, as any stop does)
+    after = {round(t, 2) for t in times[2000:] if t >= granted}
+    assert after <= {round(t, 2) for t in samples} and sum(1 for t in samples if t >= t0 + 70) == 1000
+    events = [(round(row["t"] - t0, 2), row["event"]) for row in rows if "value" not in row]
+    assert events == [(60.0, "stream-started"), (40.0, "consent-pending"), (60.0, "consent-granted")]
+
+
 def test_two_buses_whose_clocks_differ_are_not_a_step():
     """Each bus's frames are in its own order; read in turn, two buses interleave: only a bus's own clock counts."""
     from types import SimpleNamespace

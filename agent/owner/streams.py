@@ -111,8 +111,13 @@ class StreamManager:
 
     # -- starting and stopping ----------------------------------------------------------------
 
-    def refresh(self, t: float) -> bool:
-        """Start and stop streams to match the owner's state at t; True when the running set changed."""
+    def refresh(self, t: float, *, start: bool = True) -> bool:
+        """Start and stop streams to match the owner's state at t; True when the running set changed.
+
+        `start=False` only stops (the frames' clock stepped back to t): a stream whose consent
+        or pause does not cover t stops, and one that t would start again stays stopped, as
+        the clock that ran ahead ended it; the next change of the owner's state decides.
+        """
         state = self.state
         digest = state.policy.digest()
         wanted: dict[str, Stream] = {}
@@ -139,7 +144,7 @@ class StreamManager:
             else:
                 runtime.stream = new  # a renewed consent: same runtime
                 self._declare_policy(runtime, digest, t)
-        for name, stream in wanted.items():
+        for name, stream in (wanted.items() if start else ()):
             if name not in self.runtimes:
                 status = state.status.get(name)
                 if status is not None and status.active:
