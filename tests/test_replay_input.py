@@ -320,6 +320,21 @@ def _read_candump(lines: list[str], batch_size: int = 2048) -> tuple[list, list]
     return batches, reported
 
 
+def _fleet_policy(folder: Path, granted: str, expires: str) -> Path:
+    """A policy of one consented stream of the speed, for a recipient."""
+    policy = folder / "policy.toml"
+    policy.write_text(f"""version = 1
+
+[[stream]]
+name = "fleet"
+recipient = "Fleet Ops B.V."
+purpose = "vehicle tracking"
+signals = ["ABS_SPEED.VehicleSpeed"]
+consent = {{ granted = {granted}, expires = {expires} }}
+""")
+    return policy
+
+
 def _line(t: float, i: int) -> str:
     return f"({t:.6f}) can0 0B4#{i & 0xFF:02X}{i >> 8:02X}000000000000\n"
 
@@ -372,16 +387,7 @@ def test_a_python_can_log_frame_far_ahead_of_both_neighbours_is_reported_and_ski
 def test_a_line_dated_past_the_consents_expiry_ends_no_stream(tmp_path):
     """One line dated 2030 in a 2026 drive used to end every consented stream at its expiry, for the rest of
     the replay: the consents' audit said consent-expired, and the streams never started again."""
-    policy = tmp_path / "policy.toml"
-    policy.write_text('''version = 1
-
-[[stream]]
-name = "fleet"
-recipient = "Fleet Ops B.V."
-purpose = "vehicle tracking"
-signals = ["ABS_SPEED.VehicleSpeed"]
-consent = { granted = 2026-01-01T00:00:00Z, expires = 2027-10-03T00:00:00Z }
-''')
+    policy = _fleet_policy(tmp_path, "2026-01-01T00:00:00Z", "2027-10-03T00:00:00Z")
     t0 = 1796676465.0  # 2026-12-07
     lines = [_line(t0 + i / 100, i) for i in range(3000)]
     clean = tmp_path / "clean.log"
@@ -485,16 +491,7 @@ def test_a_clock_step_back_before_a_consent_begins_stops_the_stream_until_it_beg
     def iso(t: float) -> str:
         return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
 
-    policy = tmp_path / "policy.toml"
-    policy.write_text(f'''version = 1
-
-[[stream]]
-name = "fleet"
-recipient = "Fleet Ops B.V."
-purpose = "vehicle tracking"
-signals = ["ABS_SPEED.VehicleSpeed"]
-consent = {{ granted = {iso(granted)}, expires = {iso(t0 + 365 * 86400)} }}
-''')
+    policy = _fleet_policy(tmp_path, iso(granted), iso(t0 + 365 * 86400))
     # t0+50 .. t0+70 (past the consent's start), then 30 s back: t0+40 .. t0+80
     times = [t0 + 50 + i / 100 if i < 2000 else t0 + 40 + (i - 2000) / 100 for i in range(6000)]
     log = tmp_path / "drive.log"
