@@ -687,13 +687,22 @@ night_driving = true
 
 
 def driven_store(folder: Path, policy: str, duration: int = 240) -> Path:
-    """The store `carledger run --replay` leaves after a simulated city drive under `policy`."""
+    """The store `carledger run --replay` leaves after a simulated city drive under `policy`.
+
+    The drive ends by now, within one UTC day: the trips page sums a metric per UTC day, so a
+    drive across midnight would show two days, not the one total a test looks for (it failed
+    when the suite ran in the last four minutes of a day).
+    """
+    import time
+
     from carledger.dbc import path as dbc_path
     from carledger_sim.cli import main as sim_main
 
+    now = time.time()
+    start = max(now - duration, now // 86400 * 86400)  # today's midnight, if the drive ending now began before it
     log = folder / "drive.log"
-    assert sim_main(["record", "--scenario", "city", "--seed", "1", "--duration", str(duration), "--start-time", "now",
-                     "-o", str(log)]) == 0
+    assert sim_main(["record", "--scenario", "city", "--seed", "1", "--duration", str(duration), "--start-time",
+                     f"{start:.6f}", "-o", str(log)]) == 0
     (folder / "policy.toml").write_text(textwrap.dedent(policy))
     store = folder / "ledger"
     assert main(["run", "--replay", str(log), "--dbc", dbc_path("carledger_demo.dbc"), "--store", str(store),
