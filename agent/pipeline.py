@@ -25,6 +25,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
+from carledger.clocksteps import ClockStep, ClockSteps
 from carledger.config import Config, local_streams_policy, stream_option_problems
 from carledger.decode.dbcfile import check_message_names
 from carledger.diagnostics import DiagnosticPolling, known_signals
@@ -55,7 +56,6 @@ _OWN_STREAMS = frozenset({HEALTH_STREAM, AUDIT_STREAM})  # the agent's and the o
 _SPOOL_INTERVAL = 0.2  # wall seconds between looks at the owner's queued requests
 _RETENTION_INTERVAL = 600.0  # seconds of the data's clock between retention runs
 _HOLD = 0.25  # seconds of wall time a fast replay's periodic seals may wait for one commit
-_CLOCK_STEP = 1.0  # seconds the frames' clock may go back (buses interleave) before it is a step, and an event
 
 
 class PipelineError(Exception):
@@ -76,7 +76,7 @@ class Pipeline:
         self.summary = RunSummary()
         self._events: collections.deque = collections.deque()  # (bus index, kind, detail) from any thread
         self._last_t: float | None = None
-        self._bus_clock: dict[int, float] = {}  # bus index -> the time of its last frame (`_clock_step`)
+        self.clock_steps = ClockSteps()  # where a bus's frames' clock steps back
         self._last_wall = time.monotonic()
         self._check_at = float("-inf")  # pipeline-clock time of the next seal check inside a batch
         self._hold = 0.0  # seconds the store may hold periodic seals for one commit (an inline fast replay only)
@@ -307,23 +307,13 @@ class Pipeline:
         summary.not_recorded = not_recorded(policy.streams, summary.streams, summary.first_t, summary.last_t)
 
     def _process(self, index: int, batch: list) -> None:
-        """Hand a batch to its bus; where the frames' clock steps back inside it, the streams' windows end first."""
-        step = self._clock_step(index, batch)
+        """Hand a batch to its bus; where the frames' clock steps back inside it, what that clock drives hears first."""
+        step = self.clock_steps.find(index, batch)
         if step is not None:
-            position, top = step
-            if position:
-                self._process_cycles(index, batch[:position])
-            # What the data's clock closes (aggregate and metric windows, a trip) ends where the clock left,
-            # with what it had; the frames after the step open their own. Folded on into the window open at
-            # the later time, they would be counted there and left out of its mean.
-            self.streams.close(top)
-            self._check_at = float("-inf")  # the next frame checks seals and timers at its own time
-            self.buses[index].reset_handlers()  # a repeated frame is offered again on its own clock (REPEAT_EVERY)
-            batch = batch[position:]
-            if self._started:  # a consent or pause the clock had passed may cover the frames after the step
-                back = batch[0][0]
-                self.streams.refresh(back, start=False)
-                self._next_change = self.streams.next_change(back)
+            if step.position:
+                self._process_cycles(index, batch[: step.position])
+            self._clock_stepped_back(index, step)
+            batch = batch[step.position :]
         self._process_cycles(index, batch)
 
     def _process_cycles(self, index: int, batch: list) -> None:
@@ -339,36 +329,26 @@ class Pipeline:
             self._check_at = float("-inf")  # a checkpoint at the cycle's first frame: handlers of the switched streams
         self._process_part(index, batch[start:] if start else batch)
 
-    def _clock_step(self, index: int, batch: list) -> tuple[int, float] | None:
-        """A `clock-stepped-back` health event where the frames' times go back by more than `_CLOCK_STEP`.
+    def _clock_stepped_back(self, index: int, step: ClockStep) -> None:
+        """The frames' clock of bus `index` went back (carledger.clocksteps): said, and what it drives follows it.
 
-        Returns where in the batch the step is and the time the clock left, or None.
-
-        Frames carry the kernel's wall clock. When it steps back (an NTP correction of a clock that ran
-        ahead; a Pi has no RTC), the taps go on recording changes (`Tap.offer` counts its interval both
-        ways), but the records that follow repeat times already recorded before the step. Said once
-        per step, in the signed health stream, so that a reader of the times is told. Per bus (each bus's frames
-        come in its own order; buses read in turn interleave), two comparisons a batch: a step inside a
-        long batch whose end is past the old time again is not seen.
+        The taps go on recording changes (`Tap.offer` counts its interval both ways); the records
+        that follow repeat times already recorded before the step, which the signed health stream
+        says once per step. What the data's clock closes (aggregate and metric windows, a trip) ends
+        where the clock left, with what it had, and the frames after the step open their own: folded
+        on into the window open at the later time, they were counted there and left out of its mean.
         """
-        first, end = batch[0][0], batch[-1][0]
-        last = self._bus_clock.get(index)
-        self._bus_clock[index] = end
-        if not ((last is not None and min(first, end) < last - _CLOCK_STEP) or end < first - _CLOCK_STEP):
-            return None
-        top = first if last is None else last  # where the step is, exactly: rare, so a loop is fine
-        for position, (t, _, _) in enumerate(batch):
-            if t > top:
-                top = t
-            elif t < top - _CLOCK_STEP:
-                break
-        else:
-            return None
         bus = self.buses[index].config.name
         log.warning("bus %s: the frames' clock went back %.3f s, from %.6f to %.6f: the records that follow repeat "
-                    "times recorded before", bus, top - t, top, t)
-        self._health_event("clock-stepped-back", {"bus": bus, "seconds": round(top - t, 6), "from": top, "to": t})
-        return position, top
+                    "times recorded before", bus, step.seconds, step.left, step.to)
+        self._health_event("clock-stepped-back",
+                           {"bus": bus, "seconds": round(step.seconds, 6), "from": step.left, "to": step.to})
+        self.streams.close(step.left)
+        self._check_at = float("-inf")  # the next frame checks seals and timers at its own time
+        self.buses[index].reset_handlers()  # a repeated frame is offered again on its own clock (REPEAT_EVERY)
+        if self._started:  # a consent or pause the clock had passed may cover the frames after the step
+            self.streams.refresh(step.to, start=False)
+            self._next_change = self.streams.next_change(step.to)
 
     def _process_part(self, index: int, batch: list) -> None:
         """Hand a batch to its bus, sealing at the right points inside it.

@@ -514,18 +514,15 @@ def test_a_clock_step_back_before_a_consent_begins_stops_the_stream_until_it_beg
 
 def test_two_buses_whose_clocks_differ_are_not_a_step():
     """Each bus's frames are in its own order; read in turn, two buses interleave: only a bus's own clock counts."""
-    from types import SimpleNamespace
-
-    from carledger.pipeline import Pipeline
-
-    events: list = []
-    agent = SimpleNamespace(_bus_clock={}, buses=[SimpleNamespace(config=SimpleNamespace(name=n)) for n in "ab"],
-                            _health_event=lambda kind, detail: events.append((kind, detail)))
+    from carledger.clocksteps import ClockStep, ClockSteps
 
     def batch(start: float) -> list:
         return [(start + i / 100, 0xB4, b"\0" * 8) for i in range(50)]
 
-    for index, start in ((0, 1000.0), (1, 900.0), (0, 1000.5), (1, 900.5), (1, 800.0), (0, 1001.0)):
-        Pipeline._clock_step(agent, index, batch(start))
-    assert events == [("clock-stepped-back", {"bus": "b", "seconds": pytest.approx(100.99), "from": pytest.approx(900.99),
-                                              "to": 800.0})]
+    steps = ClockSteps()
+    found = [(index, steps.find(index, batch(start)))
+             for index, start in ((0, 1000.0), (1, 900.0), (0, 1000.5), (1, 900.5), (1, 800.0), (0, 1001.0))]
+    assert [(index, step) for index, step in found if step is not None] == [(1, ClockStep(0, pytest.approx(900.99), 800.0))]
+    inside = steps.find(2, [(10.0, 1, b""), (10.5, 1, b""), (8.0, 1, b""), (8.1, 1, b"")])  # 2.5 s back, at frame 2
+    assert inside == ClockStep(2, 10.5, 8.0) and inside.seconds == 2.5
+    assert steps.find(3, [(10.0, 1, b""), (9.5, 1, b""), (9.6, 1, b"")]) is None  # jitter under CLOCK_STEP
