@@ -166,6 +166,7 @@ def test_the_identity_and_the_handover_a_collector_checks(tmp_path, capsys):
     assert out[-1] == (f"To sync, enrol the new key with your collectors: carledger remote identity --store {store} "
                        "(--handover FILE for a collector that knew the previous key).")
     new_pub = (store / "keys" / "vehicle.pub").read_text().strip()
+    assert new_pub != old_pub  # the wipe made a new vehicle key
     assert main(["remote", "identity", "--store", str(store), "--handover", str(tmp_path / "h.json")]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == f"vehicle     {VEHICLE}"

@@ -11,7 +11,7 @@ import zstandard
 
 from carledger.cli import main
 from carledger.collect import REPLAY, UNKNOWN_VEHICLE, Collector, Registry, collector_state
-from carledger.ledger import Ledger, SealedBlock, Store, cose, seal_block
+from carledger.ledger import Ledger, Store, cose, seal_block
 from carledger.ledger.keys import SigningKey
 from carledger.sync import topics
 from carledger.sync.ack import open_ack

@@ -14,7 +14,6 @@ import json
 import statistics
 import textwrap
 import threading
-import time
 import uuid
 from pathlib import Path
 

@@ -13,7 +13,6 @@ stop and restart the car's connection at chosen moments.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -208,7 +208,7 @@ MISTAKES = {
         {CONSENT}
         """, "stream[0].signals", 'add allow = ["personal"]'),
     "duplicate stream name": (
-        f"""version = 1
+        """version = 1
         [[stream]]
         name = "a"
         local = true
@@ -222,7 +222,7 @@ MISTAKES = {
     "version not an integer": ("version = 1.5  #!\n", "version", "expected an integer"),
     "version missing": ('paused = false  #!\n', "version", "required"),
     "bad duration": (
-        f"""version = 1
+        """version = 1
         [[stream]]
         name = "a"
         local = true

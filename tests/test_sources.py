@@ -353,7 +353,7 @@ def test_a_batch_ends_at_the_line_that_fills_it_and_the_tally_counts_the_lines_u
     for batch in read_candump(iter(lines), flt, batch_size=4, tally=tally):
         seen.append((len(batch), tally.in_log, batch[-1][0]))
     # frame lines up to and including the one that filled each batch: the kept ones, the 0x102 ones and remote frames
-    expected, kept, frames_so_far, line_frames = [], [], 0, 0
+    expected, kept, line_frames = [], [], 0
     for line in lines:
         if line.startswith("#"):
             continue

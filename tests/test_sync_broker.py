@@ -10,7 +10,6 @@ import tracemalloc
 from contextlib import contextmanager
 
 import paho.mqtt.client as paho
-import pytest
 
 from broker import (
     Broker,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from carledger.config import ConfigError
-from carledger.ledger import Ledger, SigningKey, Store, StoreError, decode_record, open_block
+from carledger.ledger import Ledger, SigningKey, Store, StoreError, decode_record
 from carledger.sync import (
     Backoff,
     MqttConfig,

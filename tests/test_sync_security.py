@@ -23,7 +23,7 @@ from carledger.collect import collector_state
 from carledger.ledger import Store, seal_block
 from carledger.ledger.encrypt import PrivateKey, RecordSealer
 from carledger.ledger.keys import FileSigner, SigningKey, load_signing_key
-from carledger.sync import OutboundStream, Syncer, enroll_owner, sign_policy, topics
+from carledger.sync import OutboundStream, Syncer, topics
 from carledger.sync.wire import BlockPacker, unpack_block
 from conftest import wait_until
 

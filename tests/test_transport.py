@@ -70,7 +70,7 @@ def kona_dbc(tmp_path: Path) -> Path:
     mux = []
     for rax, lines in by_id.items():
         text += f"BO_ {rax} KONA_{rax:X}: 64 Tester\n SG_ Service M : 15|8@0+ (1,0) [0|255] \"\" Tester\n"
-        text += f" SG_ DID m98M : 23|16@0+ (1,0) [0|65535] \"\" Tester\n"
+        text += " SG_ DID m98M : 23|16@0+ (1,0) [0|65535] \"\" Tester\n"
         text += "\n".join(l for l in lines if l.startswith(" SG_")) + "\n\n"
         mux.append(f"SG_MUL_VAL_ {rax} DID Service 98-98;")
         mux += [l.replace("{id}", str(rax)) for l in lines if l.startswith("SG_MUL")]

@@ -197,7 +197,7 @@ def _post(port: int, body: bytes, path: str = "/add-checkpoint") -> tuple[int, s
 
 
 def test_two_witness_processes_cosign_and_keep_the_fork(tmp_path):
-    witnesses, vkeys = [], []
+    vkeys = []
     for name in ("w1", "w2"):
         done = _carledger("witness", "keygen", str(tmp_path / name), "--name", f"witness.example/{name}")
         assert done.returncode == 0, done.stderr

@@ -25,7 +25,6 @@ from carledger.ledger import Ledger, Store
 from carledger.ledger.checkpoints import ForkedStore, log_verifier
 from carledger.ledger.store import DB_FILE
 from carledger.sync.witnesses import WitnessConfig, submit, witnesses_from_table
-from carledger.transparency import note
 from carledger.transparency.checkpoint import open_checkpoint
 
 VID = "VIN-WITNESSED"
