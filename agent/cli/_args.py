@@ -54,6 +54,11 @@ def host_port(text: str, default_port: int | None = None, *, lowest: int = 1) ->
     return host, number
 
 
+def address(host: str, port: int) -> str:
+    """(host, port) written back as `host_port` reads it: [ADDR]:PORT for an IPv6 address."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def micros(option: str, text: str) -> int:
     """A time option's value (`carledger.times.parse_time`) as µs since the epoch; UsageError naming the option."""
     from carledger import times

@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from carledger.cli._args import host_port
+from carledger.cli._args import address, host_port
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "fail", "skip"
 _RANK = {SKIP: 0, OK: 0, WARN: 1, FAIL: 2}
@@ -476,7 +476,7 @@ def check_broker(broker: tuple[str, int] | None, timeout: float = 3.0) -> Check:
         return Check("broker", SKIP, "not configured (no [mqtt] table): records stay in the car")
     host, port = broker
     facts: dict[str, Any] = {"host": host, "port": port}
-    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"  # as the address is written back
+    where = address(host, port)
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             if port == 8883:

@@ -19,7 +19,7 @@ import sys
 import threading
 from pathlib import Path
 
-from carledger.cli._args import host_port
+from carledger.cli._args import address, host_port
 from carledger.cli._store import UsageError, add_store_options, exit_status, require_dir_with
 
 KEY_FILE = "witness.key"
@@ -163,13 +163,12 @@ def _signer(directory: str):
     return signer
 
 
-def _listen(text: str) -> str:
+def _listen(text: str) -> tuple[str, int]:
     """`--listen`: HOST:PORT or [IPv6]:PORT (port 0: the system picks a free one, and the line says which)."""
     try:
-        host_port(text, lowest=0)
+        return host_port(text, lowest=0)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
 
 
 def run_serve(args: argparse.Namespace) -> int:
@@ -178,7 +177,7 @@ def run_serve(args: argparse.Namespace) -> int:
     require_dir_with(args.dir, KEY_FILE, "witness directory")
     signer = _signer(args.dir)
     keys = _log_keys(args)
-    host, port = host_port(args.listen, lowest=0)
+    host, port = args.listen
     if args.prefix and not args.prefix.startswith("/"):
         raise UsageError(f"--prefix {args.prefix!r} must start with /")
     witness = Witness(args.dir, signer, keys)
@@ -186,7 +185,7 @@ def run_serve(args: argparse.Namespace) -> int:
         server = serve(witness, host, port, args.prefix)
     except OSError as exc:
         witness.close()
-        print(f"carledger witness: cannot listen on {args.listen}: {exc.strerror}", file=sys.stderr)
+        print(f"carledger witness: cannot listen on {address(host, port)}: {exc.strerror}", file=sys.stderr)
         return 1
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: threading.Thread(target=server.shutdown, daemon=True).start())
