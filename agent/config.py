@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from carledger.sync.config import MqttConfig
 
 DEFAULT_PATH = "/etc/carledger/agent.toml"
+MIN_WAKEUP_INTERVAL = 0.001
 MAX_WAKEUP_INTERVAL = 1.0
 
 
@@ -199,7 +200,7 @@ def parse_config(doc: TomlDocument) -> Config:
 
 def _wakeup_interval(agent: ConfigTable) -> float:
     """`[agent] wakeup_interval`: 1 ms to 1 s; longer would hold a crash capture's seal (docs/edr.md) too long."""
-    value = agent.number("wakeup_interval", WAKEUP_INTERVAL, minimum=0.001) or WAKEUP_INTERVAL
+    value = agent.number("wakeup_interval", WAKEUP_INTERVAL, minimum=MIN_WAKEUP_INTERVAL) or WAKEUP_INTERVAL
     if value > MAX_WAKEUP_INTERVAL:
         raise agent.error("wakeup_interval", f"at most {MAX_WAKEUP_INTERVAL:g} seconds (a crash capture seals that much later)")
     return value

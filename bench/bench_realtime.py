@@ -555,12 +555,15 @@ def main() -> int:
 
 def _intervals(text: str) -> list[float]:
     """`--interval`: one or more wake-up intervals in seconds, comma-separated, each as the agent accepts it."""
+    from carledger.config import MAX_WAKEUP_INTERVAL as HIGHEST, MIN_WAKEUP_INTERVAL as LOWEST
+
     try:
         values = [float(part) for part in text.split(",")]
     except ValueError:
         values = []
-    if not values or not all(0.001 <= v <= 1.0 for v in values) or len(set(values)) != len(values):
-        raise argparse.ArgumentTypeError(f"{text[:80]!r}: seconds from 0.001 to 1, comma-separated, each once")
+    if not values or not all(LOWEST <= v <= HIGHEST for v in values) or len(set(values)) != len(values):
+        raise argparse.ArgumentTypeError(f"{text[:80]!r}: seconds from {LOWEST:g} to {HIGHEST:g}, comma-separated, "
+                                         "each once")
     return values
 
 
