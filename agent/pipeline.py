@@ -347,7 +347,7 @@ class Pipeline:
         self._check_at = float("-inf")  # the next frame checks seals and timers at its own time
         self.buses[index].reset_handlers()  # a repeated frame is offered again on its own clock (REPEAT_EVERY)
         if self._started:  # a consent or pause the clock had passed may cover the frames after the step
-            self.streams.refresh(step.to, start=False)
+            self.streams.refresh(step.to, stepped_back=True)
             self._next_change = self.streams.next_change(step.to)
 
     def _process_part(self, index: int, batch: list) -> None:

@@ -512,6 +512,73 @@ def test_a_clock_step_back_before_a_consent_begins_stops_the_stream_until_it_beg
     assert events == [(60.0, "stream-started"), (40.0, "consent-pending"), (60.0, "consent-granted")]
 
 
+def test_a_consent_a_clock_running_ahead_saw_expire_is_restored_when_the_clock_steps_back_before_its_end(tmp_path):
+    """The clock jumps 80 s ahead, past the consent's expiry, and the stream ends there. Then it steps back before
+    the expiry: the consent, by its own signed end, covers the frames after the step, so they are recorded for the
+    recipient (they were not: the stream stayed ended), and the stream ends again when the clock passes the expiry."""
+    t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) + 86400)  # a consent must be current
+    expires = t0 + 60
+
+    def iso(t: float) -> str:
+        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+
+    policy = _fleet_policy(tmp_path, iso(t0 - 3600), iso(expires))
+    # t0 .. t0+20, then 80 s ahead (t0+100 .. t0+120), then back to t0+20 .. t0+80
+    times = [t0 + i / 100 if i < 2000 else t0 + 80 + i / 100 if i < 4000 else t0 + (i - 2000) / 100
+             for i in range(10000)]
+    log = tmp_path / "drive.log"
+    log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
+    result = replay(tmp_path, log, "--policy", str(policy))
+    assert result.returncode == 0, result.stderr
+
+    def export(stream: str) -> list[dict]:
+        exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                                   "--stream", stream, "--time", "epoch", "--events"], capture_output=True, text=True,
+                                  timeout=60)
+        assert exported.returncode == 0, exported.stderr
+        return [json.loads(line) for line in exported.stdout.splitlines()]
+
+    rows = export("fleet")
+    samples = {round(row["t"] - t0, 2) for row in rows if "value" in row}
+    assert samples == {round(t - t0, 2) for t in times if t < expires}  # 2,000 before the jump, 4,000 after the step
+    events = [(round(row["t"] - t0, 2), row["event"]) for row in rows if "value" not in row]
+    assert events == [(0.0, "stream-started"), (60.0, "consent-expired"), (20.0, "consent-restored"),
+                      (60.0, "consent-expired")]
+    restored = next(row for row in rows if row.get("event") == "consent-restored")["detail"]
+    assert restored["expired"] == iso(expires) and restored["recipient"] == "Fleet Ops B.V."
+    audit = [(round(row["t"] - t0, 2), row["event"]) for row in export("audit") if "value" not in row
+             and row["event"].startswith("consent-")]
+    assert audit == [(60.0, "consent-expired"), (20.0, "consent-restored"), (60.0, "consent-expired")]
+    words = subprocess.run([sys.executable, "-m", "carledger", "audit", str(tmp_path / "ledger")],
+                           capture_output=True, text=True, timeout=60)
+    assert f"consent to stream fleet (vehicle tracking) covers the frames again from {iso(t0 + 20)}" in words.stdout
+
+
+def test_a_consent_an_earlier_run_saw_expire_is_restored_for_a_drive_before_its_end(tmp_path):
+    """One replay's clock ran past the consent's expiry; the next run's frames come before it (an older log, or the
+    clock corrected while the agent was stopped). The consent covers them by its own end: restored, not `granted`
+    (the owner granted nothing), and the frames are the recipient's."""
+    t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) + 86400)  # a consent must be current
+
+    def iso(t: float) -> str:
+        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+
+    policy = _fleet_policy(tmp_path, iso(t0 - 3600), iso(t0 + 60))
+    for name, times in (("ahead.log", [t0 + 50 + i / 100 for i in range(2000)]),  # past the expiry at t0+60
+                        ("before.log", [t0 + i / 100 for i in range(1000)])):
+        log = tmp_path / name
+        log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
+        result = replay(tmp_path, log, "--policy", str(policy))
+        assert result.returncode == 0, result.stderr
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                               "--stream", "fleet", "--time", "epoch", "--events"], capture_output=True, text=True,
+                              timeout=60)
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [(round(row["t"] - t0, 2), row["event"]) for row in rows if "value" not in row] == [
+        (50.0, "stream-started"), (60.0, "consent-expired"), (0.0, "consent-restored")]
+    assert sum(1 for row in rows if "value" in row) == 2000  # t0+50 to the expiry, and t0 to t0+10
+
+
 def test_two_buses_whose_clocks_differ_are_not_a_step():
     """Each bus's frames are in its own order; read in turn, two buses interleave: only a bus's own clock counts."""
     from carledger.clocksteps import ClockStep, ClockSteps

@@ -192,6 +192,10 @@ def _decision(kind: str, d: dict) -> str:
     if kind == "consent-expired":
         return (f"{d.get('recipient', '?')}: consent to stream {stream}{purpose} expired {d.get('expired', '?')}, "
                 f"stream stopped at seq {d.get('last_seq', '?')}")
+    if kind == "consent-restored":
+        return (f"{d.get('recipient', '?')}: consent to stream {stream}{purpose} covers the frames again from "
+                f"{d.get('restored', '?')}: the frames' clock, which had passed its expiry {d.get('expired', '?')}, "
+                "went back before it")
     if kind == "pause":
         return f"paused all collection until {d.get('until') or '`carledger resume`'}"
     if kind == "resume":

@@ -111,12 +111,17 @@ class StreamManager:
 
     # -- starting and stopping ----------------------------------------------------------------
 
-    def refresh(self, t: float, *, start: bool = True) -> bool:
+    def refresh(self, t: float, *, stepped_back: bool = False) -> bool:
         """Start and stop streams to match the owner's state at t; True when the running set changed.
 
-        `start=False` only stops (the frames' clock stepped back to t): a stream whose consent
-        or pause does not cover t stops, and one that t would start again stays stopped, as
-        the clock that ran ahead ended it; the next change of the owner's state decides.
+        A stream whose consent expired later than t (a clock ahead of this one saw the
+        expiry: before a step back, or in an earlier run) starts again as `consent-restored`:
+        its end is the consent's own signed time, still to come.
+
+        `stepped_back`: the frames' clock went back to t. A stream whose consent or pause does
+        not cover t stops; of those t would start, only a restored one starts. One the owner
+        paused or revoked stays stopped, as decided; the next change of the owner's state
+        decides the rest.
         """
         state = self.state
         digest = state.policy.digest()
@@ -144,19 +149,17 @@ class StreamManager:
             else:
                 runtime.stream = new  # a renewed consent: same runtime
                 self._declare_policy(runtime, digest, t)
-        for name, stream in (wanted.items() if start else ()):
-            if name not in self.runtimes:
-                status = state.status.get(name)
-                if status is not None and status.active:
-                    kind = "policy" if status.policy != digest.hex() else None  # ran when the agent stopped
-                else:
-                    kind = _RESTART_KIND.get(status.reason, "stream-started") if status else "stream-started"
-                off, on = self._class_state(stream)
-                if kind is None and (off or on):  # ran when the agent stopped; an allowance may have changed since
-                    self._start(stream, t, "classes", {"off": off, "on": on, **self._cycle_detail(on)})
-                else:
-                    self._start(stream, t, kind)
-                changed = True
+        for name, stream in wanted.items():
+            if name in self.runtimes:
+                continue
+            status = state.status.get(name)
+            if status is not None and _ended_ahead(status, t):
+                self._restore(stream, status, t)
+            elif stepped_back:
+                continue
+            else:
+                self._start_again(stream, status, digest, t)
+            changed = True
         # Streams the status says were collecting when the agent last stopped, and no longer may.
         for name, status in list(state.status.items()):
             if status.active and name not in self.runtimes:
@@ -167,13 +170,31 @@ class StreamManager:
                 writer.vid = writer.chain_vid or writer.vid  # the closing event names the car as its chain does
                 writer.add_event(max(when, status.since), why, self._detail(stream, digest, why))
                 self._seal([writer])
-                self._audit_end(stream, why, max(when, status.since), writer)
+                if why == "consent-expired" and stream is not None:
+                    self._audit_consent(why, stream, max(when, status.since), max(when, status.since), writer)
                 state.status[name] = StreamStatus(False, when, why, digest.hex())
                 changed = True
         if changed:
             self.generation += 1
             state.save()
         return changed
+
+    def _start_again(self, stream: Stream, status: StreamStatus | None, digest: bytes, t: float) -> None:
+        """Start a stream the owner's state allows at t, with the event that says why (none if it ran at the stop)."""
+        if status is not None and status.active:
+            kind = "policy" if status.policy != digest.hex() else None  # ran when the agent stopped
+        else:
+            kind = _RESTART_KIND.get(status.reason, "stream-started") if status else "stream-started"
+        off, on = self._class_state(stream)
+        if kind is None and (off or on):  # ran when the agent stopped; an allowance may have changed since
+            self._start(stream, t, "classes", {"off": off, "on": on, **self._cycle_detail(on)})
+        else:
+            self._start(stream, t, kind)
+
+    def _restore(self, stream: Stream, status: StreamStatus, t: float) -> None:
+        """Start a stream whose consent a clock ahead of t saw expire: the consent's own end is still to come."""
+        self._start(stream, t, "consent-restored", {"expired": iso(status.since)})
+        self._audit_consent("consent-restored", stream, t, status.since, self.runtimes[stream.name].writer)
 
     def _writer(self, stream: Stream):
         """The stream's writer, naming the vehicle as its recipient knows it, under the policy in force."""
@@ -213,24 +234,28 @@ class StreamManager:
             log.info("stream %s: stopped (%s)", name, reason)
             self.settings.on_event("stream-stopped", {"stream": name, "why": reason})
         self._seal([writer])
-        if reason is not None:
-            self._audit_end(stream, reason, end, writer)
+        if reason == "consent-expired":
+            self._audit_consent(reason, stream, end, end, writer)
 
-    def _audit_end(self, stream: Stream | None, reason: str, end: float, writer: Any) -> None:
-        """An expired consent is the owner's record too: an `audit` event names it and where the stream stopped.
+    def _audit_consent(self, kind: str, stream: Stream, t: float, expired: float, writer: Any) -> None:
+        """A consent's end, and its restoring, are the owner's record too: an `audit` event names the stream's block.
 
-        (A revocation is there already: the owner's `consent-revoked`.) Sealed
-        at once, on the data's clock, like the owner's decisions.
+        `consent-expired` is dated at the expiry, and `last_seq` is the block that holds the
+        stream's end; `consent-restored` (the frames' clock went back before the expiry it had
+        passed) is dated where the clock went, and `last_seq` is the block before the stream's
+        new start. (A revocation is there already: the owner's `consent-revoked`.) Sealed at
+        once, on the data's clock, like the owner's decisions.
         """
-        if reason != "consent-expired" or stream is None or stream.local:
+        if stream.local:
             return
         audit = self.ledger.writer(AUDIT_STREAM)
         head = writer.head
         detail: dict[str, Any] = {"stream": stream.name, "recipient": stream.recipient, "purpose": stream.purpose,
-                                  "expired": iso(end), "last_seq": head[0] if head else None,
+                                  "expired": iso(expired), "restored": iso(t) if kind == "consent-restored" else None,
+                                  "last_seq": head[0] if head else None,
                                   "policy": {"version": self.policy.version, "digest": self.ledger.policy_digest.hex()},
                                   **consent_fields(stream, stream.consent)}
-        audit.add_event(end, "consent-expired", {k: v for k, v in detail.items() if v is not None})
+        audit.add_event(t, kind, {k: v for k, v in detail.items() if v is not None})
         self._seal([audit])
 
     def _declare_policy(self, runtime: StreamRuntime, digest: bytes, t: float) -> None:
@@ -254,7 +279,7 @@ class StreamManager:
         detail: dict[str, Any] = {"policy": {"version": self.policy.version, "digest": digest.hex()}}
         if stream is not None and stream.consent is not None and not stream.local:
             detail["consent"] = {"granted": iso(seconds(stream.consent.granted)), "expires": iso(seconds(stream.consent.expires))}
-        if stream is not None and kind in ("stream-started", "policy", "consent-granted"):
+        if stream is not None and kind in ("stream-started", "policy", "consent-granted", "consent-restored"):
             if stream.recipient:
                 detail["recipient"] = stream.recipient
             if stream.purpose:
@@ -299,6 +324,12 @@ class StreamManager:
         """The agent stops: record what is in progress. The streams' status stays active."""
         for runtime in self.runtimes.values():
             runtime.close(t)
+
+
+def _ended_ahead(status: StreamStatus, t: float) -> bool:
+    """Did a clock ahead of t end this stream at its consent's expiry (in this run before a step back, or in an
+    earlier run)? Then the consent, by its own signed end, still covers t."""
+    return not status.active and status.reason == "consent-expired" and status.since > t
 
 
 def without_classes(policy: Policy, off: frozenset[str]) -> Policy:
