@@ -13,12 +13,20 @@ of the RAV4 log and of an MF4 file (CSS Electronics' CANedge). Every receiver ru
 The other benches replay a file as fast as it reads. In a car frames come at
 the bus's pace, a few at a time, and what costs is waking up for them. Here a
 feeder process sends the real 2017 RAV4 log at its recorded rate (897
-frames/s) through python-can's `udp_multicast` bus on loopback, the stand-in
-for the car's bus: it is the only python-can bus that two processes can share
-without a kernel CAN module (no vcan here; the SocketCAN tier of the tests
-runs inside user-mode-linux, too slow to time). Each frame is a UDP datagram
-with the kernel's receive timestamp, read by the agent like any python-can
-bus that is not SocketCAN (paced, software filter, receive buffer sized).
+frames/s) to a stand-in for the car's bus on loopback (no vcan here; the
+SocketCAN tier of the tests runs inside user-mode-linux, too slow to time).
+Each frame is a UDP datagram with the kernel's receive timestamp. `--bus`
+picks the stand-in:
+
+- socketcan (the default): the car's path. Each datagram is a 16-byte
+  `struct can_frame`, the bus's filters are applied in the kernel, and the
+  agent opens it as its SocketCAN bus and reads its socket with its own
+  reader (`SocketReader`); the baseline reads it with python-can's own
+  `SocketcanBus.recv` (bench/socketcan_standin.py says what it keeps and
+  what it does not);
+- udp_multicast: python-can's `udp_multicast` bus (msgpack), read by the
+  agent like any python-can bus that is not SocketCAN (paced, software
+  filter, receive buffer sized).
 
 For --seconds of feed, measured from inside each receiving process
 (`getrusage`, /proc/self/statm):
@@ -28,7 +36,9 @@ For --seconds of feed, measured from inside each receiving process
   frames the feeder sent), voluntary context switches per second (wake-ups),
   peak RSS (ru_maxrss) and steady RSS (median of samples every 2 s);
 - frames dropped: sent by the feeder (of the identifiers the receiver's
-  filter takes) minus read.
+  filter takes) minus read. CPU per frame is per frame on the bus, read or
+  not: on the socketcan stand-in the kernel keeps from the agent the frames
+  no stream takes, as in the car.
 
 Receivers, one after the other on the same feed:
 
@@ -81,6 +91,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipeline import DBC, LOG, STREAMS  # noqa: E402  (bench scripts are run as files)
 
 REPO = Path(__file__).resolve().parents[1]
+BUSES = ("socketcan", "udp_multicast")  # the stand-ins for the car's bus (--bus)
 GROUP = "239.74.163.{}"  # udp_multicast groups on loopback, one per bus, each on its own port
 PORT = 43200
 RSS_SAMPLE = 2.0  # seconds between steady-state RSS samples (one wake-up each)
@@ -171,7 +182,7 @@ class Decode(can.Listener):
             db.decode_message(msg.arbitration_id, msg.data)
         except KeyError:
             pass
-buses = [can.Bus(interface="udp_multicast", channel=group, port=port) for group, port in channels]
+buses = [can.Bus(**bus) for bus in channels]
 listeners = [Decode() for _ in buses]
 notifiers = [can.Notifier(bus, [listener]) for bus, listener in zip(buses, listeners)]
 window = feed_window(rss_mb())
@@ -190,10 +201,12 @@ print(json.dumps(window))
 FLOOR = MEASURE + """
 import can
 from carledger.sources.base import Pacer
+from carledger.sources.socketcan import SocketReader
 from carledger.sources.udpmulticast import reader_for
 channels, interval = json.loads(sys.argv[1]), float(sys.argv[2])
-buses = [can.Bus(interface="udp_multicast", channel=group, port=port) for group, port in channels]
-readers = [reader_for(bus, 1 << 22) for bus in buses]
+buses = [can.Bus(**bus) for bus in channels]
+readers = [SocketReader(bus.socket, 1 << 22) if bus_["interface"] == "socketcan" else reader_for(bus, 1 << 22)
+           for bus, bus_ in zip(buses, channels)]
 assert all(readers), "python-can's udp_multicast bus is not one the agent's reader reads"
 read = [0] * len(readers)
 stop = threading.Event()
@@ -297,12 +310,26 @@ print(json.dumps({"cpu": cpu, "frames": frames, "us_per_frame": cpu / frames * 1
 """
 
 # Sends the log onto each bus at `speed` x its recorded rate, bus i starting 15 s further into it, for `seconds`.
+# A SocketCAN stand-in's frames go as `struct can_frame` datagrams (bench/socketcan_standin.py), sent to every
+# receiver: its filters are in its kernel.
 FEEDER = """
 import json, sys, time
 import can
 from carledger.sources.candump import read_candump_file
 from carledger.sources.frame import EFF_FLAG
 log, channels, speed, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+sys.path.insert(0, sys.argv[5])
+from socketcan_standin import Sender, channel_port
+class StandIn:
+    sender = None
+    def __init__(self, channel):
+        StandIn.sender = StandIn.sender or Sender()
+        self.port = channel_port(channel)
+    def send(self, msg):
+        key = msg.arbitration_id | EFF_FLAG if msg.is_extended_id else msg.arbitration_id
+        self.sender.send(self.port, key, bytes(msg.data))
+    def shutdown(self):
+        pass
 frames = list(read_candump_file(log))
 t0, span = frames[0][0], frames[-1][0] - frames[0][0] + 0.01
 messages = [(t - t0, can.Message(arbitration_id=key & 0x1FFFFFFF, is_extended_id=bool(key & EFF_FLAG), data=data),
@@ -319,7 +346,7 @@ for index in range(len(channels)):
         if (start + span) / speed >= seconds:
             break
 feed.sort(key=lambda item: item[0])
-buses = [can.Bus(interface="udp_multicast", channel=group, port=port) for group, port in channels]
+buses = [StandIn(bus["channel"]) if bus["interface"] == "socketcan" else can.Bus(**bus) for bus in channels]
 sent = [dict() for _ in buses]
 time.sleep(0.5)
 begin = time.monotonic()
@@ -379,21 +406,38 @@ def memory(folder: Path) -> None:
                   f"{'' if r['status'] == 0 else ' (FAILED)'}")
 
 
-def channels(buses: int) -> list[tuple[str, int]]:
-    return [(GROUP.format(2 + i), PORT + i) for i in range(buses)]
+def channels(buses: int, kind: str) -> list[dict]:
+    """python-can's `can.Bus` arguments of each stand-in bus (the feeder's, the receivers')."""
+    if kind == "socketcan":
+        return [{"interface": "socketcan", "channel": f"standin:{PORT + i}"} for i in range(buses)]
+    return [{"interface": "udp_multicast", "channel": GROUP.format(2 + i), "port": PORT + i} for i in range(buses)]
 
 
-def write_agent(folder: Path, buses: int, streams: dict[str, list[str]], interval: float) -> Path:
-    """An agent configuration on `buses` udp_multicast buses and a policy of local streams (on every bus)."""
+def standin(kind: str, agent: bool) -> str:
+    """Code that makes the SocketCAN stand-in python-can's "socketcan" in a receiver; nothing for udp_multicast.
+
+    The agent imports python-can by its parts (carledger._imports) before the
+    stand-in imports any of it, as it would open a real SocketCAN bus.
+    """
+    if kind != "socketcan":
+        return ""
+    first = "import carledger._imports\n" if agent else ""
+    return (first + f"import sys\nsys.path.insert(0, {str(Path(__file__).resolve().parent)!r})\n"
+            "import socketcan_standin\nsocketcan_standin.install()\n")
+
+
+def write_agent(folder: Path, buses: int, streams: dict[str, list[str]], interval: float, kind: str) -> Path:
+    """An agent configuration on `buses` stand-in buses and a policy of local streams (on every bus)."""
     from carledger.config import local_streams_policy
 
     folder.mkdir(parents=True)
     (folder / "policy.toml").write_text(local_streams_policy(streams))
     lines = ["[agent]", 'store = "ledger"', 'vehicle = "bench-car"', 'policy = "policy.toml"',
              f"wakeup_interval = {interval}", "health_interval = 3600"]
-    for i, (group, port) in enumerate(channels(buses)):
-        lines += ["", "[[bus]]", f'name = "can{i}"', 'interface = "udp_multicast"', f'channel = "{group}"',
-                  f"options = {{ port = {port} }}", f'dbc = ["{DBC}"]']
+    for i, bus in enumerate(channels(buses, kind)):
+        options = {k: v for k, v in bus.items() if k not in ("interface", "channel")}
+        lines += ["", "[[bus]]", f'name = "can{i}"', f'interface = "{bus["interface"]}"', f'channel = "{bus["channel"]}"',
+                  "options = { " + ", ".join(f"{k} = {v}" for k, v in options.items()) + " }", f'dbc = ["{DBC}"]']
     path = folder / "agent.toml"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -419,8 +463,9 @@ def environment(checkout: Path) -> dict[str, str]:
     return env
 
 
-def receive(receiver: list[str], buses: int, speed: float, seconds: float, checkout: Path = REPO) -> dict:
-    """Start a receiver, feed it for `seconds`, let it drain, and collect what it measured of itself."""
+def receive(receiver: list[str], buses: int, speed: float, seconds: float, kind: str, checkout: Path = REPO) -> dict:
+    """Start a receiver on `buses` stand-ins of `kind`, feed it for `seconds`, let it drain, and collect what it
+    measured of itself."""
     proc = subprocess.Popen([sys.executable, "-c", *receiver], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             text=True, cwd=checkout, env=environment(checkout))
     assert proc.stdin is not None and proc.stdout is not None
@@ -428,8 +473,9 @@ def receive(receiver: list[str], buses: int, speed: float, seconds: float, check
     if not ready:
         proc.wait()
         raise SystemExit(f"bench receiver failed to start ({receiver[0][-200:]!r})")
-    fed = subprocess.run([sys.executable, "-c", FEEDER, str(LOG), json.dumps(channels(buses)), str(speed),
-                          str(seconds)], capture_output=True, text=True, check=False, cwd=REPO)
+    fed = subprocess.run([sys.executable, "-c", FEEDER, str(LOG), json.dumps(channels(buses, kind)), str(speed),
+                          str(seconds), str(Path(__file__).resolve().parent)],
+                         capture_output=True, text=True, check=False, cwd=REPO)
     if fed.returncode != 0:
         proc.kill()
         raise SystemExit(f"bench feeder failed:\n{fed.stderr}")
@@ -469,7 +515,7 @@ def line(name: str, r: dict, base: dict | None) -> str:
             f"{r['core_share'] * 100:.1f} % of a core), "
             f"{r['wakeups_per_s']:.0f} wake-ups/s{extra}; start-up {r['startup_cpu']:.2f} s CPU, "
             f"{r['startup_rss_mb']:.0f} MB; RSS peak {r['peak_rss_mb']:.0f} MB, steady {r['steady_rss_mb']:.0f} MB; "
-            f"{r['sent']:,} frames sent, {r['dropped']:,} dropped{ratio}")
+            f"{r['sent']:,} frames sent, {sum(r['read']):,} read, {r['dropped']:,} dropped{ratio}")
 
 
 def main() -> int:
@@ -479,6 +525,10 @@ def main() -> int:
                         help="the agent's [agent] wakeup_interval (default 0.05); several, comma-separated, run the "
                              "single-bus agents (and the floor) at each, on the same feed: the interval's trade-off "
                              "(docs/edr.md) in one run")
+    parser.add_argument("--bus", choices=BUSES, default=BUSES[0],
+                        help="the stand-in for the car's bus: socketcan (default: the car's path, struct can_frame "
+                             "datagrams filtered in the kernel, bench/socketcan_standin.py) or python-can's "
+                             "udp_multicast (a python-can bus that is not SocketCAN: msgpack, software filter)")
     parser.add_argument("--skip-four", action="store_true", help="leave out the 4 x 4,500 frames/s runs")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--memory", action="store_true", help="only the RSS of each part of the agent, and of replays")
@@ -495,7 +545,8 @@ def main() -> int:
         print(f"reference data not available: {LOG}", file=sys.stderr)
         return 2
     try:
-        import msgpack  # noqa: F401  (python-can's udp_multicast needs it)
+        if args.bus == "udp_multicast" or args.memory:
+            import msgpack  # noqa: F401  (python-can's udp_multicast needs it)
     except ImportError:
         print("bench_realtime needs msgpack for python-can's udp_multicast bus: .venv/bin/pip install 'python-can[multicast]'",
               file=sys.stderr)
@@ -527,14 +578,15 @@ def main() -> int:
                 for label, checkout in checkouts if isinstance(streams, dict) else checkouts[:1]:
                     number += 1
                     key = name + label + (f" #{repeat + 1}" if args.repeat > 1 else "")
+                    on = json.dumps(channels(buses, args.bus))
                     if streams is None:
-                        receiver = [BASELINE, str(DBC), json.dumps(channels(buses))]
+                        receiver = [standin(args.bus, agent=False) + BASELINE, str(DBC), on]
                     elif streams == "floor":
-                        receiver = [FLOOR, json.dumps(channels(buses)), str(interval)]
+                        receiver = [standin(args.bus, agent=True) + FLOOR, on, str(interval)]
                     else:
-                        config = write_agent(Path(tmp) / f"run{number}", buses, streams, interval)
-                        receiver = [AGENT, str(config), str(LOG)]
-                    results[key] = receive(receiver, buses, speed, args.seconds, checkout)
+                        config = write_agent(Path(tmp) / f"run{number}", buses, streams, interval, args.bus)
+                        receiver = [standin(args.bus, agent=True) + AGENT, str(config), str(LOG)]
+                    results[key] = receive(receiver, buses, speed, args.seconds, args.bus, checkout)
                     if isinstance(streams, dict) and buses == 1:  # the same work in fast replay, right after
                         results[key]["fast"] = python(FAST, str(config), str(LOG), checkout=checkout)
                     print(line(key, results[key], None), file=sys.stderr)
@@ -543,10 +595,10 @@ def main() -> int:
         if name.startswith("carledger"):
             r["ratio_vs_baseline"] = base["us_per_frame"] / r["us_per_frame"]
     if args.json:
-        print(json.dumps({"seconds": args.seconds, "interval": args.interval[0], "intervals": args.interval,
+        print(json.dumps({"seconds": args.seconds, "bus": args.bus, "interval": args.interval[0], "intervals": args.interval,
                           "results": results}))
         return 0
-    print(f"{args.seconds:g} s of feed per receiver, agent wake-up interval "
+    print(f"{args.seconds:g} s of feed per receiver on the {args.bus} stand-in, agent wake-up interval "
           f"{', '.join(f'{i * 1000:g}' for i in args.interval)} ms")
     for name, r in results.items():
         print(line(name, r, _baseline_of(name, results) if name.startswith("carledger") else None))
