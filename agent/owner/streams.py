@@ -119,7 +119,8 @@ class StreamManager:
         its end is the consent's own signed time, still to come.
 
         `stepped_back`: the frames' clock went back to t. A stream whose consent or pause does
-        not cover t stops; of those t would start, only a restored one starts. One the owner
+        not cover t stops, keeping what it recorded before the step (at times the owner's state
+        allowed it); of those t would start, only a restored one starts. One the owner
         paused or revoked stays stopped, as decided; the next change of the owner's state
         decides the rest.
         """
@@ -137,7 +138,7 @@ class StreamManager:
         for name, runtime in list(self.runtimes.items()):
             new = wanted.get(name)
             if new is None:
-                self._stop(runtime, reasons.get(name, "stream-removed"), t)
+                self._stop(runtime, reasons.get(name, "stream-removed"), t, keep_tail=stepped_back)
                 changed = True
             elif _definition(new) != _definition(runtime.stream):
                 self._stop(runtime, None, t)  # redefined: the same chain goes on under the new rules
@@ -215,15 +216,20 @@ class StreamManager:
         log.log(logging.INFO if kind else logging.DEBUG, "stream %s: collecting (%s)", stream.name, kind or "running")
         self.settings.on_event("stream-started", {"stream": stream.name, "why": kind or "running"})
 
-    def _stop(self, runtime: StreamRuntime, reason: str | None, t: float) -> None:
-        """Stop a stream at its true end: nothing at or after it is kept; the tail is sealed now."""
+    def _stop(self, runtime: StreamRuntime, reason: str | None, t: float, *, keep_tail: bool = False) -> None:
+        """Stop a stream at its true end: nothing at or after it is kept; the tail is sealed now.
+
+        `keep_tail`: the frames' clock stepped back to t, so the records at or after t were
+        recorded before the step, each while the owner's state allowed it at its own time;
+        they are kept.
+        """
         stream = runtime.stream
         name = stream.name
         del self.runtimes[name]
         end = self._stop_time(stream, reason, t) if reason else t
         writer = runtime.writer
         writer.vid = writer.chain_vid or writer.vid  # the closing event names the car as its chain does
-        dropped = writer.discard_from(end) if reason else 0
+        dropped = writer.discard_from(end) if reason and not keep_tail else 0
         runtime.close(end)
         if reason is not None:
             detail = self._detail(stream, self.ledger.policy_digest, reason)
