@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from carledger.sources import LogSource
+from carledger.sources.outlier import OUTLIER_RUN
 
 from conftest import REPO, shared_path
 
@@ -356,43 +357,73 @@ def test_one_line_far_ahead_of_both_neighbours_is_skipped_and_reported_wherever_
     assert all(batches) and all(len(b) <= 4 for b in batches)
 
 
+@pytest.mark.parametrize("run", [2, 3, OUTLIER_RUN])
+@pytest.mark.parametrize("batch_size", [8, 2048])
+def test_a_few_lines_in_a_row_far_ahead_are_skipped_and_reported_wherever_the_batches_cut(run, batch_size):
+    """Two damaged lines in a row were taken for a clock that ran ahead: the consents that expire before their
+    time ended there. Up to OUTLIER_RUN lines that far ahead of the line before them, then back, are damage; their
+    own times may differ. Every start of the run in a batch of 8 (its last line included)."""
+    times = [1796676465.0 + i / 100 for i in range(40)]
+    for at in range(1, 40 - run):
+        lines = [_line(t, i) for i, t in enumerate(times)]
+        for k in range(run):
+            lines[at + k] = _line(times[at + k] + 1_000_000 + k * 50_000, at + k)
+        batches, reported = _read_candump(lines, batch_size=batch_size)
+        kept = [f[0] for batch in batches for f in batch]
+        if run >= batch_size:  # a batch of nothing but the run: handed on as it is, as a clock that ran ahead
+            assert reported == [] and kept == [float(line.split()[0][1:-1]) for line in lines]
+            continue
+        assert kept == [t for i, t in enumerate(times) if not at <= i < at + run], at
+        assert reported == [(at + k + 1, f"its time is {1_000_000 + k * 50_000} s ahead of the frames before and "
+                                         "after it") for k in range(run)], at
+        assert all(batches) and all(len(b) <= batch_size for b in batches)
+
+
 def test_a_pause_a_step_back_and_a_time_past_year_9999_are_no_outliers():
     t0 = 1796676465.0
     pause = [_line(t0, 0), _line(t0 + 0.01, 1), _line(t0 + 5 * 3600, 2), _line(t0 + 5 * 3600 + 0.01, 3)]
     batches, reported = _read_candump(pause)  # two drives in one log, hours apart: the second stays ahead
     assert reported == [] and len(batches[0]) == 4
-    step = [_line(t0, 0), _line(t0 + 7200, 1), _line(t0 + 7200.01, 2), _line(t0 + 0.02, 3)]
-    batches, reported = _read_candump(step)  # ahead for two lines, then back: a clock stepped, not one line
-    assert reported == [] and len(batches[0]) == 4
+    ahead = OUTLIER_RUN + 1
+    step = [_line(t0, 0)] + [_line(t0 + 7200 + i / 100, i) for i in range(1, ahead + 1)] + [_line(t0 + 0.02, 99)]
+    batches, reported = _read_candump(step)  # ahead for more lines than damage is, then back: a clock stepped
+    assert reported == [] and len(batches[0]) == ahead + 2
     last = 253402300799.0  # 9999-12-31T23:59:59Z: a step under the hour past it is still no time
     batches, reported = _read_candump([_line(last - 10, 0), _line(last + 100, 1)])
     assert [f[0] for f in batches[0]] == [last - 10]
     assert reported == [(2, f"timestamp '{last + 100:.6f}' is not a time from 0 to year 9999")]
 
 
-def test_a_python_can_log_frame_far_ahead_of_both_neighbours_is_reported_and_skipped(tmp_path):
+@pytest.mark.parametrize("run", [1, 2])
+def test_a_python_can_log_frame_far_ahead_of_both_neighbours_is_reported_and_skipped(tmp_path, run):
     import can
 
     reported: list = []
     source = LogSource("t", str(tmp_path / "x.asc"), None, on_event=lambda kind, detail: reported.append(detail))
-    times = [1796676465.0, 1796676465.01, 1797676465.02, 1796676465.03, 1796676465.04]
+    times = [1796676465.0, 1796676465.01, 1797676465.02, 1797676465.03, 1796676465.04, 1796676465.05]
+    if run == 1:
+        times[3] -= 1_000_000
     messages = [can.Message(timestamp=t, arbitration_id=0xB4, data=bytes([i] * 8), is_extended_id=False)
                 for i, t in enumerate(times)]
     kept = [f for batch in source._python_can_batches(messages) for f in batch]
-    assert [t for t, _, _ in kept] == [times[0], times[1], times[3], times[4]]
-    assert reported == [{"file": str(tmp_path / "x.asc"), "frame": 3,
-                         "reason": "its time is 1000000 s ahead of the frames before and after it"}]
+    assert [t for t, _, _ in kept] == [t for i, t in enumerate(times) if not 2 <= i < 2 + run]
+    assert reported == [{"file": str(tmp_path / "x.asc"), "frame": 3 + k,
+                         "reason": "its time is 1000000 s ahead of the frames before and after it"}
+                        for k in range(run)]
 
 
-def test_a_line_dated_past_the_consents_expiry_ends_no_stream(tmp_path):
+@pytest.mark.parametrize("damaged_lines", [1, 2])
+def test_a_line_dated_past_the_consents_expiry_ends_no_stream(tmp_path, damaged_lines):
     """One line dated 2030 in a 2026 drive used to end every consented stream at its expiry, for the rest of
-    the replay: the consents' audit said consent-expired, and the streams never started again."""
+    the replay: the consents' audit said consent-expired, and the streams never started again. Two such lines in a
+    row did it still (taken for a clock that ran ahead, whose step back inside a batch went unseen)."""
     policy = _fleet_policy(tmp_path, "2026-01-01T00:00:00Z", "2027-10-03T00:00:00Z")
     t0 = 1796676465.0  # 2026-12-07
     lines = [_line(t0 + i / 100, i) for i in range(3000)]
     clean = tmp_path / "clean.log"
     clean.write_text("".join(lines))
-    lines[1500] = _line(1896676465.0, 1500)  # 2030-02-07
+    for k in range(damaged_lines):
+        lines[1500 + k] = _line(1896676465.0 + k / 100, 1500 + k)  # 2030-02-07
     damaged = tmp_path / "damaged.log"
     damaged.write_text("".join(lines))
     results = []
@@ -407,7 +438,7 @@ def test_a_line_dated_past_the_consents_expiry_ends_no_stream(tmp_path):
         assert "consent-expired" not in audit.stdout
     assert f"{damaged}:1501: skipped malformed line (its time is 99999985 s ahead of the frames before and after it)" \
         in result.stderr
-    assert results[1] == results[0] - 1 > 2000  # every frame's change but the damaged line's
+    assert results[1] == results[0] - damaged_lines > 2000  # every frame's change but the damaged lines'
 
 
 def test_a_clock_that_steps_back_is_a_health_event_with_where_it_stepped(tmp_path):

@@ -143,11 +143,10 @@ def read_candump(
             if low <= t <= high:  # a time, near the frames before it: two compares the interpreter specialises
                 append((t, key, data))
                 continue
-            kept, outlier = guard.outside(batch, (t, key, data), (number, line))
+            kept, outliers = guard.outside(batch, (t, key, data), (number, line))
             low, high = guard.low, guard.high
             if on_malformed:
-                if outlier is not None:
-                    (at, text), reason = outlier
+                for (at, text), reason in outliers:
                     on_malformed(at, text, reason)
                 if not kept:
                     on_malformed(number, line, f"timestamp {stamp[1:-1]!r} is not a time from 0 to year 9999")
@@ -155,6 +154,7 @@ def read_candump(
             _tally(tally, number - counted - not_frames, off_channels, by_id)
             counted, not_frames, off_channels = number, 0, 0
             after = guard.next_batch(batch)
+            low, high = guard.low, guard.high
             yield batch
             batch = after
             append = batch.append

@@ -134,9 +134,8 @@ class LogSource(FrameSource):
                 if guard.low <= t <= guard.high:
                     batch.append(frame)
                 else:  # the first frame, a jump, or an hour of log: carledger.sources.outlier
-                    _, outlier = guard.outside(batch, frame, (tally.in_log, t))
-                    if outlier is not None:
-                        (number, ahead), reason = outlier
+                    _, outliers = guard.outside(batch, frame, (tally.in_log, t))
+                    for (number, ahead), reason in outliers:
                         self._skipped_frame(number, ahead, reason)
                 if len(batch) >= 2048:
                     after = guard.next_batch(batch)
