@@ -8,7 +8,10 @@ says so in the signed health stream (`clock-stepped-back`).
 
 Each bus's frames come in its own order; buses read in turn interleave, so
 only a bus's own clock counts. Two comparisons a batch: a step inside a long
-batch whose end is past the old time again is not seen.
+batch whose end is past the old time again is not seen here. The pipeline
+looks again where it matters, at no cost per frame: when the clock ran ahead
+inside a batch far enough to cross one of its checks (a consent's end, a
+seal), the rest of the batch after that check is looked at with `step_in`.
 """
 
 from __future__ import annotations
@@ -43,10 +46,17 @@ class ClockSteps:
         self._last[index] = end
         if not ((last is not None and min(first, end) < last - CLOCK_STEP) or end < first - CLOCK_STEP):
             return None
-        top = first if last is None else last  # where the step is, exactly: rare, so a loop is fine
-        for position, (t, _, _) in enumerate(batch):
-            if t > top:
-                top = t
-            elif t < top - CLOCK_STEP:
-                return ClockStep(position, top, t)
-        return None
+        return step_in(batch, first if last is None else last)
+
+
+def step_in(batch: list, top: float) -> ClockStep | None:
+    """The first step back of more than `CLOCK_STEP` in `batch`, after a clock at `top`; None if none.
+
+    Where the step is, exactly: asked only when the batch's ends show there is one (rare), so a loop is fine.
+    """
+    for position, (t, _, _) in enumerate(batch):
+        if t > top:
+            top = t
+        elif t < top - CLOCK_STEP:
+            return ClockStep(position, top, t)
+    return None

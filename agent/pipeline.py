@@ -25,7 +25,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
-from carledger.clocksteps import ClockStep, ClockSteps
+from carledger.clocksteps import CLOCK_STEP, ClockStep, ClockSteps, step_in
 from carledger.config import Config, local_streams_policy, stream_option_problems
 from carledger.decode.dbcfile import check_message_names
 from carledger.diagnostics import DiagnosticPolling, known_signals
@@ -359,7 +359,18 @@ class Pipeline:
         """
         if self.summary.first_t is None:
             self.summary.first_t = batch[0][0]
+        rest: list | None = batch
+        while rest:
+            rest = self._process_checked(index, rest)
+
+    def _process_checked(self, index: int, batch: list) -> list | None:
+        """`_process_part` up to a clock step back that follows one of its checks; the frames from the step on.
+
+        A check at a time the clock ran ahead to (a consent's end) moved what the data's clock drives there;
+        when the clock comes back inside the same batch, `ClockSteps` (two comparisons a batch) does not see it.
+        """
         check_at = self._check_at
+        found: ClockStep | None = None
         if batch[-1][0] >= check_at:
             step = self.config.seal_max_age / 4
             start = 0
@@ -377,10 +388,17 @@ class Pipeline:
                         check_at = max(self._next_change, t)
             batch = batch[start:]
             self._check_at = check_at
+            found = step_in(batch, batch[0][0]) if batch[-1][0] < batch[0][0] - CLOCK_STEP else None
+            if found is not None:  # after the frame checked first (batch[0]): position >= 1
+                rest, batch = batch[found.position :], batch[: found.position]
         self.buses[index].process(batch)
         self.edr.flush()  # a trigger in this batch starts its capture before the clock below moves on
         self._last_t = batch[-1][0]
         self._last_wall = time.monotonic()
+        if found is None:
+            return None
+        self._clock_stepped_back(index, found)
+        return rest
 
     def _bus_events(self) -> None:
         """The events the buses, sources and pollers queued from their threads, in order."""

@@ -609,6 +609,33 @@ def test_a_consent_an_earlier_run_saw_expire_is_restored_for_a_drive_before_its_
     assert sum(1 for row in rows if "value" in row) == 2000  # t0+50 to the expiry, and t0 to t0+10
 
 
+def test_a_clock_ahead_past_a_consent_s_end_and_back_inside_one_batch_is_a_step(tmp_path):
+    """A clock 95 s ahead for 1,000 frames (no damage: too many lines) and back, all inside one batch of 2,048:
+    its check at the time ahead ended the consent, and the step back, between the batch's ends, went unseen, so the
+    stream stayed ended. The step after a check is looked for, and the consent restored."""
+    t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) + 86400)  # a consent must be current
+
+    def iso(t: float) -> str:
+        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+
+    policy = _fleet_policy(tmp_path, iso(t0 - 3600), iso(t0 + 60))
+    times = [t0 + i / 100 if i < 500 else t0 + 95 + i / 100 if i < 1500 else t0 + (i - 1000) / 100
+             for i in range(2000)]
+    log = tmp_path / "drive.log"
+    log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
+    result = replay(tmp_path, log, "--policy", str(policy))
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("the frames' clock went back") == 1
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                               "--stream", "fleet", "--time", "epoch", "--events"], capture_output=True, text=True,
+                              timeout=60)
+    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    assert [(round(row["t"] - t0, 2), row["event"]) for row in rows if "value" not in row] == [
+        (0.0, "stream-started"), (60.0, "consent-expired"), (5.0, "consent-restored")]
+    samples = sorted(round(row["t"] - t0, 2) for row in rows if "value" in row)
+    assert samples == sorted(round(t - t0, 2) for t in times if t < t0 + 60)  # 500 before, 500 after the step
+
+
 def test_two_buses_whose_clocks_differ_are_not_a_step():
     """Each bus's frames are in its own order; read in turn, two buses interleave: only a bus's own clock counts."""
     from carledger.clocksteps import ClockStep, ClockSteps
