@@ -26,7 +26,7 @@ from zoneinfo import ZoneInfo
 
 from carledger import __version__
 from carledger.clocksteps import CLOCK_STEP, ClockStep, ClockSteps, step_in
-from carledger.config import Config, local_streams_policy, stream_option_problems
+from carledger.config import Config
 from carledger.decode.dbcfile import check_message_names
 from carledger.diagnostics import DiagnosticPolling, known_signals
 from carledger.dispatch import BusDispatch
@@ -37,9 +37,8 @@ from carledger.ledger.keys import signer_from_spec
 from carledger.notify import Notifier, Watchdog
 from carledger.owner import OwnerActions, OwnerError, OwnerState, Spool, StreamManager
 from carledger.owner.actions import AUDIT_STREAM
-from carledger.owner.signed import UnsignedPolicy, is_signed_update
+from carledger.owner.configured import ConfiguredPolicyError, Rejected, apply_configured_policy
 from carledger.owner.ignition import IgnitionWatch
-from carledger.policy import PolicyError, policy_from_text
 from carledger.policy.engine import EngineSettings
 from carledger.rounds import Rounds
 from carledger.routing import SignalRouting
@@ -134,38 +133,14 @@ class Pipeline:
 
     def _apply_configured_policy(self) -> None:
         """The policy named in the configuration (or made up on the command line) goes in force if newer."""
-        config, current = self.config, self.owner_state.policy
-        signed = None
-        if config.policy is not None:
-            name, data = config.policy, _read_policy(config.policy)
-            if is_signed_update(data):  # the owner's signed update (carledger remote sign-policy)
-                signed, text = data, ""
-            else:
-                try:
-                    text = data.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise PipelineError(f"{name}: cannot read the policy: not UTF-8 text ({exc.reason})") from None
-        elif config.policy_streams is not None:
-            # The command line's streams, as the next version unless they are what is in force already.
-            name, text = "--stream", local_streams_policy(config.policy_streams, current.version + 1)
-            try:
-                candidate = policy_from_text(name, text, self.actions.known_signals, check_expiry=False)
-            except PolicyError as exc:
-                raise PipelineError(stream_option_problems(config.policy_streams, exc.problems)) from None
-            if candidate.streams == current.streams:
-                return
-        else:
-            return
         try:
-            outcome = self.actions.apply_policy(text, origin="config", name=name, now=time.time(), signed=signed)
-        except OwnerError as exc:
-            # Not newer, or not the enrolled owner's: the policy in force stays, and the health stream says why.
-            if "is not higher than" not in str(exc) and not isinstance(exc, UnsignedPolicy):
-                raise PipelineError(str(exc)) from None
-            log.warning("%s; keeping the policy in force (version %d)", exc, current.version)
-            self._health_event("policy-rejected", {"file": name, "error": str(exc)[:300]})
-            return
-        if outcome.changed:
+            outcome = apply_configured_policy(self.actions, self.config.policy, self.config.policy_streams, time.time())
+        except ConfiguredPolicyError as exc:
+            raise PipelineError(str(exc)) from None
+        if isinstance(outcome, Rejected):  # not newer, or not the enrolled owner's: the health stream says why
+            log.warning("%s; keeping the policy in force (version %d)", outcome.error, self.owner_state.policy.version)
+            self._health_event("policy-rejected", {"file": outcome.file, "error": outcome.error[:300]})
+        elif outcome is not None and outcome.changed:
             log.info("%s", outcome.message)
 
     # -- sync ---------------------------------------------------------------------------------
@@ -547,14 +522,6 @@ class Pipeline:
                 self._next_change = self.streams.next_change(now)
         self._seal([self.actions.audit])
         return outcome.to_json()
-
-
-def _read_policy(path: str) -> bytes:
-    try:
-        with open(path, "rb") as handle:
-            return handle.read()
-    except OSError as exc:
-        raise PipelineError(f"{path}: cannot read the policy: {exc}") from None
 
 
 def _timezone(name: str | None) -> tzinfo:
