@@ -7,6 +7,7 @@ import math
 import sys
 
 from carledger.cli._args import add_logging_options, configure_logging, seconds
+from carledger.sources.replay import MAX_PAUSE
 from carledger.times import parse_time
 
 EPILOG = """\
@@ -199,6 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group()
     g.add_argument("--fast", action="store_true", help="as fast as possible")
     g.add_argument("--speed", type=_speed, default=1.0, help="time-warp factor (default 1 = recorded pace)")
+    p.add_argument("--max-pause", type=seconds, default=MAX_PAUSE, metavar="SECONDS",
+                   help=f"a pause in the log longer than this (two drives in one file, a damaged time far ahead) "
+                        f"takes this long, as `carledger run --replay` does (default {MAX_PAUSE:g})")
 
     for name, text in (("obd", "an OBD-II ECU answering J1979 requests from the drive, on a CAN bus"),
                        ("elm327", "an ELM327 adapter on a pseudo-terminal, with the OBD-II ECU behind it"),
@@ -343,7 +347,12 @@ def _cmd_replay(args) -> int:
     next(iter(read_log(args.log)), None)  # fail early on a missing or unreadable file
     bus = _open_bus(args)
     try:
-        n = replay(args.log, bus, realtime_factor=0.0 if args.fast else args.speed)
+        def on_pause(wall: float, t: float) -> None:
+            print(f"{args.log}: a pause of {wall:.0f} s before the frame at {t:.6f} takes {args.max_pause:g} s",
+                  file=sys.stderr)
+
+        n = replay(args.log, bus, realtime_factor=0.0 if args.fast else args.speed, max_pause=args.max_pause,
+                   on_pause=on_pause)
     finally:
         bus.shutdown()
     print(f"replayed {n} frames from {args.log} to {args.interface}:{args.channel}", file=sys.stderr)

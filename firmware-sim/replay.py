@@ -8,7 +8,7 @@ fast as possible. Error frames are skipped (most buses cannot send them).
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import can
@@ -41,9 +41,11 @@ def replay(
     bus: can.BusABC,
     realtime_factor: float = 1.0,
     stop_event: threading.Event | None = None,
+    max_pause: float | None = None,
+    on_pause: Callable[[float, float], None] | None = None,
 ) -> int:
     """Send a log's frames onto `bus`; realtime_factor 0 (or inf) = as fast as possible.
 
-    Returns the number of frames sent.
+    A pause longer than `max_pause` seconds takes `max_pause` (`send_paced`). Returns the number of frames sent.
     """
-    return send_paced(read_log(path), bus, realtime_factor, stop_event)
+    return send_paced(read_log(path), bus, realtime_factor, stop_event, max_pause=max_pause, on_pause=on_pause)

@@ -410,6 +410,39 @@ def test_replay_log_onto_virtual_bus(tmp_path):
         assert again[-1].timestamp - again[0].timestamp > 0.02
 
 
+def test_a_pause_in_a_replayed_log_takes_at_most_max_pause(tmp_path, capsys):
+    """Two drives an hour apart, or one damaged time far ahead, made the replay sleep through all of it (a line
+    11.6 days ahead: 11.6 days). A pause takes at most --max-pause, as `carledger run --replay` does."""
+    from carledger_sim.pacing import send_paced
+
+    class Waits(threading.Event):  # records each wait and returns at once: no sleeping in the test
+        def __init__(self) -> None:
+            super().__init__()
+            self.waits: list[float] = []
+
+        def wait(self, timeout=None) -> bool:
+            self.waits.append(timeout)
+            return False
+
+    times = [100.0, 100.5, 3700.5, 3701.0, 1_000_000.0, 1_000_000.5]
+    messages = [can.Message(timestamp=t, arbitration_id=0x0B4, data=b"\x01") for t in times]
+    channel = uniq()
+    pauses: list = []
+    with can.Bus(interface="virtual", channel=channel) as rx, can.Bus(interface="virtual", channel=channel) as tx:
+        stop = Waits()
+        assert send_paced(messages, tx, 1.0, stop, max_pause=2.0, on_pause=lambda s, t: pauses.append((s, t))) == 6
+        assert len([m for m in iter(lambda: rx.recv(0), None)]) == 6
+    # the waits are from the start (the clock does not move here): 0.5, then 2.5 (a pause of 2), 3, 5, 5.5
+    assert stop.waits == pytest.approx([0.5, 2.5, 3.0, 5.0, 5.5], abs=0.05)
+    assert pauses == [(3600.0, 3700.5), (996299.0, 1_000_000.0)]
+    log = tmp_path / "two-drives.log"
+    log.write_text("".join(f"({t:.6f}) can0 0B4#01\n" for t in (100.0, 100.01, 3700.0, 3700.01)))
+    with can.Bus(interface="virtual", channel=channel) as rx:
+        assert main(["replay", str(log), "--interface", "virtual", "--channel", channel, "--max-pause", "0.05"]) == 0
+        assert len([m for m in iter(lambda: rx.recv(0.1), None)]) == 4
+    assert f"{log}: a pause of 3600 s before the frame at 3700.000000 takes 0.05 s" in capsys.readouterr().err
+
+
 def test_cli_run_onto_virtual_bus():
     channel = uniq()
     with can.Bus(interface="virtual", channel=channel) as rx:
