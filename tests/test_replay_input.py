@@ -340,6 +340,29 @@ def _line(t: float, i: int) -> str:
     return f"({t:.6f}) can0 0B4#{i & 0xFF:02X}{i >> 8:02X}000000000000\n"
 
 
+def _iso(t: float) -> str:
+    """A consent's time in a policy file."""
+    return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+
+
+def _replayed(tmp_path: Path, times: list[float], policy: Path) -> subprocess.CompletedProcess:
+    """A drive of these frame times (each a new speed) replayed under the policy, into tmp_path/ledger."""
+    log = tmp_path / "drive.log"
+    log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
+    result = replay(tmp_path, log, "--policy", str(policy))
+    assert result.returncode == 0, result.stderr
+    return result
+
+
+def _exported(tmp_path: Path, stream: str) -> list[dict]:
+    """A stream's records and events, as `carledger log export --time epoch --events` gives them."""
+    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
+                               "--stream", stream, "--time", "epoch", "--events"], capture_output=True, text=True,
+                              timeout=60)
+    assert exported.returncode == 0, exported.stderr
+    return [json.loads(line) for line in exported.stdout.splitlines()]
+
+
 @pytest.mark.parametrize("at", [0, 1, 2, 3, 4, 5, 6, 9])
 def test_one_line_far_ahead_of_both_neighbours_is_skipped_and_reported_wherever_the_batches_cut(at):
     """A damaged time (11.6 days ahead) is no pause: the frames after it come back. Batches of 4: the line is at
@@ -518,21 +541,11 @@ def test_a_clock_step_back_before_a_consent_begins_stops_the_stream_until_it_beg
     before the consent by their own times, and must not be recorded for the recipient (they were)."""
     t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) - 86400)  # a consent must be current
     granted = t0 + 60
-
-    def iso(t: float) -> str:
-        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
-
-    policy = _fleet_policy(tmp_path, iso(granted), iso(t0 + 365 * 86400))
+    policy = _fleet_policy(tmp_path, _iso(granted), _iso(t0 + 365 * 86400))
     # t0+50 .. t0+70 (past the consent's start), then 30 s back: t0+40 .. t0+80
     times = [t0 + 50 + i / 100 if i < 2000 else t0 + 40 + (i - 2000) / 100 for i in range(6000)]
-    log = tmp_path / "drive.log"
-    log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
-    result = replay(tmp_path, log, "--policy", str(policy))
-    assert result.returncode == 0, result.stderr
-    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
-                               "--stream", "fleet", "--time", "epoch", "--events"], capture_output=True, text=True,
-                              timeout=60)
-    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    _replayed(tmp_path, times, policy)
+    rows = _exported(tmp_path, "fleet")
     samples = [row["t"] for row in rows if "value" in row]
     assert min(samples) >= granted  # before: the 2,000 frames from t0+40 to t0+60 after the step too
     # every frame from the consent's start on, before the step and after it: the 1,000 from t0+60 to t0+70 that
@@ -548,40 +561,26 @@ def test_a_consent_a_clock_running_ahead_saw_expire_is_restored_when_the_clock_s
     recipient (they were not: the stream stayed ended), and the stream ends again when the clock passes the expiry."""
     t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) + 86400)  # a consent must be current
     expires = t0 + 60
-
-    def iso(t: float) -> str:
-        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
-
-    policy = _fleet_policy(tmp_path, iso(t0 - 3600), iso(expires))
+    policy = _fleet_policy(tmp_path, _iso(t0 - 3600), _iso(expires))
     # t0 .. t0+20, then 80 s ahead (t0+100 .. t0+120), then back to t0+20 .. t0+80
     times = [t0 + i / 100 if i < 2000 else t0 + 80 + i / 100 if i < 4000 else t0 + (i - 2000) / 100
              for i in range(10000)]
-    log = tmp_path / "drive.log"
-    log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
-    result = replay(tmp_path, log, "--policy", str(policy))
-    assert result.returncode == 0, result.stderr
+    _replayed(tmp_path, times, policy)
 
-    def export(stream: str) -> list[dict]:
-        exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
-                                   "--stream", stream, "--time", "epoch", "--events"], capture_output=True, text=True,
-                                  timeout=60)
-        assert exported.returncode == 0, exported.stderr
-        return [json.loads(line) for line in exported.stdout.splitlines()]
-
-    rows = export("fleet")
+    rows = _exported(tmp_path, "fleet")
     samples = {round(row["t"] - t0, 2) for row in rows if "value" in row}
     assert samples == {round(t - t0, 2) for t in times if t < expires}  # 2,000 before the jump, 4,000 after the step
     events = [(round(row["t"] - t0, 2), row["event"]) for row in rows if "value" not in row]
     assert events == [(0.0, "stream-started"), (60.0, "consent-expired"), (20.0, "consent-restored"),
                       (60.0, "consent-expired")]
     restored = next(row for row in rows if row.get("event") == "consent-restored")["detail"]
-    assert restored["expired"] == iso(expires) and restored["recipient"] == "Fleet Ops B.V."
-    audit = [(round(row["t"] - t0, 2), row["event"]) for row in export("audit") if "value" not in row
+    assert restored["expired"] == _iso(expires) and restored["recipient"] == "Fleet Ops B.V."
+    audit = [(round(row["t"] - t0, 2), row["event"]) for row in _exported(tmp_path, "audit") if "value" not in row
              and row["event"].startswith("consent-")]
     assert audit == [(60.0, "consent-expired"), (20.0, "consent-restored"), (60.0, "consent-expired")]
     words = subprocess.run([sys.executable, "-m", "carledger", "audit", str(tmp_path / "ledger")],
                            capture_output=True, text=True, timeout=60)
-    assert f"consent to stream fleet (vehicle tracking) covers the frames again from {iso(t0 + 20)}" in words.stdout
+    assert f"consent to stream fleet (vehicle tracking) covers the frames again from {_iso(t0 + 20)}" in words.stdout
 
 
 def test_a_consent_an_earlier_run_saw_expire_is_restored_for_a_drive_before_its_end(tmp_path):
@@ -589,21 +588,14 @@ def test_a_consent_an_earlier_run_saw_expire_is_restored_for_a_drive_before_its_
     clock corrected while the agent was stopped). The consent covers them by its own end: restored, not `granted`
     (the owner granted nothing), and the frames are the recipient's."""
     t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) + 86400)  # a consent must be current
-
-    def iso(t: float) -> str:
-        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
-
-    policy = _fleet_policy(tmp_path, iso(t0 - 3600), iso(t0 + 60))
+    policy = _fleet_policy(tmp_path, _iso(t0 - 3600), _iso(t0 + 60))
     for name, times in (("ahead.log", [t0 + 50 + i / 100 for i in range(2000)]),  # past the expiry at t0+60
                         ("before.log", [t0 + i / 100 for i in range(1000)])):
         log = tmp_path / name
         log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
         result = replay(tmp_path, log, "--policy", str(policy))
         assert result.returncode == 0, result.stderr
-    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
-                               "--stream", "fleet", "--time", "epoch", "--events"], capture_output=True, text=True,
-                              timeout=60)
-    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    rows = _exported(tmp_path, "fleet")
     assert [(round(row["t"] - t0, 2), row["event"]) for row in rows if "value" not in row] == [
         (50.0, "stream-started"), (60.0, "consent-expired"), (0.0, "consent-restored")]
     assert sum(1 for row in rows if "value" in row) == 2000  # t0+50 to the expiry, and t0 to t0+10
@@ -614,22 +606,12 @@ def test_a_clock_ahead_past_a_consent_s_end_and_back_inside_one_batch_is_a_step(
     its check at the time ahead ended the consent, and the step back, between the batch's ends, went unseen, so the
     stream stayed ended. The step after a check is looked for, and the consent restored."""
     t0 = float(int(datetime.datetime.now(datetime.timezone.utc).timestamp()) + 86400)  # a consent must be current
-
-    def iso(t: float) -> str:
-        return f"{datetime.datetime.fromtimestamp(t, datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
-
-    policy = _fleet_policy(tmp_path, iso(t0 - 3600), iso(t0 + 60))
+    policy = _fleet_policy(tmp_path, _iso(t0 - 3600), _iso(t0 + 60))
     times = [t0 + i / 100 if i < 500 else t0 + 95 + i / 100 if i < 1500 else t0 + (i - 1000) / 100
              for i in range(2000)]
-    log = tmp_path / "drive.log"
-    log.write_text("".join(_line(t, i) for i, t in enumerate(times)))
-    result = replay(tmp_path, log, "--policy", str(policy))
-    assert result.returncode == 0, result.stderr
+    result = _replayed(tmp_path, times, policy)
     assert result.stderr.count("the frames' clock went back") == 1
-    exported = subprocess.run([sys.executable, "-m", "carledger", "log", "export", str(tmp_path / "ledger"),
-                               "--stream", "fleet", "--time", "epoch", "--events"], capture_output=True, text=True,
-                              timeout=60)
-    rows = [json.loads(line) for line in exported.stdout.splitlines()]
+    rows = _exported(tmp_path, "fleet")
     assert [(round(row["t"] - t0, 2), row["event"]) for row in rows if "value" not in row] == [
         (0.0, "stream-started"), (60.0, "consent-expired"), (5.0, "consent-restored")]
     samples = sorted(round(row["t"] - t0, 2) for row in rows if "value" in row)
