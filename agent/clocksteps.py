@@ -16,7 +16,10 @@ seal), the rest of the batch after that check is looked at with `step_in`.
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 #: Seconds the frames' clock may go back (buses interleave, jitter) before it is a step.
 CLOCK_STEP = 1.0
@@ -60,3 +63,43 @@ def step_in(batch: list, top: float) -> ClockStep | None:
         elif t < top - CLOCK_STEP:
             return ClockStep(position, top, t)
     return None
+
+
+#: Seconds the data's clock may move apart from the monotonic clock between two looks before it has jumped.
+JUMP_S = 60.0
+#: Seconds of the monotonic clock the data's clock must keep pace with it after a jump before it is steady again.
+STEADY_S = 3600.0
+
+
+class SteadyClock:
+    """Whether the data's clock on a live bus is one to delete by: it has not jumped within `STEADY_S`.
+
+    Retention deletes records by their age on the data's clock, for good. On a
+    live bus that clock is the kernel's wall clock, which no signature covers: a
+    wrong time source that sets it a year ahead would have every record younger
+    than a year deleted at the next check, and the step back that follows
+    brings none of them back. So once the data's clock has moved more than
+    `JUMP_S` apart from the monotonic clock, deleting by age waits until it has
+    kept pace again for `STEADY_S`: a wrong time put right within the hour
+    deletes nothing, and a right one (NTP setting a Pi's clock forward after
+    boot) deletes an hour late. The clock at the start of a run is taken as it
+    is, or a car computer that runs only while the car is driven would never
+    delete; and a replay's clock is the log's own (not asked).
+    """
+
+    def __init__(self, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self._monotonic = monotonic
+        self._last: tuple[float, float] | None = None  # (data time, monotonic time) at the last look
+        self.held_until = -math.inf  # monotonic time before which the clock is not steady
+        self.jumped = 0.0  # seconds of the last jump, for the caller to report
+
+    def steady(self, t: float) -> bool:
+        """Look at the data's time `t` now: True when it has kept pace with the monotonic clock long enough."""
+        now = self._monotonic()
+        last, self._last = self._last, (t, now)
+        if last is not None:
+            apart = (t - last[0]) - (now - last[1])
+            if abs(apart) > JUMP_S:
+                self.jumped = apart
+                self.held_until = now + STEADY_S
+        return now >= self.held_until

@@ -25,7 +25,7 @@ from typing import Any, Callable
 from zoneinfo import ZoneInfo
 
 from carledger import __version__
-from carledger.clocksteps import CLOCK_STEP, ClockStep, ClockSteps, step_in
+from carledger.clocksteps import CLOCK_STEP, STEADY_S, ClockStep, ClockSteps, SteadyClock, step_in
 from carledger.config import Config
 from carledger.decode.dbcfile import check_message_names
 from carledger.diagnostics import DiagnosticPolling, known_signals
@@ -127,6 +127,8 @@ class Pipeline:
         self._generation = -1
         self._next_change: float | None = None
         self._next_retention = float("-inf")
+        # deleting by age trusts the data's clock only once it has kept pace (a live bus's is the unsigned wall clock)
+        self._steady = None if any(bus.is_replay for bus in config.buses) else SteadyClock()
         self._next_spool = 0.0
 
     # -- building -----------------------------------------------------------------------------
@@ -320,6 +322,7 @@ class Pipeline:
                            {"bus": bus, "seconds": round(step.seconds, 6), "from": step.left, "to": step.to})
         self.streams.close(step.left)
         self._check_at = float("-inf")  # the next frame checks seals and timers at its own time
+        self._next_retention = min(self._next_retention, step.to)  # not only once the clock passes the old time
         self.buses[index].reset_handlers()  # a repeated frame is offered again on its own clock (REPEAT_EVERY)
         if self._started:  # a consent or pause the clock had passed may cover the frames after the step
             self.streams.refresh(step.to, stepped_back=True)
@@ -468,13 +471,27 @@ class Pipeline:
         streams.poll(t)
         if self.edr.capture is not None:  # between captures, the ticks and each batch's end flush the trigger's samples
             self.edr.poll(t)
-        if t >= self._next_retention:
+        if t >= self._next_retention and self._steady_for_retention(t):
             self._next_retention = t + _RETENTION_INTERVAL
             self._owner_action(lambda: self.actions.retention(now=t))
             if self.config.disk_quota_mb:
                 quota = int(self.config.disk_quota_mb * 1e6)
                 self._owner_action(lambda: self.actions.evict(quota, now=t))
         self._seal_due()
+
+    def _steady_for_retention(self, t: float) -> bool:
+        """May retention delete by the data's time t? Not within an hour of a jump of a live bus's clock."""
+        steady = self._steady
+        if steady is None:
+            return True
+        was_held = steady.held_until > time.monotonic()
+        if steady.steady(t):
+            return True
+        if not was_held:  # it jumped just now (said once, however often it jumps again while held)
+            log.warning("the data's clock jumped %+.0f s: retention deletes nothing until it has kept pace for %.0f s",
+                        steady.jumped, STEADY_S)
+            self._health_event("retention-held", {"jump_s": round(steady.jumped, 3), "for_s": STEADY_S})
+        return False
 
     def _configure_edr(self, t: float) -> bool:
         """Crash capture as the policy in force and the pause switch say; handlers rebuilt when it turns on or off.

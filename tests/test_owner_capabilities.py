@@ -476,3 +476,58 @@ def test_a_request_whose_time_no_date_can_show_is_refused_and_the_agent_records_
         runner.join(30)
     assert not failed
     verified(store, capsys)
+
+
+# -- a live bus's clock that jumps ahead deletes nothing by age ----------------------------------
+
+
+def test_a_live_clock_a_year_ahead_has_retention_delete_nothing(tmp_path, capsys):
+    """Retention deletes by the data's clock, and a live bus's is the kernel's wall clock, which no signature
+    covers. Set a year ahead, it had every block of a 1-day retention deleted at the next check, for good (the
+    step back brings none back). Now deleting waits until the clock has kept pace for an hour, and says so."""
+    policy = """
+        version = 1
+        [[stream]]
+        name = "vault"
+        local = true
+        signals = ["ABS_SPEED.VehicleSpeed"]
+        retention = "1d"
+    """
+    channel = f"jump-{time.time_ns()}"
+    bus = f"""
+        [[bus]]
+        name = "car"
+        interface = "virtual"
+        channel = "{channel}"
+        dbc = ["{DEMO_DBC}"]
+    """
+    store = tmp_path / "ledger"
+    pipeline = Pipeline(load_config(agent(tmp_path, policy, bus)))
+    runner = threading.Thread(target=pipeline.run, daemon=True)
+    runner.start()
+    year = 365 * 86400.0
+    try:
+        wait_until(lambda: all(s.opened.is_set() for s in pipeline.sources), timeout=20)
+        with can.Bus(interface="virtual", channel=channel, preserve_timestamps=True) as car:  # the times we give
+            def send(t: float, i: int) -> None:
+                car.send(can.Message(timestamp=t, arbitration_id=0x0B4, is_extended_id=False,
+                                     data=i.to_bytes(2, "little") + bytes(6)))
+
+            t0 = time.time()
+            for i in range(200):
+                send(t0 + i / 100, i)
+            wait_until(lambda: len(samples_in(store).get("vault", [])) >= 150, timeout=30)  # sealed: 0.5 s of data
+            for i in range(200, 400):  # the clock a year ahead
+                send(t0 + year + i / 100, i)
+            # sealed at the time ahead: its checks (retention's among them) ran at that time
+            wait_until(lambda: any(t > t0 + year for t in samples_in(store)["vault"]), timeout=30)
+    finally:
+        pipeline.stop()
+        runner.join(30)
+    kept = samples_in(store)["vault"]
+    assert sum(1 for t in kept if t < t0 + 10) == 200  # every record before the jump is there
+    events = [row["event"] for row in exported(store, "audit", capsys) if "event" in row]
+    assert "retention" not in events
+    held = [row for row in exported(store, "health", capsys) if row.get("event") == "retention-held"]
+    assert len(held) == 1 and held[0]["detail"]["jump_s"] > year - 60
+    verified(store, capsys)

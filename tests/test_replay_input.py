@@ -618,6 +618,31 @@ def test_a_clock_ahead_past_a_consent_s_end_and_back_inside_one_batch_is_a_step(
     assert samples == sorted(round(t - t0, 2) for t in times if t < t0 + 60)  # 500 before, 500 after the step
 
 
+def test_deleting_by_age_waits_an_hour_after_a_live_clock_jumps():
+    """A live bus's clock is the unsigned wall clock. Set a year ahead, it had retention delete every record
+    younger than a year at the next check, for good. After a jump of more than JUMP_S either way, the clock must
+    keep pace with the monotonic clock for STEADY_S first; slow drift and the clock at the start are taken."""
+    from carledger.clocksteps import JUMP_S, STEADY_S, SteadyClock
+
+    mono = [1000.0]
+    clock = SteadyClock(lambda: mono[0])
+    t = 1_800_000_000.0
+    assert clock.steady(t)  # the start: taken as it is
+    mono[0] += 600
+    assert clock.steady(t + 600 + JUMP_S * 0.9)  # drift within JUMP_S
+    mono[0] += 600
+    assert not clock.steady(t + 1200 + 365 * 86400)  # a year ahead: held
+    assert clock.jumped == pytest.approx(365 * 86400 - JUMP_S * 0.9)  # since the last look, which had drifted
+    mono[0] += 60
+    assert not clock.steady(t + 1260 + 365 * 86400)  # keeps pace, but not for an hour yet
+    mono[0] += 60
+    assert not clock.steady(t + 1320)  # and back: a jump again, held anew
+    mono[0] += STEADY_S - 1
+    assert not clock.steady(t + 1319 + STEADY_S)
+    mono[0] += 1
+    assert clock.steady(t + 1320 + STEADY_S)  # an hour in step since the last jump
+
+
 def test_two_buses_whose_clocks_differ_are_not_a_step():
     """Each bus's frames are in its own order; read in turn, two buses interleave: only a bus's own clock counts."""
     from carledger.clocksteps import ClockStep, ClockSteps
