@@ -471,10 +471,11 @@ class Pipeline:
         streams.poll(t)
         if self.edr.capture is not None:  # between captures, the ticks and each batch's end flush the trigger's samples
             self.edr.poll(t)
-        if t >= self._next_retention and self._steady_for_retention(t):
+        if t >= self._next_retention:
             self._next_retention = t + _RETENTION_INTERVAL
-            self._owner_action(lambda: self.actions.retention(now=t))
-            if self.config.disk_quota_mb:
+            if self._steady_for_retention(t):  # by age: a clock that jumped is not trusted yet
+                self._owner_action(lambda: self.actions.retention(now=t))
+            if self.config.disk_quota_mb:  # by space: the oldest go first, whatever the clock says
                 quota = int(self.config.disk_quota_mb * 1e6)
                 self._owner_action(lambda: self.actions.evict(quota, now=t))
         self._seal_due()
