@@ -732,6 +732,28 @@ def test_trips_and_metrics_are_drawn_from_the_local_streams_without_tiles(tmp_pa
     assert "http" not in page.body.split("<main>", 1)[1], "a drawing fetches something"
 
 
+def test_a_position_that_is_no_place_on_earth_is_left_out_of_the_track(tmp_path):
+    """A latitude of nan or a longitude of inf (CBOR carries them, and a signed block may hold them) went into the
+    track as drawn: min and max of the points turned nan, and the SVG's every coordinate with them."""
+    import math
+
+    from carledger.console.trips import LAT, LON, read, track_svg
+    from carledger.ledger import Ledger
+
+    bad = {3: (math.nan, 11.503), 5: (48.105, math.inf), 7: (95.0, 11.507)}
+    with Ledger.open(tmp_path / "s", "car-1") as ledger:
+        vault = ledger.writer("vault")
+        for i in range(10):
+            lat, lon = bad.get(i, (48.1 + i / 1000, 11.5 + i / 1000))
+            vault.add_sample(1.8e9 + i, LAT, lat)
+            vault.add_sample(1.8e9 + i, LON, lon)
+        ledger.seal()
+    trips = read(str(tmp_path / "s"), ["vault"])["trips"]
+    assert [len(trip.points) for trip in trips] == [7]
+    svg = track_svg(trips[0])
+    assert "nan" not in svg.lower() and "inf" not in svg.lower()
+
+
 def test_pairing_with_the_owners_key_signing_the_pages_challenge(console, store, tmp_path):
     assert "owner's key" not in console.request("/pair", cookie=False).text, "offered with no owner key enrolled"
     owner = subprocess.run([sys.executable, "-m", "carledger", "keygen", "owner", "-o", str(tmp_path / "owner.key")],

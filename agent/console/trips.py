@@ -82,8 +82,9 @@ def read(store_path: str, streams: list[str]) -> dict[str, Any]:
 
 
 def _position(trips: list[Trip], t: float, where: dict[str, float]) -> None:
-    if LAT not in where or LON not in where:
-        return
+    lat, lon = where.get(LAT), where.get(LON)
+    if lat is None or lon is None or not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        return  # none yet, or no place on Earth (nan, inf: a signed block may hold them): not drawn
     if not trips or t - trips[-1].end > TRIP_GAP:
         trips.append(Trip(t, t))
         del trips[:-TRIPS]
