@@ -91,15 +91,18 @@ class SteadyClock:
         self._monotonic = monotonic
         self._last: tuple[float, float] | None = None  # (data time, monotonic time) at the last look
         self.held_until = -math.inf  # monotonic time before which the clock is not steady
-        self.jumped = 0.0  # seconds of the last jump, for the caller to report
+        self.jumped = 0.0  # seconds of the last jump
+        self.newly_held = False  # the last look found a jump while the clock was steady: the caller says so once
 
     def steady(self, t: float) -> bool:
         """Look at the data's time `t` now: True when it has kept pace with the monotonic clock long enough."""
         now = self._monotonic()
         last, self._last = self._last, (t, now)
+        self.newly_held = False
         if last is not None:
             apart = (t - last[0]) - (now - last[1])
             if abs(apart) > JUMP_S:
+                self.newly_held = now >= self.held_until
                 self.jumped = apart
                 self.held_until = now + STEADY_S
         return now >= self.held_until

@@ -483,12 +483,9 @@ class Pipeline:
     def _steady_for_retention(self, t: float) -> bool:
         """May retention delete by the data's time t? Not within an hour of a jump of a live bus's clock."""
         steady = self._steady
-        if steady is None:
+        if steady is None or steady.steady(t):
             return True
-        was_held = steady.held_until > time.monotonic()
-        if steady.steady(t):
-            return True
-        if not was_held:  # it jumped just now (said once, however often it jumps again while held)
+        if steady.newly_held:  # said once, however often it jumps again while held
             log.warning("the data's clock jumped %+.0f s: retention deletes nothing until it has kept pace for %.0f s",
                         steady.jumped, STEADY_S)
             self._health_event("retention-held", {"jump_s": round(steady.jumped, 3), "for_s": STEADY_S})

@@ -632,11 +632,13 @@ def test_deleting_by_age_waits_an_hour_after_a_live_clock_jumps():
     assert clock.steady(t + 600 + JUMP_S * 0.9)  # drift within JUMP_S
     mono[0] += 600
     assert not clock.steady(t + 1200 + 365 * 86400)  # a year ahead: held
+    assert clock.newly_held
     assert clock.jumped == pytest.approx(365 * 86400 - JUMP_S * 0.9)  # since the last look, which had drifted
     mono[0] += 60
     assert not clock.steady(t + 1260 + 365 * 86400)  # keeps pace, but not for an hour yet
     mono[0] += 60
     assert not clock.steady(t + 1320)  # and back: a jump again, held anew
+    assert not clock.newly_held  # held already: said once
     mono[0] += STEADY_S - 1
     assert not clock.steady(t + 1319 + STEADY_S)
     mono[0] += 1
