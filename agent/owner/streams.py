@@ -172,7 +172,7 @@ class StreamManager:
                 writer.add_event(max(when, status.since), why, self._detail(stream, digest, why))
                 self._seal([writer])
                 if why == "consent-expired" and stream is not None:
-                    self._audit_consent(why, stream, max(when, status.since), max(when, status.since), writer)
+                    self._audit_consent(why, stream, max(when, status.since), writer)
                 state.status[name] = StreamStatus(False, when, why, digest.hex())
                 changed = True
         if changed:
@@ -195,7 +195,7 @@ class StreamManager:
     def _restore(self, stream: Stream, status: StreamStatus, t: float) -> None:
         """Start a stream whose consent a clock ahead of t saw expire: the consent's own end is still to come."""
         self._start(stream, t, "consent-restored", {"expired": iso(status.since)})
-        self._audit_consent("consent-restored", stream, t, status.since, self.runtimes[stream.name].writer)
+        self._audit_consent("consent-restored", stream, t, self.runtimes[stream.name].writer, expired=status.since)
 
     def _writer(self, stream: Stream):
         """The stream's writer, naming the vehicle as its recipient knows it, under the policy in force."""
@@ -241,23 +241,24 @@ class StreamManager:
             self.settings.on_event("stream-stopped", {"stream": name, "why": reason})
         self._seal([writer])
         if reason == "consent-expired":
-            self._audit_consent(reason, stream, end, end, writer)
+            self._audit_consent(reason, stream, end, writer)
 
-    def _audit_consent(self, kind: str, stream: Stream, t: float, expired: float, writer: Any) -> None:
+    def _audit_consent(self, kind: str, stream: Stream, t: float, writer: Any, *, expired: float | None = None) -> None:
         """A consent's end, and its restoring, are the owner's record too: an `audit` event names the stream's block.
 
-        `consent-expired` is dated at the expiry, and `last_seq` is the block that holds the
-        stream's end; `consent-restored` (the frames' clock went back before the expiry it had
-        passed) is dated where the clock went, and `last_seq` is the block before the stream's
-        new start. (A revocation is there already: the owner's `consent-revoked`.) Sealed at
-        once, on the data's clock, like the owner's decisions.
+        `consent-expired` is dated at the expiry (t), and `last_seq` is the block that holds the
+        stream's end. `consent-restored` (the frames' clock went back before the expiry it had
+        passed, `expired`) is dated where the clock went (t), and `last_seq` is the block before
+        the stream's new start. (A revocation is there already: the owner's `consent-revoked`.)
+        Sealed at once, on the data's clock, like the owner's decisions.
         """
         if stream.local:
             return
         audit = self.ledger.writer(AUDIT_STREAM)
         head = writer.head
         detail: dict[str, Any] = {"stream": stream.name, "recipient": stream.recipient, "purpose": stream.purpose,
-                                  "expired": iso(expired), "restored": iso(t) if kind == "consent-restored" else None,
+                                  "expired": iso(t if expired is None else expired),
+                                  "restored": iso(t) if kind == "consent-restored" else None,
                                   "last_seq": head[0] if head else None,
                                   "policy": {"version": self.policy.version, "digest": self.ledger.policy_digest.hex()},
                                   **consent_fields(stream, stream.consent)}
