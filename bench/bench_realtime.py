@@ -319,17 +319,7 @@ from carledger.sources.candump import read_candump_file
 from carledger.sources.frame import EFF_FLAG
 log, channels, speed, seconds = sys.argv[1], json.loads(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
 sys.path.insert(0, sys.argv[5])
-from socketcan_standin import Sender, channel_port
-class StandIn:
-    sender = None
-    def __init__(self, channel):
-        StandIn.sender = StandIn.sender or Sender()
-        self.port = channel_port(channel)
-    def send(self, msg):
-        key = msg.arbitration_id | EFF_FLAG if msg.is_extended_id else msg.arbitration_id
-        self.sender.send(self.port, key, bytes(msg.data))
-    def shutdown(self):
-        pass
+from socketcan_standin import SenderBus
 frames = list(read_candump_file(log))
 t0, span = frames[0][0], frames[-1][0] - frames[0][0] + 0.01
 messages = [(t - t0, can.Message(arbitration_id=key & 0x1FFFFFFF, is_extended_id=bool(key & EFF_FLAG), data=data),
@@ -346,7 +336,7 @@ for index in range(len(channels)):
         if (start + span) / speed >= seconds:
             break
 feed.sort(key=lambda item: item[0])
-buses = [StandIn(bus["channel"]) if bus["interface"] == "socketcan" else can.Bus(**bus) for bus in channels]
+buses = [SenderBus(bus["channel"]) if bus["interface"] == "socketcan" else can.Bus(**bus) for bus in channels]
 sent = [dict() for _ in buses]
 time.sleep(0.5)
 begin = time.monotonic()

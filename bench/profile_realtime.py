@@ -89,7 +89,11 @@ def main() -> int:
     if not LOG.exists():
         print(f"reference data not available: {LOG}", file=sys.stderr)
         return 2
-    exec(bench_realtime.standin(args.bus, agent=True))  # the stand-in as python-can's socketcan, as the bench does
+    if args.bus == "socketcan":  # the stand-in as python-can's socketcan, after the agent's parted import of python-can
+        import carledger._imports  # noqa: F401
+        import socketcan_standin
+
+        socketcan_standin.install()
 
     from carledger import dispatch, pipeline
     from carledger.config import load_config

@@ -27,7 +27,7 @@ the CAN driver's own work in the kernel (here the loopback's).
 `install()` makes it python-can's "socketcan" interface in this process
 (in the agent's, after `carledger._imports`, so that python-can is still
 imported by its parts); a channel is "standin:PORT", the UDP port on
-127.0.0.1. `Sender` is the feeder's side. Bench only: nothing in the agent
+127.0.0.1. `Sender` and `SenderBus` are the feeder's side. Bench only: nothing in the agent
 knows of it.
 """
 
@@ -138,3 +138,18 @@ class Sender:
 
     def close(self) -> None:
         self._socket.close()
+
+
+class SenderBus:
+    """The feeder's side of one stand-in channel, as a python-can bus is to its sender: `send(msg)`, `shutdown()`."""
+
+    def __init__(self, channel: str) -> None:
+        self._port = channel_port(channel)
+        self._sender = Sender()
+
+    def send(self, msg: can.Message) -> None:
+        can_id = msg.arbitration_id | constants.CAN_EFF_FLAG if msg.is_extended_id else msg.arbitration_id
+        self._sender.send(self._port, can_id, bytes(msg.data))
+
+    def shutdown(self) -> None:
+        self._sender.close()
