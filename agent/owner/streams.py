@@ -335,7 +335,11 @@ class StreamManager:
 
 def _ended_ahead(status: StreamStatus, t: float) -> bool:
     """Did a clock ahead of t end this stream at its consent's expiry (in this run before a step back, or in an
-    earlier run)? Then the consent, by its own signed end, still covers t."""
+    earlier run)? Then the consent, by its own signed end, still covers t.
+
+    `status` is the owner state's file, which nothing signs. Trusting it chooses only the name of the start
+    event (`consent-restored` or `consent-granted`): whether the stream collects at t is the policy's consent,
+    asked before (`why_inactive`), so an edited status can neither start a stream nor keep one running."""
     return not status.active and status.reason == "consent-expired" and status.since > t
 
 
