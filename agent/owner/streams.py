@@ -337,9 +337,10 @@ def _ended_ahead(status: StreamStatus, t: float) -> bool:
     """Did a clock ahead of t end this stream at its consent's expiry (in this run before a step back, or in an
     earlier run)? Then the consent, by its own signed end, still covers t.
 
-    `status` is the owner state's file, which nothing signs. Trusting it chooses only the name of the start
-    event (`consent-restored` or `consent-granted`): whether the stream collects at t is the policy's consent,
-    asked before (`why_inactive`), so an edited status can neither start a stream nor keep one running."""
+    `status` is the owner state's file, which nothing signs. Trusting it chooses the name of the start event
+    (`consent-restored` or `consent-granted`) and, after a step back, whether a stream starts at the step or at
+    the owner's next change: only ever a stream the policy's signed consent covers at t (`why_inactive`, asked
+    before), so an edited status can start nothing the owner did not consent to, and stop nothing."""
     return not status.active and status.reason == "consent-expired" and status.since > t
 
 
